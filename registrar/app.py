@@ -1,0 +1,128 @@
+"""Assembles a running registrar: catalogue, store, digest, SIP service, listeners, HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from registrar.http import make_app
+from registrar.metrics import Metrics
+from registrar.model import Catalog
+from registrar.registrar import Registrar, Source
+from registrar.service import SipService
+from registrar.sip import digest
+from registrar.store import LocationStore
+from registrar.store.memory import MemoryStore
+from registrar.tls import self_signed_context, server_context
+from registrar.transport import SipEndpoint, listen_stream, listen_udp
+
+log = logging.getLogger("sipreg")
+
+
+@dataclass
+class ServeConfig:
+    """What `sipreg serve` runs: the command line, as values."""
+
+    catalog: Catalog
+    store: str = "memory"
+    host: str = "127.0.0.1"
+    sip_port: int = 5060
+    tls_port: int | None = 5061
+    http_port: int | None = 8080
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # Replicas that share this secret verify each other's nonces (stateless challenges).
+    nonce_secret: bytes = field(default_factory=lambda: os.urandom(32))
+    node: str = field(default_factory=socket.gethostname)
+
+
+class RegistrarServer:
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.store = make_store(config.store)
+        self.metrics = Metrics(binding_counts=self.store.binding_counts)
+        # Nonce counts live in this process only: nonces issued before it started are
+        # answered stale=true once, so a restart cannot open a replay window. Nonces
+        # carry whole seconds, so the mark sits a second early lest the nonces of our
+        # own first second count as old; a replay inside that second still meets the
+        # Call-ID/CSeq rule.
+        authenticator = digest.DigestAuthenticator(
+            digest.NonceAuthority(config.nonce_secret), digest.NonceCounts(forget_issued_until=time.time() - 1)
+        )
+        self.registrar = Registrar(
+            config.catalog,
+            self.store,
+            authenticator,
+            node=config.node,
+            on_result=self.metrics.registration_answered,
+            on_auth_failure=self.metrics.auth_failed,
+        )
+        self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics)
+        self.registrar.on_bound = self._keep_flow
+        self._closers: list = []
+        self._tasks: list[asyncio.Task] = []
+        self._listening = False
+
+    def _keep_flow(self, source: Source, seconds: int) -> None:
+        self.endpoint.keep_flow(source.flow, self.endpoint.clock() + seconds)
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
+
+    async def start(self) -> None:
+        config = self.config
+        await self.store.start()
+        udp = await listen_udp(self.endpoint, config.host, config.sip_port)
+        self._closers.append(udp.close)
+        log.info("sipreg: listening on udp %s:%d", config.host, config.sip_port)
+        tcp = await listen_stream(self.endpoint, config.host, config.sip_port)
+        self._closers.append(tcp.close)
+        log.info("sipreg: listening on tcp %s:%d", config.host, config.sip_port)
+        if config.tls_port is not None:
+            tls = await listen_stream(self.endpoint, config.host, config.tls_port, self._tls_context())
+            self._closers.append(tls.close)
+            log.info("sipreg: listening on tls %s:%d", config.host, config.tls_port)
+        if config.http_port is not None:
+            runner = web.AppRunner(make_app(self.store, self.metrics, lambda: self._listening), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, config.host, config.http_port).start()
+            self._closers.append(lambda: asyncio.ensure_future(runner.cleanup()))
+            log.info("sipreg: listening on http %s:%d", config.host, config.http_port)
+        self._tasks.append(asyncio.create_task(self.endpoint.sweep_idle_flows(), name="idle-flows"))
+        self._listening = True
+        log.info(
+            "sipreg: ready, serving %s with %s store",
+            ", ".join(sorted(self.config.catalog.domains)) or "no domains",
+            config.store,
+        )
+
+    def _tls_context(self):  # type: ignore[no-untyped-def]
+        if self.config.tls_cert and self.config.tls_key:
+            return server_context(self.config.tls_cert, self.config.tls_key)
+        log.info("sipreg: no --tls-cert given, using a self-signed certificate")
+        return self_signed_context([*sorted(self.config.catalog.domains), "localhost", self.config.host])
+
+    async def stop(self) -> None:
+        self._listening = False
+        for task in self._tasks:
+            task.cancel()
+        for close in reversed(self._closers):
+            result = close()
+            if asyncio.isfuture(result):
+                await result
+        for flow in list(self.endpoint.flows.values()):
+            flow.writer.close()
+        await self.store.close()
+
+
+def make_store(url: str) -> LocationStore:
+    if url == "memory":
+        return MemoryStore(clock=time.time)
+    raise ValueError(f"--store: unsupported location service {url!r} (supported: memory)")

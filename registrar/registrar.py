@@ -1,0 +1,450 @@
+"""The registrar: RFC 3261 section 10.3, step by step, over a location store.
+
+`Registrar.register` turns one REGISTER into one response. It knows nothing of
+sockets: the transport hands it the request and where it came from (`Source`).
+The challenge path (no credentials yet, half of all REGISTERs) never touches
+the store; the authenticated path makes exactly one atomic `store.update`.
+
+Choices a VoIP engineer will want to know (also in the README):
+- A REGISTER for a domain we do not serve gets 404 "Domain Not Served".
+- Wrong password and unknown user both get a fresh 401 challenge, byte for byte
+  the same shape, so nothing reveals which usernames exist.
+- Behind NAT (Contact host:port differs from the packet's source) the binding
+  keeps the source, and the 200 OK shows it as `;received="sip:IP:PORT"` on
+  the Contact, the form Kamailio's registrar uses, readable in sngrep.
+- At maxContacts, a new Contact evicts the binding refreshed longest ago, so a
+  phone that restarted (new Call-ID, new port) is never locked out by its own
+  stale bindings; a single REGISTER with more Contacts than allowed gets 403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+
+from registrar.model import Binding, Catalog, Connection, Domain
+from registrar.sip import digest
+from registrar.sip.grammar import quote
+from registrar.sip.headers import parse_delta_seconds, parse_name_addr
+from registrar.sip.message import Request, Response, SipError, make_response
+from registrar.sip.uri import URI, URIError, parse_uri
+from registrar.store import LocationStore, RegistrationFailure, StoreUnavailable
+
+SERVER_NAME = "sipreg"
+# What we answer with when the store cannot make a binding durable.
+RETRY_AFTER_SECONDS = 5
+# A connection's failures are written to the store at most this often, so a
+# flood of bad REGISTERs cannot become a flood of writes.
+FAILURE_RECORD_INTERVAL = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a request came from: the transport, the packet's address, the connection."""
+
+    transport: str  # "udp", "tcp", "tls"
+    host: str
+    port: int
+    flow: str | None = None  # the connection's id on stream transports
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRequest:
+    """One Contact of a REGISTER, validated, with the expiry the registrar grants."""
+
+    uri_text: str
+    uri: URI
+    expires: int
+    q: float | None
+    instance: str | None
+    reg_id: int | None
+
+
+class Registrar:
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: LocationStore,
+        authenticator: digest.DigestAuthenticator,
+        *,
+        node: str = "",
+        clock: Callable[[], float] = time.time,
+        on_result: Callable[[str, int], None] | None = None,
+        on_auth_failure: Callable[[str, str], None] | None = None,
+    ):
+        self.catalog = catalog
+        self.store = store
+        self.authenticator = authenticator
+        self.node = node
+        self.clock = clock
+        self._on_result = on_result or (lambda domain, status: None)
+        self._on_auth_failure = on_auth_failure or (lambda domain, reason: None)
+        # Told (source, seconds) after bindings are stored, so the transport keeps
+        # the connection they arrived on open as long as they live.
+        self.on_bound: Callable[[Source, int], None] = lambda source, seconds: None
+        self._failure_written: dict[tuple[str, str], float] = {}
+
+    # -- entry point ------------------------------------------------------------------
+    def register(self, request: Request, source: Source) -> Response | Awaitable[Response]:
+        """Answer a REGISTER.
+
+        Requests that need no store access (malformed, unserved, unauthenticated:
+        half of all REGISTERs are the first leg of a challenge) are answered at
+        once; an authenticated one returns an awaitable that updates the store.
+        That keeps the challenge leg free of task scheduling on the hot path.
+        """
+        try:
+            domain, connection = self._precheck(request, source)
+            aor, contacts, wildcard = self._contacts(request, domain, connection)
+        except SipError as rejection:
+            return self._reject(request, rejection)
+        return self._store_bindings(request, source, domain, connection, aor, contacts, wildcard)
+
+    async def _store_bindings(
+        self,
+        request: Request,
+        source: Source,
+        domain: Domain,
+        connection: Connection,
+        aor: str,
+        contacts: list[ContactRequest],
+        wildcard: bool,
+    ) -> Response:
+        try:
+            now = self.clock()
+            change = self._change(request, source, aor, contacts, wildcard, connection, now)
+            try:
+                bindings = await self.store.update(aor, change)
+            except StoreUnavailable:
+                raise SipError(
+                    503, "Location Service Unavailable", [("Retry-After", str(RETRY_AFTER_SECONDS))]
+                ) from None
+        except SipError as rejection:
+            return self._reject(request, rejection)
+        response = self._response(request, 200, "OK")
+        now = self.clock()
+        for binding in bindings:
+            response.add("Contact", _contact_value(binding, now))
+        response.add("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)))
+        self._on_result(domain.name, 200)
+        if contacts:
+            self.on_bound(source, max(contact.expires for contact in contacts))
+        return response
+
+    # -- RFC 3261 10.3 steps 1-4: domain, extensions, authentication, authorisation ---------
+    def _precheck(self, request: Request, source: Source) -> tuple[Domain, Connection]:
+        try:
+            request_uri = parse_uri(request.uri)
+        except URIError as exc:
+            raise SipError(400, f"Bad Request-URI: {exc}") from None
+        domain = self.catalog.domains.get(request_uri.host)
+        if domain is None:
+            raise SipError(404, "Domain Not Served")
+        if not domain.registration.enabled:
+            raise SipError(405, "Registration Disabled For This Domain", [("Allow", ALLOW_WITHOUT_REGISTER)])
+        unsupported = [option for option in request.get_all("Require") if option.lower() not in SUPPORTED]
+        if unsupported:
+            raise SipError(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
+
+        to = request.name_addr("To")
+        if to.uri.scheme not in ("sip", "sips") or not to.uri.user:
+            raise SipError(400, "Bad To: AOR must be a sip: or sips: URI with a user")
+        if to.uri.host != domain.name:
+            raise SipError(403, "To Domain Does Not Match Request-URI")
+        username = to.uri.user
+
+        connection = self.catalog.connections.get((domain.name, username))
+        if connection is not None and connection.authentication == "ip":
+            self._check_address(connection, source)
+            self._check_inbound(connection)
+            return domain, connection
+
+        credentials = self._credentials(request, domain)
+        if credentials is None:
+            raise self._challenge(domain, stale=False)
+        known = self.catalog.connections.get((domain.name, credentials.username))
+        outcome = self.authenticator.verify(
+            request.method,
+            credentials,
+            domain.name,
+            known.ha1 if known else None,
+            offered_algorithms=domain.digest_algorithms,
+        )
+        if outcome.status is digest.AuthStatus.STALE:
+            raise self._challenge(domain, stale=True)
+        if outcome.status is not digest.AuthStatus.OK:
+            self._on_auth_failure(domain.name, outcome.reason)
+            if known is not None:
+                self._note_failure(known, outcome.reason, source)
+            raise self._challenge(domain, stale=False)
+        assert known is not None  # OK is only reached with a real HA1
+        if credentials.username != username:
+            self._on_auth_failure(domain.name, "authenticated user does not match To")
+            self._note_failure(known, "authenticated user does not match To", source)
+            raise SipError(403, "Authenticated User Does Not Match To")
+        self._check_address(known, source)
+        self._check_inbound(known)
+        return domain, known
+
+    def _credentials(self, request: Request, domain: Domain) -> digest.Credentials | None:
+        """The Authorization for this domain's realm (a UA may carry several)."""
+        for value in request.get_all("Authorization"):
+            try:
+                credentials = digest.parse_credentials(value)
+            except digest.DigestError as exc:
+                raise SipError(400, f"Bad Authorization: {exc}") from None
+            if credentials.realm == domain.name:
+                return credentials
+        return None
+
+    def _challenge(self, domain: Domain, *, stale: bool) -> SipError:
+        headers = [
+            ("WWW-Authenticate", value)
+            for value in self.authenticator.challenges(domain.name, domain.digest_algorithms, stale=stale)
+        ]
+        return SipError(401, "Unauthorized", headers)
+
+    def _check_address(self, connection: Connection, source: Source) -> None:
+        if not connection.allows_address(source.host):
+            self._on_auth_failure(connection.domain, "source address not allowed")
+            self._note_failure(connection, "source address not allowed", source)
+            raise SipError(403, "Source Address Not Allowed")
+
+    def _check_inbound(self, connection: Connection) -> None:
+        if not connection.inbound:
+            raise SipError(403, "Registration Not Allowed: Inbound Disabled")
+
+    # -- steps 5-7: the AOR and its Contacts --------------------------------------------
+    def _contacts(
+        self, request: Request, domain: Domain, connection: Connection
+    ) -> tuple[str, list[ContactRequest], bool]:
+        aor = connection.aor
+        policy = domain.registration
+        expires_header = request.get("Expires")
+        try:
+            default = parse_delta_seconds(expires_header) if expires_header is not None else policy.default_expires
+        except ValueError:
+            raise SipError(400, "Bad Expires Header") from None
+
+        values = request.get_all("Contact")
+        if "*" in values:
+            if len(values) != 1:
+                raise SipError(400, "Wildcard Contact Must Be The Only Contact")
+            if expires_header is None or default != 0:
+                raise SipError(400, "Wildcard Contact Requires Expires: 0")
+            return aor, [], True
+
+        contacts = []
+        for value in values:
+            try:
+                contact = parse_name_addr(value)
+            except ValueError as exc:
+                raise SipError(400, f"Bad Contact: {exc}") from None
+            if contact.uri.scheme not in ("sip", "sips"):
+                raise SipError(400, "Bad Contact: only sip: and sips: URIs can be registered")
+            params = contact.params
+            try:
+                expires = parse_delta_seconds(params["expires"] or "") if "expires" in params else default
+            except ValueError:
+                raise SipError(400, "Bad Contact expires Parameter") from None
+            if 0 < expires < policy.min_expires:
+                raise SipError(423, "Interval Too Brief", [("Min-Expires", str(policy.min_expires))])
+            contacts.append(
+                ContactRequest(
+                    uri_text=contact.uri_text,
+                    uri=contact.uri,
+                    expires=min(expires, policy.max_expires),
+                    q=_q_value(params.get("q")) if "q" in params else None,
+                    instance=_instance(params.get("+sip.instance")),
+                    reg_id=_reg_id(params.get("reg-id")),
+                )
+            )
+        if len([c for c in contacts if c.expires]) > connection.max_contacts:
+            raise SipError(403, f"Too Many Contacts (max {connection.max_contacts})")
+        return aor, contacts, False
+
+    def _change(
+        self,
+        request: Request,
+        source: Source,
+        aor: str,
+        contacts: list[ContactRequest],
+        wildcard: bool,
+        connection: Connection,
+        now: float,
+    ) -> Callable[[Sequence[Binding]], list[Binding]]:
+        """The pure update of step 7, run by the store atomically on the AOR's bindings."""
+        call_id = request.call_id
+        cseq, _ = request.cseq
+        user_agent = request.get("User-Agent") or ""
+        source_text = str(source)
+
+        def change(current: Sequence[Binding]) -> list[Binding]:
+            bindings = list(current)
+            if wildcard:
+                for existing in bindings:
+                    _check_order(existing, call_id, cseq)
+                return []
+            added: list[Binding] = []
+            for contact in contacts:
+                key = _binding_key(contact.uri, contact.instance, contact.reg_id)
+                for existing in bindings:
+                    if _binding_key(parse_uri(existing.contact), existing.instance, existing.reg_id) == key:
+                        _check_order(existing, call_id, cseq)
+                        bindings.remove(existing)
+                        break
+                if contact.expires:
+                    added.append(
+                        Binding(
+                            aor=aor,
+                            contact=contact.uri_text,
+                            expires_at=now + contact.expires,
+                            call_id=call_id,
+                            cseq=cseq,
+                            q=contact.q,
+                            instance=contact.instance,
+                            reg_id=contact.reg_id,
+                            transport=source.transport,  # type: ignore[arg-type]
+                            source=source_text,
+                            flow=source.flow,
+                            node=self.node,
+                            user_agent=user_agent,
+                            registered_at=now,
+                        )
+                    )
+            # At the limit, the bindings refreshed longest ago make room for new ones.
+            room = connection.max_contacts - len(added)
+            if len(bindings) > room:
+                bindings.sort(key=lambda b: b.registered_at)
+                bindings = bindings[len(bindings) - room :] if room > 0 else []
+            return bindings + added
+
+        return change
+
+    # -- answers -------------------------------------------------------------------------
+    def _response(self, request: Request, status: int, reason: str) -> Response:
+        response = make_response(request, status, reason, to_tag=_to_tag(request))
+        response.add("Server", SERVER_NAME)
+        return response
+
+    def _reject(self, request: Request, rejection: SipError) -> Response:
+        response = self._response(request, rejection.status, rejection.reason)
+        for name, value in rejection.headers:
+            response.add(name, value)
+        domain = _request_domain(request, self.catalog)
+        self._on_result(domain, rejection.status)
+        return response
+
+    def _note_failure(self, connection: Connection, reason: str, source: Source) -> None:
+        """Record a failure for the connection's status, at most once per interval."""
+        key = (connection.domain, connection.username)
+        now = self.clock()
+        if now - self._failure_written.get(key, float("-inf")) < FAILURE_RECORD_INTERVAL:
+            return
+        self._failure_written[key] = now
+        failure = RegistrationFailure(connection.domain, connection.username, now, reason, str(source))
+        # Fire and forget: a failure record must never delay or fail the answer.
+        task = asyncio.get_running_loop().create_task(self.store.record_failure(failure))
+        task.add_done_callback(_ignore_result)
+
+
+ALLOW_WITHOUT_REGISTER = "INVITE, ACK, CANCEL, BYE, OPTIONS"
+SUPPORTED: frozenset[str] = frozenset()
+
+
+def _ignore_result(task) -> None:  # type: ignore[no-untyped-def]
+    if not task.cancelled():
+        task.exception()
+
+
+def _check_order(existing: Binding, call_id: str, cseq: int) -> None:
+    """RFC 3261 10.3 step 7: same Call-ID with a CSeq not higher aborts the request."""
+    if existing.call_id == call_id and cseq <= existing.cseq:
+        raise SipError(400, "Invalid CSeq: Not Higher Than The Binding's")
+
+
+def _binding_key(uri: URI, instance: str | None, reg_id: int | None) -> tuple:
+    """What makes two Contacts the same binding: the instance (RFC 5626), else the URI.
+
+    URI comparison follows RFC 3261 19.1.4 in the parts that matter for Contacts:
+    scheme, user (case-sensitive), host and port (case-insensitive), transport.
+    """
+    if instance is not None:
+        return ("instance", instance, reg_id)
+    return ("uri", uri.scheme, uri.user, uri.host, uri.port, uri.transport)
+
+
+def _contact_value(binding: Binding, now: float) -> str:
+    value = f"<{binding.contact}>;expires={binding.expires_in(now)}"
+    if binding.q is not None:
+        value += f";q={binding.q:g}"
+    if binding.instance is not None:
+        value += f';+sip.instance="<{binding.instance}>"'
+    if binding.reg_id is not None:
+        value += f";reg-id={binding.reg_id}"
+    received = received_uri(binding)
+    if received is not None:
+        value += f";received={quote(received)}"
+    return value
+
+
+def received_uri(binding: Binding) -> str | None:
+    """The packet's source as a SIP URI when it differs from the Contact (NAT), else None."""
+    transport, _, hostport = binding.source.partition(":")
+    if not hostport:
+        return None
+    host, _, port = hostport.rpartition(":")
+    try:
+        contact = parse_uri(binding.contact)
+    except URIError:
+        return None
+    default_port = 5061 if contact.scheme == "sips" or transport == "tls" else 5060
+    if contact.host == host and (contact.port or default_port) == int(port):
+        return None
+    suffix = "" if transport == "udp" else f";transport={transport}"
+    return f"sip:{host}:{port}{suffix}"
+
+
+def _q_value(text: str | None) -> float:
+    try:
+        q = float(text or "")
+    except ValueError:
+        raise SipError(400, "Bad Contact q Parameter") from None
+    if not 0.0 <= q <= 1.0:
+        raise SipError(400, "Bad Contact q Parameter: must be between 0 and 1")
+    return q
+
+
+def _instance(text: str | None) -> str | None:
+    if not text:
+        return None
+    return text[1:-1] if text.startswith("<") and text.endswith(">") else text
+
+
+def _reg_id(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise SipError(400, "Bad Contact reg-id Parameter")
+    return int(text)
+
+
+def _to_tag(request: Request) -> str:
+    """A To tag derived from the transaction, so a retransmitted request gets the same one."""
+    return format(zlib.crc32((request.get("Via") or request.call_id).encode()), "08x")
+
+
+def _request_domain(request: Request, catalog: Catalog) -> str:
+    """The served domain a request is for, or "other" (keeps metric labels bounded)."""
+    try:
+        host = parse_uri(request.uri).host
+    except URIError:
+        return "other"
+    return host if host in catalog.domains else "other"

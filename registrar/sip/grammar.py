@@ -1,0 +1,114 @@
+"""The SIP grammar's small pieces (RFC 3261 section 25): tokens, quoted strings, params, list splitting.
+
+Every other module of registrar/sip that reads header text goes through these,
+so the rules for quoting, escaping and separators live in exactly one place.
+"""
+
+from __future__ import annotations
+
+# token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
+TOKEN_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+)
+WHITESPACE = " \t"
+
+
+def is_token(text: str) -> bool:
+    return bool(text) and all(c in TOKEN_CHARS for c in text)
+
+
+def unquote(text: str) -> str:
+    """The content of a quoted-string (RFC 3261 25.1), with quoted-pairs resolved.
+
+    Text that is not quoted is returned stripped, unchanged otherwise.
+    """
+    text = text.strip(WHITESPACE)
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        inner = text[1:-1]
+        if "\\" not in inner:
+            return inner
+        out = []
+        chars = iter(inner)
+        for c in chars:
+            if c == "\\":
+                out.append(next(chars, ""))
+            else:
+                out.append(c)
+        return "".join(out)
+    return text
+
+
+def quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def split_outside_quotes(text: str, separator: str, *, angle_brackets: bool = False) -> list[str]:
+    """Split on `separator` where it is not inside a quoted string (or <...>).
+
+    Used for comma-separated header lists and semicolon-separated params.
+    Parts are returned stripped of surrounding whitespace; empty parts are kept
+    so callers can reject them.
+    """
+    if '"' not in text and not (angle_brackets and "<" in text):
+        return [part.strip(WHITESPACE) for part in text.split(separator)]
+    parts = []
+    start = 0
+    in_quotes = False
+    in_angle = False
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if in_quotes:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_quotes = False
+        elif c == '"':
+            in_quotes = True
+        elif angle_brackets and c == "<":
+            in_angle = True
+        elif angle_brackets and c == ">":
+            in_angle = False
+        elif c == separator and not in_angle:
+            parts.append(text[start:i].strip(WHITESPACE))
+            start = i + 1
+        i += 1
+    if in_quotes:
+        raise ValueError("unterminated quoted string")
+    parts.append(text[start:].strip(WHITESPACE))
+    return parts
+
+
+def parse_params(text: str) -> dict[str, str | None]:
+    """Parse `;name=value;flag` (the leading ';' optional) into a dict.
+
+    Names are lower-cased (parameter names are case-insensitive); values keep
+    their case and quotes are removed. A flag without '=' maps to None.
+    """
+    params: dict[str, str | None] = {}
+    if not text:
+        return params
+    if text[0] == ";":
+        text = text[1:]
+    for part in split_outside_quotes(text, ";"):
+        if not part:
+            raise ValueError("empty parameter")
+        name, eq, value = part.partition("=")
+        name = name.strip(WHITESPACE).lower()
+        if not is_token(name):
+            raise ValueError(f"bad parameter name {name!r}")
+        params[name] = unquote(value) if eq else None
+    return params
+
+
+def format_params(params: dict[str, str | None]) -> str:
+    out = []
+    for name, value in params.items():
+        if value is None:
+            out.append(f";{name}")
+        elif value == "" or is_token(value):
+            out.append(f";{name}={value}")
+        else:
+            out.append(f";{name}={quote(value)}")
+    return "".join(out)

@@ -1,0 +1,402 @@
+"""SIP messages: the request/response model, the parser and the serializer (RFC 3261 section 7).
+
+Pure code: bytes in, `Request`/`Response` out, and back. The parser enforces
+limits (message size, header count, line length) and raises `SipError`
+carrying the status code and a reason phrase that names the problem, so the
+caller can answer a bad request precisely (or drop it when no answer is possible).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from registrar.sip.headers import (
+    LIST_HEADERS,
+    NameAddr,
+    Via,
+    canonical_name,
+    parse_cseq,
+    parse_name_addr,
+    parse_via,
+    split_list,
+)
+from registrar.sip.grammar import TOKEN_CHARS
+
+SIP_VERSION = "SIP/2.0"
+
+# Methods of RFC 3261 and its extensions (3262, 3265, 3311, 3428, 3515, 3903, 6086).
+KNOWN_METHODS = frozenset(
+    ["REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "SUBSCRIBE", "NOTIFY",
+     "PUBLISH", "MESSAGE", "INFO", "PRACK", "UPDATE", "REFER"]
+)
+
+# Limits. A UDP datagram cannot exceed 65,507 bytes; on streams we accept the same.
+MAX_MESSAGE_SIZE = 65_535
+MAX_HEADER_LINE = 8_192
+MAX_HEADERS = 128
+
+# Headers every request must carry (RFC 3261 8.1.1); Max-Forwards is tolerated
+# when missing, as Kamailio and Asterisk do, because old UAs omit it on REGISTER.
+REQUIRED_REQUEST_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+class SipError(Exception):
+    """A request we cannot accept: `status`, `reason` and extra `headers` form the answer."""
+
+    def __init__(self, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()):
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.headers = list(headers)
+
+
+@dataclass(slots=True)
+class Message:
+    """Headers and body shared by requests and responses.
+
+    `headers` keeps (canonical name, raw value) pairs in wire order; a
+    comma-separated line stays one entry until a caller asks for `get_all`.
+    """
+
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    # -- header access ------------------------------------------------------------
+    def get(self, name: str) -> str | None:
+        """The first value of a header (the first list element for list headers)."""
+        for key, value in self.headers:
+            if key == name:
+                if name in LIST_HEADERS:
+                    values = split_list(value)
+                    if values:
+                        return values[0]
+                    continue
+                return value
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of a header, comma-separated lines split for list headers."""
+        values: list[str] = []
+        split = name in LIST_HEADERS
+        for key, value in self.headers:
+            if key == name:
+                if split:
+                    values.extend(split_list(value))
+                else:
+                    values.append(value)
+        return values
+
+    def has(self, name: str) -> bool:
+        return any(key == name for key, _ in self.headers)
+
+    def add(self, name: str, value: str) -> None:
+        self.headers.append((name, value))
+
+    def set(self, name: str, value: str) -> None:
+        self.remove(name)
+        self.headers.append((name, value))
+
+    def remove(self, name: str) -> None:
+        self.headers = [(k, v) for k, v in self.headers if k != name]
+
+    # -- the headers every transaction needs ------------------------------------------
+    @property
+    def call_id(self) -> str:
+        return self.get("Call-ID") or ""
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        return parse_cseq(self.get("CSeq") or "")
+
+    @property
+    def top_via(self) -> Via:
+        value = self.get("Via")
+        if value is None:
+            raise SipError(400, "Missing Via")
+        try:
+            return parse_via(value)
+        except ValueError as exc:
+            raise SipError(400, f"Bad Via: {exc}") from None
+
+    def name_addr(self, name: str) -> NameAddr:
+        value = self.get(name)
+        if value is None:
+            raise SipError(400, f"Missing {name}")
+        try:
+            return parse_name_addr(value)
+        except ValueError as exc:
+            raise SipError(400, f"Bad {name}: {exc}") from None
+
+    def _serialize(self, start_line: str) -> bytes:
+        lines = [start_line]
+        for name, value in self.headers:
+            if name != "Content-Length":
+                lines.append(f"{name}: {value}")
+        lines.append(f"Content-Length: {len(self.body)}")
+        lines.append("")
+        lines.append("")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+
+
+@dataclass(slots=True)
+class Request(Message):
+    method: str = ""
+    uri: str = ""  # the Request-URI text; parse with registrar.sip.uri.parse_uri
+    version: str = SIP_VERSION
+
+    def to_bytes(self) -> bytes:
+        return self._serialize(f"{self.method} {self.uri} {self.version}")
+
+
+@dataclass(slots=True)
+class Response(Message):
+    status: int = 200
+    reason: str = "OK"
+    version: str = SIP_VERSION
+
+    def to_bytes(self) -> bytes:
+        return self._serialize(f"{self.version} {self.status} {self.reason}")
+
+
+# -- parsing -------------------------------------------------------------------------
+
+
+def parse_message(data: bytes) -> Request | Response:
+    """Parse one whole message (a datagram, or one framed by `StreamFramer`).
+
+    Raises SipError: 513 for an oversized message, 400 for malformed syntax,
+    416 for an unsupported Request-URI scheme, 505 for another SIP version.
+    """
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise SipError(513, "Message Too Large")
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        raise SipError(400, "Incomplete Message: no empty line after headers")
+    try:
+        head = data[:end].decode("utf-8")
+    except UnicodeDecodeError:
+        # Keep going with the raw bytes preserved: the answer must still be able to
+        # echo Via/From/To back, and RFC 4475 allows non-UTF-8 in some places.
+        head = data[:end].decode("utf-8", "surrogateescape")
+    body = data[end + 4 :]
+
+    lines = head.split("\r\n")
+    start = lines[0]
+    # RFC 3261 7.5: implementations SHOULD ignore CRLFs before the start line.
+    while not start and len(lines) > 1:
+        lines.pop(0)
+        start = lines[0]
+    headers = _parse_header_lines(lines)
+
+    if start.startswith("SIP/"):
+        message: Request | Response = _parse_status_line(start, headers)
+    else:
+        message = _parse_request_line(start, headers)
+
+    length_text = None
+    for name, value in headers:
+        if name == "Content-Length":
+            length_text = value.strip()
+            break
+    if length_text is not None:
+        if not length_text.isdigit():
+            raise SipError(400, "Bad Content-Length")
+        length = int(length_text)
+        if length > len(body):
+            raise SipError(400, "Content-Length Larger Than Message")
+        body = body[:length]
+    message.body = body
+    return message
+
+
+def _parse_header_lines(lines: list[str]) -> list[tuple[str, str]]:
+    if len(lines) - 1 > MAX_HEADERS:
+        raise SipError(400, f"Too Many Headers (limit {MAX_HEADERS})")
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if len(line) > MAX_HEADER_LINE:
+            raise SipError(400, f"Header Line Too Long (limit {MAX_HEADER_LINE} bytes)")
+        first = line[:1]
+        if first == " " or first == "\t":
+            # Header folding (RFC 3261 7.3.1): a continuation line joins the previous value.
+            if not headers:
+                raise SipError(400, "Bad Header Folding: continuation before any header")
+            name, value = headers[-1]
+            headers[-1] = (name, f"{value} {line.strip()}")
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipError(400, f"Bad Header Line: no colon in {line[:40]!r}")
+        name = name.rstrip(" \t")
+        if not name or not all(c in TOKEN_CHARS for c in name):
+            raise SipError(400, f"Bad Header Name {name[:40]!r}")
+        headers.append((canonical_name(name), value.strip(" \t")))
+    return headers
+
+
+def _parse_request_line(line: str, headers: list[tuple[str, str]]) -> Request:
+    parts = line.split(" ")
+    if len(parts) != 3 or not all(parts):
+        raise SipError(400, "Bad Request-Line")
+    method, uri, version = parts
+    if not all(c in TOKEN_CHARS for c in method):
+        raise SipError(400, "Bad Method")
+    if version.upper() != SIP_VERSION:
+        if version.upper().startswith("SIP/"):
+            raise SipError(505, f"Version Not Supported: {version[:20]}")
+        raise SipError(400, "Bad Request-Line: no SIP version")
+    scheme, colon, _ = uri.partition(":")
+    if not colon or not scheme:
+        raise SipError(400, "Bad Request-URI")
+    if scheme.lower() not in ("sip", "sips", "tel"):
+        raise SipError(416, f"Unsupported URI Scheme {scheme[:20]}")
+    request = Request(headers=headers, method=method, uri=uri)
+    for name in REQUIRED_REQUEST_HEADERS:
+        if not request.has(name):
+            raise SipError(400, f"Missing {name} Header")
+    try:
+        _, cseq_method = request.cseq
+    except ValueError as exc:
+        raise SipError(400, f"Bad CSeq: {exc}") from None
+    if cseq_method != method:
+        raise SipError(400, "CSeq Method Does Not Match Request Method")
+    return request
+
+
+def _parse_status_line(line: str, headers: list[tuple[str, str]]) -> Response:
+    version, _, rest = line.partition(" ")
+    code, _, reason = rest.partition(" ")
+    if version.upper() != SIP_VERSION:
+        raise SipError(505, "Version Not Supported")
+    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        raise SipError(400, "Bad Status-Line")
+    return Response(headers=headers, status=int(code), reason=reason)
+
+
+# -- answering -----------------------------------------------------------------------
+
+
+def make_response(request: Request, status: int, reason: str, to_tag: str | None = None) -> Response:
+    """A response to `request` per RFC 3261 8.2.6: Via, From, To, Call-ID and CSeq copied.
+
+    `to_tag` is added to To when the request's To has none (not for 100 Trying).
+    """
+    headers: list[tuple[str, str]] = []
+    for name, value in request.headers:
+        if name == "To":
+            if to_tag is not None and status > 100 and ";tag=" not in value.lower().replace(" ", ""):
+                value = f"{value};tag={to_tag}"
+            headers.append((name, value))
+        elif name in _COPIED_TO_RESPONSE:
+            headers.append((name, value))
+    return Response(headers=headers, status=status, reason=reason)
+
+
+_COPIED_TO_RESPONSE = frozenset(["Via", "From", "Call-ID", "CSeq"])
+
+
+# -- streams ---------------------------------------------------------------------------
+
+
+class KeepAlive:
+    """A CRLF keep-alive on a stream (RFC 5626 4.4.1): a double CRLF "ping" wants a CRLF "pong"."""
+
+    __slots__ = ("wants_pong",)
+
+    def __init__(self, wants_pong: bool):
+        self.wants_pong = wants_pong
+
+
+class StreamFramer:
+    """Cuts a TCP/TLS byte stream into whole SIP messages using Content-Length (RFC 3261 18.3).
+
+    Feed bytes with `feed`; it returns the complete events: `bytes` of one
+    message (to hand to `parse_message`) or `KeepAlive`. A stream that cannot be
+    framed raises SipError; the connection must then be closed, because its
+    position in the stream is lost.
+    """
+
+    def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE):
+        self._buffer = bytearray()
+        self._max = max_message_size
+
+    def feed(self, data: bytes) -> list[bytes | KeepAlive]:
+        self._buffer += data
+        events: list[bytes | KeepAlive] = []
+        buffer = self._buffer
+        while buffer:
+            # Keep-alives and stray CRLFs between messages.
+            if buffer[:1] == b"\r" or buffer[:1] == b"\n":
+                if buffer.startswith(b"\r\n\r\n"):
+                    del buffer[:4]
+                    events.append(KeepAlive(wants_pong=True))
+                    continue
+                if buffer.startswith(b"\r\n"):
+                    if len(buffer) < 4 and b"\r\n\r\n".startswith(bytes(buffer)):
+                        break  # maybe the start of a ping: wait for more
+                    del buffer[:2]
+                    events.append(KeepAlive(wants_pong=False))
+                    continue
+                if len(buffer) == 1 and buffer[:1] == b"\r":
+                    break
+                del buffer[:1]
+                continue
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > self._max:
+                    raise SipError(513, "Message Too Large")
+                break
+            length = _content_length(bytes(buffer[:end]))
+            total = end + 4 + length
+            if total > self._max:
+                raise SipError(513, "Message Too Large")
+            if len(buffer) < total:
+                break
+            events.append(bytes(buffer[:total]))
+            del buffer[:total]
+        return events
+
+
+def _content_length(head: bytes) -> int:
+    """Content-Length from a header block; absent means 0 (lenient, like Kamailio)."""
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            continue
+        name = name.strip().lower()
+        if name == b"content-length" or name == b"l":
+            value = value.strip()
+            if not value.isdigit():
+                raise SipError(400, "Bad Content-Length")
+            return int(value)
+    return 0
+
+
+def salvage_request(data: bytes) -> Request | None:
+    """The parts of an unparsable request needed to answer it, or None.
+
+    RFC 3261 needs Via, From, To, Call-ID and CSeq to form any response; when a
+    message is malformed elsewhere (a bad header, a bad URI, a wrong version)
+    we still answer it with the precise error instead of leaving the UA to
+    retransmit into silence. Responses and messages without those headers are
+    not answered.
+    """
+    head = data[:MAX_MESSAGE_SIZE].split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape")
+    lines = head.split("\r\n")
+    while lines and not lines[0]:
+        lines.pop(0)
+    if not lines or lines[0].startswith("SIP/"):
+        return None
+    method = lines[0].split(" ", 1)[0]
+    headers: list[tuple[str, str]] = []
+    for line in lines[1 : MAX_HEADERS + 1]:
+        name, colon, value = line.partition(":")
+        if colon and len(line) <= MAX_HEADER_LINE:
+            canonical = canonical_name(name.strip())
+            if canonical in _COPIED_TO_RESPONSE or canonical == "To":
+                headers.append((canonical, value.strip()))
+    names = {name for name, _ in headers}
+    if not names.issuperset(REQUIRED_REQUEST_HEADERS):
+        return None
+    return Request(headers=headers, method=method, uri="")

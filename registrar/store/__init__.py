@@ -1,0 +1,95 @@
+"""The location service (RFC 3261 10.2): where bindings live, behind one small async interface.
+
+`LocationStore` is what the registrar, the HTTP API and (later) the operator
+use. Implementations: `memory.MemoryStore` (the embedded default of
+`sipreg serve`) and an etcd one that several registrars share. Every change to
+an AOR goes through `update`, which hands the AOR's current bindings to a pure
+function and stores what it returns atomically, so RFC 3261 ordering rules
+(Call-ID/CSeq) hold even when two registrars see the same AOR.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+from registrar.model import Binding
+
+BindingChange = Callable[[Sequence[Binding]], Sequence[Binding]]
+
+
+class StoreUnavailable(Exception):
+    """The store cannot take or serve writes right now (answer 503 + Retry-After)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BindingEvent:
+    """The bindings of `aor` after a change (empty: none left); what watchers receive."""
+
+    aor: str
+    bindings: tuple[Binding, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationFailure:
+    """The last failed registration of a connection, for its status (time, reason, source)."""
+
+    domain: str
+    username: str
+    time: float
+    reason: str
+    source: str
+
+
+class LocationStore(abc.ABC):
+    """Bindings keyed by AOR ("user@domain"); reads never return an expired binding."""
+
+    @abc.abstractmethod
+    async def lookup(self, aor: str) -> list[Binding]:
+        """The AOR's current bindings."""
+
+    @abc.abstractmethod
+    async def update(self, aor: str, change: BindingChange) -> list[Binding]:
+        """Atomically replace the AOR's current bindings with `change(current)`.
+
+        `change` is pure and may raise to abort (nothing is stored then); it may
+        be called more than once when a concurrent writer wins a race. Returns
+        the bindings stored. Raises StoreUnavailable when the write cannot be
+        made durable.
+        """
+
+    @abc.abstractmethod
+    async def all_bindings(self, domain: str | None = None) -> list[Binding]:
+        """Every current binding (of one domain), for bulk reads and the API."""
+
+    @abc.abstractmethod
+    def binding_counts(self) -> dict[str, int]:
+        """Current bindings per domain, from memory (cheap: metrics call it on every scrape)."""
+
+    @abc.abstractmethod
+    def watch(self) -> AsyncIterator[BindingEvent]:
+        """Every change from now on, including expiries, until the store closes."""
+
+    @abc.abstractmethod
+    async def record_failure(self, failure: RegistrationFailure) -> None:
+        """Remember a connection's last registration failure (callers throttle)."""
+
+    @abc.abstractmethod
+    async def last_failure(self, domain: str, username: str) -> RegistrationFailure | None:
+        """The last failure recorded for a connection."""
+
+    @property
+    def ready(self) -> bool:
+        """False while the store cannot serve (readiness probe)."""
+        return True
+
+    async def start(self) -> None:
+        """Begin background work (expiry sweeps, watches); called once before use."""
+
+    async def close(self) -> None:
+        """Stop background work and release resources."""
+
+
+def domain_of(aor: str) -> str:
+    return aor.rpartition("@")[2]

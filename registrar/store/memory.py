@@ -1,0 +1,108 @@
+"""The in-memory location service: one process, nothing shared, nothing persisted.
+
+This is `sipreg serve`'s embedded default. Updates are atomic because `change`
+runs without awaiting in between read and write, on the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+
+from registrar.model import Binding
+from registrar.store import (
+    BindingChange,
+    BindingEvent,
+    LocationStore,
+    RegistrationFailure,
+    domain_of,
+)
+
+SWEEP_INTERVAL = 1.0
+
+
+class MemoryStore(LocationStore):
+    def __init__(self, clock: Callable[[], float] = time.time, sweep_interval: float = SWEEP_INTERVAL):
+        self._clock = clock
+        self._sweep_interval = sweep_interval
+        self._bindings: dict[str, tuple[Binding, ...]] = {}
+        self._counts: Counter[str] = Counter()
+        self._failures: dict[tuple[str, str], RegistrationFailure] = {}
+        self._watchers: set[asyncio.Queue[BindingEvent | None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def lookup(self, aor: str) -> list[Binding]:
+        now = self._clock()
+        return [b for b in self._bindings.get(aor, ()) if b.expires_at > now]
+
+    async def update(self, aor: str, change: BindingChange) -> list[Binding]:
+        now = self._clock()
+        old = self._bindings.get(aor, ())
+        new = tuple(change([b for b in old if b.expires_at > now]))
+        self._replace(aor, old, new)
+        return list(new)
+
+    async def all_bindings(self, domain: str | None = None) -> list[Binding]:
+        now = self._clock()
+        return [
+            b
+            for aor, bindings in self._bindings.items()
+            if domain is None or domain_of(aor) == domain
+            for b in bindings
+            if b.expires_at > now
+        ]
+
+    def binding_counts(self) -> dict[str, int]:
+        return {domain: count for domain, count in self._counts.items() if count}
+
+    async def watch(self) -> AsyncIterator[BindingEvent]:
+        queue: asyncio.Queue[BindingEvent | None] = asyncio.Queue()
+        self._watchers.add(queue)
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._watchers.discard(queue)
+
+    async def record_failure(self, failure: RegistrationFailure) -> None:
+        self._failures[(failure.domain, failure.username)] = failure
+
+    async def last_failure(self, domain: str, username: str) -> RegistrationFailure | None:
+        return self._failures.get((domain, username))
+
+    async def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="memory-store-sweeper")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for queue in self._watchers:
+            queue.put_nowait(None)
+
+    def sweep(self) -> None:
+        """Drop expired bindings (reads already hide them; this frees memory and tells watchers)."""
+        now = self._clock()
+        for aor, bindings in list(self._bindings.items()):
+            if any(b.expires_at <= now for b in bindings):
+                self._replace(aor, bindings, tuple(b for b in bindings if b.expires_at > now))
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            self.sweep()
+
+    def _replace(self, aor: str, old: tuple[Binding, ...], new: tuple[Binding, ...]) -> None:
+        if new:
+            self._bindings[aor] = new
+        else:
+            self._bindings.pop(aor, None)
+        if len(new) != len(old):
+            self._counts[domain_of(aor)] += len(new) - len(old)
+        if self._watchers and (old or new):
+            event = BindingEvent(aor, new)
+            for queue in self._watchers:
+                queue.put_nowait(event)

@@ -1,0 +1,295 @@
+"""Transports: asyncio UDP, TCP and TLS listeners, and the table of open connections (flows).
+
+This is the only part of the registrar that owns sockets. Every message, from
+any transport, goes through `SipEndpoint.receive`: parse, Via fix-up (RFC 3581
+`received`/`rport`), the server-transaction table, then the SIP service. No
+exception from a message ever reaches a listener: bad input gets an error
+response when one can be formed, and is dropped otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+
+from registrar.metrics import Metrics
+from registrar.registrar import SERVER_NAME, Source
+from registrar.service import SipService
+from registrar.sip.message import (
+    KeepAlive,
+    Request,
+    Response,
+    SipError,
+    StreamFramer,
+    make_response,
+    parse_message,
+    salvage_request,
+)
+from registrar.sip.transaction import ServerTransactions, transaction_key
+
+log = logging.getLogger("sipreg.transport")
+
+# A connection that has not carried a successful REGISTER is closed after this
+# long without traffic; one with bindings lives as long as they do (see Flow.keep_until).
+IDLE_TIMEOUT = 60.0
+IDLE_SWEEP_INTERVAL = 5.0
+FLOW_GRACE = 30.0
+
+Reply = Callable[[bytes], None]
+
+
+class SipEndpoint:
+    """The receive pipeline shared by all transports, and the flows they hold."""
+
+    def __init__(self, service: SipService, metrics: Metrics, clock: Callable[[], float] = time.monotonic):
+        self.service = service
+        self.metrics = metrics
+        self.clock = clock
+        self.transactions = ServerTransactions()
+        self.flows: dict[str, Flow] = {}
+        self._flow_ids = itertools.count(1)
+        self._pending: set[asyncio.Task[None]] = set()
+
+    # -- the pipeline --------------------------------------------------------------------
+    def receive(self, data: bytes, source: Source, reply: Reply) -> None:
+        started = self.clock()
+        try:
+            message = parse_message(data)
+        except SipError as error:
+            self.metrics.parse_errors.labels(source.transport).inc()
+            self._answer_unparsable(data, error, reply)
+            return
+        if isinstance(message, Response):
+            # A registrar sends no requests yet, so no response can match a client
+            # transaction of ours: drop it (RFC 3261 18.1.2).
+            self.metrics.message_received("RESPONSE", source.transport)
+            return
+        request = message
+        self.metrics.message_received(request.method, source.transport)
+        try:
+            self._fix_top_via(request, source)
+            key = transaction_key(request)
+        except SipError as error:
+            self._send(_error_response(request, error), reply)
+            return
+        state = self.transactions.lookup(key, started)
+        if state != "new":
+            self.metrics.retransmissions.inc()
+            if isinstance(state, bytes):
+                reply(state)
+            return
+        self.transactions.begin(key, started)
+        try:
+            answer = self.service.handle(request, source)
+        except Exception:
+            log.exception("error handling %s from %s", request.method, source)
+            answer = make_response(request, 500, "Server Internal Error")
+        if answer is None:
+            self.transactions.abandon(key)
+        elif isinstance(answer, Response):
+            self._complete(key, request, answer, reply, started)
+        else:
+            task = asyncio.get_running_loop().create_task(self._finish(key, request, answer, reply, started))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _finish(
+        self, key: tuple[str, ...], request: Request, answer: Awaitable[Response], reply: Reply, started: float
+    ) -> None:
+        try:
+            response = await answer
+        except Exception:
+            log.exception("error handling %s", request.method)
+            response = make_response(request, 500, "Server Internal Error")
+        self._complete(key, request, response, reply, started)
+
+    def _complete(self, key: tuple[str, ...], request: Request, response: Response, reply: Reply, started: float) -> None:
+        data = response.to_bytes()
+        now = self.clock()
+        self.transactions.complete(key, data, now)
+        reply(data)
+        self.metrics.request_answered(request.method, now - started)
+
+    def _answer_unparsable(self, data: bytes, error: SipError, reply: Reply) -> None:
+        request = salvage_request(data)
+        if request is None:
+            log.debug("dropped unparsable message: %s", error)
+            return
+        self._send(_error_response(request, error), reply)
+
+    @staticmethod
+    def _send(response: Response, reply: Reply) -> None:
+        reply(response.to_bytes())
+
+    @staticmethod
+    def _fix_top_via(request: Request, source: Source) -> None:
+        """RFC 3261 18.2.1 and RFC 3581: record the packet's real source in the top Via.
+
+        Responses are always sent back to the packet's source address and port
+        (symmetric response routing), which is what works behind NAT.
+        """
+        for index, (name, value) in enumerate(request.headers):
+            if name != "Via":
+                continue
+            head, comma, rest = value.partition(",")
+            fixed = _received_via(head, source)
+            if fixed is not head:
+                request.headers[index] = (name, fixed + comma + rest)
+            return
+
+    # -- flows -----------------------------------------------------------------------------
+    def open_flow(self, transport: str, writer: asyncio.Transport, peer: tuple[str, int]) -> Flow:
+        flow = Flow(f"{transport}-{next(self._flow_ids)}", transport, writer, peer, self.clock())
+        self.flows[flow.id] = flow
+        self.metrics.connections.labels(transport).inc()
+        return flow
+
+    def close_flow(self, flow: Flow) -> None:
+        if self.flows.pop(flow.id, None) is not None:
+            self.metrics.connections.labels(flow.transport).dec()
+
+    def keep_flow(self, flow_id: str | None, until: float) -> None:
+        """Keep a connection open while a binding made over it is alive (monotonic time)."""
+        flow = self.flows.get(flow_id) if flow_id else None
+        if flow is not None:
+            flow.keep_until = max(flow.keep_until, until + FLOW_GRACE)
+
+    def close_idle_flows(self) -> None:
+        now = self.clock()
+        for flow in list(self.flows.values()):
+            if now > max(flow.last_activity + IDLE_TIMEOUT, flow.keep_until):
+                log.debug("closing idle %s flow %s from %s", flow.transport, flow.id, flow.peer)
+                flow.writer.close()
+                self.close_flow(flow)
+
+    async def sweep_idle_flows(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_SWEEP_INTERVAL)
+            self.close_idle_flows()
+
+
+def _received_via(via: str, source: Source) -> str:
+    params_start = via.find(";")
+    head = via if params_start < 0 else via[:params_start]
+    params = "" if params_start < 0 else via[params_start:]
+    sent_by = head.split()[-1] if head.split() else ""
+    sent_host = sent_by.rsplit("]", 1)[0].lstrip("[") if sent_by.startswith("[") else sent_by.partition(":")[0]
+    lowered = params.lower()
+    has_rport = ";rport" in lowered and ";rport=" not in lowered
+    if sent_host == source.host and not has_rport:
+        return via
+    if has_rport:
+        params = _fill_rport(params, source.port)
+    if sent_host != source.host or has_rport:
+        params += f";received={source.host}"
+    return head + params
+
+
+def _fill_rport(params: str, port: int) -> str:
+    parts = params.split(";")
+    return ";".join(f"rport={port}" if part.strip().lower() == "rport" else part for part in parts)
+
+
+def _error_response(request: Request, error: SipError) -> Response:
+    response = make_response(request, error.status, error.reason, to_tag="sipreg-error")
+    response.add("Server", SERVER_NAME)
+    for name, value in error.headers:
+        response.add(name, value)
+    return response
+
+
+class Flow:
+    """One open TCP/TLS connection: requests to a UA registered over it go back down it."""
+
+    __slots__ = ("id", "transport", "writer", "peer", "last_activity", "keep_until")
+
+    def __init__(self, flow_id: str, transport: str, writer: asyncio.Transport, peer: tuple[str, int], now: float):
+        self.id = flow_id
+        self.transport = transport
+        self.writer = writer
+        self.peer = peer
+        self.last_activity = now
+        self.keep_until = 0.0
+
+    def send(self, data: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: SipEndpoint):
+        self.endpoint = endpoint
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
+        if data in (b"\r\n\r\n", b"\r\n", b"\x00\x00\x00\x00"):
+            return  # NAT keep-alives on UDP need no answer
+        transport = self.transport
+        assert transport is not None
+        self.endpoint.receive(data, Source("udp", addr[0], addr[1]), lambda out: transport.sendto(out, addr))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable after a UA went away) must not stop the listener.
+        log.debug("udp error: %s", exc)
+
+
+class StreamProtocol(asyncio.Protocol):
+    """One TCP or TLS connection, framed by Content-Length."""
+
+    def __init__(self, endpoint: SipEndpoint, transport_name: str):
+        self.endpoint = endpoint
+        self.transport_name = transport_name
+        self.framer = StreamFramer()
+        self.flow: Flow | None = None
+        self.source: Source | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.flow = self.endpoint.open_flow(self.transport_name, transport, (peer[0], peer[1]))  # type: ignore[arg-type]
+        self.source = Source(self.transport_name, peer[0], peer[1], self.flow.id)
+
+    def data_received(self, data: bytes) -> None:
+        flow, source = self.flow, self.source
+        assert flow is not None and source is not None
+        flow.last_activity = self.endpoint.clock()
+        try:
+            events = self.framer.feed(data)
+        except SipError as error:
+            # The stream's framing is lost; answer what we can and close (RFC 3261 18.3).
+            log.debug("closing %s: %s", flow.id, error)
+            self.endpoint._answer_unparsable(bytes(self.framer._buffer), error, flow.send)
+            flow.writer.close()
+            return
+        for event in events:
+            if isinstance(event, KeepAlive):
+                if event.wants_pong:
+                    flow.send(b"\r\n")
+            else:
+                self.endpoint.receive(event, source, flow.send)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.flow is not None:
+            self.endpoint.close_flow(self.flow)
+
+
+async def listen_udp(endpoint: SipEndpoint, host: str, port: int) -> asyncio.DatagramTransport:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(endpoint), local_addr=(host, port))
+    return transport
+
+
+async def listen_stream(
+    endpoint: SipEndpoint, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    name = "tls" if ssl_context is not None else "tcp"
+    return await loop.create_server(
+        lambda: StreamProtocol(endpoint, name), host, port, ssl=ssl_context, reuse_address=True
+    )

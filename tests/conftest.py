@@ -1,0 +1,105 @@
+"""Shared fixtures: free loopback ports and a real `sipreg serve` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT / "manifests"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host` (SIP uses both on one port)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class RunningRegistrar:
+    process: subprocess.Popen
+    host: str
+    sip_port: int
+    tls_port: int
+    http_port: int
+    log_path: Path
+
+    def api(self, path: str) -> dict:
+        with urllib.request.urlopen(f"http://{self.host}:{self.http_port}{path}", timeout=5) as response:
+            return json.load(response)
+
+    def bindings(self, aor: str | None = None) -> list[dict]:
+        return self.api(f"/api/v1/bindings/{aor}" if aor else "/api/v1/bindings")["bindings"]
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def start_registrar(tmp_path: Path, *extra: str, manifests: Path = MANIFESTS) -> RunningRegistrar:
+    host = "127.0.0.1"
+    sip_port, tls_port, http_port = free_port(), free_port(), free_port()
+    log_path = tmp_path / f"sipreg-{sip_port}.log"
+    command = [
+        sys.executable, "-m", "registrar.cli", "serve",
+        "--manifests", str(manifests), "--host", host,
+        "--sip-port", str(sip_port), "--tls-port", str(tls_port), "--http-port", str(http_port),
+        *extra,
+    ]
+    log_file = open(log_path, "w")
+    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
+    log_file.close()
+    registrar = RunningRegistrar(process, host, sip_port, tls_port, http_port, log_path)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"sipreg serve exited with {process.returncode}:\n{registrar.log()}")
+        if "sipreg: ready" in registrar.log():
+            return registrar
+        time.sleep(0.05)
+    stop_registrar(registrar)
+    raise RuntimeError(f"sipreg serve did not become ready:\n{registrar.log()}")
+
+
+def stop_registrar(registrar: RunningRegistrar) -> None:
+    if registrar.process.poll() is None:
+        registrar.process.send_signal(signal.SIGTERM)
+        try:
+            registrar.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            registrar.process.kill()
+            registrar.process.wait()
+
+
+@pytest.fixture
+def registrar(tmp_path: Path) -> Iterator[RunningRegistrar]:
+    """A `sipreg serve` process on fresh loopback ports, serving manifests/."""
+    running = start_registrar(tmp_path)
+    try:
+        yield running
+    finally:
+        stop_registrar(running)
+        assert "Traceback" not in running.log(), running.log()

@@ -1,0 +1,128 @@
+"""Runs the real sipp (Debian sip-tester) against a registrar, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+SIPP = shutil.which("sipp")
+
+
+@dataclass
+class SippRun:
+    returncode: int
+    successful: int
+    failed: int
+    messages: str  # sipp's -trace_msg log: every message sent and received
+    errors: str  # sipp's -trace_err log: unexpected messages
+
+
+def manifest_passwords(manifests: Path) -> dict[str, str]:
+    """username -> password of the credential connections in the manifests (from their Secrets)."""
+    documents = [doc for path in sorted(manifests.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    secrets = {
+        (doc["metadata"].get("namespace", "default"), doc["metadata"]["name"]): doc.get("stringData", {})
+        for doc in documents
+        if doc.get("kind") == "Secret"
+    }
+    passwords = {}
+    for doc in documents:
+        if doc.get("kind") != "SipConnection":
+            continue
+        spec = doc["spec"]
+        reference = spec.get("authentication", {}).get("passwordSecretRef")
+        if reference:
+            secret = secrets[(doc["metadata"].get("namespace", "default"), reference["name"])]
+            passwords[spec["username"]] = secret[reference.get("key", "password")]
+    return passwords
+
+
+def users_csv(path: Path, users: list[tuple[str, str]], domain: str) -> Path:
+    """An injection file: username; [authentication ...] keyword; domain (see register_auth.xml)."""
+    lines = ["SEQUENTIAL"] + [
+        f"{user};[authentication username={user} password={password}];{domain}" for user, password in users
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_sipp(
+    scenario: str | Path,
+    target: str,
+    *,
+    workdir: Path,
+    transport: str = "udp",
+    calls: int = 1,
+    rate: float | None = None,
+    injection: Path | None = None,
+    local_ip: str = "127.0.0.1",
+    local_port: int | None = None,
+    keys: dict[str, str] | None = None,
+    timeout: float = 60,
+    extra: list[str] | None = None,
+) -> SippRun:
+    assert SIPP is not None, "sipp is not installed (make test installs Debian's sip-tester)"
+    scenario_path = Path(scenario) if Path(scenario).is_absolute() else SCENARIOS / scenario
+    messages, errors, stats = workdir / "sipp-messages.log", workdir / "sipp-errors.log", workdir / "sipp-stats.csv"
+    for path in (messages, errors, stats):
+        path.unlink(missing_ok=True)
+    command = [
+        SIPP, target, "-sf", str(scenario_path), "-m", str(calls), "-i", local_ip,
+        "-t", {"udp": "u1", "tcp": "t1"}[transport],
+        "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
+        "-trace_msg", "-message_file", str(messages),
+        "-trace_err", "-error_file", str(errors),
+        "-trace_stat", "-stf", str(stats),
+    ]
+    if local_port is not None:
+        command += ["-p", str(local_port)]
+    if rate is not None:
+        command += ["-r", str(rate)]
+    if injection is not None:
+        command += ["-inf", str(injection)]
+    for name, value in (keys or {}).items():
+        command += ["-key", name, value]
+    command += extra or []
+    completed = subprocess.run(command, cwd=workdir, capture_output=True, timeout=timeout + 30)
+    successful, failed = _final_counts(stats)
+    return SippRun(
+        returncode=completed.returncode,
+        successful=successful,
+        failed=failed,
+        messages=messages.read_text(errors="replace") if messages.exists() else "",
+        errors=errors.read_text(errors="replace") if errors.exists() else "",
+    )
+
+
+def _final_counts(stats: Path) -> tuple[int, int]:
+    """SuccessfulCall(C) and FailedCall(C) from the last line of sipp's statistics file."""
+    if not stats.exists():
+        return 0, 0
+    lines = [line for line in stats.read_text().splitlines() if line.strip()]
+    if len(lines) < 2:
+        return 0, 0
+    header = lines[0].split(";")
+    last = lines[-1].split(";")
+    values = dict(zip(header, last))
+    return int(values.get("SuccessfulCall(C)", 0)), int(values.get("FailedCall(C)", 0))
+
+
+def single_request_scenario(path: Path, request: str, expect: int) -> Path:
+    """A scenario that sends one request (sipp keyword syntax) and expects one final status."""
+    path.write_text(
+        f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="one request, expect {expect}">
+  <send retrans="500"><![CDATA[
+{request.strip()}
+
+]]></send>
+  <recv response="{expect}"/>
+</scenario>
+"""
+    )
+    return path
