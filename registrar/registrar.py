@@ -266,6 +266,10 @@ class Registrar:
                     reg_id=_reg_id(params.get("reg-id")),
                 )
             )
+        # A Contact listed twice (or two URIs of one +sip.instance/reg-id) is one
+        # binding; the last mention wins, as if the UA had sent them in turn.
+        unique = {_binding_key(c.uri, c.instance, c.reg_id): c for c in contacts}
+        contacts = list(unique.values())
         if len([c for c in contacts if c.expires]) > connection.max_contacts:
             raise SipError(403, f"Too Many Contacts (max {connection.max_contacts})")
         return aor, contacts, False

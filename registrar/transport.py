@@ -76,41 +76,51 @@ class SipEndpoint:
         except SipError as error:
             self._send(_error_response(request, error), reply)
             return
-        state = self.transactions.lookup(key, started)
-        if state != "new":
-            self.metrics.retransmissions.inc()
-            if isinstance(state, bytes):
-                reply(state)
-            return
-        self.transactions.begin(key, started)
+        # Only UDP peers retransmit; on TCP/TLS Timer J is zero (RFC 3261 17.2.2).
+        unreliable = source.transport == "udp"
+        if unreliable:
+            state = self.transactions.lookup(key, started)
+            if state != "new":
+                self.metrics.retransmissions.inc()
+                if isinstance(state, bytes):
+                    reply(state)
+                return
         try:
             answer = self.service.handle(request, source)
         except Exception:
             log.exception("error handling %s from %s", request.method, source)
             answer = make_response(request, 500, "Server Internal Error")
         if answer is None:
-            self.transactions.abandon(key)
-        elif isinstance(answer, Response):
-            self._complete(key, request, answer, reply, started)
-        else:
-            task = asyncio.get_running_loop().create_task(self._finish(key, request, answer, reply, started))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            return
+        if isinstance(answer, Response):
+            # Answered without touching the store (challenges, errors, OPTIONS): the
+            # answer changed nothing, so a retransmission is just answered again. Only
+            # answers that changed state are kept for Timer J, which keeps the table
+            # (and memory) at half the size under a REGISTER load.
+            reply(answer.to_bytes())
+            self.metrics.request_answered(request.method, self.clock() - started)
+            return
+        if unreliable:
+            self.transactions.begin(key, started)
+        task = asyncio.get_running_loop().create_task(
+            self._finish(key if unreliable else None, request, answer, reply, started)
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def _finish(
-        self, key: tuple[str, ...], request: Request, answer: Awaitable[Response], reply: Reply, started: float
+        self, key: tuple[str, ...] | None, request: Request, answer: Awaitable[Response], reply: Reply, started: float
     ) -> None:
+        """Send the answer of a request that went to the store; keep it for retransmissions (UDP)."""
         try:
             response = await answer
         except Exception:
             log.exception("error handling %s", request.method)
             response = make_response(request, 500, "Server Internal Error")
-        self._complete(key, request, response, reply, started)
-
-    def _complete(self, key: tuple[str, ...], request: Request, response: Response, reply: Reply, started: float) -> None:
         data = response.to_bytes()
         now = self.clock()
-        self.transactions.complete(key, data, now)
+        if key is not None:
+            self.transactions.complete(key, data, now)
         reply(data)
         self.metrics.request_answered(request.method, now - started)
 

@@ -59,12 +59,16 @@ class RunningRegistrar:
         return self.log_path.read_text()
 
 
-def start_registrar(tmp_path: Path, *extra: str, manifests: Path = MANIFESTS) -> RunningRegistrar:
+def start_registrar(
+    tmp_path: Path, *extra: str, manifests: Path = MANIFESTS, wrapper: list[str] | None = None,
+    ready_timeout: float = 20,
+) -> RunningRegistrar:
+    """Start `sipreg serve`; `wrapper` prefixes the command (the benchmark pins CPUs with taskset)."""
     host = "127.0.0.1"
     sip_port, tls_port, http_port = free_port(), free_port(), free_port()
     log_path = tmp_path / f"sipreg-{sip_port}.log"
     command = [
-        sys.executable, "-m", "registrar.cli", "serve",
+        *(wrapper or []), sys.executable, "-m", "registrar.cli", "serve",
         "--manifests", str(manifests), "--host", host,
         "--sip-port", str(sip_port), "--tls-port", str(tls_port), "--http-port", str(http_port),
         *extra,
@@ -73,12 +77,15 @@ def start_registrar(tmp_path: Path, *extra: str, manifests: Path = MANIFESTS) ->
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
     log_file.close()
     registrar = RunningRegistrar(process, host, sip_port, tls_port, http_port, log_path)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"sipreg serve exited with {process.returncode}:\n{registrar.log()}")
-        if "sipreg: ready" in registrar.log():
-            return registrar
+        try:
+            if registrar.api("/readyz")["ready"]:
+                return registrar
+        except OSError:
+            pass  # not listening yet
         time.sleep(0.05)
     stop_registrar(registrar)
     raise RuntimeError(f"sipreg serve did not become ready:\n{registrar.log()}")

@@ -57,9 +57,13 @@ class MemoryStore(LocationStore):
     def binding_counts(self) -> dict[str, int]:
         return {domain: count for domain, count in self._counts.items() if count}
 
-    async def watch(self) -> AsyncIterator[BindingEvent]:
+    def watch(self) -> AsyncIterator[BindingEvent]:
+        # Subscribe now, not at the first iteration, so no change made in between is missed.
         queue: asyncio.Queue[BindingEvent | None] = asyncio.Queue()
         self._watchers.add(queue)
+        return self._drain(queue)
+
+    async def _drain(self, queue: asyncio.Queue[BindingEvent | None]) -> AsyncIterator[BindingEvent]:
         try:
             while (event := await queue.get()) is not None:
                 yield event

@@ -65,6 +65,7 @@ def run_sipp(
     keys: dict[str, str] | None = None,
     timeout: float = 60,
     extra: list[str] | None = None,
+    wrapper: list[str] | None = None,
 ) -> SippRun:
     assert SIPP is not None, "sipp is not installed (make test installs Debian's sip-tester)"
     scenario_path = Path(scenario) if Path(scenario).is_absolute() else SCENARIOS / scenario
@@ -72,7 +73,7 @@ def run_sipp(
     for path in (messages, errors, stats):
         path.unlink(missing_ok=True)
     command = [
-        SIPP, target, "-sf", str(scenario_path), "-m", str(calls), "-i", local_ip,
+        *(wrapper or []), SIPP, target, "-sf", str(scenario_path), "-m", str(calls), "-i", local_ip,
         "-t", {"udp": "u1", "tcp": "t1"}[transport],
         "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
         "-trace_msg", "-message_file", str(messages),
