@@ -66,6 +66,7 @@ def run_sipp(
     timeout: float = 60,
     extra: list[str] | None = None,
     wrapper: list[str] | None = None,
+    trace_messages: bool = True,
 ) -> SippRun:
     assert SIPP is not None, "sipp is not installed (make test installs Debian's sip-tester)"
     scenario_path = Path(scenario) if Path(scenario).is_absolute() else SCENARIOS / scenario
@@ -76,10 +77,11 @@ def run_sipp(
         *(wrapper or []), SIPP, target, "-sf", str(scenario_path), "-m", str(calls), "-i", local_ip,
         "-t", {"udp": "u1", "tcp": "t1"}[transport],
         "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
-        "-trace_msg", "-message_file", str(messages),
         "-trace_err", "-error_file", str(errors),
         "-trace_stat", "-stf", str(stats),
     ]
+    if trace_messages:  # costs sipp dearly at benchmark rates
+        command += ["-trace_msg", "-message_file", str(messages)]
     if local_port is not None:
         command += ["-p", str(local_port)]
     if rate is not None:

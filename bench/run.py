@@ -1,0 +1,270 @@
+"""`make bench`: drives a real `sipreg serve` with sipp on loopback and prints the figures.
+
+Measures, for the in-memory store:
+- authenticated REGISTERs per second (401 challenge + REGISTER with digest + 200,
+  counted once) with under 1% failures, over UDP and over TCP: a ladder of
+  offered rates, each held for --duration seconds, the best that passes wins;
+- p50/p99 response time of each leg at half the best UDP rate (sipp's rtt trace);
+- resident memory with --bindings bindings, and the growth per binding.
+
+The registrar and sipp are pinned to different cores when taskset exists, so
+they do not fight over one. Nothing here is a pass/fail test: figures vary with
+the machine's load, so they are printed, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import start_registrar, stop_registrar  # noqa: E402
+from tests.integration.sipp import SCENARIOS, run_sipp, users_csv  # noqa: E402
+
+DOMAIN = "bench.example.test"
+LADDER = (1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 10000, 12000)
+TASKSET = shutil.which("taskset")
+
+
+def pinned(cpu: int) -> list[str]:
+    return [TASKSET, "-c", str(cpu)] if TASKSET else []
+
+
+def write_manifests(directory: Path, users: int, max_contacts: int = 5) -> list[tuple[str, str]]:
+    """A domain and `users` credential connections, as one multi-document file."""
+    credentials = [(f"u{i:06d}", f"pw-{i}") for i in range(users)]
+    docs = [
+        f"""apiVersion: sipreg.io/v1alpha1
+kind: SipDomain
+metadata: {{name: bench, namespace: bench}}
+spec:
+  domain: {DOMAIN}
+  registration: {{enabled: true, minExpires: 60, defaultExpires: 600, maxExpires: 3600}}
+"""
+    ]
+    for user, password in credentials:
+        docs.append(
+            f"""apiVersion: v1
+kind: Secret
+metadata: {{name: {user}, namespace: bench}}
+stringData: {{password: {password}}}
+---
+apiVersion: sipreg.io/v1alpha1
+kind: SipConnection
+metadata: {{name: {user}, namespace: bench}}
+spec:
+  domain: {DOMAIN}
+  username: {user}
+  authentication: {{type: credentials, passwordSecretRef: {{name: {user}}}}}
+  maxContacts: {max_contacts}
+"""
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "bench.yaml").write_text("---\n".join(docs))
+    return credentials
+
+
+def register_run(
+    registrar, workdir: Path, csv_path: Path, transport: str, rate: float, calls: int, rtt: bool = False,
+    scenario: str | Path = "register_auth.xml", keys: dict[str, str] | None = None,
+):
+    extra = ["-l", str(max(1000, int(rate * 2)))]
+    if rtt:
+        extra += ["-trace_rtt", "-rtt_freq", "1"]
+    started = time.monotonic()
+    run = run_sipp(
+        scenario, f"{registrar.host}:{registrar.sip_port}", workdir=workdir, transport=transport,
+        calls=calls, rate=rate, injection=csv_path, keys={"contact_port": "5999", "expires": "3600", **(keys or {})},
+        timeout=max(60, calls / rate * 3), extra=extra, wrapper=pinned(1), trace_messages=False,
+    )
+    elapsed = time.monotonic() - started
+    return run, elapsed
+
+
+def ladder(registrar, workdir: Path, csv_path: Path, transport: str, duration: float) -> tuple[float, list[str]]:
+    best = 0.0
+    lines = []
+    for rate in LADDER:
+        calls = int(rate * duration)
+        run, elapsed = register_run(registrar, workdir, csv_path, transport, rate, calls)
+        total = run.successful + run.failed
+        failures = run.failed / total if total else 1.0
+        achieved = run.successful / elapsed
+        ok = failures < 0.01 and total >= calls * 0.99 and achieved >= rate * 0.9
+        lines.append(
+            f"  {transport} offered {rate:>6}/s: {run.successful:>7} ok, {run.failed:>5} failed "
+            f"({failures:.2%}), {achieved:,.0f}/s achieved{'' if ok else '  <- over the limit'}"
+        )
+        print(lines[-1], flush=True)
+        if not ok:
+            break
+        best = max(best, achieved)
+    return best, lines
+
+
+def latencies(workdir: Path) -> dict[str, tuple[float, float, int]]:
+    """p50/p99 (ms) per rtd from sipp's rtt trace files."""
+    samples: dict[str, list[float]] = {}
+    for path in workdir.glob("*_rtt.csv"):
+        with path.open() as f:
+            for row in csv.reader(f, delimiter=";"):
+                if len(row) < 3 or not row[1].replace(".", "", 1).isdigit():
+                    continue
+                samples.setdefault(row[2], []).append(float(row[1]))
+        path.unlink()
+    result = {}
+    for name, values in samples.items():
+        values.sort()
+        result[name] = (statistics.median(values), values[min(len(values) - 1, int(len(values) * 0.99))], len(values))
+    return result
+
+
+def server_latency(registrar) -> dict[float, float]:
+    """Cumulative REGISTER latency histogram (upper bound in s -> count) from /metrics."""
+    buckets = {}
+    with urllib.request.urlopen(f"http://{registrar.host}:{registrar.http_port}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("sipreg_request_duration_seconds_bucket") and 'method="REGISTER"' in line:
+                bound = line.split('le="')[1].split('"')[0]
+                buckets[float(bound)] = float(line.split()[-1])
+    return buckets
+
+
+def histogram_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The q-quantile of the observations between two histogram readings, interpolated in its bucket (s)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1]
+    if not total:
+        return float("nan")
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in zip(bounds, counts):
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / max(count - lower_count, 1e-9)
+        lower_bound, lower_count = bound, count
+    return bounds[-1]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def binding_count(registrar) -> int:
+    with urllib.request.urlopen(f"http://{registrar.host}:{registrar.http_port}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f'sipreg_bindings{{domain="{DOMAIN}"}}'):
+                return int(float(line.split()[-1]))
+    return 0
+
+
+def memory_figure(tmp_path: Path, bindings: int, contacts_per_user: int = 10) -> str:
+    """RSS with `bindings` bindings, and what each one adds.
+
+    Parsing manifests frees tens of MiB that the first bindings then reuse, so
+    the catalogue is kept small (bindings / contacts_per_user users, each with
+    that many Contacts) and growth is measured over the second half of the
+    bindings only. Registered over TCP, where no response is kept for
+    retransmissions, so the growth is the bindings' own.
+    """
+    print(f"memory with {bindings:,} bindings", flush=True)
+    users = write_manifests(tmp_path / "memory-manifests", bindings // contacts_per_user, contacts_per_user)
+    csv_path = users_csv(tmp_path / "memory.csv", users, DOMAIN)
+    # Each call registers a Contact of its own: sip:USER-RUN-CALLNUMBER@...
+    scenario = tmp_path / "register_many_contacts.xml"
+    scenario.write_text(
+        (SCENARIOS / "register_auth.xml").read_text().replace("<sip:[field0]@[local_ip]", "<sip:[field0]-[run]-[call_number]@[local_ip]")
+    )
+    registrar = start_registrar(
+        tmp_path, "--log-level", "warning", manifests=tmp_path / "memory-manifests", wrapper=pinned(0),
+        ready_timeout=300,
+    )
+    try:
+        half = bindings // 2
+        register_run(registrar, tmp_path, csv_path, "tcp", 2000, half, scenario=scenario, keys={"run": "a"})
+        at_half, bindings_half = rss_kib(registrar.process.pid), binding_count(registrar)
+        register_run(
+            registrar, tmp_path, csv_path, "tcp", 2000, bindings - half, scenario=scenario, keys={"run": "b"}
+        )
+        at_all, bindings_all = rss_kib(registrar.process.pid), binding_count(registrar)
+    finally:
+        stop_registrar(registrar)
+    per_binding = (at_all - at_half) * 1024 / max(bindings_all - bindings_half, 1)
+    return (
+        f"memory: RSS {at_all / 1024:,.0f} MiB with {bindings_all:,} bindings of {len(users):,} users; "
+        f"{per_binding:,.0f} bytes per binding (RSS growth from {bindings_half:,} to {bindings_all:,})"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=20_000, help="users in the throughput runs")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per offered rate")
+    parser.add_argument("--bindings", type=int, default=100_000, help="bindings for the memory figure")
+    parser.add_argument("--skip", action="append", default=[], choices=["udp", "tcp", "latency", "memory"])
+    args = parser.parse_args()
+    if shutil.which("sipp") is None:
+        print("bench: sipp is not installed (`make bench` installs Debian's sip-tester)", file=sys.stderr)
+        return 2
+
+    report = ["sipreg benchmark (in-memory store, one registrar process, sipp on loopback)"]
+    with tempfile.TemporaryDirectory(prefix="sipreg-bench-") as tmp:
+        tmp_path = Path(tmp)
+        users = write_manifests(tmp_path / "manifests", args.users)
+        throughput_csv = users_csv(tmp_path / "users.csv", users[: args.users], DOMAIN)
+        registrar = start_registrar(
+            tmp_path, "--log-level", "warning", manifests=tmp_path / "manifests", wrapper=pinned(0),
+                ready_timeout=300,
+        )
+        try:
+            best = {}
+            for transport in ("udp", "tcp"):
+                if transport in args.skip:
+                    continue
+                print(f"{transport}: authenticated REGISTERs per second", flush=True)
+                best[transport], lines = ladder(registrar, tmp_path, throughput_csv, transport, args.duration)
+                report += lines
+                report.append(f"{transport}: {best[transport]:,.0f} authenticated REGISTER/s with < 1% failures")
+            if "latency" not in args.skip and best.get("udp"):
+                rate = best["udp"] / 2
+                print(f"latency at {rate:,.0f}/s over udp", flush=True)
+                before = server_latency(registrar)
+                register_run(registrar, tmp_path, throughput_csv, "udp", rate, int(rate * args.duration), rtt=True)
+                after = server_latency(registrar)
+                for name, (p50, p99, count) in sorted(latencies(tmp_path).items()):
+                    report.append(
+                        f"udp at {rate:,.0f}/s, seen by sipp (1 ms resolution): {name} leg "
+                        f"p50 {p50:.0f} ms, p99 {p99:.0f} ms ({count} samples)"
+                    )
+                report.append(
+                    f"udp at {rate:,.0f}/s, seen by the registrar (receive to send, both legs): "
+                    f"p50 {histogram_quantile(before, after, 0.5) * 1000:.2f} ms, "
+                    f"p99 {histogram_quantile(before, after, 0.99) * 1000:.2f} ms"
+                )
+        finally:
+            stop_registrar(registrar)
+
+        if "memory" not in args.skip:
+            report.append(memory_figure(tmp_path, args.bindings))
+
+    print()
+    print("\n".join(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
