@@ -17,6 +17,21 @@ def is_token(text: str) -> bool:
     return bool(text) and all(c in TOKEN_CHARS for c in text)
 
 
+def parse_digits(text: str, limit: int) -> int | None:
+    """1*DIGIT as an int no larger than `limit` (bigger values come back as `limit`); None if not digits.
+
+    str.isdigit() alone is not enough: it accepts '²' and other Unicode digits
+    that int() rejects, and int() refuses numbers of more than 4300 digits;
+    either would escape a parser as a bare ValueError instead of a clean error.
+    """
+    if not text.isascii() or not text.isdigit():
+        return None
+    text = text.lstrip("0") or "0"
+    if len(text) > len(str(limit)):
+        return limit
+    return min(int(text), limit)
+
+
 def unquote(text: str) -> str:
     """The content of a quoted-string (RFC 3261 25.1), with quoted-pairs resolved.
 

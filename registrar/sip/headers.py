@@ -10,7 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from registrar.sip.grammar import WHITESPACE, format_params, parse_params, split_outside_quotes, unquote
+from registrar.sip.grammar import (
+    WHITESPACE,
+    format_params,
+    parse_digits,
+    parse_params,
+    split_outside_quotes,
+    unquote,
+)
 from registrar.sip.uri import URI, URIError, parse_uri, split_hostport
 
 # Canonical spelling of every header we read or write, keyed by lower-case name,
@@ -167,6 +174,11 @@ def parse_name_addr(value: str) -> NameAddr:
         uri_text = uri_text.strip(WHITESPACE)
         if " " in uri_text or '"' in uri_text:
             raise ValueError("addr-spec contains whitespace; use <URI>")
+        # RFC 3261 20.10: a URI with a comma, question mark or semicolon MUST be
+        # enclosed in <>, or its ?headers would be read as the header's own
+        # (RFC 4475 regbadct). ';' and ',' already end the addr-spec here.
+        if "?" in uri_text:
+            raise ValueError("addr-spec contains '?'; a URI with headers must be enclosed in <>")
     try:
         uri = parse_uri(uri_text)
     except URIError as exc:
@@ -175,6 +187,7 @@ def parse_name_addr(value: str) -> NameAddr:
 
 
 def _find_unquoted(text: str, char: str) -> int:
+    """The index of `char` outside quoted strings, or -1; raises ValueError on an unterminated quote."""
     in_quotes = False
     escaped = False
     for i, c in enumerate(text):
@@ -186,6 +199,8 @@ def _find_unquoted(text: str, char: str) -> int:
             in_quotes = not in_quotes
         elif c == char and not in_quotes:
             return i
+    if in_quotes:
+        raise ValueError("unterminated quoted string")
     return -1
 
 
@@ -195,11 +210,12 @@ def display_name_text(display_name: str | None) -> str | None:
 
 def parse_cseq(value: str) -> tuple[int, str]:
     """CSeq "number METHOD"; the number is a 32-bit unsigned integer (RFC 3261 8.1.1.5)."""
-    number, _, method = value.strip(WHITESPACE).partition(" ")
-    method = method.strip(WHITESPACE)
-    if not number.isdigit() or not method:
+    # CSeq = 1*DIGIT LWS Method: the separator may be tabs as well as spaces.
+    parts = value.strip(WHITESPACE).split(None, 1)
+    seq = parse_digits(parts[0], 2**31) if len(parts) == 2 else None
+    if seq is None:
         raise ValueError("bad CSeq")
-    seq = int(number)
+    method = parts[1].strip(WHITESPACE)
     if seq >= 2**31:
         raise ValueError("CSeq number out of range")
     return seq, method
@@ -207,7 +223,7 @@ def parse_cseq(value: str) -> tuple[int, str]:
 
 def parse_delta_seconds(value: str) -> int:
     """Expires / Min-Expires / expires param: delta-seconds; very large values saturate."""
-    value = value.strip(WHITESPACE)
-    if not value.isdigit():
-        raise ValueError(f"bad delta-seconds {value!r}")
-    return min(int(value), 2**32 - 1)
+    seconds = parse_digits(value.strip(WHITESPACE), 2**32 - 1)
+    if seconds is None:
+        raise ValueError(f"bad delta-seconds {value[:20]!r}")
+    return seconds

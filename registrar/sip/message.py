@@ -21,7 +21,11 @@ from registrar.sip.headers import (
     parse_via,
     split_list,
 )
-from registrar.sip.grammar import TOKEN_CHARS
+from registrar.sip.grammar import TOKEN_CHARS, parse_digits
+
+# scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) (RFC 3986 3.1, used by RFC 3261 25.1)
+_SCHEME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_SCHEME_CHARS = _SCHEME_FIRST | frozenset("0123456789+-.")
 
 SIP_VERSION = "SIP/2.0"
 
@@ -170,29 +174,30 @@ def parse_message(data: bytes) -> Request | Response:
     """
     if len(data) > MAX_MESSAGE_SIZE:
         raise SipError(513, "Message Too Large")
-    end = data.find(b"\r\n\r\n")
+    # RFC 3261 7.5: implementations SHOULD ignore CRLFs before the start line.
+    # Done on the bytes, because "\r\n\r\n" + message would otherwise look
+    # like an empty header block.
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2
+    end = data.find(b"\r\n\r\n", start)
     if end < 0:
         raise SipError(400, "Incomplete Message: no empty line after headers")
     try:
-        head = data[:end].decode("utf-8")
+        head = data[start:end].decode("utf-8")
     except UnicodeDecodeError:
         # Keep going with the raw bytes preserved: the answer must still be able to
         # echo Via/From/To back, and RFC 4475 allows non-UTF-8 in some places.
-        head = data[:end].decode("utf-8", "surrogateescape")
+        head = data[start:end].decode("utf-8", "surrogateescape")
     body = data[end + 4 :]
 
     lines = head.split("\r\n")
-    start = lines[0]
-    # RFC 3261 7.5: implementations SHOULD ignore CRLFs before the start line.
-    while not start and len(lines) > 1:
-        lines.pop(0)
-        start = lines[0]
     headers = _parse_header_lines(lines)
 
-    if start.startswith("SIP/"):
-        message: Request | Response = _parse_status_line(start, headers)
+    if lines[0].startswith("SIP/"):
+        message: Request | Response = _parse_status_line(lines[0], headers)
     else:
-        message = _parse_request_line(start, headers)
+        message = _parse_request_line(lines[0], headers)
 
     length_text = None
     for name, value in headers:
@@ -200,9 +205,9 @@ def parse_message(data: bytes) -> Request | Response:
             length_text = value.strip()
             break
     if length_text is not None:
-        if not length_text.isdigit():
+        length = parse_digits(length_text, MAX_MESSAGE_SIZE + 1)
+        if length is None:
             raise SipError(400, "Bad Content-Length")
-        length = int(length_text)
         if length > len(body):
             raise SipError(400, "Content-Length Larger Than Message")
         body = body[:length]
@@ -222,8 +227,11 @@ def _parse_header_lines(lines: list[str]) -> list[tuple[str, str]]:
             # Header folding (RFC 3261 7.3.1): a continuation line joins the previous value.
             if not headers:
                 raise SipError(400, "Bad Header Folding: continuation before any header")
+            # A value that starts on the continuation line gets no leading space, so a
+            # folded "Call-ID:\r\n abc" is the same Call-ID as "Call-ID: abc".
             name, value = headers[-1]
-            headers[-1] = (name, f"{value} {line.strip()}")
+            continuation = line.strip(" \t")
+            headers[-1] = (name, f"{value} {continuation}" if value and continuation else value or continuation)
             continue
         name, colon, value = line.partition(":")
         if not colon:
@@ -232,6 +240,14 @@ def _parse_header_lines(lines: list[str]) -> list[tuple[str, str]]:
         if not name or not all(c in TOKEN_CHARS for c in name):
             raise SipError(400, f"Bad Header Name {name[:40]!r}")
         headers.append((canonical_name(name), value.strip(" \t")))
+    # A list header whose quotes do not balance cannot be split into its values:
+    # reject it here, or every later get()/get_all() on it would raise ValueError.
+    for name, value in headers:
+        if '"' in value and name in LIST_HEADERS:
+            try:
+                split_list(value)
+            except ValueError as exc:
+                raise SipError(400, f"Bad {name}: {exc}") from None
     return headers
 
 
@@ -247,7 +263,9 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]]) -> Request:
             raise SipError(505, f"Version Not Supported: {version[:20]}")
         raise SipError(400, "Bad Request-Line: no SIP version")
     scheme, colon, _ = uri.partition(":")
-    if not colon or not scheme:
+    # Not a scheme at all (RFC 4475 ltgtruri: "<sip:user@example.com>") is a
+    # malformed request, 400; only a well-formed but unknown scheme is 416.
+    if not colon or scheme[:1] not in _SCHEME_FIRST or not all(c in _SCHEME_CHARS for c in scheme):
         raise SipError(400, "Bad Request-URI")
     if scheme.lower() not in ("sip", "sips", "tel"):
         raise SipError(416, f"Unsupported URI Scheme {scheme[:20]}")
@@ -269,9 +287,10 @@ def _parse_status_line(line: str, headers: list[tuple[str, str]]) -> Response:
     code, _, reason = rest.partition(" ")
     if version.upper() != SIP_VERSION:
         raise SipError(505, "Version Not Supported")
-    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+    status = parse_digits(code, 1000) if len(code) == 3 else None
+    if status is None or not 100 <= status <= 699:
         raise SipError(400, "Bad Status-Line")
-    return Response(headers=headers, status=int(code), reason=reason)
+    return Response(headers=headers, status=status, reason=reason)
 
 
 # -- answering -----------------------------------------------------------------------
@@ -285,7 +304,7 @@ def make_response(request: Request, status: int, reason: str, to_tag: str | None
     headers: list[tuple[str, str]] = []
     for name, value in request.headers:
         if name == "To":
-            if to_tag is not None and status > 100 and ";tag=" not in value.lower().replace(" ", ""):
+            if to_tag is not None and status > 100 and not _has_tag(value):
                 value = f"{value};tag={to_tag}"
             headers.append((name, value))
         elif name in _COPIED_TO_RESPONSE:
@@ -294,6 +313,15 @@ def make_response(request: Request, status: int, reason: str, to_tag: str | None
 
 
 _COPIED_TO_RESPONSE = frozenset(["Via", "From", "Call-ID", "CSeq"])
+
+
+def _has_tag(to_value: str) -> bool:
+    """Whether a To value carries a tag header parameter (any LWS, any case; not a URI param)."""
+    try:
+        return "tag" in parse_name_addr(to_value).params
+    except ValueError:
+        # Unparsable: judge by the text, as adding a second tag would be worse.
+        return ";tag=" in "".join(to_value.lower().split())
 
 
 # -- streams ---------------------------------------------------------------------------
@@ -366,10 +394,11 @@ def _content_length(head: bytes) -> int:
             continue
         name = name.strip().lower()
         if name == b"content-length" or name == b"l":
-            value = value.strip()
-            if not value.isdigit():
+            # Capped just past any allowed size: the caller answers 513 for it.
+            length = parse_digits(value.strip().decode("latin-1"), MAX_MESSAGE_SIZE + 1)
+            if length is None:
                 raise SipError(400, "Bad Content-Length")
-            return int(value)
+            return length
     return 0
 
 

@@ -7,11 +7,16 @@ the `user` and they have no host.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import quote as percent_encode
 from urllib.parse import unquote as percent_decode
 
-from registrar.sip.grammar import format_params, parse_params
+from registrar.sip.grammar import format_params, parse_digits, parse_params
 
 SUPPORTED_SCHEMES = ("sip", "sips", "tel")
+
+# Characters a user part may carry unescaped besides alphanumerics and "-_.~"
+# (RFC 3261 25.1: the remaining marks of unreserved, and user-unreserved).
+_USER_SAFE = "!*'()&=+$,;?/"
 
 
 class URIError(ValueError):
@@ -47,7 +52,10 @@ class URI:
             return f"tel:{self.user}{format_params(self.params)}"
         userinfo = ""
         if self.user is not None:
-            userinfo = self.user if self.password is None else f"{self.user}:{self.password}"
+            # The user is kept decoded, so it must be escaped again: a user of
+            # "sips:user@example.com" (RFC 4475 esc01) is "sips%3Auser%40example.com".
+            user = percent_encode(self.user, safe=_USER_SAFE, errors="surrogateescape")
+            userinfo = user if self.password is None else f"{user}:{self.password}"
             userinfo += "@"
         port = f":{self.port}" if self.port is not None else ""
         headers = f"?{self.headers}" if self.headers else ""
@@ -68,11 +76,8 @@ def parse_uri(text: str) -> URI:
     if scheme not in ("sip", "sips"):
         raise URIError(f"unsupported URI scheme {scheme!r}")
 
-    rest, question, headers = rest.partition("?")
     user = password = None
-    # The user part may itself contain ';' (user parameters) and escaped chars, but
-    # never an unescaped '@', so the last '@' ends the userinfo.
-    at = rest.rfind("@")
+    at = _userinfo_end(rest)
     if at >= 0:
         userinfo, rest = rest[:at], rest[at + 1 :]
         user, colon, pw = userinfo.partition(":")
@@ -81,6 +86,7 @@ def parse_uri(text: str) -> URI:
         if not user:
             raise URIError("empty user part in URI")
         user = percent_decode(user) if "%" in user else user
+    rest, question, headers = rest.partition("?")
     hostport, _, params = rest.partition(";")
     host, port = _split_hostport(hostport)
     return URI(
@@ -92,6 +98,23 @@ def parse_uri(text: str) -> URI:
         params=_params(params),
         headers=headers if question else "",
     )
+
+
+def _userinfo_end(text: str) -> int:
+    """The index of the '@' that ends the userinfo, or -1 when there is none.
+
+    The user part may contain ';' and '?' (user-unreserved, RFC 3261 25.1;
+    RFC 4475 intmeth has "...crazy?,/;;*@example.com"), so ?headers can only be
+    split off after the userinfo. A bare '@' is valid nowhere else, but e-mail
+    style user names ("alice@corp.example@sip.example") are common enough to
+    tolerate: the last '@' before any '?' wins. Only when no '@' precedes the
+    first '?' does that '?' belong to the user part.
+    """
+    question = text.find("?")
+    if question < 0:
+        return text.rfind("@")
+    at = text.rfind("@", 0, question)
+    return at if at >= 0 else text.find("@", question)
 
 
 def _params(text: str) -> dict[str, str | None]:
@@ -123,9 +146,10 @@ def _split_hostport(hostport: str) -> tuple[str, int | None]:
             raise URIError(f"bad host {host!r} in URI")
     if port_text is None:
         return host, None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise URIError(f"bad port {port_text!r} in URI")
-    return host, int(port_text)
+    port = parse_digits(port_text, 65536)
+    if port is None or not 0 < port < 65536:
+        raise URIError(f"bad port {port_text[:20]!r} in URI")
+    return host, port
 
 
 def split_hostport(hostport: str, default_port: int | None = None) -> tuple[str, int | None]:

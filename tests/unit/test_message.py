@@ -1,0 +1,1650 @@
+"""Unit tests for registrar.sip.message: parsing, limits, RFC 4475 torture messages,
+stream framing, answering (make_response) and salvaging unparsable requests.
+
+The RFC 4475 messages are written out here (adapted where the RFC's own text
+elides bytes) and each test asserts what RFC 4475 says a parser must do with it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from registrar.sip.headers import (
+    LIST_HEADERS,
+    canonical_name,
+    display_name_text,
+    parse_delta_seconds,
+    parse_name_addr,
+    parse_via,
+)
+from registrar.sip.message import (
+    KNOWN_METHODS,
+    MAX_HEADER_LINE,
+    MAX_HEADERS,
+    MAX_MESSAGE_SIZE,
+    KeepAlive,
+    Request,
+    Response,
+    SipError,
+    StreamFramer,
+    make_response,
+    parse_message,
+    salvage_request,
+)
+from registrar.sip.uri import parse_uri
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def build(*lines: str, body: bytes = b"") -> bytes:
+    """A message from its start line and header lines (CRLF-terminated) and a body."""
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
+
+
+REGISTER_LINES = (
+    "REGISTER sip:example.com SIP/2.0",
+    "Via: SIP/2.0/UDP 192.0.2.10:5060;rport;branch=z9hG4bK776asdhds",
+    "Max-Forwards: 70",
+    'From: "Alice" <sip:alice@example.com>;tag=1928301774',
+    "To: <sip:alice@example.com>",
+    "Call-ID: a84b4c76e66710@pc33.example.com",
+    "CSeq: 314159 REGISTER",
+    "Contact: <sip:alice@192.0.2.10:5060>;expires=3600",
+    "Content-Length: 0",
+)
+REGISTER = build(*REGISTER_LINES)
+
+
+def register_with(*replacements: tuple[str, str | None], extra: tuple[str, ...] = (), body: bytes = b"") -> bytes:
+    """REGISTER with header lines replaced (by name prefix) or removed (None), plus extra lines."""
+    lines = list(REGISTER_LINES)
+    for prefix, new in replacements:
+        index = next(i for i, line in enumerate(lines) if line.startswith(prefix))
+        if new is None:
+            del lines[index]
+        else:
+            lines[index] = new
+    lines[-1:-1] = extra
+    return build(*lines, body=body)
+
+
+def request(data: bytes) -> Request:
+    message = parse_message(data)
+    assert isinstance(message, Request)
+    return message
+
+
+def response(data: bytes) -> Response:
+    message = parse_message(data)
+    assert isinstance(message, Response)
+    return message
+
+
+def rejected(data: bytes) -> SipError:
+    with pytest.raises(SipError) as caught:
+        parse_message(data)
+    return caught.value
+
+
+# The SDP body of many RFC 4475 messages: 150 octets with CRLF line ends.
+def sdp(address: str = "192.0.2.1") -> bytes:
+    return (
+        f"v=0\r\no=mhandley 29739 7272939 IN IP4 {address}\r\ns=-\r\nc=IN IP4 {address}\r\n"
+        "t=0 0\r\nm=audio 49217 RTP/AVP 0 12\r\nm=video 3227 RTP/AVP 31\r\na=rtpmap:31 LPC\r\n"
+    ).encode()
+
+
+def test_the_rfc_sdp_body_is_150_octets() -> None:
+    assert len(sdp()) == 150
+
+
+# --- valid requests and responses ----------------------------------------------------------------
+
+
+def test_parse_a_plain_register() -> None:
+    req = request(REGISTER)
+    assert (req.method, req.uri, req.version) == ("REGISTER", "sip:example.com", "SIP/2.0")
+    assert req.call_id == "a84b4c76e66710@pc33.example.com"
+    assert req.cseq == (314159, "REGISTER")
+    assert req.get("Max-Forwards") == "70"
+    assert req.body == b""
+    via = req.top_via
+    assert (via.transport, via.host, via.port, via.branch) == ("UDP", "192.0.2.10", 5060, "z9hG4bK776asdhds")
+    assert via.params["rport"] is None
+    sender = req.name_addr("From")
+    assert display_name_text(sender.display_name) == "Alice"
+    assert sender.tag == "1928301774"
+    assert req.name_addr("To").tag is None
+    contact = parse_name_addr(req.get("Contact") or "")
+    assert (contact.uri.host, contact.uri.port, contact.params) == ("192.0.2.10", 5060, {"expires": "3600"})
+    assert [name for name, _ in req.headers] == [
+        "Via", "Max-Forwards", "From", "To", "Call-ID", "CSeq", "Contact", "Content-Length",
+    ]
+
+
+def test_parse_a_response() -> None:
+    data = build(
+        "SIP/2.0 200 OK",
+        "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;received=192.0.2.99",
+        "From: <sip:alice@example.com>;tag=1928301774",
+        "To: <sip:alice@example.com>;tag=37GkEhwl6",
+        "Call-ID: a84b4c76e66710@pc33.example.com",
+        "CSeq: 314159 REGISTER",
+        "Contact: <sip:alice@192.0.2.10>;expires=3600, <sip:alice@198.51.100.7>;expires=1200",
+        "Content-Length: 0",
+    )
+    res = response(data)
+    assert (res.status, res.reason, res.version) == (200, "OK", "SIP/2.0")
+    assert len(res.get_all("Contact")) == 2
+    assert res.name_addr("To").tag == "37GkEhwl6"
+
+
+def test_multi_word_reason_phrase() -> None:
+    res = response(build("SIP/2.0 401 Unauthorized Because We Say So", "CSeq: 1 REGISTER"))
+    assert (res.status, res.reason) == (401, "Unauthorized Because We Say So")
+
+
+def test_compact_header_forms_are_expanded() -> None:
+    data = build(
+        "INVITE sip:bob@example.com SIP/2.0",
+        "v: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKcompact",
+        "f: <sip:alice@example.com>;tag=1",
+        "t: sip:bob@example.com",
+        "i: compact@192.0.2.1",
+        "CSeq: 1 INVITE",
+        "m: <sip:alice@192.0.2.1>",
+        "k: path, outbound",
+        "c: application/sdp",
+        "e: gzip",
+        "s: lunch",
+        "o: presence",
+        "u: dialog",
+        "x: 1800",
+        "r: <sip:carol@example.com>",
+        "l: 4",
+        body=b"v=0\r\n",
+    )
+    req = request(data)
+    assert [name for name, _ in req.headers] == [
+        "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Supported", "Content-Type", "Content-Encoding",
+        "Subject", "Event", "Allow-Events", "Session-Expires", "Refer-To", "Content-Length",
+    ]
+    assert req.call_id == "compact@192.0.2.1"
+    assert req.get_all("Supported") == ["path", "outbound"]
+    assert req.body == b"v=0\r"  # l: 4 frames the body
+
+
+def test_header_names_are_case_insensitive_and_whitespace_before_colon_is_allowed() -> None:
+    data = build(
+        "REGISTER sip:example.com SIP/2.0",
+        "VIA: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKcase",
+        "fRoM : <sip:alice@example.com>;tag=1",
+        "to\t: <sip:alice@example.com>",
+        "cAlL-iD:case@192.0.2.10",
+        "CSEQ: 1 REGISTER",
+        "x-MY-header: kept",
+        "content-LENGTH: 0",
+    )
+    req = request(data)
+    assert req.has("Via") and req.has("From") and req.has("To")
+    assert req.call_id == "case@192.0.2.10"
+    assert req.get("X-My-Header") == "kept"
+    assert req.get(canonical_name("X-MY-HEADER")) == "kept"
+
+
+def test_contact_list_with_quoted_display_names_containing_commas() -> None:
+    data = register_with(
+        (
+            "Contact",
+            'Contact: "Doe, John" <sip:john@192.0.2.1>;q=0.7, <sip:john@192.0.2.2;transport=tcp>;q=0.3',
+        ),
+        extra=('m: "Quote \\"Me\\", Please" <sip:john@192.0.2.3>', "Contact: sip:john@192.0.2.4;expires=60"),
+    )
+    req = request(data)
+    values = req.get_all("Contact")
+    assert values == [
+        '"Doe, John" <sip:john@192.0.2.1>;q=0.7',
+        "<sip:john@192.0.2.2;transport=tcp>;q=0.3",
+        '"Quote \\"Me\\", Please" <sip:john@192.0.2.3>',
+        "sip:john@192.0.2.4;expires=60",
+    ]
+    contacts = [parse_name_addr(value) for value in values]
+    assert display_name_text(contacts[0].display_name) == "Doe, John"
+    assert contacts[1].uri.transport == "tcp"
+    assert display_name_text(contacts[2].display_name) == 'Quote "Me", Please'
+    assert contacts[3].params == {"expires": "60"}
+    # get() is the first element of the first line.
+    assert req.get("Contact") == values[0]
+
+
+def test_via_lists_across_lines_and_commas_keep_their_order() -> None:
+    data = register_with(
+        ("Via", "Via: SIP/2.0/UDP proxy1.example.com;branch=z9hG4bK1, SIP/2.0/TCP proxy2.example.com:5070;branch=z9hG4bK2"),
+        extra=("v: SIP/2.0/TLS ua.example.com;branch=z9hG4bK3",),
+    )
+    req = request(data)
+    vias = [parse_via(value) for value in req.get_all("Via")]
+    assert [(v.transport, v.host, v.port, v.branch) for v in vias] == [
+        ("UDP", "proxy1.example.com", None, "z9hG4bK1"),
+        ("TCP", "proxy2.example.com", 5070, "z9hG4bK2"),
+        ("TLS", "ua.example.com", None, "z9hG4bK3"),
+    ]
+    assert req.top_via.host == "proxy1.example.com"
+
+
+def test_headers_that_are_not_lists_are_never_split_on_commas() -> None:
+    authorization = 'Digest username="alice", realm="example.com", nonce="abc", uri="sip:example.com", response="x"'
+    req = request(register_with(extra=(
+        "Date: Sat, 13 Nov 2010 23:29:00 GMT",
+        "User-Agent: Softphone/1.0 (Linux, x86_64)",
+        f"Authorization: {authorization}",
+    )))
+    assert req.get_all("Date") == ["Sat, 13 Nov 2010 23:29:00 GMT"]
+    assert req.get("User-Agent") == "Softphone/1.0 (Linux, x86_64)"
+    assert req.get_all("Authorization") == [authorization]
+
+
+def test_quoted_display_name_with_escapes() -> None:
+    req = request(register_with(("From", r'From: "Alice \"The Boss\" \\ Smith" <sip:alice@example.com>;tag=9')))
+    sender = req.name_addr("From")
+    assert display_name_text(sender.display_name) == 'Alice "The Boss" \\ Smith'
+    assert sender.tag == "9"
+
+
+def test_header_folding_joins_continuation_lines_with_one_space() -> None:
+    data = register_with(extra=(
+        "Subject: I know you're there,",
+        "        pick up the phone",
+        "\tand talk to me!",
+        "Call-Info:",
+        "   <http://wwww.example.com/alice/photo.jpg>",
+        "X-Empty:",
+    ))
+    req = request(data)
+    assert req.get("Subject") == "I know you're there, pick up the phone and talk to me!"
+    # A value that begins on a continuation line has no leading whitespace.
+    assert req.get("Call-Info") == "<http://wwww.example.com/alice/photo.jpg>"
+    assert req.get("X-Empty") == ""
+
+
+def test_folded_call_id_equals_the_unfolded_one() -> None:
+    # The registrar compares Call-IDs (RFC 3261 10.3 step 7): folding must not change one.
+    folded = request(register_with(("Call-ID", "Call-ID:\r\n a84b4c76e66710@pc33.example.com")))
+    assert folded.call_id == request(REGISTER).call_id
+
+
+def test_folding_before_any_header_is_rejected() -> None:
+    error = rejected(b"REGISTER sip:example.com SIP/2.0\r\n continuation\r\n" + REGISTER.split(b"\r\n", 1)[1])
+    assert error.status == 400
+    assert "Folding" in error.reason
+
+
+def test_name_addr_and_addr_spec_forms() -> None:
+    req = request(register_with(
+        ("From", "From: sip:alice@example.com;transport=tcp;tag=88sja8x"),
+        ("To", "To: Alice <sip:alice@example.com;transport=tcp>;tag=abc"),
+    ))
+    sender = req.name_addr("From")
+    # addr-spec: everything after ';' belongs to the header, not the URI.
+    assert sender.uri.params == {}
+    assert sender.params == {"transport": "tcp", "tag": "88sja8x"}
+    to = req.name_addr("To")
+    assert to.display_name == "Alice"
+    assert to.uri.params == {"transport": "tcp"}
+    assert to.params == {"tag": "abc"}
+
+
+def test_request_uri_params_and_headers() -> None:
+    req = request(register_with(("REGISTER", "REGISTER sip:example.com;transport=tcp;lr?X-Thing=1 SIP/2.0")))
+    uri = parse_uri(req.uri)
+    assert uri.host == "example.com"
+    assert uri.params == {"transport": "tcp", "lr": None}
+    assert uri.headers == "X-Thing=1"
+
+
+def test_ipv6_references_in_request_uri_via_and_contact() -> None:
+    req = request(register_with(
+        ("REGISTER", "REGISTER sip:[2001:db8::1]:5060 SIP/2.0"),
+        ("Via", "Via: SIP/2.0/UDP [2001:db8::10]:5062;branch=z9hG4bKv6"),
+        ("Contact", "Contact: <sip:alice@[2001:db8::10]:5062;transport=udp>"),
+    ))
+    uri = parse_uri(req.uri)
+    assert (uri.host, uri.port, uri.host_no_brackets) == ("[2001:db8::1]", 5060, "2001:db8::1")
+    assert (req.top_via.host, req.top_via.port) == ("[2001:db8::10]", 5062)
+    contact = req.name_addr("Contact")
+    assert (contact.uri.host, contact.uri.port, contact.uri.transport) == ("[2001:db8::10]", 5062, "udp")
+
+
+def test_content_length_frames_the_body() -> None:
+    body = b"hello, registrar"
+    exact = request(register_with(("Content-Length", f"Content-Length: {len(body)}"), body=body))
+    assert exact.body == body
+    # Bytes beyond Content-Length are not part of this message (RFC 3261 18.3).
+    trailing = request(register_with(("Content-Length", "Content-Length: 5"), body=body))
+    assert trailing.body == b"hello"
+    zero = request(register_with(body=b"junk after the message"))
+    assert zero.body == b""
+
+
+def test_without_content_length_a_datagram_body_runs_to_the_end() -> None:
+    # RFC 3261 18.3: Content-Length is optional over UDP; the body is the rest of the datagram.
+    req = request(register_with(("Content-Length", None), body=b"v=0\r\n"))
+    assert req.body == b"v=0\r\n"
+
+
+def test_binary_body_is_kept_byte_for_byte() -> None:
+    body = bytes(range(256))
+    req = request(register_with(("Content-Length", f"Content-Length: {len(body)}"), body=body))
+    assert req.body == body
+
+
+@pytest.mark.parametrize("prefix", [b"\r\n", b"\r\n\r\n", b"\r\n\r\n\r\n"])
+def test_crlfs_before_the_start_line_are_ignored(prefix: bytes) -> None:
+    # RFC 3261 7.5: implementations SHOULD ignore CRLFs before the start line.
+    req = request(prefix + REGISTER)
+    assert req.method == "REGISTER"
+    assert req.call_id == "a84b4c76e66710@pc33.example.com"
+
+
+def test_a_keep_alive_datagram_alone_is_not_a_message() -> None:
+    assert rejected(b"\r\n\r\n").status == 400
+
+
+def _without_content_length(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(name, value) for name, value in headers if name != "Content-Length"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        REGISTER,
+        register_with(
+            ("Contact", 'm: "Doe, John" <sip:john@192.0.2.1>;q=0.7, <sip:john@192.0.2.2>'),
+            ("Content-Length", "l: 11"),
+            extra=("Subject: folded\r\n  subject",),
+            body=b"hello world",
+        ),
+        register_with(("REGISTER", "REGISTER sip:[2001:db8::1]:5060;transport=tcp SIP/2.0")),
+    ],
+)
+def test_serialization_round_trip(data: bytes) -> None:
+    original = request(data)
+    again = request(original.to_bytes())
+    assert (again.method, again.uri, again.version) == (original.method, original.uri, original.version)
+    assert _without_content_length(again.headers) == _without_content_length(original.headers)
+    assert again.get("Content-Length") == str(len(original.body))
+    assert again.body == original.body
+    # And it is a fixed point from there on.
+    assert again.to_bytes() == original.to_bytes()
+
+
+def test_response_round_trip() -> None:
+    res = Response(headers=[("Via", "SIP/2.0/UDP a;branch=z9hG4bK1"), ("CSeq", "1 REGISTER")], status=486, reason="Busy Here")
+    res.body = b"x"
+    again = response(res.to_bytes())
+    assert (again.status, again.reason, again.body) == (486, "Busy Here", b"x")
+    assert _without_content_length(again.headers) == res.headers
+
+
+def test_message_header_editing() -> None:
+    req = request(REGISTER)
+    req.add("Supported", "path")
+    req.add("Supported", "outbound")
+    assert req.get_all("Supported") == ["path", "outbound"]
+    req.set("Supported", "gruu")
+    assert req.get_all("Supported") == ["gruu"]
+    req.remove("Supported")
+    assert not req.has("Supported")
+    assert req.get("Supported") is None
+
+
+# --- limits and errors -----------------------------------------------------------------------
+
+
+def test_oversized_message_is_513() -> None:
+    padding = b"x" * (MAX_MESSAGE_SIZE + 1 - len(REGISTER))
+    data = register_with(("Content-Length", f"Content-Length: {len(padding)}"), body=padding)
+    assert len(data) > MAX_MESSAGE_SIZE
+    error = rejected(data)
+    assert error.status == 513
+    assert "Too Large" in error.reason
+
+
+def test_message_of_exactly_the_maximum_size_is_accepted() -> None:
+    head = register_with(("Content-Length", "Content-Length: 00000"))
+    body = b"y" * (MAX_MESSAGE_SIZE - len(head))
+    data = register_with(("Content-Length", f"Content-Length: {len(body):05d}"), body=body)
+    assert len(data) == MAX_MESSAGE_SIZE
+    assert request(data).body == body
+
+
+def test_too_many_headers() -> None:
+    filler = tuple(f"X-Filler-{n}: {n}" for n in range(MAX_HEADERS))
+    error = rejected(register_with(extra=filler))
+    assert error.status == 400
+    assert "Too Many Headers" in error.reason
+
+
+def test_header_line_too_long() -> None:
+    error = rejected(register_with(extra=("X-Long: " + "a" * MAX_HEADER_LINE,)))
+    assert error.status == 400
+    assert "Header Line Too Long" in error.reason
+
+
+def test_a_long_header_line_within_the_limit_is_fine() -> None:
+    value = "a" * (MAX_HEADER_LINE - len("X-Long: "))
+    assert request(register_with(extra=(f"X-Long: {value}",))).get("X-Long") == value
+
+
+@pytest.mark.parametrize("name", ["Via", "From", "To", "Call-ID", "CSeq"])
+def test_missing_required_header(name: str) -> None:
+    error = rejected(register_with((name, None)))
+    assert error.status == 400
+    assert error.reason == f"Missing {name} Header"
+
+
+def test_max_forwards_may_be_missing() -> None:
+    assert request(register_with(("Max-Forwards", None))).get("Max-Forwards") is None
+
+
+def test_cseq_method_mismatch() -> None:
+    error = rejected(register_with(("CSeq", "CSeq: 314159 INVITE")))
+    assert error.status == 400
+    assert "CSeq Method Does Not Match" in error.reason
+
+
+@pytest.mark.parametrize("value", ["abc REGISTER", "REGISTER", "1.0 REGISTER", "\u00b2 REGISTER"])
+def test_bad_cseq(value: str) -> None:
+    error = rejected(register_with(("CSeq", f"CSeq: {value}")))
+    assert error.status == 400
+    assert error.reason.startswith("Bad CSeq")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["abc", "-1", "+1", "1.5", "0x10", "", "1 2", "\u00b2", "\u0663"],  # superscript two, Arabic-Indic three
+)
+def test_bad_content_length(value: str) -> None:
+    error = rejected(register_with(("Content-Length", f"Content-Length: {value}"), body=b"abc"))
+    assert error.status == 400
+    assert error.reason == "Bad Content-Length"
+
+
+@pytest.mark.parametrize("value", ["4", "99999999999999999999", "9" * 5000])
+def test_content_length_larger_than_the_message(value: str) -> None:
+    error = rejected(register_with(("Content-Length", f"Content-Length: {value}"), body=b"abc"))
+    assert error.status == 400
+    assert error.reason == "Content-Length Larger Than Message"
+
+
+@pytest.mark.parametrize(
+    ("uri", "scheme"),
+    [("http://example.com/", "http"), ("mailto:alice@example.com", "mailto"), ("urn:service:sos", "urn")],
+)
+def test_unsupported_request_uri_scheme_is_416(uri: str, scheme: str) -> None:
+    error = rejected(register_with(("REGISTER", f"REGISTER {uri} SIP/2.0")))
+    assert error.status == 416
+    assert "Unsupported URI Scheme" in error.reason and scheme in error.reason
+
+
+@pytest.mark.parametrize("uri", ["example.com", ":example.com", "<sip:example.com>", "s%69p:example.com"])
+def test_request_uri_without_a_valid_scheme_is_400(uri: str) -> None:
+    error = rejected(register_with(("REGISTER", f"REGISTER {uri} SIP/2.0")))
+    assert error.status == 400
+    assert "Request-URI" in error.reason
+
+
+@pytest.mark.parametrize("version", ["SIP/3.0", "SIP/1.0", "SIP/2.1"])
+def test_other_sip_versions_are_505(version: str) -> None:
+    error = rejected(register_with(("REGISTER", f"REGISTER sip:example.com {version}")))
+    assert error.status == 505
+    assert "Version Not Supported" in error.reason
+
+
+def test_lower_case_sip_version_is_accepted() -> None:
+    # RFC 3261 7.1: the version string is case-insensitive.
+    assert request(register_with(("REGISTER", "REGISTER sip:example.com sip/2.0"))).method == "REGISTER"
+
+
+def test_response_with_other_version_is_505() -> None:
+    assert rejected(build("SIP/3.0 200 OK", "CSeq: 1 REGISTER")).status == 505
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "Incomplete Message"),
+        (b"hello world", "Incomplete Message"),
+        (REGISTER[:-4], "Incomplete Message"),
+        (b"\x00\xff\xfe garbage \x80\r\n\r\n", "Bad Method"),
+        (b"\x00\xff\xfe\x80\r\n\r\n", "Bad Request-Line"),
+        (b"REGISTER\r\n\r\n", "Bad Request-Line"),
+        (b"REGISTER sip:example.com\r\n\r\n", "Bad Request-Line"),
+        (b"HTTP/1.1 200 OK\r\n\r\n", "Bad Method"),  # not a SIP status line, and '/' is no token char
+        (b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", "Bad Request-Line: no SIP version"),
+        (b"REG(ISTER sip:example.com SIP/2.0\r\n\r\n", "Bad Method"),
+        (b"SIP/2.0 2000 OK\r\n\r\n", "Bad Status-Line"),
+        (b"SIP/2.0 099 Low\r\n\r\n", "Bad Status-Line"),
+        (b"SIP/2.0 700 High\r\n\r\n", "Bad Status-Line"),
+        (b"SIP/2.0 OK\r\n\r\n", "Bad Status-Line"),
+        ("SIP/2.0 \u00b2\u00b2\u00b2 Digits?\r\n\r\n".encode(), "Bad Status-Line"),
+    ],
+)
+def test_garbage_is_400_naming_the_problem(data: bytes, reason: str) -> None:
+    error = rejected(data)
+    assert error.status == 400
+    assert error.reason.startswith(reason)
+
+
+def test_header_line_without_colon() -> None:
+    error = rejected(register_with(extra=("This is not a header",)))
+    assert error.status == 400
+    assert error.reason.startswith("Bad Header Line")
+
+
+@pytest.mark.parametrize("line", [": no name", "Bad Name: value", "X-Ünicode: value", "X(Y): value"])
+def test_bad_header_name(line: str) -> None:
+    error = rejected(register_with(extra=(line,)))
+    assert error.status == 400
+    assert error.reason.startswith("Bad Header Name")
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['Contact: "Unterminated <sip:alice@192.0.2.10>', 'Via: SIP/2.0/UDP 192.0.2.3;x="open;branch=z9hG4bKq'],
+)
+def test_list_header_with_an_unterminated_quote_is_rejected_at_parse_time(line: str) -> None:
+    # Otherwise get()/get_all() on it would raise a bare ValueError long after parsing.
+    error = rejected(register_with(extra=(line,)))
+    assert error.status == 400
+    assert "unterminated quoted string" in error.reason
+    assert error.reason.startswith(f"Bad {line.split(':')[0]}")
+
+
+def test_non_utf8_header_bytes_survive_a_round_trip() -> None:
+    data = REGISTER.replace(b"Content-Length: 0", b"X-Latin1: caf\xe9\r\nContent-Length: 0")
+    req = request(data)
+    assert req.get("X-Latin1") == "caf\udce9"  # kept as surrogate escapes, not lost
+    assert req.to_bytes().count(b"X-Latin1: caf\xe9\r\n") == 1
+
+
+# --- RFC 4475 3.1.1: valid messages ------------------------------------------------------------
+
+WSINV = build(
+    "INVITE sip:vivekg@chair-dnrc.example.com;unknownparam SIP/2.0",
+    "TO :",
+    " sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n",
+    r'from   : "J Rosenberg \\\""       <sip:jdrosen@example.com>',
+    "  ;",
+    "  tag = 98asjd8",
+    "MaX-fOrWaRdS: 0068",
+    "Call-ID: wsinv.ndaksdj@192.0.2.1",
+    "Content-Length   : 150",
+    "cseq: 0009",
+    "  INVITE",
+    "Via  : SIP  /   2.0",
+    " /UDP",
+    "    192.0.2.2;branch=390skdjuw",
+    "s :",
+    "NewFangledHeader:   newfangled value",
+    " continued newfangled value",
+    "UnknownHeaderWithUnusualValue: ;;,,;;,;",
+    "Content-Type: application/sdp",
+    "Route:",
+    " <sip:services.example.com;lr;unknownwith=value;unknown-no-value>",
+    "v:  SIP  / 2.0  / TCP     spindle.example.com   ;",
+    "  branch  =   z9hG4bK9ikj8  ,",
+    " SIP  /    2.0   / UDP  192.168.255.111   ; branch=",
+    " z9hG4bK30239",
+    r'm:"Quoted string \"\"" <sip:jdrosen@example.com> ; newparam =',
+    "      newvalue ;",
+    "  secondparam ; q = 0.33",
+    body=sdp("192.0.2.3").replace(b"c=IN IP4 192.0.2.3", b"c=IN IP4 192.0.2.4"),
+)
+
+
+def test_rfc4475_wsinv_short_tortuous_invite() -> None:
+    req = request(WSINV)
+    assert req.method == "INVITE"
+    assert req.uri == "sip:vivekg@chair-dnrc.example.com;unknownparam"
+    assert parse_uri(req.uri).params == {"unknownparam": None}
+    # Folding and LWS around ':' ';' '=' and inside values.
+    assert req.get("To") == "sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n"
+    to = req.name_addr("To")
+    assert (to.uri.aor, to.tag, to.display_name) == ("vivekg@chair-dnrc.example.com", "1918181833n", None)
+    sender = req.name_addr("From")
+    assert display_name_text(sender.display_name) == 'J Rosenberg \\"'
+    assert (sender.uri.aor, sender.tag) == ("jdrosen@example.com", "98asjd8")
+    assert int(req.get("Max-Forwards") or "") == 68  # leading zeros
+    assert req.cseq == (9, "INVITE")
+    assert req.call_id == "wsinv.ndaksdj@192.0.2.1"
+    # A mix of Via lines and a comma list, short and long forms, in order.
+    vias = [parse_via(value) for value in req.get_all("Via")]
+    assert [(v.protocol, v.transport, v.host, v.branch) for v in vias] == [
+        ("SIP/2.0", "UDP", "192.0.2.2", "390skdjuw"),
+        ("SIP/2.0", "TCP", "spindle.example.com", "z9hG4bK9ikj8"),
+        ("SIP/2.0", "UDP", "192.168.255.111", "z9hG4bK30239"),
+    ]
+    assert req.get("Subject") == ""  # an empty Subject
+    assert req.get(canonical_name("NewFangledHeader")) == "newfangled value continued newfangled value"
+    # Unknown header: taken whole, never parsed as params or a list.
+    assert req.get_all(canonical_name("UnknownHeaderWithUnusualValue")) == [";;,,;;,;"]
+    route = parse_name_addr(req.get("Route") or "")
+    assert route.uri.params == {"lr": None, "unknownwith": "value", "unknown-no-value": None}
+    (contact_value,) = req.get_all("Contact")
+    contact = parse_name_addr(contact_value)
+    assert display_name_text(contact.display_name) == 'Quoted string ""'
+    assert contact.params == {"newparam": "newvalue", "secondparam": None, "q": "0.33"}
+    assert req.get("Content-Type") == "application/sdp"
+    assert len(req.body) == 150 and req.body.startswith(b"v=0\r\n")
+
+
+INTMETH = (
+    b"!interesting-Method0123456789_*+`.%indeed'~ sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"
+    b":&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/TCP host1.example.com;branch=z9hG4bK-.!%66*_+`'~\r\n"
+    b'To: "BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f" <sip:1_unusual.URI~(to-be!sure)&isn\'t+it$/crazy?,/;;*@example.com>\r\n'
+    b"From: token1~` token2'+_ token3*%!.- <sip:mundane@example.com>;fromParam''~+*_!.-%="
+    b'"\xd1\x80\xd0\xb0\xd0\xb1\xd0\xbe\xd1\x82\xd0\xb0\xd1\x8e\xd1\x89\xd0\xb8\xd0\xb9";tag=_token~1\'+`*%!-.\r\n'
+    b"Call-ID: intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{\r\n"
+    b"CSeq: 139122385 !interesting-Method0123456789_*+`.%indeed'~\r\n"
+    b"Max-Forwards: 255\r\n"
+    b"extensionHeader-!.%*+_`'~:\xef\xbb\xbf\xe5\xa4\xa7\xe5\x81\x9c\xe9\x9b\xbb\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+def test_rfc4475_intmeth_wide_range_of_valid_characters() -> None:
+    req = request(INTMETH)
+    method = "!interesting-Method0123456789_*+`.%indeed'~"
+    # An unknown method; '%' is not an escape in a method.
+    assert req.method == method and method not in KNOWN_METHODS
+    assert req.cseq == (139122385, method)
+    uri = parse_uri(req.uri)
+    assert uri.user == "1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"
+    assert uri.password == "&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"
+    assert (uri.host, uri.headers) == ("example.com", "")
+    assert req.top_via.branch == "z9hG4bK-.!%66*_+`'~"
+    to = req.name_addr("To")
+    # quoted-pairs, including a quoted NUL
+    assert display_name_text(to.display_name) == "BEL:\x07 NUL:\x00 DEL:\x7f"
+    assert to.uri.user == "1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"
+    sender = req.name_addr("From")
+    assert sender.display_name == "token1~` token2'+_ token3*%!.-"
+    assert sender.params == {"fromparam''~+*_!.-%": "работающий", "tag": "_token~1'+`*%!-."}
+    # In a Call-ID, '%' is no escape and quotes and brackets need not balance.
+    assert req.call_id == "intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{"
+    assert req.get(canonical_name("extensionHeader-!.%*+_`'~")) == "\ufeff大停電"
+    assert req.get("Max-Forwards") == "255"
+
+
+ESC01 = build(
+    "INVITE sip:sips%3Auser%40example.com@example.net SIP/2.0",
+    "To: sip:%75se%72@example.com",
+    "From: <sip:I%20have%20spaces@example.net>;tag=938",
+    "Max-Forwards: 87",
+    "i: esc01.239409asdfakjkn23onasd0-3234",
+    "CSeq: 234234 INVITE",
+    "Via: SIP/2.0/UDP host5.example.net;branch=z9hG4bKkdjuw",
+    "C: application/sdp",
+    "Contact:",
+    "  <sip:cal%6Cer@host5.example.net;%6C%72;n%61me=v%61lue%25%34%31>",
+    "Content-Length: 150",
+    body=sdp(),
+)
+
+
+def test_rfc4475_esc01_valid_use_of_escapes() -> None:
+    req = request(ESC01)
+    uri = parse_uri(req.uri)
+    assert (uri.user, uri.host) == ("sips:user@example.com", "example.net")
+    assert req.name_addr("To").uri.aor == "user@example.com"
+    assert req.name_addr("From").uri.user == "I have spaces"
+    assert req.call_id == "esc01.239409asdfakjkn23onasd0-3234"
+    assert req.get("Content-Type") == "application/sdp"
+    contact = req.name_addr("Contact")
+    assert contact.uri.aor == "caller@host5.example.net"
+    # The URI is kept as sent, so it can be echoed back byte for byte.
+    assert contact.uri_text == "sip:cal%6Cer@host5.example.net;%6C%72;n%61me=v%61lue%25%34%31"
+    # The user still round-trips through serialization after decoding.
+    assert parse_uri(str(uri)) == uri
+    assert req.body == sdp()
+
+
+ESC02 = build(
+    "RE%47IST%45R sip:registrar.example.com SIP/2.0",
+    'To: "%Z%45" <sip:resource@example.com>',
+    'From: "%Z%45" <sip:resource@example.com>;tag=f232jadfj23',
+    "Call-ID: esc02.asdfnqwo34rq23i34jrjasdcnl23nrlknsdf",
+    "Via: SIP/2.0/TCP host.example.com;branch=z9hG4bK209%fzsnel234",
+    "CSeq: 29344 RE%47IST%45R",
+    "Max-Forwards: 70",
+    "Contact: <sip:alias1@host1.example.com>",
+    "C%6Fntact: <sip:alias2@host2.example.com>",
+    "Contact: <sip:alias3@host3.example.com>",
+    "l: 0",
+)
+
+
+def test_rfc4475_esc02_percent_that_is_not_an_escape() -> None:
+    req = request(ESC02)
+    # RE%47IST%45R is an unknown method, not REGISTER.
+    assert req.method == "RE%47IST%45R"
+    assert req.method != "REGISTER" and req.method not in KNOWN_METHODS
+    assert req.cseq == (29344, "RE%47IST%45R")
+    assert display_name_text(req.name_addr("To").display_name) == "%Z%45"
+    assert req.top_via.branch == "z9hG4bK209%fzsnel234"
+    # C%6Fntact is an extension header, not a third Contact.
+    assert [parse_name_addr(v).uri.user for v in req.get_all("Contact")] == ["alias1", "alias3"]
+    assert req.get(canonical_name("C%6Fntact")) == "<sip:alias2@host2.example.com>"
+
+
+ESCNULL = build(
+    "REGISTER sip:example.com SIP/2.0",
+    "To: sip:null-%00-null@example.com",
+    "From: sip:null-%00-null@example.com;tag=839923423",
+    "Max-Forwards: 70",
+    "Call-ID: escnull.39203ndfvkjdasfkq3w4otrq0adsfdfnavd",
+    "CSeq: 14398234 REGISTER",
+    "Via: SIP/2.0/UDP host5.example.com;branch=z9hG4bKkdjuw",
+    "Contact: <sip:%00@host5.example.com>",
+    "Contact: <sip:%00%00@host5.example.com>",
+    "L:0",
+)
+
+
+def test_rfc4475_escnull_escaped_nulls_in_uris() -> None:
+    req = request(ESCNULL)
+    to = req.name_addr("To")
+    assert to.uri.user == "null-\x00-null"
+    assert to.uri.aor == "null-\x00-null@example.com"
+    assert req.name_addr("From").tag == "839923423"
+    users = [parse_name_addr(v).uri.user for v in req.get_all("Contact")]
+    assert users == ["\x00", "\x00\x00"]  # two different contacts, not truncated strings
+    assert req.get("Content-Length") == "0"
+
+
+LWSDISP = build(
+    "OPTIONS sip:user@example.com SIP/2.0",
+    "To: sip:user@example.com",
+    "From: caller<sip:caller@example.com>;tag=323",
+    "Max-Forwards: 70",
+    "Call-ID: lwsdisp.1234abcd@funky.example.com",
+    "CSeq: 60 OPTIONS",
+    "Via: SIP/2.0/UDP funky.example.com;branch=z9hG4bKkdjuw",
+    "l: 0",
+)
+
+
+def test_rfc4475_lwsdisp_no_lws_between_display_name_and_angle_bracket() -> None:
+    sender = request(LWSDISP).name_addr("From")
+    assert (sender.display_name, sender.uri.aor, sender.tag) == ("caller", "caller@example.com", "323")
+
+
+LONGREQ = build(
+    "INVITE sip:user@example.com SIP/2.0",
+    'To: "I have a user name of ' + "extreme" * 10 + ' proportion"<sip:user@example.com:6000;unknownparam1=very'
+    + "long" * 20 + "value;longparam" + "name" * 25 + "=shortvalue;very" + "long" * 25 + "ParameterNameWithNoValue>",
+    "F: sip:" + "amazinglylongcallername" * 5 + "@example.net;tag=12" + "982" * 50 + "424;unknownheaderparam"
+    + "name" * 20 + "=unknowheaderparam" + "value" * 15 + ";unknownValueless" + "paramname" * 10,
+    "Call-ID: longreq.one" + "really" * 20 + "longcallid",
+    "CSeq: 3882340 INVITE",
+    "Unknown-" + "Long" * 20 + "-Name: unknown-" + "long" * 20 + "-value; unknown-" + "long" * 20
+    + "-parameter-name = unknown-" + "long" * 20 + "-parameter-value",
+    "Via: SIP/2.0/TCP sip33.example.com",
+    "v: SIP/2.0/TCP sip32.example.com",
+    "V: SIP/2.0/TCP sip31.example.com",
+    "Via: SIP/2.0/TCP sip30.example.com",
+    "ViA: SIP/2.0/TCP sip29.example.com",
+    "VIa: SIP/2.0/TCP sip28.example.com",
+    "VIA: SIP/2.0/TCP sip27.example.com",
+    "via: SIP/2.0/TCP sip26.example.com",
+    "viA: SIP/2.0/TCP sip25.example.com",
+    "vIa: SIP/2.0/TCP sip24.example.com",
+    "vIA: SIP/2.0/TCP sip23.example.com",
+    "V :  SIP/2.0/TCP sip22.example.com",
+    "v :  SIP/2.0/TCP sip21.example.com",
+    "V  : SIP/2.0/TCP sip20.example.com",
+    "v  : SIP/2.0/TCP sip19.example.com",
+    "Via : SIP/2.0/TCP sip18.example.com",
+    "Via  : SIP/2.0/TCP sip17.example.com",
+    *(f"Via: SIP/2.0/TCP sip{n}.example.com" for n in range(16, 0, -1)),
+    "Via: SIP/2.0/TCP host.example.com;received=192.0.2.5;branch=very" + "long" * 50 + "branchvalue",
+    "Max-Forwards: 70",
+    "Contact: <sip:" + "amazinglylongcallername" * 5 + "@host5.example.net>",
+    "Content-Type: application/sdp",
+    "l: 150",
+    body=sdp(),
+)
+
+
+def test_rfc4475_longreq_long_values_in_header_fields() -> None:
+    req = request(LONGREQ)
+    to = req.name_addr("To")
+    assert display_name_text(to.display_name) == "I have a user name of " + "extreme" * 10 + " proportion"
+    assert to.uri.port == 6000
+    assert to.uri.params == {
+        "unknownparam1": "very" + "long" * 20 + "value",
+        "longparam" + "name" * 25: "shortvalue",
+        "very" + "long" * 25 + "parameternamewithnovalue": None,
+    }
+    sender = req.name_addr("From")
+    assert sender.uri.user == "amazinglylongcallername" * 5
+    assert sender.tag == "12" + "982" * 50 + "424"
+    assert sender.params["unknownvalueless" + "paramname" * 10] is None
+    assert req.call_id == "longreq.one" + "really" * 20 + "longcallid"
+    vias = [parse_via(value) for value in req.get_all("Via")]
+    assert len(vias) == 34
+    assert [v.host for v in vias[:33]] == [f"sip{n}.example.com" for n in range(33, 0, -1)]
+    assert vias[-1].params == {"received": "192.0.2.5", "branch": "very" + "long" * 50 + "branchvalue"}
+    assert req.top_via.host == "sip33.example.com"
+    assert req.name_addr("Contact").uri.user == "amazinglylongcallername" * 5
+    assert req.body == sdp()
+
+
+DBLREQ_REGISTER = build(
+    "REGISTER sip:example.com SIP/2.0",
+    "To: sip:j.user@example.com",
+    "From: sip:j.user@example.com;tag=43251j3j324",
+    "Max-Forwards: 8",
+    "I: dblreq.0ha0isndaksdj99sdfafnl3lk233412",
+    "Contact: sip:j.user@host.example.com",
+    "CSeq: 8 REGISTER",
+    "Via: SIP/2.0/UDP 192.0.2.125;branch=z9hG4bKkdjuw23492",
+    "Content-Length: 0",
+)
+DBLREQ_INVITE = build(
+    "INVITE sip:joe@example.com SIP/2.0",
+    "t: sip:joe@example.com",
+    "From: sip:caller@example.net;tag=141334",
+    "Max-Forwards: 8",
+    "Call-ID: dblreq.0ha0isnda977644900765@192.0.2.15",
+    "CSeq: 8 INVITE",
+    "Via: SIP/2.0/UDP 192.0.2.15;branch=z9hG4bKkdjuw380234",
+    "Content-Type: application/sdp",
+    f"Content-Length: {len(sdp('192.0.2.15'))}",
+    body=sdp("192.0.2.15"),
+)
+
+
+def test_rfc4475_dblreq_only_the_first_message_of_a_datagram_is_parsed() -> None:
+    req = request(DBLREQ_REGISTER + DBLREQ_INVITE)
+    assert req.method == "REGISTER"
+    assert req.call_id == "dblreq.0ha0isndaksdj99sdfafnl3lk233412"
+    assert req.body == b""  # the INVITE is not the REGISTER's body
+    assert req.name_addr("Contact").uri.aor == "j.user@host.example.com"
+    # On a stream the same bytes are two messages.
+    framer = StreamFramer()
+    assert framer.feed(DBLREQ_REGISTER + DBLREQ_INVITE) == [DBLREQ_REGISTER, DBLREQ_INVITE]
+
+
+SEMIURI = build(
+    "OPTIONS sip:user;par=u%40example.net@example.com SIP/2.0",
+    "To: sip:j_user@example.com",
+    "From: sip:caller@example.org;tag=33242",
+    "Max-Forwards: 3",
+    "Call-ID: semiuri.0ha0isndaksdj",
+    "CSeq: 8 OPTIONS",
+    "Accept: application/sdp, application/pkcs7-mime,",
+    "        multipart/mixed, multipart/signed,",
+    "        message/sip, message/sipfrag",
+    "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKkdjuw",
+    "l: 0",
+)
+
+
+def test_rfc4475_semiuri_semicolon_separated_parameters_in_uri_user_part() -> None:
+    req = request(SEMIURI)
+    uri = parse_uri(req.uri)
+    # The user is "user;par=u@example.net" and the URI itself has no parameters.
+    assert (uri.user, uri.host, uri.params) == ("user;par=u@example.net", "example.com", {})
+    assert req.get_all("Accept") == [
+        "application/sdp", "application/pkcs7-mime", "multipart/mixed",
+        "multipart/signed", "message/sip", "message/sipfrag",
+    ]
+
+
+TRANSPORTS = build(
+    "OPTIONS sip:user@example.com SIP/2.0",
+    "To: sip:user@example.com",
+    "From: <sip:caller@example.com>;tag=323",
+    "Max-Forwards: 70",
+    "Call-ID:  transports.kijh4akdnaqjkwendsasfdj",
+    "Accept: application/sdp",
+    "CSeq: 60 OPTIONS",
+    "Via: SIP/2.0/UDP t1.example.com;branch=z9hG4bKkdjuw",
+    "Via: SIP/2.0/SCTP t2.example.com;branch=z9hG4bKklasjdhf",
+    "Via: SIP/2.0/TLS t3.example.com;branch=z9hG4bK2980unddj",
+    "Via: SIP/2.0/UNKNOWN t4.example.com;branch=z9hG4bKasd0f3en",
+    "Via: SIP/2.0/TCP t5.example.com;branch=z9hG4bK0a9idfnee",
+    "l: 0",
+)
+
+
+def test_rfc4475_transports_unusual_and_unknown_transport_types() -> None:
+    req = request(TRANSPORTS)
+    assert req.call_id == "transports.kijh4akdnaqjkwendsasfdj"
+    vias = [parse_via(value) for value in req.get_all("Via")]
+    assert [(v.transport, v.host) for v in vias] == [
+        ("UDP", "t1.example.com"), ("SCTP", "t2.example.com"), ("TLS", "t3.example.com"),
+        ("UNKNOWN", "t4.example.com"), ("TCP", "t5.example.com"),
+    ]
+
+
+def test_rfc4475_mpart01_multipart_body_with_binary_part() -> None:
+    binary = bytes([0x30, 0x82, 0x52, 0x09, 0x2A, 0x86, 0x00, 0x0D, 0x0A, 0xFF, 0xC7, 0x0D])
+    body = (
+        b"--7a9cbec02ceef655\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: binary\r\n\r\nHello\r\n"
+        b"--7a9cbec02ceef655\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        + binary + b"\r\n--7a9cbec02ceef655--\r\n"
+    )
+    data = build(
+        "MESSAGE sip:kumiko@example.org SIP/2.0",
+        "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-d87543-4dade06d0bdb11ee-1--d87543-;rport",
+        "Max-Forwards: 70",
+        "Route: <sip:127.0.0.1:5080>",
+        "Contact: <sip:fluffy@127.0.0.1:5070>",
+        "To: <sip:kumiko@example.org>",
+        "From: <sip:fluffy@example.com>;tag=2fb0dcc9",
+        "Call-ID: 3d9485ad0c49859b@Zmx1ZmZ5LW1hYy0xNi5sb2NhbA..",
+        "CSeq: 1 MESSAGE",
+        "Content-Transfer-Encoding: binary",
+        "Content-Type: multipart/mixed;boundary=7a9cbec02ceef655",
+        "Date: Sat, 15 Oct 2005 04:44:56 GMT",
+        "User-Agent: SIPimp.org/0.2.5 (curses)",
+        f"Content-Length: {len(body)}",
+        body=body,
+    )
+    req = request(data)
+    assert req.body == body
+    assert req.get("Content-Type") == "multipart/mixed;boundary=7a9cbec02ceef655"
+    assert req.top_via.params == {"branch": "z9hG4bK-d87543-4dade06d0bdb11ee-1--d87543-", "rport": None}
+    assert request(req.to_bytes()).body == body
+
+
+UNREASON_BODY = sdp("192.0.2.198")
+UNREASON = build(
+    "SIP/2.0 200 = 2**3 * 5**2 но сто девяносто девять - простое",
+    "Via: SIP/2.0/UDP 192.0.2.198;branch=z9hG4bK1324923",
+    "Call-ID: unreason.1234ksdfak3j2erwedfsASdf",
+    "CSeq: 35 INVITE",
+    "From: sip:user@example.com;tag=11141343",
+    "To: sip:user@example.edu;tag=2229",
+    "Content-Length: 154",
+    "Content-Type: application/sdp",
+    "Contact: <sip:user@host198.example.com>",
+    body=UNREASON_BODY,
+)
+
+
+def test_rfc4475_unreason_unusual_reason_phrase() -> None:
+    assert len(UNREASON_BODY) == 154
+    res = response(UNREASON)
+    assert res.status == 200
+    assert res.reason == "= 2**3 * 5**2 но сто девяносто девять - простое"
+    assert res.body == UNREASON_BODY
+    assert response(res.to_bytes()).reason == res.reason
+
+
+NOREASON = build(
+    "SIP/2.0 100 ",
+    "Via: SIP/2.0/UDP 192.0.2.105;branch=z9hG4bK2398ndaoe",
+    "Call-ID: noreason.asndj203insdf99223ndf",
+    "CSeq: 35 INVITE",
+    "From: <sip:user@example.com>;tag=39ansfi3",
+    "To: <sip:user@example.edu>;tag=902jndnke3",
+    "Content-Length: 0",
+    "Contact: <sip:user@host105.example.com>",
+)
+
+
+def test_rfc4475_noreason_empty_reason_phrase() -> None:
+    res = response(NOREASON)
+    assert (res.status, res.reason) == (100, "")
+
+
+def test_rfc4475_regescrt_escaped_headers_in_a_bracketed_contact_are_valid() -> None:
+    req = request(build(
+        "REGISTER sip:example.com SIP/2.0",
+        "To: sip:user@example.com",
+        "From: sip:user@example.com;tag=8",
+        "Max-Forwards: 70",
+        "Call-ID: regescrt.k345asrl3fdbv@192.0.2.1",
+        "CSeq: 14398234 REGISTER",
+        "Via: SIP/2.0/UDP host5.example.com;branch=z9hG4bKkdjuw",
+        "M: <sip:user@example.com?Route=%3Csip:sip.example.com%3E>",
+        "L:0",
+    ))
+    contact = req.name_addr("Contact")
+    assert contact.uri.aor == "user@example.com"
+    assert contact.uri.headers == "Route=%3Csip:sip.example.com%3E"
+
+
+# --- RFC 4475 3.1.2: invalid messages ----------------------------------------------------------
+
+
+def test_rfc4475_badinv01_extraneous_header_field_separators() -> None:
+    req = request(build(
+        "INVITE sip:user@example.com SIP/2.0",
+        "To: sip:j.user@example.com",
+        "From: sip:caller@example.net;tag=134161461246",
+        "Max-Forwards: 7",
+        "Call-ID: badinv01.0ha0isndaksdjasdf3234nas",
+        "CSeq: 8 INVITE",
+        "Via: SIP/2.0/UDP 192.0.2.15;;,;,,",
+        'Contact: "Joe" <sip:joe@example.org>;;;;',
+        f"Content-Length: {len(sdp('192.0.2.15'))}",
+        "Content-Type: application/sdp",
+        body=sdp("192.0.2.15"),
+    ))
+    # The framing is fine; the Via and Contact values are not, and reading them says so.
+    with pytest.raises(SipError) as via_error:
+        req.top_via
+    assert (via_error.value.status, via_error.value.reason) == (400, "Bad Via: empty parameter")
+    with pytest.raises(SipError) as contact_error:
+        req.name_addr("Contact")
+    assert (contact_error.value.status, contact_error.value.reason) == (400, "Bad Contact: empty parameter")
+
+
+def test_rfc4475_clerr_content_length_larger_than_message() -> None:
+    data = build(
+        "INVITE sip:user@example.com SIP/2.0",
+        "Max-Forwards: 80",
+        "To: sip:j.user@example.com",
+        "From: sip:caller@example.net;tag=93942939o2",
+        "Contact: <sip:caller@hungry.example.net>",
+        "Call-ID: clerr.0ha0isndaksdjweiafasdk3",
+        "CSeq: 8 INVITE",
+        "Via: SIP/2.0/UDP host5.example.com;branch=z9hG4bK-39234-23523",
+        "Content-Type: application/sdp",
+        "Content-Length: 9999",
+        body=sdp("192.0.2.155"),
+    )
+    error = rejected(data)
+    assert (error.status, error.reason) == (400, "Content-Length Larger Than Message")
+    # Over a stream it is simply incomplete: the framer waits for the rest.
+    assert StreamFramer().feed(data) == []
+    # And the request can still be answered.
+    salvaged = salvage_request(data)
+    assert salvaged is not None and salvaged.call_id == "clerr.0ha0isndaksdjweiafasdk3"
+
+
+NCL = build(
+    "INVITE sip:user@example.com SIP/2.0",
+    "Max-Forwards: 254",
+    "To: sip:j.user@example.com",
+    "From: sip:caller@example.net;tag=32394234",
+    "Call-ID: ncl.0ha0isndaksdj2193423r542w35",
+    "CSeq: 0 INVITE",
+    "Via: SIP/2.0/UDP 192.0.2.53;branch=z9hG4bKkdjuw",
+    "Contact: <sip:caller@example53.example.net>",
+    "Content-Type: application/sdp",
+    "Content-Length: -999",
+    body=sdp("192.0.2.53"),
+)
+
+
+def test_rfc4475_ncl_negative_content_length() -> None:
+    error = rejected(NCL)
+    assert (error.status, error.reason) == (400, "Bad Content-Length")
+    with pytest.raises(SipError) as stream_error:
+        StreamFramer().feed(NCL)
+    assert (stream_error.value.status, stream_error.value.reason) == (400, "Bad Content-Length")
+
+
+SCALAR02 = build(
+    "REGISTER sip:example.com SIP/2.0",
+    "Via: SIP/2.0/TCP host129.example.com;branch=z9hG4bK342sdfoi3",
+    "To: <sip:user@example.com>",
+    "From: <sip:user@example.com>;tag=239232jh3",
+    "CSeq: 36893488147419103232 REGISTER",
+    "Call-ID: scalar02.23o0pd9vanlq3wnrlnewofjas9ui32",
+    "Max-Forwards: 300",
+    "Expires: 1" + "0" * 104,
+    "Contact: <sip:user@host129.example.com>",
+    "  ;expires=280297596632815",
+    "Content-Length: 0",
+)
+
+
+def test_rfc4475_scalar02_overlarge_values_in_request_scalar_fields() -> None:
+    error = rejected(SCALAR02)
+    assert error.status == 400
+    assert error.reason == "Bad CSeq: CSeq number out of range"
+    # With a sane CSeq the expiry values would be treated as "very large", not crash.
+    req = request(SCALAR02.replace(b"36893488147419103232", b"1"))
+    assert parse_delta_seconds(req.get("Expires") or "") == 2**32 - 1
+    assert parse_delta_seconds(req.name_addr("Contact").params["expires"] or "") == 2**32 - 1
+
+
+def test_huge_content_length_on_a_stream_is_513() -> None:
+    data = register_with(("Content-Length", "Content-Length: 99999999999999999999999"))
+    with pytest.raises(SipError) as caught:
+        StreamFramer().feed(data)
+    assert caught.value.status == 513
+
+
+QUOTBAL = build(
+    "INVITE sip:user@example.com SIP/2.0",
+    'To: "Mr. J. User <sip:j.user@example.com>',
+    "From: sip:caller@example.net;tag=93334",
+    "Max-Forwards: 10",
+    "Call-ID: quotbal.aksdj",
+    "Contact: <sip:caller@host59.example.net>",
+    "CSeq: 8 INVITE",
+    "Via: SIP/2.0/UDP 192.0.2.59:5050;branch=z9hG4bKkdjuw39234",
+    "Content-Type: application/sdp",
+    f"Content-Length: {len(sdp('192.0.2.15'))}",
+    body=sdp("192.0.2.15"),
+)
+
+
+def test_rfc4475_quotbal_unterminated_quoted_string_in_display_name() -> None:
+    req = request(QUOTBAL)
+    with pytest.raises(SipError) as caught:
+        req.name_addr("To")
+    assert caught.value.status == 400
+    assert caught.value.reason == "Bad To: unterminated quoted string"
+
+
+def _invite(start_line: str, *extra: str) -> bytes:
+    return build(
+        start_line,
+        "To: sip:user@example.com",
+        "From: sip:caller@example.net;tag=39291",
+        "Max-Forwards: 23",
+        "Call-ID: torture.1@192.0.2.5",
+        "CSeq: 1 INVITE",
+        "Via: SIP/2.0/UDP 192.0.2.5;branch=z9hG4bKtorture",
+        "Contact: <sip:caller@host5.example.net>",
+        *extra,
+        "Content-Type: application/sdp",
+        "Content-Length: 150",
+        body=sdp("192.0.2.5"),
+    )
+
+
+def test_rfc4475_ltgtruri_request_uri_enclosed_in_angle_brackets_is_400_not_416() -> None:
+    error = rejected(_invite("INVITE <sip:user@example.com> SIP/2.0"))
+    assert error.status == 400
+    assert error.reason == "Bad Request-URI"
+
+
+@pytest.mark.parametrize(
+    "start_line",
+    [
+        "INVITE sip:user@example.com; lr SIP/2.0",  # lwsruri: LWS inside the Request-URI
+        "INVITE  sip:user@example.com  SIP/2.0",  # lwsstart: several SP between elements
+        "INVITE sip:user@example.com SIP/2.0  ",  # trws: SP after the SIP-Version
+        "INVITE\tsip:user@example.com\tSIP/2.0",
+    ],
+)
+def test_rfc4475_lwsruri_lwsstart_trws_malformed_request_lines(start_line: str) -> None:
+    error = rejected(_invite(start_line))
+    assert (error.status, error.reason) == (400, "Bad Request-Line")
+
+
+def test_rfc4475_escruri_escaped_headers_in_request_uri() -> None:
+    # RFC 4475 allows an element to accept this and ignore the escaped headers: they
+    # are kept apart from host and params, so nothing mistakes them for routing data.
+    req = request(_invite("INVITE sip:user@example.com?Route=%3Csip:example.com%3E SIP/2.0"))
+    uri = parse_uri(req.uri)
+    assert (uri.user, uri.host, uri.port, uri.params) == ("user", "example.com", None, {})
+    assert uri.headers == "Route=%3Csip:example.com%3E"
+
+
+def test_rfc4475_baddate_non_gmt_date_is_kept_verbatim() -> None:
+    req = request(_invite("INVITE sip:user@example.com SIP/2.0", "Date: Fri, 01 Jan 2010 16:00:00 EST"))
+    assert req.get_all("Date") == ["Fri, 01 Jan 2010 16:00:00 EST"]
+
+
+REGBADCT = build(
+    "REGISTER sip:example.com SIP/2.0",
+    "To: sip:user@example.com",
+    "From: sip:user@example.com;tag=998332",
+    "Max-Forwards: 70",
+    "Call-ID: regbadct.k345asrl3fdbv@10.0.0.1",
+    "CSeq: 1 REGISTER",
+    "Via: SIP/2.0/UDP 135.180.130.133:5060;branch=z9hG4bKkdjuw",
+    "Contact: sip:user@example.com?Route=%3Csip:sip.example.com%3E",
+    "l: 0",
+)
+
+
+def test_rfc4475_regbadct_unbracketed_contact_with_escaped_headers() -> None:
+    # The message frames fine; its Contact must be rejected (400) when read.
+    req = request(REGBADCT)
+    (value,) = req.get_all("Contact")
+    with pytest.raises(ValueError, match="enclosed in <>"):
+        parse_name_addr(value)
+    with pytest.raises(SipError) as caught:
+        req.name_addr("Contact")
+    assert caught.value.status == 400
+    assert caught.value.reason.startswith("Bad Contact: addr-spec contains '?'")
+
+
+def test_rfc4475_badaspec_spaces_inside_angle_brackets_are_tolerated() -> None:
+    req = request(build(
+        "OPTIONS sip:user@example.org SIP/2.0",
+        "Via: SIP/2.0/UDP host4.example.com:5060;branch=z9hG4bKkdju43234",
+        "Max-Forwards: 70",
+        'From: "Bell, Alexander" <sip:a.g.bell@example.com>;tag=433423',
+        'To: "Watson, Thomas" < sip:t.watson@example.org >',
+        "Call-ID: badaspec.sdf0234n2nds0a099u23h3hnnw009cdkne3",
+        "Accept: application/sdp",
+        "CSeq: 3923239 OPTIONS",
+        "l: 0",
+    ))
+    # RFC 4475 3.1.2.14: rejecting is reasonable, ignoring the spaces is allowed; we ignore them.
+    assert req.name_addr("To").uri.aor == "t.watson@example.org"
+    assert display_name_text(req.name_addr("From").display_name) == "Bell, Alexander"
+
+
+BADVERS = build(
+    "OPTIONS sip:t.watson@example.org SIP/7.0",
+    "Via:     SIP/7.0/UDP c.example.com;branch=z9hG4bKkdjuw",
+    "Max-Forwards:     70",
+    "From:    A. Bell <sip:a.g.bell@example.com>;tag=qweoiqpe",
+    "To:      T. Watson <sip:t.watson@example.org>",
+    "Call-ID: badvers.31417@c.example.com",
+    "CSeq:    1 OPTIONS",
+    "l: 0",
+)
+
+
+def test_rfc4475_badvers_unknown_protocol_version_is_505() -> None:
+    error = rejected(BADVERS)
+    assert error.status == 505
+    assert "Version Not Supported" in error.reason
+    # 505 can be answered: the headers a response needs are salvaged.
+    salvaged = salvage_request(BADVERS)
+    assert salvaged is not None and salvaged.call_id == "badvers.31417@c.example.com"
+
+
+MISMATCH01 = build(
+    "OPTIONS sip:user@example.com SIP/2.0",
+    "To: sip:j.user@example.com",
+    "From: sip:caller@example.net;tag=34525",
+    "Max-Forwards: 6",
+    "Call-ID: mismatch01.dj0234sxdfl3",
+    "CSeq: 8 INVITE",
+    "Via: SIP/2.0/UDP host.example.com;branch=z9hG4bKkdjuw",
+    "l: 0",
+)
+
+
+def test_rfc4475_mismatch01_cseq_method_differs_from_request_method() -> None:
+    error = rejected(MISMATCH01)
+    assert (error.status, error.reason) == (400, "CSeq Method Does Not Match Request Method")
+
+
+@pytest.mark.parametrize(
+    ("uri", "scheme"),
+    [("nobodyKnowsThisScheme:totallyopaquecontent", "nobodyKnowsThisScheme"), ("soap.beep://192.0.2.103:3002", "soap.beep")],
+)
+def test_rfc4475_unkscm_novelsc_unknown_request_uri_scheme_is_416(uri: str, scheme: str) -> None:
+    error = rejected(build(
+        f"OPTIONS {uri} SIP/2.0",
+        "To: sip:user@example.com",
+        "From: sip:caller@example.net;tag=384",
+        "Max-Forwards: 3",
+        "Call-ID: unkscm.nasdfasser0q239nwsdfasdkl34",
+        "CSeq: 3923423 OPTIONS",
+        "Via: SIP/2.0/TCP host9.example.com;branch=z9hG4bKkdjuw39234",
+        "Content-Length: 0",
+    ))
+    assert error.status == 416
+    assert error.reason == f"Unsupported URI Scheme {scheme[:20]}"
+
+
+def test_rfc4475_bigcode_response_code_out_of_range() -> None:
+    error = rejected(build(
+        "SIP/2.0 4294967301 better not break the receiver",
+        "Via: SIP/2.0/UDP 192.0.2.105;branch=z9hG4bK2398ndaoe",
+        "Call-ID: bigcode.asdof3uj203asdnf3429uasdhfas3ehjasdfas9i",
+        "CSeq: 353494 INVITE",
+        "From: <sip:user@example.com>;tag=39ansfi3",
+        "To: <sip:user@example.edu>;tag=902jndnke3",
+        "Content-Length: 0",
+    ))
+    assert (error.status, error.reason) == (400, "Bad Status-Line")
+
+
+def test_rfc4475_insuf_missing_required_header_fields() -> None:
+    data = build(
+        "INVITE sip:user@example.com SIP/2.0",
+        "CSeq: 193942 INVITE",
+        "Via: SIP/2.0/UDP 192.0.2.95;branch=z9hG4bKkdj.insuf",
+        "Content-Type: application/sdp",
+        "l: 152",
+        body=sdp("192.0.2.95") + b"\r\n\r\n",
+    )
+    error = rejected(data)
+    assert (error.status, error.reason) == (400, "Missing From Header")
+    assert salvage_request(data) is None  # nothing to build a response from
+
+
+# --- stream framing -------------------------------------------------------------------------------
+
+
+def test_crlf_ping_wants_a_pong() -> None:
+    framer = StreamFramer()
+    (event,) = framer.feed(b"\r\n\r\n")
+    assert isinstance(event, KeepAlive) and event.wants_pong
+
+
+def test_single_crlf_is_a_pong_once_it_cannot_be_a_ping() -> None:
+    framer = StreamFramer()
+    # "\r\n" alone may be the first half of a "\r\n\r\n" ping split across segments.
+    assert framer.feed(b"\r\n") == []
+    events = framer.feed(REGISTER)
+    assert len(events) == 2
+    assert isinstance(events[0], KeepAlive) and not events[0].wants_pong
+    assert events[1] == REGISTER
+
+
+def test_ping_split_across_chunks() -> None:
+    framer = StreamFramer()
+    assert framer.feed(b"\r") == []
+    assert framer.feed(b"\n\r") == []
+    (event,) = framer.feed(b"\n")
+    assert isinstance(event, KeepAlive) and event.wants_pong
+
+
+def test_two_messages_in_one_chunk() -> None:
+    body = b"v=0\r\n"
+    second = register_with(("Content-Length", f"Content-Length: {len(body)}"), ("CSeq", "CSeq: 314160 REGISTER"), body=body)
+    assert StreamFramer().feed(REGISTER + second) == [REGISTER, second]
+
+
+def test_message_split_across_chunks() -> None:
+    body = b"hello"
+    data = register_with(("Content-Length", f"l: {len(body)}"), body=body)
+    framer = StreamFramer()
+    assert framer.feed(data[:10]) == []
+    assert framer.feed(data[10:-3]) == []
+    assert framer.feed(data[-3:]) == [data]
+    assert request(data).body == body
+
+
+def test_every_split_point_yields_exactly_the_message() -> None:
+    body = b"a body\r\n\r\nwith an empty line"
+    data = register_with(("Content-Length", f"Content-Length  :  {len(body)}"), body=body)
+    for cut in range(len(data) + 1):
+        framer = StreamFramer()
+        events = framer.feed(data[:cut]) + framer.feed(data[cut:])
+        assert events == [data], cut
+    framer = StreamFramer()
+    byte_by_byte = [event for i in range(len(data)) for event in framer.feed(data[i : i + 1])]
+    assert byte_by_byte == [data]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(WSINV)), max_size=12))
+def test_any_chunking_yields_exactly_the_messages(cuts: list[int]) -> None:
+    stream = b"\r\n\r\n" + WSINV + REGISTER
+    points = sorted(set(cuts))
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)])]
+    framer = StreamFramer()
+    events = [event for chunk in chunks for event in framer.feed(chunk)]
+    assert len(events) == 3
+    assert isinstance(events[0], KeepAlive) and events[0].wants_pong
+    assert events[1:] == [WSINV, REGISTER]
+
+
+def test_missing_content_length_on_a_stream_means_zero() -> None:
+    data = register_with(("Content-Length", None))
+    assert StreamFramer().feed(data + REGISTER) == [data, REGISTER]
+
+
+def test_compact_content_length_on_a_stream() -> None:
+    body = b"12345"
+    data = register_with(("Content-Length", f"l:{len(body)}"), body=body)
+    message, ping = StreamFramer().feed(data + b"\r\n\r\n")
+    assert message == data
+    assert isinstance(ping, KeepAlive) and ping.wants_pong
+
+
+def test_stream_without_end_of_headers_beyond_the_limit_is_513() -> None:
+    framer = StreamFramer(max_message_size=1000)
+    assert framer.feed(b"REGISTER sip:example.com SIP/2.0\r\n") == []
+    with pytest.raises(SipError) as caught:
+        framer.feed(b"X-Filler: " + b"a" * 1000)
+    assert caught.value.status == 513
+
+
+def test_stream_message_larger_than_the_limit_is_513() -> None:
+    data = register_with(("Content-Length", "Content-Length: 2000"))
+    with pytest.raises(SipError) as caught:
+        StreamFramer(max_message_size=1000).feed(data)
+    assert caught.value.status == 513
+
+
+@pytest.mark.parametrize("value", [b"abc", b"-5", b"\xc2\xb2", b"9" * 5000])
+def test_stream_with_bad_content_length(value: bytes) -> None:
+    data = REGISTER.replace(b"Content-Length: 0", b"Content-Length: " + value)
+    with pytest.raises(SipError) as caught:
+        StreamFramer().feed(data)
+    assert caught.value.status in (400, 513)
+
+
+# --- answering --------------------------------------------------------------------------------------
+
+
+def test_make_response_copies_the_transaction_headers_in_order() -> None:
+    data = register_with(
+        ("Via", "Via: SIP/2.0/UDP proxy.example.com;branch=z9hG4bK1, SIP/2.0/UDP 192.0.2.10;branch=z9hG4bK2"),
+        extra=("Via: SIP/2.0/TCP 192.0.2.11;branch=z9hG4bK3", "User-Agent: phone", "Record-Route: <sip:p.example.com;lr>"),
+    )
+    req = request(data)
+    res = make_response(req, 200, "OK", to_tag="abc123")
+    assert (res.status, res.reason, res.body) == (200, "OK", b"")
+    assert res.headers == [
+        ("Via", "SIP/2.0/UDP proxy.example.com;branch=z9hG4bK1, SIP/2.0/UDP 192.0.2.10;branch=z9hG4bK2"),
+        ("From", '"Alice" <sip:alice@example.com>;tag=1928301774'),
+        ("To", "<sip:alice@example.com>;tag=abc123"),
+        ("Call-ID", "a84b4c76e66710@pc33.example.com"),
+        ("CSeq", "314159 REGISTER"),
+        ("Via", "SIP/2.0/TCP 192.0.2.11;branch=z9hG4bK3"),
+    ]
+    parsed = response(res.to_bytes())
+    assert parsed.name_addr("To").tag == "abc123"
+    assert parsed.get_all("Via") == req.get_all("Via")
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "<sip:alice@example.com>;tag=existing",
+        "<sip:alice@example.com>;TAG=existing",
+        "sip:alice@example.com ;   tag    = existing",
+        "<sip:alice@example.com>;\ttag=existing",
+        "<sip:alice@example.com> ;expires=5; tag=existing",
+    ],
+)
+def test_make_response_keeps_an_existing_to_tag(to: str) -> None:
+    req = request(register_with(("To", f"To: {to}")))
+    res = make_response(req, 200, "OK", to_tag="new")
+    assert res.get("To") == to
+    assert res.name_addr("To").params.get("tag") == "existing"
+
+
+def test_a_tag_parameter_of_the_to_uri_is_not_a_to_tag() -> None:
+    req = request(register_with(("To", "To: <sip:alice@example.com;tag=uri-param>")))
+    res = make_response(req, 200, "OK", to_tag="new")
+    assert res.name_addr("To").tag == "new"
+
+
+def test_no_to_tag_on_100_trying_or_without_a_tag() -> None:
+    req = request(REGISTER)
+    assert make_response(req, 100, "Trying", to_tag="x").get("To") == "<sip:alice@example.com>"
+    assert make_response(req, 200, "OK").get("To") == "<sip:alice@example.com>"
+
+
+def test_make_response_to_a_salvaged_request() -> None:
+    data = BADVERS
+    salvaged = salvage_request(data)
+    assert salvaged is not None
+    res = make_response(salvaged, 505, "Version Not Supported", to_tag="t")
+    assert res.get("Call-ID") == "badvers.31417@c.example.com"
+    assert res.get("CSeq") == "1 OPTIONS"
+    assert res.name_addr("To").tag == "t"
+
+
+# --- salvage_request ----------------------------------------------------------------------------------
+
+
+def test_salvage_request_keeps_only_what_a_response_needs() -> None:
+    data = register_with(("REGISTER", "REGISTER <sip:example.com> SIP/2.0"))
+    salvaged = salvage_request(data)
+    assert salvaged is not None
+    assert salvaged.method == "REGISTER"
+    assert [name for name, _ in salvaged.headers] == ["Via", "From", "To", "Call-ID", "CSeq"]
+
+
+def test_salvage_request_understands_compact_forms() -> None:
+    salvaged = salvage_request(DBLREQ_INVITE.replace(b"SIP/2.0\r\n", b"SIP/9.9\r\n", 1))
+    assert salvaged is not None
+    assert salvaged.get("To") == "sip:joe@example.com"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\r\n\r\n", b"garbage", NOREASON, register_with(("Call-ID", None)), register_with(("Via", None))],
+)
+def test_salvage_request_gives_up_when_no_answer_is_possible(data: bytes) -> None:
+    assert salvage_request(data) is None
+
+
+# --- properties: bad input only ever raises SipError -------------------------------------------------
+
+REGISTER_WITH_BODY = register_with(
+    ("Contact", 'Contact: "Doe, John" <sip:john@[2001:db8::1]:5060;transport=tcp>;q=0.5;expires=60, <sip:x@y>'),
+    ("Content-Length", "Content-Length: 5"),
+    extra=("Supported: path, outbound", "Subject: folded\r\n value", 'Authorization: Digest username="a", nonce="b"'),
+    body=b"hello",
+)
+
+SIP_FRAGMENTS = [
+    "REGISTER", "INVITE", "ACK", "SIP/2.0", "SIP/2.0 200 OK", "sip:", "sips:", "tel:", "@", ":", ";", ",", "?",
+    "=", '"', "\\", "<", ">", "[", "]", " ", "\t", "\r\n", "\r\n ", "\r\n\r\n", "Via: ", "v:", "From: ", "To: ",
+    "Call-ID: ", "CSeq: ", "Contact: ", "m:", "Content-Length: ", "l:", "branch=z9hG4bK", "tag=", "rport",
+    "SIP/2.0/UDP ", "example.com", "192.0.2.1", "[::1]", "5060", "0", "-1", "99999999999", "\u00b2", "é",
+    "\x00", "%00", "%41", "*", "REGISTER sip:example.com SIP/2.0\r\n",
+]
+
+
+def _exercise_accessors(message: Request | Response) -> None:
+    """Read everything a caller might read: SipError or ValueError are the only allowed failures."""
+    for name in LIST_HEADERS:
+        message.get_all(name)
+        message.get(name)
+    for accessor in (lambda: message.top_via, lambda: message.cseq):
+        try:
+            accessor()
+        except (SipError, ValueError):
+            pass
+    for name in ("From", "To", "Contact"):
+        try:
+            message.name_addr(name)
+        except SipError:
+            pass
+    if isinstance(message, Request):
+        try:
+            parse_uri(message.uri)
+        except ValueError:
+            pass
+
+
+def _parse_only_sip_errors(data: bytes) -> None:
+    try:
+        message = parse_message(data)
+    except SipError as error:
+        assert 400 <= error.status <= 599 and error.reason
+        return
+    _exercise_accessors(message)
+    # Whatever parsed serializes to something that parses to the same message
+    # (or hits a limit: compact names grow when expanded, folded lines join).
+    try:
+        again = parse_message(message.to_bytes())
+    except SipError as error:
+        assert error.status == 513 or error.reason.startswith("Header Line Too Long")
+        return
+    assert type(again) is type(message)
+    assert _without_content_length(again.headers) == _without_content_length(message.headers)
+    assert again.body == message.body
+    if isinstance(message, Request):
+        assert isinstance(again, Request)
+        assert (again.method, again.uri) == (message.method, message.uri)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=1024))
+def test_parse_message_on_arbitrary_bytes_only_raises_sip_error(data: bytes) -> None:
+    _parse_only_sip_errors(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(SIP_FRAGMENTS), max_size=60).map(lambda parts: "".join(parts).encode("utf-8")))
+def test_parse_message_on_sip_like_text_only_raises_sip_error(data: bytes) -> None:
+    _parse_only_sip_errors(data)
+
+
+@st.composite
+def mutated(draw: st.DrawFn, seed: bytes = REGISTER_WITH_BODY) -> bytes:
+    data = bytearray(seed)
+    for _ in range(draw(st.integers(min_value=1, max_value=6))):
+        operation = draw(st.sampled_from(["flip", "truncate", "insert", "delete", "duplicate"]))
+        if not data:
+            break
+        at = draw(st.integers(min_value=0, max_value=len(data) - 1))
+        if operation == "flip":
+            data[at] = draw(st.integers(min_value=0, max_value=255))
+        elif operation == "truncate":
+            del data[at:]
+        elif operation == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8) | st.sampled_from([s.encode() for s in SIP_FRAGMENTS]))
+        elif operation == "delete":
+            del data[at : at + draw(st.integers(min_value=1, max_value=16))]
+        else:
+            data[at:at] = data[at : at + draw(st.integers(min_value=1, max_value=40))]
+    return bytes(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(mutated())
+def test_parse_message_on_mutated_register_only_raises_sip_error(data: bytes) -> None:
+    _parse_only_sip_errors(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(mutated(WSINV))
+def test_parse_message_on_mutated_wsinv_only_raises_sip_error(data: bytes) -> None:
+    _parse_only_sip_errors(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.binary(max_size=200) | mutated(), max_size=8))
+def test_stream_framer_on_arbitrary_chunks_only_raises_sip_error(chunks: list[bytes]) -> None:
+    framer = StreamFramer(max_message_size=4096)
+    for chunk in chunks:
+        try:
+            events = framer.feed(chunk)
+        except SipError as error:
+            assert error.status in (400, 513)
+            return  # the stream is dead; the connection is closed
+        for event in events:
+            assert isinstance(event, (bytes, KeepAlive))
+            if isinstance(event, bytes):
+                _parse_only_sip_errors(event)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=1024) | mutated())
+def test_salvage_request_never_raises(data: bytes) -> None:
+    salvaged = salvage_request(data)
+    if salvaged is not None:
+        assert {"Via", "From", "To", "Call-ID", "CSeq"} <= {name for name, _ in salvaged.headers}
+        make_response(salvaged, 400, "Bad Request", to_tag="x").to_bytes()
