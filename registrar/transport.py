@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from registrar.metrics import Metrics
 from registrar.registrar import SERVER_NAME, Source
 from registrar.service import SipService
+from registrar.sip.headers import Via, split_list
 from registrar.sip.message import (
     KeepAlive,
     Request,
@@ -71,8 +72,7 @@ class SipEndpoint:
         request = message
         self.metrics.message_received(request.method, source.transport)
         try:
-            self._fix_top_via(request, source)
-            key = transaction_key(request)
+            key = transaction_key(request, self._fix_top_via(request, source))
         except SipError as error:
             self._send(_error_response(request, error), reply)
             return
@@ -136,20 +136,28 @@ class SipEndpoint:
         reply(response.to_bytes())
 
     @staticmethod
-    def _fix_top_via(request: Request, source: Source) -> None:
-        """RFC 3261 18.2.1 and RFC 3581: record the packet's real source in the top Via.
+    def _fix_top_via(request: Request, source: Source) -> Via:
+        """Validate the top Via and record the packet's real source in it (RFC 3261 18.2.1, RFC 3581).
 
-        Responses are always sent back to the packet's source address and port
-        (symmetric response routing), which is what works behind NAT.
+        Returns the Via as received. Responses always go back to the packet's
+        source address and port (symmetric response routing), which is what
+        works behind NAT; `received` and a filled `rport` tell the UA what we saw.
         """
+        via = request.top_via  # SipError 400 for a malformed Via
+        rport_requested = "rport" in via.params and via.params["rport"] is None
+        if via.host_no_brackets == source.host and not rport_requested:
+            return via
+        params = dict(via.params)
+        params["received"] = source.host
+        if rport_requested:
+            params["rport"] = str(source.port)
+        fixed = str(Via(via.transport, via.host, via.port, params, via.protocol))
         for index, (name, value) in enumerate(request.headers):
-            if name != "Via":
-                continue
-            head, comma, rest = value.partition(",")
-            fixed = _received_via(head, source)
-            if fixed is not head:
-                request.headers[index] = (name, fixed + comma + rest)
-            return
+            if name == "Via":
+                values = split_list(value)
+                request.headers[index] = (name, ", ".join([fixed, *values[1:]]))
+                break
+        return via
 
     # -- flows -----------------------------------------------------------------------------
     def open_flow(self, transport: str, writer: asyncio.Transport, peer: tuple[str, int]) -> Flow:
@@ -180,28 +188,6 @@ class SipEndpoint:
         while True:
             await asyncio.sleep(IDLE_SWEEP_INTERVAL)
             self.close_idle_flows()
-
-
-def _received_via(via: str, source: Source) -> str:
-    params_start = via.find(";")
-    head = via if params_start < 0 else via[:params_start]
-    params = "" if params_start < 0 else via[params_start:]
-    sent_by = head.split()[-1] if head.split() else ""
-    sent_host = sent_by.rsplit("]", 1)[0].lstrip("[") if sent_by.startswith("[") else sent_by.partition(":")[0]
-    lowered = params.lower()
-    has_rport = ";rport" in lowered and ";rport=" not in lowered
-    if sent_host == source.host and not has_rport:
-        return via
-    if has_rport:
-        params = _fill_rport(params, source.port)
-    if sent_host != source.host or has_rport:
-        params += f";received={source.host}"
-    return head + params
-
-
-def _fill_rport(params: str, port: int) -> str:
-    parts = params.split(";")
-    return ";".join(f"rport={port}" if part.strip().lower() == "rport" else part for part in parts)
 
 
 def _error_response(request: Request, error: SipError) -> Response:

@@ -7,6 +7,7 @@ forwarded or answered never pays for parsing headers nobody reads.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -103,6 +104,10 @@ class Via:
     def branch(self) -> str | None:
         return self.params.get("branch")
 
+    @property
+    def host_no_brackets(self) -> str:
+        return self.host[1:-1] if self.host.startswith("[") else self.host
+
     def __str__(self) -> str:
         port = f":{self.port}" if self.port is not None else ""
         return f"{self.protocol}/{self.transport} {self.host}{port}{format_params(self.params)}"
@@ -149,6 +154,9 @@ class NameAddr:
         return f"{name}<{self.uri_text or self.uri}>{format_params(self.params)}"
 
 
+# Memoized like parse_uri (To, From and Contact values repeat on every refresh);
+# a cached NameAddr is shared: treat its params as read-only.
+@functools.lru_cache(maxsize=4096)
 def parse_name_addr(value: str) -> NameAddr:
     """Parse name-addr or addr-spec with header params (RFC 3261 20.10); raises ValueError.
 

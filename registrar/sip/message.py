@@ -192,19 +192,15 @@ def parse_message(data: bytes) -> Request | Response:
     body = data[end + 4 :]
 
     lines = head.split("\r\n")
-    headers = _parse_header_lines(lines)
+    headers, names = _parse_header_lines(lines)
 
     if lines[0].startswith("SIP/"):
         message: Request | Response = _parse_status_line(lines[0], headers)
     else:
-        message = _parse_request_line(lines[0], headers)
+        message = _parse_request_line(lines[0], headers, names)
 
-    length_text = None
-    for name, value in headers:
-        if name == "Content-Length":
-            length_text = value.strip()
-            break
-    if length_text is not None:
+    if "Content-Length" in names:
+        length_text = message.get("Content-Length") or ""
         length = parse_digits(length_text, MAX_MESSAGE_SIZE + 1)
         if length is None:
             raise SipError(400, "Bad Content-Length")
@@ -215,10 +211,12 @@ def parse_message(data: bytes) -> Request | Response:
     return message
 
 
-def _parse_header_lines(lines: list[str]) -> list[tuple[str, str]]:
+def _parse_header_lines(lines: list[str]) -> tuple[list[tuple[str, str]], set[str]]:
+    """The header lines as (canonical name, value) pairs, and the set of names present."""
     if len(lines) - 1 > MAX_HEADERS:
         raise SipError(400, f"Too Many Headers (limit {MAX_HEADERS})")
     headers: list[tuple[str, str]] = []
+    names: set[str] = set()
     for line in lines[1:]:
         if len(line) > MAX_HEADER_LINE:
             raise SipError(400, f"Header Line Too Long (limit {MAX_HEADER_LINE} bytes)")
@@ -233,13 +231,15 @@ def _parse_header_lines(lines: list[str]) -> list[tuple[str, str]]:
             continuation = line.strip(" \t")
             headers[-1] = (name, f"{value} {continuation}" if value and continuation else value or continuation)
             continue
-        name, colon, value = line.partition(":")
+        raw_name, colon, value = line.partition(":")
         if not colon:
             raise SipError(400, f"Bad Header Line: no colon in {line[:40]!r}")
-        name = name.rstrip(" \t")
-        if not name or not all(c in TOKEN_CHARS for c in name):
-            raise SipError(400, f"Bad Header Name {name[:40]!r}")
-        headers.append((canonical_name(name), value.strip(" \t")))
+        name = _header_name(raw_name)
+        if name in names and name in SINGLETON_HEADERS:
+            # RFC 4475 mcl01/multi01: two Content-Lengths or CSeqs cannot both be right.
+            raise SipError(400, f"Duplicate {name} Header")
+        names.add(name)
+        headers.append((name, value.strip(" \t")))
     # A list header whose quotes do not balance cannot be split into its values:
     # reject it here, or every later get()/get_all() on it would raise ValueError.
     for name, value in headers:
@@ -248,10 +248,33 @@ def _parse_header_lines(lines: list[str]) -> list[tuple[str, str]]:
                 split_list(value)
             except ValueError as exc:
                 raise SipError(400, f"Bad {name}: {exc}") from None
-    return headers
+    return headers, names
 
 
-def _parse_request_line(line: str, headers: list[tuple[str, str]]) -> Request:
+# Headers a message may carry once only (RFC 3261 20: not comma-separated lists).
+SINGLETON_HEADERS = frozenset(["Call-ID", "CSeq", "Content-Length", "From", "To", "Max-Forwards", "Expires"])
+
+# Raw header name (as spelled on the wire) -> canonical name. UAs spell the same
+# dozen names on every message, so validating and canonicalizing each spelling
+# once takes a per-character loop off the hot path. Bounded against junk.
+_header_names: dict[str, str] = {}
+_MAX_CACHED_HEADER_NAMES = 4096
+
+
+def _header_name(raw: str) -> str:
+    name = _header_names.get(raw)
+    if name is not None:
+        return name
+    stripped = raw.rstrip(" \t")
+    if not stripped or not all(c in TOKEN_CHARS for c in stripped):
+        raise SipError(400, f"Bad Header Name {stripped[:40]!r}")
+    name = canonical_name(stripped)
+    if len(_header_names) < _MAX_CACHED_HEADER_NAMES:
+        _header_names[raw] = name
+    return name
+
+
+def _parse_request_line(line: str, headers: list[tuple[str, str]], names: set[str]) -> Request:
     parts = line.split(" ")
     if len(parts) != 3 or not all(parts):
         raise SipError(400, "Bad Request-Line")
@@ -271,7 +294,7 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]]) -> Request:
         raise SipError(416, f"Unsupported URI Scheme {scheme[:20]}")
     request = Request(headers=headers, method=method, uri=uri)
     for name in REQUIRED_REQUEST_HEADERS:
-        if not request.has(name):
+        if name not in names:
             raise SipError(400, f"Missing {name} Header")
     try:
         _, cseq_method = request.cseq

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Literal
 
+from registrar.sip.headers import Via
 from registrar.sip.message import Request
 
 # RFC 3261 17.2.2: a non-INVITE server transaction stays Completed for Timer J =
@@ -30,29 +31,24 @@ TransactionKey = tuple[str, ...]
 Lookup = Literal["new", "in-progress"] | bytes
 
 
-def transaction_key(request: Request) -> TransactionKey:
+def transaction_key(request: Request, via: Via | None = None) -> TransactionKey:
     """The key that matches a request to its transaction (RFC 3261 17.2.3).
 
+    `via` is the request's parsed top Via, when the caller has it already.
     ACK matches the INVITE transaction it acknowledges; CANCEL has its own.
     Requests from RFC 2543 peers (no magic cookie) fall back to the older
-    Call-ID/CSeq/From-tag/Via matching.
+    Call-ID/CSeq/From-tag/Via matching. Raises SipError for a malformed Via.
     """
+    if via is None:
+        via = request.top_via
     method = "INVITE" if request.method == "ACK" else request.method
-    via = request.get("Via") or ""
-    head, _, params = via.partition(";")
-    branch = ""
-    for param in params.split(";"):
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "branch":
-            branch = value.strip()
-            break
-    sent_by = head.split()[-1] if head.split() else ""
+    sent_by = f"{via.host}:{via.port or ''}"
+    branch = via.branch or ""
     if branch.startswith(MAGIC_COOKIE):
         return (branch, sent_by, method)
     cseq_number = (request.get("CSeq") or "").split(" ", 1)[0]
-    from_value = request.get("From") or ""
-    from_tag = from_value.rpartition("tag=")[2] if "tag=" in from_value else ""
-    return (request.call_id, cseq_number, from_tag, head.strip(), request.uri, method)
+    from_tag = request.name_addr("From").tag or ""
+    return (request.call_id, cseq_number, from_tag, str(via), request.uri, method)
 
 
 class ServerTransactions:

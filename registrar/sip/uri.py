@@ -6,6 +6,7 @@ the `user` and they have no host.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from urllib.parse import quote as percent_encode
 from urllib.parse import unquote as percent_decode
@@ -62,6 +63,9 @@ class URI:
         return f"{self.scheme}:{userinfo}{self.host}{port}{format_params(self.params)}{headers}"
 
 
+# The same URIs come back on every refresh (the domain, each AOR, each Contact), so
+# parses are memoized. A cached URI is shared: treat its params as read-only.
+@functools.lru_cache(maxsize=4096)
 def parse_uri(text: str) -> URI:
     """Parse a SIP, SIPS or tel URI; raises URIError naming the problem."""
     scheme, colon, rest = text.strip().partition(":")

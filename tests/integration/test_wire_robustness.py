@@ -144,3 +144,13 @@ def test_tls_listener_answers_over_tls(registrar: RunningRegistrar) -> None:
             sock.sendall(options_text("z9hG4bK-tls"))
             assert sock.recv(65535).startswith(b"SIP/2.0 200 OK")
             assert sock.getpeercert(binary_form=True)
+
+
+def test_a_request_with_a_malformed_via_is_answered_400_not_processed(registrar: RunningRegistrar) -> None:
+    data = register_text("z9hG4bK-badvia").replace(
+        b"Via: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bK-badvia;rport", b"Via: SIP/2.0/UDP 127.0.0.2:notaport;branch=z9hG4bK-badvia"
+    )
+    with udp_socket("127.0.0.2") as sock:
+        response = exchange_udp(sock, registrar, data)
+    assert response.startswith(b"SIP/2.0 400 Bad Via"), response
+    assert registrar.bindings() == []

@@ -1648,3 +1648,30 @@ def test_salvage_request_never_raises(data: bytes) -> None:
     if salvaged is not None:
         assert {"Via", "From", "To", "Call-ID", "CSeq"} <= {name for name, _ in salvaged.headers}
         make_response(salvaged, 400, "Bad Request", to_tag="x").to_bytes()
+
+
+# --- headers that may appear once (RFC 4475 mcl01, multi01) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("Content-Length: 0",),
+        ("CSeq: 314160 REGISTER",),
+        ("l: 0",),  # the compact form is the same header
+        ("Call-ID: another@pc33.example.com",),
+        ("To: <sip:bob@example.com>",),
+    ],
+    ids=["content-length", "cseq", "compact-content-length", "call-id", "to"],
+)
+def test_a_header_that_may_appear_once_appearing_twice_is_400(extra: tuple[str, ...]) -> None:
+    with pytest.raises(SipError) as caught:
+        parse_message(register_with(extra=extra))
+    assert caught.value.status == 400
+    assert caught.value.reason.startswith("Duplicate ") and caught.value.reason.endswith(" Header")
+
+
+def test_list_headers_may_repeat() -> None:
+    message = request(register_with(extra=("Contact: <sip:alice@192.0.2.11>", "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx")))
+    assert len(message.get_all("Contact")) == 2
+    assert len(message.get_all("Via")) == 2
