@@ -279,19 +279,20 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: set[st
     if len(parts) != 3 or not all(parts):
         raise SipError(400, "Bad Request-Line")
     method, uri, version = parts
-    if not all(c in TOKEN_CHARS for c in method):
+    if method not in KNOWN_METHODS and not all(c in TOKEN_CHARS for c in method):
         raise SipError(400, "Bad Method")
     if version.upper() != SIP_VERSION:
         if version.upper().startswith("SIP/"):
             raise SipError(505, f"Version Not Supported: {version[:20]}")
         raise SipError(400, "Bad Request-Line: no SIP version")
     scheme, colon, _ = uri.partition(":")
-    # Not a scheme at all (RFC 4475 ltgtruri: "<sip:user@example.com>") is a
-    # malformed request, 400; only a well-formed but unknown scheme is 416.
-    if not colon or scheme[:1] not in _SCHEME_FIRST or not all(c in _SCHEME_CHARS for c in scheme):
-        raise SipError(400, "Bad Request-URI")
-    if scheme.lower() not in ("sip", "sips", "tel"):
-        raise SipError(416, f"Unsupported URI Scheme {scheme[:20]}")
+    if not colon or scheme not in _USUAL_SCHEMES:
+        # Not a scheme at all (RFC 4475 ltgtruri: "<sip:user@example.com>") is a
+        # malformed request, 400; only a well-formed but unknown scheme is 416.
+        if not colon or scheme[:1] not in _SCHEME_FIRST or not all(c in _SCHEME_CHARS for c in scheme):
+            raise SipError(400, "Bad Request-URI")
+        if scheme.lower() not in ("sip", "sips", "tel"):
+            raise SipError(416, f"Unsupported URI Scheme {scheme[:20]}")
     request = Request(headers=headers, method=method, uri=uri)
     for name in REQUIRED_REQUEST_HEADERS:
         if name not in names:
@@ -303,6 +304,9 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: set[st
     if cseq_method != method:
         raise SipError(400, "CSeq Method Does Not Match Request Method")
     return request
+
+
+_USUAL_SCHEMES = frozenset(["sip", "sips", "tel"])
 
 
 def _parse_status_line(line: str, headers: list[tuple[str, str]]) -> Response:

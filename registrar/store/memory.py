@@ -2,6 +2,11 @@
 
 This is `sipreg serve`'s embedded default. Updates are atomic because `change`
 runs without awaiting in between read and write, on the event loop's thread.
+
+Expiry uses a timer wheel of one-second slots holding each AOR once, at its
+earliest expiry; a sweep visits only the slots that came due, so its cost
+follows the expiries, not the table's size (a full scan of 100k bindings
+would stall the event loop for tens of milliseconds every second).
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ class MemoryStore(LocationStore):
         self._failures: dict[tuple[str, str], RegistrationFailure] = {}
         self._watchers: set[asyncio.Queue[BindingEvent | None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._wheel: dict[int, list[str]] = {}  # slot (whole second) -> AORs due then
+        self._slot_of: dict[str, int] = {}  # AOR -> the one slot it is due in
+        self._swept_until = int(clock())
 
     async def lookup(self, aor: str) -> list[Binding]:
         now = self._clock()
@@ -90,9 +98,14 @@ class MemoryStore(LocationStore):
     def sweep(self) -> None:
         """Drop expired bindings (reads already hide them; this frees memory and tells watchers)."""
         now = self._clock()
-        for aor, bindings in list(self._bindings.items()):
-            if any(b.expires_at <= now for b in bindings):
+        for slot in range(self._swept_until + 1, int(now) + 1):
+            for aor in self._wheel.pop(slot, ()):
+                if self._slot_of.get(aor) != slot:
+                    continue  # rescheduled earlier since, or gone
+                del self._slot_of[aor]
+                bindings = self._bindings.get(aor, ())
                 self._replace(aor, bindings, tuple(b for b in bindings if b.expires_at > now))
+        self._swept_until = max(self._swept_until, int(now))
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -102,8 +115,15 @@ class MemoryStore(LocationStore):
     def _replace(self, aor: str, old: tuple[Binding, ...], new: tuple[Binding, ...]) -> None:
         if new:
             self._bindings[aor] = new
+            # The slot after the earliest expiry: when it comes due, that binding is expired.
+            slot = max(int(min(b.expires_at for b in new)) + 1, self._swept_until + 1)
+            scheduled = self._slot_of.get(aor)
+            if scheduled is None or scheduled > slot:
+                self._slot_of[aor] = slot
+                self._wheel.setdefault(slot, []).append(aor)
         else:
             self._bindings.pop(aor, None)
+            self._slot_of.pop(aor, None)
         if len(new) != len(old):
             self._counts[domain_of(aor)] += len(new) - len(old)
         if self._watchers and (old or new):

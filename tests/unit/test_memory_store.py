@@ -210,3 +210,43 @@ async def test_last_failure_keeps_the_latest_per_connection(store):
 
 def test_store_is_ready_by_default(store):
     assert store.ready is True
+
+
+# --- the expiry wheel --------------------------------------------------------------------------
+
+
+def replace_with(*bindings: Binding):
+    return lambda current: list(bindings)
+
+
+async def test_a_refreshed_binding_survives_its_old_expiry_and_goes_at_its_new_one(store, clock) -> None:
+    await store.update(ALICE, put(binding(expires_in=60)))
+    clock.advance(50)
+    await store.update(ALICE, replace_with(binding(expires_in=50 + 60, cseq=2)))
+    clock.advance(20)  # past the first expiry
+    store.sweep()
+    assert store.binding_counts() == {"sip.example.test": 1}
+    clock.advance(41)  # past the refreshed one
+    store.sweep()
+    assert store.binding_counts() == {}
+    assert await store.all_bindings() == []
+
+
+async def test_a_new_earlier_expiry_moves_the_aor_to_an_earlier_slot(store, clock) -> None:
+    await store.update(ALICE, put(binding(expires_in=600)))
+    await store.update(ALICE, put(binding(contact="sip:alice@192.0.2.11", expires_in=30)))
+    clock.advance(31)
+    store.sweep()
+    assert [b.contact for b in store._bindings[ALICE]] == ["sip:alice@192.0.2.10:5060"]
+    clock.advance(600)
+    store.sweep()
+    assert ALICE not in store._bindings
+
+
+async def test_a_sweep_visits_only_the_aors_that_came_due(store, clock) -> None:
+    for i in range(100):
+        await store.update(f"u{i}@sip.example.test", put(binding(aor=f"u{i}@sip.example.test", expires_in=10 + i)))
+    clock.advance(20.5)
+    store.sweep()
+    assert store.binding_counts() == {"sip.example.test": 90}
+    assert sum(len(aors) for aors in store._wheel.values()) == 90
