@@ -31,7 +31,7 @@ from tests.conftest import start_registrar, stop_registrar  # noqa: E402
 from tests.integration.sipp import SCENARIOS, run_sipp, users_csv  # noqa: E402
 
 DOMAIN = "bench.example.test"
-LADDER = (1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 10000, 12000)
+LADDER = (1000, 2000, 3000, 4000, 4500, 5000, 5500, 6000, 7000, 8000, 10000, 12000)
 TASKSET = shutil.which("taskset")
 
 

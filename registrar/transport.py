@@ -16,6 +16,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 
+from registrar.eager import start_eagerly
 from registrar.metrics import Metrics
 from registrar.registrar import SERVER_NAME, Source
 from registrar.service import SipService
@@ -102,11 +103,10 @@ class SipEndpoint:
             return
         if unreliable:
             self.transactions.begin(key, started)
-        task = asyncio.get_running_loop().create_task(
-            self._finish(key if unreliable else None, request, answer, reply, started)
-        )
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        task = start_eagerly(self._finish(key if unreliable else None, request, answer, reply, started))
+        if task is not None:
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     async def _finish(
         self, key: tuple[str, ...] | None, request: Request, answer: Awaitable[Response], reply: Reply, started: float

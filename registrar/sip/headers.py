@@ -113,8 +113,18 @@ class Via:
         return f"{self.protocol}/{self.transport} {self.host}{port}{format_params(self.params)}"
 
 
+# The Via nearly every UA sends: SIP/2.0/UDP host[:port];params, no odd spacing.
+_PLAIN_VIA = re.compile(r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9.\-]+)(?::([0-9]{1,5}))?(;.*)?")
+
+
 def parse_via(value: str) -> Via:
     """Parse one Via value ("SIP/2.0/UDP host:port;params"); raises ValueError."""
+    plain = _PLAIN_VIA.fullmatch(value)
+    if plain is not None:
+        transport, host, port_text, params_text = plain.groups()
+        port = int(port_text) if port_text else None
+        if port is None or 0 < port < 65536:
+            return Via(transport.upper(), host.lower(), port, parse_params(params_text or ""))
     head, _, params = value.partition(";")
     # sent-protocol allows whitespace around its slashes (SLASH = SWS "/" SWS).
     words = _SLASH_WITH_SPACE.sub("/", head).split()

@@ -192,7 +192,7 @@ def parse_message(data: bytes) -> Request | Response:
     body = data[end + 4 :]
 
     lines = head.split("\r\n")
-    headers, names = _parse_header_lines(lines)
+    headers, names = _parse_header_lines(lines, "\r\n " in head or "\r\n\t" in head)
 
     if lines[0].startswith("SIP/"):
         message: Request | Response = _parse_status_line(lines[0], headers)
@@ -211,18 +211,21 @@ def parse_message(data: bytes) -> Request | Response:
     return message
 
 
-def _parse_header_lines(lines: list[str]) -> tuple[list[tuple[str, str]], set[str]]:
-    """The header lines as (canonical name, value) pairs, and the set of names present."""
+def _parse_header_lines(lines: list[str], folded: bool) -> tuple[list[tuple[str, str]], set[str]]:
+    """The header lines as (canonical name, value) pairs, and the set of names present.
+
+    `folded` says whether any line continues the one before (RFC 3261 7.3.1);
+    most messages have none, and then each line is one header.
+    """
     if len(lines) - 1 > MAX_HEADERS:
         raise SipError(400, f"Too Many Headers (limit {MAX_HEADERS})")
+    if max(map(len, lines)) > MAX_HEADER_LINE:
+        raise SipError(400, f"Header Line Too Long (limit {MAX_HEADER_LINE} bytes)")
     headers: list[tuple[str, str]] = []
     names: set[str] = set()
+    known = _header_names.get
     for line in lines[1:]:
-        if len(line) > MAX_HEADER_LINE:
-            raise SipError(400, f"Header Line Too Long (limit {MAX_HEADER_LINE} bytes)")
-        first = line[:1]
-        if first == " " or first == "\t":
-            # Header folding (RFC 3261 7.3.1): a continuation line joins the previous value.
+        if folded and line[:1] in (" ", "\t"):
             if not headers:
                 raise SipError(400, "Bad Header Folding: continuation before any header")
             # A value that starts on the continuation line gets no leading space, so a
@@ -234,7 +237,7 @@ def _parse_header_lines(lines: list[str]) -> tuple[list[tuple[str, str]], set[st
         raw_name, colon, value = line.partition(":")
         if not colon:
             raise SipError(400, f"Bad Header Line: no colon in {line[:40]!r}")
-        name = _header_name(raw_name)
+        name = known(raw_name) or _header_name(raw_name)
         if name in names and name in SINGLETON_HEADERS:
             # RFC 4475 mcl01/multi01: two Content-Lengths or CSeqs cannot both be right.
             raise SipError(400, f"Duplicate {name} Header")
