@@ -115,3 +115,10 @@ class Catalog:
 
     domains: dict[str, Domain] = field(default_factory=dict)
     connections: dict[tuple[str, str], Connection] = field(default_factory=dict)
+    # Derived: domains where some connection authenticates by source address. In the
+    # others a REGISTER without credentials is challenged before anything else is read.
+    ip_authenticated_domains: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        domains = frozenset(c.domain for c in self.connections.values() if c.authentication == "ip")
+        object.__setattr__(self, "ip_authenticated_domains", domains)

@@ -20,6 +20,7 @@ Choices a VoIP engineer will want to know (also in the README):
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -132,7 +133,7 @@ class Registrar:
         now = self.clock()
         for binding in bindings:
             response.add("Contact", _contact_value(binding, now))
-        response.add("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)))
+        response.add("Date", _sip_date(int(now)))
         self._on_result(domain.name, 200)
         if contacts:
             self.on_bound(source, max(contact.expires for contact in contacts))
@@ -153,6 +154,13 @@ class Registrar:
         if unsupported:
             raise SipError(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
 
+        # Step 3 (authentication) comes before step 5 (the AOR from To): where no
+        # connection authenticates by address, a request without credentials can
+        # be challenged at once, and that is half of all REGISTERs.
+        credentials = self._credentials(request, domain)
+        if credentials is None and domain.name not in self.catalog.ip_authenticated_domains:
+            raise self._challenge(domain, stale=False)
+
         to = request.name_addr("To")
         if to.uri.scheme not in ("sip", "sips") or not to.uri.user:
             raise SipError(400, "Bad To: AOR must be a sip: or sips: URI with a user")
@@ -166,7 +174,6 @@ class Registrar:
             self._check_inbound(connection)
             return domain, connection
 
-        credentials = self._credentials(request, domain)
         if credentials is None:
             raise self._challenge(domain, stale=False)
         known = self.catalog.connections.get((domain.name, credentials.username))
@@ -361,6 +368,12 @@ class Registrar:
 
 ALLOW_WITHOUT_REGISTER = "INVITE, ACK, CANCEL, BYE, OPTIONS"
 SUPPORTED: frozenset[str] = frozenset()
+
+
+@functools.lru_cache(maxsize=2)
+def _sip_date(second: int) -> str:
+    """RFC 3261 20.17 Date (RFC 1123 form, GMT); one string per second suffices."""
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second))
 
 
 def _ignore_result(task) -> None:  # type: ignore[no-untyped-def]
