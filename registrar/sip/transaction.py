@@ -79,10 +79,6 @@ class ServerTransactions:
         """Record the final response, to be resent to retransmissions."""
         self._store(key, now, response)
 
-    def abandon(self, key: TransactionKey) -> None:
-        """Forget a transaction that produced no response (e.g. an ACK or a dropped request)."""
-        self._entries.pop(key, None)
-
     def expire(self, now: float) -> None:
         entries = self._entries
         while entries:

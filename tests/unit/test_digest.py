@@ -24,17 +24,11 @@ from registrar.sip.digest import (
     ha1,
     parse_credentials,
 )
+from tests.fakes import FakeClock
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 REALM = "sip.example.test"
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+NOW = 1_000_000.0
 
 
 # --- Known-answer vectors ----------------------------------------------------
@@ -279,7 +273,7 @@ def test_parser_round_trips_quoted_values(username, realm, uri, cnonce):
 
 
 def test_nonce_is_valid_then_stale_after_its_lifetime():
-    clock = FakeClock()
+    clock = FakeClock(NOW)
     authority = NonceAuthority(SECRET, lifetime=300, clock=clock)
     nonce = authority.issue(REALM)
     assert authority.check(nonce, REALM) is NonceStatus.VALID
@@ -291,7 +285,7 @@ def test_nonce_is_valid_then_stale_after_its_lifetime():
 
 
 def test_nonce_from_the_future_is_invalid_beyond_the_skew():
-    clock = FakeClock()
+    clock = FakeClock(NOW)
     issuer = NonceAuthority(SECRET, clock=clock)
     nonce = issuer.issue(REALM)
     clock.now -= 4
@@ -325,7 +319,7 @@ def test_standard_base64_alphabet_is_not_an_alias():
 
 
 def test_nonces_issued_in_the_same_second_differ_and_are_tokens():
-    authority = NonceAuthority(SECRET, clock=FakeClock())
+    authority = NonceAuthority(SECRET, clock=FakeClock(NOW))
     nonces = {authority.issue(REALM) for _ in range(1000)}
     assert len(nonces) == 1000
     for nonce in nonces:
@@ -333,7 +327,7 @@ def test_nonces_issued_in_the_same_second_differ_and_are_tokens():
 
 
 def test_any_replica_with_the_same_secret_verifies_a_nonce():
-    clock = FakeClock()
+    clock = FakeClock(NOW)
     pod_a = NonceAuthority(SECRET, clock=clock)
     pod_b = NonceAuthority(SECRET, clock=clock)
     assert pod_b.check(pod_a.issue(REALM), REALM) is NonceStatus.VALID
@@ -392,7 +386,7 @@ def test_forget_issued_until_covers_a_restart():
 
 
 def _setup(clock=None, **kwargs):
-    clock = clock or FakeClock()
+    clock = clock or FakeClock(NOW)
     nonces = NonceAuthority(SECRET, lifetime=300, clock=clock)
     return clock, DigestAuthenticator(nonces, NonceCounts(), **kwargs)
 
@@ -530,7 +524,7 @@ def test_replayed_nonce_count_fails_and_refresh_with_higher_nc_passes():
 
 
 def test_forgotten_nonce_count_asks_for_a_new_nonce():
-    clock = FakeClock()
+    clock = FakeClock(NOW)
     nonces = NonceAuthority(SECRET, clock=clock)
     authenticator = DigestAuthenticator(nonces, NonceCounts(max_nonces=1))
     old = authenticator.challenges(REALM, ["MD5"])[0]
@@ -543,7 +537,7 @@ def test_forgotten_nonce_count_asks_for_a_new_nonce():
 
 
 def test_cross_replica_verification():
-    clock = FakeClock()
+    clock = FakeClock(NOW)
     pod_a = DigestAuthenticator(NonceAuthority(SECRET, clock=clock), NonceCounts())
     pod_b = DigestAuthenticator(NonceAuthority(SECRET, clock=clock), NonceCounts())
     pod_c = DigestAuthenticator(NonceAuthority(b"a different secret of 32 bytes!!", clock=clock), NonceCounts())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from registrar.metrics import Metrics
 from registrar.transport import FLOW_GRACE, IDLE_TIMEOUT, SipEndpoint
+from tests.fakes import FakeClock
 
 
 class FakeWriter:
@@ -21,20 +22,12 @@ class FakeWriter:
         self.written.append(data)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def endpoint(clock: Clock) -> SipEndpoint:
+def endpoint(clock: FakeClock) -> SipEndpoint:
     return SipEndpoint(service=None, metrics=Metrics(), clock=clock)  # type: ignore[arg-type]
 
 
 def test_a_connection_without_bindings_closes_after_the_idle_timeout() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     table = endpoint(clock)
     writer = FakeWriter()
     flow = table.open_flow("tcp", writer, ("127.0.0.1", 40000))  # type: ignore[arg-type]
@@ -49,7 +42,7 @@ def test_a_connection_without_bindings_closes_after_the_idle_timeout() -> None:
 
 
 def test_traffic_restarts_the_idle_timer() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     table = endpoint(clock)
     writer = FakeWriter()
     flow = table.open_flow("tls", writer, ("127.0.0.1", 40001))  # type: ignore[arg-type]
@@ -61,7 +54,7 @@ def test_traffic_restarts_the_idle_timer() -> None:
 
 
 def test_a_connection_lives_as_long_as_the_bindings_made_over_it() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     table = endpoint(clock)
     writer = FakeWriter()
     flow = table.open_flow("tcp", writer, ("127.0.0.1", 40002))  # type: ignore[arg-type]
@@ -77,7 +70,7 @@ def test_a_connection_lives_as_long_as_the_bindings_made_over_it() -> None:
 
 
 def test_connection_gauge_follows_open_and_close() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     table = endpoint(clock)
     flow = table.open_flow("tcp", FakeWriter(), ("127.0.0.1", 40003))  # type: ignore[arg-type]
     gauge = table.metrics.connections.labels("tcp")

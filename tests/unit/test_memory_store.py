@@ -9,22 +9,12 @@ import pytest
 from registrar.model import Binding
 from registrar.store import BindingEvent, RegistrationFailure
 from registrar.store.memory import MemoryStore
+from tests.fakes import FakeClock
 
 START = 1_700_000_000.0
 ALICE = "alice@sip.example.test"
 BOB = "bob@sip.example.test"
 CAROL = "carol@other.example.test"
-
-
-class Clock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def binding(aor: str = ALICE, contact: str = "sip:alice@192.0.2.10:5060", expires_in: float = 60, **kwargs) -> Binding:
@@ -39,8 +29,8 @@ def put(*bindings: Binding):
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(START)
 
 
 @pytest.fixture

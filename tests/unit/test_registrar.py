@@ -25,6 +25,7 @@ from registrar.sip.headers import parse_name_addr
 from registrar.sip.message import Request, Response, parse_message
 from registrar.store import RegistrationFailure, StoreUnavailable
 from registrar.store.memory import MemoryStore
+from tests.fakes import FakeClock
 
 DOMAIN = "sip.example.test"
 NOREG = "noreg.example.test"
@@ -46,19 +47,6 @@ PBX_SOURCE = Source("udp", "198.51.100.7", 5060)
 
 
 # -- fixtures and helpers ------------------------------------------------------------------
-
-
-class Clock:
-    """A fake wall clock: a mutable float shared by the registrar, store and nonces."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class CountingStore(MemoryStore):
@@ -121,7 +109,7 @@ def make_catalog() -> Catalog:
 
 class Env:
     def __init__(self, store_class=CountingStore) -> None:
-        self.clock = Clock()
+        self.clock = FakeClock(START)
         self.store = store_class(self.clock)
         self.nonces = digest.NonceAuthority(SECRET, lifetime=NONCE_LIFETIME, clock=self.clock)
         self.authenticator = digest.DigestAuthenticator(self.nonces, digest.NonceCounts())

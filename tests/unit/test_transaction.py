@@ -203,14 +203,6 @@ def test_completing_refreshes_the_expiry_order() -> None:
     assert table.lookup(KEY, now=12.0) == b"late answer"
 
 
-def test_abandon_forgets_a_transaction() -> None:
-    table = ServerTransactions()
-    table.begin(KEY, now=0.0)
-    table.abandon(KEY)
-    assert table.lookup(KEY, now=0.1) == "new"
-    table.abandon(KEY)  # abandoning twice is harmless
-
-
 def test_max_size_evicts_the_oldest_first() -> None:
     table = ServerTransactions(max_size=3)
     keys = [(f"z9hG4bK{n}", "192.0.2.10:5060", "REGISTER") for n in range(5)]
