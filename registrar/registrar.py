@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -341,7 +340,7 @@ class Registrar:
 
     # -- answers -------------------------------------------------------------------------
     def _response(self, request: Request, status: int, reason: str) -> Response:
-        response = make_response(request, status, reason, to_tag=_to_tag(request))
+        response = make_response(request, status, reason)
         response.add("Server", SERVER_NAME)
         return response
 
@@ -451,11 +450,6 @@ def _reg_id(text: str | None) -> int | None:
     if not text.isdigit():
         raise SipError(400, "Bad Contact reg-id Parameter")
     return int(text)
-
-
-def _to_tag(request: Request) -> str:
-    """A To tag derived from the transaction, so a retransmitted request gets the same one."""
-    return format(zlib.crc32((request.get("Via") or request.call_id).encode()), "08x")
 
 
 def _request_domain(request: Request, catalog: Catalog) -> str:

@@ -51,11 +51,9 @@ class SipService:
 
     @staticmethod
     def _answer(request: Request, status: int, reason: str, headers: list[tuple[str, str]]) -> Response:
-        response = make_response(request, status, reason, to_tag=_options_tag)
+        response = make_response(request, status, reason)
         response.add("Server", SERVER_NAME)
         for name, value in headers:
             response.add(name, value)
         return response
 
-
-_options_tag = "sipreg"

@@ -63,7 +63,7 @@ class SipEndpoint:
             message = parse_message(data)
         except SipError as error:
             self.metrics.parse_errors.labels(source.transport).inc()
-            self._answer_unparsable(data, error, reply)
+            self.answer_unparsable(data, error, reply)
             return
         if isinstance(message, Response):
             # A registrar sends no requests yet, so no response can match a client
@@ -124,7 +124,7 @@ class SipEndpoint:
         reply(data)
         self.metrics.request_answered(request.method, now - started)
 
-    def _answer_unparsable(self, data: bytes, error: SipError, reply: Reply) -> None:
+    def answer_unparsable(self, data: bytes, error: SipError, reply: Reply) -> None:
         request = salvage_request(data)
         if request is None:
             log.debug("dropped unparsable message: %s", error)
@@ -191,7 +191,7 @@ class SipEndpoint:
 
 
 def _error_response(request: Request, error: SipError) -> Response:
-    response = make_response(request, error.status, error.reason, to_tag="sipreg-error")
+    response = make_response(request, error.status, error.reason)
     response.add("Server", SERVER_NAME)
     for name, value in error.headers:
         response.add(name, value)
@@ -260,7 +260,7 @@ class StreamProtocol(asyncio.Protocol):
         except SipError as error:
             # The stream's framing is lost; answer what we can and close (RFC 3261 18.3).
             log.debug("closing %s: %s", flow.id, error)
-            self.endpoint._answer_unparsable(bytes(self.framer._buffer), error, flow.send)
+            self.endpoint.answer_unparsable(self.framer.unframed, error, flow.send)
             flow.writer.close()
             return
         for event in events:

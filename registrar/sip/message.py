@@ -8,6 +8,7 @@ caller can answer a bad request precisely (or drop it when no answer is possible
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -329,17 +330,25 @@ def _parse_status_line(line: str, headers: list[tuple[str, str]]) -> Response:
 def make_response(request: Request, status: int, reason: str, to_tag: str | None = None) -> Response:
     """A response to `request` per RFC 3261 8.2.6: Via, From, To, Call-ID and CSeq copied.
 
-    `to_tag` is added to To when the request's To has none (not for 100 Trying).
+    A final or provisional (not 100) response gets a To tag when the request's
+    To has none: `to_tag`, or by default one derived from the top Via, so that a
+    retransmitted request is answered with the same tag even when it is
+    processed again.
     """
     headers: list[tuple[str, str]] = []
     for name, value in request.headers:
         if name == "To":
-            if to_tag is not None and status > 100 and not _has_tag(value):
-                value = f"{value};tag={to_tag}"
+            if status > 100 and not _has_tag(value):
+                value = f"{value};tag={to_tag or transaction_tag(request)}"
             headers.append((name, value))
         elif name in _COPIED_TO_RESPONSE:
             headers.append((name, value))
     return Response(headers=headers, status=status, reason=reason)
+
+
+def transaction_tag(request: Request) -> str:
+    """A To tag that is the same for every copy of one request (8 hex digits)."""
+    return format(zlib.crc32((request.get("Via") or request.call_id).encode("utf-8", "surrogateescape")), "08x")
 
 
 _COPIED_TO_RESPONSE = frozenset(["Via", "From", "Call-ID", "CSeq"])
@@ -378,6 +387,11 @@ class StreamFramer:
     def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE):
         self._buffer = bytearray()
         self._max = max_message_size
+
+    @property
+    def unframed(self) -> bytes:
+        """What was fed but is not a whole message yet (after an error: the offending one)."""
+        return bytes(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes | KeepAlive]:
         self._buffer += data

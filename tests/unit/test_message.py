@@ -7,6 +7,8 @@ elides bytes) and each test asserts what RFC 4475 says a parser must do with it.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -1477,10 +1479,15 @@ def test_a_tag_parameter_of_the_to_uri_is_not_a_to_tag() -> None:
     assert res.name_addr("To").tag == "new"
 
 
-def test_no_to_tag_on_100_trying_or_without_a_tag() -> None:
+def test_no_to_tag_on_100_trying_and_a_stable_derived_tag_otherwise() -> None:
     req = request(REGISTER)
     assert make_response(req, 100, "Trying", to_tag="x").get("To") == "<sip:alice@example.com>"
-    assert make_response(req, 200, "OK").get("To") == "<sip:alice@example.com>"
+    derived = make_response(req, 200, "OK").get("To")
+    assert re.fullmatch(r"<sip:alice@example\.com>;tag=[0-9a-f]{8}", derived)
+    # A retransmission (same Via) gets the same tag; another transaction another one.
+    assert make_response(request(REGISTER), 401, "Unauthorized").get("To") == derived
+    other = request(register_with(("Via:", "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKother")))
+    assert make_response(other, 200, "OK").get("To") != derived
 
 
 def test_make_response_to_a_salvaged_request() -> None:
