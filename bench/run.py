@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
 import statistics
 import sys
@@ -95,6 +96,7 @@ def ladder(registrar, workdir: Path, csv_path: Path, transport: str, duration: f
     lines = []
     for rate in LADDER:
         calls = int(rate * duration)
+        wait_idle(registrar)
         run, elapsed = register_run(registrar, workdir, csv_path, transport, rate, calls)
         total = run.successful + run.failed
         failures = run.failed / total if total else 1.0
@@ -155,6 +157,25 @@ def histogram_quantile(before: dict[float, float], after: dict[float, float], q:
             return lower_bound + (bound - lower_bound) * (rank - lower_count) / max(count - lower_count, 1e-9)
         lower_bound, lower_count = bound, count
     return bounds[-1]
+
+
+def wait_idle(registrar, timeout: float = 60) -> None:
+    """Wait until the registrar stops burning CPU: a run over the limit leaves a backlog
+    in its socket buffers, and the next measurement must not start on top of it."""
+    hz = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + timeout
+    before = cpu_ticks(registrar.process.pid)
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = cpu_ticks(registrar.process.pid)
+        if (now - before) / hz < 0.05:
+            return
+        before = now
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
 
 
 def rss_kib(pid: int) -> int:
@@ -242,6 +263,7 @@ def main() -> int:
             if "latency" not in args.skip and best.get("udp"):
                 rate = best["udp"] / 2
                 print(f"latency at {rate:,.0f}/s over udp", flush=True)
+                wait_idle(registrar)
                 before = server_latency(registrar)
                 register_run(registrar, tmp_path, throughput_csv, "udp", rate, int(rate * args.duration), rtt=True)
                 after = server_latency(registrar)
