@@ -134,8 +134,8 @@ class Registrar:
             response.add("Contact", _contact_value(binding, now))
         response.add("Date", _sip_date(int(now)))
         self._on_result(domain.name, 200)
-        if contacts:
-            self.on_bound(source, max(contact.expires for contact in contacts))
+        if source.flow is not None and contacts:
+            self.on_bound(source, max([contact.expires for contact in contacts]))
         return response
 
     # -- RFC 3261 10.3 steps 1-4: domain, extensions, authentication, authorisation ---------

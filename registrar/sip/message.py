@@ -356,6 +356,8 @@ _COPIED_TO_RESPONSE = frozenset(["Via", "From", "Call-ID", "CSeq"])
 
 def _has_tag(to_value: str) -> bool:
     """Whether a To value carries a tag header parameter (any LWS, any case; not a URI param)."""
+    if "tag" not in to_value.lower():
+        return False  # the usual request To: no need to parse it
     try:
         return "tag" in parse_name_addr(to_value).params
     except ValueError:

@@ -995,11 +995,14 @@ async def test_on_result_sees_every_answer_and_on_auth_failure_only_real_failure
     assert env.auth_failures == [(DOMAIN, "wrong response")]
 
 
-async def test_on_bound_is_told_the_longest_expiry(env):
+async def test_on_bound_is_told_the_longest_expiry_of_bindings_made_over_a_connection(env):
     bound = []
     env.registrar.on_bound = lambda source, seconds: bound.append((source, seconds))
-    await env.phone().register([contact(port=5060, params=";expires=120"), contact(port=5070)])
-    assert bound == [(HOME, 600)]
+    over_tcp = Source("tcp", "192.0.2.10", 40312, flow="tcp-7")
+    await env.phone(source=over_tcp).register([contact(port=5060, params=";expires=120"), contact(port=5070)])
+    assert bound == [(over_tcp, 600)]
+    await env.phone("bob").register([contact(user="bob")])  # over UDP: no connection to keep
+    assert bound == [(over_tcp, 600)]
 
 
 async def test_wrong_password_records_the_last_failure(env):
