@@ -306,7 +306,11 @@ class Registrar:
             for contact in contacts:
                 key = _binding_key(contact.uri, contact.instance, contact.reg_id)
                 for existing in bindings:
-                    if _binding_key(parse_uri(existing.contact), existing.instance, existing.reg_id) == key:
+                    # A refresh repeats its Contact to the letter: equal text needs no parse.
+                    same_text = existing.contact == contact.uri_text and existing.instance == contact.instance
+                    if (same_text and existing.reg_id == contact.reg_id) or _binding_key(
+                        parse_uri(existing.contact), existing.instance, existing.reg_id
+                    ) == key:
                         _check_order(existing, call_id, cseq)
                         bindings.remove(existing)
                         break

@@ -613,3 +613,10 @@ def test_unencodable_text_fails_instead_of_raising():
     )
     outcome = authenticator.verify("REGISTER", lone_surrogate, REALM, ALICE)
     assert (outcome.status, outcome.reason) == (AuthStatus.FAILED, "malformed credentials")
+
+
+def test_nonces_issued_in_one_second_stay_unique_across_random_pool_refills():
+    authority = NonceAuthority(SECRET, clock=FakeClock(NOW))
+    nonces = [authority.issue(REALM) for _ in range(2000)]  # several 4 KiB pools' worth
+    assert len(set(nonces)) == len(nonces)
+    assert all(authority.check(nonce, REALM) is NonceStatus.VALID for nonce in nonces[::97])
