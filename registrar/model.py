@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Transport = Literal["udp", "tcp", "tls"]
 AuthenticationType = Literal["credentials", "ip"]
@@ -71,8 +71,7 @@ class Connection:
         return any(address in network for network in self.allowed_networks)
 
 
-@dataclass(frozen=True, slots=True)
-class Binding:
+class Binding(NamedTuple):
     """One Contact registered for an AOR (RFC 3261 10.3), plus where it came from.
 
     `source` is the packet's transport address ("udp:203.0.113.5:40123"); when
@@ -80,6 +79,11 @@ class Binding:
     must go to `source`. `flow` names the connection the REGISTER arrived on, so
     that requests reach the UA over the connection it opened (RFC 5923/5626), and
     `node` the registrar process that holds that connection.
+
+    A NamedTuple, not a dataclass, on purpose: a tuple whose fields are all
+    strings and numbers is untracked by Python's cyclic garbage collector, so a
+    table of a million bindings adds nothing to a full collection's pause (as
+    slots objects, 100k bindings made it tens of milliseconds, straight into p99).
     """
 
     aor: str

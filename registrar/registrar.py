@@ -23,7 +23,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from registrar.model import Binding, Catalog, Connection, Domain
 from registrar.sip import digest

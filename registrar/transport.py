@@ -248,12 +248,17 @@ class StreamProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
+        if not peer:
+            # The peer reset the connection before we got to it: nothing to serve.
+            transport.close()
+            return
         self.flow = self.endpoint.open_flow(self.transport_name, transport, (peer[0], peer[1]))  # type: ignore[arg-type]
         self.source = Source(self.transport_name, peer[0], peer[1], self.flow.id)
 
     def data_received(self, data: bytes) -> None:
         flow, source = self.flow, self.source
-        assert flow is not None and source is not None
+        if flow is None or source is None:
+            return  # closed in connection_made
         flow.last_activity = self.endpoint.clock()
         try:
             events = self.framer.feed(data)

@@ -154,3 +154,25 @@ def test_a_request_with_a_malformed_via_is_answered_400_not_processed(registrar:
         response = exchange_udp(sock, registrar, data)
     assert response.startswith(b"SIP/2.0 400 Bad Via"), response
     assert registrar.bindings() == []
+
+
+def test_connections_dropped_mid_message_or_mid_handshake_leave_the_listeners_serving(registrar: RunningRegistrar) -> None:
+    import struct
+
+    with socket.create_connection((registrar.host, registrar.sip_port), timeout=3) as sock:
+        sock.sendall(options_text("z9hG4bK-half")[:50])
+        # RST instead of FIN: the peer vanishes with half a message buffered.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with socket.create_connection((registrar.host, registrar.tls_port), timeout=3) as sock:
+        sock.sendall(b"\x16\x03\x01\x00\x05hello")  # the start of a ClientHello, then gone
+    with socket.create_connection((registrar.host, registrar.tls_port), timeout=3) as sock:
+        sock.sendall(b"OPTIONS sip:x SIP/2.0\r\n\r\n")  # plaintext on the TLS port
+    time.sleep(0.2)
+    test_tls_listener_answers_over_tls(registrar)
+    with socket.create_connection((registrar.host, registrar.sip_port), timeout=3) as sock:
+        sock.sendall(options_text("z9hG4bK-after-drop"))
+        assert sock.recv(65535).startswith(b"SIP/2.0 200 OK")
+    deadline = time.monotonic() + 3  # the server learns of the last close asynchronously
+    while 'sipreg_connections{transport="tcp"} 0.0' not in registrar.metrics():
+        assert time.monotonic() < deadline, registrar.metrics()
+        time.sleep(0.05)
