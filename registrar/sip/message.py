@@ -66,10 +66,26 @@ class Message:
 
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+    # Where each header name first occurs in `headers`, built by the parser (None:
+    # not built, or invalidated by add/set/remove). A request is read a dozen
+    # times on its way through and never reordered, so lookups need not scan.
+    first_index: dict[str, int] | None = field(default=None, compare=False, repr=False)
 
     # -- header access ------------------------------------------------------------
     def get(self, name: str) -> str | None:
         """The first value of a header (the first list element for list headers)."""
+        index = self.first_index
+        if index is not None:
+            position = index.get(name)
+            if position is None:
+                return None
+            value = self.headers[position][1]
+            if name not in LIST_HEADERS:
+                return value
+            values = split_list(value)
+            if values:
+                return values[0]
+            # An empty list element first: look further, the slow way.
         for key, value in self.headers:
             if key == name:
                 if name in LIST_HEADERS:
@@ -82,6 +98,8 @@ class Message:
 
     def get_all(self, name: str) -> list[str]:
         """Every value of a header, comma-separated lines split for list headers."""
+        if self.first_index is not None and name not in self.first_index:
+            return []
         values: list[str] = []
         split = name in LIST_HEADERS
         for key, value in self.headers:
@@ -97,13 +115,16 @@ class Message:
 
     def add(self, name: str, value: str) -> None:
         self.headers.append((name, value))
+        if self.first_index is not None:
+            self.first_index.setdefault(name, len(self.headers) - 1)
 
     def set(self, name: str, value: str) -> None:
         self.remove(name)
-        self.headers.append((name, value))
+        self.add(name, value)
 
     def remove(self, name: str) -> None:
         self.headers = [(k, v) for k, v in self.headers if k != name]
+        self.first_index = None
 
     # -- the headers every transaction needs ------------------------------------------
     @property
@@ -197,6 +218,7 @@ def parse_message(data: bytes) -> Request | Response:
 
     if lines[0].startswith("SIP/"):
         message: Request | Response = _parse_status_line(lines[0], headers)
+        message.first_index = names
     else:
         message = _parse_request_line(lines[0], headers, names)
 
@@ -212,8 +234,8 @@ def parse_message(data: bytes) -> Request | Response:
     return message
 
 
-def _parse_header_lines(lines: list[str], folded: bool) -> tuple[list[tuple[str, str]], set[str]]:
-    """The header lines as (canonical name, value) pairs, and the set of names present.
+def _parse_header_lines(lines: list[str], folded: bool) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """The header lines as (canonical name, value) pairs, and where each name first occurs.
 
     `folded` says whether any line continues the one before (RFC 3261 7.3.1);
     most messages have none, and then each line is one header.
@@ -223,7 +245,7 @@ def _parse_header_lines(lines: list[str], folded: bool) -> tuple[list[tuple[str,
     if max(map(len, lines)) > MAX_HEADER_LINE:
         raise SipError(400, f"Header Line Too Long (limit {MAX_HEADER_LINE} bytes)")
     headers: list[tuple[str, str]] = []
-    names: set[str] = set()
+    names: dict[str, int] = {}  # name -> position of its first occurrence
     known = _header_names.get
     for line in lines[1:]:
         if folded and line[:1] in (" ", "\t"):
@@ -242,7 +264,8 @@ def _parse_header_lines(lines: list[str], folded: bool) -> tuple[list[tuple[str,
         if name in names and name in SINGLETON_HEADERS:
             # RFC 4475 mcl01/multi01: two Content-Lengths or CSeqs cannot both be right.
             raise SipError(400, f"Duplicate {name} Header")
-        names.add(name)
+        if name not in names:
+            names[name] = len(headers)
         headers.append((name, value.strip(" \t")))
     # A list header whose quotes do not balance cannot be split into its values:
     # reject it here, or every later get()/get_all() on it would raise ValueError.
@@ -278,7 +301,7 @@ def _header_name(raw: str) -> str:
     return name
 
 
-def _parse_request_line(line: str, headers: list[tuple[str, str]], names: set[str]) -> Request:
+def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[str, int]) -> Request:
     parts = line.split(" ")
     if len(parts) != 3 or not all(parts):
         raise SipError(400, "Bad Request-Line")
@@ -297,7 +320,7 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: set[st
             raise SipError(400, "Bad Request-URI")
         if scheme.lower() not in ("sip", "sips", "tel"):
             raise SipError(416, f"Unsupported URI Scheme {scheme[:20]}")
-    request = Request(headers=headers, method=method, uri=uri)
+    request = Request(headers=headers, method=method, uri=uri, first_index=names)
     for name in REQUIRED_REQUEST_HEADERS:
         if name not in names:
             raise SipError(400, f"Missing {name} Header")
