@@ -87,20 +87,14 @@ class _HotPathCollector:
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        registrations = CounterMetricFamily(
+        yield _counter(
             "sipreg_registrations", "REGISTER requests answered, by domain and final status code.",
-            labels=["domain", "status"],
+            ["domain", "status"], self._metrics._registrations,
         )
-        for labels, count in sorted(self._metrics._registrations.items()):
-            registrations.add_metric(labels, count)
-        yield registrations
-        messages = CounterMetricFamily(
+        yield _counter(
             "sipreg_messages_received", "SIP messages received, by method (responses: RESPONSE) and transport.",
-            labels=["method", "transport"],
+            ["method", "transport"], self._metrics._messages,
         )
-        for labels, count in sorted(self._metrics._messages.items()):
-            messages.add_metric(labels, count)
-        yield messages
         latency = HistogramMetricFamily(
             "sipreg_request_duration_seconds",
             "Time from receiving a request to sending its final response, by method.",
@@ -113,6 +107,13 @@ class _HotPathCollector:
                 buckets.append((bound, cumulative))
             latency.add_metric([method], buckets, total)
         yield latency
+
+
+def _counter(name: str, documentation: str, labels: list[str], tally: Tally[tuple[str, str]]) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for values, count in sorted(tally.items()):
+        family.add_metric(list(values), count)
+    return family
 
 
 class _BindingsCollector:
