@@ -449,3 +449,35 @@ def test_parse_delta_seconds() -> None:
 )
 def test_canonical_names(name: str, canonical: str) -> None:
     assert canonical_name(name) == canonical
+
+
+# --- the fast path agrees with the careful parser ---------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from registrar.sip.uri import parse_uri_carefully  # noqa: E402
+
+_URI_PIECES = st.text(alphabet="abcXYZ019-_.!~*'()&=+$,;:@?%[]\"<> ", max_size=12)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    scheme=st.sampled_from(["sip", "sips", "SIP", "tel"]),
+    user=_URI_PIECES,
+    host=st.sampled_from(["example.com", "EXAMPLE.com", "192.0.2.1", "[2001:db8::1]", "h", ""]),
+    port=st.sampled_from(["", ":5060", ":0", ":65536", ":5x"]),
+    params=_URI_PIECES,
+)
+def test_the_fast_path_gives_what_the_careful_parser_gives(scheme, user, host, port, params) -> None:
+    text = f"{scheme}:{user + '@' if user else ''}{host}{port}{params}"
+    try:
+        careful = parse_uri_carefully(text)
+    except URIError:
+        careful = None
+    parse_uri.cache_clear()
+    try:
+        fast = parse_uri(text)
+    except URIError:
+        fast = None
+    assert fast == careful
