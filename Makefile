@@ -2,11 +2,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Debian packages the tests and benchmarks drive: sipp (sip-tester) and baresip as real SIP peers.
+# Debian packages the tests and benchmarks drive: sipp (sip-tester) and baresip as real SIP peers;
+# the benchmark also captures loopback traffic with tcpdump to time answers on the wire.
 APT_PACKAGES := sip-tester baresip-core
 APT_COMMANDS := sipp baresip
+BENCH_APT_PACKAGES := $(APT_PACKAGES) tcpdump
+BENCH_APT_COMMANDS := $(APT_COMMANDS) tcpdump
 
-.PHONY: run test unit bench venv apt lint clean
+.PHONY: run test unit bench venv apt bench-apt apt-install clean
 
 run: venv
 	$(VENV)/bin/sipreg serve --manifests manifests
@@ -21,10 +24,16 @@ $(VENV)/.installed: pyproject.toml
 
 # Installs the SIP peers when one is missing (needs root, as on CI and a fresh Debian box).
 apt:
-	@missing=""; for c in $(APT_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES)" COMMANDS="$(APT_COMMANDS)"
+
+bench-apt:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)" COMMANDS="$(BENCH_APT_COMMANDS)"
+
+apt-install:
+	@missing=""; for c in $(COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing $(APT_PACKAGES) with apt-get"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	  echo "installing $(PACKAGES) with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PACKAGES); \
 	fi
 
 test: venv apt
@@ -33,7 +42,7 @@ test: venv apt
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-bench: venv apt
+bench: venv bench-apt
 	$(PY) bench/run.py
 
 clean:

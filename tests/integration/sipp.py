@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.conftest import free_port
+
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 SIPP = shutil.which("sipp")
 
@@ -82,8 +84,8 @@ def run_sipp(
     ]
     if trace_messages:  # costs sipp dearly at benchmark rates
         command += ["-trace_msg", "-message_file", str(messages)]
-    if local_port is not None:
-        command += ["-p", str(local_port)]
+    # sipp's own default is 5060: it would collide with a registrar a user runs.
+    command += ["-p", str(local_port if local_port is not None else free_port(local_ip))]
     if rate is not None:
         command += ["-r", str(rate)]
     if injection is not None:
