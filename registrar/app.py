@@ -80,9 +80,11 @@ class RegistrarServer:
     async def start(self) -> None:
         config = self.config
         await self.store.start()
-        udp = await listen_udp(self.endpoint, config.host, config.sip_port)
+        udp, receive_buffer = await listen_udp(self.endpoint, config.host, config.sip_port)
         self._closers.append(udp.close)
-        log.info("sipreg: listening on udp %s:%d", config.host, config.sip_port)
+        log.info(
+            "sipreg: listening on udp %s:%d (receive buffer %d KiB)", config.host, config.sip_port, receive_buffer // 1024
+        )
         tcp = await listen_stream(self.endpoint, config.host, config.sip_port)
         self._closers.append(tcp.close)
         log.info("sipreg: listening on tcp %s:%d", config.host, config.sip_port)
