@@ -22,6 +22,7 @@ class SippRun:
     failed: int
     messages: str  # sipp's -trace_msg log: every message sent and received
     errors: str  # sipp's -trace_err log: unexpected messages
+    elapsed: float  # seconds from sipp's first call to its final statistics (0 if unknown)
 
 
 def manifest_passwords(manifests: Path) -> dict[str, str]:
@@ -94,27 +95,40 @@ def run_sipp(
         command += ["-key", name, value]
     command += extra or []
     completed = subprocess.run(command, cwd=workdir, capture_output=True, timeout=timeout + 30)
-    successful, failed = _final_counts(stats)
+    successful, failed, elapsed = _final_counts(stats)
     return SippRun(
         returncode=completed.returncode,
         successful=successful,
         failed=failed,
         messages=messages.read_text(errors="replace") if messages.exists() else "",
         errors=errors.read_text(errors="replace") if errors.exists() else "",
+        elapsed=elapsed,
     )
 
 
-def _final_counts(stats: Path) -> tuple[int, int]:
-    """SuccessfulCall(C) and FailedCall(C) from the last line of sipp's statistics file."""
+def _final_counts(stats: Path) -> tuple[int, int, float]:
+    """SuccessfulCall(C), FailedCall(C) and the seconds run, from sipp's statistics file.
+
+    The time is CurrentTime minus StartTime of the final line (their third
+    field is epoch seconds with microseconds), so sipp's own start-up is not in it.
+    """
     if not stats.exists():
-        return 0, 0
+        return 0, 0, 0.0
     lines = [line for line in stats.read_text().splitlines() if line.strip()]
     if len(lines) < 2:
-        return 0, 0
+        return 0, 0, 0.0
     header = lines[0].split(";")
     last = lines[-1].split(";")
     values = dict(zip(header, last))
-    return int(values.get("SuccessfulCall(C)", 0)), int(values.get("FailedCall(C)", 0))
+
+    def epoch(field: str) -> float:
+        try:
+            return float(values.get(field, "").split("\t")[-1])
+        except ValueError:
+            return 0.0
+
+    elapsed = max(0.0, epoch("CurrentTime") - epoch("StartTime"))
+    return int(values.get("SuccessfulCall(C)", 0)), int(values.get("FailedCall(C)", 0)), elapsed
 
 
 def single_request_scenario(path: Path, request: str, expect: int) -> Path:
