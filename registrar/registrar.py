@@ -65,6 +65,7 @@ class ContactRequest:
     q: float | None
     instance: str | None
     reg_id: int | None
+    key: tuple  # what makes it the same binding as another (_binding_key)
 
 
 class Registrar:
@@ -262,19 +263,21 @@ class Registrar:
                 raise SipError(400, "Bad Contact expires Parameter") from None
             if 0 < expires < policy.min_expires:
                 raise SipError(423, "Interval Too Brief", [("Min-Expires", str(policy.min_expires))])
+            instance, reg_id = _instance(params.get("+sip.instance")), _reg_id(params.get("reg-id"))
             contacts.append(
                 ContactRequest(
                     uri_text=contact.uri_text,
                     uri=contact.uri,
                     expires=min(expires, policy.max_expires),
                     q=_q_value(params.get("q")) if "q" in params else None,
-                    instance=_instance(params.get("+sip.instance")),
-                    reg_id=_reg_id(params.get("reg-id")),
+                    instance=instance,
+                    reg_id=reg_id,
+                    key=_binding_key(contact.uri, instance, reg_id),
                 )
             )
         # A Contact listed twice (or two URIs of one +sip.instance/reg-id) is one
         # binding; the last mention wins, as if the UA had sent them in turn.
-        unique = {_binding_key(c.uri, c.instance, c.reg_id): c for c in contacts}
+        unique = {c.key: c for c in contacts}
         contacts = list(unique.values())
         if len([c for c in contacts if c.expires]) > connection.max_contacts:
             raise SipError(403, f"Too Many Contacts (max {connection.max_contacts})")
@@ -304,13 +307,12 @@ class Registrar:
                 return []
             added: list[Binding] = []
             for contact in contacts:
-                key = _binding_key(contact.uri, contact.instance, contact.reg_id)
                 for existing in bindings:
                     # A refresh repeats its Contact to the letter: equal text needs no parse.
                     same_text = existing.contact == contact.uri_text and existing.instance == contact.instance
                     if (same_text and existing.reg_id == contact.reg_id) or _binding_key(
                         parse_uri(existing.contact), existing.instance, existing.reg_id
-                    ) == key:
+                    ) == contact.key:
                         _check_order(existing, call_id, cseq)
                         bindings.remove(existing)
                         break

@@ -19,7 +19,7 @@ from registrar.sip.grammar import (
     split_outside_quotes,
     unquote,
 )
-from registrar.sip.uri import URI, URIError, parse_uri, split_hostport
+from registrar.sip.uri import URI, URIError, parse_uri, split_hostport, unbracketed
 
 # Canonical spelling of every header we read or write, keyed by lower-case name,
 # including the compact forms of RFC 3261 section 7.3.3 and RFC 3841/4028/3515.
@@ -106,7 +106,7 @@ class Via:
 
     @property
     def host_no_brackets(self) -> str:
-        return self.host[1:-1] if self.host.startswith("[") else self.host
+        return unbracketed(self.host)
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port is not None else ""

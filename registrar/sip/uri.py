@@ -21,6 +21,11 @@ SUPPORTED_SCHEMES = ("sip", "sips", "tel")
 _USER_SAFE = "!*'()&=+$,;?/"
 
 
+def unbracketed(host: str) -> str:
+    """An IPv6 reference's address ("[::1]" -> "::1"); other hosts unchanged."""
+    return host[1:-1] if host.startswith("[") else host
+
+
 class URIError(ValueError):
     """A URI that does not follow RFC 3261 19.1; the message says what is wrong."""
 
@@ -47,7 +52,7 @@ class URI:
 
     @property
     def host_no_brackets(self) -> str:
-        return self.host[1:-1] if self.host.startswith("[") else self.host
+        return unbracketed(self.host)
 
     def __str__(self) -> str:
         if self.scheme == "tel":
