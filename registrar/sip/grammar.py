@@ -17,7 +17,7 @@ WHITESPACE = " \t"
 
 # ;name[=value] where both are tokens (values may also hold ':' and '[]' of IPv6
 # and host:port). Anything else goes the careful way, with its precise errors.
-_TOKEN_CLASS = r"[A-Za-z0-9\-.!%*_+`'~]"
+_TOKEN_CLASS = "[" + re.escape("".join(sorted(TOKEN_CHARS))) + "]"
 _PLAIN_PARAM = re.compile(rf";({_TOKEN_CLASS}+)(=?)((?:{_TOKEN_CLASS}|[:\[\]])*)")
 _PLAIN_PARAMS = re.compile(rf"(?:;{_TOKEN_CLASS}+(?:=(?:{_TOKEN_CLASS}|[:\[\]])*)?)*")
 

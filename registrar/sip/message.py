@@ -217,8 +217,7 @@ def parse_message(data: bytes) -> Request | Response:
     headers, names = _parse_header_lines(lines, "\r\n " in head or "\r\n\t" in head)
 
     if lines[0].startswith("SIP/"):
-        message: Request | Response = _parse_status_line(lines[0], headers)
-        message.first_index = names
+        message: Request | Response = _parse_status_line(lines[0], headers, names)
     else:
         message = _parse_request_line(lines[0], headers, names)
 
@@ -336,7 +335,7 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[s
 _USUAL_SCHEMES = frozenset(["sip", "sips", "tel"])
 
 
-def _parse_status_line(line: str, headers: list[tuple[str, str]]) -> Response:
+def _parse_status_line(line: str, headers: list[tuple[str, str]], names: dict[str, int]) -> Response:
     version, _, rest = line.partition(" ")
     code, _, reason = rest.partition(" ")
     if version.upper() != SIP_VERSION:
@@ -344,7 +343,7 @@ def _parse_status_line(line: str, headers: list[tuple[str, str]]) -> Response:
     status = parse_digits(code, 1000) if len(code) == 3 else None
     if status is None or not 100 <= status <= 699:
         raise SipError(400, "Bad Status-Line")
-    return Response(headers=headers, status=status, reason=reason)
+    return Response(headers=headers, status=status, reason=reason, first_index=names)
 
 
 # -- answering -----------------------------------------------------------------------
