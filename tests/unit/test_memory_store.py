@@ -227,10 +227,10 @@ async def test_a_new_earlier_expiry_moves_the_aor_to_an_earlier_slot(store, cloc
     await store.update(ALICE, put(binding(contact="sip:alice@192.0.2.11", expires_in=30)))
     clock.advance(31)
     store.sweep()
-    assert [b.contact for b in store._stored(ALICE)] == ["sip:alice@192.0.2.10:5060"]
+    assert [b.contact for b in store._table.stored(ALICE)] == ["sip:alice@192.0.2.10:5060"]
     clock.advance(600)
     store.sweep()
-    assert ALICE not in store._bindings
+    assert ALICE not in store._table._bindings
 
 
 async def test_a_sweep_visits_only_the_aors_that_came_due(store, clock) -> None:
@@ -239,7 +239,7 @@ async def test_a_sweep_visits_only_the_aors_that_came_due(store, clock) -> None:
     clock.advance(20.5)
     store.sweep()
     assert store.binding_counts() == {"sip.example.test": 90}
-    assert sum(len(aors) for aors in store._wheel.values()) == 90
+    assert sum(len(aors) for aors in store._table._wheel.values()) == 90
 
 
 async def test_the_stored_table_is_invisible_to_the_cyclic_garbage_collector(store) -> None:
@@ -249,5 +249,5 @@ async def test_the_stored_table_is_invisible_to_the_cyclic_garbage_collector(sto
         await store.update(f"u{i}@sip.example.test", put(binding(aor=f"u{i}@sip.example.test")))
     gc.collect()  # untracks each binding's tuple...
     gc.collect()  # ...and then the AOR's tuple of them
-    assert not any(gc.is_tracked(bindings) for bindings in store._bindings.values())
+    assert not any(gc.is_tracked(bindings) for bindings in store._table._bindings.values())
     assert [b.aor for b in await store.lookup("u3@sip.example.test")] == ["u3@sip.example.test"]
