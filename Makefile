@@ -2,10 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Debian packages the tests and benchmarks drive: sipp (sip-tester) and baresip as real SIP peers;
+# Debian packages the tests and benchmarks drive: sipp (sip-tester) and baresip as real SIP peers,
+# etcd (etcd-server) as the real location store of the etcd store's integration tests;
 # the benchmark also captures loopback traffic with tcpdump to time answers on the wire.
-APT_PACKAGES := sip-tester baresip-core
-APT_COMMANDS := sipp baresip
+APT_PACKAGES := sip-tester baresip-core etcd-server
+APT_COMMANDS := sipp baresip etcd
 BENCH_APT_PACKAGES := $(APT_PACKAGES) tcpdump
 BENCH_APT_COMMANDS := $(APT_COMMANDS) tcpdump
 
@@ -22,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Installs the SIP peers when one is missing (needs root, as on CI and a fresh Debian box).
+# Installs the SIP peers and etcd when one is missing (needs root, as on CI and a fresh Debian box).
 apt:
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES)" COMMANDS="$(APT_COMMANDS)"
 

@@ -1,0 +1,184 @@
+"""A real single-member etcd (Debian's etcd-server, /usr/bin/etcd) for the etcd store's integration tests.
+
+`EtcdServer(tmp_path)` picks loopback client and peer ports at run time and keeps them, and its data
+directory, for its whole life: `restart()` brings the same member back on the same address with the
+same data, so a client built once reconnects to it, as a registrar pod does when etcd restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from tests.conftest import free_port
+
+ETCD = shutil.which("etcd")
+INSTALL_HINT = "etcd not found on PATH: `make test` installs it (Debian package etcd-server, needs root)"
+
+
+class EtcdServer:
+    """One etcd process on 127.0.0.1; `with EtcdServer(tmp) as etcd:` starts it and always stops it."""
+
+    def __init__(self, tmp_path: Path, name: str = "sipreg-test", start_timeout: float = 15) -> None:
+        self.name = name
+        self.directory = Path(tmp_path) / f"etcd-{name}"
+        self.data_dir = self.directory / "data"
+        self.log_path = self.directory / "etcd.log"
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """host:port of the client (gRPC and HTTP) listener."""
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def url(self) -> str:
+        """The store URL sipreg takes, e.g. `etcd://127.0.0.1:PORT`."""
+        return f"etcd://{self.endpoint}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def command(self) -> list[str]:
+        if ETCD is None:
+            raise RuntimeError(INSTALL_HINT)
+        client_url = f"http://{self.endpoint}"
+        peer_url = f"http://127.0.0.1:{self.peer_port}"
+        return [
+            ETCD,
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", client_url,
+            "--advertise-client-urls", client_url,
+            "--listen-peer-urls", peer_url,
+            "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"{self.name}={peer_url}",
+            "--initial-cluster-state", "new",  # ignored once the data dir holds a member (restart)
+            "--initial-cluster-token", f"{self.name}-{self.client_port}",
+            # One member on loopback: a short election gets a leader (and /health) within ~0.1 s.
+            "--heartbeat-interval", "10",
+            "--election-timeout", "100",
+            "--logger", "zap",
+            "--log-outputs", "stderr",
+        ]
+
+    def start(self) -> None:
+        """Start etcd and return once /health says it serves; raise with the log's tail if it does not."""
+        if self.running:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # ETCD_* variables in the environment would override the flags; leave none behind.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("ETCD")}
+        with open(self.log_path, "a") as log:
+            log.write(f"--- start {time.strftime('%H:%M:%S')}\n")
+            log.flush()
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.process.returncode} at start:\n{self.log_tail()}")
+            if self.healthy():
+                return
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"etcd did not become healthy within {self.start_timeout} s:\n{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        """This member answers on the client port and the cluster has a leader.
+
+        "This member": the answering member's peer URL must be ours, or a stray etcd that already held
+        the port (free_port() only says the port was free a moment ago) would pass for this one.
+        """
+        try:
+            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as response:
+                if json.load(response).get("health") != "true":
+                    return False
+            request = urllib.request.Request(f"http://{self.endpoint}/v3/cluster/member/list", data=b"{}")
+            with urllib.request.urlopen(request, timeout=1) as response:
+                members = json.load(response)
+        except (OSError, ValueError):  # not listening yet, no leader yet (503), half a body
+            return False
+        answering = members["header"]["member_id"]
+        peer_urls = [url for member in members["members"] if member["ID"] == answering for url in member["peerURLs"]]
+        return f"http://127.0.0.1:{self.peer_port}" in peer_urls
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM (a clean shutdown) and wait; SIGKILL if it does not exit in `timeout` s. Idempotent."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(signal.SIGCONT)  # a paused etcd handles SIGTERM only once resumed
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: etcd dies without a goodbye (a crashed node); the data dir stays."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def pause(self) -> None:
+        """SIGSTOP: etcd hangs with its sockets open (the kernel still accepts connections and data, nobody
+        answers), like a node behind a dead network path. Requests time out instead of failing fast."""
+        assert self.running, "etcd is not running"
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after pause()."""
+        assert self.running, "etcd is not running"
+        self.process.send_signal(signal.SIGCONT)
+
+    def restart(self, kill: bool = False) -> None:
+        """Stop (or kill) and start again: same data dir, same ports."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        self.start()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def __enter__(self) -> EtcdServer:
+        try:
+            self.start()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"EtcdServer({self.endpoint}, {'running' if self.running else 'stopped'}, data={self.data_dir})"
