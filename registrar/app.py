@@ -19,6 +19,8 @@ from registrar.registrar import Registrar, Source
 from registrar.service import SipService
 from registrar.sip import digest
 from registrar.store import LocationStore
+from registrar.store.etcd import EtcdStore
+from registrar.store.etcd_session import EtcdSession, parse_endpoints
 from registrar.store.memory import MemoryStore
 from registrar.tls import self_signed_context, server_context
 from registrar.transport import SipEndpoint, listen_stream, listen_udp
@@ -30,7 +32,8 @@ log = logging.getLogger("sipreg")
 class ServeConfig:
     """What `sipreg serve` runs: the command line, as values."""
 
-    catalog: Catalog
+    # The manifests' domains and connections; None: serve what etcd holds (pods in a cluster).
+    catalog: Catalog | None
     store: str = "memory"
     host: str = "127.0.0.1"
     sip_port: int = 5060
@@ -40,13 +43,19 @@ class ServeConfig:
     tls_key: str | None = None
     # Replicas that share this secret verify each other's nonces (stateless challenges).
     nonce_secret: bytes = field(default_factory=lambda: os.urandom(32))
-    node: str = field(default_factory=socket.gethostname)
+    # This registrar's name among its replicas (etcd nodes/ and each binding's `node`);
+    # None: host name and SIP port, unique on one machine as in a cluster.
+    node: str | None = None
+
+    @property
+    def node_name(self) -> str:
+        return self.node or f"{socket.gethostname()}-{self.sip_port}"
 
 
 class RegistrarServer:
     def __init__(self, config: ServeConfig):
         self.config = config
-        self.store = make_store(config.store)
+        self.store = make_store(config)
         self.metrics = Metrics(binding_counts=self.store.binding_counts)
         # Nonce counts live in this process only: nonces issued before it started are
         # answered stale=true once, so a restart cannot open a replay window. Nonces
@@ -57,10 +66,10 @@ class RegistrarServer:
             digest.NonceAuthority(config.nonce_secret), digest.NonceCounts(forget_issued_until=time.time() - 1)
         )
         self.registrar = Registrar(
-            config.catalog,
+            config.catalog or Catalog(),
             self.store,
             authenticator,
-            node=config.node,
+            node=config.node_name,
             on_result=self.metrics.registration_answered,
             on_auth_failure=self.metrics.auth_failed,
         )
@@ -69,6 +78,10 @@ class RegistrarServer:
         self._closers: list = []
         self._tasks: list[asyncio.Task] = []
         self._listening = False
+
+    def _serve_catalog(self, catalog: Catalog) -> None:
+        self.registrar.catalog = catalog
+        log.info("sipreg: serving %d domains, %d connections from etcd", len(catalog.domains), len(catalog.connections))
 
     def _keep_flow(self, source: Source, seconds: int) -> None:
         self.endpoint.keep_flow(source.flow, self.endpoint.clock() + seconds)
@@ -79,6 +92,10 @@ class RegistrarServer:
 
     async def start(self) -> None:
         config = self.config
+        if isinstance(self.store, EtcdStore):
+            self.store.on_catalog = self._serve_catalog
+            if config.catalog is not None:
+                self.store.publish(config.catalog)
         await self.store.start()
         udp, receive_buffer = await listen_udp(self.endpoint, config.host, config.sip_port)
         self._closers.append(udp.close)
@@ -106,7 +123,7 @@ class RegistrarServer:
         self._listening = True
         log.info(
             "sipreg: ready, serving %s with %s store",
-            ", ".join(sorted(self.config.catalog.domains)) or "no domains",
+            ", ".join(sorted(self.registrar.catalog.domains)) or "no domains",
             config.store,
         )
 
@@ -114,7 +131,7 @@ class RegistrarServer:
         if self.config.tls_cert and self.config.tls_key:
             return server_context(self.config.tls_cert, self.config.tls_key)
         log.info("sipreg: no --tls-cert given, using a self-signed certificate")
-        return self_signed_context([*sorted(self.config.catalog.domains), "localhost", self.config.host])
+        return self_signed_context([*sorted(self.registrar.catalog.domains), "localhost", self.config.host])
 
     async def stop(self) -> None:
         self._listening = False
@@ -129,7 +146,12 @@ class RegistrarServer:
         await self.store.close()
 
 
-def make_store(url: str) -> LocationStore:
-    if url == "memory":
+def make_store(config: ServeConfig) -> LocationStore:
+    if config.store == "memory":
         return MemoryStore(clock=time.time)
-    raise ValueError(f"--store: unsupported location service {url!r} (supported: memory)")
+    return EtcdStore(
+        EtcdSession(parse_endpoints(config.store)),
+        node=config.node_name,
+        node_address=config.host,
+        sip_port=config.sip_port,
+    )

@@ -10,14 +10,23 @@ import sys
 
 from registrar.app import RegistrarServer, ServeConfig
 from registrar.manifests import ManifestError, load_catalog
+from registrar.store.etcd_session import parse_endpoints
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sipreg", description="A SIP registrar cluster that Kubernetes runs for you.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run a registrar from SipDomain/SipConnection manifests, no cluster needed")
-    serve.add_argument("--manifests", default="manifests", help="directory or file of manifests (default: manifests/)")
-    serve.add_argument("--store", default="memory", help="location service: memory (default)")
+    serve.add_argument(
+        "--manifests",
+        help="directory or file of manifests (default: manifests/ with the memory store; with etcd, what etcd holds)",
+    )
+    serve.add_argument(
+        "--store",
+        default="memory",
+        help="location service: memory (default) or etcd://HOST:PORT[,HOST:PORT...] shared by replicas",
+    )
+    serve.add_argument("--node", help="this registrar's name among replicas (default: host name and SIP port)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--sip-port", type=_port, default=5060, help="UDP and TCP port (default 5060)")
     serve.add_argument("--tls-port", type=_port, default=5061, help="TLS port (default 5061; 0 disables TLS)")
@@ -41,8 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("sipreg serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    if args.store != "memory":
+        try:
+            parse_endpoints(args.store)
+        except ValueError as error:
+            print(f"sipreg serve: {error}", file=sys.stderr)
+            return 2
+    manifests = args.manifests or ("manifests" if args.store == "memory" else None)
     try:
-        catalog = load_catalog(args.manifests)
+        catalog = load_catalog(manifests) if manifests else None
     except ManifestError as error:
         print(f"sipreg serve: {error}", file=sys.stderr)
         return 2
@@ -55,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         http_port=args.http_port or None,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        node=args.node,
     )
     if args.nonce_secret:
         config.nonce_secret = args.nonce_secret.encode()

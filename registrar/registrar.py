@@ -101,6 +101,10 @@ class Registrar:
         once; an authenticated one returns an awaitable that updates the store.
         That keeps the challenge leg free of task scheduling on the hot path.
         """
+        if not self.store.ready:
+            # Without the store the catalogue may be stale or empty too: no answer
+            # but "try again" would be true, not even a challenge.
+            return self._reject(request, _store_unavailable())
         try:
             domain, connection = self._precheck(request, source)
             aor, contacts, wildcard = self._contacts(request, domain, connection)
@@ -124,9 +128,7 @@ class Registrar:
             try:
                 bindings = await self.store.update(aor, change)
             except StoreUnavailable:
-                raise SipError(
-                    503, "Location Service Unavailable", [("Retry-After", str(RETRY_AFTER_SECONDS))]
-                ) from None
+                raise _store_unavailable() from None
         except SipError as rejection:
             return self._reject(request, rejection)
         response = self._response(request, 200, "OK")
@@ -384,6 +386,10 @@ def _sip_date(second: int) -> str:
 def _ignore_result(task) -> None:  # type: ignore[no-untyped-def]
     if not task.cancelled():
         task.exception()
+
+
+def _store_unavailable() -> SipError:
+    return SipError(503, "Location Service Unavailable", [("Retry-After", str(RETRY_AFTER_SECONDS))])
 
 
 def _check_order(existing: Binding, call_id: str, cseq: int) -> None:

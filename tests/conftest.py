@@ -60,7 +60,7 @@ class RunningRegistrar:
 
 
 def start_registrar(
-    tmp_path: Path, *extra: str, manifests: Path = MANIFESTS, wrapper: list[str] | None = None,
+    tmp_path: Path, *extra: str, manifests: Path | None = MANIFESTS, wrapper: list[str] | None = None,
     ready_timeout: float = 20,
 ) -> RunningRegistrar:
     """Start `sipreg serve`; `wrapper` prefixes the command (the benchmark pins CPUs with taskset)."""
@@ -69,7 +69,7 @@ def start_registrar(
     log_path = tmp_path / f"sipreg-{sip_port}.log"
     command = [
         *(wrapper or []), sys.executable, "-m", "registrar.cli", "serve",
-        "--manifests", str(manifests), "--host", host,
+        *(["--manifests", str(manifests)] if manifests else []), "--host", host,
         "--sip-port", str(sip_port), "--tls-port", str(tls_port), "--http-port", str(http_port),
         *extra,
     ]

@@ -1,0 +1,560 @@
+"""The etcd location service: registrar replicas share one binding table, and a restart loses nothing.
+
+Reads come from memory. One watch on the whole /sipreg/v1/ prefix feeds a local
+cache of bindings (a BindingTable), domains and connections (the Catalog the
+registrar serves), failures and nodes. The watch resumes from its last revision
+after a broken stream or an etcd restart, and reads everything anew when that
+revision was compacted away.
+
+Writes are compare-and-swap transactions on an AOR's key (see layout.py), made
+from the cache's revision of that key. REGISTERs that arrive while writes are in
+flight wait and go out together as one transaction with a nested transaction per
+AOR, so at load one REGISTER costs a fraction of a round trip; several changes to
+one AOR in a batch are applied in order and written once. When another replica
+changed the AOR first, etcd answers with the key's current value (the nested
+transaction's failure branch reads it), and the change is run again on that.
+A 200 OK waits for etcd's acknowledgement; a failed write raises StoreUnavailable.
+
+Expiry: each AOR key carries a lease that ends just after its latest binding
+expires, and AORs expiring within the same LEASE_GRANULARITY seconds share one
+lease, so etcd removes bindings when every registrar is down, with a few leases
+rather than one per binding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from aetcd import rpc
+
+from registrar.model import Binding, Catalog, Connection, Domain
+from registrar.store import BindingChange, BindingEvent, LocationStore, RegistrationFailure, StoreUnavailable
+from registrar.store import layout
+from registrar.store.etcd_session import EtcdSession, EtcdUnavailable, WatchCompacted
+from registrar.store.table import BindingTable
+
+log = logging.getLogger("sipreg.store")
+
+LEASE_GRANULARITY = 10.0  # seconds of expiry that one binding lease covers
+MAX_WRITES_IN_FLIGHT = 2  # transactions; REGISTERs arriving meanwhile form the next batch
+MAX_BATCH = 128  # AORs per transaction (etcd's default --max-txn-ops)
+MAX_ATTEMPTS = 5  # compare-and-swap rounds lost to other replicas before giving up with 503
+FAILURE_FLUSH_INTERVAL = 1.0  # seconds; failure records go out at most this often, MAX_BATCH at a time
+NODE_TTL = 10  # seconds a dead registrar stays listed under nodes/
+SWEEP_INTERVAL = 1.0
+RECONNECT_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+_PUT = rpc.Event.PUT
+_MOD = rpc.Compare.MOD
+_EQUAL = rpc.Compare.EQUAL
+
+WatchedChange = tuple[BindingChange, "asyncio.Future[list[Binding]]", int]  # change, its answer, attempts so far
+
+
+class EtcdStore(LocationStore):
+    def __init__(
+        self,
+        session: EtcdSession,
+        *,
+        node: str = "",
+        node_address: str = "",
+        sip_port: int = 0,
+        clock: Callable[[], float] = time.time,
+        lease_granularity: float = LEASE_GRANULARITY,
+    ):
+        self.session = session
+        self.node = node
+        self._node_record = layout.encode_node(node, node_address, sip_port, clock()) if node else None
+        self._clock = clock
+        self._table = BindingTable(clock())
+        self._revisions: dict[str, int] = {}  # AOR -> mod revision of its key, as last seen
+        self._tombstones: dict[str, int] = {}  # AOR -> revision it was deleted at (older news is stale)
+        self._watched_revision = 0  # every change up to this revision is in the cache
+        self._domains: dict[str, Domain] = {}
+        self._connections: dict[tuple[str, str], Connection] = {}
+        self._failures: dict[tuple[str, str], RegistrationFailure] = {}
+        self._unwritten_failures: dict[tuple[str, str], RegistrationFailure] = {}
+        self.nodes: dict[str, dict] = {}
+        self._leases = _LeasePool(session, lease_granularity, clock)
+        self._pending: dict[str, list[WatchedChange]] = {}
+        self._writing: set[str] = set()  # AORs in a transaction now
+        self._writes_in_flight = 0
+        self._ready = False
+        self._synced = asyncio.Event()
+        self._to_publish: Catalog | None = None
+        self._catalog_due: asyncio.TimerHandle | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.on_catalog: Callable[[Catalog], None] = lambda catalog: None
+        self.catalog = Catalog()
+
+    # -- LocationStore ---------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def lookup(self, aor: str) -> list[Binding]:
+        return self._table.current(aor, self._clock())
+
+    async def all_bindings(self, domain: str | None = None) -> list[Binding]:
+        return self._table.all_current(self._clock(), domain)
+
+    def binding_counts(self) -> dict[str, int]:
+        return self._table.counts()
+
+    def watch(self) -> AsyncIterator[BindingEvent]:
+        return self._table.watch()
+
+    async def update(self, aor: str, change: BindingChange) -> list[Binding]:
+        if not self._ready:
+            raise StoreUnavailable("etcd is unreachable")
+        answer: asyncio.Future[list[Binding]] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(aor, []).append((change, answer, 0))
+        self._start_writes()
+        return await answer
+
+    async def record_failure(self, failure: RegistrationFailure) -> None:
+        # Written by the flusher, a batch a second at most: a flood of bad REGISTERs
+        # (callers already throttle per connection) never becomes an etcd write flood.
+        key = (failure.domain, failure.username)
+        self._failures[key] = failure
+        self._unwritten_failures[key] = failure
+
+    async def last_failure(self, domain: str, username: str) -> RegistrationFailure | None:
+        return self._failures.get((domain, username))
+
+    async def start(self, wait: float = 10.0) -> None:
+        """Connect, publish, read everything, and follow; waits up to `wait` s for the first sync.
+
+        When etcd is not there yet the registrar still starts: it answers 503 and
+        reports not ready until the first sync succeeds.
+        """
+        for name, work in (
+            ("etcd-follow", self._follow()),
+            ("etcd-sweep", self._sweep_forever()),
+            ("etcd-failures", self._flush_failures_forever()),
+        ):
+            self._tasks.append(asyncio.create_task(work, name=name))
+        try:
+            await asyncio.wait_for(self._synced.wait(), wait)
+        except asyncio.TimeoutError:
+            log.warning("sipreg: etcd not reachable yet; answering 503 until it is")
+
+    async def close(self) -> None:
+        self._ready = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._node_lease is not None:
+            try:
+                await self.session.revoke(self._node_lease)  # leave nodes/ now, not NODE_TTL later
+            except EtcdUnavailable:
+                pass
+        await self.session.close()
+        self._table.end_watches()
+
+    def publish(self, catalog: Catalog) -> None:
+        """Make etcd's domains and connections those of `catalog` once connected (`sipreg serve --manifests`)."""
+        self._to_publish = catalog
+
+    # -- following etcd --------------------------------------------------------------------
+
+    _node_lease: int | None = None
+
+    async def _follow(self) -> None:
+        failures = 0
+        resync = True
+        while True:
+            try:
+                await self.session.connect()
+                if self._to_publish is not None:
+                    await self._publish(self._to_publish)
+                    self._to_publish = None
+                if resync:
+                    await self._resync()
+                    resync = False
+                await self._register_node()
+                watch = self.session.watch(layout.PREFIX.encode(), self._watched_revision + 1)
+                async for response in watch:
+                    if not self._ready:
+                        self._ready, failures = True, 0
+                        self._synced.set()
+                        log.info("sipreg: following etcd from revision %d", self._watched_revision)
+                    self._apply(response)
+            except WatchCompacted as compacted:
+                log.warning("sipreg: etcd compacted past revision %d; reading everything anew", compacted.args[0])
+                resync = True
+            except Exception as error:  # etcd gone, or a bug: either way, never stop following
+                if not isinstance(error, (EtcdUnavailable, rpc.AioRpcError)):
+                    log.exception("sipreg: following etcd failed")
+                if self._ready:
+                    log.warning("sipreg: lost etcd (%s); answering 503 until it is back", error)
+                self._ready = False
+                self._fail_pending(error)
+                await self.session.disconnect()
+                await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
+                failures += 1
+
+    async def _resync(self) -> None:
+        kvs, revision = await self.session.read_prefix(layout.PREFIX.encode())
+        now = self._clock()
+        seen: set[str] = set()
+        self._domains.clear()
+        self._connections.clear()
+        self._revisions.clear()
+        self._tombstones.clear()
+        self.nodes.clear()
+        for kv in kvs:
+            if kv.key.startswith(_BINDINGS):
+                aor = layout.aor_of(kv.key)
+                seen.add(aor)
+                self._revisions[aor] = kv.mod_revision
+                self._table.replace(aor, self._decode_bindings(aor, kv.value, now))
+            else:
+                self._apply_other(kv.key, kv.value, True)
+        for aor in [aor for aor in self._table.aors() if aor not in seen]:
+            self._table.replace(aor, ())
+        self._watched_revision = revision
+        self._publish_catalog_now()
+        log.info("sipreg: read %d records from etcd at revision %d", len(kvs), revision)
+
+    def _apply(self, response: rpc.WatchResponse) -> None:
+        now = self._clock()
+        for event in response.events:
+            kv = event.kv
+            if kv.key.startswith(_BINDINGS):
+                aor = layout.aor_of(kv.key)
+                # Our own writes are in the cache already; older news than we hold is stale.
+                if kv.mod_revision <= max(self._revisions.get(aor, 0), self._tombstones.get(aor, 0)):
+                    continue
+                if event.type == _PUT:
+                    self._revisions[aor] = kv.mod_revision
+                    self._tombstones.pop(aor, None)
+                    self._table.replace(aor, self._decode_bindings(aor, kv.value, now))
+                else:
+                    self._revisions.pop(aor, None)
+                    self._tombstones[aor] = kv.mod_revision
+                    self._table.replace(aor, ())
+            else:
+                self._apply_other(kv.key, kv.value, event.type == _PUT)
+        self._watched_revision = max(self._watched_revision, response.header.revision)
+
+    def _apply_other(self, key: bytes, value: bytes, present: bool) -> None:
+        """A domain, connection, failure or node record changed (or went away)."""
+        try:
+            if key.startswith(_DOMAINS):
+                name = key[len(_DOMAINS) :].decode()
+                if present:
+                    self._domains[name] = layout.decode_domain(value)
+                else:
+                    self._domains.pop(name, None)
+                self._catalog_changed()
+            elif key.startswith(_CONNECTIONS):
+                ident = layout.split_key(layout.CONNECTIONS, key)
+                if present:
+                    self._connections[ident] = layout.decode_connection(value)
+                else:
+                    self._connections.pop(ident, None)
+                self._catalog_changed()
+            elif key.startswith(_FAILURES):
+                ident = layout.split_key(layout.FAILURES, key)
+                if present:
+                    self._failures[ident] = layout.decode_failure(*ident, value)
+                else:
+                    self._failures.pop(ident, None)
+            elif key.startswith(_NODES):
+                node = key[len(_NODES) :].decode()
+                if present:
+                    self.nodes[node] = layout.decode_node(value)
+                else:
+                    self.nodes.pop(node, None)
+        except layout.BadRecord as error:
+            log.warning("sipreg: ignoring %s: %s", key.decode(errors="replace"), error)
+
+    def _decode_bindings(self, aor: str, value: bytes, now: float) -> tuple[Binding, ...]:
+        try:
+            return layout.decode_bindings(aor, value, now)
+        except layout.BadRecord as error:
+            log.warning("sipreg: ignoring the bindings of %s: %s", aor, error)
+            return ()
+
+    def _catalog_changed(self) -> None:
+        # A burst of connection changes (an operator publishing 10k) builds one Catalog.
+        if self._catalog_due is None:
+            self._catalog_due = asyncio.get_running_loop().call_later(0.05, self._publish_catalog_now)
+
+    def _publish_catalog_now(self) -> None:
+        if self._catalog_due is not None:
+            self._catalog_due.cancel()
+            self._catalog_due = None
+        self.catalog = Catalog(domains=dict(self._domains), connections=dict(self._connections))
+        self.on_catalog(self.catalog)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = self._clock()
+            self._table.sweep(now)
+            self._leases.forget_before(now)
+            # Once the watch has passed a deletion, no older news of that AOR can come.
+            watched = self._watched_revision
+            self._tombstones = {aor: rev for aor, rev in self._tombstones.items() if rev > watched}
+
+    # -- writing bindings ------------------------------------------------------------------
+
+    def _start_writes(self) -> None:
+        while self._pending and self._writes_in_flight < MAX_WRITES_IN_FLIGHT:
+            batch: list[tuple[str, list[WatchedChange]]] = []
+            for aor in list(self._pending):
+                if aor not in self._writing:
+                    batch.append((aor, self._pending.pop(aor)))
+                    if len(batch) == MAX_BATCH:
+                        break
+            if not batch:
+                return  # everything waiting is for AORs being written now
+            self._writing.update(aor for aor, _ in batch)
+            self._writes_in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._write(batch))
+            task.add_done_callback(lambda _, aors=[aor for aor, _ in batch]: self._written(aors))
+
+    def _written(self, aors: list[str]) -> None:
+        self._writing.difference_update(aors)
+        self._writes_in_flight -= 1
+        self._start_writes()
+
+    async def _write(self, batch: list[tuple[str, list[WatchedChange]]]) -> None:
+        try:
+            await self._write_batch(batch)
+        except BaseException as error:
+            # Whatever went wrong, no REGISTER may wait forever for its answer.
+            if not isinstance(error, (StoreUnavailable, asyncio.CancelledError)):
+                log.exception("sipreg: writing bindings to etcd failed")
+            for _, changes in batch:
+                for _, answer, _ in changes:
+                    if not answer.done():
+                        answer.set_exception(StoreUnavailable(f"etcd did not take the write: {error!r}"))
+            if isinstance(error, asyncio.CancelledError):
+                raise
+
+    async def _write_batch(self, batch: list[tuple[str, list[WatchedChange]]]) -> None:
+        now = self._clock()
+        plans = []  # (AOR, revision compared, bindings to store, [(change, answer, attempts, its result)])
+        for aor, changes in batch:
+            bindings = current = tuple(self._table.current(aor, now))
+            done = []
+            for change, answer, attempts in changes:
+                if answer.done():
+                    continue  # the REGISTER gave up waiting
+                try:
+                    bindings = tuple(change(bindings))
+                except Exception as error:  # the registrar's refusal (e.g. 400 Invalid CSeq), for that REGISTER alone
+                    answer.set_exception(error)
+                    continue
+                done.append((change, answer, attempts, bindings))
+            if done and bindings == current:
+                # Nothing to write (a query, a refused change): the cache's view is the answer.
+                for _, answer, _, stored in done:
+                    answer.set_result(list(stored))
+            elif done:
+                plans.append((aor, self._revisions.get(aor, 0), bindings, done))
+        if not plans:
+            return
+        try:
+            leases = await self._leases.leases_for([max(b.expires_at for b in plan[2]) for plan in plans if plan[2]])
+            request = rpc.TxnRequest(success=[_compare_and_swap(plan[0], plan[1], plan[2], leases) for plan in plans])
+            response = await self.session.txn(request)
+        except (StoreUnavailable, rpc.AioRpcError) as error:
+            if isinstance(error, rpc.AioRpcError) and error.code() == rpc.StatusCode.NOT_FOUND:
+                self._leases.forget_all()  # etcd lost our leases (a new cluster?): grant anew next time
+            for *_, done in plans:
+                for _, answer, _, _ in done:
+                    if not answer.done():
+                        answer.set_exception(StoreUnavailable(f"etcd did not take the write: {error}"))
+            return
+        revision = response.header.revision
+        for (aor, _, bindings, done), result in zip(plans, response.responses):
+            swap = result.response_txn
+            if swap.succeeded:
+                self._hold(aor, revision, bindings)
+                for _, answer, _, stored in done:
+                    if not answer.done():
+                        answer.set_result(list(stored))
+            else:
+                # Another replica wrote first: take its value, and run the changes again on it.
+                kvs = swap.responses[0].response_range.kvs
+                if kvs:
+                    self._hold(aor, kvs[0].mod_revision, self._decode_bindings(aor, kvs[0].value, now))
+                else:
+                    self._hold(aor, revision, ())
+                self._retry(aor, done)
+
+    def _hold(self, aor: str, revision: int, bindings: tuple[Binding, ...]) -> None:
+        """Put what etcd holds for `aor` at `revision` into the cache."""
+        if bindings:
+            self._revisions[aor] = revision
+            self._tombstones.pop(aor, None)
+        else:
+            self._revisions.pop(aor, None)
+            self._tombstones[aor] = max(revision, self._tombstones.get(aor, 0))
+        self._table.replace(aor, bindings)
+
+    def _retry(self, aor: str, done: list) -> None:
+        again: list[WatchedChange] = []
+        for change, answer, attempts, _ in done:
+            if answer.done():
+                continue
+            if attempts + 1 >= MAX_ATTEMPTS:
+                answer.set_exception(StoreUnavailable(f"{aor} is contended by other registrars"))
+            else:
+                again.append((change, answer, attempts + 1))
+        if again:
+            self._pending[aor] = again + self._pending.pop(aor, [])
+
+    def _fail_pending(self, error: BaseException) -> None:
+        pending, self._pending = self._pending, {}
+        for changes in pending.values():
+            for _, answer, _ in changes:
+                if not answer.done():
+                    answer.set_exception(StoreUnavailable(f"etcd is unreachable: {error}"))
+
+    # -- failures, nodes, catalogue --------------------------------------------------------
+
+    async def _flush_failures_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FAILURE_FLUSH_INTERVAL)
+            if not self._unwritten_failures or not self._ready:
+                continue
+            keys = list(self._unwritten_failures)[:MAX_BATCH]
+            batch = [self._unwritten_failures.pop(key) for key in keys]
+            request = rpc.TxnRequest(
+                success=[
+                    _put(layout.failure_key(f.domain, f.username), layout.encode_failure(f)) for f in batch
+                ]
+            )
+            try:
+                await self.session.txn(request)
+            except (EtcdUnavailable, rpc.AioRpcError) as error:
+                log.debug("sipreg: failure records not written yet: %s", error)
+                for failure in batch:  # keep them, unless a newer failure replaced them meanwhile
+                    self._unwritten_failures.setdefault((failure.domain, failure.username), failure)
+
+    async def _register_node(self) -> None:
+        if self._node_record is None or self._node_lease is not None:
+            return
+        lease = await self.session.grant(NODE_TTL)
+        await self.session.txn(rpc.TxnRequest(success=[_put(layout.node_key(self.node), self._node_record, lease)]))
+        self._node_lease = lease
+        self.session.keep_alive(lease, NODE_TTL, self._node_lease_lost)
+
+    def _node_lease_lost(self) -> None:
+        # etcd was away longer than NODE_TTL: the next round of _follow registers again.
+        log.warning("sipreg: this node's etcd lease expired; registering the node again")
+        self._node_lease = None
+        asyncio.get_running_loop().create_task(self._reregister_node())
+
+    async def _reregister_node(self) -> None:
+        try:
+            await self._register_node()
+        except (EtcdUnavailable, rpc.AioRpcError) as error:
+            log.warning("sipreg: could not register this node in etcd yet: %s", error)
+
+    async def _publish(self, catalog: Catalog) -> None:
+        """Write `catalog`'s domains and connections; delete those etcd holds beyond it."""
+        wanted = {layout.domain_key(d.name): layout.encode_domain(d) for d in catalog.domains.values()}
+        wanted.update(
+            (layout.connection_key(c.domain, c.username), layout.encode_connection(c))
+            for c in catalog.connections.values()
+        )
+        held = {}
+        for prefix in (layout.DOMAINS, layout.CONNECTIONS):
+            kvs, _ = await self.session.read_prefix(prefix.encode())
+            held.update((kv.key, kv.value) for kv in kvs)
+        ops = [_put(key, value) for key, value in wanted.items() if held.get(key) != value]
+        ops += [_delete(key) for key in held if key not in wanted]
+        for start in range(0, len(ops), MAX_BATCH):
+            await self.session.txn(rpc.TxnRequest(success=ops[start : start + MAX_BATCH]))
+        log.info(
+            "sipreg: published %d domains and %d connections to etcd (%d changes)",
+            len(catalog.domains),
+            len(catalog.connections),
+            len(ops),
+        )
+
+
+class _LeasePool:
+    """Leases shared by the binding keys that expire within the same `granularity` seconds."""
+
+    def __init__(self, session: EtcdSession, granularity: float, clock: Callable[[], float]):
+        self._session = session
+        self._granularity = granularity
+        self._clock = clock
+        self._leases: dict[float, asyncio.Future[int]] = {}  # end of the slot -> lease ending just after
+
+    async def leases_for(self, expiries: Sequence[float]) -> dict[float, int]:
+        """A lease for each expiry (keyed by it) that outlives it by less than the granularity."""
+        now = self._clock()
+        slots = {expires_at: self._slot(expires_at, now) for expires_at in expiries}
+        for slot in set(slots.values()):
+            if slot not in self._leases:
+                self._leases[slot] = asyncio.ensure_future(self._grant(slot))
+        try:
+            granted = {slot: await self._leases[slot] for slot in set(slots.values())}
+        except BaseException:
+            for slot in set(slots.values()):
+                lease = self._leases.get(slot)
+                if lease is not None and lease.done() and lease.exception() is not None:
+                    del self._leases[slot]  # ask again next time
+            raise
+        return {expires_at: granted[slot] for expires_at, slot in slots.items()}
+
+    def _slot(self, expires_at: float, now: float) -> float:
+        # Short registrations get one-second slots: a key outlives its last binding by
+        # at most a tenth of its life, and never by more than the granularity.
+        width = self._granularity if expires_at - now >= 10 * self._granularity else 1.0
+        return math.ceil(expires_at / width) * width
+
+    async def _grant(self, slot: float) -> int:
+        return await self._session.grant(max(2, math.ceil(slot - self._clock()) + 1))
+
+    def forget_before(self, now: float) -> None:
+        for slot in [slot for slot in self._leases if slot < now]:
+            del self._leases[slot]
+
+    def forget_all(self) -> None:
+        self._leases.clear()
+
+
+_BINDINGS = layout.BINDINGS.encode()
+_DOMAINS = layout.DOMAINS.encode()
+_CONNECTIONS = layout.CONNECTIONS.encode()
+_FAILURES = layout.FAILURES.encode()
+_NODES = layout.NODES.encode()
+
+
+def _put(key: bytes, value: bytes, lease: int = 0) -> rpc.RequestOp:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+
+
+def _delete(key: bytes) -> rpc.RequestOp:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+
+
+def _compare_and_swap(aor: str, revision: int, bindings: tuple[Binding, ...], leases: dict[float, int]) -> rpc.RequestOp:
+    """Store `bindings` as the AOR's record if its key is still at `revision`, else read the key."""
+    key = layout.bindings_key(aor)
+    if bindings:
+        write = _put(key, layout.encode_bindings(bindings), leases[max(b.expires_at for b in bindings)])
+    else:
+        write = _delete(key)
+    return rpc.RequestOp(
+        request_txn=rpc.TxnRequest(
+            compare=[rpc.Compare(key=key, target=_MOD, result=_EQUAL, mod_revision=revision)],
+            success=[write],
+            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
+        )
+    )

@@ -1,0 +1,258 @@
+"""A session with an etcd cluster: endpoint failover, paged reads, resumable watches, and one lease keep-alive task.
+
+Built on aetcd's gRPC channel and generated stubs. Requests are made with the
+stubs directly rather than aetcd's helpers: the location store needs the
+response header revision of a transaction, nested transactions, paged ranges
+at a fixed revision, and a watch that reports compaction and progress instead
+of wrapping each event in Python objects.
+
+Every failure to reach etcd surfaces as `EtcdUnavailable`; the session then
+moves to the next endpoint, so the next call tries another member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import aetcd
+from aetcd import rpc
+
+from registrar.store import StoreUnavailable
+from registrar.store.layout import prefix_end
+
+log = logging.getLogger("sipreg.store")
+
+REQUEST_TIMEOUT = 2.0  # seconds; a REGISTER waits at most this long for etcd before 503
+PAGE_SIZE = 2000
+CHANNEL_OPTIONS = {
+    # A resync reads pages of PAGE_SIZE bindings records; the default 4 MiB limit is too tight.
+    "grpc.max_receive_message_length": 64 * 1024 * 1024,
+    # Notice a dead member within seconds even on an idle watch (etcd allows pings every 5 s).
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.initial_reconnect_backoff_ms": 200,
+    "grpc.max_reconnect_backoff_ms": 2_000,
+}
+# What a dead, restarting or unreachable member looks like through gRPC.
+UNREACHABLE = {
+    rpc.StatusCode.UNAVAILABLE,
+    rpc.StatusCode.DEADLINE_EXCEEDED,
+    rpc.StatusCode.CANCELLED,
+    rpc.StatusCode.UNKNOWN,
+    rpc.StatusCode.INTERNAL,
+}
+
+
+class EtcdUnavailable(StoreUnavailable):
+    """etcd did not answer (or answered that it cannot serve): try again later."""
+
+
+class WatchCompacted(Exception):
+    """The revision a watch wanted to resume from is compacted away: read everything anew."""
+
+
+def parse_endpoints(url: str) -> list[tuple[str, int]]:
+    """`etcd://HOST:PORT[,HOST:PORT...]` as (host, port) pairs; ValueError names what is wrong."""
+    if not url.startswith("etcd://"):
+        raise ValueError(f"--store: {url!r} is not memory or etcd://HOST:PORT[,HOST:PORT...]")
+    endpoints = []
+    for item in url[len("etcd://") :].rstrip("/").split(","):
+        host, _, port = item.strip().rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--store: bad etcd endpoint {item!r} in {url!r} (want HOST:PORT)")
+        endpoints.append((host, int(port)))
+    return endpoints
+
+
+class EtcdSession:
+    def __init__(self, endpoints: Sequence[tuple[str, int]], timeout: float = REQUEST_TIMEOUT):
+        if not endpoints:
+            raise ValueError("no etcd endpoints")
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self._next = 0  # index of the endpoint to try first
+        self._client: aetcd.Client | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._kept_alive: dict[int, Callable[[], None]] = {}  # lease id -> what to do when it is lost
+        self._keep_alive_task: asyncio.Task[None] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self.endpoints[(self._next - 1) % len(self.endpoints)]
+        return f"{host}:{port}"
+
+    async def connect(self) -> None:
+        """Use the first endpoint, from the next one in turn, that answers a status request."""
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._client is not None:
+                return
+            errors = []
+            for _ in self.endpoints:
+                host, port = self.endpoints[self._next]
+                self._next = (self._next + 1) % len(self.endpoints)
+                client = aetcd.Client(host, port, timeout=self.timeout, options=CHANNEL_OPTIONS)
+                try:
+                    await client.connect()
+                    await client.maintenancestub.Status(rpc.StatusRequest(), timeout=self.timeout)
+                except (rpc.AioRpcError, aetcd.ClientError, OSError) as error:
+                    errors.append(f"{host}:{port}: {_describe(error)}")
+                    await _close_quietly(client)
+                    continue
+                self._client = client
+                log.info("sipreg: connected to etcd at %s:%d", host, port)
+                return
+            raise EtcdUnavailable("etcd unreachable: " + "; ".join(errors))
+
+    async def disconnect(self, client: aetcd.Client | None = None) -> None:
+        """Drop the current endpoint (if it is still `client`); the next call connects to the next one."""
+        if self._client is None or (client is not None and client is not self._client):
+            return  # someone else already moved on
+        client, self._client = self._client, None
+        await _close_quietly(client)
+
+    async def close(self) -> None:
+        if self._keep_alive_task is not None:
+            self._keep_alive_task.cancel()
+            self._keep_alive_task = None
+        await self.disconnect()
+
+    async def _current(self) -> aetcd.Client:
+        if self._client is None:
+            await self.connect()
+        assert self._client is not None
+        return self._client
+
+    @contextlib.asynccontextmanager
+    async def _reaching(self, client: aetcd.Client) -> AsyncIterator[None]:
+        """Turn "etcd is not there" in any form into EtcdUnavailable, and move to the next endpoint."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled, not the call
+            # Closing a channel (another task gave up on this endpoint) cancels its calls.
+            await self.disconnect(client)
+            raise EtcdUnavailable(f"etcd at {self.endpoint}: connection closed") from None
+        except rpc.AioRpcError as error:
+            if error.code() not in UNREACHABLE:
+                raise
+            await self.disconnect(client)
+            raise EtcdUnavailable(f"etcd at {self.endpoint}: {_describe(error)}") from None
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def txn(self, request: rpc.TxnRequest) -> rpc.TxnResponse:
+        client = await self._current()
+        async with self._reaching(client):
+            return await client.kvstub.Txn(request, timeout=self.timeout)
+
+    async def read_prefix(self, prefix: bytes) -> tuple[list[rpc.KeyValue], int]:
+        """Every key under `prefix` at one revision, read in pages; and that revision."""
+        client = await self._current()
+        end = prefix_end(prefix)
+        start, revision, kvs = prefix, 0, []
+        async with self._reaching(client):
+            while True:
+                page = await client.kvstub.Range(
+                    rpc.RangeRequest(key=start, range_end=end, limit=PAGE_SIZE, revision=revision),
+                    timeout=self.timeout * 5,
+                )
+                revision = revision or page.header.revision
+                kvs.extend(page.kvs)
+                if not page.more:
+                    return kvs, revision
+                start = page.kvs[-1].key + b"\0"
+
+    async def grant(self, ttl: int) -> int:
+        client = await self._current()
+        async with self._reaching(client):
+            return (await client.leasestub.LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl), timeout=self.timeout)).ID
+
+    async def revoke(self, lease: int) -> None:
+        client = await self._current()
+        with contextlib.suppress(rpc.AioRpcError):  # NOT_FOUND: it expired already
+            async with self._reaching(client):
+                await client.leasestub.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease), timeout=self.timeout)
+
+    async def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[rpc.WatchResponse]:
+        """Responses with the changes under `prefix` from `start_revision` on, until etcd goes away.
+
+        Raises WatchCompacted when that revision is gone, EtcdUnavailable when the
+        stream breaks. Progress notifications (no events) carry the revision etcd
+        has reached, so an idle watch still knows where to resume.
+        """
+        client = await self._current()
+        create = rpc.WatchCreateRequest(
+            key=prefix, range_end=prefix_end(prefix), start_revision=start_revision, progress_notify=True
+        )
+        stop = asyncio.Event()
+
+        async def requests() -> AsyncIterator[rpc.WatchRequest]:
+            yield rpc.WatchRequest(create_request=create)
+            await stop.wait()  # keep the stream open; nothing more to ask
+
+        call = rpc.WatchStub(client.channel).Watch(requests())
+        try:
+            async with self._reaching(client):
+                async for response in call:
+                    if response.compact_revision:
+                        raise WatchCompacted(response.compact_revision)
+                    if response.canceled:
+                        raise EtcdUnavailable(f"etcd cancelled the watch: {response.cancel_reason or 'no reason'}")
+                    yield response
+            raise EtcdUnavailable(f"etcd at {self.endpoint} closed the watch")
+        finally:
+            stop.set()
+            call.cancel()
+
+    # -- leases kept alive -----------------------------------------------------------------
+
+    def keep_alive(self, lease: int, ttl: int, lost: Callable[[], None]) -> None:
+        """Refresh `lease` every ttl/3 seconds from the one keep-alive task; call `lost` if it expires."""
+        self._kept_alive[lease] = lost
+        if self._keep_alive_task is None:
+            self._keep_alive_task = asyncio.create_task(self._keep_leases_alive(max(1.0, ttl / 3)), name="etcd-keepalive")
+
+    def stop_keeping_alive(self, lease: int) -> None:
+        self._kept_alive.pop(lease, None)
+
+    async def _keep_leases_alive(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for lease, lost in list(self._kept_alive.items()):
+                reply = None
+                try:
+                    client = await self._current()
+                    async with self._reaching(client):
+                        replies = client.leasestub.LeaseKeepAlive(
+                            iter([rpc.LeaseKeepAliveRequest(ID=lease)]), timeout=self.timeout
+                        )
+                        async for reply in replies:
+                            break
+                except (rpc.AioRpcError, EtcdUnavailable) as error:
+                    log.debug("sipreg: lease keep-alive failed: %s", _describe(error))
+                    continue  # the lease may still be alive; try again next round
+                if reply is None or reply.TTL <= 0:
+                    self._kept_alive.pop(lease, None)
+                    lost()
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, rpc.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return str(error) or type(error).__name__
+
+
+async def _close_quietly(client: aetcd.Client) -> None:
+    try:
+        await client.close()
+    except Exception:  # a half-open channel may fail to close; it is being dropped anyway
+        log.debug("sipreg: closing an etcd channel failed", exc_info=True)

@@ -1,0 +1,252 @@
+"""Where sipreg keeps things in etcd, and how each record is encoded: the one definition (v1).
+
+Registrars and the operator both import this module; nothing else builds a key
+or reads a record. Every key lives under a versioned prefix, so a future v2
+layout can be written beside v1 and migrated to without a flag day:
+
+    /sipreg/v1/domains/<domain>                  a SipDomain (Domain record)
+    /sipreg/v1/connections/<domain>/<username>   a SipConnection (HA1 digests, ACL)
+    /sipreg/v1/bindings/<domain>/<user>          every binding of one AOR
+    /sipreg/v1/failures/<domain>/<username>      a connection's last failed REGISTER
+    /sipreg/v1/nodes/<node-id>                   a live registrar (under a kept-alive lease)
+
+Records are JSON objects whose field names are those of the SipDomain and
+SipConnection specs (camelCase), so `etcdctl get --prefix /sipreg/v1/` reads
+like the manifests. Domain names never contain "/", so everything after the
+domain's "/" is the user part, whatever characters it holds.
+
+All bindings of one AOR share one key. RFC 3261 10.3 orders REGISTERs per AOR
+(Call-ID/CSeq, maxContacts), so one key makes each update a single
+compare-and-swap on that key's mod revision: a write from another replica, a
+removal included, makes the compare fail. The key carries a lease that ends
+after its latest binding expires; bindings that expired earlier stay in the
+record until the next write and are dropped by `decode_bindings`, so no reader
+ever sees them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from typing import Any
+
+from registrar.model import Binding, Connection, Domain, RegistrationPolicy
+from registrar.store import RegistrationFailure
+
+log = logging.getLogger("sipreg.store")
+
+PREFIX = "/sipreg/v1/"
+DOMAINS = PREFIX + "domains/"
+CONNECTIONS = PREFIX + "connections/"
+BINDINGS = PREFIX + "bindings/"
+FAILURES = PREFIX + "failures/"
+NODES = PREFIX + "nodes/"
+
+
+class BadRecord(ValueError):
+    """A record in etcd that this version cannot read (written by hand, or by a newer sipreg)."""
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range end that covers every key starting with `prefix` (etcd's convention)."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+def domain_key(domain: str) -> bytes:
+    return f"{DOMAINS}{domain}".encode()
+
+
+def connection_key(domain: str, username: str) -> bytes:
+    return f"{CONNECTIONS}{domain}/{username}".encode()
+
+
+def bindings_key(aor: str) -> bytes:
+    user, _, domain = aor.rpartition("@")
+    return f"{BINDINGS}{domain}/{user}".encode()
+
+
+def bindings_domain_prefix(domain: str) -> bytes:
+    return f"{BINDINGS}{domain}/".encode()
+
+
+def aor_of(key: bytes) -> str:
+    """The AOR a bindings key stands for."""
+    domain, _, user = key.decode()[len(BINDINGS) :].partition("/")
+    return f"{user}@{domain}"
+
+
+def failure_key(domain: str, username: str) -> bytes:
+    return f"{FAILURES}{domain}/{username}".encode()
+
+
+def node_key(node: str) -> bytes:
+    return f"{NODES}{node}".encode()
+
+
+def split_key(prefix: str, key: bytes) -> tuple[str, str]:
+    """(domain, rest) of a key under `prefix` (CONNECTIONS, BINDINGS, FAILURES)."""
+    domain, _, rest = key.decode()[len(prefix) :].partition("/")
+    return domain, rest
+
+
+# -- records -------------------------------------------------------------------------------
+
+
+def _dumps(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def _loads(value: bytes, what: str) -> dict[str, Any]:
+    try:
+        record = json.loads(value)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadRecord(f"{what}: not JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise BadRecord(f"{what}: not a JSON object")
+    return record
+
+
+def encode_domain(domain: Domain) -> bytes:
+    policy = domain.registration
+    return _dumps(
+        {
+            "domain": domain.name,
+            "registration": {
+                "enabled": policy.enabled,
+                "minExpires": policy.min_expires,
+                "defaultExpires": policy.default_expires,
+                "maxExpires": policy.max_expires,
+            },
+            "mode": domain.mode,
+            "outboundGateway": domain.outbound_gateway,
+            "digestAlgorithms": list(domain.digest_algorithms),
+        }
+    )
+
+
+def decode_domain(value: bytes) -> Domain:
+    record = _loads(value, "domain")
+    try:
+        policy = record["registration"]
+        return Domain(
+            name=str(record["domain"]),
+            registration=RegistrationPolicy(
+                enabled=bool(policy["enabled"]),
+                min_expires=int(policy["minExpires"]),
+                default_expires=int(policy["defaultExpires"]),
+                max_expires=int(policy["maxExpires"]),
+            ),
+            mode=record["mode"],
+            outbound_gateway=record.get("outboundGateway"),
+            digest_algorithms=tuple(map(str, record["digestAlgorithms"])),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise BadRecord(f"domain: missing or bad field {error}") from None
+
+
+def encode_connection(connection: Connection) -> bytes:
+    return _dumps(
+        {
+            "name": connection.name,
+            "domain": connection.domain,
+            "username": connection.username,
+            "authentication": connection.authentication,
+            "ha1": connection.ha1,
+            "allowedAddresses": [str(network) for network in connection.allowed_networks],
+            "maxContacts": connection.max_contacts,
+            "inbound": connection.inbound,
+            "outbound": connection.outbound,
+        }
+    )
+
+
+def decode_connection(value: bytes) -> Connection:
+    record = _loads(value, "connection")
+    try:
+        return Connection(
+            domain=str(record["domain"]),
+            username=str(record["username"]),
+            authentication=record["authentication"],
+            ha1={str(k): str(v) for k, v in record["ha1"].items()},
+            allowed_networks=tuple(ipaddress.ip_network(n) for n in record["allowedAddresses"]),
+            max_contacts=int(record["maxContacts"]),
+            inbound=bool(record["inbound"]),
+            outbound=bool(record["outbound"]),
+            name=str(record.get("name", "")),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise BadRecord(f"connection: missing or bad field {error}") from None
+
+
+# A binding's fields in record order; the AOR is the key, so it is not repeated.
+_BINDING_FIELDS = (
+    ("contact", "contact"),
+    ("expiresAt", "expires_at"),
+    ("callId", "call_id"),
+    ("cseq", "cseq"),
+    ("q", "q"),
+    ("instance", "instance"),
+    ("regId", "reg_id"),
+    ("transport", "transport"),
+    ("source", "source"),
+    ("flow", "flow"),
+    ("node", "node"),
+    ("userAgent", "user_agent"),
+    ("registeredAt", "registered_at"),
+)
+_BINDING_NAMES = tuple(name for name, _ in _BINDING_FIELDS)
+assert Binding._fields[1:] == tuple(attr for _, attr in _BINDING_FIELDS), "layout out of step with Binding"
+
+
+def encode_bindings(bindings: tuple[Binding, ...] | list[Binding]) -> bytes:
+    # Binding is a tuple whose first field is the AOR; the rest are in _BINDING_FIELDS order.
+    return _dumps({"bindings": [dict(zip(_BINDING_NAMES, binding[1:])) for binding in bindings]})
+
+
+def decode_bindings(aor: str, value: bytes, now: float | None = None) -> tuple[Binding, ...]:
+    """An AOR's bindings from its record; with `now`, only those not yet expired."""
+    record = _loads(value, f"bindings of {aor}")
+    try:
+        bindings = tuple(_binding(aor, item) for item in record["bindings"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise BadRecord(f"bindings of {aor}: missing or bad field {error}") from None
+    if now is not None:
+        bindings = tuple(b for b in bindings if b.expires_at > now)
+    return bindings
+
+
+def _binding(aor: str, item: dict[str, Any]) -> Binding:
+    binding = Binding(aor, *(item[name] for name in _BINDING_NAMES))
+    # The fields that expiry and ordering compute with must be numbers, whoever wrote them.
+    return binding._replace(
+        expires_at=float(binding.expires_at), cseq=int(binding.cseq), registered_at=float(binding.registered_at)
+    )
+
+
+def encode_failure(failure: RegistrationFailure) -> bytes:
+    return _dumps({"time": failure.time, "reason": failure.reason, "source": failure.source})
+
+
+def decode_failure(domain: str, username: str, value: bytes) -> RegistrationFailure:
+    record = _loads(value, "failure")
+    try:
+        return RegistrationFailure(
+            domain, username, float(record["time"]), str(record["reason"]), str(record["source"])
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise BadRecord(f"failure: missing or bad field {error}") from None
+
+
+def encode_node(node: str, address: str, sip_port: int, started: float) -> bytes:
+    return _dumps({"node": node, "address": address, "sipPort": sip_port, "started": started})
+
+
+def decode_node(value: bytes) -> dict[str, Any]:
+    record = _loads(value, "node")
+    if not {"node", "address", "sipPort"} <= record.keys():
+        raise BadRecord("node: needs node, address and sipPort")
+    return record

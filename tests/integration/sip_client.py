@@ -1,0 +1,82 @@
+"""A tiny UDP user agent for integration tests: one REGISTER, answering a digest challenge once.
+
+sipp drives the load and baresip the real softphone; this is for the steps in
+between, such as a REGISTER without Contact (a query) sent to another replica,
+where a scenario file would be more ceremony than test.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+from registrar.sip import digest
+
+
+@dataclass
+class UserAgent:
+    host: str
+    port: int
+    user: str
+    password: str
+    domain: str = "sip.example.test"
+    call_id: str = field(default_factory=lambda: f"{uuid.uuid4().hex}@test")
+    cseq: int = 0
+
+    def register(self, contact: str | None = None, expires: int | None = None, timeout: float = 3) -> str:
+        """Send a REGISTER (answering a 401 once) and return the final response's text."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(timeout)
+            answer = self._exchange(sock, contact, expires, None)
+            if answer.startswith("SIP/2.0 401"):
+                answer = self._exchange(sock, contact, expires, self._authorization(answer))
+            return answer
+
+    def _exchange(self, sock: socket.socket, contact: str | None, expires: int | None, authorization: str | None) -> str:
+        self.cseq += 1
+        port = sock.getsockname()[1]
+        lines = [
+            f"REGISTER sip:{self.domain} SIP/2.0",
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{uuid.uuid4().hex};rport",
+            "Max-Forwards: 70",
+            f"From: <sip:{self.user}@{self.domain}>;tag={uuid.uuid4().hex[:8]}",
+            f"To: <sip:{self.user}@{self.domain}>",
+            f"Call-ID: {self.call_id}",
+            f"CSeq: {self.cseq} REGISTER",
+        ]
+        if contact is not None:
+            lines.append("Contact: *" if contact == "*" else f"Contact: <{contact}>")
+        if expires is not None:
+            lines.append(f"Expires: {expires}")
+        if authorization is not None:
+            lines.append(f"Authorization: {authorization}")
+        lines += ["Content-Length: 0", "", ""]
+        sock.sendto("\r\n".join(lines).encode(), (self.host, self.port))
+        return sock.recv(65535).decode()
+
+    def _authorization(self, challenge: str) -> str:
+        header = re.search(r"^WWW-Authenticate: Digest (.*)$", challenge, re.M | re.I)
+        assert header, challenge
+        params = dict(re.findall(r'(\w+)="?([^",]*)"?', header.group(1)))
+        algorithm = params.get("algorithm", "MD5")
+        uri = f"sip:{self.domain}"
+        cnonce = uuid.uuid4().hex[:16]
+        response = digest.compute_response(
+            algorithm, digest.ha1(algorithm, self.user, params["realm"], self.password), params["nonce"],
+            "REGISTER", uri, qop="auth", nc="00000001", cnonce=cnonce,
+        )
+        return (
+            f'Digest username="{self.user}", realm="{params["realm"]}", nonce="{params["nonce"]}", uri="{uri}", '
+            f'response="{response}", algorithm={algorithm}, cnonce="{cnonce}", qop=auth, nc=00000001'
+        )
+
+
+def status_of(response: str) -> int:
+    return int(response.split(" ", 2)[1])
+
+
+def contacts_of(response: str) -> list[str]:
+    return re.findall(r"^(?:Contact|m): (.*)$", response, re.M)

@@ -1,0 +1,219 @@
+"""Several `sipreg serve --store etcd://` processes share one binding table through a real etcd.
+
+sipp and a small UDP user agent register on one replica; the others must show
+the binding (HTTP API, and a REGISTER without Contact), take the removal, keep
+everything across a SIGKILL, answer 503 while etcd is away and heal without a
+restart, and leave nothing behind in etcd once bindings expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import socket
+import time
+import urllib.error
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from registrar.store import layout
+from registrar.store.etcd_session import EtcdSession, parse_endpoints
+from tests.conftest import MANIFESTS, RunningRegistrar, start_registrar, stop_registrar
+from tests.etcd_server import EtcdServer
+from tests.integration.sip_client import UserAgent, contacts_of, status_of
+from tests.integration.sipp import SIPP, manifest_passwords, run_sipp, users_csv
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(SIPP is None, reason="sipp not installed; `make test` installs Debian's sip-tester"),
+]
+
+DOMAIN = "sip.example.test"
+PASSWORDS = manifest_passwords(MANIFESTS)
+NONCE_SECRET = "replicas-share-this"
+
+
+def eventually(check: Callable[[], object], timeout: float = 10, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"{what} not met within {timeout} s"
+        time.sleep(0.05)
+    return result
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, etcd: EtcdServer) -> Iterator[Callable[..., RunningRegistrar]]:
+    """Starts registrars on `etcd`; all are stopped (and checked for tracebacks) at the end."""
+    started: list[RunningRegistrar] = []
+
+    def start(manifests: Path | None = MANIFESTS, node: str | None = None) -> RunningRegistrar:
+        extra = ["--store", etcd.url, "--nonce-secret", NONCE_SECRET]
+        if node:
+            extra += ["--node", node]
+        running = start_registrar(tmp_path, *extra, manifests=manifests)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        stop_registrar(running)
+    for running in started:
+        assert "Traceback" not in running.log(), running.log()
+
+
+def ready(registrar: RunningRegistrar) -> bool:
+    try:
+        return registrar.api("/readyz")["ready"]
+    except urllib.error.HTTPError as error:  # 503 while not ready
+        return json.load(error)["ready"]
+
+
+def ua(registrar: RunningRegistrar, user: str, **kwargs) -> UserAgent:
+    return UserAgent(registrar.host, registrar.sip_port, user, PASSWORDS[user], **kwargs)
+
+
+def register_with_sipp(registrar: RunningRegistrar, tmp_path: Path, users: list[str], expires: int) -> None:
+    csv = users_csv(tmp_path / "users.csv", [(user, PASSWORDS[user]) for user in users], DOMAIN)
+    run = run_sipp(
+        "register_auth.xml", f"{registrar.host}:{registrar.sip_port}", workdir=tmp_path, calls=len(users),
+        injection=csv, keys={"contact_port": "5999", "expires": str(expires)},
+    )
+    assert (run.successful, run.failed) == (len(users), 0), run.errors or run.messages
+
+
+def contacts(registrar: RunningRegistrar, aor: str) -> list[str]:
+    return [binding["contact"] for binding in registrar.bindings(aor)]
+
+
+def etcd_keys(etcd: EtcdServer, prefix: str) -> dict[bytes, bytes]:
+    async def read() -> dict[bytes, bytes]:
+        session = EtcdSession(parse_endpoints(etcd.url))
+        try:
+            kvs, _ = await session.read_prefix(prefix.encode())
+            return {kv.key: kv.value for kv in kvs}
+        finally:
+            await session.close()
+
+    return asyncio.run(read())
+
+
+def test_a_binding_made_on_one_replica_shows_on_the_others_and_unregistering_anywhere_removes_it(
+    replicas, tmp_path: Path
+) -> None:
+    one = replicas()
+    two, three = replicas(manifests=None), replicas(manifests=None)  # these only read what etcd holds
+    register_with_sipp(one, tmp_path, ["alice", "bob"], expires=300)
+    alice = f"alice@{DOMAIN}"
+    for other in (two, three):
+        eventually(lambda: contacts(other, alice), 5, "alice's binding on another replica")
+        assert contacts(other, alice) == ["sip:alice@127.0.0.1:5999;transport=UDP"]
+        [binding] = other.bindings(alice)
+        assert binding["node"] == f"{socket.gethostname()}-{one.sip_port}"  # the default node name
+        assert binding["source"].startswith("udp:127.0.0.1:")
+    # A REGISTER without Contact on another replica lists the binding made on the first.
+    answer = ua(three, "alice").register()
+    assert status_of(answer) == 200, answer
+    assert [c.split(";")[0] for c in contacts_of(answer)] == ["<sip:alice@127.0.0.1:5999"]
+    # Removing it through the second replica removes it everywhere.
+    answer = ua(two, "alice").register(contact="*", expires=0)
+    assert status_of(answer) == 200, answer
+    for replica in (one, two, three):
+        eventually(lambda r=replica: contacts(r, alice) == [], 5, "the removal on every replica")
+    assert [b["aor"] for b in one.bindings()] == [f"bob@{DOMAIN}"]
+
+
+def test_call_id_and_cseq_order_holds_across_replicas(replicas) -> None:
+    one, two = replicas(), replicas(manifests=None)
+    first = ua(one, "carol")
+    assert status_of(first.register(contact="sip:carol@192.0.2.30:5060", expires=300)) == 200  # CSeq 1, 2
+    eventually(lambda: contacts(two, f"carol@{DOMAIN}"), 5, "carol's binding on the second replica")
+    # The same Call-ID and Contact with CSeq numbers not above the stored one, sent to the other replica.
+    stale = ua(two, "carol", call_id=first.call_id)
+    answer = stale.register(contact="sip:carol@192.0.2.30:5060", expires=60)
+    assert answer.startswith("SIP/2.0 400 Invalid CSeq"), answer
+    [binding] = one.bindings(f"carol@{DOMAIN}")
+    assert binding["expires"] > 60 and binding["cseq"] == 2
+
+
+def test_a_registrar_killed_with_sigkill_loses_no_binding(replicas, tmp_path: Path) -> None:
+    one, two = replicas(), replicas(manifests=None)
+    register_with_sipp(one, tmp_path, ["alice", "bob", "carol"], expires=600)
+    eventually(lambda: len(two.bindings()) == 3, 5, "three bindings on the second replica")
+    one.process.send_signal(signal.SIGKILL)
+    one.process.wait()
+    restarted = replicas(manifests=None)
+    assert sorted(b["aor"] for b in restarted.bindings()) == [f"{u}@{DOMAIN}" for u in ("alice", "bob", "carol")]
+    assert len(two.bindings()) == 3
+
+
+def test_without_etcd_register_gets_503_and_not_ready_then_heals_without_a_restart(replicas, etcd) -> None:
+    one = replicas()
+    assert status_of(ua(one, "alice").register(contact="sip:alice@192.0.2.1:5060", expires=300)) == 200
+    etcd.stop()
+    eventually(lambda: not ready(one), 10, "/readyz false")
+    answer = ua(one, "bob").register(contact="sip:bob@192.0.2.2:5060", expires=300)
+    assert answer.startswith("SIP/2.0 503 Location Service Unavailable"), answer
+    assert "Retry-After: " in answer
+    # What the registrar holds in memory still reads.
+    assert contacts(one, f"alice@{DOMAIN}") == ["sip:alice@192.0.2.1:5060"]
+    etcd.start()
+    eventually(lambda: ready(one), 15, "/readyz true again")
+    answer = ua(one, "bob").register(contact="sip:bob@192.0.2.2:5060", expires=300)
+    assert status_of(answer) == 200, answer
+    assert "Traceback" not in one.log()
+
+
+def test_expired_bindings_vanish_from_etcd_even_with_every_registrar_down(replicas, etcd, tmp_path: Path) -> None:
+    manifests = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, manifests)
+    domain_file = manifests / "sip-example-test.yaml"
+    domain_file.write_text(domain_file.read_text().replace("minExpires: 60", "minExpires: 1"))
+    one = replicas(manifests=manifests)
+    assert status_of(ua(one, "alice").register(contact="sip:alice@192.0.2.1:5060", expires=2)) == 200
+    assert status_of(ua(one, "bob").register(contact="sip:bob@192.0.2.2:5060", expires=300)) == 200
+    assert len(etcd_keys(etcd, layout.BINDINGS)) == 2
+    eventually(lambda: contacts(one, f"alice@{DOMAIN}") == [], 5, "alice's binding gone from the registrar")
+    one.process.send_signal(signal.SIGKILL)
+    one.process.wait()
+    eventually(
+        lambda: list(etcd_keys(etcd, layout.BINDINGS)) == [layout.bindings_key(f"bob@{DOMAIN}")],
+        8, "alice's key removed by its lease",
+    )
+
+
+def test_wrong_passwords_are_recorded_for_the_connection_without_flooding_etcd(replicas, etcd) -> None:
+    one = replicas()
+    for _ in range(30):
+        answer = UserAgent(one.host, one.sip_port, "alice", "not-the-password").register(
+            contact="sip:alice@192.0.2.1:5060", expires=300
+        )
+        assert answer.startswith("SIP/2.0 401"), answer
+    key = layout.failure_key(DOMAIN, "alice")
+    value = eventually(lambda: etcd_keys(etcd, layout.FAILURES).get(key), 5, "a failure record")
+    failure = layout.decode_failure(DOMAIN, "alice", value)
+    assert failure.reason == "wrong response" and failure.source.startswith("udp:127.0.0.1:")
+
+    async def version() -> int:
+        session = EtcdSession(parse_endpoints(etcd.url))
+        try:
+            kvs, _ = await session.read_prefix(key)
+            return kvs[0].version
+        finally:
+            await session.close()
+
+    assert asyncio.run(version()) == 1  # 30 failures within seconds: one write
+
+
+def test_each_registrar_lists_itself_as_a_node_until_it_stops(replicas, etcd) -> None:
+    one = replicas(node="pod-one")
+    two = replicas(manifests=None, node="pod-two")
+    nodes = etcd_keys(etcd, layout.NODES)
+    assert set(nodes) == {layout.node_key("pod-one"), layout.node_key("pod-two")}
+    assert layout.decode_node(nodes[layout.node_key("pod-two")])["sipPort"] == two.sip_port
+    stop_registrar(two)
+    assert set(etcd_keys(etcd, layout.NODES)) == {layout.node_key("pod-one")}
+    assert one.api("/readyz")["ready"]

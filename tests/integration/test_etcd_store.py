@@ -1,0 +1,252 @@
+"""EtcdStore against a real etcd: shared table, compare-and-swap ordering, leases, failures, nodes, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from registrar.model import Binding, Catalog, Connection, Domain
+from registrar.store import RegistrationFailure, StoreUnavailable
+from registrar.store import layout
+from registrar.store.etcd import EtcdStore
+from registrar.store.etcd_session import EtcdSession, parse_endpoints
+from tests.etcd_server import EtcdServer
+
+pytestmark = pytest.mark.integration
+
+ALICE = "alice@sip.example.test"
+
+
+def binding(contact: str, expires_in: float = 300, cseq: int = 1, call_id: str = "c1", aor: str = ALICE) -> Binding:
+    now = time.time()
+    return Binding(aor, contact, now + expires_in, call_id, cseq, registered_at=now)
+
+
+def add(new: Binding):
+    return lambda current: [b for b in current if b.contact != new.contact] + [new]
+
+
+async def eventually(check, timeout: float = 5.0, interval: float = 0.02):
+    """Wait until `check()` is true (replicas see each other's writes through the watch)."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+    return result
+
+
+async def started(etcd: EtcdServer, node: str = "", **kwargs) -> EtcdStore:
+    store = EtcdStore(EtcdSession(parse_endpoints(etcd.url), timeout=1.0), node=node, node_address="127.0.0.1",
+                      sip_port=5060, **kwargs)
+    await store.start(wait=10)
+    assert store.ready
+    return store
+
+
+async def raw(etcd: EtcdServer, prefix: str) -> dict[bytes, bytes]:
+    session = EtcdSession(parse_endpoints(etcd.url))
+    try:
+        kvs, _ = await session.read_prefix(prefix.encode())
+        return {kv.key: kv.value for kv in kvs}
+    finally:
+        await session.close()
+
+
+async def test_a_write_on_one_replica_is_read_from_memory_on_the_other(etcd):
+    one, two = await started(etcd), await started(etcd)
+    try:
+        stored = await one.update(ALICE, add(binding("sip:alice@192.0.2.1")))
+        assert [b.contact for b in stored] == ["sip:alice@192.0.2.1"]
+        await eventually(lambda: two._table.current(ALICE, time.time()))
+        assert [b.contact for b in await two.lookup(ALICE)] == ["sip:alice@192.0.2.1"]
+        assert two.binding_counts() == {"sip.example.test": 1}
+        # Removal on the other replica is seen by the first.
+        assert await two.update(ALICE, lambda current: []) == []
+        await eventually(lambda: not one._table.current(ALICE, time.time()))
+        assert await raw(etcd, layout.BINDINGS) == {}
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_concurrent_changes_on_two_replicas_are_all_applied_in_turn(etcd):
+    """Compare-and-swap: every change sees the result of the ones before it, whichever replica made it."""
+    one, two = await started(etcd), await started(etcd)
+    try:
+        def append(n: int):
+            return lambda current: [*current, binding(f"sip:alice@192.0.2.{n}", cseq=n, call_id=f"c{n}")]
+
+        await asyncio.gather(*(store.update(ALICE, append(n)) for n in range(1, 41) for store in [(one, two)[n % 2]]))
+        expected = {f"sip:alice@192.0.2.{n}" for n in range(1, 41)}
+        for store in (one, two):
+            await eventually(lambda s=store: {b.contact for b in s._table.current(ALICE, time.time())} == expected)
+        [value] = (await raw(etcd, layout.BINDINGS)).values()
+        assert {b.contact for b in layout.decode_bindings(ALICE, value)} == expected
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_a_refused_change_fails_alone_and_the_batch_goes_through(etcd):
+    store = await started(etcd)
+    try:
+        def refuse(current):
+            raise ValueError("refused")
+
+        results = await asyncio.gather(
+            store.update(ALICE, add(binding("sip:alice@192.0.2.1"))),
+            store.update(ALICE, refuse),
+            store.update("bob@sip.example.test", add(binding("sip:bob@192.0.2.2", aor="bob@sip.example.test"))),
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], ValueError)
+        assert [b.contact for b in results[0]] == ["sip:alice@192.0.2.1"]
+        assert [b.contact for b in results[2]] == ["sip:bob@192.0.2.2"]
+        assert len(await raw(etcd, layout.BINDINGS)) == 2
+    finally:
+        await store.close()
+
+
+async def test_keys_carry_shared_leases_and_vanish_when_their_bindings_expire(etcd):
+    store = await started(etcd)
+    try:
+        for n in range(5):  # expiring within the same second: one lease for all
+            aor = f"u{n}@sip.example.test"
+            await store.update(aor, add(binding(f"sip:u{n}@192.0.2.1", expires_in=2, aor=aor)))
+        session = EtcdSession(parse_endpoints(etcd.url))
+        kvs, _ = await session.read_prefix(layout.BINDINGS.encode())
+        await session.close()
+        assert len(kvs) == 5
+        assert len({kv.lease for kv in kvs}) == 1 and kvs[0].lease != 0
+        await store.close()  # no registrar left to clean up: etcd's lease does it
+        deadline = time.monotonic() + 8
+        while await raw(etcd, layout.BINDINGS):
+            assert time.monotonic() < deadline, "binding keys outlived their lease"
+            await asyncio.sleep(0.2)
+    finally:
+        await store.close()
+
+
+async def test_reads_never_return_an_expired_binding(etcd):
+    store = await started(etcd)
+    try:
+        await store.update(ALICE, add(binding("sip:alice@192.0.2.1", expires_in=1)))
+        await store.update(ALICE, add(binding("sip:alice@192.0.2.2", expires_in=300)))
+        await asyncio.sleep(1.1)
+        assert [b.contact for b in await store.lookup(ALICE)] == ["sip:alice@192.0.2.2"]
+        assert [b.contact for b in await store.all_bindings()] == ["sip:alice@192.0.2.2"]
+        # A replica that starts now reads the record, and drops what expired in it.
+        late = await started(etcd)
+        assert [b.contact for b in await late.lookup(ALICE)] == ["sip:alice@192.0.2.2"]
+        await late.close()
+    finally:
+        await store.close()
+
+
+async def test_failures_are_written_in_batches_not_per_attempt(etcd):
+    store = await started(etcd)
+    try:
+        for n in range(200):
+            await store.record_failure(RegistrationFailure("sip.example.test", "alice", time.time(), "wrong password",
+                                                           f"udp:192.0.2.9:{5000 + n}"))
+        key = layout.failure_key("sip.example.test", "alice")
+        value = await eventually_async(lambda: raw(etcd, layout.FAILURES), timeout=5)
+        failure = layout.decode_failure("sip.example.test", "alice", value[key])
+        assert failure.reason == "wrong password" and failure.source == "udp:192.0.2.9:5199"
+        session = EtcdSession(parse_endpoints(etcd.url))
+        kvs, _ = await session.read_prefix(key)
+        await session.close()
+        assert kvs[0].version == 1  # 200 failures, one write
+        other = await started(etcd)
+        assert (await other.last_failure("sip.example.test", "alice")) == failure
+        await other.close()
+    finally:
+        await store.close()
+
+
+async def eventually_async(read, timeout: float):
+    deadline = time.monotonic() + timeout
+    while not (result := await read()):
+        assert time.monotonic() < deadline, "nothing appeared in time"
+        await asyncio.sleep(0.1)
+    return result
+
+
+async def test_nodes_register_under_a_lease_and_leave_on_close(etcd):
+    store = await started(etcd, node="pod-a")
+    try:
+        record = layout.decode_node((await raw(etcd, layout.NODES))[layout.node_key("pod-a")])
+        assert record["address"] == "127.0.0.1" and record["sipPort"] == 5060
+        other = await started(etcd, node="pod-b")
+        await eventually(lambda: set(other.nodes) == {"pod-a", "pod-b"})
+        await other.close()
+        assert set(await raw(etcd, layout.NODES)) == {layout.node_key("pod-a")}
+        await eventually(lambda: set(store.nodes) == {"pod-a"})
+    finally:
+        await store.close()
+
+
+async def test_published_catalog_reaches_every_replica_and_stale_entries_go(etcd):
+    domain = Domain("sip.example.test")
+    alice = Connection("sip.example.test", "alice", ha1={"MD5": "0" * 32}, name="alice")
+    bob = Connection("sip.example.test", "bob", ha1={"MD5": "1" * 32}, name="bob")
+    publisher = EtcdStore(EtcdSession(parse_endpoints(etcd.url)))
+    publisher.publish(Catalog({"sip.example.test": domain}, {("sip.example.test", "alice"): alice,
+                                                             ("sip.example.test", "bob"): bob}))
+    await publisher.start()
+    reader = await started(etcd)
+    seen: list[Catalog] = []
+    reader.on_catalog = seen.append
+    try:
+        assert reader.catalog.domains == {"sip.example.test": domain}
+        assert reader.catalog.connections[("sip.example.test", "alice")] == alice
+        await publisher.close()
+        again = EtcdStore(EtcdSession(parse_endpoints(etcd.url)))
+        again.publish(Catalog({"sip.example.test": domain}, {("sip.example.test", "alice"): alice}))
+        await again.start()
+        await again.close()
+        await eventually(lambda: seen and ("sip.example.test", "bob") not in seen[-1].connections)
+        assert set(reader.catalog.connections) == {("sip.example.test", "alice")}
+    finally:
+        await reader.close()
+
+
+async def test_etcd_outage_answers_unavailable_then_heals_by_itself(etcd):
+    store = await started(etcd)
+    try:
+        await store.update(ALICE, add(binding("sip:alice@192.0.2.1")))
+        etcd.stop()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(store.update(ALICE, add(binding("sip:alice@192.0.2.2"))), 5)
+        await eventually(lambda: not store.ready)
+        # Reads still come from memory while etcd is away.
+        assert [b.contact for b in await store.lookup(ALICE)] == ["sip:alice@192.0.2.1"]
+        etcd.start()
+        await eventually(lambda: store.ready, timeout=15)
+        stored = await store.update(ALICE, add(binding("sip:alice@192.0.2.2")))
+        assert {b.contact for b in stored} == {"sip:alice@192.0.2.1", "sip:alice@192.0.2.2"}
+    finally:
+        await store.close()
+
+
+async def test_changes_made_while_a_replica_was_cut_off_reach_it_when_it_reconnects(etcd):
+    one, two = await started(etcd), await started(etcd)
+    try:
+        await two.session.disconnect()  # the watch breaks; two resumes from its last revision
+        await one.update(ALICE, add(binding("sip:alice@192.0.2.7")))
+        await eventually(lambda: two._table.current(ALICE, time.time()), timeout=10)
+        assert two.ready
+    finally:
+        await one.close()
+        await two.close()
+
+
+def test_store_urls_are_checked() -> None:
+    assert parse_endpoints("etcd://127.0.0.1:2379,[::1]:2380") == [("127.0.0.1", 2379), ("::1", 2380)]
+    for bad in ("etcd://127.0.0.1", "redis://x:1", "etcd://h:99999"):
+        with pytest.raises(ValueError, match="--store"):
+            parse_endpoints(bad)

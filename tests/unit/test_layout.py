@@ -1,0 +1,76 @@
+"""Unit tests for registrar.store.layout: etcd keys and record formats, and what a bad record gets."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+
+from registrar.model import Binding, Connection, Domain, RegistrationPolicy
+from registrar.store import RegistrationFailure
+from registrar.store import layout
+
+
+def test_keys_are_versioned_and_split_back_whatever_the_user_part_holds() -> None:
+    key = layout.bindings_key("a/b@c@sip.example.test")
+    assert key == b"/sipreg/v1/bindings/sip.example.test/a/b@c"
+    assert layout.aor_of(key) == "a/b@c@sip.example.test"
+    assert layout.split_key(layout.CONNECTIONS, layout.connection_key("sip.example.test", "x/y")) == (
+        "sip.example.test", "x/y",
+    )
+    assert layout.bindings_key("alice@sip.example.test").startswith(layout.bindings_domain_prefix("sip.example.test"))
+    assert layout.prefix_end(b"/sipreg/v1/") == b"/sipreg/v10"
+
+
+def test_domain_and_connection_records_round_trip_and_carry_no_password() -> None:
+    domain = Domain("sip.example.test", RegistrationPolicy(True, 30, 300, 900), "redirect", "sip:gw.example.test",
+                    ("SHA-256", "MD5"))
+    assert layout.decode_domain(layout.encode_domain(domain)) == domain
+    connection = Connection("sip.example.test", "pbx", "ip", {"MD5": "a" * 32},
+                            (ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/32")),
+                            3, True, False, "pbx-office")
+    record = layout.encode_connection(connection)
+    assert layout.decode_connection(record) == connection
+    assert json.loads(record)["allowedAddresses"] == ["192.0.2.0/24", "2001:db8::/32"]
+
+
+def test_bindings_round_trip_and_expired_ones_are_dropped_on_read() -> None:
+    aor = "alice@sip.example.test"
+    live = Binding(aor, "sip:alice@192.0.2.1:5060", 2000.0, "call-1", 7, 0.5, "urn:uuid:1", 1, "tcp",
+                   "tcp:192.0.2.1:40000", "tcp:192.0.2.1:40000", "pod-a", "baresip", 1000.0)
+    expired = live._replace(contact="sip:alice@192.0.2.2:5060", expires_at=1500.0, q=None, instance=None,
+                            reg_id=None, flow=None)
+    value = layout.encode_bindings((live, expired))
+    assert layout.decode_bindings(aor, value) == (live, expired)
+    assert layout.decode_bindings(aor, value, now=1600.0) == (live,)
+    assert "aor" not in value.decode()  # the key says it
+
+
+@pytest.mark.parametrize(
+    "value, decode",
+    [
+        (b"not json", lambda v: layout.decode_bindings("a@b", v)),
+        (b"[1, 2]", lambda v: layout.decode_bindings("a@b", v)),
+        (b'{"bindings": [{"contact": "sip:a@b"}]}', lambda v: layout.decode_bindings("a@b", v)),
+        (b'{"bindings": [{"contact": "sip:a@b", "expiresAt": "soon", "callId": "c", "cseq": 1, "q": null, '
+         b'"instance": null, "regId": null, "transport": "udp", "source": "", "flow": null, "node": "", '
+         b'"userAgent": "", "registeredAt": 0}]}', lambda v: layout.decode_bindings("a@b", v)),
+        (b'{"domain": "x"}', layout.decode_domain),
+        (b'{"domain": "x", "username": "u", "authentication": "credentials", "ha1": {}, '
+         b'"allowedAddresses": ["not a network"], "maxContacts": 1, "inbound": true, "outbound": true}',
+         layout.decode_connection),
+        (b'{"time": 1}', lambda v: layout.decode_failure("d", "u", v)),
+        (b'{"node": "n"}', layout.decode_node),
+    ],
+)
+def test_a_record_this_version_cannot_read_is_a_bad_record_not_a_crash(value, decode) -> None:
+    with pytest.raises(layout.BadRecord):
+        decode(value)
+
+
+def test_failure_and_node_records_round_trip() -> None:
+    failure = RegistrationFailure("sip.example.test", "alice", 1234.5, "wrong response", "udp:192.0.2.9:5060")
+    assert layout.decode_failure("sip.example.test", "alice", layout.encode_failure(failure)) == failure
+    node = layout.decode_node(layout.encode_node("pod-a", "10.0.0.5", 5060, 99.0))
+    assert node == {"node": "pod-a", "address": "10.0.0.5", "sipPort": 5060, "started": 99.0}
