@@ -46,6 +46,8 @@ class ServeConfig:
     # This registrar's name among its replicas (etcd nodes/ and each binding's `node`);
     # None: host name and SIP port, unique on one machine as in a cluster.
     node: str | None = None
+    # Granted expiries are shortened by up to this fraction at random (0 grants them exactly).
+    expires_spread: float = 0.1
 
     @property
     def node_name(self) -> str:
@@ -70,6 +72,7 @@ class RegistrarServer:
             self.store,
             authenticator,
             node=config.node_name,
+            expires_spread=config.expires_spread,
             on_result=self.metrics.registration_answered,
             on_auth_failure=self.metrics.auth_failed,
         )

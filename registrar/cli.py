@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="memory",
         help="location service: memory (default) or etcd://HOST:PORT[,HOST:PORT...] shared by replicas",
     )
+    serve.add_argument(
+        "--expires-spread",
+        type=_percent,
+        default=10,
+        help="take up to this %% off each granted expiry at random, so refreshes spread out (default 10; 0: exact)",
+    )
     serve.add_argument("--node", help="this registrar's name among replicas (default: host name and SIP port)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--sip-port", type=_port, default=5060, help="UDP and TCP port (default 5060)")
@@ -41,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return int(text)
+
+
+def _percent(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 50:
+        raise argparse.ArgumentTypeError(f"not a percentage from 0 to 50: {text!r}")
     return int(text)
 
 
@@ -72,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         node=args.node,
+        expires_spread=args.expires_spread / 100,
     )
     if args.nonce_secret:
         config.nonce_secret = args.nonce_secret.encode()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -79,6 +80,8 @@ class Registrar:
         clock: Callable[[], float] = time.time,
         on_result: Callable[[str, int], None] | None = None,
         on_auth_failure: Callable[[str, str], None] | None = None,
+        expires_spread: float = 0.0,
+        rng: Callable[[], float] = random.random,
     ):
         self.catalog = catalog
         self.store = store
@@ -91,6 +94,11 @@ class Registrar:
         # the connection they arrived on open as long as they live.
         self.on_bound: Callable[[Source, int], None] = lambda source, seconds: None
         self._failure_written: dict[tuple[str, str], float] = {}
+        # Up to this fraction is taken off each granted expiry, at random: UAs that all
+        # registered at once (a registrar restart, a power cut) refresh spread out,
+        # not in one wave every expiry period.
+        self.expires_spread = expires_spread
+        self._random = rng
 
     # -- entry point ------------------------------------------------------------------
     def register(self, request: Request, source: Source) -> Response | Awaitable[Response]:
@@ -270,7 +278,7 @@ class Registrar:
                 ContactRequest(
                     uri_text=contact.uri_text,
                     uri=contact.uri,
-                    expires=min(expires, policy.max_expires),
+                    expires=self._granted(min(expires, policy.max_expires), policy.min_expires),
                     q=_q_value(params.get("q")) if "q" in params else None,
                     instance=instance,
                     reg_id=reg_id,
@@ -284,6 +292,11 @@ class Registrar:
         if len([c for c in contacts if c.expires]) > connection.max_contacts:
             raise SipError(403, f"Too Many Contacts (max {connection.max_contacts})")
         return aor, contacts, False
+
+    def _granted(self, expires: int, min_expires: int) -> int:
+        if not self.expires_spread or expires <= min_expires:
+            return expires  # 0 (removal) and the minimum stay exact
+        return max(min_expires, expires - int(expires * self.expires_spread * self._random()))
 
     def _change(
         self,

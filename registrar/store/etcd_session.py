@@ -30,9 +30,11 @@ PAGE_SIZE = 2000
 CHANNEL_OPTIONS = {
     # A resync reads pages of PAGE_SIZE bindings records; the default 4 MiB limit is too tight.
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
-    # Notice a dead member within seconds even on an idle watch (etcd allows pings every 5 s).
-    "grpc.keepalive_time_ms": 10_000,
-    "grpc.keepalive_timeout_ms": 5_000,
+    # Notice a dead or hung member within seconds even on an idle watch (etcd allows pings
+    # every 5 s). grpcio waits for a ping's answer for http2.ping_timeout_ms (60 s unless set).
+    "grpc.keepalive_time_ms": 5_000,
+    "grpc.keepalive_timeout_ms": 2_000,
+    "grpc.http2.ping_timeout_ms": 2_000,
     "grpc.keepalive_permit_without_calls": 1,
     "grpc.initial_reconnect_backoff_ms": 200,
     "grpc.max_reconnect_backoff_ms": 2_000,

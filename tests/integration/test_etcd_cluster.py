@@ -217,3 +217,18 @@ def test_each_registrar_lists_itself_as_a_node_until_it_stops(replicas, etcd) ->
     stop_registrar(two)
     assert set(etcd_keys(etcd, layout.NODES)) == {layout.node_key("pod-one")}
     assert one.api("/readyz")["ready"]
+
+
+def test_a_hung_etcd_gets_503_within_the_request_timeout_and_heals(replicas, etcd) -> None:
+    one = replicas()
+    etcd.pause()  # SIGSTOP: connections stay open, nothing answers
+    try:
+        started = time.monotonic()
+        answer = ua(one, "alice").register(contact="sip:alice@192.0.2.1:5060", expires=300, timeout=6)
+        assert answer.startswith("SIP/2.0 503 Location Service Unavailable"), answer
+        assert time.monotonic() - started < 5
+        eventually(lambda: not ready(one), 15, "/readyz false while etcd hangs")
+    finally:
+        etcd.resume()
+    eventually(lambda: ready(one), 15, "/readyz true again")
+    assert status_of(ua(one, "alice").register(contact="sip:alice@192.0.2.1:5060", expires=300)) == 200

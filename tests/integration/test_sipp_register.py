@@ -39,7 +39,7 @@ def test_users_register_with_digest_and_unregister(registrar: RunningRegistrar, 
         [binding] = registrar.bindings(f"{user}@{DOMAIN}")
         assert binding["contact"] == f"sip:{user}@127.0.0.1:{CONTACT_PORT};transport={transport.upper()}"
         assert binding["transport"] == transport
-        assert 295 <= binding["expires"] <= 300
+        assert 270 <= binding["expires"] <= 300  # the default --expires-spread takes up to 10% off
         assert binding["source"].startswith(f"{transport}:127.0.0.1:")
         assert binding["received"] == f"sip:{binding['source'].partition(':')[2]}" + (
             "" if transport == "udp" else f";transport={transport}"

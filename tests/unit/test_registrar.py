@@ -654,6 +654,22 @@ async def test_expiry_at_the_minimum_is_accepted(env):
     assert binding.expires_at == env.clock.now + 60
 
 
+@pytest.mark.parametrize(
+    ("draw", "asked", "granted"),
+    [(0.0, 600, 600), (0.5, 600, 570), (0.999, 600, 541), (0.999, 3600, 3241), (0.999, 62, 60), (0.999, 60, 60)],
+)
+async def test_granted_expiries_are_spread_below_the_request_never_below_the_minimum(env, draw, asked, granted):
+    env.registrar.expires_spread = 0.1
+    env.registrar._random = lambda: draw
+    response = await env.phone().register([contact(params=f";expires={asked}")])
+    assert response_contacts(response)["sip:alice@192.0.2.10:5060"]["expires"] == str(granted)
+    (binding,) = await env.bindings()
+    assert binding.expires_at == env.clock.now + granted
+    # Removal stays removal.
+    response = await env.phone().register([contact(params=";expires=0")])
+    assert response.status == 200 and await env.bindings() == []
+
+
 @pytest.mark.parametrize(("params", "expires"), [(";expires=7200", None), ("", 86400)])
 async def test_expiry_above_maximum_is_capped(env, params, expires):
     response = await env.phone().register([contact(params=params)], expires=expires)
