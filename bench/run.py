@@ -5,7 +5,11 @@ Measures, for the in-memory store:
   counted once) with under 1% failures, over UDP and over TCP: a ladder of
   offered rates, each held for --duration seconds, the best that passes wins;
 - p50/p99 response time of each leg at half the best UDP rate (sipp's rtt trace);
-- resident memory with --bindings bindings, and the growth per binding.
+- resident memory with --bindings bindings, and the growth per binding;
+and for the etcd store (a real etcd on loopback, data on this machine's disk):
+- the UDP ladder again, with etcd transactions/s, AOR writes per transaction and
+  the p99 of an etcd write at each rate, and the share of the in-memory rate;
+- REGISTER latency at half the best etcd rate.
 
 The registrar and sipp are pinned to different cores when taskset exists, so
 they do not fight over one. Nothing here is a pass/fail test: figures vary with
@@ -32,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import start_registrar, stop_registrar  # noqa: E402
+from tests.etcd_server import EtcdServer  # noqa: E402
 from tests.integration.sipp import SCENARIOS, run_sipp, users_csv  # noqa: E402
 
 DOMAIN = "bench.example.test"
@@ -190,12 +195,15 @@ def register_run(
     return run, elapsed
 
 
-def ladder(registrar, workdir: Path, csv_path: Path, transport: str, duration: float) -> tuple[float, list[str]]:
+def ladder(
+    registrar, workdir: Path, csv_path: Path, transport: str, duration: float, etcd: bool = False
+) -> tuple[float, list[str]]:
     best = 0.0
     lines = []
     for rate in LADDER:
         calls = int(rate * duration)
         wait_idle(registrar)
+        before = scrape(registrar) if etcd else ""
         run, elapsed = register_run(registrar, workdir, csv_path, transport, rate, calls)
         total = run.successful + run.failed
         failures = run.failed / total if total else 1.0
@@ -206,6 +214,9 @@ def ladder(registrar, workdir: Path, csv_path: Path, transport: str, duration: f
             f"({failures:.2%}), {achieved:,.0f}/s achieved{'' if ok else '  <- over the limit'}"
         )
         print(lines[-1], flush=True)
+        if etcd:
+            lines.append("    " + store_figures(before, scrape(registrar), run.elapsed or elapsed))
+            print(lines[-1], flush=True)
         if not ok:
             break
         best = max(best, achieved)
@@ -229,15 +240,47 @@ def latencies(workdir: Path) -> dict[str, tuple[float, float, int]]:
     return result
 
 
-def server_latency(registrar) -> dict[float, float]:
-    """Cumulative REGISTER latency histogram (upper bound in s -> count) from /metrics."""
-    buckets = {}
+def scrape(registrar) -> str:
     with urllib.request.urlopen(f"http://{registrar.host}:{registrar.http_port}/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("sipreg_request_duration_seconds_bucket") and 'method="REGISTER"' in line:
-                bound = line.split('le="')[1].split('"')[0]
-                buckets[float(bound)] = float(line.split()[-1])
+        return response.read().decode()
+
+
+def histogram(metrics: str, name: str, selector: str = "") -> dict[float, float]:
+    """A cumulative histogram (upper bound in s -> count) from /metrics text."""
+    buckets = {}
+    for line in metrics.splitlines():
+        if line.startswith(f"{name}_bucket") and selector in line:
+            bound = line.split('le="')[1].split('"')[0]
+            buckets[float(bound)] = float(line.split()[-1])
     return buckets
+
+
+def counter(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def server_latency(registrar) -> dict[float, float]:
+    """Cumulative REGISTER latency histogram from /metrics."""
+    return histogram(scrape(registrar), "sipreg_request_duration_seconds", 'method="REGISTER"')
+
+
+def store_figures(before: str, after: str, seconds: float) -> str:
+    """etcd writes between two /metrics readings: transactions/s, AORs per transaction, p99 of a write."""
+    writes = counter(after, "sipreg_store_writes_total") - counter(before, "sipreg_store_writes_total")
+    aors = counter(after, "sipreg_store_aors_written_total") - counter(before, "sipreg_store_aors_written_total")
+    conflicts = counter(after, "sipreg_store_conflicts_total") - counter(before, "sipreg_store_conflicts_total")
+    p99 = histogram_quantile(
+        histogram(before, "sipreg_store_write_duration_seconds"), histogram(after, "sipreg_store_write_duration_seconds"),
+        0.99,
+    )
+    return (
+        f"etcd: {writes / seconds:,.0f} transactions/s carrying {aors / seconds:,.0f} AOR writes/s "
+        f"({aors / max(writes, 1):.1f} per transaction, {conflicts:.0f} compares lost), "
+        f"write p99 {p99 * 1000:.1f} ms"
+    )
 
 
 def histogram_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
@@ -330,12 +373,31 @@ def memory_figure(tmp_path: Path, bindings: int, contacts_per_user: int = 10) ->
     )
 
 
+def etcd_figures(tmp_path: Path, csv_path: Path, duration: float, memory_best: float | None) -> list[str]:
+    """The UDP ladder again with the registrar on a real etcd (etcd's data on this machine's disk)."""
+    print("udp with the etcd store: authenticated REGISTERs per second", flush=True)
+    with EtcdServer(tmp_path) as etcd:
+        registrar = start_registrar(
+            tmp_path, "--log-level", "warning", "--store", etcd.url, manifests=tmp_path / "manifests",
+            wrapper=pinned(0), ready_timeout=300,
+        )
+        try:
+            best, lines = ladder(registrar, tmp_path, csv_path, "udp", duration, etcd=True)
+            share = f", {best / memory_best:.0%} of the in-memory store's rate" if memory_best else ""
+            lines.append(f"udp, etcd store: {best:,.0f} authenticated REGISTER/s with < 1% failures{share}")
+            if best:
+                lines += latency_figures(registrar, tmp_path, csv_path, round(best / 2), duration)
+        finally:
+            stop_registrar(registrar)
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=20_000, help="users in the throughput runs")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per offered rate")
     parser.add_argument("--bindings", type=int, default=100_000, help="bindings for the memory figure")
-    parser.add_argument("--skip", action="append", default=[], choices=["udp", "tcp", "latency", "memory"])
+    parser.add_argument("--skip", action="append", default=[], choices=["udp", "tcp", "latency", "etcd", "memory"])
     args = parser.parse_args()
     if shutil.which("sipp") is None:
         print("bench: sipp is not installed (`make bench` installs Debian's sip-tester)", file=sys.stderr)
@@ -350,8 +412,8 @@ def main() -> int:
             tmp_path, "--log-level", "warning", manifests=tmp_path / "manifests", wrapper=pinned(0),
                 ready_timeout=300,
         )
+        best: dict[str, float] = {}
         try:
-            best = {}
             for transport in ("udp", "tcp"):
                 if transport in args.skip:
                     continue
@@ -365,6 +427,9 @@ def main() -> int:
                         report += latency_figures(registrar, tmp_path, throughput_csv, rate, args.duration)
         finally:
             stop_registrar(registrar)
+
+        if "etcd" not in args.skip:
+            report += etcd_figures(tmp_path, throughput_csv, args.duration, best.get("udp"))
 
         if "memory" not in args.skip:
             report.append(memory_figure(tmp_path, args.bindings))

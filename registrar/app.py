@@ -97,6 +97,7 @@ class RegistrarServer:
         config = self.config
         if isinstance(self.store, EtcdStore):
             self.store.on_catalog = self._serve_catalog
+            self.store.on_write = self.metrics.store_written
             if config.catalog is not None:
                 self.store.publish(config.catalog)
         await self.store.start()

@@ -55,8 +55,12 @@ class Metrics:
         )
         self._registrations: Tally[tuple[str, str]] = Tally()
         self._messages: Tally[tuple[str, str]] = Tally()
-        # method -> [count per bucket (not cumulative; the last is +Inf), sum]
-        self._latency: dict[str, list] = {}
+        self._latency: dict[str, _Histogram] = {}  # by method
+        # The location store's writes (etcd transactions; the memory store makes none).
+        self._store_writes = 0
+        self._store_aors_written = 0
+        self._store_conflicts = 0
+        self._store_write_latency = _Histogram()
         self.registry.register(_HotPathCollector(self))
         if binding_counts is not None:
             self.registry.register(_BindingsCollector(binding_counts))
@@ -68,9 +72,15 @@ class Metrics:
         method = method if method in KNOWN_METHODS else "OTHER"
         histogram = self._latency.get(method)
         if histogram is None:
-            histogram = self._latency[method] = [[0] * (len(LATENCY_BUCKETS) + 1), 0.0]
-        histogram[0][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        histogram[1] += seconds
+            histogram = self._latency[method] = _Histogram()
+        histogram.observe(seconds)
+
+    def store_written(self, seconds: float, aors: int, conflicts: int) -> None:
+        """One write transaction to the location store: its time, AORs in it, compares lost."""
+        self._store_writes += 1
+        self._store_aors_written += aors
+        self._store_conflicts += conflicts
+        self._store_write_latency.observe(seconds)
 
     def registration_answered(self, domain: str, status: int) -> None:
         self._registrations[(domain, str(status))] += 1
@@ -95,18 +105,56 @@ class _HotPathCollector:
             "sipreg_messages_received", "SIP messages received, by method (responses: RESPONSE) and transport.",
             ["method", "transport"], self._metrics._messages,
         )
+        metrics = self._metrics
         latency = HistogramMetricFamily(
             "sipreg_request_duration_seconds",
             "Time from receiving a request to sending its final response, by method.",
             labels=["method"],
         )
-        for method, (counts, total) in sorted(self._metrics._latency.items()):
-            cumulative, buckets = 0, []
-            for bound, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], counts):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            latency.add_metric([method], buckets, total)
+        for method, histogram in sorted(metrics._latency.items()):
+            latency.add_metric([method], *histogram.buckets())
         yield latency
+        if metrics._store_writes:
+            yield CounterMetricFamily(
+                "sipreg_store_writes", "Write transactions sent to the location store (etcd).",
+                value=metrics._store_writes,
+            )
+            yield CounterMetricFamily(
+                "sipreg_store_aors_written", "AORs written; divided by sipreg_store_writes, the batch size.",
+                value=metrics._store_aors_written,
+            )
+            yield CounterMetricFamily(
+                "sipreg_store_conflicts",
+                "AOR writes that lost a compare-and-swap to another registrar and were run again.",
+                value=metrics._store_conflicts,
+            )
+            writes = HistogramMetricFamily(
+                "sipreg_store_write_duration_seconds", "Time etcd took to acknowledge a write transaction."
+            )
+            writes.add_metric([], *metrics._store_write_latency.buckets())
+            yield writes
+
+
+class _Histogram:
+    """Counts per LATENCY_BUCKETS bucket (not cumulative; the last is +Inf) and their sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def buckets(self) -> tuple[list[tuple[str, int]], float]:
+        """Cumulative (bound, count) pairs and the sum, as HistogramMetricFamily takes them."""
+        cumulative, buckets = 0, []
+        for bound, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], self.counts):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        return buckets, self.total
 
 
 def _counter(name: str, documentation: str, labels: list[str], tally: Tally[tuple[str, str]]) -> Metric:

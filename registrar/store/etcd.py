@@ -81,7 +81,10 @@ class EtcdStore(LocationStore):
         self.nodes: dict[str, dict] = {}
         self._leases = _LeasePool(session, lease_granularity, clock)
         self._pending: dict[str, list[WatchedChange]] = {}
-        self._writing: set[str] = set()  # AORs in a transaction now
+        # AORs in a transaction now -> the record written (b"" for a removal). The watch
+        # often brings a write back before its transaction's answer arrives; equal bytes
+        # need no decoding.
+        self._writing: dict[str, bytes] = {}
         self._writes_in_flight = 0
         self._ready = False
         self._synced = asyncio.Event()
@@ -89,6 +92,8 @@ class EtcdStore(LocationStore):
         self._catalog_due: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task] = []
         self.on_catalog: Callable[[Catalog], None] = lambda catalog: None
+        # Told (seconds, AORs written, compares lost) after each write transaction.
+        self.on_write: Callable[[float, int, int], None] = lambda seconds, aors, conflicts: None
         self.catalog = Catalog()
 
     # -- LocationStore ---------------------------------------------------------------------
@@ -235,7 +240,8 @@ class EtcdStore(LocationStore):
                 if event.type == _PUT:
                     self._revisions[aor] = kv.mod_revision
                     self._tombstones.pop(aor, None)
-                    self._table.replace(aor, self._decode_bindings(aor, kv.value, now))
+                    if self._writing.get(aor) != kv.value:  # else our own write: _hold applies it
+                        self._table.replace(aor, self._decode_bindings(aor, kv.value, now))
                 else:
                     self._revisions.pop(aor, None)
                     self._tombstones[aor] = kv.mod_revision
@@ -317,13 +323,14 @@ class EtcdStore(LocationStore):
                         break
             if not batch:
                 return  # everything waiting is for AORs being written now
-            self._writing.update(aor for aor, _ in batch)
+            self._writing.update((aor, b"") for aor, _ in batch)
             self._writes_in_flight += 1
             task = asyncio.get_running_loop().create_task(self._write(batch))
             task.add_done_callback(lambda _, aors=[aor for aor, _ in batch]: self._written(aors))
 
     def _written(self, aors: list[str]) -> None:
-        self._writing.difference_update(aors)
+        for aor in aors:
+            del self._writing[aor]
         self._writes_in_flight -= 1
         self._start_writes()
 
@@ -366,7 +373,14 @@ class EtcdStore(LocationStore):
             return
         try:
             leases = await self._leases.leases_for([max(b.expires_at for b in plan[2]) for plan in plans if plan[2]])
-            request = rpc.TxnRequest(success=[_compare_and_swap(plan[0], plan[1], plan[2], leases) for plan in plans])
+            swaps = []
+            for aor, revision, bindings, _ in plans:
+                record = layout.encode_bindings(bindings) if bindings else b""
+                self._writing[aor] = record
+                lease = leases[max(b.expires_at for b in bindings)] if bindings else 0
+                swaps.append(_compare_and_swap(layout.bindings_key(aor), revision, record, lease))
+            request = rpc.TxnRequest(success=swaps)
+            sent = time.monotonic()
             response = await self.session.txn(request)
         except (StoreUnavailable, rpc.AioRpcError) as error:
             if isinstance(error, rpc.AioRpcError) and error.code() == rpc.StatusCode.NOT_FOUND:
@@ -376,6 +390,7 @@ class EtcdStore(LocationStore):
                     if not answer.done():
                         answer.set_exception(StoreUnavailable(f"etcd did not take the write: {error}"))
             return
+        self.on_write(time.monotonic() - sent, len(plans), sum(not r.response_txn.succeeded for r in response.responses))
         revision = response.header.revision
         for (aor, _, bindings, done), result in zip(plans, response.responses):
             swap = result.response_txn
@@ -544,13 +559,9 @@ def _delete(key: bytes) -> rpc.RequestOp:
     return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
 
 
-def _compare_and_swap(aor: str, revision: int, bindings: tuple[Binding, ...], leases: dict[float, int]) -> rpc.RequestOp:
-    """Store `bindings` as the AOR's record if its key is still at `revision`, else read the key."""
-    key = layout.bindings_key(aor)
-    if bindings:
-        write = _put(key, layout.encode_bindings(bindings), leases[max(b.expires_at for b in bindings)])
-    else:
-        write = _delete(key)
+def _compare_and_swap(key: bytes, revision: int, record: bytes, lease: int) -> rpc.RequestOp:
+    """Store `record` (b"": delete) if `key` is still at `revision`; else read the key."""
+    write = _put(key, record, lease) if record else _delete(key)
     return rpc.RequestOp(
         request_txn=rpc.TxnRequest(
             compare=[rpc.Compare(key=key, target=_MOD, result=_EQUAL, mod_revision=revision)],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import signal
 import socket
@@ -107,6 +108,7 @@ def test_a_binding_made_on_one_replica_shows_on_the_others_and_unregistering_any
     one = replicas()
     two, three = replicas(manifests=None), replicas(manifests=None)  # these only read what etcd holds
     register_with_sipp(one, tmp_path, ["alice", "bob"], expires=300)
+    assert re.search(r"^sipreg_store_aors_written_total [2-9]", one.metrics(), re.M), one.metrics()
     alice = f"alice@{DOMAIN}"
     for other in (two, three):
         eventually(lambda: contacts(other, alice), 5, "alice's binding on another replica")

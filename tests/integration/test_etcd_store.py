@@ -250,3 +250,18 @@ def test_store_urls_are_checked() -> None:
     for bad in ("etcd://127.0.0.1", "redis://x:1", "etcd://h:99999"):
         with pytest.raises(ValueError, match="--store"):
             parse_endpoints(bad)
+
+
+async def test_endpoints_that_do_not_answer_are_skipped(etcd):
+    from tests.conftest import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    store = EtcdStore(EtcdSession(parse_endpoints(f"etcd://{dead},{etcd.endpoint}"), timeout=1.0))
+    try:
+        await store.start(wait=10)
+        assert store.ready and store.session.endpoint == etcd.endpoint
+        assert [b.contact for b in await store.update(ALICE, add(binding("sip:alice@192.0.2.1")))] == [
+            "sip:alice@192.0.2.1"
+        ]
+    finally:
+        await store.close()
