@@ -182,3 +182,15 @@ class EtcdServer:
 
     def __repr__(self) -> str:
         return f"EtcdServer({self.endpoint}, {'running' if self.running else 'stopped'}, data={self.data_dir})"
+
+
+async def records(url: str, prefix: str) -> dict[bytes, object]:
+    """What etcd holds under `prefix`, key -> KeyValue (value, version, lease...), read outside any registrar."""
+    from registrar.store.etcd_session import EtcdSession, parse_endpoints
+
+    session = EtcdSession(parse_endpoints(url))
+    try:
+        kvs, _ = await session.read_prefix(prefix.encode())
+        return {kv.key: kv for kv in kvs}
+    finally:
+        await session.close()

@@ -27,15 +27,15 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from aetcd import rpc
 
 from registrar.model import Binding, Catalog, Connection, Domain
-from registrar.store import BindingChange, BindingEvent, LocationStore, RegistrationFailure, StoreUnavailable
+from registrar.store import BindingChange, RegistrationFailure, StoreUnavailable
 from registrar.store import layout
 from registrar.store.etcd_session import EtcdSession, EtcdUnavailable, WatchCompacted
-from registrar.store.table import BindingTable
+from registrar.store.table import BindingTable, TableStore
 
 log = logging.getLogger("sipreg.store")
 
@@ -55,7 +55,7 @@ _EQUAL = rpc.Compare.EQUAL
 WatchedChange = tuple[BindingChange, "asyncio.Future[list[Binding]]", int]  # change, its answer, attempts so far
 
 
-class EtcdStore(LocationStore):
+class EtcdStore(TableStore):
     def __init__(
         self,
         session: EtcdSession,
@@ -101,18 +101,6 @@ class EtcdStore(LocationStore):
     @property
     def ready(self) -> bool:
         return self._ready
-
-    async def lookup(self, aor: str) -> list[Binding]:
-        return self._table.current(aor, self._clock())
-
-    async def all_bindings(self, domain: str | None = None) -> list[Binding]:
-        return self._table.all_current(self._clock(), domain)
-
-    def binding_counts(self) -> dict[str, int]:
-        return self._table.counts()
-
-    def watch(self) -> AsyncIterator[BindingEvent]:
-        return self._table.watch()
 
     async def update(self, aor: str, change: BindingChange) -> list[Binding]:
         if not self._ready:

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from registrar.model import Binding
-from registrar.store import BindingChange, BindingEvent, LocationStore, RegistrationFailure
-from registrar.store.table import BindingTable
+from registrar.store import BindingChange, RegistrationFailure
+from registrar.store.table import BindingTable, TableStore
 
 SWEEP_INTERVAL = 1.0
 
 
-class MemoryStore(LocationStore):
+class MemoryStore(TableStore):
     def __init__(self, clock: Callable[[], float] = time.time, sweep_interval: float = SWEEP_INTERVAL):
         self._clock = clock
         self._sweep_interval = sweep_interval
@@ -26,22 +26,10 @@ class MemoryStore(LocationStore):
         self._failures: dict[tuple[str, str], RegistrationFailure] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def lookup(self, aor: str) -> list[Binding]:
-        return self._table.current(aor, self._clock())
-
     async def update(self, aor: str, change: BindingChange) -> list[Binding]:
         new = tuple(change(self._table.current(aor, self._clock())))
         self._table.replace(aor, new)
         return list(new)
-
-    async def all_bindings(self, domain: str | None = None) -> list[Binding]:
-        return self._table.all_current(self._clock(), domain)
-
-    def binding_counts(self) -> dict[str, int]:
-        return self._table.counts()
-
-    def watch(self) -> AsyncIterator[BindingEvent]:
-        return self._table.watch()
 
     async def record_failure(self, failure: RegistrationFailure) -> None:
         self._failures[(failure.domain, failure.username)] = failure

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from registrar.model import Binding
-from registrar.store import BindingEvent, domain_of
+from registrar.store import BindingEvent, LocationStore, domain_of
 
 
 class BindingTable:
@@ -101,3 +101,22 @@ class BindingTable:
     def end_watches(self) -> None:
         for queue in self._watchers:
             queue.put_nowait(None)
+
+
+class TableStore(LocationStore):
+    """A store whose reads are answered from a local BindingTable (both stores are)."""
+
+    _table: BindingTable
+    _clock: Callable[[], float]
+
+    async def lookup(self, aor: str) -> list[Binding]:
+        return self._table.current(aor, self._clock())
+
+    async def all_bindings(self, domain: str | None = None) -> list[Binding]:
+        return self._table.all_current(self._clock(), domain)
+
+    def binding_counts(self) -> dict[str, int]:
+        return self._table.counts()
+
+    def watch(self) -> AsyncIterator[BindingEvent]:
+        return self._table.watch()

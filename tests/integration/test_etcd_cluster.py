@@ -22,9 +22,8 @@ from pathlib import Path
 import pytest
 
 from registrar.store import layout
-from registrar.store.etcd_session import EtcdSession, parse_endpoints
 from tests.conftest import MANIFESTS, RunningRegistrar, start_registrar, stop_registrar
-from tests.etcd_server import EtcdServer
+from tests.etcd_server import EtcdServer, records
 from tests.integration.sip_client import UserAgent, contacts_of, status_of
 from tests.integration.sipp import SIPP, manifest_passwords, run_sipp, users_csv
 
@@ -91,15 +90,7 @@ def contacts(registrar: RunningRegistrar, aor: str) -> list[str]:
 
 
 def etcd_keys(etcd: EtcdServer, prefix: str) -> dict[bytes, bytes]:
-    async def read() -> dict[bytes, bytes]:
-        session = EtcdSession(parse_endpoints(etcd.url))
-        try:
-            kvs, _ = await session.read_prefix(prefix.encode())
-            return {kv.key: kv.value for kv in kvs}
-        finally:
-            await session.close()
-
-    return asyncio.run(read())
+    return {key: kv.value for key, kv in asyncio.run(records(etcd.url, prefix)).items()}
 
 
 def test_a_binding_made_on_one_replica_shows_on_the_others_and_unregistering_anywhere_removes_it(
@@ -198,16 +189,7 @@ def test_wrong_passwords_are_recorded_for_the_connection_without_flooding_etcd(r
     value = eventually(lambda: etcd_keys(etcd, layout.FAILURES).get(key), 5, "a failure record")
     failure = layout.decode_failure(DOMAIN, "alice", value)
     assert failure.reason == "wrong response" and failure.source.startswith("udp:127.0.0.1:")
-
-    async def version() -> int:
-        session = EtcdSession(parse_endpoints(etcd.url))
-        try:
-            kvs, _ = await session.read_prefix(key)
-            return kvs[0].version
-        finally:
-            await session.close()
-
-    assert asyncio.run(version()) == 1  # 30 failures within seconds: one write
+    assert asyncio.run(records(etcd.url, layout.FAILURES))[key].version == 1  # 30 failures within seconds: one write
 
 
 def test_each_registrar_lists_itself_as_a_node_until_it_stops(replicas, etcd) -> None:

@@ -13,7 +13,7 @@ from registrar.store import RegistrationFailure, StoreUnavailable
 from registrar.store import layout
 from registrar.store.etcd import EtcdStore
 from registrar.store.etcd_session import EtcdSession, parse_endpoints
-from tests.etcd_server import EtcdServer
+from tests.etcd_server import EtcdServer, records
 
 pytestmark = pytest.mark.integration
 
@@ -48,12 +48,7 @@ async def started(etcd: EtcdServer, node: str = "", **kwargs) -> EtcdStore:
 
 
 async def raw(etcd: EtcdServer, prefix: str) -> dict[bytes, bytes]:
-    session = EtcdSession(parse_endpoints(etcd.url))
-    try:
-        kvs, _ = await session.read_prefix(prefix.encode())
-        return {kv.key: kv.value for kv in kvs}
-    finally:
-        await session.close()
+    return {key: kv.value for key, kv in (await records(etcd.url, prefix)).items()}
 
 
 async def test_a_write_on_one_replica_is_read_from_memory_on_the_other(etcd):
@@ -117,9 +112,7 @@ async def test_keys_carry_shared_leases_and_vanish_when_their_bindings_expire(et
         for n in range(5):  # expiring within the same second: one lease for all
             aor = f"u{n}@sip.example.test"
             await store.update(aor, add(binding(f"sip:u{n}@192.0.2.1", expires_in=2, aor=aor)))
-        session = EtcdSession(parse_endpoints(etcd.url))
-        kvs, _ = await session.read_prefix(layout.BINDINGS.encode())
-        await session.close()
+        kvs = list((await records(etcd.url, layout.BINDINGS)).values())
         assert len(kvs) == 5
         assert len({kv.lease for kv in kvs}) == 1 and kvs[0].lease != 0
         await store.close()  # no registrar left to clean up: etcd's lease does it
@@ -157,10 +150,7 @@ async def test_failures_are_written_in_batches_not_per_attempt(etcd):
         value = await eventually_async(lambda: raw(etcd, layout.FAILURES), timeout=5)
         failure = layout.decode_failure("sip.example.test", "alice", value[key])
         assert failure.reason == "wrong password" and failure.source == "udp:192.0.2.9:5199"
-        session = EtcdSession(parse_endpoints(etcd.url))
-        kvs, _ = await session.read_prefix(key)
-        await session.close()
-        assert kvs[0].version == 1  # 200 failures, one write
+        assert (await records(etcd.url, layout.FAILURES))[key].version == 1  # 200 failures, one write
         other = await started(etcd)
         assert (await other.last_failure("sip.example.test", "alice")) == failure
         await other.close()
