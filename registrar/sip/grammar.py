@@ -36,7 +36,8 @@ def parse_digits(text: str, limit: int) -> int | None:
     if not text.isascii() or not text.isdigit():
         return None
     if len(text) < 10:
-        return min(int(text), limit)  # the usual case, far below int()'s digit limit
+        value = int(text)  # the usual case, far below int()'s digit limit
+        return value if value < limit else limit
     text = text.lstrip("0") or "0"
     if len(text) > len(str(limit)):
         return limit

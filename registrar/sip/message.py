@@ -44,6 +44,7 @@ MAX_HEADERS = 128
 # Headers every request must carry (RFC 3261 8.1.1); Max-Forwards is tolerated
 # when missing, as Kamailio and Asterisk do, because old UAs omit it on REGISTER.
 REQUIRED_REQUEST_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+_REQUIRED_REQUEST_HEADER_SET = frozenset(REQUIRED_REQUEST_HEADERS)
 
 
 class SipError(Exception):
@@ -70,6 +71,8 @@ class Message:
     # not built, or invalidated by add/set/remove). A request is read a dozen
     # times on its way through and never reordered, so lookups need not scan.
     first_index: dict[str, int] | None = field(default=None, compare=False, repr=False)
+    # CSeq as parsed, once: the parser checks it and the registrar reads it again.
+    _cseq: tuple[int, str] | None = field(default=None, compare=False, repr=False)
 
     # -- header access ------------------------------------------------------------
     def get(self, name: str) -> str | None:
@@ -125,6 +128,7 @@ class Message:
     def remove(self, name: str) -> None:
         self.headers = [(k, v) for k, v in self.headers if k != name]
         self.first_index = None
+        self._cseq = None
 
     # -- the headers every transaction needs ------------------------------------------
     @property
@@ -133,7 +137,11 @@ class Message:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        return parse_cseq(self.get("CSeq") or "")
+        """(number, method); raises ValueError for a malformed CSeq."""
+        cseq = self._cseq
+        if cseq is None:
+            cseq = self._cseq = parse_cseq(self.get("CSeq") or "")
+        return cseq
 
     @property
     def top_via(self) -> Via:
@@ -214,7 +222,7 @@ def parse_message(data: bytes) -> Request | Response:
     body = data[end + 4 :]
 
     lines = head.split("\r\n")
-    headers, names = _parse_header_lines(lines, "\r\n " in head or "\r\n\t" in head)
+    headers, names = _parse_header_lines(lines, "\r\n " in head or "\r\n\t" in head, '"' in head)
 
     if lines[0].startswith("SIP/"):
         message: Request | Response = _parse_status_line(lines[0], headers, names)
@@ -233,11 +241,14 @@ def parse_message(data: bytes) -> Request | Response:
     return message
 
 
-def _parse_header_lines(lines: list[str], folded: bool) -> tuple[list[tuple[str, str]], dict[str, int]]:
+def _parse_header_lines(
+    lines: list[str], folded: bool, quoted: bool
+) -> tuple[list[tuple[str, str]], dict[str, int]]:
     """The header lines as (canonical name, value) pairs, and where each name first occurs.
 
     `folded` says whether any line continues the one before (RFC 3261 7.3.1);
-    most messages have none, and then each line is one header.
+    most messages have none, and then each line is one header. `quoted` says
+    whether any line has a '"' (a challenge leg's REGISTER has none).
     """
     if len(lines) - 1 > MAX_HEADERS:
         raise SipError(400, f"Too Many Headers (limit {MAX_HEADERS})")
@@ -260,20 +271,21 @@ def _parse_header_lines(lines: list[str], folded: bool) -> tuple[list[tuple[str,
         if not colon:
             raise SipError(400, f"Bad Header Line: no colon in {line[:40]!r}")
         name = known(raw_name) or _header_name(raw_name)
-        if name in names and name in SINGLETON_HEADERS:
+        if name not in names:  # the usual case first: one lookup per line
+            names[name] = len(headers)
+        elif name in SINGLETON_HEADERS:
             # RFC 4475 mcl01/multi01: two Content-Lengths or CSeqs cannot both be right.
             raise SipError(400, f"Duplicate {name} Header")
-        if name not in names:
-            names[name] = len(headers)
         headers.append((name, value.strip(" \t")))
     # A list header whose quotes do not balance cannot be split into its values:
     # reject it here, or every later get()/get_all() on it would raise ValueError.
-    for name, value in headers:
-        if '"' in value and name in LIST_HEADERS:
-            try:
-                split_list(value)
-            except ValueError as exc:
-                raise SipError(400, f"Bad {name}: {exc}") from None
+    if quoted:
+        for name, value in headers:
+            if '"' in value and name in LIST_HEADERS:
+                try:
+                    split_list(value)
+                except ValueError as exc:
+                    raise SipError(400, f"Bad {name}: {exc}") from None
     return headers, names
 
 
@@ -307,7 +319,7 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[s
     method, uri, version = parts
     if method not in KNOWN_METHODS and not all(c in TOKEN_CHARS for c in method):
         raise SipError(400, "Bad Method")
-    if version.upper() != SIP_VERSION:
+    if version != SIP_VERSION and version.upper() != SIP_VERSION:
         if version.upper().startswith("SIP/"):
             raise SipError(505, f"Version Not Supported: {version[:20]}")
         raise SipError(400, "Bad Request-Line: no SIP version")
@@ -320,9 +332,10 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[s
         if scheme.lower() not in ("sip", "sips", "tel"):
             raise SipError(416, f"Unsupported URI Scheme {scheme[:20]}")
     request = Request(headers=headers, method=method, uri=uri, first_index=names)
-    for name in REQUIRED_REQUEST_HEADERS:
-        if name not in names:
-            raise SipError(400, f"Missing {name} Header")
+    if not names.keys() >= _REQUIRED_REQUEST_HEADER_SET:  # one C-level check; the loop names the first missing
+        for name in REQUIRED_REQUEST_HEADERS:
+            if name not in names:
+                raise SipError(400, f"Missing {name} Header")
     try:
         _, cseq_method = request.cseq
     except ValueError as exc:
