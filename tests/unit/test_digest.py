@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 
 import pytest
@@ -342,6 +343,13 @@ def test_nonce_is_valid_then_stale_after_its_lifetime():
     clock.now += 1.5
     assert authority.check(nonce, REALM) is NonceStatus.STALE
     assert authority.inspect(nonce, REALM) == (NonceStatus.STALE, 1_000_000)
+
+
+@settings(max_examples=200, deadline=None)
+@given(secret=st.binary(min_size=16, max_size=200), signed=st.binary(max_size=40), realm=st.text(max_size=20))
+def test_nonce_mac_is_hmac_sha256_of_the_secret(secret, signed, realm):
+    expected = hmac.new(secret, signed + realm.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()[:16]
+    assert NonceAuthority(secret)._mac(signed, realm) == expected
 
 
 def test_nonce_from_the_future_is_invalid_beyond_the_skew():
