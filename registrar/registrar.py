@@ -176,7 +176,11 @@ class Registrar:
 
         if credentials is None:
             raise self._challenge(domain, stale=False)
-        known = self.catalog.connections.get((domain.name, credentials.username))
+        known = (
+            connection
+            if credentials.username == username
+            else self.catalog.connections.get((domain.name, credentials.username))
+        )
         outcome = self.authenticator.verify(
             request.method,
             credentials,
@@ -263,24 +267,30 @@ class Registrar:
                 raise SipError(400, "Bad Contact expires Parameter") from None
             if 0 < expires < policy.min_expires:
                 raise SipError(423, "Interval Too Brief", [("Min-Expires", str(policy.min_expires))])
-            instance, reg_id = _instance(params.get("+sip.instance")), _reg_id(params.get("reg-id"))
+            if params:
+                instance, reg_id = _instance(params.get("+sip.instance")), _reg_id(params.get("reg-id"))
+                q = _q_value(params.get("q")) if "q" in params else None
+            else:  # the usual "<sip:...>": nothing more to look up
+                instance = reg_id = q = None
             contacts.append(
                 ContactRequest(
                     uri_text=contact.uri_text,
                     uri=contact.uri,
-                    expires=min(expires, policy.max_expires),
-                    q=_q_value(params.get("q")) if "q" in params else None,
+                    expires=expires if expires < policy.max_expires else policy.max_expires,
+                    q=q,
                     instance=instance,
                     reg_id=reg_id,
                     key=_binding_key(contact.uri, instance, reg_id),
                 )
             )
-        # A Contact listed twice (or two URIs of one +sip.instance/reg-id) is one
-        # binding; the last mention wins, as if the UA had sent them in turn.
-        unique = {c.key: c for c in contacts}
-        contacts = list(unique.values())
-        if len([c for c in contacts if c.expires]) > connection.max_contacts:
-            raise SipError(403, f"Too Many Contacts (max {connection.max_contacts})")
+        if len(contacts) > 1:
+            # A Contact listed twice (or two URIs of one +sip.instance/reg-id) is one
+            # binding; the last mention wins, as if the UA had sent them in turn.
+            unique = {c.key: c for c in contacts}
+            contacts = list(unique.values())
+        limit = connection.max_contacts
+        if len(contacts) > limit and len([c for c in contacts if c.expires]) > limit:
+            raise SipError(403, f"Too Many Contacts (max {limit})")
         return aor, contacts, False
 
     def _change(

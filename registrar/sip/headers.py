@@ -87,7 +87,8 @@ def canonical_name(name: str) -> str:
 
 def split_list(value: str) -> list[str]:
     """Split a list header's value on commas outside quotes and <...>."""
-    return [part for part in split_outside_quotes(value, ",", angle_brackets=True) if part]
+    parts = split_outside_quotes(value, ",", angle_brackets=True)
+    return parts if all(parts) else [part for part in parts if part]  # empty elements are rare
 
 
 @dataclass(slots=True)

@@ -163,14 +163,9 @@ class Message:
             raise SipError(400, f"Bad {name}: {exc}") from None
 
     def _serialize(self, start_line: str) -> bytes:
-        lines = [start_line]
-        for name, value in self.headers:
-            if name != "Content-Length":
-                lines.append(f"{name}: {value}")
-        lines.append(f"Content-Length: {len(self.body)}")
-        lines.append("")
-        lines.append("")
-        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+        lines = [f"{name}: {value}" for name, value in self.headers if name != "Content-Length"]
+        head = "\r\n".join([start_line, *lines, f"Content-Length: {len(self.body)}", "", ""])
+        return head.encode("utf-8", "surrogateescape") + self.body
 
 
 @dataclass(slots=True)
@@ -371,13 +366,15 @@ def make_response(request: Request, status: int, reason: str, to_tag: str | None
     processed again.
     """
     headers: list[tuple[str, str]] = []
-    for name, value in request.headers:
-        if name == "To":
+    for header in request.headers:
+        name = header[0]
+        if name in _COPIED_TO_RESPONSE:
+            headers.append(header)  # the request's own (name, value) pair: nothing to build
+        elif name == "To":
+            value = header[1]
             if status > 100 and not _has_tag(value):
-                value = f"{value};tag={to_tag or transaction_tag(request)}"
-            headers.append((name, value))
-        elif name in _COPIED_TO_RESPONSE:
-            headers.append((name, value))
+                header = (name, f"{value};tag={to_tag or transaction_tag(request)}")
+            headers.append(header)
     return Response(headers=headers, status=status, reason=reason)
 
 

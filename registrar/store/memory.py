@@ -21,6 +21,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from operator import attrgetter
 
 from registrar.model import Binding
 from registrar.store import (
@@ -32,6 +33,7 @@ from registrar.store import (
 )
 
 SWEEP_INTERVAL = 1.0
+_expires_at = attrgetter("expires_at")
 
 
 class MemoryStore(LocationStore):
@@ -125,7 +127,9 @@ class MemoryStore(LocationStore):
         if new:
             self._bindings[aor] = tuple(map(tuple, new))
             # The slot after the earliest expiry: when it comes due, that binding is expired.
-            slot = max(int(min(b.expires_at for b in new)) + 1, self._swept_until + 1)
+            slot = int(min(map(_expires_at, new))) + 1
+            if slot <= self._swept_until:
+                slot = self._swept_until + 1
             scheduled = self._slot_of.get(aor)
             if scheduled is None or scheduled > slot:
                 self._slot_of[aor] = slot
