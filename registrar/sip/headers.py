@@ -147,7 +147,7 @@ def parse_via(value: str) -> Via:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # read-only, not frozen: shared by parse_name_addr's cache, like URI
 class NameAddr:
     """A From, To, Contact, Route... value: optional display name, URI, header params."""
 
@@ -166,7 +166,7 @@ class NameAddr:
 
 
 # Memoized like parse_uri (To, From and Contact values repeat on every refresh);
-# a cached NameAddr is shared: treat its params as read-only.
+# a cached NameAddr is shared: treat it, params included, as read-only.
 @functools.lru_cache(maxsize=4096)
 def parse_name_addr(value: str) -> NameAddr:
     """Parse name-addr or addr-spec with header params (RFC 3261 20.10); raises ValueError.

@@ -27,6 +27,7 @@ from registrar.sip.message import (
     MAX_HEADERS,
     MAX_MESSAGE_SIZE,
     KeepAlive,
+    Message,
     Request,
     Response,
     SipError,
@@ -1682,3 +1683,26 @@ def test_list_headers_may_repeat() -> None:
     message = request(register_with(extra=("Contact: <sip:alice@192.0.2.11>", "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx")))
     assert len(message.get_all("Contact")) == 2
     assert len(message.get_all("Via")) == 2
+
+
+# --- header lookups by index give what a scan gives -----------------------------------------------
+
+_LOOKUP_VALUES = st.text(alphabet='a<>,;" \t\\', max_size=10)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["Via", "Contact", "To"]), _LOOKUP_VALUES), max_size=5))
+def test_an_indexed_lookup_gives_what_a_scan_gives(headers: list[tuple[str, str]]) -> None:
+    indexed = Message(headers=headers, first_index={})
+    for position, (name, _) in enumerate(headers):
+        indexed.first_index.setdefault(name, position)  # as the parser builds it
+    scanned = Message(headers=headers)
+
+    def outcome(message: Message, name: str) -> object:
+        try:
+            return message.get(name)
+        except ValueError as error:
+            return f"ValueError: {error}"
+
+    for name in ("Via", "Contact", "To"):
+        assert outcome(indexed, name) == outcome(scanned, name)
