@@ -176,7 +176,7 @@ def parse_name_addr(value: str) -> NameAddr:
     """
     value = value.strip(WHITESPACE)
     display = None
-    lt = _find_unquoted(value, "<")
+    lt = 0 if value[:1] == "<" else _find_unquoted(value, "<")  # the usual "<sip:...>": no display name
     if lt >= 0:
         gt = value.find(">", lt)
         if gt < 0:

@@ -108,11 +108,15 @@ class Message:
 
     def get_all(self, name: str) -> list[str]:
         """Every value of a header, comma-separated lines split for list headers."""
-        if self.first_index is not None and name not in self.first_index:
-            return []
+        headers = self.headers
+        if self.first_index is not None:
+            position = self.first_index.get(name)
+            if position is None:
+                return []
+            headers = headers[position:]  # nothing before the first occurrence to look at
         values: list[str] = []
         split = name in LIST_HEADERS
-        for key, value in self.headers:
+        for key, value in headers:
             if key == name:
                 if split:
                     values.extend(split_list(value))
@@ -372,16 +376,12 @@ def make_response(request: Request, status: int, reason: str, to_tag: str | None
     retransmitted request is answered with the same tag even when it is
     processed again.
     """
-    headers: list[tuple[str, str]] = []
-    for header in request.headers:
-        name = header[0]
-        if name in _COPIED_TO_RESPONSE:
-            headers.append(header)  # the request's own (name, value) pair: nothing to build
-        elif name == "To":
-            value = header[1]
-            if status > 100 and not _has_tag(value):
-                header = (name, f"{value};tag={to_tag or transaction_tag(request)}")
-            headers.append(header)
+    # The request's own (name, value) pairs, in its order; only a To may need a new one.
+    headers = [header for header in request.headers if header[0] in _COPIED_TO_RESPONSE]
+    if status > 100:
+        for position, (name, value) in enumerate(headers):
+            if name == "To" and not _has_tag(value):
+                headers[position] = (name, f"{value};tag={to_tag or transaction_tag(request)}")
     return Response(headers=headers, status=status, reason=reason)
 
 
@@ -390,7 +390,7 @@ def transaction_tag(request: Request) -> str:
     return "%08x" % zlib.crc32((request.get("Via") or request.call_id).encode("utf-8", "surrogateescape"))
 
 
-_COPIED_TO_RESPONSE = frozenset(["Via", "From", "Call-ID", "CSeq"])
+_COPIED_TO_RESPONSE = frozenset(["Via", "From", "To", "Call-ID", "CSeq"])
 
 
 def _has_tag(to_value: str) -> bool:
@@ -508,7 +508,7 @@ def salvage_request(data: bytes) -> Request | None:
         name, colon, value = line.partition(":")
         if colon and len(line) <= MAX_HEADER_LINE:
             canonical = canonical_name(name.strip())
-            if canonical in _COPIED_TO_RESPONSE or canonical == "To":
+            if canonical in _COPIED_TO_RESPONSE:
                 headers.append((canonical, value.strip()))
     names = {name for name, _ in headers}
     if not names.issuperset(REQUIRED_REQUEST_HEADERS):

@@ -91,7 +91,7 @@ def parse_uri(text: str) -> URI:
         scheme, user, host, port_text, params = plain.groups()
         port = int(port_text) if port_text else None
         if port is None or 0 < port < 65536:
-            return URI(scheme=scheme, user=user, host=host.lower(), port=port, params=_params(params or ""))
+            return URI(scheme=scheme, user=user, host=host.lower(), port=port, params=_params(params) if params else {})
     return parse_uri_carefully(text)
 
 
