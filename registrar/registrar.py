@@ -150,9 +150,11 @@ class Registrar:
             raise SipError(404, "Domain Not Served")
         if not domain.registration.enabled:
             raise SipError(405, "Registration Disabled For This Domain", [("Allow", ALLOW_WITHOUT_REGISTER)])
-        unsupported = [option for option in request.get_all("Require") if option.lower() not in SUPPORTED]
-        if unsupported:
-            raise SipError(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
+        required = request.get_all("Require")
+        if required:
+            unsupported = [option for option in required if option.lower() not in SUPPORTED]
+            if unsupported:
+                raise SipError(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
 
         # Step 3 (authentication) comes before step 5 (the AOR from To): where no
         # connection authenticates by address, a request without credentials can

@@ -573,7 +573,9 @@ class NonceAuthority:
 
     def issue(self, realm: str) -> str:
         """A fresh nonce for `realm`; a token (base64url), 44 characters."""
-        issued_at = max(0, int(self._clock()))
+        issued_at = int(self._clock())
+        if issued_at < 0:
+            issued_at = 0
         signed = issued_at.to_bytes(_TIME_BYTES, "big") + self._random_bytes()
         raw = signed + self._mac(signed, realm)
         return binascii.b2a_base64(raw, newline=False).translate(_TO_BASE64URL).decode("ascii")

@@ -202,7 +202,8 @@ def parse_name_addr(value: str) -> NameAddr:
         uri = parse_uri(uri_text)
     except URIError as exc:
         raise ValueError(str(exc)) from None
-    return NameAddr(uri=uri, display_name=display, params=parse_params(params_text), uri_text=uri_text)
+    params = parse_params(params_text) if params_text else {}
+    return NameAddr(uri=uri, display_name=display, params=params, uri_text=uri_text)
 
 
 def _find_unquoted(text: str, char: str) -> int:
