@@ -101,11 +101,13 @@ class Registrar:
         once; an authenticated one returns an awaitable that updates the store.
         That keeps the challenge leg free of task scheduling on the hot path.
         """
+        domain = None
         try:
-            domain, connection = self._precheck(request, source)
+            domain = self._served_domain(request)
+            connection = self._precheck(request, source, domain)
             aor, contacts, wildcard = self._contacts(request, domain, connection)
         except SipError as rejection:
-            return self._reject(request, rejection)
+            return self._reject(request, rejection, domain)
         return self._store_bindings(request, source, domain, connection, aor, contacts, wildcard)
 
     async def _store_bindings(
@@ -128,7 +130,7 @@ class Registrar:
                     503, "Location Service Unavailable", [("Retry-After", str(RETRY_AFTER_SECONDS))]
                 ) from None
         except SipError as rejection:
-            return self._reject(request, rejection)
+            return self._reject(request, rejection, domain)
         response = self._response(request, 200, "OK")
         now = self.clock()
         for binding in bindings:
@@ -140,7 +142,7 @@ class Registrar:
         return response
 
     # -- RFC 3261 10.3 steps 1-4: domain, extensions, authentication, authorisation ---------
-    def _precheck(self, request: Request, source: Source) -> tuple[Domain, Connection]:
+    def _served_domain(self, request: Request) -> Domain:
         try:
             request_uri = parse_uri(request.uri)
         except URIError as exc:
@@ -148,6 +150,10 @@ class Registrar:
         domain = self.catalog.domains.get(request_uri.host)
         if domain is None:
             raise SipError(404, "Domain Not Served")
+        return domain
+
+    def _precheck(self, request: Request, source: Source, domain: Domain) -> Connection:
+        """Steps 2-4 for a served domain: the connection the REGISTER is made for."""
         if not domain.registration.enabled:
             raise SipError(405, "Registration Disabled For This Domain", [("Allow", ALLOW_WITHOUT_REGISTER)])
         required = request.get_all("Require")
@@ -174,7 +180,7 @@ class Registrar:
         if connection is not None and connection.authentication == "ip":
             self._check_address(connection, source)
             self._check_inbound(connection)
-            return domain, connection
+            return connection
 
         if credentials is None:
             raise self._challenge(domain, stale=False)
@@ -204,7 +210,7 @@ class Registrar:
             raise SipError(403, "Authenticated User Does Not Match To")
         self._check_address(known, source)
         self._check_inbound(known)
-        return domain, known
+        return known
 
     def _credentials(self, request: Request, domain: Domain) -> digest.Credentials | None:
         """The Authorization for this domain's realm (a UA may carry several)."""
@@ -362,12 +368,13 @@ class Registrar:
         response.add("Server", SERVER_NAME)
         return response
 
-    def _reject(self, request: Request, rejection: SipError) -> Response:
+    def _reject(self, request: Request, rejection: SipError, domain: Domain | None) -> Response:
+        """The answer to a rejected REGISTER; `domain` is the served domain it is for, if known."""
         response = self._response(request, rejection.status, rejection.reason)
         for name, value in rejection.headers:
             response.add(name, value)
-        domain = _request_domain(request, self.catalog)
-        self._on_result(domain, rejection.status)
+        # Metric labels stay bounded: a domain we do not serve is "other".
+        self._on_result(domain.name if domain is not None else "other", rejection.status)
         return response
 
     def _note_failure(self, connection: Connection, reason: str, source: Source) -> None:
@@ -469,11 +476,3 @@ def _reg_id(text: str | None) -> int | None:
         raise SipError(400, "Bad Contact reg-id Parameter")
     return int(text)
 
-
-def _request_domain(request: Request, catalog: Catalog) -> str:
-    """The served domain a request is for, or "other" (keeps metric labels bounded)."""
-    try:
-        host = parse_uri(request.uri).host
-    except URIError:
-        return "other"
-    return host if host in catalog.domains else "other"

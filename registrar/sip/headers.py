@@ -181,7 +181,7 @@ def parse_name_addr(value: str) -> NameAddr:
         gt = value.find(">", lt)
         if gt < 0:
             raise ValueError("unterminated <URI>")
-        display_text = value[:lt].strip(WHITESPACE)
+        display_text = value[:lt].strip(WHITESPACE) if lt else ""
         if display_text:
             display = display_text
         uri_text = value[lt + 1 : gt].strip(WHITESPACE)

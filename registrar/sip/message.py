@@ -286,12 +286,11 @@ def _parse_header_lines(head: str, lines: list[str]) -> tuple[list[tuple[str, st
     # A list header whose quotes do not balance cannot be split into its values:
     # reject it here, or every later get()/get_all() on it would raise ValueError.
     if '"' in head:
-        for name, value in headers:
-            if '"' in value and name in LIST_HEADERS:
-                try:
-                    split_list(value)
-                except ValueError as exc:
-                    raise SipError(400, f"Bad {name}: {exc}") from None
+        for name, value in [header for header in headers if '"' in header[1] and header[0] in LIST_HEADERS]:
+            try:
+                split_list(value)
+            except ValueError as exc:
+                raise SipError(400, f"Bad {name}: {exc}") from None
     return headers, names
 
 

@@ -56,7 +56,7 @@ class MemoryStore(LocationStore):
     async def update(self, aor: str, change: BindingChange) -> list[Binding]:
         now = self._clock()
         old = self._stored(aor)
-        new = tuple(change([b for b in old if b.expires_at > now]))
+        new = tuple(change([b for b in old if b.expires_at > now] if old else []))
         self._replace(aor, old, new)
         return list(new)
 
