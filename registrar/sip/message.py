@@ -236,8 +236,7 @@ def parse_message(data: bytes) -> Request | Response:
         message = _parse_request_line(lines[0], headers, names)
 
     if "Content-Length" in names:
-        length_text = message.get("Content-Length") or ""
-        length = parse_digits(length_text, MAX_MESSAGE_SIZE + 1)
+        length = parse_digits(headers[names["Content-Length"]][1], MAX_MESSAGE_SIZE + 1)
         if length is None:
             raise SipError(400, "Bad Content-Length")
         if length > len(body):
@@ -342,10 +341,11 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[s
             if name not in names:
                 raise SipError(400, f"Missing {name} Header")
     try:
-        _, cseq_method = request.cseq
+        cseq = parse_cseq(headers[names["CSeq"]][1])
     except ValueError as exc:
         raise SipError(400, f"Bad CSeq: {exc}") from None
-    if cseq_method != method:
+    request._cseq = cseq  # what Request.cseq gives, kept: the registrar reads it again
+    if cseq[1] != method:
         raise SipError(400, "CSeq Method Does Not Match Request Method")
     return request
 
