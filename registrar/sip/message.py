@@ -114,15 +114,14 @@ class Message:
             if position is None:
                 return []
             headers = headers[position:]  # nothing before the first occurrence to look at
-        values: list[str] = []
-        split = name in LIST_HEADERS
-        for key, value in headers:
-            if key == name:
-                if split:
-                    values.extend(split_list(value))
-                else:
-                    values.append(value)
-        return values
+        values = [value for key, value in headers if key == name]
+        if name not in LIST_HEADERS:
+            return values
+        if len(values) == 1 and "," not in values[0] and '"' not in values[0]:
+            # One line of one element (the usual Contact): what split_list gives, as in get().
+            value = values[0].strip(WHITESPACE)
+            return [value] if value else []
+        return [element for value in values for element in split_list(value)]
 
     def has(self, name: str) -> bool:
         return any(key == name for key, _ in self.headers)

@@ -20,6 +20,7 @@ from registrar.sip.headers import (
     parse_delta_seconds,
     parse_name_addr,
     parse_via,
+    split_list,
 )
 from registrar.sip.message import (
     KNOWN_METHODS,
@@ -1692,17 +1693,23 @@ _LOOKUP_VALUES = st.text(alphabet='a<>,;" \t\\', max_size=10)
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["Via", "Contact", "To"]), _LOOKUP_VALUES), max_size=5))
-def test_an_indexed_lookup_gives_what_a_scan_gives(headers: list[tuple[str, str]]) -> None:
+def test_indexed_lookups_give_what_a_scan_gives(headers: list[tuple[str, str]]) -> None:
     indexed = Message(headers=headers, first_index={})
     for position, (name, _) in enumerate(headers):
         indexed.first_index.setdefault(name, position)  # as the parser builds it
     scanned = Message(headers=headers)
 
-    def outcome(message: Message, name: str) -> object:
+    def outcome(lookup, name: str) -> object:
         try:
-            return message.get(name)
+            return lookup(name)
         except ValueError as error:
             return f"ValueError: {error}"
 
+    def every_value(name: str) -> list[str]:  # what get_all means, spelled out
+        values = [value for key, value in headers if key == name]
+        return [part for value in values for part in split_list(value)] if name in LIST_HEADERS else values
+
     for name in ("Via", "Contact", "To"):
-        assert outcome(indexed, name) == outcome(scanned, name)
+        assert outcome(indexed.get, name) == outcome(scanned.get, name)
+        assert outcome(indexed.get_all, name) == outcome(every_value, name)
+        assert outcome(scanned.get_all, name) == outcome(every_value, name)
