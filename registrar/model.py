@@ -103,8 +103,8 @@ class Binding(NamedTuple):
 
     def expires_in(self, now: float) -> int:
         """Seconds left, rounded up, never negative (for the 200 OK's expires param)."""
-        remaining = self.expires_at - now
-        return max(0, int(remaining + 0.999))
+        seconds = int(self.expires_at - now + 0.999)
+        return seconds if seconds > 0 else 0
 
 
 @dataclass(frozen=True, slots=True)

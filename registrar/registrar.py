@@ -56,7 +56,7 @@ class Source:
         return f"{self.transport}:{host}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 4x, and this is made per Contact per REGISTER
 class ContactRequest:
     """One Contact of a REGISTER, validated, with the expiry the registrar grants."""
 
@@ -109,15 +109,17 @@ class Registrar:
         once; an authenticated one returns an awaitable that updates the store.
         That keeps the challenge leg free of task scheduling on the hot path.
         """
+        domain = None
         if not self.store.ready:
             # Without the store the catalogue may be stale or empty too: no answer
             # but "try again" would be true, not even a challenge.
-            return self._reject(request, _store_unavailable())
+            return self._reject(request, _store_unavailable(), domain)
         try:
-            domain, connection = self._precheck(request, source)
+            domain = self._served_domain(request)
+            connection = self._precheck(request, source, domain)
             aor, contacts, wildcard = self._contacts(request, domain, connection)
         except SipError as rejection:
-            return self._reject(request, rejection)
+            return self._reject(request, rejection, domain)
         return self._store_bindings(request, source, domain, connection, aor, contacts, wildcard)
 
     async def _store_bindings(
@@ -138,7 +140,7 @@ class Registrar:
             except StoreUnavailable:
                 raise _store_unavailable() from None
         except SipError as rejection:
-            return self._reject(request, rejection)
+            return self._reject(request, rejection, domain)
         response = self._response(request, 200, "OK")
         now = self.clock()
         for binding in bindings:
@@ -150,7 +152,7 @@ class Registrar:
         return response
 
     # -- RFC 3261 10.3 steps 1-4: domain, extensions, authentication, authorisation ---------
-    def _precheck(self, request: Request, source: Source) -> tuple[Domain, Connection]:
+    def _served_domain(self, request: Request) -> Domain:
         try:
             request_uri = parse_uri(request.uri)
         except URIError as exc:
@@ -158,11 +160,17 @@ class Registrar:
         domain = self.catalog.domains.get(request_uri.host)
         if domain is None:
             raise SipError(404, "Domain Not Served")
+        return domain
+
+    def _precheck(self, request: Request, source: Source, domain: Domain) -> Connection:
+        """Steps 2-4 for a served domain: the connection the REGISTER is made for."""
         if not domain.registration.enabled:
             raise SipError(405, "Registration Disabled For This Domain", [("Allow", ALLOW_WITHOUT_REGISTER)])
-        unsupported = [option for option in request.get_all("Require") if option.lower() not in SUPPORTED]
-        if unsupported:
-            raise SipError(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
+        required = request.get_all("Require")
+        if required:
+            unsupported = [option for option in required if option.lower() not in SUPPORTED]
+            if unsupported:
+                raise SipError(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
 
         # Step 3 (authentication) comes before step 5 (the AOR from To): where no
         # connection authenticates by address, a request without credentials can
@@ -182,11 +190,15 @@ class Registrar:
         if connection is not None and connection.authentication == "ip":
             self._check_address(connection, source)
             self._check_inbound(connection)
-            return domain, connection
+            return connection
 
         if credentials is None:
             raise self._challenge(domain, stale=False)
-        known = self.catalog.connections.get((domain.name, credentials.username))
+        known = (
+            connection
+            if credentials.username == username
+            else self.catalog.connections.get((domain.name, credentials.username))
+        )
         outcome = self.authenticator.verify(
             request.method,
             credentials,
@@ -208,7 +220,7 @@ class Registrar:
             raise SipError(403, "Authenticated User Does Not Match To")
         self._check_address(known, source)
         self._check_inbound(known)
-        return domain, known
+        return known
 
     def _credentials(self, request: Request, domain: Domain) -> digest.Credentials | None:
         """The Authorization for this domain's realm (a UA may carry several)."""
@@ -273,24 +285,32 @@ class Registrar:
                 raise SipError(400, "Bad Contact expires Parameter") from None
             if 0 < expires < policy.min_expires:
                 raise SipError(423, "Interval Too Brief", [("Min-Expires", str(policy.min_expires))])
-            instance, reg_id = _instance(params.get("+sip.instance")), _reg_id(params.get("reg-id"))
+            if params:
+                instance, reg_id = _instance(params.get("+sip.instance")), _reg_id(params.get("reg-id"))
+                q = _q_value(params.get("q")) if "q" in params else None
+            else:  # the usual "<sip:...>": nothing more to look up
+                instance = reg_id = q = None
             contacts.append(
                 ContactRequest(
                     uri_text=contact.uri_text,
                     uri=contact.uri,
-                    expires=self._granted(min(expires, policy.max_expires), policy.min_expires),
-                    q=_q_value(params.get("q")) if "q" in params else None,
+                    expires=self._granted(
+                        expires if expires < policy.max_expires else policy.max_expires, policy.min_expires
+                    ),
+                    q=q,
                     instance=instance,
                     reg_id=reg_id,
                     key=_binding_key(contact.uri, instance, reg_id),
                 )
             )
-        # A Contact listed twice (or two URIs of one +sip.instance/reg-id) is one
-        # binding; the last mention wins, as if the UA had sent them in turn.
-        unique = {c.key: c for c in contacts}
-        contacts = list(unique.values())
-        if len([c for c in contacts if c.expires]) > connection.max_contacts:
-            raise SipError(403, f"Too Many Contacts (max {connection.max_contacts})")
+        if len(contacts) > 1:
+            # A Contact listed twice (or two URIs of one +sip.instance/reg-id) is one
+            # binding; the last mention wins, as if the UA had sent them in turn.
+            unique = {c.key: c for c in contacts}
+            contacts = list(unique.values())
+        limit = connection.max_contacts
+        if len(contacts) > limit and len([c for c in contacts if c.expires]) > limit:
+            raise SipError(403, f"Too Many Contacts (max {limit})")
         return aor, contacts, False
 
     def _granted(self, expires: int, min_expires: int) -> int:
@@ -332,22 +352,23 @@ class Registrar:
                         bindings.remove(existing)
                         break
                 if contact.expires:
+                    # Positional, in field order: NamedTuple.__new__ takes keywords at twice the cost.
                     added.append(
                         Binding(
-                            aor=aor,
-                            contact=contact.uri_text,
-                            expires_at=now + contact.expires,
-                            call_id=call_id,
-                            cseq=cseq,
-                            q=contact.q,
-                            instance=contact.instance,
-                            reg_id=contact.reg_id,
-                            transport=source.transport,  # type: ignore[arg-type]
-                            source=source_text,
-                            flow=source.flow,
-                            node=self.node,
-                            user_agent=user_agent,
-                            registered_at=now,
+                            aor,  # aor
+                            contact.uri_text,  # contact
+                            now + contact.expires,  # expires_at
+                            call_id,  # call_id
+                            cseq,  # cseq
+                            contact.q,  # q
+                            contact.instance,  # instance
+                            contact.reg_id,  # reg_id
+                            source.transport,  # type: ignore[arg-type]  # transport
+                            source_text,  # source
+                            source.flow,  # flow
+                            self.node,  # node
+                            user_agent,  # user_agent
+                            now,  # registered_at
                         )
                     )
             # At the limit, the bindings refreshed longest ago make room for new ones.
@@ -365,12 +386,13 @@ class Registrar:
         response.add("Server", SERVER_NAME)
         return response
 
-    def _reject(self, request: Request, rejection: SipError) -> Response:
+    def _reject(self, request: Request, rejection: SipError, domain: Domain | None) -> Response:
+        """The answer to a rejected REGISTER; `domain` is the served domain it is for, if known."""
         response = self._response(request, rejection.status, rejection.reason)
         for name, value in rejection.headers:
             response.add(name, value)
-        domain = _request_domain(request, self.catalog)
-        self._on_result(domain, rejection.status)
+        # Metric labels stay bounded: a domain we do not serve is "other".
+        self._on_result(domain.name if domain is not None else "other", rejection.status)
         return response
 
     def _note_failure(self, connection: Connection, reason: str, source: Source) -> None:
@@ -476,11 +498,3 @@ def _reg_id(text: str | None) -> int | None:
         raise SipError(400, "Bad Contact reg-id Parameter")
     return int(text)
 
-
-def _request_domain(request: Request, catalog: Catalog) -> str:
-    """The served domain a request is for, or "other" (keeps metric labels bounded)."""
-    try:
-        host = parse_uri(request.uri).host
-    except URIError:
-        return "other"
-    return host if host in catalog.domains else "other"

@@ -33,6 +33,7 @@ from registrar.sip.message import (
     salvage_request,
 )
 from registrar.sip.transaction import ServerTransactions, transaction_key
+from registrar.sip.uri import unbracketed
 
 log = logging.getLogger("sipreg.transport")
 
@@ -146,7 +147,7 @@ class SipEndpoint:
         """
         via = request.top_via  # SipError 400 for a malformed Via
         rport_requested = "rport" in via.params and via.params["rport"] is None
-        if via.host_no_brackets == source.host and not rport_requested:
+        if unbracketed(via.host) == source.host and not rport_requested:
             return via
         params = dict(via.params)
         params["received"] = source.host

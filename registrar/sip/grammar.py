@@ -36,7 +36,8 @@ def parse_digits(text: str, limit: int) -> int | None:
     if not text.isascii() or not text.isdigit():
         return None
     if len(text) < 10:
-        return min(int(text), limit)  # the usual case, far below int()'s digit limit
+        value = int(text)  # the usual case, far below int()'s digit limit
+        return value if value < limit else limit
     text = text.lstrip("0") or "0"
     if len(text) > len(str(limit)):
         return limit
@@ -114,16 +115,28 @@ def parse_params(text: str) -> dict[str, str | None]:
     Names are lower-cased (parameter names are case-insensitive); values keep
     their case and quotes are removed. A flag without '=' maps to None.
     """
+    if not text:
+        return {}
+    if text[0] != ";":
+        text = ";" + text
+    # The common cases (tokens, no quotes, no spaces) in C-level passes: one
+    # parameter (a Via's branch, a Contact's transport) in one, more in two.
+    single = _PLAIN_PARAM.fullmatch(text)
+    if single is not None:
+        name, eq, value = single.groups()
+        return {name.lower(): value if eq else None}
+    if _PLAIN_PARAMS.fullmatch(text):
+        return {name.lower(): value if eq else None for name, eq, value in _PLAIN_PARAM.findall(text)}
+    return parse_params_carefully(text)
+
+
+def parse_params_carefully(text: str) -> dict[str, str | None]:
+    """parse_params without its fast paths: quoted values, spaces, and every error."""
     params: dict[str, str | None] = {}
     if not text:
         return params
     if text[0] != ";":
         text = ";" + text
-    if _PLAIN_PARAMS.fullmatch(text):
-        # The common case (tokens, no quotes, no spaces) in one C-level pass.
-        for name, eq, value in _PLAIN_PARAM.findall(text):
-            params[name.lower()] = value if eq else None
-        return params
     for part in split_outside_quotes(text[1:], ";"):
         if not part:
             raise ValueError("empty parameter")

@@ -87,7 +87,8 @@ def canonical_name(name: str) -> str:
 
 def split_list(value: str) -> list[str]:
     """Split a list header's value on commas outside quotes and <...>."""
-    return [part for part in split_outside_quotes(value, ",", angle_brackets=True) if part]
+    parts = split_outside_quotes(value, ",", angle_brackets=True)
+    return parts if all(parts) else [part for part in parts if part]  # empty elements are rare
 
 
 @dataclass(slots=True)
@@ -146,7 +147,7 @@ def parse_via(value: str) -> Via:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # read-only, not frozen: shared by parse_name_addr's cache, like URI
 class NameAddr:
     """A From, To, Contact, Route... value: optional display name, URI, header params."""
 
@@ -165,7 +166,7 @@ class NameAddr:
 
 
 # Memoized like parse_uri (To, From and Contact values repeat on every refresh);
-# a cached NameAddr is shared: treat its params as read-only.
+# a cached NameAddr is shared: treat it, params included, as read-only.
 @functools.lru_cache(maxsize=4096)
 def parse_name_addr(value: str) -> NameAddr:
     """Parse name-addr or addr-spec with header params (RFC 3261 20.10); raises ValueError.
@@ -175,12 +176,12 @@ def parse_name_addr(value: str) -> NameAddr:
     """
     value = value.strip(WHITESPACE)
     display = None
-    lt = _find_unquoted(value, "<")
+    lt = 0 if value[:1] == "<" else _find_unquoted(value, "<")  # the usual "<sip:...>": no display name
     if lt >= 0:
         gt = value.find(">", lt)
         if gt < 0:
             raise ValueError("unterminated <URI>")
-        display_text = value[:lt].strip(WHITESPACE)
+        display_text = value[:lt].strip(WHITESPACE) if lt else ""
         if display_text:
             display = display_text
         uri_text = value[lt + 1 : gt].strip(WHITESPACE)
@@ -201,7 +202,8 @@ def parse_name_addr(value: str) -> NameAddr:
         uri = parse_uri(uri_text)
     except URIError as exc:
         raise ValueError(str(exc)) from None
-    return NameAddr(uri=uri, display_name=display, params=parse_params(params_text), uri_text=uri_text)
+    params = parse_params(params_text) if params_text else {}
+    return NameAddr(uri=uri, display_name=display, params=params, uri_text=uri_text)
 
 
 def _find_unquoted(text: str, char: str) -> int:

@@ -22,7 +22,7 @@ from registrar.sip.headers import (
     parse_via,
     split_list,
 )
-from registrar.sip.grammar import TOKEN_CHARS, parse_digits
+from registrar.sip.grammar import TOKEN_CHARS, WHITESPACE, parse_digits
 
 # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) (RFC 3986 3.1, used by RFC 3261 25.1)
 _SCHEME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -44,6 +44,7 @@ MAX_HEADERS = 128
 # Headers every request must carry (RFC 3261 8.1.1); Max-Forwards is tolerated
 # when missing, as Kamailio and Asterisk do, because old UAs omit it on REGISTER.
 REQUIRED_REQUEST_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+_REQUIRED_REQUEST_HEADER_SET = frozenset(REQUIRED_REQUEST_HEADERS)
 
 
 class SipError(Exception):
@@ -70,6 +71,8 @@ class Message:
     # not built, or invalidated by add/set/remove). A request is read a dozen
     # times on its way through and never reordered, so lookups need not scan.
     first_index: dict[str, int] | None = field(default=None, compare=False, repr=False)
+    # CSeq as parsed, once: the parser checks it and the registrar reads it again.
+    _cseq: tuple[int, str] | None = field(default=None, compare=False, repr=False)
 
     # -- header access ------------------------------------------------------------
     def get(self, name: str) -> str | None:
@@ -82,9 +85,16 @@ class Message:
             value = self.headers[position][1]
             if name not in LIST_HEADERS:
                 return value
-            values = split_list(value)
-            if values:
-                return values[0]
+            if "," not in value and '"' not in value:
+                # One element (the usual single Via or Contact): split_list would
+                # give just this, stripped, at the cost of three calls.
+                value = value.strip(WHITESPACE)
+                if value:
+                    return value
+            else:
+                values = split_list(value)
+                if values:
+                    return values[0]
             # An empty list element first: look further, the slow way.
         for key, value in self.headers:
             if key == name:
@@ -98,17 +108,20 @@ class Message:
 
     def get_all(self, name: str) -> list[str]:
         """Every value of a header, comma-separated lines split for list headers."""
-        if self.first_index is not None and name not in self.first_index:
-            return []
-        values: list[str] = []
-        split = name in LIST_HEADERS
-        for key, value in self.headers:
-            if key == name:
-                if split:
-                    values.extend(split_list(value))
-                else:
-                    values.append(value)
-        return values
+        headers = self.headers
+        if self.first_index is not None:
+            position = self.first_index.get(name)
+            if position is None:
+                return []
+            headers = headers[position:]  # nothing before the first occurrence to look at
+        values = [value for key, value in headers if key == name]
+        if name not in LIST_HEADERS:
+            return values
+        if len(values) == 1 and "," not in values[0] and '"' not in values[0]:
+            # One line of one element (the usual Contact): what split_list gives, as in get().
+            value = values[0].strip(WHITESPACE)
+            return [value] if value else []
+        return [element for value in values for element in split_list(value)]
 
     def has(self, name: str) -> bool:
         return any(key == name for key, _ in self.headers)
@@ -125,6 +138,7 @@ class Message:
     def remove(self, name: str) -> None:
         self.headers = [(k, v) for k, v in self.headers if k != name]
         self.first_index = None
+        self._cseq = None
 
     # -- the headers every transaction needs ------------------------------------------
     @property
@@ -133,7 +147,11 @@ class Message:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        return parse_cseq(self.get("CSeq") or "")
+        """(number, method); raises ValueError for a malformed CSeq."""
+        cseq = self._cseq
+        if cseq is None:
+            cseq = self._cseq = parse_cseq(self.get("CSeq") or "")
+        return cseq
 
     @property
     def top_via(self) -> Via:
@@ -155,14 +173,9 @@ class Message:
             raise SipError(400, f"Bad {name}: {exc}") from None
 
     def _serialize(self, start_line: str) -> bytes:
-        lines = [start_line]
-        for name, value in self.headers:
-            if name != "Content-Length":
-                lines.append(f"{name}: {value}")
-        lines.append(f"Content-Length: {len(self.body)}")
-        lines.append("")
-        lines.append("")
-        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+        lines = [f"{name}: {value}" for name, value in self.headers if name != "Content-Length"]
+        head = "\r\n".join([start_line, *lines, f"Content-Length: {len(self.body)}", "", ""])
+        return head.encode("utf-8", "surrogateescape") + self.body
 
 
 @dataclass(slots=True)
@@ -214,7 +227,7 @@ def parse_message(data: bytes) -> Request | Response:
     body = data[end + 4 :]
 
     lines = head.split("\r\n")
-    headers, names = _parse_header_lines(lines, "\r\n " in head or "\r\n\t" in head)
+    headers, names = _parse_header_lines(head, lines)
 
     if lines[0].startswith("SIP/"):
         message: Request | Response = _parse_status_line(lines[0], headers, names)
@@ -222,8 +235,7 @@ def parse_message(data: bytes) -> Request | Response:
         message = _parse_request_line(lines[0], headers, names)
 
     if "Content-Length" in names:
-        length_text = message.get("Content-Length") or ""
-        length = parse_digits(length_text, MAX_MESSAGE_SIZE + 1)
+        length = parse_digits(headers[names["Content-Length"]][1], MAX_MESSAGE_SIZE + 1)
         if length is None:
             raise SipError(400, "Bad Content-Length")
         if length > len(body):
@@ -233,16 +245,19 @@ def parse_message(data: bytes) -> Request | Response:
     return message
 
 
-def _parse_header_lines(lines: list[str], folded: bool) -> tuple[list[tuple[str, str]], dict[str, int]]:
+def _parse_header_lines(head: str, lines: list[str]) -> tuple[list[tuple[str, str]], dict[str, int]]:
     """The header lines as (canonical name, value) pairs, and where each name first occurs.
 
-    `folded` says whether any line continues the one before (RFC 3261 7.3.1);
-    most messages have none, and then each line is one header.
+    `lines` is `head` (start line and headers) split at CRLF. Looking at the
+    whole block first spares the usual message per-line work: most have no
+    line that continues the one before (RFC 3261 7.3.1), no '"' (a challenge
+    leg's REGISTER has none), and are shorter than the longest line allowed.
     """
     if len(lines) - 1 > MAX_HEADERS:
         raise SipError(400, f"Too Many Headers (limit {MAX_HEADERS})")
-    if max(map(len, lines)) > MAX_HEADER_LINE:
+    if len(head) > MAX_HEADER_LINE and max(map(len, lines)) > MAX_HEADER_LINE:
         raise SipError(400, f"Header Line Too Long (limit {MAX_HEADER_LINE} bytes)")
+    folded = "\r\n " in head or "\r\n\t" in head
     headers: list[tuple[str, str]] = []
     names: dict[str, int] = {}  # name -> position of its first occurrence
     known = _header_names.get
@@ -260,16 +275,16 @@ def _parse_header_lines(lines: list[str], folded: bool) -> tuple[list[tuple[str,
         if not colon:
             raise SipError(400, f"Bad Header Line: no colon in {line[:40]!r}")
         name = known(raw_name) or _header_name(raw_name)
-        if name in names and name in SINGLETON_HEADERS:
+        if name not in names:  # the usual case first: one lookup per line
+            names[name] = len(headers)
+        elif name in SINGLETON_HEADERS:
             # RFC 4475 mcl01/multi01: two Content-Lengths or CSeqs cannot both be right.
             raise SipError(400, f"Duplicate {name} Header")
-        if name not in names:
-            names[name] = len(headers)
         headers.append((name, value.strip(" \t")))
     # A list header whose quotes do not balance cannot be split into its values:
     # reject it here, or every later get()/get_all() on it would raise ValueError.
-    for name, value in headers:
-        if '"' in value and name in LIST_HEADERS:
+    if '"' in head:
+        for name, value in [header for header in headers if '"' in header[1] and header[0] in LIST_HEADERS]:
             try:
                 split_list(value)
             except ValueError as exc:
@@ -307,7 +322,7 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[s
     method, uri, version = parts
     if method not in KNOWN_METHODS and not all(c in TOKEN_CHARS for c in method):
         raise SipError(400, "Bad Method")
-    if version.upper() != SIP_VERSION:
+    if version != SIP_VERSION and version.upper() != SIP_VERSION:
         if version.upper().startswith("SIP/"):
             raise SipError(505, f"Version Not Supported: {version[:20]}")
         raise SipError(400, "Bad Request-Line: no SIP version")
@@ -320,14 +335,16 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[s
         if scheme.lower() not in ("sip", "sips", "tel"):
             raise SipError(416, f"Unsupported URI Scheme {scheme[:20]}")
     request = Request(headers=headers, method=method, uri=uri, first_index=names)
-    for name in REQUIRED_REQUEST_HEADERS:
-        if name not in names:
-            raise SipError(400, f"Missing {name} Header")
+    if not names.keys() >= _REQUIRED_REQUEST_HEADER_SET:  # one C-level check; the loop names the first missing
+        for name in REQUIRED_REQUEST_HEADERS:
+            if name not in names:
+                raise SipError(400, f"Missing {name} Header")
     try:
-        _, cseq_method = request.cseq
+        cseq = parse_cseq(headers[names["CSeq"]][1])
     except ValueError as exc:
         raise SipError(400, f"Bad CSeq: {exc}") from None
-    if cseq_method != method:
+    request._cseq = cseq  # what Request.cseq gives, kept: the registrar reads it again
+    if cseq[1] != method:
         raise SipError(400, "CSeq Method Does Not Match Request Method")
     return request
 
@@ -357,23 +374,21 @@ def make_response(request: Request, status: int, reason: str, to_tag: str | None
     retransmitted request is answered with the same tag even when it is
     processed again.
     """
-    headers: list[tuple[str, str]] = []
-    for name, value in request.headers:
-        if name == "To":
-            if status > 100 and not _has_tag(value):
-                value = f"{value};tag={to_tag or transaction_tag(request)}"
-            headers.append((name, value))
-        elif name in _COPIED_TO_RESPONSE:
-            headers.append((name, value))
+    # The request's own (name, value) pairs, in its order; only a To may need a new one.
+    headers = [header for header in request.headers if header[0] in _COPIED_TO_RESPONSE]
+    if status > 100:
+        for position, (name, value) in enumerate(headers):
+            if name == "To" and not _has_tag(value):
+                headers[position] = (name, f"{value};tag={to_tag or transaction_tag(request)}")
     return Response(headers=headers, status=status, reason=reason)
 
 
 def transaction_tag(request: Request) -> str:
     """A To tag that is the same for every copy of one request (8 hex digits)."""
-    return format(zlib.crc32((request.get("Via") or request.call_id).encode("utf-8", "surrogateescape")), "08x")
+    return "%08x" % zlib.crc32((request.get("Via") or request.call_id).encode("utf-8", "surrogateescape"))
 
 
-_COPIED_TO_RESPONSE = frozenset(["Via", "From", "Call-ID", "CSeq"])
+_COPIED_TO_RESPONSE = frozenset(["Via", "From", "To", "Call-ID", "CSeq"])
 
 
 def _has_tag(to_value: str) -> bool:
@@ -491,7 +506,7 @@ def salvage_request(data: bytes) -> Request | None:
         name, colon, value = line.partition(":")
         if colon and len(line) <= MAX_HEADER_LINE:
             canonical = canonical_name(name.strip())
-            if canonical in _COPIED_TO_RESPONSE or canonical == "To":
+            if canonical in _COPIED_TO_RESPONSE:
                 headers.append((canonical, value.strip()))
     names = {name for name, _ in headers}
     if not names.issuperset(REQUIRED_REQUEST_HEADERS):

@@ -30,7 +30,11 @@ class URIError(ValueError):
     """A URI that does not follow RFC 3261 19.1; the message says what is wrong."""
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, and read-only all the same: parse_uri shares each URI it returns
+# (memoized), so nothing may assign to one. A frozen dataclass's __init__ sets
+# each field through object.__setattr__, four times the cost, and two URIs are
+# parsed per REGISTER (To and Contact) that no cache holds under a real load.
+@dataclass(slots=True)
 class URI:
     scheme: str  # lower case: "sip", "sips" or "tel"
     user: str | None = None  # percent-decoded
@@ -78,7 +82,7 @@ _PLAIN_SIP_URI = re.compile(
 
 
 # The same URIs come back on every refresh (the domain, each AOR, each Contact), so
-# parses are memoized. A cached URI is shared: treat its params as read-only.
+# parses are memoized. A cached URI is shared: treat it, params included, as read-only.
 @functools.lru_cache(maxsize=4096)
 def parse_uri(text: str) -> URI:
     """Parse a SIP, SIPS or tel URI; raises URIError naming the problem."""
@@ -87,7 +91,7 @@ def parse_uri(text: str) -> URI:
         scheme, user, host, port_text, params = plain.groups()
         port = int(port_text) if port_text else None
         if port is None or 0 < port < 65536:
-            return URI(scheme=scheme, user=user, host=host.lower(), port=port, params=_params(params or ""))
+            return URI(scheme=scheme, user=user, host=host.lower(), port=port, params=_params(params) if params else {})
     return parse_uri_carefully(text)
 
 

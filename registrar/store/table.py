@@ -17,9 +17,13 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
+from operator import attrgetter
 
 from registrar.model import Binding
 from registrar.store import BindingEvent, LocationStore, domain_of
+
+
+_expires_at = attrgetter("expires_at")
 
 
 class BindingTable:
@@ -59,7 +63,9 @@ class BindingTable:
         if new:
             self._bindings[aor] = tuple(map(tuple, new))
             # The slot after the earliest expiry: when it comes due, that binding is expired.
-            slot = max(int(min(b.expires_at for b in new)) + 1, self._swept_until + 1)
+            slot = int(min(map(_expires_at, new))) + 1
+            if slot <= self._swept_until:
+                slot = self._swept_until + 1
             scheduled = self._slot_of.get(aor)
             if scheduled is None or scheduled > slot:
                 self._slot_of[aor] = slot

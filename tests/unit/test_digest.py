@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 
 import pytest
@@ -269,6 +270,66 @@ def test_parser_round_trips_quoted_values(username, realm, uri, cnonce):
     )
 
 
+# --- The fast path agrees with the careful parser ----------------------------------
+
+_KNOWN_NAMES = ["username", "realm", "nonce", "uri", "response", "algorithm", "cnonce", "qop", "nc", "opaque", "userhash"]
+_CLEAN_VALUE = st.text(alphabet="ab09:;@.=-/+", max_size=12)
+_ANY_VALUE = st.text(alphabet='aB09:;@.=, "\\\t-', max_size=10)
+# What UAs send: known names, ", " between pairs, clean quoted or token values.
+_PLAIN_CREDENTIALS = st.lists(
+    st.tuples(st.sampled_from(_KNOWN_NAMES), st.booleans(), _CLEAN_VALUE.filter(bool)),
+    min_size=1, max_size=9, unique_by=lambda pair: pair[0],
+).map(lambda pairs: "Digest " + ", ".join(f'{name}="{value}"' if quoted else f"{name}={value}"
+                                            for name, quoted, value in pairs))
+# The same with one thing out of place: the edge of what the fast path takes.
+_NEAR_PLAIN_CREDENTIALS = st.tuples(
+    _PLAIN_CREDENTIALS,
+    st.integers(min_value=0, max_value=300),
+    st.sampled_from([",", ", ", " ", "\t", '"', "\\", "=", "A", "*", "foo=1, ", "nc=1, ", "username*=x, ", ', x="', "\u00e9"]),
+).map(lambda t: t[0][: t[1]] + t[2] + t[0][t[1] :])
+_ANY_CREDENTIALS = st.tuples(
+    st.sampled_from(["Digest ", "digest ", "Digest  ", "Digest", "Basic "]),
+    st.lists(st.tuples(st.sampled_from([*_KNOWN_NAMES, "username*", "Realm", "foo", ""]),
+                       _ANY_VALUE.map(lambda v: f'"{v}"') | _ANY_VALUE), max_size=6),
+    st.sampled_from([", ", ",", " ,", ",  ", ", , ", ""]),
+).map(lambda t: t[0] + t[2].join(f"{name}={value}" for name, value in t[1]))
+
+
+def _outcome(parse, text):
+    try:
+        return parse(text)
+    except DigestError as error:
+        return f"DigestError: {error}"
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.one_of(_PLAIN_CREDENTIALS, _NEAR_PLAIN_CREDENTIALS, _ANY_CREDENTIALS))
+def test_the_fast_path_gives_what_the_careful_parser_gives(text):
+    assert _outcome(digest._parameters, text) == _outcome(digest._parameters_carefully, text)
+
+
+def test_usual_credentials_take_the_fast_path_and_the_rest_falls_back(monkeypatch):
+    usual = (
+        'Digest username="alice", realm="sip.example.test", nonce="AAAAAGlBXy1d3XK0lLsWcw8SDQz7D7yJt8wqx4gBvMUQ", '
+        'uri="sip:sip.example.test", response="' + "0" * 32 + '", algorithm=MD5, cnonce="abc", qop=auth, nc=00000001'
+    )
+    unusual = [
+        usual.replace(", ", ","),  # other spacing
+        usual.replace("realm=", "Realm="),  # other case
+        usual.replace('"alice"', '"al\\ice"'),  # an escape
+        usual + ", foo=bar",  # a parameter we do not read
+        usual + ", nc=00000002",  # a duplicate
+    ]
+    careful = digest._parameters_carefully
+    calls = []
+    monkeypatch.setattr(digest, "_parameters_carefully", lambda text: calls.append(text) or careful(text))
+    assert digest._parameters(usual)["nonce"] == "AAAAAGlBXy1d3XK0lLsWcw8SDQz7D7yJt8wqx4gBvMUQ"
+    assert calls == []
+    for text in unusual:
+        assert _outcome(digest._parameters, text) == _outcome(careful, text)
+    assert calls == unusual
+
+
 # --- Nonces --------------------------------------------------------------------
 
 
@@ -282,6 +343,13 @@ def test_nonce_is_valid_then_stale_after_its_lifetime():
     clock.now += 1.5
     assert authority.check(nonce, REALM) is NonceStatus.STALE
     assert authority.inspect(nonce, REALM) == (NonceStatus.STALE, 1_000_000)
+
+
+@settings(max_examples=200, deadline=None)
+@given(secret=st.binary(min_size=16, max_size=200), signed=st.binary(max_size=40), realm=st.text(max_size=20))
+def test_nonce_mac_is_hmac_sha256_of_the_secret(secret, signed, realm):
+    expected = hmac.new(secret, signed + realm.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()[:16]
+    assert NonceAuthority(secret)._mac(signed, realm) == expected
 
 
 def test_nonce_from_the_future_is_invalid_beyond_the_skew():

@@ -20,6 +20,7 @@ from registrar.sip.headers import (
     parse_delta_seconds,
     parse_name_addr,
     parse_via,
+    split_list,
 )
 from registrar.sip.message import (
     KNOWN_METHODS,
@@ -27,6 +28,7 @@ from registrar.sip.message import (
     MAX_HEADERS,
     MAX_MESSAGE_SIZE,
     KeepAlive,
+    Message,
     Request,
     Response,
     SipError,
@@ -1682,3 +1684,32 @@ def test_list_headers_may_repeat() -> None:
     message = request(register_with(extra=("Contact: <sip:alice@192.0.2.11>", "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx")))
     assert len(message.get_all("Contact")) == 2
     assert len(message.get_all("Via")) == 2
+
+
+# --- header lookups by index give what a scan gives -----------------------------------------------
+
+_LOOKUP_VALUES = st.text(alphabet='a<>,;" \t\\', max_size=10)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["Via", "Contact", "To"]), _LOOKUP_VALUES), max_size=5))
+def test_indexed_lookups_give_what_a_scan_gives(headers: list[tuple[str, str]]) -> None:
+    indexed = Message(headers=headers, first_index={})
+    for position, (name, _) in enumerate(headers):
+        indexed.first_index.setdefault(name, position)  # as the parser builds it
+    scanned = Message(headers=headers)
+
+    def outcome(lookup, name: str) -> object:
+        try:
+            return lookup(name)
+        except ValueError as error:
+            return f"ValueError: {error}"
+
+    def every_value(name: str) -> list[str]:  # what get_all means, spelled out
+        values = [value for key, value in headers if key == name]
+        return [part for value in values for part in split_list(value)] if name in LIST_HEADERS else values
+
+    for name in ("Via", "Contact", "To"):
+        assert outcome(indexed.get, name) == outcome(scanned.get, name)
+        assert outcome(indexed.get_all, name) == outcome(every_value, name)
+        assert outcome(scanned.get_all, name) == outcome(every_value, name)
