@@ -109,11 +109,11 @@ class Registrar:
         once; an authenticated one returns an awaitable that updates the store.
         That keeps the challenge leg free of task scheduling on the hot path.
         """
-        domain = None
         if not self.store.ready:
             # Without the store the catalogue may be stale or empty too: no answer
             # but "try again" would be true, not even a challenge.
-            return self._reject(request, _store_unavailable(), domain)
+            return self._reject(request, _store_unavailable(), None)
+        domain = None
         try:
             domain = self._served_domain(request)
             connection = self._precheck(request, source, domain)

@@ -52,7 +52,7 @@ _PUT = rpc.Event.PUT
 _MOD = rpc.Compare.MOD
 _EQUAL = rpc.Compare.EQUAL
 
-WatchedChange = tuple[BindingChange, "asyncio.Future[list[Binding]]", int]  # change, its answer, attempts so far
+PendingChange = tuple[BindingChange, "asyncio.Future[list[Binding]]", int]  # change, its answer, attempts so far
 
 
 class EtcdStore(TableStore):
@@ -80,10 +80,10 @@ class EtcdStore(TableStore):
         self._unwritten_failures: dict[tuple[str, str], RegistrationFailure] = {}
         self.nodes: dict[str, dict] = {}
         self._leases = _LeasePool(session, lease_granularity, clock)
-        self._pending: dict[str, list[WatchedChange]] = {}
-        # AORs in a transaction now -> the record written (b"" for a removal). The watch
-        # often brings a write back before its transaction's answer arrives; equal bytes
-        # need no decoding.
+        self._pending: dict[str, list[PendingChange]] = {}
+        # AORs in a transaction now -> the record written (b"" until encoded, and for a
+        # removal). The watch often brings a write back before its transaction's answer
+        # arrives; equal bytes need no decoding.
         self._writing: dict[str, bytes] = {}
         self._writes_in_flight = 0
         self._ready = False
@@ -213,7 +213,7 @@ class EtcdStore(TableStore):
         for aor in [aor for aor in self._table.aors() if aor not in seen]:
             self._table.replace(aor, ())
         self._watched_revision = revision
-        self._publish_catalog_now()
+        self._hand_over_catalog()
         log.info("sipreg: read %d records from etcd at revision %d", len(kvs), revision)
 
     def _apply(self, response: rpc.WatchResponse) -> None:
@@ -243,30 +243,18 @@ class EtcdStore(TableStore):
         try:
             if key.startswith(_DOMAINS):
                 name = key[len(_DOMAINS) :].decode()
-                if present:
-                    self._domains[name] = layout.decode_domain(value)
-                else:
-                    self._domains.pop(name, None)
+                _keep(self._domains, name, layout.decode_domain(value) if present else None)
                 self._catalog_changed()
             elif key.startswith(_CONNECTIONS):
                 ident = layout.split_key(layout.CONNECTIONS, key)
-                if present:
-                    self._connections[ident] = layout.decode_connection(value)
-                else:
-                    self._connections.pop(ident, None)
+                _keep(self._connections, ident, layout.decode_connection(value) if present else None)
                 self._catalog_changed()
             elif key.startswith(_FAILURES):
                 ident = layout.split_key(layout.FAILURES, key)
-                if present:
-                    self._failures[ident] = layout.decode_failure(*ident, value)
-                else:
-                    self._failures.pop(ident, None)
+                _keep(self._failures, ident, layout.decode_failure(*ident, value) if present else None)
             elif key.startswith(_NODES):
                 node = key[len(_NODES) :].decode()
-                if present:
-                    self.nodes[node] = layout.decode_node(value)
-                else:
-                    self.nodes.pop(node, None)
+                _keep(self.nodes, node, layout.decode_node(value) if present else None)
         except layout.BadRecord as error:
             log.warning("sipreg: ignoring %s: %s", key.decode(errors="replace"), error)
 
@@ -280,9 +268,9 @@ class EtcdStore(TableStore):
     def _catalog_changed(self) -> None:
         # A burst of connection changes (an operator publishing 10k) builds one Catalog.
         if self._catalog_due is None:
-            self._catalog_due = asyncio.get_running_loop().call_later(0.05, self._publish_catalog_now)
+            self._catalog_due = asyncio.get_running_loop().call_later(0.05, self._hand_over_catalog)
 
-    def _publish_catalog_now(self) -> None:
+    def _hand_over_catalog(self) -> None:
         if self._catalog_due is not None:
             self._catalog_due.cancel()
             self._catalog_due = None
@@ -303,7 +291,7 @@ class EtcdStore(TableStore):
 
     def _start_writes(self) -> None:
         while self._pending and self._writes_in_flight < MAX_WRITES_IN_FLIGHT:
-            batch: list[tuple[str, list[WatchedChange]]] = []
+            batch: list[tuple[str, list[PendingChange]]] = []
             for aor in list(self._pending):
                 if aor not in self._writing:
                     batch.append((aor, self._pending.pop(aor)))
@@ -322,7 +310,7 @@ class EtcdStore(TableStore):
         self._writes_in_flight -= 1
         self._start_writes()
 
-    async def _write(self, batch: list[tuple[str, list[WatchedChange]]]) -> None:
+    async def _write(self, batch: list[tuple[str, list[PendingChange]]]) -> None:
         try:
             await self._write_batch(batch)
         except BaseException as error:
@@ -336,7 +324,7 @@ class EtcdStore(TableStore):
             if isinstance(error, asyncio.CancelledError):
                 raise
 
-    async def _write_batch(self, batch: list[tuple[str, list[WatchedChange]]]) -> None:
+    async def _write_batch(self, batch: list[tuple[str, list[PendingChange]]]) -> None:
         now = self._clock()
         plans = []  # (AOR, revision compared, bindings to store, [(change, answer, attempts, its result)])
         for aor, changes in batch:
@@ -407,7 +395,7 @@ class EtcdStore(TableStore):
         self._table.replace(aor, bindings)
 
     def _retry(self, aor: str, done: list) -> None:
-        again: list[WatchedChange] = []
+        again: list[PendingChange] = []
         for change, answer, attempts, _ in done:
             if answer.done():
                 continue
@@ -537,6 +525,14 @@ _DOMAINS = layout.DOMAINS.encode()
 _CONNECTIONS = layout.CONNECTIONS.encode()
 _FAILURES = layout.FAILURES.encode()
 _NODES = layout.NODES.encode()
+
+
+def _keep(records: dict, ident: object, record: object) -> None:
+    """Remember `record` under `ident`, or forget `ident` when the record is gone (None)."""
+    if record is None:
+        records.pop(ident, None)
+    else:
+        records[ident] = record
 
 
 def _put(key: bytes, value: bytes, lease: int = 0) -> rpc.RequestOp:

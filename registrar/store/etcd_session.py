@@ -223,9 +223,6 @@ class EtcdSession:
         if self._keep_alive_task is None:
             self._keep_alive_task = asyncio.create_task(self._keep_leases_alive(max(1.0, ttl / 3)), name="etcd-keepalive")
 
-    def stop_keeping_alive(self, lease: int) -> None:
-        self._kept_alive.pop(lease, None)
-
     async def _keep_leases_alive(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)

@@ -28,13 +28,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import logging
 from typing import Any
 
 from registrar.model import Binding, Connection, Domain, RegistrationPolicy
 from registrar.store import RegistrationFailure
-
-log = logging.getLogger("sipreg.store")
 
 PREFIX = "/sipreg/v1/"
 DOMAINS = PREFIX + "domains/"
@@ -75,7 +72,7 @@ def bindings_domain_prefix(domain: str) -> bytes:
 
 def aor_of(key: bytes) -> str:
     """The AOR a bindings key stands for."""
-    domain, _, user = key.decode()[len(BINDINGS) :].partition("/")
+    domain, user = split_key(BINDINGS, key)
     return f"{user}@{domain}"
 
 
