@@ -48,6 +48,10 @@ class ServeConfig:
     node: str | None = None
     # Granted expiries are shortened by up to this fraction at random (0 grants them exactly).
     expires_spread: float = 0.1
+    # Serve only these domains of the catalogue (a SipDomain's own pods); None: all of them.
+    domains: frozenset[str] | None = None
+    # The address other replicas reach this one at (etcd nodes/); None: `host`.
+    advertise: str | None = None
 
     @property
     def node_name(self) -> str:
@@ -68,7 +72,7 @@ class RegistrarServer:
             digest.NonceAuthority(config.nonce_secret), digest.NonceCounts(forget_issued_until=time.time() - 1)
         )
         self.registrar = Registrar(
-            config.catalog or Catalog(),
+            self._served(config.catalog or Catalog()),
             self.store,
             authenticator,
             node=config.node_name,
@@ -82,8 +86,11 @@ class RegistrarServer:
         self._tasks: list[asyncio.Task] = []
         self._listening = False
 
+    def _served(self, catalog: Catalog) -> Catalog:
+        return catalog if self.config.domains is None else catalog.only(self.config.domains)
+
     def _serve_catalog(self, catalog: Catalog) -> None:
-        self.registrar.catalog = catalog
+        self.registrar.catalog = catalog = self._served(catalog)
         log.info("sipreg: serving %d domains, %d connections from etcd", len(catalog.domains), len(catalog.connections))
 
     def _keep_flow(self, source: Source, seconds: int) -> None:
@@ -156,6 +163,6 @@ def make_store(config: ServeConfig) -> LocationStore:
     return EtcdStore(
         EtcdSession(parse_endpoints(config.store)),
         node=config.node_name,
-        node_address=config.host,
+        node_address=config.advertise or config.host,
         sip_port=config.sip_port,
     )

@@ -1,10 +1,11 @@
-"""The `sipreg` command line: `sipreg serve` runs a registrar from manifests on one machine."""
+"""The `sipreg` command line: `serve` (a registrar on one machine), `registrar` (one pod), `operator` (the cluster)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -26,22 +27,61 @@ def build_parser() -> argparse.ArgumentParser:
         default="memory",
         help="location service: memory (default) or etcd://HOST:PORT[,HOST:PORT...] shared by replicas",
     )
-    serve.add_argument(
+    _registrar_options(serve, host="127.0.0.1")
+    # What the operator's pods run: the domains and connections come from etcd, where the
+    # operator publishes them; settings that differ per pod come from the environment.
+    pod = commands.add_parser("registrar", help="run one registrar replica of a cluster (what operator pods run)")
+    pod.add_argument(
+        "--store",
+        default=os.environ.get("SIPREG_ETCD"),
+        help="etcd://HOST:PORT[,HOST:PORT...] (default: $SIPREG_ETCD)",
+    )
+    pod.add_argument(
+        "--domain",
+        action="append",
+        dest="domains",
+        help="serve only this domain of those in etcd (repeatable; default: all of them)",
+    )
+    pod.add_argument(
+        "--advertise",
+        default=os.environ.get("POD_IP"),
+        help="the address other replicas reach this one at (default: $POD_IP, else --host)",
+    )
+    _registrar_options(pod, host="0.0.0.0", node=os.environ.get("POD_NAME"))
+    operator = commands.add_parser("operator", help="run the Kubernetes operator (SipDomain/SipConnection -> pods, etcd)")
+    operator.add_argument("--etcd", help="etcd://HOST:PORT[,HOST:PORT...] the registrars share (default: $SIPREG_ETCD)")
+    operator.add_argument(
+        "--namespace", action="append", dest="namespaces", help="watch only this namespace (repeatable; default: all)"
+    )
+    operator.add_argument("--health-port", type=_port, default=8080, help="liveness endpoint port (default 8080)")
+    operator.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def _registrar_options(parser: argparse.ArgumentParser, host: str, node: str | None = None) -> None:
+    parser.add_argument(
         "--expires-spread",
         type=_percent,
         default=10,
         help="take up to this %% off each granted expiry at random, so refreshes spread out (default 10; 0: exact)",
     )
-    serve.add_argument("--node", help="this registrar's name among replicas (default: host name and SIP port)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--sip-port", type=_port, default=5060, help="UDP and TCP port (default 5060)")
-    serve.add_argument("--tls-port", type=_port, default=5061, help="TLS port (default 5061; 0 disables TLS)")
-    serve.add_argument("--http-port", type=_port, default=8080, help="health/metrics/API port (default 8080; 0 disables)")
-    serve.add_argument("--tls-cert", help="PEM certificate chain for TLS (default: self-signed)")
-    serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
-    serve.add_argument("--nonce-secret", help="secret for digest nonces, shared by replicas (default: random)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    return parser
+    parser.add_argument(
+        "--node", default=node, help="this registrar's name among replicas (default: host name and SIP port)"
+    )
+    parser.add_argument("--host", default=host, help=f"address to listen on (default {host})")
+    parser.add_argument("--sip-port", type=_port, default=5060, help="UDP and TCP port (default 5060)")
+    parser.add_argument("--tls-port", type=_port, default=5061, help="TLS port (default 5061; 0 disables TLS)")
+    parser.add_argument(
+        "--http-port", type=_port, default=8080, help="health/metrics/API port (default 8080; 0 disables)"
+    )
+    parser.add_argument("--tls-cert", help="PEM certificate chain for TLS (default: self-signed)")
+    parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    parser.add_argument(
+        "--nonce-secret",
+        default=os.environ.get("SIPREG_NONCE_SECRET"),
+        help="secret for digest nonces, shared by replicas (default: $SIPREG_NONCE_SECRET, else random)",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def _port(text: str) -> int:
@@ -59,20 +99,26 @@ def _percent(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    command = f"sipreg {args.command}"
+    if args.command == "operator":
+        return _operator(args, command)
     if bool(args.tls_cert) != bool(args.tls_key):
-        print("sipreg serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        print(f"{command}: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.command == "registrar" and not args.store:
+        print(f"{command}: needs --store etcd://HOST:PORT (or $SIPREG_ETCD)", file=sys.stderr)
         return 2
     if args.store != "memory":
         try:
             parse_endpoints(args.store)
         except ValueError as error:
-            print(f"sipreg serve: {error}", file=sys.stderr)
+            print(f"{command}: --store: {error} (or memory)", file=sys.stderr)
             return 2
-    manifests = args.manifests or ("manifests" if args.store == "memory" else None)
+    manifests = getattr(args, "manifests", None) or ("manifests" if args.store == "memory" else None)
     try:
         catalog = load_catalog(manifests) if manifests else None
     except ManifestError as error:
-        print(f"sipreg serve: {error}", file=sys.stderr)
+        print(f"{command}: {error}", file=sys.stderr)
         return 2
     config = ServeConfig(
         catalog=catalog,
@@ -85,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         tls_key=args.tls_key,
         node=args.node,
         expires_spread=args.expires_spread / 100,
+        domains=frozenset(name.lower() for name in args.domains) if getattr(args, "domains", None) else None,
+        advertise=getattr(args, "advertise", None),
     )
     if args.nonce_secret:
         config.nonce_secret = args.nonce_secret.encode()
@@ -96,8 +144,36 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return runner(_serve(config))
     except (OSError, ValueError) as error:
-        print(f"sipreg serve: {error}", file=sys.stderr)
+        print(f"{command}: {error}", file=sys.stderr)
         return 1
+
+
+def _operator(args: argparse.Namespace, command: str) -> int:
+    if args.etcd:
+        os.environ["SIPREG_ETCD"] = args.etcd
+    # Imported here: `sipreg serve` on a laptop needs neither kopf nor the Kubernetes client.
+    import kopf
+
+    from sip_operator import handlers  # noqa: F401  (registers the handlers with kopf)
+    from sip_operator.children import PodSettings
+
+    try:
+        pods = PodSettings.from_environment(os.environ)
+    except ValueError as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return 2
+    try:
+        parse_endpoints(pods.etcd)
+    except ValueError as error:
+        print(f"{command}: --etcd (or $SIPREG_ETCD): {error}", file=sys.stderr)
+        return 2
+    kopf.run(
+        clusterwide=not args.namespaces,
+        namespaces=args.namespaces or (),
+        standalone=True,  # one operator replica; no peering objects needed
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz",
+    )
+    return 0
 
 
 async def _serve(config: ServeConfig) -> int:

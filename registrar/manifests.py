@@ -47,7 +47,7 @@ import binascii
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,16 +85,16 @@ def load_catalog(path: str | os.PathLike[str]) -> Catalog:
     secrets: dict[tuple[str, str], dict[str, bytes]] = {}
     for obj in _of_kind(objects, "Secret"):
         with obj.reporting():
-            secrets[(obj.namespace, obj.name)] = _secret_data(obj.body)
+            secrets[(obj.namespace, obj.name)] = secret_data(obj.body)
 
     domains: dict[str, Domain] = {}
     domain_owners: dict[str, _Object] = {}
     for obj in _of_kind(objects, "SipDomain"):
         with obj.reporting():
-            domain = _build_domain(_parse_spec(obj, _SIP_DOMAIN_SPEC))
+            domain = domain_from_spec(obj.body.get("spec"))
             if domain.name in domains:
                 owner = domain_owners[domain.name]
-                raise _FieldError("spec.domain", f"{domain.name!r} is already defined by {owner.described}")
+                raise SpecError("spec.domain", f"{domain.name!r} is already defined by {owner.described}")
             domains[domain.name] = domain
             domain_owners[domain.name] = obj
 
@@ -102,11 +102,13 @@ def load_catalog(path: str | os.PathLike[str]) -> Catalog:
     connection_owners: dict[tuple[str, str], _Object] = {}
     for obj in _of_kind(objects, "SipConnection"):
         with obj.reporting():
-            connection = _build_connection(obj, _parse_spec(obj, _SIP_CONNECTION_SPEC), domains, secrets)
+            connection = connection_from_spec(
+                obj.name, obj.namespace, obj.body.get("spec"), domains, lambda ns, name: secrets.get((ns, name))
+            )
             key = (connection.domain, connection.username)
             if key in connections:
                 owner = connection_owners[key]
-                raise _FieldError("spec.username", f"{connection.aor} is already defined by {owner.described}")
+                raise SpecError("spec.username", f"{connection.aor} is already defined by {owner.described}")
             connections[key] = connection
             connection_owners[key] = obj
 
@@ -175,21 +177,26 @@ def _read_documents(file: Path) -> list[Any]:
 # --- Objects ----------------------------------------------------------------
 
 
-class _FieldError(Exception):
-    """A problem at a field path inside one object; becomes a ManifestError."""
+class SpecError(ValueError):
+    """A problem at a field path inside one object: a ManifestError in a file, a status condition in a cluster.
 
-    def __init__(self, path: str, message: str) -> None:
+    `reason` is a CamelCase word for a Kubernetes condition: what kind of
+    problem it is, so a user can tell a typo from a Secret not yet created.
+    """
+
+    def __init__(self, path: str, message: str, reason: str = "InvalidSpec") -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
         self.message = message
+        self.reason = reason
 
 
 @contextmanager
 def _reporting(where: str) -> Iterator[None]:
-    """Turn a _FieldError raised inside into a ManifestError prefixed with `where`."""
+    """Turn a SpecError raised inside into a ManifestError prefixed with `where`."""
     try:
         yield
-    except _FieldError as exc:
+    except SpecError as exc:
         raise ManifestError(f"{where}: {exc.path}: {exc.message}") from None
 
 
@@ -257,7 +264,7 @@ def _reject_duplicate_identities(objects: list[_Object]) -> None:
         key = (obj.kind, obj.namespace, obj.name)
         if key in first:
             with obj.reporting():
-                raise _FieldError("metadata.name", f"duplicate of the {first[key].described}")
+                raise SpecError("metadata.name", f"duplicate of the {first[key].described}")
         first[key] = obj
 
 
@@ -265,11 +272,7 @@ def _of_kind(objects: list[_Object], kind: str) -> Iterator[_Object]:
     return (obj for obj in objects if obj.kind == kind)
 
 
-def _parse_spec(obj: _Object, schema: Parser) -> dict[str, Any]:
-    return schema(_required(obj.body.get("spec"), "spec"), "spec")
-
-
-# --- Parsers: (value, path) -> parsed value, or raise _FieldError -------------
+# --- Parsers: (value, path) -> parsed value, or raise SpecError -------------
 
 Parser = Callable[[Any, str], Any]
 _REQUIRED = object()  # _Field.default: the field must be present
@@ -289,7 +292,7 @@ def _show(value: Any) -> str:
 
 def _required(value: Any, path: str) -> Any:
     if value is None:
-        raise _FieldError(path, "required")
+        raise SpecError(path, "required")
     return value
 
 
@@ -302,10 +305,10 @@ def _object(fields: dict[str, _Field], check: Callable[[dict[str, Any], str], No
 
     def parse(value: Any, path: str) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise _FieldError(path, f"expected a mapping, got {_show(value)}")
+            raise SpecError(path, f"expected a mapping, got {_show(value)}")
         for key in value:
             if key not in fields:
-                raise _FieldError(f"{path}.{key}", f"unknown field (expected one of: {', '.join(fields)})")
+                raise SpecError(f"{path}.{key}", f"unknown field (expected one of: {', '.join(fields)})")
         parsed = {}
         for name, spec in fields.items():
             where = f"{path}.{name}"
@@ -313,7 +316,7 @@ def _object(fields: dict[str, _Field], check: Callable[[dict[str, Any], str], No
             if raw is not None:
                 parsed[name] = spec.parse(raw, where)
             elif spec.default is _REQUIRED:
-                raise _FieldError(where, "required")
+                raise SpecError(where, "required")
             elif spec.default is _FROM_EMPTY:
                 parsed[name] = spec.parse({}, where)
             else:
@@ -328,14 +331,14 @@ def _object(fields: dict[str, _Field], check: Callable[[dict[str, Any], str], No
 def _list_of(item: Parser, *, non_empty: bool = False, unique: bool = False) -> Parser:
     def parse(value: Any, path: str) -> tuple[Any, ...]:
         if not isinstance(value, list):
-            raise _FieldError(path, f"expected a list, got {_show(value)}")
+            raise SpecError(path, f"expected a list, got {_show(value)}")
         if non_empty and not value:
-            raise _FieldError(path, "must not be empty")
+            raise SpecError(path, "must not be empty")
         parsed = tuple(item(element, f"{path}[{i}]") for i, element in enumerate(value))
         if unique:
             for i, element in enumerate(parsed):
                 if element in parsed[:i]:
-                    raise _FieldError(f"{path}[{i}]", f"{_show(element)} is listed twice")
+                    raise SpecError(f"{path}[{i}]", f"{_show(element)} is listed twice")
         return parsed
 
     return parse
@@ -343,9 +346,9 @@ def _list_of(item: Parser, *, non_empty: bool = False, unique: bool = False) -> 
 
 def _string(value: Any, path: str) -> str:
     if not isinstance(value, str):
-        raise _FieldError(path, f"expected a string, got {_show(value)}")
+        raise SpecError(path, f"expected a string, got {_show(value)}")
     if not value:
-        raise _FieldError(path, "must not be empty")
+        raise SpecError(path, "must not be empty")
     return value
 
 
@@ -355,7 +358,7 @@ def _matching(pattern: str, what: str) -> Parser:
     def parse(value: Any, path: str) -> str:
         text = _string(value, path)
         if not regex.fullmatch(text):
-            raise _FieldError(path, f"expected {what}, got {_show(text)}")
+            raise SpecError(path, f"expected {what}, got {_show(text)}")
         return text
 
     return parse
@@ -364,11 +367,11 @@ def _matching(pattern: str, what: str) -> Parser:
 def _integer(minimum: int | None = None, maximum: int | None = None) -> Parser:
     def parse(value: Any, path: str) -> int:
         if not isinstance(value, int) or isinstance(value, bool):  # YAML `true` is not 1
-            raise _FieldError(path, f"expected an integer, got {_show(value)}")
+            raise SpecError(path, f"expected an integer, got {_show(value)}")
         if minimum is not None and value < minimum:
-            raise _FieldError(path, f"must be at least {minimum}, got {value}")
+            raise SpecError(path, f"must be at least {minimum}, got {value}")
         if maximum is not None and value > maximum:
-            raise _FieldError(path, f"must be at most {maximum}, got {value}")
+            raise SpecError(path, f"must be at most {maximum}, got {value}")
         return value
 
     return parse
@@ -376,14 +379,14 @@ def _integer(minimum: int | None = None, maximum: int | None = None) -> Parser:
 
 def _boolean(value: Any, path: str) -> bool:
     if not isinstance(value, bool):
-        raise _FieldError(path, f"expected true or false, got {_show(value)}")
+        raise SpecError(path, f"expected true or false, got {_show(value)}")
     return value
 
 
 def _one_of(*choices: str) -> Parser:
     def parse(value: Any, path: str) -> str:
         if value not in choices:  # exact spelling, like a CRD enum
-            raise _FieldError(path, f"expected one of {', '.join(map(repr, choices))}, got {_show(value)}")
+            raise SpecError(path, f"expected one of {', '.join(map(repr, choices))}, got {_show(value)}")
         return value
 
     return parse
@@ -417,9 +420,9 @@ def _sip_uri(value: Any, path: str) -> str:
     try:
         uri = parse_uri(text)
     except URIError as exc:
-        raise _FieldError(path, f"expected a sip: or sips: URI, got {_show(text)}: {exc}") from None
+        raise SpecError(path, f"expected a sip: or sips: URI, got {_show(text)}: {exc}") from None
     if uri.scheme not in ("sip", "sips"):
-        raise _FieldError(path, f"expected a sip: or sips: URI, got {_show(text)}")
+        raise SpecError(path, f"expected a sip: or sips: URI, got {_show(text)}")
     return text
 
 
@@ -431,14 +434,14 @@ def _network(value: Any, path: str) -> ipaddress.IPv4Network | ipaddress.IPv6Net
     except ValueError as exc:
         if "has host bits set" in str(exc):
             loose = ipaddress.ip_network(text, strict=False)
-            raise _FieldError(path, f"{text!r} has host bits set (meant {loose} or a single address?)") from None
-        raise _FieldError(path, f"expected a CIDR or an IP address, got {_show(text)}") from None
+            raise SpecError(path, f"{text!r} has host bits set (meant {loose} or a single address?)") from None
+        raise SpecError(path, f"expected a CIDR or an IP address, got {_show(text)}") from None
 
 
 def _metadata(value: Any, path: str) -> tuple[str, str]:
     """(namespace, name); other metadata (labels, annotations, ...) is free-form."""
     if not isinstance(value, dict):
-        raise _FieldError(path, f"expected a mapping, got {_show(value)}")
+        raise SpecError(path, f"expected a mapping, got {_show(value)}")
     name = _object_name(_required(value.get("name"), f"{path}.name"), f"{path}.name")
     namespace = value.get("namespace")
     namespace = DEFAULT_NAMESPACE if namespace is None else _namespace(namespace, f"{path}.namespace")
@@ -456,7 +459,7 @@ def _expiry_bounds(registration: dict[str, Any], path: str) -> None:
     """0 < minExpires <= defaultExpires <= maxExpires (positivity is the fields' own rule)."""
     for low, high in (("minExpires", "maxExpires"), ("minExpires", "defaultExpires"), ("defaultExpires", "maxExpires")):
         if registration[low] > registration[high]:
-            raise _FieldError(
+            raise SpecError(
                 f"{path}.{low}", f"{registration[low]} is greater than {high} ({registration[high]})"
             )
 
@@ -464,12 +467,12 @@ def _expiry_bounds(registration: dict[str, Any], path: str) -> None:
 def _authentication_rules(authentication: dict[str, Any], path: str) -> None:
     """credentials needs a password; ip needs addresses and has no use for a password."""
     if authentication["type"] == "credentials" and authentication["passwordSecretRef"] is None:
-        raise _FieldError(f"{path}.passwordSecretRef", "required when type is credentials")
+        raise SpecError(f"{path}.passwordSecretRef", "required when type is credentials")
     if authentication["type"] == "ip":
         if not authentication["allowedAddresses"]:
-            raise _FieldError(f"{path}.allowedAddresses", "must list at least one address when type is ip")
+            raise SpecError(f"{path}.allowedAddresses", "must list at least one address when type is ip")
         if authentication["passwordSecretRef"] is not None:
-            raise _FieldError(f"{path}.passwordSecretRef", "not used when type is ip; remove it")
+            raise SpecError(f"{path}.passwordSecretRef", "not used when type is ip; remove it")
 
 
 _SIP_DOMAIN_SPEC = _object(
@@ -545,10 +548,12 @@ _SIP_CONNECTION_SPEC = _object(
     }
 )
 
-# --- Builders: parsed specs -> model values ------------------------------------
+# --- Builders: specs -> model values (the operator builds with these too) -------
+
+SecretLookup = Callable[[str, str], "dict[str, bytes] | None"]  # (namespace, name) -> the Secret's data
 
 
-def _secret_data(body: dict[str, Any]) -> dict[str, bytes]:
+def secret_data(body: dict[str, Any]) -> dict[str, bytes]:
     """A Secret's values as bytes: `data` decoded from base64, then `stringData` on top."""
     values: dict[str, bytes] = {}
     for section in ("data", "stringData"):
@@ -556,23 +561,30 @@ def _secret_data(body: dict[str, Any]) -> dict[str, bytes]:
         if raw is None:
             continue
         if not isinstance(raw, dict):
-            raise _FieldError(section, f"expected a mapping, got {_show(raw)}")
+            raise SpecError(section, f"expected a mapping, got {_show(raw)}")
         for key, value in raw.items():
             path = f"{section}.{key}"
             _secret_key(key, path)
             if not isinstance(value, str):
-                raise _FieldError(path, f"expected a string, got {_show(value)}")
+                raise SpecError(path, f"expected a string, got {_show(value)}")
             if section == "stringData":
                 values[key] = value.encode("utf-8")
                 continue
             try:
                 values[key] = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
-                raise _FieldError(path, "not valid base64 (plain text goes in stringData)") from None
+                raise SpecError(path, "not valid base64 (plain text goes in stringData)") from None
     return values
 
 
-def _build_domain(spec: dict[str, Any]) -> Domain:
+def domain_spec(raw_spec: Any) -> dict[str, Any]:
+    """A SipDomain's spec checked, defaults filled in (what the operator builds pods from); raises SpecError."""
+    return _SIP_DOMAIN_SPEC(_required(raw_spec, "spec"), "spec")
+
+
+def domain_from_spec(raw_spec: Any) -> Domain:
+    """A SipDomain's spec as the registrar's Domain; raises SpecError naming the field."""
+    spec = domain_spec(raw_spec)
     registration = spec["registration"]
     if registration is None:
         policy = RegistrationPolicy(enabled=False)
@@ -593,20 +605,24 @@ def _build_domain(spec: dict[str, Any]) -> Domain:
     )
 
 
-def _build_connection(
-    obj: _Object,
-    spec: dict[str, Any],
-    domains: dict[str, Domain],
-    secrets: dict[tuple[str, str], dict[str, bytes]],
+def connection_from_spec(
+    name: str, namespace: str, raw_spec: Any, domains: Container[str], find_secret: SecretLookup
 ) -> Connection:
+    """A SipConnection's spec as a Connection with HA1 digests; raises SpecError naming the field.
+
+    `domains` holds the domain names some SipDomain defines; `find_secret`
+    reads a Secret of the connection's namespace. The password itself is used
+    for the digests and dropped.
+    """
+    spec = _SIP_CONNECTION_SPEC(_required(raw_spec, "spec"), "spec")
     domain = spec["domain"]
     if domain not in domains:
-        raise _FieldError("spec.domain", f"no SipDomain defines {domain!r}")
+        raise SpecError("spec.domain", f"no SipDomain defines {domain!r}", reason="DomainNotFound")
     authentication = spec["authentication"]
     digests: dict[str, str] = {}
     if authentication["passwordSecretRef"] is not None:
         password = _password(
-            authentication["passwordSecretRef"], obj.namespace, secrets, "spec.authentication.passwordSecretRef"
+            authentication["passwordSecretRef"], namespace, find_secret, "spec.authentication.passwordSecretRef"
         )
         # The realm is the domain name: the registrar challenges with realm=domain.
         digests = {algorithm: ha1(algorithm, spec["username"], domain, password) for algorithm in HA1_ALGORITHMS}
@@ -619,25 +635,27 @@ def _build_connection(
         max_contacts=spec["maxContacts"],
         inbound=spec["inbound"],
         outbound=spec["outbound"],
-        name=obj.name,
+        name=name,
     )
 
 
-def _password(
-    ref: dict[str, str], namespace: str, secrets: dict[tuple[str, str], dict[str, bytes]], path: str
-) -> str:
+def _password(ref: dict[str, str], namespace: str, find_secret: SecretLookup, path: str) -> str:
     """The password a passwordSecretRef names, looked up in the connection's namespace."""
     secret = f"Secret {namespace}/{ref['name']}"
-    data = secrets.get((namespace, ref["name"]))
+    data = find_secret(namespace, ref["name"])
     if data is None:
-        raise _FieldError(f"{path}.name", f"{secret} not found")
+        raise SpecError(f"{path}.name", f"{secret} not found", reason="SecretNotFound")
     if ref["key"] not in data:
         keys = ", ".join(map(repr, sorted(data))) or "none"
-        raise _FieldError(f"{path}.key", f"{secret} has no key {ref['key']!r} (it has: {keys})")
+        raise SpecError(
+            f"{path}.key", f"{secret} has no key {ref['key']!r} (it has: {keys})", reason="SecretKeyNotFound"
+        )
     try:
         password = data[ref["key"]].decode("utf-8")
     except UnicodeDecodeError:
-        raise _FieldError(f"{path}.key", f"{secret} key {ref['key']!r} is not UTF-8 text") from None
+        raise SpecError(
+            f"{path}.key", f"{secret} key {ref['key']!r} is not UTF-8 text", reason="SecretKeyInvalid"
+        ) from None
     if not password:
-        raise _FieldError(f"{path}.key", f"{secret} key {ref['key']!r} is empty")
+        raise SpecError(f"{path}.key", f"{secret} key {ref['key']!r} is empty", reason="SecretKeyInvalid")
     return password

@@ -126,3 +126,10 @@ class Catalog:
     def __post_init__(self) -> None:
         domains = frozenset(c.domain for c in self.connections.values() if c.authentication == "ip")
         object.__setattr__(self, "ip_authenticated_domains", domains)
+
+    def only(self, domains: frozenset[str]) -> Catalog:
+        """The part of this catalogue that serves `domains` (lower-case names)."""
+        return Catalog(
+            domains={name: domain for name, domain in self.domains.items() if name in domains},
+            connections={key: c for key, c in self.connections.items() if key[0] in domains},
+        )

@@ -92,6 +92,8 @@ class EtcdStore(TableStore):
         self._catalog_due: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task] = []
         self.on_catalog: Callable[[Catalog], None] = lambda catalog: None
+        # Told (domain, username) when a connection's failure record changed (the operator's status).
+        self.on_failure: Callable[[str, str], None] = lambda domain, username: None
         # Told (seconds, AORs written, compares lost) after each write transaction.
         self.on_write: Callable[[float, int, int], None] = lambda seconds, aors, conflicts: None
         self.catalog = Catalog()
@@ -252,6 +254,7 @@ class EtcdStore(TableStore):
             elif key.startswith(_FAILURES):
                 ident = layout.split_key(layout.FAILURES, key)
                 _keep(self._failures, ident, layout.decode_failure(*ident, value) if present else None)
+                self.on_failure(*ident)
             elif key.startswith(_NODES):
                 node = key[len(_NODES) :].decode()
                 _keep(self.nodes, node, layout.decode_node(value) if present else None)

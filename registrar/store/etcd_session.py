@@ -60,13 +60,13 @@ class WatchCompacted(Exception):
 def parse_endpoints(url: str) -> list[tuple[str, int]]:
     """`etcd://HOST:PORT[,HOST:PORT...]` as (host, port) pairs; ValueError names what is wrong."""
     if not url.startswith("etcd://"):
-        raise ValueError(f"--store: {url!r} is not memory or etcd://HOST:PORT[,HOST:PORT...]")
+        raise ValueError(f"{url!r} is not etcd://HOST:PORT[,HOST:PORT...]")
     endpoints = []
     for item in url[len("etcd://") :].rstrip("/").split(","):
         host, _, port = item.strip().rpartition(":")
         host = host.strip("[]")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"--store: bad etcd endpoint {item!r} in {url!r} (want HOST:PORT)")
+            raise ValueError(f"bad etcd endpoint {item!r} in {url!r} (want HOST:PORT)")
         endpoints.append((host, int(port)))
     return endpoints
 
@@ -156,6 +156,11 @@ class EtcdSession:
         async with self._reaching(client):
             return await client.kvstub.Txn(request, timeout=self.timeout)
 
+    async def write(self, puts: dict[bytes, bytes], deletes: Sequence[bytes] = ()) -> None:
+        """Put and delete keys in one transaction (all or nothing)."""
+        ops = [put_op(key, value) for key, value in puts.items()] + [delete_op(key) for key in deletes]
+        await self.txn(rpc.TxnRequest(success=ops))
+
     async def read_prefix(self, prefix: bytes) -> tuple[list[rpc.KeyValue], int]:
         """Every key under `prefix` at one revision, read in pages; and that revision."""
         client = await self._current()
@@ -242,6 +247,14 @@ class EtcdSession:
                 if reply is None or reply.TTL <= 0:
                     self._kept_alive.pop(lease, None)
                     lost()
+
+
+def put_op(key: bytes, value: bytes, lease: int = 0) -> rpc.RequestOp:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+
+
+def delete_op(key: bytes) -> rpc.RequestOp:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
 
 
 def _describe(error: BaseException) -> str:

@@ -1,0 +1,316 @@
+"""A SipDomain's desired Kubernetes objects, built by pure functions from its spec and the operator's settings.
+
+One SipDomain runs as:
+- a Deployment of registrar pods (`sipreg registrar --domain D`), which read
+  their domain and connections from etcd and need no Kubernetes API access;
+- a Service for SIP: UDP and TCP on the spec's ports (5060), TLS (5061) when
+  configured, all to the pods' fixed container ports, so a spec port change
+  never restarts a pod;
+- a headless Service naming every pod, for pod-to-pod routing of requests to
+  the pod that holds a UA's flow;
+- a PodDisruptionBudget (at most one pod down at a time on a drain);
+- a Secret with the digest nonce secret the replicas share (stateless nonces
+  verify on any replica only if they all hold the same secret). It is created
+  once and never rewritten: a new secret would answer every outstanding
+  challenge with stale=true.
+
+The handlers adopt each object (owner references), so deleting the SipDomain
+deletes them all through Kubernetes' garbage collector.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from registrar.manifests import domain_spec
+
+# The registrar container listens on fixed ports; the Service maps the spec's ports onto them.
+SIP_PORT = 5060
+TLS_PORT = 5061
+HTTP_PORT = 8080
+TLS_MOUNT = "/etc/sipreg/tls"
+NONCE_KEY = "nonce-secret"
+# Without a `transports` section a domain gets what every SIP device expects.
+DEFAULT_TRANSPORTS: dict[str, Any] = {"udp": 5060, "tcp": 5060, "tls": None}
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """How registrar pods run, the same for every SipDomain: the operator's own configuration (Helm values)."""
+
+    image: str = "ghcr.io/sipreg/sipreg:0.1.0"
+    etcd: str = "etcd://etcd:2379"
+    image_pull_policy: str = "IfNotPresent"
+    # LoadBalancer with externalTrafficPolicy Local: the registrar must see each
+    # UA's real source address (NAT handling, IP allow-lists); kube-proxy's SNAT
+    # would hide it.
+    service_type: str = "LoadBalancer"
+    resources: dict[str, Any] = field(
+        default_factory=lambda: {
+            "requests": {"cpu": "250m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        }
+    )
+    # Non-root, read-only root filesystem, nothing to escalate: the registrar needs none of it.
+    security_context: dict[str, Any] = field(
+        default_factory=lambda: {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+    )
+
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> PodSettings:
+        """Settings from the operator's environment (the Helm chart sets these); unset keeps the default.
+
+        SIPREG_ETCD, SIPREG_IMAGE, SIPREG_IMAGE_PULL_POLICY, SIPREG_SERVICE_TYPE, and
+        SIPREG_REGISTRAR_RESOURCES / SIPREG_REGISTRAR_SECURITY_CONTEXT as JSON objects.
+        Raises ValueError naming the variable that does not parse.
+        """
+        values: dict[str, Any] = {}
+        for variable, attribute in (
+            ("SIPREG_ETCD", "etcd"),
+            ("SIPREG_IMAGE", "image"),
+            ("SIPREG_IMAGE_PULL_POLICY", "image_pull_policy"),
+            ("SIPREG_SERVICE_TYPE", "service_type"),
+        ):
+            if environ.get(variable):
+                values[attribute] = environ[variable]
+        for variable, attribute in (
+            ("SIPREG_REGISTRAR_RESOURCES", "resources"),
+            ("SIPREG_REGISTRAR_SECURITY_CONTEXT", "security_context"),
+        ):
+            if environ.get(variable):
+                try:
+                    values[attribute] = json.loads(environ[variable])
+                except ValueError as error:
+                    raise ValueError(f"{variable}: not JSON: {error}") from None
+                if not isinstance(values[attribute], dict):
+                    raise ValueError(f"{variable}: expected a JSON object")
+        if values.get("service_type", "LoadBalancer") not in ("ClusterIP", "NodePort", "LoadBalancer"):
+            raise ValueError(f"SIPREG_SERVICE_TYPE: expected ClusterIP, NodePort or LoadBalancer, got {values['service_type']!r}")
+        return cls(**values)
+
+
+def labels(domain_object: str) -> dict[str, str]:
+    """The labels that select one SipDomain's registrar pods (and mark everything the operator made)."""
+    return {
+        "app.kubernetes.io/name": "sipreg-registrar",
+        "app.kubernetes.io/instance": domain_object,
+        "app.kubernetes.io/managed-by": "sipreg-operator",
+    }
+
+
+def deployment_name(domain_object: str) -> str:
+    return f"{domain_object}-registrar"
+
+
+def nonce_secret_name(domain_object: str) -> str:
+    return f"{domain_object}-nonce"
+
+
+def transports_of(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec's transports with the default filled in (`spec` as registrar.manifests.domain_spec returns it)."""
+    return spec["transports"] or DEFAULT_TRANSPORTS
+
+
+def desired_children(name: str, raw_spec: Any, settings: PodSettings) -> list[dict[str, Any]]:
+    """Every object the SipDomain `name` should own, except the nonce Secret (see nonce_secret).
+
+    Raises registrar.manifests.SpecError for a spec the registrar could not serve.
+    """
+    spec = domain_spec(raw_spec)
+    return [
+        deployment(name, spec, settings),
+        sip_service(name, spec, settings),
+        headless_service(name),
+        disruption_budget(name),
+    ]
+
+
+def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[str, Any]:
+    transports = transports_of(spec)
+    tls = transports["tls"]
+    args = [
+        "registrar",
+        f"--domain={spec['domain']}",
+        f"--sip-port={SIP_PORT}",
+        f"--tls-port={TLS_PORT if tls else 0}",
+        f"--http-port={HTTP_PORT}",
+    ]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    if tls:
+        args += [f"--tls-cert={TLS_MOUNT}/tls.crt", f"--tls-key={TLS_MOUNT}/tls.key"]
+        volumes.append({"name": "tls", "secret": {"secretName": tls["certificateSecret"]}})
+        mounts.append({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True})
+    ports = [
+        {"name": "sip-udp", "containerPort": SIP_PORT, "protocol": "UDP"},
+        {"name": "sip-tcp", "containerPort": SIP_PORT, "protocol": "TCP"},
+        {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+    ]
+    if tls:
+        ports.insert(2, {"name": "sip-tls", "containerPort": TLS_PORT, "protocol": "TCP"})
+    pod_labels = labels(name)
+    container = {
+        "name": "registrar",
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": args,
+        "env": [
+            {"name": "SIPREG_ETCD", "value": settings.etcd},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {
+                "name": "SIPREG_NONCE_SECRET",
+                "valueFrom": {"secretKeyRef": {"name": nonce_secret_name(name), "key": NONCE_KEY}},
+            },
+        ],
+        "ports": ports,
+        # Ready means etcd answers and the listeners are up: /readyz says so.
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "resources": copy.deepcopy(settings.resources),
+        "securityContext": copy.deepcopy(settings.security_context),
+        "volumeMounts": mounts,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": deployment_name(name), "labels": pod_labels},
+        "spec": {
+            "replicas": spec["replicas"],
+            "selector": {"matchLabels": pod_labels},
+            # One new pod before an old one goes: capacity never dips during a rollout.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(HTTP_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,  # registrars never call the Kubernetes API
+                    "enableServiceLinks": False,
+                    # TCP/TLS flows die with the pod; UAs re-register within their refresh time.
+                    "terminationGracePeriodSeconds": 30,
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "preferredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "weight": 100,
+                                    "podAffinityTerm": {
+                                        "labelSelector": {"matchLabels": pod_labels},
+                                        "topologyKey": "kubernetes.io/hostname",
+                                    },
+                                }
+                            ]
+                        }
+                    },
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def sip_service(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[str, Any]:
+    transports = transports_of(spec)
+    ports = []
+    if transports["udp"]:
+        ports.append({"name": "sip-udp", "port": transports["udp"], "targetPort": SIP_PORT, "protocol": "UDP"})
+    if transports["tcp"]:
+        ports.append({"name": "sip-tcp", "port": transports["tcp"], "targetPort": SIP_PORT, "protocol": "TCP"})
+    if transports["tls"]:
+        ports.append({"name": "sip-tls", "port": transports["tls"]["port"], "targetPort": TLS_PORT, "protocol": "TCP"})
+    service_spec: dict[str, Any] = {
+        "type": settings.service_type,
+        "selector": labels(name),
+        "ports": ports,
+        # A UA keeps talking to one pod: digest nonce counts are counted per pod.
+        "sessionAffinity": "ClientIP",
+    }
+    if settings.service_type in ("LoadBalancer", "NodePort"):
+        service_spec["externalTrafficPolicy"] = "Local"
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": f"{name}-sip", "labels": labels(name)},
+        "spec": service_spec,
+    }
+
+
+def headless_service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": f"{name}-registrars", "labels": labels(name)},
+        "spec": {
+            "clusterIP": "None",
+            "selector": labels(name),
+            "ports": [
+                {"name": "sip-udp", "port": SIP_PORT, "targetPort": SIP_PORT, "protocol": "UDP"},
+                {"name": "sip-tcp", "port": SIP_PORT, "targetPort": SIP_PORT, "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def disruption_budget(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": f"{name}-registrar", "labels": labels(name)},
+        # maxUnavailable, not minAvailable: a one-replica domain can still be drained.
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels(name)}},
+    }
+
+
+def nonce_secret(name: str, secret: str) -> dict[str, Any]:
+    """The Secret holding the replicas' shared nonce secret; `secret` is random, made by the caller once."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": nonce_secret_name(name), "labels": labels(name)},
+        "type": "Opaque",
+        "stringData": {NONCE_KEY: secret},
+    }
+
+
+def drifted(desired: Any, actual: Any) -> bool:
+    """True when `actual` lacks or differs in anything `desired` says (fields the server added don't count).
+
+    Lists compare element by element and must have the same length: an extra
+    port or container in the cluster is drift too.
+    """
+    if isinstance(desired, dict):
+        if not isinstance(actual, dict):
+            return True
+        return any(drifted(value, actual.get(key)) for key, value in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(actual, list) or len(desired) != len(actual):
+            return True
+        return any(drifted(d, a) for d, a in zip(desired, actual))
+    return desired != actual

@@ -1,0 +1,123 @@
+"""The kopf handlers of `sipreg operator`: each hands the object to the Reconciler, which does the work.
+
+Run it with `sipreg operator` (or `kopf run -A -m sip_operator.handlers`).
+Configuration comes from the environment (see PodSettings.from_environment);
+SIPREG_ETCD names the etcd the registrars share.
+
+kopf keeps its own bookkeeping (handler progress, the last handled spec) in
+annotations under sipreg.io, not in status: the CRDs' status schemas are
+strict, and the status is the user's, not kopf's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from registrar.store.etcd import EtcdStore
+from registrar.store.etcd_session import EtcdSession, EtcdUnavailable, parse_endpoints
+from sip_operator.children import PodSettings, labels
+from sip_operator.kubernetes_api import GROUP, VERSION, KubernetesApi, load_configuration
+from sip_operator.reconciler import Reconciler
+
+DOMAINS = (GROUP, VERSION, "sipdomains")
+CONNECTIONS = (GROUP, VERSION, "sipconnections")
+MANAGED = {"app.kubernetes.io/managed-by": labels("")["app.kubernetes.io/managed-by"]}
+RETRY_DELAY = 5  # seconds before kopf retries a handler that met an unreachable etcd or API server
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.posting.level = logging.WARNING
+    pods = PodSettings.from_environment(os.environ)
+    store = EtcdStore(EtcdSession(parse_endpoints(pods.etcd)))
+    memo.reconciler = Reconciler(
+        KubernetesApi(load_configuration()),
+        store,
+        pods,
+        adopt=lambda child, owner: kopf.adopt(child, owner=owner),
+        new_secret=lambda: secrets.token_urlsafe(32),
+    )
+    await memo.reconciler.start()
+    logger.info("sipreg operator: etcd %s, registrar image %s", pods.etcd, pods.image)
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    await memo.reconciler.stop()
+
+
+def _retrying(error: Exception) -> kopf.TemporaryError:
+    return kopf.TemporaryError(f"will retry: {error}", delay=RETRY_DELAY)
+
+
+@kopf.on.resume(*DOMAINS)
+@kopf.on.create(*DOMAINS)
+@kopf.on.update(*DOMAINS)
+async def domain_changed(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        await memo.reconciler.apply_domain(namespace, name, _plain(body))
+    except (EtcdUnavailable, ApiException) as error:
+        raise _retrying(error) from error
+
+
+@kopf.on.delete(*DOMAINS)
+async def domain_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        await memo.reconciler.delete_domain(namespace, name)
+    except EtcdUnavailable as error:
+        raise _retrying(error) from error
+
+
+@kopf.on.resume(*CONNECTIONS)
+@kopf.on.create(*CONNECTIONS)
+@kopf.on.update(*CONNECTIONS)
+async def connection_changed(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        await memo.reconciler.apply_connection(namespace, name, _plain(body))
+    except (EtcdUnavailable, ApiException) as error:
+        raise _retrying(error) from error
+
+
+@kopf.on.delete(*CONNECTIONS)
+async def connection_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        await memo.reconciler.delete_connection(namespace, name)
+    except EtcdUnavailable as error:
+        raise _retrying(error) from error
+
+
+def _names_a_password(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> bool:
+    return memo.reconciler.uses_secret(namespace, name)
+
+
+@kopf.on.event("v1", "secrets", when=_names_a_password)
+async def secret_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    # Any event (a new password, a deleted Secret): the connections read it again.
+    await memo.reconciler.secret_changed(namespace, name)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+async def registrars_changed(namespace: str, meta: kopf.Meta, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+    domain_object = meta.get("labels", {}).get("app.kubernetes.io/instance")
+    if domain_object:
+        await memo.reconciler.replicas_changed(namespace, domain_object, status.get("readyReplicas") or 0)
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    """The object as plain dicts, as the builders and the manifest parsers take it."""
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": dict(body.metadata),
+        "spec": dict(body.spec),
+        "status": dict(body.status),
+    }

@@ -1,0 +1,118 @@
+"""The Kubernetes API calls the operator makes itself (kopf makes the watching ones): one place, so RBAC can be read off it.
+
+Calls, by resource:
+- Deployments, Services, PodDisruptionBudgets: get, create, patch (a SipDomain's children);
+- Secrets: get (passwords, read to compute HA1 digests), create (the nonce Secret);
+- sipconnections/status, sipdomains/status: patch.
+
+The official client is synchronous; callers run these in a thread
+(asyncio.to_thread). Objects travel as plain dicts (the JSON of the API), so
+what the builders make is what is sent and what is read compares with it.
+Patches are JSON merge patches: the one patch type every resource, custom
+ones included, accepts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from sip_operator.children import drifted
+
+log = logging.getLogger("sipreg.operator")
+
+GROUP = "sipreg.io"
+VERSION = "v1alpha1"
+MERGE_PATCH = "application/merge-patch+json"
+
+# kind -> (client API class, method suffix): read_<suffix>, create_<suffix>, patch_<suffix>.
+_APIS = {
+    "Deployment": ("AppsV1Api", "namespaced_deployment"),
+    "Service": ("CoreV1Api", "namespaced_service"),
+    "PodDisruptionBudget": ("PolicyV1Api", "namespaced_pod_disruption_budget"),
+    "Secret": ("CoreV1Api", "namespaced_secret"),
+}
+
+
+def load_configuration() -> kubernetes.client.ApiClient:
+    """In a pod, the service account; elsewhere $KUBECONFIG or ~/.kube/config (as kopf does)."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return kubernetes.client.ApiClient()
+
+
+class KubernetesApi:
+    def __init__(self, client: kubernetes.client.ApiClient):
+        self.client = client
+
+    def _api(self, kind: str) -> tuple[Any, str]:
+        class_name, suffix = _APIS[kind]
+        return getattr(kubernetes.client, class_name)(self.client), suffix
+
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        api, suffix = self._api(kind)
+        try:
+            response = getattr(api, f"read_{suffix}")(name, namespace, _preload_content=False)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return json.loads(response.data)
+
+    def apply(self, namespace: str, desired: dict[str, Any]) -> str:
+        """Create `desired`, or patch it where the cluster's copy drifted; says which ("created", ...)."""
+        kind, name = desired["kind"], desired["metadata"]["name"]
+        api, suffix = self._api(kind)
+        actual = self.read(kind, namespace, name)
+        if actual is None:
+            getattr(api, f"create_{suffix}")(namespace, desired, _preload_content=False)
+            return "created"
+        if not drifted(desired, actual):
+            return "unchanged"
+        getattr(api, f"patch_{suffix}")(name, namespace, desired, _content_type=MERGE_PATCH, _preload_content=False)
+        return "updated"
+
+    def create_if_missing(self, namespace: str, desired: dict[str, Any]) -> bool:
+        """Create `desired` unless an object of its name exists; never rewrites one (the nonce Secret)."""
+        kind, name = desired["kind"], desired["metadata"]["name"]
+        if self.read(kind, namespace, name) is not None:
+            return False
+        api, suffix = self._api(kind)
+        try:
+            getattr(api, f"create_{suffix}")(namespace, desired, _preload_content=False)
+        except ApiException as error:
+            if error.status == 409:  # made meanwhile: keep the one there
+                return False
+            raise
+        return True
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        """A Secret's values, decoded; None when there is no such Secret."""
+        secret = self.read("Secret", namespace, name)
+        if secret is None:
+            return None
+        values = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+        # An API server folds stringData into data on write; an emulator may not.
+        values.update({key: value.encode() for key, value in (secret.get("stringData") or {}).items()})
+        return values
+
+    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        """Merge `status` into the object's status; False when the object is gone."""
+        api = kubernetes.client.CustomObjectsApi(self.client)
+        try:
+            api.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, {"status": status},
+                _content_type=MERGE_PATCH, _preload_content=False,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True

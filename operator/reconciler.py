@@ -1,0 +1,373 @@
+"""The operator's logic: SipDomains and SipConnections in, Kubernetes objects, etcd records and status out.
+
+The kopf handlers only hand objects to a Reconciler; everything they cause
+happens here, in plain async methods over two I/O ports: KubernetesApi (run in
+a thread: the official client is synchronous) and the etcd store the
+registrars share (an EtcdStore without a node of its own, whose watch keeps
+every binding and failure in memory).
+
+Order does not matter. `kubectl apply -f manifests/` may create a
+SipConnection before its SipDomain or Secret: the connection then shows
+Ready=False (DomainNotFound, SecretNotFound) and is published the moment the
+missing object appears, because domain and Secret changes re-reconcile the
+connections that name them.
+
+Status: bindings and failures change in etcd, not in Kubernetes, so no kopf
+handler sees them. The store's watch marks the owning connection dirty; one
+reporter task turns dirty connections into status patches, a few at a time,
+and only when status.needs_patch says the change is worth one. At 10,000
+connections that is one watch, about 2 KB of memory per connection, and API
+writes proportional to real changes (registrations that start or end, new
+failures) plus one per registration lifetime, never one per refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from registrar.manifests import SpecError, connection_from_spec, domain_from_spec
+from registrar.model import Connection
+from registrar.store import layout
+from registrar.store.etcd import EtcdStore
+from sip_operator import status as status_rules
+from sip_operator.children import PodSettings, desired_children, nonce_secret
+from sip_operator.kubernetes_api import KubernetesApi
+
+log = logging.getLogger("sipreg.operator")
+
+PATCHES_IN_FLIGHT = 8  # status patches at once: the API server's fair share, not a flood
+DOMAIN_STATUS_INTERVAL = 10.0  # seconds; binding counts move with every REGISTER
+EXPIRY_CHECK_INTERVAL = 30.0  # seconds; how stale a shown expiresAt may get (status.needs_patch)
+
+ObjectKey = tuple[str, str]  # (namespace, name)
+Aor = tuple[str, str]  # (domain, username)
+Adopt = Callable[[dict[str, Any], dict[str, Any]], None]  # (child, owner body): owner references
+
+
+@dataclass
+class DomainEntry:
+    """What the operator knows of one SipDomain."""
+
+    generation: int = 0
+    fqdn: str | None = None  # spec.domain once valid
+    registration_enabled: bool = False
+    replicas: int = 0
+    ready_replicas: int = 0
+    problem: tuple[str, str] | None = None
+    patched: dict[str, Any] | None = None  # the status as last written
+
+
+@dataclass
+class ConnectionEntry:
+    """What the operator knows of one SipConnection."""
+
+    spec: Any = None
+    generation: int = 0
+    published: Aor | None = None  # the etcd record this object owns
+    problem: tuple[str, str] | None = None
+    patched: dict[str, Any] | None = None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        api: KubernetesApi,
+        store: EtcdStore,
+        settings: PodSettings,
+        *,
+        adopt: Adopt,
+        new_secret: Callable[[], str],
+        clock: Callable[[], float] = time.time,
+    ):
+        self.api = api
+        self.store = store
+        self.settings = settings
+        self._adopt = adopt
+        self._new_secret = new_secret
+        self._clock = clock
+        self.domains: dict[ObjectKey, DomainEntry] = {}
+        self.connections: dict[ObjectKey, ConnectionEntry] = {}
+        self._owners: dict[Aor, ObjectKey] = {}  # published AOR -> its SipConnection
+        self._dirty: set[ObjectKey] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    # -- life ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.store.on_failure = lambda domain, username: self._touch_aor((domain, username))
+        await self.store.start()
+        self._tasks = [
+            asyncio.create_task(self._follow_bindings(), name="follow-bindings"),
+            asyncio.create_task(self._report_forever(), name="report-status"),
+            asyncio.create_task(self._tick_forever(), name="status-timer"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+
+    # -- SipDomain -------------------------------------------------------------------------
+
+    async def apply_domain(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """Create or update a SipDomain's children and etcd record; a bad spec becomes its Ready condition."""
+        entry = self.domains.setdefault((namespace, name), DomainEntry())
+        entry.generation = body.get("metadata", {}).get("generation", 0)
+        old_fqdn = entry.fqdn
+        try:
+            domain = domain_from_spec(body.get("spec"))
+            children = desired_children(name, body.get("spec"), self.settings)
+            holder = self._domain_holder(domain.name, besides=(namespace, name))
+            if holder is not None:
+                raise SpecError(
+                    "spec.domain", f"{domain.name} is already served by SipDomain {holder[0]}/{holder[1]}", "Conflict"
+                )
+        except SpecError as error:
+            entry.problem = (error.reason, str(error))
+            entry.fqdn = None
+            log.warning("SipDomain %s/%s: %s", namespace, name, error)
+        else:
+            entry.problem = None
+            entry.fqdn = domain.name
+            entry.registration_enabled = domain.registration.enabled
+            entry.replicas = body["spec"].get("replicas", 1)
+            secret = nonce_secret(name, self._new_secret())
+            self._adopt(secret, body)
+            for child in children:
+                self._adopt(child, body)
+            await asyncio.to_thread(self._apply_children, namespace, secret, children)
+            await self.store.session.write({layout.domain_key(domain.name): layout.encode_domain(domain)})
+        if old_fqdn and old_fqdn != entry.fqdn:
+            await self._forget_domain(old_fqdn)
+        for fqdn in {old_fqdn, entry.fqdn} - {None}:
+            await self._reapply_connections(lambda spec, fqdn=fqdn: _spec_domain(spec) == fqdn)
+        await self._report_domain((namespace, name), entry)
+
+    def _apply_children(self, namespace: str, secret: dict[str, Any], children: list[dict[str, Any]]) -> None:
+        self.api.create_if_missing(namespace, secret)
+        for child in children:
+            outcome = self.api.apply(namespace, child)
+            if outcome != "unchanged":
+                log.info("%s %s/%s %s", child["kind"], namespace, child["metadata"]["name"], outcome)
+
+    async def delete_domain(self, namespace: str, name: str) -> None:
+        """Forget a SipDomain; its children go with it (owner references), its connections turn DomainNotFound."""
+        entry = self.domains.pop((namespace, name), None)
+        if entry is None or entry.fqdn is None:
+            return
+        await self._forget_domain(entry.fqdn)
+        await self._reapply_connections(lambda spec: _spec_domain(spec) == entry.fqdn)
+
+    async def _forget_domain(self, fqdn: str) -> None:
+        if self._domain_holder(fqdn, besides=None) is None:
+            await self.store.session.write({}, [layout.domain_key(fqdn)])
+
+    def _domain_holder(self, fqdn: str, besides: ObjectKey | None) -> ObjectKey | None:
+        for key, entry in self.domains.items():
+            if entry.fqdn == fqdn and key != besides:
+                return key
+        return None
+
+    async def replicas_changed(self, namespace: str, name: str, ready: int) -> None:
+        """The registrar Deployment of SipDomain `name` reports `ready` pods."""
+        entry = self.domains.get((namespace, name))
+        if entry is not None and entry.ready_replicas != ready:
+            entry.ready_replicas = ready
+            await self._report_domain((namespace, name), entry)
+
+    # -- SipConnection ---------------------------------------------------------------------
+
+    async def apply_connection(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """Publish a SipConnection to etcd (HA1 digests, never the password), or say in its status why not."""
+        entry = self.connections.setdefault((namespace, name), ConnectionEntry())
+        entry.spec = body.get("spec")
+        entry.generation = body.get("metadata", {}).get("generation", 0)
+        if entry.patched is None and isinstance(body.get("status"), dict):
+            entry.patched = body["status"]  # after a restart: no patch unless something changed
+        await self._publish((namespace, name), entry)
+
+    async def _publish(self, key: ObjectKey, entry: ConnectionEntry) -> None:
+        namespace, name = key
+        fqdns = {e.fqdn for e in self.domains.values() if e.fqdn is not None}
+        try:
+            connection = await asyncio.to_thread(
+                connection_from_spec, name, namespace, entry.spec, fqdns, self.api.secret_data
+            )
+            aor = (connection.domain, connection.username)
+            owner = self._owners.get(aor)
+            if owner is not None and owner != key:
+                raise SpecError(
+                    "spec.username", f"{connection.aor} is already defined by SipConnection {owner[0]}/{owner[1]}",
+                    "Conflict",
+                )
+        except SpecError as error:
+            entry.problem = (error.reason, str(error))
+            log.warning("SipConnection %s/%s: %s", namespace, name, error)
+            # A connection that lost its Secret or domain must stop accepting its old password.
+            await self._unpublish(entry, drop_bindings=False)
+        else:
+            entry.problem = None
+            if entry.published not in (None, aor):
+                await self._unpublish(entry, drop_bindings=True)
+            await self._write_connection(connection)
+            entry.published = aor
+            self._owners[aor] = key
+        self._mark(key)
+
+    async def _write_connection(self, connection: Connection) -> None:
+        record = layout.encode_connection(connection)
+        held = self.store.catalog.connections.get((connection.domain, connection.username))
+        if held is None or layout.encode_connection(held) != record:
+            await self.store.session.write({layout.connection_key(connection.domain, connection.username): record})
+
+    async def _unpublish(self, entry: ConnectionEntry, drop_bindings: bool) -> None:
+        if entry.published is None:
+            return
+        domain, username = entry.published
+        keys = [layout.connection_key(domain, username)]
+        if drop_bindings:
+            keys += [layout.bindings_key(f"{username}@{domain}"), layout.failure_key(domain, username)]
+        await self.store.session.write({}, keys)
+        self._owners.pop(entry.published, None)
+        entry.published = None
+
+    async def delete_connection(self, namespace: str, name: str) -> None:
+        """Remove a SipConnection from etcd with its bindings and failure record."""
+        entry = self.connections.pop((namespace, name), None)
+        self._dirty.discard((namespace, name))
+        if entry is not None:
+            await self._unpublish(entry, drop_bindings=True)
+
+    async def secret_changed(self, namespace: str, name: str) -> None:
+        """A Secret changed or went away: re-publish the connections whose password it holds."""
+        await self._reapply_connections(
+            lambda spec: _secret_ref(spec) == name, namespace=namespace
+        )
+
+    def uses_secret(self, namespace: str, name: str) -> bool:
+        return any(
+            key[0] == namespace and _secret_ref(entry.spec) == name for key, entry in self.connections.items()
+        )
+
+    async def _reapply_connections(self, selects: Callable[[Any], bool], namespace: str | None = None) -> None:
+        for key, entry in list(self.connections.items()):
+            if (namespace is None or key[0] == namespace) and selects(entry.spec):
+                await self._publish(key, entry)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def _touch_aor(self, aor: Aor) -> None:
+        key = self._owners.get(aor)
+        if key is not None:
+            self._mark(key)
+
+    def _mark(self, key: ObjectKey) -> None:
+        self._dirty.add(key)
+        self._wake.set()
+
+    async def _follow_bindings(self) -> None:
+        async for event in self.store.watch():
+            user, _, domain = event.aor.rpartition("@")
+            self._touch_aor((domain, user))
+
+    async def _tick_forever(self) -> None:
+        """Now and then: domain counts, and contacts whose shown expiry has passed."""
+        last_expiry_check = self._clock()
+        while True:
+            await asyncio.sleep(DOMAIN_STATUS_INTERVAL)
+            for key, entry in list(self.domains.items()):
+                await self._report_domain(key, entry)
+            if self._clock() - last_expiry_check >= EXPIRY_CHECK_INTERVAL:
+                last_expiry_check = self._clock()
+                for key, entry in self.connections.items():
+                    if entry.patched and entry.patched.get("contacts"):
+                        self._mark(key)
+
+    async def _report_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._dirty:
+                batch = [self._dirty.pop() for _ in range(min(PATCHES_IN_FLIGHT, len(self._dirty)))]
+                results = await asyncio.gather(*(self._report_connection(key) for key in batch), return_exceptions=True)
+                for key, result in zip(batch, results):
+                    if isinstance(result, Exception):
+                        log.warning("SipConnection %s/%s: status not patched: %s", *key, result)
+                        self._dirty.add(key)  # try again on the next wake-up
+                if any(isinstance(result, Exception) for result in results):
+                    await asyncio.sleep(1.0)
+
+    async def connection_status(self, key: ObjectKey) -> dict[str, Any] | None:
+        """The status a SipConnection should show now (None: the operator does not know it)."""
+        entry = self.connections.get(key)
+        if entry is None:
+            return None
+        bindings, failure, enabled = [], None, True
+        if entry.published is not None:
+            domain, username = entry.published
+            bindings = await self.store.lookup(f"{username}@{domain}")
+            failure = await self.store.last_failure(domain, username)
+            enabled = any(d.fqdn == domain and d.registration_enabled for d in self.domains.values())
+        return status_rules.connection_status(
+            bindings=bindings,
+            failure=failure,
+            generation=entry.generation,
+            problem=entry.problem,
+            registration_enabled=enabled,
+            previous=entry.patched,
+            now=self._clock(),
+        )
+
+    async def _report_connection(self, key: ObjectKey) -> None:
+        entry = self.connections.get(key)
+        new = await self.connection_status(key)
+        if entry is None or new is None or not status_rules.needs_patch(entry.patched, new, self._clock()):
+            return
+        await self._patch("sipconnections", key, entry.patched, new)
+        entry.patched = new
+
+    async def _report_domain(self, key: ObjectKey, entry: DomainEntry) -> None:
+        fqdn = entry.fqdn
+        owned = [e for e in self.connections.values() if fqdn and e.published and e.published[0] == fqdn]
+        new = status_rules.domain_status(
+            replicas=entry.replicas,
+            ready_replicas=entry.ready_replicas,
+            bindings=self.store.binding_counts().get(fqdn, 0) if fqdn else 0,
+            connections=len(owned),
+            registered_connections=sum(1 for e in owned if e.patched and e.patched.get("registered")),
+            generation=entry.generation,
+            problem=entry.problem,
+            previous=entry.patched,
+            now=self._clock(),
+        )
+        if new != entry.patched:
+            try:
+                await self._patch("sipdomains", key, entry.patched, new)
+            except Exception as error:  # the API server away: next tick tries again
+                log.warning("SipDomain %s/%s: status not patched: %s", *key, error)
+                return
+            entry.patched = new
+
+    async def _patch(self, plural: str, key: ObjectKey, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+        # A merge patch keeps fields it does not name: name the ones to remove as null.
+        patch = {field: None for field in (old or {}) if field not in new} | new
+        await asyncio.to_thread(self.api.patch_status, plural, key[0], key[1], patch)
+
+
+def _spec_domain(spec: Any) -> str | None:
+    domain = spec.get("domain") if isinstance(spec, dict) else None
+    return domain.lower() if isinstance(domain, str) else None
+
+
+def _secret_ref(spec: Any) -> str | None:
+    try:
+        return spec["authentication"]["passwordSecretRef"]["name"]
+    except (KeyError, TypeError):
+        return None

@@ -1,0 +1,145 @@
+"""The SipDomain builders: spec in, Deployment/Services/PDB/Secret out, no cluster needed."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from registrar.manifests import SpecError
+from sip_operator.children import (
+    PodSettings,
+    deployment_name,
+    desired_children,
+    drifted,
+    labels,
+    nonce_secret,
+    nonce_secret_name,
+)
+
+SPEC = yaml.safe_load(
+    """
+domain: sip.example.test
+registration: {enabled: true, minExpires: 60, defaultExpires: 600, maxExpires: 3600}
+mode: proxy
+transports: {udp: 5060, tcp: 5080, tls: {port: 5061, certificateSecret: sip-tls}}
+replicas: 3
+outbound: {gateway: "sip:gw.example.test:5060"}
+"""
+)
+SETTINGS = PodSettings(image="registry.test/sipreg:1.2.3", etcd="etcd://etcd-0:2379,etcd-1:2379")
+
+
+def children(spec=SPEC, settings=SETTINGS):
+    return {(child["kind"], child["metadata"]["name"]): child for child in desired_children("sip-ex", spec, settings)}
+
+
+def test_a_domain_owns_a_deployment_two_services_and_a_budget():
+    assert sorted(children()) == [
+        ("Deployment", "sip-ex-registrar"),
+        ("PodDisruptionBudget", "sip-ex-registrar"),
+        ("Service", "sip-ex-registrars"),
+        ("Service", "sip-ex-sip"),
+    ]
+
+
+def test_the_deployment_runs_registrars_of_that_domain_on_etcd():
+    deployment = children()[("Deployment", deployment_name("sip-ex"))]
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["selector"]["matchLabels"] == labels("sip-ex")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.test/sipreg:1.2.3"
+    assert container["args"][:2] == ["registrar", "--domain=sip.example.test"]
+    assert "--tls-cert=/etc/sipreg/tls/tls.crt" in container["args"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["SIPREG_ETCD"]["value"] == "etcd://etcd-0:2379,etcd-1:2379"
+    assert env["SIPREG_NONCE_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == nonce_secret_name("sip-ex")
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert {"name": "tls", "secret": {"secretName": "sip-tls"}} in pod["volumes"]
+    # The read-only root filesystem still needs a writable /tmp.
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+
+def test_the_sip_service_maps_spec_ports_onto_the_fixed_container_ports():
+    service = children()[("Service", "sip-ex-sip")]
+    ports = {(p["protocol"], p["port"]): p["targetPort"] for p in service["spec"]["ports"]}
+    assert ports == {("UDP", 5060): 5060, ("TCP", 5080): 5060, ("TCP", 5061): 5061}
+    assert service["spec"]["selector"] == labels("sip-ex")
+    assert service["spec"]["externalTrafficPolicy"] == "Local"  # source addresses reach the registrar
+    assert service["spec"]["sessionAffinity"] == "ClientIP"
+
+
+def test_without_transports_a_domain_gets_udp_and_tcp_5060_and_no_tls():
+    spec = {key: value for key, value in SPEC.items() if key != "transports"}
+    built = children(spec)
+    ports = {(p["protocol"], p["port"]) for p in built[("Service", "sip-ex-sip")]["spec"]["ports"]}
+    assert ports == {("UDP", 5060), ("TCP", 5060)}
+    (container,) = built[("Deployment", "sip-ex-registrar")]["spec"]["template"]["spec"]["containers"]
+    assert "--tls-port=0" in container["args"]
+    assert not any(arg.startswith("--tls-cert") for arg in container["args"])
+
+
+def test_a_cluster_ip_service_has_no_external_traffic_policy():
+    service = children(settings=PodSettings(service_type="ClusterIP"))[("Service", "sip-ex-sip")]
+    assert service["spec"]["type"] == "ClusterIP"
+    assert "externalTrafficPolicy" not in service["spec"]
+
+
+def test_the_headless_service_and_budget_select_the_same_pods():
+    built = children()
+    headless = built[("Service", "sip-ex-registrars")]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == labels("sip-ex")
+    budget = built[("PodDisruptionBudget", "sip-ex-registrar")]
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": labels("sip-ex")}}
+
+
+def test_a_bad_spec_raises_a_spec_error_naming_the_field():
+    with pytest.raises(SpecError) as error:
+        desired_children("sip-ex", {**SPEC, "replicas": 0}, SETTINGS)
+    assert error.value.path == "spec.replicas"
+
+
+def test_the_nonce_secret_holds_what_it_is_given():
+    secret = nonce_secret("sip-ex", "s3cret")
+    assert secret["metadata"]["name"] == "sip-ex-nonce"
+    assert secret["stringData"] == {"nonce-secret": "s3cret"}
+
+
+def test_pod_settings_from_the_environment():
+    settings = PodSettings.from_environment(
+        {
+            "SIPREG_IMAGE": "img:2",
+            "SIPREG_ETCD": "etcd://e:2379",
+            "SIPREG_SERVICE_TYPE": "NodePort",
+            "SIPREG_REGISTRAR_RESOURCES": '{"requests": {"cpu": "1"}}',
+        }
+    )
+    assert (settings.image, settings.etcd, settings.service_type) == ("img:2", "etcd://e:2379", "NodePort")
+    assert settings.resources == {"requests": {"cpu": "1"}}
+    assert settings.security_context == PodSettings().security_context
+    with pytest.raises(ValueError, match="SIPREG_SERVICE_TYPE"):
+        PodSettings.from_environment({"SIPREG_SERVICE_TYPE": "Ingress"})
+    with pytest.raises(ValueError, match="SIPREG_REGISTRAR_SECURITY_CONTEXT: expected a JSON object"):
+        PodSettings.from_environment({"SIPREG_REGISTRAR_SECURITY_CONTEXT": "[]"})
+
+
+def test_drift_is_what_the_desired_object_says_differently():
+    desired = children()[("Deployment", "sip-ex-registrar")]
+    actual = copy.deepcopy(desired)
+    actual["status"] = {"readyReplicas": 3}  # the server adds things
+    actual["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
+    assert not drifted(desired, actual)
+    actual["spec"]["replicas"] = 2
+    assert drifted(desired, actual)
+    actual = copy.deepcopy(desired)
+    actual["spec"]["template"]["spec"]["containers"].append({"name": "sidecar"})
+    assert drifted(desired, actual)

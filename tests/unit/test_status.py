@@ -1,0 +1,121 @@
+"""SipConnection and SipDomain status from bindings and failures, and the patch-on-change rule."""
+
+from __future__ import annotations
+
+from registrar.model import Binding
+from registrar.store import RegistrationFailure
+from sip_operator.status import connection_status, domain_status, needs_patch, rfc3339
+
+NOW = 1_800_000_000.0
+
+
+def binding(contact="sip:alice@192.0.2.10:5060", registered_at=NOW - 10, expires=600, source="udp:203.0.113.5:40000"):
+    return Binding(
+        "alice@sip.example.test", contact, registered_at + expires, "call-1", 1,
+        transport="udp", source=source, node="pod-a", user_agent="baresip", registered_at=registered_at,
+    )
+
+
+def status(bindings=(), failure=None, problem=None, previous=None, now=NOW, enabled=True):
+    return connection_status(
+        bindings=bindings, failure=failure, generation=3, problem=problem,
+        registration_enabled=enabled, previous=previous, now=now,
+    )
+
+
+def conditions(result):
+    return {c["type"]: c for c in result["conditions"]}
+
+
+def test_a_registered_connection_shows_its_contacts():
+    result = status([binding()])
+    assert result["registered"] is True
+    assert result["contacts"] == [
+        {
+            "uri": "sip:alice@192.0.2.10:5060",
+            "transport": "udp",
+            "source": "udp:203.0.113.5:40000",
+            "expires": 600,
+            "expiresAt": rfc3339(NOW + 590),
+            "userAgent": "baresip",
+            "node": "pod-a",
+        }
+    ]
+    assert result["lastRegistered"] == rfc3339(NOW - 10)
+    assert result["observedGeneration"] == 3
+    ready, registered = conditions(result)["Ready"], conditions(result)["Registered"]
+    assert (ready["status"], registered["status"], registered["reason"]) == ("True", "True", "Registered")
+    assert registered["message"] == "1 contact registered"
+
+
+def test_expired_bindings_do_not_count():
+    result = status([binding(registered_at=NOW - 700)])
+    assert result["registered"] is False and result["contacts"] == []
+    assert conditions(result)["Registered"]["reason"] == "NotRegistered"
+
+
+def test_a_failure_after_the_last_registration_says_why():
+    failure = RegistrationFailure("sip.example.test", "alice", NOW - 5, "wrong password", "udp:198.51.100.7:5060")
+    result = status(failure=failure)
+    assert result["lastFailure"] == {"time": rfc3339(NOW - 5), "reason": "wrong password", "source": "udp:198.51.100.7:5060"}
+    registered = conditions(result)["Registered"]
+    assert registered["reason"] == "RegistrationFailed"
+    assert "wrong password" in registered["message"] and "198.51.100.7" in registered["message"]
+
+
+def test_a_problem_makes_the_connection_not_ready():
+    result = status(problem=("SecretNotFound", "spec.authentication.passwordSecretRef.name: Secret voip/x not found"))
+    ready = conditions(result)["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "SecretNotFound")
+    assert "Secret voip/x not found" in ready["message"]
+
+
+def test_registration_disabled_is_said_so():
+    assert conditions(status(enabled=False))["Registered"]["reason"] == "RegistrationDisabled"
+
+
+def test_transition_times_move_only_when_a_condition_flips():
+    first = status([binding()], now=NOW)
+    later = status([binding(registered_at=NOW + 50)], previous=first, now=NOW + 60)
+    assert conditions(later)["Registered"]["lastTransitionTime"] == rfc3339(NOW)
+    gone = status([], previous=later, now=NOW + 1000)
+    assert conditions(gone)["Registered"]["lastTransitionTime"] == rfc3339(NOW + 1000)
+    assert gone["lastRegistered"] == later["lastRegistered"]  # kept after the contacts went
+
+
+def test_a_refresh_is_not_worth_a_patch_until_the_shown_expiry_passes():
+    patched = status([binding(registered_at=NOW)], now=NOW)
+    refreshed = status([binding(registered_at=NOW + 300)], previous=patched, now=NOW + 300)
+    assert refreshed != patched
+    assert not needs_patch(patched, refreshed, NOW + 300)
+    assert needs_patch(patched, refreshed, NOW + 601)  # the shown expiresAt has passed
+
+
+def test_real_changes_are_patched_at_once():
+    patched = status([binding()], now=NOW)
+    assert needs_patch(None, patched, NOW)
+    assert needs_patch(patched, status([], previous=patched, now=NOW + 1), NOW + 1)
+    moved = status([binding(source="udp:203.0.113.5:40001")], previous=patched, now=NOW + 1)
+    assert needs_patch(patched, moved, NOW + 1)
+    two = status([binding(), binding(contact="sip:alice@192.0.2.11")], previous=patched, now=NOW + 1)
+    assert needs_patch(patched, two, NOW + 1)
+    failure = RegistrationFailure("sip.example.test", "alice", NOW, "wrong password", "udp:198.51.100.7:5060")
+    assert needs_patch(patched, status([binding()], failure=failure, previous=patched, now=NOW + 1), NOW + 1)
+    assert not needs_patch(patched, status([binding()], previous=patched, now=NOW + 1), NOW + 1)
+
+
+def test_domain_status_counts_and_readiness():
+    result = domain_status(
+        replicas=2, ready_replicas=1, bindings=7, connections=3, registered_connections=2,
+        generation=4, problem=None, previous=None, now=NOW,
+    )
+    assert {k: result[k] for k in ("replicas", "readyReplicas", "bindings", "connections", "registeredConnections")} == {
+        "replicas": 2, "readyReplicas": 1, "bindings": 7, "connections": 3, "registeredConnections": 2,
+    }
+    (ready,) = result["conditions"]
+    assert (ready["status"], ready["message"]) == ("True", "1 of 2 registrar pods ready")
+    down = domain_status(
+        replicas=2, ready_replicas=0, bindings=0, connections=0, registered_connections=0,
+        generation=4, problem=None, previous=result, now=NOW + 5,
+    )
+    assert down["conditions"][0]["reason"] == "NoReadyReplicas"
