@@ -325,6 +325,7 @@ def _object(fields: dict[str, _Field], check: Callable[[dict[str, Any], str], No
             check(parsed, path)
         return parsed
 
+    parse.fields = fields  # type: ignore[attr-defined]  # the field table, for tests/unit/test_crds.py
     return parse
 
 
