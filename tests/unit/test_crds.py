@@ -658,7 +658,7 @@ def catalog_of(directory: Path, *objects: dict[str, Any]) -> manifests.Catalog:
 def loader_accepts(parser: Any, value: Any) -> bool:
     try:
         parser(value, "field")
-    except manifests._FieldError:
+    except manifests.SpecError:
         return False
     return True
 
