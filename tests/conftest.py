@@ -1,4 +1,4 @@
-"""Shared fixtures: free loopback ports and a real `sipreg serve` process."""
+"""Shared fixtures: free loopback ports, a real `sipreg serve` process, a real etcd."""
 
 from __future__ import annotations
 
@@ -61,14 +61,14 @@ class RunningRegistrar:
 
 def start_registrar(
     tmp_path: Path, *extra: str, manifests: Path | None = MANIFESTS, wrapper: list[str] | None = None,
-    ready_timeout: float = 20,
+    ready_timeout: float = 20, command_name: str = "serve",
 ) -> RunningRegistrar:
-    """Start `sipreg serve`; `wrapper` prefixes the command (the benchmark pins CPUs with taskset)."""
+    """Start `sipreg serve` (or `sipreg registrar`, as pods do); `wrapper` prefixes the command (taskset)."""
     host = "127.0.0.1"
     sip_port, tls_port, http_port = free_port(), free_port(), free_port()
     log_path = tmp_path / f"sipreg-{sip_port}.log"
     command = [
-        *(wrapper or []), sys.executable, "-m", "registrar.cli", "serve",
+        *(wrapper or []), sys.executable, "-m", "registrar.cli", command_name,
         *(["--manifests", str(manifests)] if manifests else []), "--host", host,
         "--sip-port", str(sip_port), "--tls-port", str(tls_port), "--http-port", str(http_port),
         *extra,
@@ -80,7 +80,7 @@ def start_registrar(
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"sipreg serve exited with {process.returncode}:\n{registrar.log()}")
+            raise RuntimeError(f"sipreg {command_name} exited with {process.returncode}:\n{registrar.log()}")
         try:
             if registrar.api("/readyz")["ready"]:
                 return registrar
@@ -88,7 +88,7 @@ def start_registrar(
             pass  # not listening yet
         time.sleep(0.05)
     stop_registrar(registrar)
-    raise RuntimeError(f"sipreg serve did not become ready:\n{registrar.log()}")
+    raise RuntimeError(f"sipreg {command_name} did not become ready:\n{registrar.log()}")
 
 
 def stop_registrar(registrar: RunningRegistrar) -> None:
@@ -110,3 +110,18 @@ def registrar(tmp_path: Path) -> Iterator[RunningRegistrar]:
     finally:
         stop_registrar(running)
         assert "Traceback" not in running.log(), running.log()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:  # noqa: F821  (imported below: etcd_server imports us)
+    """A started single-member etcd on fresh loopback ports, stopped after the test whatever its outcome.
+
+    No etcd on PATH fails the test rather than skipping it: `make test` (and so CI) installs Debian's
+    etcd-server, and a skip would hide that the etcd store went untested.
+    """
+    from tests.etcd_server import ETCD, INSTALL_HINT, EtcdServer
+
+    if ETCD is None:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    with EtcdServer(tmp_path) as server:
+        yield server

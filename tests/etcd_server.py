@@ -144,6 +144,11 @@ class EtcdServer:
         answers), like a node behind a dead network path. Requests time out instead of failing fast."""
         assert self.running, "etcd is not running"
         self.process.send_signal(signal.SIGSTOP)
+        # The signal takes effect when the kernel next schedules etcd: wait for that, or a
+        # request sent right after pause() may still be answered on a busy machine.
+        deadline = time.monotonic() + 5
+        while _process_state(self.process.pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def resume(self) -> None:
         """SIGCONT after pause()."""
@@ -182,6 +187,12 @@ class EtcdServer:
 
     def __repr__(self) -> str:
         return f"EtcdServer({self.endpoint}, {'running' if self.running else 'stopped'}, data={self.data_dir})"
+
+
+def _process_state(pid: int) -> str:
+    """The one-letter state of a process (R, S, T for stopped...), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()[0]
 
 
 async def records(url: str, prefix: str) -> dict[bytes, object]:

@@ -148,7 +148,7 @@ async def test_a_hung_etcd_times_out_with_connection_timeout(etcd: EtcdServer) -
             started = time.monotonic()
             with pytest.raises(ConnectionTimeoutError):
                 await client.get(KEY)
-            assert 0.9 < time.monotonic() - started < 3
+            assert 0.9 < time.monotonic() - started < 10  # it gives up, after its timeout (generous: shared CPUs)
         finally:
             etcd.resume()
         assert await value(client) == b"v"
