@@ -1,0 +1,220 @@
+"""The operator's story: the real kopf operator (sip_operator.handlers) against the emulated API, a real etcd,
+a real `sipreg registrar` process and real sipp REGISTERs.
+
+The example manifests are applied in file order, which puts the SipConnections
+before their SipDomains: the operator must cope with any order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from registrar.store import layout
+from tests.conftest import MANIFESTS, start_registrar, stop_registrar
+from tests.etcd_server import EtcdServer, records
+from tests.integration.sipp import manifest_passwords, run_sipp, users_csv
+from tests.k8s.conftest import Kube, wait_for
+
+pytestmark = pytest.mark.k8s
+
+OPERATOR = "sip_operator.handlers"
+NAMESPACE = "voip"
+DOMAIN_OBJECT = "sip-example-test"
+DOMAIN = "sip.example.test"
+CONTACT_PORT = "5099"
+RESOURCES = {
+    "Namespace": "v1/namespaces",
+    "Secret": "v1/secrets",
+    "SipDomain": "sipreg.io/v1alpha1/sipdomains",
+    "SipConnection": "sipreg.io/v1alpha1/sipconnections",
+}
+SIPDOMAINS, SIPCONNECTIONS = RESOURCES["SipDomain"], RESOURCES["SipConnection"]
+
+
+def example_objects() -> list[dict]:
+    return [doc for path in sorted(MANIFESTS.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def apply_examples(kube: Kube) -> None:
+    for obj in example_objects():
+        namespace = None if obj["kind"] == "Namespace" else obj["metadata"].get("namespace", "default")
+        kube.create(RESOURCES[obj["kind"]], obj, namespace=namespace)
+
+
+def etcd_records(etcd: EtcdServer, prefix: str) -> dict[bytes, bytes]:
+    return {key: kv.value for key, kv in asyncio.run(records(etcd.url, prefix)).items()}
+
+
+def condition(obj: dict, type_: str) -> dict:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def connection(kube: Kube, name: str) -> dict:
+    return kube.get(SIPCONNECTIONS, name, NAMESPACE)
+
+
+def register(registrar, tmp_path: Path, user: str, password: str, scenario: str = "register_auth.xml"):
+    csv = users_csv(tmp_path / f"{user}.csv", [(user, password)], DOMAIN)
+    return run_sipp(
+        scenario, f"{registrar.host}:{registrar.sip_port}", workdir=tmp_path, injection=csv,
+        keys={"contact_port": CONTACT_PORT, "expires": "300"},
+    )
+
+
+@pytest.fixture
+def operator_environment(etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch) -> EtcdServer:
+    monkeypatch.setenv("SIPREG_ETCD", etcd.url)
+    monkeypatch.setenv("SIPREG_IMAGE", "registry.test/sipreg:test")
+    return etcd
+
+
+def test_a_sip_domain_becomes_registrar_pods_and_connections_reach_etcd(
+    kube: Kube, operator_runner, operator_environment: EtcdServer, tmp_path: Path
+) -> None:
+    etcd = operator_environment
+    with operator_runner(module=OPERATOR) as runner:
+        apply_examples(kube)
+
+        # The SipDomain's children, owned by it.
+        domain = wait_for(lambda: kube.get(SIPDOMAINS, DOMAIN_OBJECT, NAMESPACE), message="the SipDomain")
+        owner_uid = domain["metadata"]["uid"]
+        children = {
+            "apps/v1/deployments": f"{DOMAIN_OBJECT}-registrar",
+            "v1/services": f"{DOMAIN_OBJECT}-sip",
+            "policy/v1/poddisruptionbudgets": f"{DOMAIN_OBJECT}-registrar",
+            "v1/secrets": f"{DOMAIN_OBJECT}-nonce",
+        }
+        for resource, name in children.items():
+            child = wait_for(lambda: kube.find(resource, name, NAMESPACE), message=f"{resource} {name}")
+            assert [ref["uid"] for ref in child["metadata"]["ownerReferences"]] == [owner_uid]
+        assert kube.find("v1/services", f"{DOMAIN_OBJECT}-registrars", NAMESPACE)["spec"]["clusterIP"] == "None"
+        deployment = kube.get("apps/v1/deployments", f"{DOMAIN_OBJECT}-registrar", NAMESPACE)
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == "registry.test/sipreg:test"
+        assert f"--domain={DOMAIN}" in container["args"]
+
+        # Domains and connections in etcd: HA1 digests, never a password.
+        wait_for(lambda: len(etcd_records(etcd, layout.CONNECTIONS)) == 5, message="5 connections in etcd")
+        assert set(etcd_records(etcd, layout.DOMAINS)) == {layout.domain_key(DOMAIN), layout.domain_key("siphv.example.test")}
+        alice = json.loads(etcd_records(etcd, layout.CONNECTIONS)[layout.connection_key(DOMAIN, "alice")])
+        passwords = manifest_passwords(MANIFESTS)
+        assert alice["ha1"]["MD5"] == hashlib.md5(f"alice:{DOMAIN}:{passwords['alice']}".encode()).hexdigest()
+        everything = b"".join(etcd_records(etcd, layout.PREFIX).values())
+        assert not any(password.encode() in everything for password in passwords.values())
+        wait_for(lambda: condition(connection(kube, "alice"), "Ready").get("status") == "True", message="alice Ready")
+
+        # A registrar pod's process serves what the operator published; sipp registers alice.
+        registrar = start_registrar(
+            tmp_path, "--store", etcd.url, "--domain", DOMAIN, manifests=None, command_name="registrar"
+        )
+        try:
+            run = register(registrar, tmp_path, "alice", passwords["alice"])
+            assert (run.successful, run.failed) == (1, 0), run.errors or run.messages
+            status = wait_for(
+                lambda: (s := connection(kube, "alice").get("status", {})).get("registered") and s,
+                message="alice registered in her status",
+            )
+            (contact,) = status["contacts"]
+            assert contact["uri"] == f"sip:alice@127.0.0.1:{CONTACT_PORT};transport=udp"
+            assert re.fullmatch(r"udp:127\.0\.0\.1:\d+", contact["source"]) and contact["userAgent"] == "sipp"
+            assert contact["transport"] == "udp" and contact["expires"] > 200
+            assert condition({"status": status}, "Registered")["status"] == "True"
+            assert status["observedGeneration"] == 1
+
+            # A wrong password shows as bob's last failure.
+            run = register(registrar, tmp_path, "bob", "not-bobs-password", "register_wrong_password.xml")
+            assert (run.successful, run.failed) == (1, 0), run.errors or run.messages
+            failure = wait_for(
+                lambda: connection(kube, "bob").get("status", {}).get("lastFailure"), message="bob's last failure"
+            )
+            assert failure["reason"] == "wrong password" and failure["source"].startswith("udp:127.0.0.1:")
+            assert condition(connection(kube, "bob"), "Registered")["reason"] == "RegistrationFailed"
+
+            # A new password in the Secret is published: the old one stops working, the new one works.
+            kube.patch("v1/secrets", "bob-sip", {"data": {"password": base64.b64encode(b"bob-new-5").decode()}}, NAMESPACE)
+            wait_for(lambda: register(registrar, tmp_path, "bob", "bob-new-5").successful == 1, timeout=20,
+                     message="bob's new password accepted")
+
+            # Deleting alice removes her from etcd with her bindings.
+            kube.delete(SIPCONNECTIONS, "alice", NAMESPACE)
+            kube.wait_gone(SIPCONNECTIONS, "alice", NAMESPACE)
+            assert layout.connection_key(DOMAIN, "alice") not in etcd_records(etcd, layout.CONNECTIONS)
+            assert layout.bindings_key(f"alice@{DOMAIN}") not in etcd_records(etcd, layout.BINDINGS)
+            wait_for(lambda: registrar.bindings(f"alice@{DOMAIN}") == [], message="alice's binding gone")
+        finally:
+            stop_registrar(registrar)
+        assert "Traceback" not in registrar.log(), registrar.log()
+
+        # The SipDomain's status counts its connections.
+        wait_for(lambda: kube.get(SIPDOMAINS, DOMAIN_OBJECT, NAMESPACE).get("status", {}).get("connections") == 3,
+                 timeout=20, message="the SipDomain's connection count")
+
+        # Deleting the SipDomain: its children go (owner references), and its record leaves etcd.
+        kube.delete(SIPDOMAINS, DOMAIN_OBJECT, NAMESPACE)
+        kube.wait_gone(SIPDOMAINS, DOMAIN_OBJECT, NAMESPACE)
+        assert layout.domain_key(DOMAIN) not in etcd_records(etcd, layout.DOMAINS)
+        for resource, name in children.items():
+            wait_for(lambda: kube.find(resource, name, NAMESPACE) is None, message=f"{resource} {name} gone")
+        # Its connections now say their domain is missing, in words.
+        ready = wait_for(lambda: (c := condition(connection(kube, "bob"), "Ready")).get("status") == "False" and c,
+                         message="bob not ready")
+        assert ready["reason"] == "DomainNotFound" and DOMAIN in ready["message"]
+    assert "Traceback" not in runner.output, runner.output
+
+
+def test_bad_connections_get_conditions_in_words_and_the_operator_keeps_going(
+    kube: Kube, operator_runner, operator_environment: EtcdServer
+) -> None:
+    etcd = operator_environment
+    kube.create(RESOURCES["Namespace"], {"metadata": {"name": NAMESPACE}}, namespace=None)
+
+    def sip_connection(name: str, domain: str, secret: str, key: str = "password") -> dict:
+        return {
+            "apiVersion": "sipreg.io/v1alpha1", "kind": "SipConnection",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"domain": domain, "username": name,
+                     "authentication": {"type": "credentials", "passwordSecretRef": {"name": secret, "key": key}}},
+        }
+
+    with operator_runner(module=OPERATOR) as runner:
+        kube.create(SIPDOMAINS, {"apiVersion": "sipreg.io/v1alpha1", "kind": "SipDomain",
+                                 "metadata": {"name": "d", "namespace": NAMESPACE},
+                                 "spec": {"domain": DOMAIN, "registration": {"enabled": True}}}, NAMESPACE)
+        kube.create(RESOURCES["Secret"], {"metadata": {"name": "has-other-key", "namespace": NAMESPACE},
+                                          "data": {"secret": base64.b64encode(b"x").decode()}}, NAMESPACE)
+        kube.create(SIPCONNECTIONS, sip_connection("nodomain", "nowhere.example.test", "has-other-key"), NAMESPACE)
+        kube.create(SIPCONNECTIONS, sip_connection("nosecret", DOMAIN, "missing-sip"), NAMESPACE)
+        kube.create(SIPCONNECTIONS, sip_connection("nokey", DOMAIN, "has-other-key"), NAMESPACE)
+
+        def ready(name: str) -> dict:
+            return wait_for(lambda: condition(connection(kube, name), "Ready").get("status") == "False"
+                            and condition(connection(kube, name), "Ready"), message=f"{name} not ready")
+
+        assert ready("nodomain")["reason"] == "DomainNotFound"
+        assert "no SipDomain defines 'nowhere.example.test'" in ready("nodomain")["message"]
+        assert ready("nosecret")["reason"] == "SecretNotFound"
+        assert "Secret voip/missing-sip not found" in ready("nosecret")["message"]
+        assert ready("nokey")["reason"] == "SecretKeyNotFound"
+        assert "has no key 'password' (it has: 'secret')" in ready("nokey")["message"]
+        assert etcd_records(etcd, layout.CONNECTIONS) == {}
+
+        # The missing Secret appears: the connection is published without touching it.
+        kube.create(RESOURCES["Secret"], {"metadata": {"name": "missing-sip", "namespace": NAMESPACE},
+                                          "data": {"password": base64.b64encode(b"pw").decode()}}, NAMESPACE)
+        wait_for(lambda: condition(connection(kube, "nosecret"), "Ready").get("status") == "True",
+                 message="nosecret ready once its Secret exists")
+        assert set(etcd_records(etcd, layout.CONNECTIONS)) == {layout.connection_key(DOMAIN, "nosecret")}
+
+        # The Secret goes away again: the connection leaves etcd (its password no longer works).
+        kube.delete(RESOURCES["Secret"], "missing-sip", NAMESPACE)
+        wait_for(lambda: etcd_records(etcd, layout.CONNECTIONS) == {}, message="nosecret unpublished")
+        assert condition(connection(kube, "nosecret"), "Ready")["reason"] == "SecretNotFound"
+    assert "Traceback" not in runner.output, runner.output
