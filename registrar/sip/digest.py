@@ -37,7 +37,7 @@ API
 - ``AuthOutcome(status, username, reason)`` with ``AuthStatus`` OK, STALE,
   FAILED. On STALE the caller re-challenges with ``stale=True``; on FAILED it
   answers 401/403 (``reason`` is for logs and the trunk status: "unknown user"
-  and "wrong response" must look the same on the wire).
+  and "wrong password" must look the same on the wire).
 
 Decisions
 ---------
@@ -748,7 +748,9 @@ class DigestAuthenticator:
             reason = "unknown user" if ha1_by_algorithm is None else f"no {algorithm.base} credentials"
             return AuthOutcome(AuthStatus.FAILED, username, reason)
         if not matches:
-            return AuthOutcome(AuthStatus.FAILED, username, "wrong response")
+            # The digest of a known user does not match: to the operator reading the trunk status,
+            # a wrong password (the realm and username are the ones we challenged with).
+            return AuthOutcome(AuthStatus.FAILED, username, "wrong password")
 
         if nonce_status is NonceStatus.STALE:
             return AuthOutcome(AuthStatus.STALE, username, "nonce expired")

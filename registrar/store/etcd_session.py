@@ -204,7 +204,10 @@ class EtcdSession:
 
         async def requests() -> AsyncIterator[rpc.WatchRequest]:
             yield rpc.WatchRequest(create_request=create)
-            await stop.wait()  # keep the stream open; nothing more to ask
+            # Keep the stream open; nothing more to ask. Cancelled with the call: end quietly
+            # (gRPC would log the cancellation with a traceback).
+            with contextlib.suppress(asyncio.CancelledError):
+                await stop.wait()
 
         call = rpc.WatchStub(client.channel).Watch(requests())
         try:

@@ -188,7 +188,7 @@ def test_wrong_passwords_are_recorded_for_the_connection_without_flooding_etcd(r
     key = layout.failure_key(DOMAIN, "alice")
     value = eventually(lambda: etcd_keys(etcd, layout.FAILURES).get(key), 5, "a failure record")
     failure = layout.decode_failure(DOMAIN, "alice", value)
-    assert failure.reason == "wrong response" and failure.source.startswith("udp:127.0.0.1:")
+    assert failure.reason == "wrong password" and failure.source.startswith("udp:127.0.0.1:")
     assert asyncio.run(records(etcd.url, layout.FAILURES))[key].version == 1  # 30 failures within seconds: one write
 
 

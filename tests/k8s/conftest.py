@@ -115,6 +115,7 @@ ClusterEmulator replaces the write path and list/watch:
   resourceVersion; a watch with resourceVersion=N replays the events after
   N (all events are kept in memory), without one (or "0") it sends the
   matching objects as ADDED; then live events, with no gap or duplicate.
+- Secrets: stringData folded into data (base64) on every write, as the apiserver does.
 
 Still not emulated: validation against schemas (types, enums, required,
 patterns: a wrong value is stored), admission webhooks, RBAC and

@@ -21,6 +21,7 @@ the emulator's _objects/_buses/_lock/_resources/_requests): kmock is pinned.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import datetime
 import itertools
@@ -402,6 +403,12 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 await self._delete(key, obj, {})
 
     def _normalise(self, resource: kmock.resource, body: dict[str, Any]) -> dict[str, Any]:
+        if resource.plural == "secrets" and not resource.group and "stringData" in body:
+            # stringData is write-only: the apiserver folds it into data (base64), stringData winning.
+            data = body.setdefault("data", {}) or {}
+            for key, value in (body.pop("stringData") or {}).items():
+                data[key] = base64.b64encode(str(value).encode()).decode()
+            body["data"] = data
         schema = self._schemas.get(resource)
         if schema is not None:
             body = apply_schema(body, schema, root=True)

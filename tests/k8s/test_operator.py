@@ -123,7 +123,7 @@ def test_a_sip_domain_becomes_registrar_pods_and_connections_reach_etcd(
                 message="alice registered in her status",
             )
             (contact,) = status["contacts"]
-            assert contact["uri"] == f"sip:alice@127.0.0.1:{CONTACT_PORT};transport=udp"
+            assert contact["uri"].lower() == f"sip:alice@127.0.0.1:{CONTACT_PORT};transport=udp"
             assert re.fullmatch(r"udp:127\.0\.0\.1:\d+", contact["source"]) and contact["userAgent"] == "sipp"
             assert contact["transport"] == "udp" and contact["expires"] > 200
             assert condition({"status": status}, "Registered")["status"] == "True"
@@ -194,16 +194,16 @@ def test_bad_connections_get_conditions_in_words_and_the_operator_keeps_going(
         kube.create(SIPCONNECTIONS, sip_connection("nosecret", DOMAIN, "missing-sip"), NAMESPACE)
         kube.create(SIPCONNECTIONS, sip_connection("nokey", DOMAIN, "has-other-key"), NAMESPACE)
 
-        def ready(name: str) -> dict:
-            return wait_for(lambda: condition(connection(kube, name), "Ready").get("status") == "False"
-                            and condition(connection(kube, name), "Ready"), message=f"{name} not ready")
+        def not_ready(name: str, reason: str) -> str:
+            """The Ready condition's message once it is False for `reason` (the domain may come after)."""
+            ready = wait_for(lambda: (c := condition(connection(kube, name), "Ready")).get("reason") == reason and c,
+                             message=f"{name} not ready for {reason}")
+            assert ready["status"] == "False"
+            return ready["message"]
 
-        assert ready("nodomain")["reason"] == "DomainNotFound"
-        assert "no SipDomain defines 'nowhere.example.test'" in ready("nodomain")["message"]
-        assert ready("nosecret")["reason"] == "SecretNotFound"
-        assert "Secret voip/missing-sip not found" in ready("nosecret")["message"]
-        assert ready("nokey")["reason"] == "SecretKeyNotFound"
-        assert "has no key 'password' (it has: 'secret')" in ready("nokey")["message"]
+        assert "no SipDomain defines 'nowhere.example.test'" in not_ready("nodomain", "DomainNotFound")
+        assert "Secret voip/missing-sip not found" in not_ready("nosecret", "SecretNotFound")
+        assert "has no key 'password' (it has: 'secret')" in not_ready("nokey", "SecretKeyNotFound")
         assert etcd_records(etcd, layout.CONNECTIONS) == {}
 
         # The missing Secret appears: the connection is published without touching it.

@@ -514,14 +514,14 @@ def test_wrong_password_fails():
     _, authenticator = _setup()
     header = authenticator.challenges(REALM, ["MD5"])[0]
     outcome = authenticator.verify("REGISTER", _authorization(header, "guess"), REALM, ALICE)
-    assert (outcome.status, outcome.reason) == (AuthStatus.FAILED, "wrong response")
+    assert (outcome.status, outcome.reason) == (AuthStatus.FAILED, "wrong password")
 
 
 def test_response_for_another_method_fails():
     _, authenticator = _setup()
     header = authenticator.challenges(REALM, ["MD5"])[0]
     outcome = authenticator.verify("INVITE", _authorization(header), REALM, ALICE)
-    assert outcome.reason == "wrong response"
+    assert outcome.reason == "wrong password"
 
 
 def test_unknown_user_fails_after_the_same_computation_as_a_wrong_password(monkeypatch):
@@ -543,7 +543,7 @@ def test_unknown_user_fails_after_the_same_computation_as_a_wrong_password(monke
     unknown = authenticator.verify("REGISTER", mallory, REALM, None)
     # Even the right password fails for a user provisioned without that algorithm.
     no_md5 = authenticator.verify("REGISTER", right, REALM, {"SHA-256": ALICE["SHA-256"]})
-    assert (wrong_password.status, wrong_password.reason) == (AuthStatus.FAILED, "wrong response")
+    assert (wrong_password.status, wrong_password.reason) == (AuthStatus.FAILED, "wrong password")
     assert (unknown.status, unknown.reason) == (AuthStatus.FAILED, "unknown user")
     assert (no_md5.status, no_md5.reason) == (AuthStatus.FAILED, "no MD5 credentials")
     assert len(calls) == 3
@@ -569,7 +569,7 @@ def test_stale_nonce_with_right_password_is_stale_and_with_wrong_password_fails(
     right = authenticator.verify("REGISTER", _authorization(header), REALM, ALICE)
     wrong = authenticator.verify("REGISTER", _authorization(header, "guess"), REALM, ALICE)
     assert (right.status, right.reason) == (AuthStatus.STALE, "nonce expired")
-    assert (wrong.status, wrong.reason) == (AuthStatus.FAILED, "wrong response")
+    assert (wrong.status, wrong.reason) == (AuthStatus.FAILED, "wrong password")
 
 
 def test_invalid_nonce_fails():
@@ -625,7 +625,7 @@ def test_response_without_qop_is_refused_unless_allowed():
     header = lenient.challenges(REALM, ["MD5"])[0]
     assert lenient.verify("REGISTER", _authorization(header, qop=None), REALM, ALICE).ok
     assert lenient.verify("REGISTER", _authorization(header, "guess", qop=None), REALM, ALICE).reason == (
-        "wrong response"
+        "wrong password"
     )
     # MD5-sess without qop uses the cnonce (RFC 2617).
     assert lenient.verify("REGISTER", _authorization(header, qop=None, algorithm="MD5-sess"), REALM, ALICE).ok

@@ -70,7 +70,7 @@ def test_a_record_this_version_cannot_read_is_a_bad_record_not_a_crash(value, de
 
 
 def test_failure_and_node_records_round_trip() -> None:
-    failure = RegistrationFailure("sip.example.test", "alice", 1234.5, "wrong response", "udp:192.0.2.9:5060")
+    failure = RegistrationFailure("sip.example.test", "alice", 1234.5, "wrong password", "udp:192.0.2.9:5060")
     assert layout.decode_failure("sip.example.test", "alice", layout.encode_failure(failure)) == failure
     node = layout.decode_node(layout.encode_node("pod-a", "10.0.0.5", 5060, 99.0))
     assert node == {"node": "pod-a", "address": "10.0.0.5", "sipPort": 5060, "started": 99.0}

@@ -186,9 +186,9 @@ async def test_background_sweeper_expires_bindings(clock):
 
 async def test_last_failure_keeps_the_latest_per_connection(store):
     assert await store.last_failure("sip.example.test", "alice") is None
-    first = RegistrationFailure("sip.example.test", "alice", START, "wrong response", "udp:192.0.2.10:5060")
+    first = RegistrationFailure("sip.example.test", "alice", START, "wrong password", "udp:192.0.2.10:5060")
     later = RegistrationFailure("sip.example.test", "alice", START + 10, "unknown user", "udp:203.0.113.5:4000")
-    bob = RegistrationFailure("sip.example.test", "bob", START + 5, "wrong response", "tcp:192.0.2.20:5060")
+    bob = RegistrationFailure("sip.example.test", "bob", START + 5, "wrong password", "tcp:192.0.2.20:5060")
     await store.record_failure(first)
     await store.record_failure(bob)
     assert await store.last_failure("sip.example.test", "alice") == first

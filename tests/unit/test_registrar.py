@@ -436,7 +436,7 @@ async def test_wrong_password_gets_a_fresh_challenge_and_stores_nothing(env):
     assert "stale" not in challenge_params(response.get("WWW-Authenticate") or "")
     assert env.store.updates == 0
     assert await env.bindings() == []
-    assert env.auth_failures == [(DOMAIN, "wrong response")]
+    assert env.auth_failures == [(DOMAIN, "wrong password")]
 
 
 def _shape(response: Response) -> tuple:
@@ -453,7 +453,7 @@ async def test_unknown_user_is_indistinguishable_from_wrong_password(env):
     assert wrong.status == unknown.status == 401
     assert _shape(wrong) == _shape(unknown)
     assert env.store.updates == 0
-    assert env.auth_failures == [(DOMAIN, "wrong response"), (DOMAIN, "unknown user")]
+    assert env.auth_failures == [(DOMAIN, "wrong password"), (DOMAIN, "unknown user")]
 
 
 async def test_stale_nonce_gets_401_with_stale_true_and_then_registers(env):
@@ -481,7 +481,7 @@ async def test_stale_nonce_with_wrong_password_is_not_stale(env):
     response = await phone.register([contact()], password="wrong", reuse_nonce=True)
     assert response.status == 401
     assert "stale" not in challenge_params(response.get("WWW-Authenticate") or "")
-    assert env.auth_failures == [(DOMAIN, "wrong response")]
+    assert env.auth_failures == [(DOMAIN, "wrong password")]
 
 
 async def test_nonce_reuse_needs_an_increasing_nonce_count(env):
@@ -1005,10 +1005,10 @@ async def test_on_result_sees_every_answer_and_on_auth_failure_only_real_failure
     assert env.auth_failures == []
     await phone.register([contact()], password="wrong", reuse_nonce=True)
     assert env.results == [(DOMAIN, 401), (DOMAIN, 401)]
-    assert env.auth_failures == [(DOMAIN, "wrong response")]
+    assert env.auth_failures == [(DOMAIN, "wrong password")]
     await phone.register([contact()])
     assert env.results == [(DOMAIN, 401), (DOMAIN, 401), (DOMAIN, 401), (DOMAIN, 200)]
-    assert env.auth_failures == [(DOMAIN, "wrong response")]
+    assert env.auth_failures == [(DOMAIN, "wrong password")]
 
 
 async def test_on_bound_is_told_the_longest_expiry_of_bindings_made_over_a_connection(env):
@@ -1025,7 +1025,7 @@ async def test_wrong_password_records_the_last_failure(env):
     await env.phone().register([contact()], password="wrong")
     await settle()
     failure = await env.store.last_failure(DOMAIN, "alice")
-    assert failure == RegistrationFailure(DOMAIN, "alice", env.clock.now, "wrong response", "udp:192.0.2.10:5060")
+    assert failure == RegistrationFailure(DOMAIN, "alice", env.clock.now, "wrong password", "udp:192.0.2.10:5060")
 
 
 async def test_failure_records_are_throttled_per_connection(env):
