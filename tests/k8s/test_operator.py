@@ -43,9 +43,14 @@ def example_objects() -> list[dict]:
     return [doc for path in sorted(MANIFESTS.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def apply_examples(kube: Kube) -> None:
+def apply_examples(kube: Kube, namespace: str = NAMESPACE) -> None:
+    """kubectl apply -f manifests/, into `namespace` (the examples' Namespace object only when it is theirs)."""
     for obj in example_objects():
-        namespace = None if obj["kind"] == "Namespace" else obj["metadata"].get("namespace", "default")
+        if obj["kind"] == "Namespace":
+            if obj["metadata"]["name"] == namespace:
+                kube.create(RESOURCES["Namespace"], obj, namespace=None)
+            continue
+        obj["metadata"]["namespace"] = namespace
         kube.create(RESOURCES[obj["kind"]], obj, namespace=namespace)
 
 
@@ -73,7 +78,13 @@ def register(registrar, tmp_path: Path, user: str, password: str, scenario: str 
 def operator_environment(etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch) -> EtcdServer:
     monkeypatch.setenv("SIPREG_ETCD", etcd.url)
     monkeypatch.setenv("SIPREG_IMAGE", "registry.test/sipreg:test")
+    # Domain counts are refreshed every 10 s in a cluster; a test need not wait that long.
+    monkeypatch.setattr("sip_operator.reconciler.DOMAIN_STATUS_INTERVAL", 0.2)
     return etcd
+
+
+def domain_status(kube: Kube) -> dict:
+    return kube.get(SIPDOMAINS, DOMAIN_OBJECT, NAMESPACE).get("status", {})
 
 
 def test_a_sip_domain_becomes_registrar_pods_and_connections_reach_etcd(
@@ -100,13 +111,29 @@ def test_a_sip_domain_becomes_registrar_pods_and_connections_reach_etcd(
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         assert container["image"] == "registry.test/sipreg:test"
         assert f"--domain={DOMAIN}" in container["args"]
+        assert deployment["spec"]["replicas"] == 2
 
-        # Domains and connections in etcd: HA1 digests, never a password.
+        # A spec change reaches the children; the Deployment's readiness reaches the SipDomain's status.
+        kube.patch(SIPDOMAINS, DOMAIN_OBJECT, {"spec": {"replicas": 3}}, NAMESPACE)
+        wait_for(lambda: kube.get("apps/v1/deployments", f"{DOMAIN_OBJECT}-registrar", NAMESPACE)["spec"]["replicas"]
+                 == 3, message="the Deployment scaled to 3")
+        # No controllers in the emulator: play the Deployment controller's part.
+        kube.patch("apps/v1/deployments", f"{DOMAIN_OBJECT}-registrar", {"status": {"readyReplicas": 2}}, NAMESPACE,
+                   subresource="status")
+        status = wait_for(lambda: (s := domain_status(kube)).get("readyReplicas") == 2 and s,
+                          message="readyReplicas in the SipDomain's status")
+        generation = kube.get(SIPDOMAINS, DOMAIN_OBJECT, NAMESPACE)["metadata"]["generation"]
+        assert status["replicas"] == 3 and status["observedGeneration"] == generation
+        assert condition({"status": status}, "Ready")["message"] == "2 of 3 registrar pods ready"
+
+        # Domains and connections in etcd: HA1 digests, never a password; the IP-authenticated PBX by address.
         wait_for(lambda: len(etcd_records(etcd, layout.CONNECTIONS)) == 5, message="5 connections in etcd")
         assert set(etcd_records(etcd, layout.DOMAINS)) == {layout.domain_key(DOMAIN), layout.domain_key("siphv.example.test")}
         alice = json.loads(etcd_records(etcd, layout.CONNECTIONS)[layout.connection_key(DOMAIN, "alice")])
         passwords = manifest_passwords(MANIFESTS)
         assert alice["ha1"]["MD5"] == hashlib.md5(f"alice:{DOMAIN}:{passwords['alice']}".encode()).hexdigest()
+        pbx = json.loads(etcd_records(etcd, layout.CONNECTIONS)[layout.connection_key(DOMAIN, "pbx-office")])
+        assert (pbx["authentication"], pbx["allowedAddresses"], pbx["ha1"]) == ("ip", ["127.0.0.2/32", "192.0.2.0/24"], {})
         everything = b"".join(etcd_records(etcd, layout.PREFIX).values())
         assert not any(password.encode() in everything for password in passwords.values())
         wait_for(lambda: condition(connection(kube, "alice"), "Ready").get("status") == "True", message="alice Ready")
@@ -128,6 +155,8 @@ def test_a_sip_domain_becomes_registrar_pods_and_connections_reach_etcd(
             assert contact["transport"] == "udp" and contact["expires"] > 200
             assert condition({"status": status}, "Registered")["status"] == "True"
             assert status["observedGeneration"] == 1
+            wait_for(lambda: domain_status(kube).get("bindings") == 1 and domain_status(kube)["registeredConnections"] == 1,
+                     message="the SipDomain's binding count")
 
             # A wrong password shows as bob's last failure.
             run = register(registrar, tmp_path, "bob", "not-bobs-password", "register_wrong_password.xml")

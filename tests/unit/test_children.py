@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -143,3 +144,14 @@ def test_drift_is_what_the_desired_object_says_differently():
     actual = copy.deepcopy(desired)
     actual["spec"]["template"]["spec"]["containers"].append({"name": "sidecar"})
     assert drifted(desired, actual)
+
+
+@pytest.mark.parametrize("service_type", ["LoadBalancer", "ClusterIP"])
+@pytest.mark.parametrize("with_tls", [True, False])
+def test_every_child_is_a_valid_kubernetes_object(service_type, with_tls):
+    """What the operator sends passes Kubernetes' own schemas, strictly (no unknown or misspelt field)."""
+    spec = SPEC if with_tls else {**SPEC, "transports": {"udp": 5060, "tcp": 5060}}
+    built = [*desired_children("sip-ex", spec, PodSettings(service_type=service_type)), nonce_secret("sip-ex", "s")]
+    for child in built:
+        child = {**child, "metadata": {**child["metadata"], "namespace": "voip"}}
+        kubernetes_validate.validate(child, kubernetes_validate.latest_version(), strict=True)
