@@ -25,6 +25,7 @@ import yaml
 from registrar.store import layout
 from tests.conftest import MANIFESTS, ROOT, free_port, start_registrar, stop_registrar
 from tests.etcd_server import EtcdServer, records
+from tests.integration.sip_client import UserAgent, status_of
 from tests.integration.sipp import manifest_passwords, run_sipp, users_csv
 from tests.k8s.conftest import Kube, wait_for
 
@@ -150,6 +151,9 @@ def test_a_sip_domain_becomes_registrar_pods_and_connections_reach_etcd(
         try:
             run = register(registrar, tmp_path, "alice", passwords["alice"])
             assert (run.successful, run.failed) == (1, 0), run.errors or run.messages
+            # The pods of one SipDomain serve that domain only, though etcd holds both.
+            trunk1 = UserAgent(registrar.host, registrar.sip_port, "trunk1", passwords["trunk1"], "siphv.example.test")
+            assert status_of(trunk1.register("sip:trunk1@127.0.0.1:5098")) == 404
             status = wait_for(
                 lambda: (s := connection(kube, "alice").get("status", {})).get("registered") and s,
                 message="alice registered in her status",
