@@ -20,14 +20,14 @@ import pytest
 import yaml
 
 from registrar.store import layout
-from tests.conftest import ROOT, start_registrar, stop_registrar
+from tests.conftest import MANIFESTS, ROOT, start_registrar, stop_registrar
 from tests.etcd_server import EtcdServer
 from tests.integration.sipp import manifest_passwords
 from tests.k8s.conftest import Kube, wait_for
 from tests.k8s.test_operator import (
     DOMAIN, DOMAIN_OBJECT, OPERATOR, SIPCONNECTIONS, SIPDOMAINS, apply_examples, condition, etcd_records, register,
+    wait_for_children,
 )
-from tests.conftest import MANIFESTS
 
 pytestmark = [
     pytest.mark.e2e,
@@ -76,16 +76,7 @@ def test_the_operator_story_on_a_real_cluster(
     monkeypatch.setenv("SIPREG_ETCD", etcd.url)
     with operator_runner(module=OPERATOR):
         apply_examples(kube, ns)
-        owner = wait_for(lambda: kube.find(SIPDOMAINS, DOMAIN_OBJECT, ns), timeout=TIMEOUT, message="the SipDomain")
-        children = {
-            "apps/v1/deployments": f"{DOMAIN_OBJECT}-registrar",
-            "v1/services": f"{DOMAIN_OBJECT}-sip",
-            "policy/v1/poddisruptionbudgets": f"{DOMAIN_OBJECT}-registrar",
-            "v1/secrets": f"{DOMAIN_OBJECT}-nonce",
-        }
-        for resource, name in children.items():
-            child = wait_for(lambda: kube.find(resource, name, ns), timeout=TIMEOUT, message=f"{resource} {name}")
-            assert [ref["uid"] for ref in child["metadata"]["ownerReferences"]] == [owner["metadata"]["uid"]]
+        children = wait_for_children(kube, ns, timeout=TIMEOUT)
         wait_for(lambda: condition(kube.get(SIPCONNECTIONS, "alice", ns), "Ready").get("status") == "True",
                  timeout=TIMEOUT, message="alice Ready")
         assert layout.connection_key(DOMAIN, "alice") in etcd_records(etcd, layout.CONNECTIONS)

@@ -64,6 +64,21 @@ def etcd_records(etcd: EtcdServer, prefix: str) -> dict[bytes, bytes]:
     return {key: kv.value for key, kv in asyncio.run(records(etcd.url, prefix)).items()}
 
 
+def wait_for_children(kube: Kube, namespace: str, timeout: float = 10) -> dict[str, str]:
+    """Wait until the example SipDomain owns its children; they are returned as resource -> name."""
+    owner = wait_for(lambda: kube.find(SIPDOMAINS, DOMAIN_OBJECT, namespace), timeout=timeout, message="the SipDomain")
+    children = {
+        "apps/v1/deployments": f"{DOMAIN_OBJECT}-registrar",
+        "v1/services": f"{DOMAIN_OBJECT}-sip",
+        "policy/v1/poddisruptionbudgets": f"{DOMAIN_OBJECT}-registrar",
+        "v1/secrets": f"{DOMAIN_OBJECT}-nonce",
+    }
+    for resource, name in children.items():
+        child = wait_for(lambda: kube.find(resource, name, namespace), timeout=timeout, message=f"{resource} {name}")
+        assert [ref["uid"] for ref in child["metadata"]["ownerReferences"]] == [owner["metadata"]["uid"]]
+    return children
+
+
 def condition(obj: dict, type_: str) -> dict:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
 
@@ -101,17 +116,7 @@ def test_a_sip_domain_becomes_registrar_pods_and_connections_reach_etcd(
         apply_examples(kube)
 
         # The SipDomain's children, owned by it.
-        domain = wait_for(lambda: kube.get(SIPDOMAINS, DOMAIN_OBJECT, NAMESPACE), message="the SipDomain")
-        owner_uid = domain["metadata"]["uid"]
-        children = {
-            "apps/v1/deployments": f"{DOMAIN_OBJECT}-registrar",
-            "v1/services": f"{DOMAIN_OBJECT}-sip",
-            "policy/v1/poddisruptionbudgets": f"{DOMAIN_OBJECT}-registrar",
-            "v1/secrets": f"{DOMAIN_OBJECT}-nonce",
-        }
-        for resource, name in children.items():
-            child = wait_for(lambda: kube.find(resource, name, NAMESPACE), message=f"{resource} {name}")
-            assert [ref["uid"] for ref in child["metadata"]["ownerReferences"]] == [owner_uid]
+        children = wait_for_children(kube, NAMESPACE)
         assert kube.find("v1/services", f"{DOMAIN_OBJECT}-registrars", NAMESPACE)["spec"]["clusterIP"] == "None"
         deployment = kube.get("apps/v1/deployments", f"{DOMAIN_OBJECT}-registrar", NAMESPACE)
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
