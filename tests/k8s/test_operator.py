@@ -249,6 +249,15 @@ def test_bad_connections_get_conditions_in_words_and_the_operator_keeps_going(
         assert "has no key 'password' (it has: 'secret')" in not_ready("nokey", "SecretKeyNotFound")
         assert etcd_records(etcd, layout.CONNECTIONS) == {}
 
+        # A second SipDomain for a domain already served says so and makes no pods.
+        kube.create(SIPDOMAINS, {"apiVersion": "sipreg.io/v1alpha1", "kind": "SipDomain",
+                                 "metadata": {"name": "d2", "namespace": NAMESPACE},
+                                 "spec": {"domain": DOMAIN}}, NAMESPACE)
+        ready = wait_for(lambda: condition(kube.get(SIPDOMAINS, "d2", NAMESPACE), "Ready"), message="d2's condition")
+        assert (ready["status"], ready["reason"]) == ("False", "Conflict")
+        assert f"{DOMAIN} is already served by SipDomain voip/d" in ready["message"]
+        assert kube.find("apps/v1/deployments", "d2-registrar", NAMESPACE) is None
+
         # The missing Secret appears: the connection is published without touching it.
         kube.create(RESOURCES["Secret"], {"metadata": {"name": "missing-sip", "namespace": NAMESPACE},
                                           "data": {"password": base64.b64encode(b"pw").decode()}}, NAMESPACE)
