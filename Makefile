@@ -45,6 +45,7 @@ unit: venv
 
 bench: venv bench-apt
 	$(PY) bench/run.py
+	$(PY) bench/operator_scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
