@@ -8,9 +8,10 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Any
 
 from aetcd import rpc
 from aiohttp import web
@@ -186,8 +187,8 @@ class CountedEtcdSession(EtcdSession):
     operation and for the connect it tried first.
     """
 
-    def __init__(self, endpoints: Sequence[tuple[str, int]]):
-        super().__init__(endpoints)
+    def __init__(self, *args: Any, **kwargs: Any):  # EtcdSession's, whatever they become
+        super().__init__(*args, **kwargs)
         self.on_error: Callable[[str], None] = lambda operation: None
 
     async def connect(self) -> None:
