@@ -24,8 +24,8 @@ from kubernetes.client.exceptions import ApiException
 
 from registrar.store.etcd import EtcdStore
 from registrar.store.etcd_session import EtcdSession, EtcdUnavailable, parse_endpoints
-from sip_operator.children import PodSettings, labels
 from sip_operator import metrics
+from sip_operator.children import PodSettings, labels
 from sip_operator.kubernetes_api import GROUP, VERSION, KubernetesApi, load_configuration
 from sip_operator.reconciler import Reconciler
 

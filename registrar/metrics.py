@@ -83,13 +83,14 @@ class Metrics:
         self._store_aors_written = 0
         self._store_conflicts = 0
         self._store_write_latency = _Histogram()
+        # The etcd store's series are exported with an etcd store only, and from the start (at 0).
         self.etcd = etcd
         self.store_errors = Counter(
             "sipreg_store_errors",
             "Calls to etcd that failed (unreachable, timed out, refused), by operation: "
             "connect, read (a full read), txn (writes), watch (the stream broke), lease.",
             ["operation"],
-            registry=self.registry if etcd else None,
+            registry=self.registry if etcd else None,  # None: counts nothing anyone reads
         )
         for operation in STORE_OPERATIONS:
             self.store_errors.labels(operation)

@@ -42,7 +42,7 @@ class SipService:
             return self._options(request)
         if method == "INVITE":
             answer = self._answer(request, 405, "Method Not Allowed", [("Allow", ALLOW)])
-            self._on_invite(self._served_domain(request), answer.status)
+            self._on_invite(self._domain_label(request), answer.status)
             return answer
         if method in KNOWN_METHODS:
             return self._answer(request, 405, "Method Not Allowed", [("Allow", ALLOW)])
@@ -57,7 +57,8 @@ class SipService:
              ("Accept-Language", "en")],
         )
 
-    def _served_domain(self, request: Request) -> str:
+    def _domain_label(self, request: Request) -> str:
+        """The Request-URI's domain when served, else "other" (a metric label must stay bounded)."""
         try:
             host = parse_uri(request.uri).host
         except URIError:
