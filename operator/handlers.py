@@ -11,9 +11,12 @@ strict, and the status is the user's, not kopf's.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -21,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from registrar.store.etcd import EtcdStore
 from registrar.store.etcd_session import EtcdSession, EtcdUnavailable, parse_endpoints
+from sip_operator import metrics
 from sip_operator.children import PodSettings, labels
 from sip_operator.kubernetes_api import GROUP, VERSION, KubernetesApi, load_configuration
 from sip_operator.reconciler import Reconciler
@@ -29,6 +33,9 @@ DOMAINS = (GROUP, VERSION, "sipdomains")
 CONNECTIONS = (GROUP, VERSION, "sipconnections")
 MANAGED = {"app.kubernetes.io/managed-by": labels("")["app.kubernetes.io/managed-by"]}
 RETRY_DELAY = 5  # seconds before kopf retries a handler that met an unreachable etcd or API server
+# The port of /metrics (`sipreg operator --metrics-port` sets it; kopf loads this module
+# itself, so the command line cannot hand it over otherwise). Unset or 0: no metrics server.
+METRICS_PORT_VARIABLE = "SIPREG_METRICS_PORT"
 
 
 @kopf.on.startup()
@@ -39,20 +46,49 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: loggin
     settings.posting.level = logging.WARNING
     pods = PodSettings.from_environment(os.environ)
     store = EtcdStore(EtcdSession(parse_endpoints(pods.etcd)))
+    memo.metrics = metrics.OperatorMetrics()
     memo.reconciler = Reconciler(
         KubernetesApi(load_configuration()),
         store,
         pods,
         adopt=lambda child, owner: kopf.adopt(child, owner=owner),
         new_secret=lambda: secrets.token_urlsafe(32),
+        metrics=memo.metrics,
     )
     await memo.reconciler.start()
-    logger.info("sipreg operator: etcd %s, registrar image %s", pods.etcd, pods.image)
+    port = int(os.environ.get(METRICS_PORT_VARIABLE) or 0)
+    memo.metrics_server = await metrics.serve(memo.metrics.registry, port) if port else None
+    logger.info(
+        "sipreg operator: etcd %s, registrar image %s, metrics %s",
+        pods.etcd, pods.image, f"on port {port}" if port else "not served",
+    )
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    server = getattr(memo, "metrics_server", None)  # None as well when start-up failed before it
+    if server is not None:
+        await server.cleanup()
     await memo.reconciler.stop()
+
+
+def _counted(kind: str) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
+    """Count each run of a handler (sipreg_operator_reconciles_total and friends) under `kind`."""
+
+    def decorate(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        @functools.wraps(handler)
+        async def counted(**kwargs: Any) -> None:
+            started = time.monotonic()
+            try:
+                await handler(**kwargs)
+            except Exception as error:  # kopf retries it; cancellation (the operator stops) is no result
+                kwargs["memo"].metrics.reconciled(kind, time.monotonic() - started, error)
+                raise
+            kwargs["memo"].metrics.reconciled(kind, time.monotonic() - started)
+
+        return counted
+
+    return decorate
 
 
 def _retrying(error: Exception) -> kopf.TemporaryError:
@@ -62,6 +98,7 @@ def _retrying(error: Exception) -> kopf.TemporaryError:
 @kopf.on.resume(*DOMAINS)
 @kopf.on.create(*DOMAINS)
 @kopf.on.update(*DOMAINS)
+@_counted("SipDomain")
 async def domain_changed(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     try:
         await memo.reconciler.apply_domain(namespace, name, _plain(body))
@@ -70,6 +107,7 @@ async def domain_changed(namespace: str, name: str, body: kopf.Body, memo: kopf.
 
 
 @kopf.on.delete(*DOMAINS)
+@_counted("SipDomain")
 async def domain_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     try:
         await memo.reconciler.delete_domain(namespace, name)
@@ -80,6 +118,7 @@ async def domain_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -
 @kopf.on.resume(*CONNECTIONS)
 @kopf.on.create(*CONNECTIONS)
 @kopf.on.update(*CONNECTIONS)
+@_counted("SipConnection")
 async def connection_changed(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     try:
         await memo.reconciler.apply_connection(namespace, name, _plain(body))
@@ -88,6 +127,7 @@ async def connection_changed(namespace: str, name: str, body: kopf.Body, memo: k
 
 
 @kopf.on.delete(*CONNECTIONS)
+@_counted("SipConnection")
 async def connection_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     try:
         await memo.reconciler.delete_connection(namespace, name)
@@ -100,12 +140,14 @@ def _names_a_password(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> b
 
 
 @kopf.on.event("v1", "secrets", when=_names_a_password)
+@_counted("Secret")
 async def secret_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     # Any event (a new password, a deleted Secret): the connections read it again.
     await memo.reconciler.secret_changed(namespace, name)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+@_counted("Deployment")
 async def registrars_changed(namespace: str, meta: kopf.Meta, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
     domain_object = meta.get("labels", {}).get("app.kubernetes.io/instance")
     if domain_object:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,12 +38,15 @@ from registrar.store.etcd import EtcdStore
 from sip_operator import status as status_rules
 from sip_operator.children import PodSettings, desired_children, nonce_secret
 from sip_operator.kubernetes_api import KubernetesApi
+from sip_operator.metrics import OperatorMetrics
 
 log = logging.getLogger("sipreg.operator")
 
 PATCHES_IN_FLIGHT = 8  # status patches at once: the API server's fair share, not a flood
 DOMAIN_STATUS_INTERVAL = 10.0  # seconds; binding counts move with every REGISTER
 EXPIRY_CHECK_INTERVAL = 30.0  # seconds; how stale a shown expiresAt may get (status.needs_patch)
+
+KINDS = {"sipdomains": "SipDomain", "sipconnections": "SipConnection"}  # plural -> kind, for metrics
 
 ObjectKey = tuple[str, str]  # (namespace, name)
 Aor = tuple[str, str]  # (domain, username)
@@ -83,6 +87,7 @@ class Reconciler:
         adopt: Adopt,
         new_secret: Callable[[], str],
         clock: Callable[[], float] = time.time,
+        metrics: OperatorMetrics | None = None,
     ):
         self.api = api
         self.store = store
@@ -96,6 +101,8 @@ class Reconciler:
         self._dirty: set[ObjectKey] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self.metrics = metrics or OperatorMetrics()
+        self.metrics.follow(self.states)
 
     # -- life ------------------------------------------------------------------------------
 
@@ -358,7 +365,22 @@ class Reconciler:
     async def _patch(self, plural: str, key: ObjectKey, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
         # A merge patch keeps fields it does not name: name the ones to remove as null.
         patch = {field: None for field in (old or {}) if field not in new} | new
-        await asyncio.to_thread(self.api.patch_status, plural, key[0], key[1], patch)
+        try:
+            await asyncio.to_thread(self.api.patch_status, plural, key[0], key[1], patch)
+        except Exception:
+            self.metrics.status_patched(KINDS[plural], ok=False)
+            raise
+        self.metrics.status_patched(KINDS[plural], ok=True)
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def states(self) -> tuple[dict[str, int], dict[str, int]]:
+        """How many SipDomains and SipConnections are published to etcd, and how many have a problem."""
+        domains = Counter("problem" if e.problem else "published" for e in self.domains.values() if e.problem or e.fqdn)
+        connections = Counter(
+            "problem" if e.problem else "published" for e in self.connections.values() if e.problem or e.published
+        )
+        return dict(domains), dict(connections)
 
 
 def _spec_domain(spec: Any) -> str | None:

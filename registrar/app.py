@@ -8,8 +8,12 @@ import logging
 import os
 import socket
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Any
 
+from aetcd import rpc
 from aiohttp import web
 
 from registrar.http import make_app
@@ -20,7 +24,7 @@ from registrar.service import SipService
 from registrar.sip import digest
 from registrar.store import LocationStore
 from registrar.store.etcd import EtcdStore
-from registrar.store.etcd_session import EtcdSession, parse_endpoints
+from registrar.store.etcd_session import EtcdSession, EtcdUnavailable, parse_endpoints
 from registrar.store.memory import MemoryStore
 from registrar.tls import self_signed_context, server_context
 from registrar.transport import SipEndpoint, listen_stream, listen_udp
@@ -62,7 +66,11 @@ class RegistrarServer:
     def __init__(self, config: ServeConfig):
         self.config = config
         self.store = make_store(config)
-        self.metrics = Metrics(binding_counts=self.store.binding_counts)
+        etcd = isinstance(self.store, EtcdStore)
+        self.metrics = Metrics(self.store, lambda: self.registrar.catalog, etcd=etcd)
+        if etcd:
+            self.store.session.on_error = self.metrics.store_errored
+            self.store.on_write = self.metrics.store_written
         # Nonce counts live in this process only: nonces issued before it started are
         # answered stale=true once, so a restart cannot open a replay window. Nonces
         # carry whole seconds, so the mark sits a second early lest the nonces of our
@@ -80,7 +88,7 @@ class RegistrarServer:
             on_result=self.metrics.registration_answered,
             on_auth_failure=self.metrics.auth_failed,
         )
-        self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics)
+        self.endpoint = SipEndpoint(SipService(self.registrar, on_invite=self.metrics.invite_answered), self.metrics)
         self.registrar.on_bound = self._keep_flow
         self._closers: list = []
         self._tasks: list[asyncio.Task] = []
@@ -104,7 +112,6 @@ class RegistrarServer:
         config = self.config
         if isinstance(self.store, EtcdStore):
             self.store.on_catalog = self._serve_catalog
-            self.store.on_write = self.metrics.store_written
             if config.catalog is not None:
                 self.store.publish(config.catalog)
         await self.store.start()
@@ -161,8 +168,69 @@ def make_store(config: ServeConfig) -> LocationStore:
     if config.store == "memory":
         return MemoryStore(clock=time.time)
     return EtcdStore(
-        EtcdSession(parse_endpoints(config.store)),
+        CountedEtcdSession(parse_endpoints(config.store)),
         node=config.node_name,
         node_address=config.advertise or config.host,
         sip_port=config.sip_port,
     )
+
+
+# What a failed call to etcd raises: unreachable or timed out (EtcdUnavailable), or refused.
+_ETCD_FAILURES = (EtcdUnavailable, rpc.AioRpcError)
+
+
+class CountedEtcdSession(EtcdSession):
+    """An EtcdSession that tells `on_error` the operation of every call that failed (sipreg_store_errors_total).
+
+    Counted here, around the session's public calls, so that the store keeps no
+    metrics code. A call that finds etcd unreachable counts for its own
+    operation and for the connect it tried first.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):  # EtcdSession's, whatever they become
+        super().__init__(*args, **kwargs)
+        self.on_error: Callable[[str], None] = lambda operation: None
+
+    async def connect(self) -> None:
+        try:
+            await super().connect()
+        except _ETCD_FAILURES:
+            self.on_error("connect")
+            raise
+
+    async def txn(self, request: rpc.TxnRequest) -> rpc.TxnResponse:
+        try:
+            return await super().txn(request)
+        except _ETCD_FAILURES:
+            self.on_error("txn")
+            raise
+
+    async def read_prefix(self, prefix: bytes) -> tuple[list[rpc.KeyValue], int]:
+        try:
+            return await super().read_prefix(prefix)
+        except _ETCD_FAILURES:
+            self.on_error("read")
+            raise
+
+    async def grant(self, ttl: int) -> int:
+        try:
+            return await super().grant(ttl)
+        except _ETCD_FAILURES:
+            self.on_error("lease")
+            raise
+
+    async def revoke(self, lease: int) -> None:
+        try:
+            await super().revoke(lease)
+        except _ETCD_FAILURES:
+            self.on_error("lease")
+            raise
+
+    async def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[rpc.WatchResponse]:
+        try:
+            async with aclosing(super().watch(prefix, start_revision)) as responses:
+                async for response in responses:
+                    yield response
+        except _ETCD_FAILURES:
+            self.on_error("watch")
+            raise

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--namespace", action="append", dest="namespaces", help="watch only this namespace (repeatable; default: all)"
     )
     operator.add_argument("--health-port", type=_port, default=8080, help="liveness endpoint port (default 8080)")
+    operator.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=os.environ.get("SIPREG_METRICS_PORT", "9090"),
+        help="Prometheus /metrics port (default $SIPREG_METRICS_PORT, else 9090; 0 disables)",
+    )
     operator.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -154,8 +160,11 @@ def _operator(args: argparse.Namespace, command: str) -> int:
     # Imported here: `sipreg serve` on a laptop needs neither kopf nor the Kubernetes client.
     import kopf
 
-    from sip_operator import handlers  # noqa: F401  (registers the handlers with kopf)
+    from sip_operator import handlers  # registers the handlers with kopf
     from sip_operator.children import PodSettings
+
+    # kopf runs the handlers itself: the environment is how a setting reaches them.
+    os.environ[handlers.METRICS_PORT_VARIABLE] = str(args.metrics_port)
 
     try:
         pods = PodSettings.from_environment(os.environ)

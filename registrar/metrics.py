@@ -1,8 +1,9 @@
-"""The registrar's Prometheus metrics: one catalogue, one registry per server.
+"""The registrar's Prometheus metrics: one catalogue, one registry per server (the README's "Metrics" lists them).
 
 Labels are bounded: domains come from the served catalogue ("other" for any
-other), methods from a fixed list ("OTHER" otherwise), transports and status
-codes are small sets. No username, no IP address ever becomes a label.
+other), methods from a fixed list ("OTHER" otherwise), transports, store
+operations and status codes are small sets. No username, no IP address ever
+becomes a label.
 
 The per-message series are plain integers read at scrape time: the event loop
 is single-threaded, so prometheus_client's lock on every increment only costs
@@ -18,16 +19,34 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from registrar.model import Catalog
 from registrar.sip.message import KNOWN_METHODS
+from registrar.store import LocationStore
 
 # The *_created series only double the output; nothing we ship reads them.
 disable_created_metrics()
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# What the etcd session does, as sipreg_store_errors_total labels them (app.CountedEtcdSession).
+STORE_OPERATIONS = ("connect", "read", "txn", "watch", "lease")
+STREAM_TRANSPORTS = ("tcp", "tls")
 
 
 class Metrics:
-    def __init__(self, binding_counts: Callable[[], dict[str, int]] | None = None):
+    """The registrar's metrics.
+
+    `store` and `catalog` (the served catalogue, read at each scrape) feed the
+    series computed at scrape time; `etcd` adds the etcd store's series. A
+    Metrics without them (unit tests) has the per-event series only.
+    """
+
+    def __init__(
+        self,
+        store: LocationStore | None = None,
+        catalog: Callable[[], Catalog] | None = None,
+        *,
+        etcd: bool = False,
+    ):
         self.registry = CollectorRegistry()
         self.auth_failures = Counter(
             "sipreg_auth_failures_total",
@@ -48,12 +67,15 @@ class Metrics:
             ["transport"],
             registry=self.registry,
         )
+        for transport in STREAM_TRANSPORTS:  # 0 rather than no series before the first connection
+            self.connections.labels(transport)
         self.retransmissions = Counter(
             "sipreg_retransmissions_absorbed_total",
             "Retransmitted requests answered from the transaction table.",
             registry=self.registry,
         )
         self._registrations: Tally[tuple[str, str]] = Tally()
+        self._invites: Tally[tuple[str, str]] = Tally()
         self._messages: Tally[tuple[str, str]] = Tally()
         self._latency: dict[str, _Histogram] = {}  # by method
         # The location store's writes (etcd transactions; the memory store makes none).
@@ -61,9 +83,20 @@ class Metrics:
         self._store_aors_written = 0
         self._store_conflicts = 0
         self._store_write_latency = _Histogram()
+        # The etcd store's series are exported with an etcd store only, and from the start (at 0).
+        self.etcd = etcd
+        self.store_errors = Counter(
+            "sipreg_store_errors",
+            "Calls to etcd that failed (unreachable, timed out, refused), by operation: "
+            "connect, read (a full read), txn (writes), watch (the stream broke), lease.",
+            ["operation"],
+            registry=self.registry if etcd else None,  # None: counts nothing anyone reads
+        )
+        for operation in STORE_OPERATIONS:
+            self.store_errors.labels(operation)
         self.registry.register(_HotPathCollector(self))
-        if binding_counts is not None:
-            self.registry.register(_BindingsCollector(binding_counts))
+        if store is not None:
+            self.registry.register(_StoreCollector(store, catalog or Catalog))
 
     def message_received(self, method: str, transport: str) -> None:
         self._messages[(method if method in KNOWN_METHODS or method == "RESPONSE" else "OTHER", transport)] += 1
@@ -85,6 +118,12 @@ class Metrics:
     def registration_answered(self, domain: str, status: int) -> None:
         self._registrations[(domain, str(status))] += 1
 
+    def store_errored(self, operation: str) -> None:
+        self.store_errors.labels(operation).inc()
+
+    def invite_answered(self, domain: str, status: int) -> None:
+        self._invites[(domain, str(status))] += 1
+
     def auth_failed(self, domain: str, reason: str) -> None:
         # The reason is free text: it goes to logs and the connection's status, never to a label.
         self.auth_failures.labels(domain).inc()
@@ -102,6 +141,10 @@ class _HotPathCollector:
             ["domain", "status"], self._metrics._registrations,
         )
         yield _counter(
+            "sipreg_invites", "INVITE requests answered, by domain (of the Request-URI) and final status code.",
+            ["domain", "status"], self._metrics._invites,
+        )
+        yield _counter(
             "sipreg_messages_received", "SIP messages received, by method (responses: RESPONSE) and transport.",
             ["method", "transport"], self._metrics._messages,
         )
@@ -114,7 +157,7 @@ class _HotPathCollector:
         for method, histogram in sorted(metrics._latency.items()):
             latency.add_metric([method], *histogram.buckets())
         yield latency
-        if metrics._store_writes:
+        if metrics.etcd:
             yield CounterMetricFamily(
                 "sipreg_store_writes", "Write transactions sent to the location store (etcd).",
                 value=metrics._store_writes,
@@ -164,14 +207,51 @@ def _counter(name: str, documentation: str, labels: list[str], tally: Tally[tupl
     return family
 
 
-class _BindingsCollector:
-    """sipreg_bindings{domain}: read from the store at scrape time, never stale."""
+class _StoreCollector:
+    """The series read from the store and the catalogue at scrape time: never stale, nothing to keep up to date.
 
-    def __init__(self, binding_counts: Callable[[], dict[str, int]]):
-        self._binding_counts = binding_counts
+    Only served domains are shown: an etcd store holds every domain's bindings,
+    and each replica reporting all of them would multiply the series.
+    """
+
+    def __init__(self, store: LocationStore, catalog: Callable[[], Catalog]):
+        self._store = store
+        self._catalog = catalog
+        self._counted: tuple[Catalog, dict[str, int]] | None = None  # connections per domain of a catalogue
 
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily("sipreg_bindings", "Active bindings (registered contacts), by domain.", labels=["domain"])
-        for domain, count in sorted(self._binding_counts().items()):
-            family.add_metric([domain], count)
-        yield family
+        catalog = self._catalog()
+        served = catalog.domains
+        yield _gauge(
+            "sipreg_bindings", "Active bindings (registered contacts), by domain.",
+            {domain: count for domain, count in self._store.binding_counts().items() if domain in served},
+        )
+        yield _gauge(
+            "sipreg_registered_connections", "SipConnections (users, trunks) with at least one active binding, by domain.",
+            {domain: count for domain, count in self._store.aor_counts().items() if domain in served},
+        )
+        yield _gauge(
+            "sipreg_configured_connections", "SipConnections in the catalogue this registrar serves, by domain.",
+            self._connections_per_domain(catalog),
+        )
+        yield GaugeMetricFamily(
+            "sipreg_store_up", "1 while the location store serves (etcd reachable and followed), else 0.",
+            value=1 if self._store.ready else 0,
+        )
+
+    def _connections_per_domain(self, catalog: Catalog) -> dict[str, int]:
+        # A catalogue is never edited, only replaced: count each one once, not at every scrape.
+        if self._counted is None or self._counted[0] is not catalog:
+            counts = dict.fromkeys(catalog.domains, 0)
+            for domain, _ in catalog.connections:
+                if domain in counts:
+                    counts[domain] += 1
+            self._counted = (catalog, counts)
+        return self._counted[1]
+
+
+def _gauge(name: str, documentation: str, by_domain: dict[str, int]) -> Metric:
+    family = GaugeMetricFamily(name, documentation, labels=["domain"])
+    for domain, count in sorted(by_domain.items()):
+        family.add_metric([domain], count)
+    return family

@@ -9,10 +9,11 @@ do not recognise get 501 (RFC 3261 8.2.1, 21.5.2).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from registrar.registrar import SERVER_NAME, Registrar, Source
 from registrar.sip.message import KNOWN_METHODS, Request, Response, make_response
+from registrar.sip.uri import URIError, parse_uri
 
 # What this server answers itself. Call routing (INVITE and friends) comes with
 # the proxy; until then those methods are recognised and refused with 405.
@@ -23,8 +24,11 @@ Answer = Response | Awaitable[Response] | None
 
 
 class SipService:
-    def __init__(self, registrar: Registrar):
+    def __init__(self, registrar: Registrar, on_invite: Callable[[str, int], None] | None = None):
         self.registrar = registrar
+        # Told (domain, status) of every INVITE answered (sipreg_invites_total); the domain is
+        # the Request-URI's when served, else "other", so the label stays bounded.
+        self._on_invite = on_invite or (lambda domain, status: None)
 
     def handle(self, request: Request, source: Source) -> Answer:
         method = request.method
@@ -36,6 +40,10 @@ class SipService:
             return None
         if method == "OPTIONS":
             return self._options(request)
+        if method == "INVITE":
+            answer = self._answer(request, 405, "Method Not Allowed", [("Allow", ALLOW)])
+            self._on_invite(self._domain_label(request), answer.status)
+            return answer
         if method in KNOWN_METHODS:
             return self._answer(request, 405, "Method Not Allowed", [("Allow", ALLOW)])
         return self._answer(request, 501, "Not Implemented", [("Allow", ALLOW)])
@@ -48,6 +56,14 @@ class SipService:
             [("Allow", ALLOW), ("Accept", "application/sdp"), ("Accept-Encoding", "identity"),
              ("Accept-Language", "en")],
         )
+
+    def _domain_label(self, request: Request) -> str:
+        """The Request-URI's domain when served, else "other" (a metric label must stay bounded)."""
+        try:
+            host = parse_uri(request.uri).host
+        except URIError:
+            return "other"
+        return host if host in self.registrar.catalog.domains else "other"
 
     @staticmethod
     def _answer(request: Request, status: int, reason: str, headers: list[tuple[str, str]]) -> Response:

@@ -55,8 +55,23 @@ class RunningRegistrar:
         with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/metrics", timeout=5) as response:
             return response.read().decode()
 
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of /metrics now (None when there is no such series)."""
+        return sample_value(self.metrics(), name, **labels)
+
     def log(self) -> str:
         return self.log_path.read_text()
+
+
+def sample_value(exposition: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name{labels}` (exactly those labels) in a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
 
 
 def start_registrar(

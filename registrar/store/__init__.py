@@ -68,6 +68,10 @@ class LocationStore(abc.ABC):
         """Current bindings per domain, from memory (cheap: metrics call it on every scrape)."""
 
     @abc.abstractmethod
+    def aor_counts(self) -> dict[str, int]:
+        """AORs with at least one binding (registered connections) per domain; as cheap as binding_counts."""
+
+    @abc.abstractmethod
     def watch(self) -> AsyncIterator[BindingEvent]:
         """Every change from now on, including expiries, until the store closes."""
 

@@ -29,7 +29,8 @@ _expires_at = attrgetter("expires_at")
 class BindingTable:
     def __init__(self, now: float):
         self._bindings: dict[str, tuple[tuple, ...]] = {}  # AOR -> its bindings as plain tuples
-        self._counts: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()  # domain -> bindings
+        self._aor_counts: Counter[str] = Counter()  # domain -> AORs with bindings
         self._watchers: set[asyncio.Queue[BindingEvent | None]] = set()
         self._wheel: dict[int, list[str]] = {}  # slot (whole second) -> AORs due then
         self._slot_of: dict[str, int] = {}  # AOR -> the one slot it is due in
@@ -57,6 +58,9 @@ class BindingTable:
     def counts(self) -> dict[str, int]:
         return {domain: count for domain, count in self._counts.items() if count}
 
+    def aor_counts(self) -> dict[str, int]:
+        return {domain: count for domain, count in self._aor_counts.items() if count}
+
     def replace(self, aor: str, new: tuple[Binding, ...]) -> None:
         """Make `new` the AOR's bindings, and tell watchers when that changes anything."""
         old = self._bindings.get(aor, ())
@@ -74,7 +78,10 @@ class BindingTable:
             self._bindings.pop(aor, None)
             self._slot_of.pop(aor, None)
         if len(new) != len(old):
-            self._counts[domain_of(aor)] += len(new) - len(old)
+            domain = domain_of(aor)
+            self._counts[domain] += len(new) - len(old)
+            if not old or not new:  # the AOR's first binding came, or its last one went
+                self._aor_counts[domain] += 1 if new else -1
         if self._watchers and (old or new):
             event = BindingEvent(aor, new)
             for queue in self._watchers:
@@ -123,6 +130,9 @@ class TableStore(LocationStore):
 
     def binding_counts(self) -> dict[str, int]:
         return self._table.counts()
+
+    def aor_counts(self) -> dict[str, int]:
+        return self._table.aor_counts()
 
     def watch(self) -> AsyncIterator[BindingEvent]:
         return self._table.watch()

@@ -103,6 +103,8 @@ def test_a_binding_made_on_one_replica_shows_on_the_others_and_unregistering_any
     alice = f"alice@{DOMAIN}"
     for other in (two, three):
         eventually(lambda: contacts(other, alice), 5, "alice's binding on another replica")
+        # Every replica counts the cluster's registered connections, not only its own.
+        eventually(lambda: other.metric("sipreg_registered_connections", domain=DOMAIN) == 2, 5, "2 registered")
         assert contacts(other, alice) == ["sip:alice@127.0.0.1:5999;transport=UDP"]
         [binding] = other.bindings(alice)
         assert binding["node"] == f"{socket.gethostname()}-{one.sip_port}"  # the default node name
@@ -117,6 +119,8 @@ def test_a_binding_made_on_one_replica_shows_on_the_others_and_unregistering_any
     for replica in (one, two, three):
         eventually(lambda r=replica: contacts(r, alice) == [], 5, "the removal on every replica")
     assert [b["aor"] for b in one.bindings()] == [f"bob@{DOMAIN}"]
+    assert one.metric("sipreg_registered_connections", domain=DOMAIN) == 1
+    assert one.metric("sipreg_bindings", domain=DOMAIN) == 1
 
 
 def test_call_id_and_cseq_order_holds_across_replicas(replicas) -> None:
@@ -146,6 +150,8 @@ def test_a_registrar_killed_with_sigkill_loses_no_binding(replicas, tmp_path: Pa
 def test_without_etcd_register_gets_503_and_not_ready_then_heals_without_a_restart(replicas, etcd) -> None:
     one = replicas()
     assert status_of(ua(one, "alice").register(contact="sip:alice@192.0.2.1:5060", expires=300)) == 200
+    assert one.metric("sipreg_store_up") == 1
+    assert one.metric("sipreg_store_errors_total", operation="watch") == 0
     etcd.stop()
     eventually(lambda: not ready(one), 10, "/readyz false")
     answer = ua(one, "bob").register(contact="sip:bob@192.0.2.2:5060", expires=300)
@@ -153,8 +159,13 @@ def test_without_etcd_register_gets_503_and_not_ready_then_heals_without_a_resta
     assert "Retry-After: " in answer
     # What the registrar holds in memory still reads.
     assert contacts(one, f"alice@{DOMAIN}") == ["sip:alice@192.0.2.1:5060"]
+    # The outage shows in the metrics: the watch broke, reconnecting fails, the store is down.
+    assert one.metric("sipreg_store_up") == 0
+    assert one.metric("sipreg_store_errors_total", operation="watch") >= 1
+    eventually(lambda: one.metric("sipreg_store_errors_total", operation="connect") >= 1, 5, "a failed reconnect")
     etcd.start()
     eventually(lambda: ready(one), 15, "/readyz true again")
+    assert one.metric("sipreg_store_up") == 1
     answer = ua(one, "bob").register(contact="sip:bob@192.0.2.2:5060", expires=300)
     assert status_of(answer) == 200, answer
     assert "Traceback" not in one.log()
@@ -211,6 +222,8 @@ def test_a_hung_etcd_gets_503_within_the_request_timeout_and_heals(replicas, etc
         answer = ua(one, "alice").register(contact="sip:alice@192.0.2.1:5060", expires=300, timeout=6)
         assert answer.startswith("SIP/2.0 503 Location Service Unavailable"), answer
         assert time.monotonic() - started < 5
+        # The write timed out: granting its lease, or the transaction itself.
+        assert sum(one.metric("sipreg_store_errors_total", operation=op) for op in ("lease", "txn")) >= 1
         eventually(lambda: not ready(one), 15, "/readyz false while etcd hangs")
     finally:
         etcd.resume()

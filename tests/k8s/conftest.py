@@ -134,12 +134,15 @@ import gc
 import json
 import logging
 import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -150,6 +153,7 @@ import yaml
 from kopf._core.intents.registries import SmartOperatorRegistry  # not exported by kopf 1.45
 from kopf.testing import KopfRunner
 
+from tests.conftest import free_port, sample_value
 from tests.k8s.emulator import EmulatorThread
 
 T = TypeVar("T")
@@ -455,6 +459,61 @@ def operator_runner(kubeconfig: Path) -> Callable[..., contextlib.AbstractContex
             assert not errors, runner.output
 
     return run
+
+
+@dataclass
+class OperatorProcess:
+    process: subprocess.Popen
+    health_port: int
+    metrics_port: int
+    log_path: Path
+
+    def get(self, port: int, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.read().decode()
+
+    def metrics(self) -> str:
+        return self.get(self.metrics_port, "/metrics")
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return sample_value(self.metrics(), name, **labels)
+
+    def serving(self) -> bool:
+        try:
+            return bool(self.get(self.health_port, "/healthz") and self.metrics())
+        except OSError:
+            assert self.process.poll() is None, self.log_path.read_text()
+            return False
+
+
+@pytest.fixture
+def operator_process(kubeconfig: Path, etcd: Any, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """`sipreg operator` as a pod runs it: a process configured by flags and KUBECONFIG (the emulator).
+
+    Yielded once /healthz and /metrics answer. At the end SIGTERM must stop it with 0 and no traceback.
+    """
+    health_port, metrics_port = free_port(), free_port()
+    log_path = tmp_path / "operator.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "registrar.cli", "operator", "--etcd", etcd.url,
+             "--health-port", str(health_port), "--metrics-port", str(metrics_port)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        )
+    running = OperatorProcess(process, health_port, metrics_port, log_path)
+    try:
+        wait_for(running.serving, timeout=30, message="the operator's /healthz and /metrics")
+        yield running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+    output = log_path.read_text()
+    assert code == 0, output
+    assert "Traceback" not in output, output
 
 
 def _open_sockets() -> set[str]:

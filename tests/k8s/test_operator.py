@@ -11,23 +11,18 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from registrar.store import layout
-from tests.conftest import MANIFESTS, ROOT, free_port, start_registrar, stop_registrar
+from tests.conftest import MANIFESTS, start_registrar, stop_registrar
 from tests.etcd_server import EtcdServer, records
 from tests.integration.sip_client import UserAgent, status_of
 from tests.integration.sipp import manifest_passwords, run_sipp, users_csv
-from tests.k8s.conftest import Kube, wait_for
+from tests.k8s.conftest import Kube, OperatorProcess, wait_for
 
 pytestmark = pytest.mark.k8s
 
@@ -272,41 +267,21 @@ def test_bad_connections_get_conditions_in_words_and_the_operator_keeps_going(
     assert "Traceback" not in runner.output, runner.output
 
 
-def test_sipreg_operator_runs_kopf_with_a_liveness_endpoint_and_stops_on_sigterm(
-    kube: Kube, kubeconfig: Path, etcd: EtcdServer, tmp_path: Path
+def test_sipreg_operator_runs_kopf_with_liveness_and_metrics_endpoints_and_stops_on_sigterm(
+    kube: Kube, operator_process: OperatorProcess, etcd: EtcdServer
 ) -> None:
     """The command a pod runs: `sipreg operator`, as a process, configured by flags and KUBECONFIG."""
-    port = free_port()
-    log_path = tmp_path / "operator.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "registrar.cli", "operator", "--etcd", etcd.url, "--health-port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "KUBECONFIG": str(kubeconfig)},
-        )
-    try:
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                assert process.poll() is None, log_path.read_text()
-                return False
-
-        wait_for(healthy, timeout=30, message="the operator's /healthz")
-        kube.create(RESOURCES["Namespace"], {"metadata": {"name": NAMESPACE}}, namespace=None)
-        kube.create(SIPDOMAINS, {"apiVersion": "sipreg.io/v1alpha1", "kind": "SipDomain",
-                                 "metadata": {"name": "d", "namespace": NAMESPACE}, "spec": {"domain": DOMAIN}},
-                    NAMESPACE)
-        wait_for(lambda: kube.find("apps/v1/deployments", "d-registrar", NAMESPACE), timeout=20,
-                 message="the Deployment made by the operator process")
-        wait_for(lambda: layout.domain_key(DOMAIN) in etcd_records(etcd, layout.DOMAINS), message="the domain in etcd")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            code = process.wait()
-    output = log_path.read_text()
-    assert code == 0, output
-    assert "Traceback" not in output, output
+    kube.create(RESOURCES["Namespace"], {"metadata": {"name": NAMESPACE}}, namespace=None)
+    kube.create(SIPDOMAINS, {"apiVersion": "sipreg.io/v1alpha1", "kind": "SipDomain",
+                             "metadata": {"name": "d", "namespace": NAMESPACE}, "spec": {"domain": DOMAIN}},
+                NAMESPACE)
+    wait_for(lambda: kube.find("apps/v1/deployments", "d-registrar", NAMESPACE), timeout=20,
+             message="the Deployment made by the operator process")
+    wait_for(lambda: layout.domain_key(DOMAIN) in etcd_records(etcd, layout.DOMAINS), message="the domain in etcd")
+    # Its metrics count the work done.
+    wait_for(lambda: operator_process.metric("sipreg_operator_reconciles_total", kind="SipDomain", result="ok") >= 1,
+             message="a SipDomain reconcile counted")
+    assert operator_process.metric("sipreg_operator_domains", state="published") == 1
+    assert operator_process.metric("sipreg_operator_reconcile_errors_total", kind="SipDomain", cause="etcd") == 0
+    wait_for(lambda: operator_process.metric("sipreg_operator_status_patches_total", kind="SipDomain", result="ok"),
+             message="the SipDomain's status patch counted")

@@ -123,6 +123,21 @@ async def test_binding_counts_per_domain(store):
     assert store.binding_counts() == {"sip.example.test": 2}
 
 
+async def test_aor_counts_are_the_aors_with_a_binding_per_domain(store, clock):
+    await store.update(ALICE, put(binding(), binding(contact="sip:alice@h2", expires_in=30)))
+    await store.update(BOB, put(binding(aor=BOB, contact="sip:bob@h", expires_in=30)))
+    await store.update(CAROL, put(binding(aor=CAROL, contact="sip:carol@h")))
+    assert store.aor_counts() == {"sip.example.test": 2, "other.example.test": 1}
+    await store.update(ALICE, lambda current: current[:1])  # one of two bindings gone: still registered
+    assert store.aor_counts() == {"sip.example.test": 2, "other.example.test": 1}
+    await store.update(CAROL, lambda current: [])
+    assert store.aor_counts() == {"sip.example.test": 2}
+    clock.advance(31)
+    store.sweep()  # bob's only binding expires; alice keeps hers
+    assert store.aor_counts() == {"sip.example.test": 1}
+    assert store.binding_counts() == {"sip.example.test": 1}
+
+
 async def test_all_bindings_filters_by_domain(store):
     await store.update(ALICE, put(binding()))
     await store.update(CAROL, put(binding(aor=CAROL, contact="sip:carol@h")))
