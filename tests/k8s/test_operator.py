@@ -263,7 +263,7 @@ def test_bad_connections_get_conditions_in_words_and_the_operator_keeps_going(
         # The Secret goes away again: the connection leaves etcd (its password no longer works).
         kube.delete(RESOURCES["Secret"], "missing-sip", NAMESPACE)
         wait_for(lambda: etcd_records(etcd, layout.CONNECTIONS) == {}, message="nosecret unpublished")
-        assert condition(connection(kube, "nosecret"), "Ready")["reason"] == "SecretNotFound"
+        assert "Secret voip/missing-sip not found" in not_ready("nosecret", "SecretNotFound")  # the status follows
     assert "Traceback" not in runner.output, runner.output
 
 
