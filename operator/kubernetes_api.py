@@ -1,5 +1,8 @@
 """The Kubernetes API calls the operator makes itself (kopf makes the watching ones): one place, so RBAC can be read off it.
 
+The chart's ClusterRole (charts/sipreg/templates/rbac.yaml) grants these and kopf's; tests/k8s/test_rbac.py
+checks it against the requests the operator really makes.
+
 Calls, by resource:
 - Deployments, Services, PodDisruptionBudgets: get, create, patch (a SipDomain's children);
 - Secrets: get (passwords, read to compute HA1 digests), create (the nonce Secret);
@@ -51,6 +54,11 @@ def load_configuration() -> kubernetes.client.ApiClient:
 class KubernetesApi:
     def __init__(self, client: kubernetes.client.ApiClient):
         self.client = client
+
+    def close(self) -> None:
+        """Close the client's pooled connections: pending work of a stopped operator may keep this object
+        alive, and with it sockets to an API server that is gone."""
+        self.client.close()
 
     def _api(self, kind: str) -> tuple[Any, str]:
         class_name, suffix = _APIS[kind]

@@ -120,6 +120,7 @@ class Reconciler:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
+        self.api.close()
 
     # -- SipDomain -------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from registrar.service import SipService
 from registrar.sip import digest
 from registrar.store import LocationStore
 from registrar.store.etcd import EtcdStore
-from registrar.store.etcd_session import EtcdSession, EtcdUnavailable, parse_endpoints
+from registrar.store.etcd_session import EtcdSession, EtcdTls, EtcdUnavailable, parse_endpoints
 from registrar.store.memory import MemoryStore
 from registrar.tls import self_signed_context, server_context
 from registrar.transport import SipEndpoint, listen_stream, listen_udp
@@ -56,6 +56,8 @@ class ServeConfig:
     domains: frozenset[str] | None = None
     # The address other replicas reach this one at (etcd nodes/); None: `host`.
     advertise: str | None = None
+    # TLS to etcd (CA, client certificate); None: plain text.
+    etcd_tls: EtcdTls | None = None
 
     @property
     def node_name(self) -> str:
@@ -168,7 +170,7 @@ def make_store(config: ServeConfig) -> LocationStore:
     if config.store == "memory":
         return MemoryStore(clock=time.time)
     return EtcdStore(
-        CountedEtcdSession(parse_endpoints(config.store)),
+        CountedEtcdSession(parse_endpoints(config.store), tls=config.etcd_tls),
         node=config.node_name,
         node_address=config.advertise or config.host,
         sip_port=config.sip_port,

@@ -11,7 +11,7 @@ import sys
 
 from registrar.app import RegistrarServer, ServeConfig
 from registrar.manifests import ManifestError, load_catalog
-from registrar.store.etcd_session import parse_endpoints
+from registrar.store.etcd_session import EtcdTls, parse_endpoints
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--store",
         default="memory",
-        help="location service: memory (default) or etcd://HOST:PORT[,HOST:PORT...] shared by replicas",
+        help="location service: memory (default) or etcd://HOST:PORT[,HOST:PORT...] shared by replicas "
+        "(TLS to etcd: $SIPREG_ETCD_CA, $SIPREG_ETCD_CERT, $SIPREG_ETCD_KEY name PEM files)",
     )
     _registrar_options(serve, host="127.0.0.1")
     # What the operator's pods run: the domains and connections come from etcd, where the
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     pod.add_argument(
         "--store",
         default=os.environ.get("SIPREG_ETCD"),
-        help="etcd://HOST:PORT[,HOST:PORT...] (default: $SIPREG_ETCD)",
+        help="etcd://HOST:PORT[,HOST:PORT...] (default: $SIPREG_ETCD; TLS: $SIPREG_ETCD_CA/_CERT/_KEY name PEM files)",
     )
     pod.add_argument(
         "--domain",
@@ -49,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _registrar_options(pod, host="0.0.0.0", node=os.environ.get("POD_NAME"))
     operator = commands.add_parser("operator", help="run the Kubernetes operator (SipDomain/SipConnection -> pods, etcd)")
-    operator.add_argument("--etcd", help="etcd://HOST:PORT[,HOST:PORT...] the registrars share (default: $SIPREG_ETCD)")
+    operator.add_argument(
+        "--etcd",
+        help="etcd://HOST:PORT[,HOST:PORT...] the registrars share (default: $SIPREG_ETCD; TLS as for registrar)",
+    )
     operator.add_argument(
         "--namespace", action="append", dest="namespaces", help="watch only this namespace (repeatable; default: all)"
     )
@@ -114,11 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "registrar" and not args.store:
         print(f"{command}: needs --store etcd://HOST:PORT (or $SIPREG_ETCD)", file=sys.stderr)
         return 2
+    etcd_tls = None
     if args.store != "memory":
         try:
             parse_endpoints(args.store)
         except ValueError as error:
             print(f"{command}: --store: {error} (or memory)", file=sys.stderr)
+            return 2
+        try:
+            etcd_tls = EtcdTls.from_environment(os.environ)
+        except ValueError as error:
+            print(f"{command}: {error}", file=sys.stderr)
             return 2
     manifests = getattr(args, "manifests", None) or ("manifests" if args.store == "memory" else None)
     try:
@@ -139,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         expires_spread=args.expires_spread / 100,
         domains=frozenset(name.lower() for name in args.domains) if getattr(args, "domains", None) else None,
         advertise=getattr(args, "advertise", None),
+        etcd_tls=etcd_tls,
     )
     if args.nonce_secret:
         config.nonce_secret = args.nonce_secret.encode()
@@ -175,6 +186,12 @@ def _operator(args: argparse.Namespace, command: str) -> int:
         parse_endpoints(pods.etcd)
     except ValueError as error:
         print(f"{command}: --etcd (or $SIPREG_ETCD): {error}", file=sys.stderr)
+        return 2
+    try:
+        # Checked here, where a missing file is one clear line and exit 2; kopf's start-up handler reads them for use.
+        EtcdTls.from_environment(os.environ)
+    except ValueError as error:
+        print(f"{command}: {error}", file=sys.stderr)
         return 2
     kopf.run(
         clusterwide=not args.namespaces,

@@ -3,6 +3,8 @@
 `EtcdServer(tmp_path)` picks loopback client and peer ports at run time and keeps them, and its data
 directory, for its whole life: `restart()` brings the same member back on the same address with the
 same data, so a client built once reconnects to it, as a registrar pod does when etcd restarts.
+With `tls=EtcdServerTls(...)` it serves clients over TLS only and requires a client certificate signed
+by the same CA (--client-cert-auth), as the chart's etcd does with TLS on.
 """
 
 from __future__ import annotations
@@ -11,24 +13,42 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from tests.conftest import free_port
+from tests.pki import CertFiles
+
+if TYPE_CHECKING:
+    from registrar.store.etcd_session import EtcdTls
 
 ETCD = shutil.which("etcd")
 INSTALL_HINT = "etcd not found on PATH: `make test` installs it (Debian package etcd-server, needs root)"
 
 
+@dataclass(frozen=True)
+class EtcdServerTls:
+    """etcd's server certificate (its ca.crt is the CA client certificates must come from), and the
+    client certificate EtcdServer's own health probe presents."""
+
+    server: CertFiles
+    probe_client: CertFiles
+
+
 class EtcdServer:
     """One etcd process on 127.0.0.1; `with EtcdServer(tmp) as etcd:` starts it and always stops it."""
 
-    def __init__(self, tmp_path: Path, name: str = "sipreg-test", start_timeout: float = 15) -> None:
+    def __init__(self, tmp_path: Path, name: str = "sipreg-test", start_timeout: float = 15,
+                 tls: EtcdServerTls | None = None) -> None:
         self.name = name
+        self.tls = tls
         self.directory = Path(tmp_path) / f"etcd-{name}"
         self.data_dir = self.directory / "data"
         self.log_path = self.directory / "etcd.log"
@@ -54,8 +74,14 @@ class EtcdServer:
     def command(self) -> list[str]:
         if ETCD is None:
             raise RuntimeError(INSTALL_HINT)
-        client_url = f"http://{self.endpoint}"
+        client_url = f"{self.scheme}://{self.endpoint}"
         peer_url = f"http://127.0.0.1:{self.peer_port}"
+        tls = [] if self.tls is None else [
+            "--cert-file", str(self.tls.server.cert),
+            "--key-file", str(self.tls.server.key),
+            "--trusted-ca-file", str(self.tls.server.ca),
+            "--client-cert-auth",
+        ]
         return [
             ETCD,
             "--name", self.name,
@@ -72,7 +98,19 @@ class EtcdServer:
             "--election-timeout", "100",
             "--logger", "zap",
             "--log-outputs", "stderr",
+            *tls,
         ]
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls.server.ca))
+        context.load_cert_chain(str(self.tls.probe_client.cert), str(self.tls.probe_client.key))
+        return context
 
     def start(self) -> None:
         """Start etcd and return once /health says it serves; raise with the log's tail if it does not."""
@@ -103,12 +141,13 @@ class EtcdServer:
         "This member": the answering member's peer URL must be ours, or a stray etcd that already held
         the port (free_port() only says the port was free a moment ago) would pass for this one.
         """
+        context = self._ssl_context()
         try:
-            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as response:
+            with urllib.request.urlopen(f"{self.scheme}://{self.endpoint}/health", timeout=1, context=context) as response:
                 if json.load(response).get("health") != "true":
                     return False
-            request = urllib.request.Request(f"http://{self.endpoint}/v3/cluster/member/list", data=b"{}")
-            with urllib.request.urlopen(request, timeout=1) as response:
+            request = urllib.request.Request(f"{self.scheme}://{self.endpoint}/v3/cluster/member/list", data=b"{}")
+            with urllib.request.urlopen(request, timeout=1, context=context) as response:
                 members = json.load(response)
         except (OSError, ValueError):  # not listening yet, no leader yet (503), half a body
             return False
@@ -195,11 +234,11 @@ def _process_state(pid: int) -> str:
         return stat.read().rpartition(")")[2].split()[0]
 
 
-async def records(url: str, prefix: str) -> dict[bytes, object]:
+async def records(url: str, prefix: str, tls: EtcdTls | None = None) -> dict[bytes, object]:
     """What etcd holds under `prefix`, key -> KeyValue (value, version, lease...), read outside any registrar."""
     from registrar.store.etcd_session import EtcdSession, parse_endpoints
 
-    session = EtcdSession(parse_endpoints(url))
+    session = EtcdSession(parse_endpoints(url), tls=tls)
     try:
         kvs, _ = await session.read_prefix(prefix.encode())
         return {kv.key: kv for kv in kvs}

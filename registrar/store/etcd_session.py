@@ -8,6 +8,11 @@ of wrapping each event in Python objects.
 
 Every failure to reach etcd surfaces as `EtcdUnavailable`; the session then
 moves to the next endpoint, so the next call tries another member.
+
+TLS (`EtcdTls`): a CA to verify the members' certificates and, for etcd's
+--client-cert-auth, a client certificate and key; `EtcdTls.from_environment`
+reads them from the files named by SIPREG_ETCD_CA, SIPREG_ETCD_CERT and
+SIPREG_ETCD_KEY (the chart mounts a Secret there).
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import aetcd
+import grpc
 from aetcd import rpc
 
 from registrar.store import StoreUnavailable
@@ -71,12 +79,72 @@ def parse_endpoints(url: str) -> list[tuple[str, int]]:
     return endpoints
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """PEM contents (not paths: read once, at start) for a TLS connection to etcd."""
+
+    ca: bytes | None = None  # None: the system's trusted roots
+    cert: bytes | None = None  # client certificate chain, for etcd's --client-cert-auth
+    key: bytes | None = None
+
+    ENVIRONMENT = (("SIPREG_ETCD_CA", "ca"), ("SIPREG_ETCD_CERT", "cert"), ("SIPREG_ETCD_KEY", "key"))
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> EtcdTls | None:
+        """TLS from the files SIPREG_ETCD_CA/_CERT/_KEY name; None (plain text) when none is set.
+
+        Raises ValueError naming the variable whose file cannot be read, or a
+        certificate without its key (or the other way round).
+        """
+        contents: dict[str, bytes] = {}
+        for variable, attribute in cls.ENVIRONMENT:
+            path = environ.get(variable)
+            if not path:
+                continue
+            try:
+                contents[attribute] = Path(path).read_bytes()
+            except OSError as error:
+                raise ValueError(f"{variable}: cannot read {path}: {error.strerror or error}") from None
+        if not contents:
+            return None
+        if ("cert" in contents) != ("key" in contents):
+            raise ValueError("SIPREG_ETCD_CERT and SIPREG_ETCD_KEY go together (a client certificate and its key)")
+        return cls(**contents)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert)
+
+
+class _TlsClient(aetcd.Client):
+    """aetcd's Client over a TLS channel: aetcd 1.0 opens only plain-text channels.
+
+    Sets up what the session uses (the channel and the KV, lease, cluster and
+    maintenance stubs); no username/password auth, which the session never uses.
+    """
+
+    def __init__(self, host: str, port: int, *, tls: EtcdTls, **kwargs: object) -> None:
+        super().__init__(host, port, **kwargs)  # type: ignore[arg-type]
+        self._credentials = tls.credentials()
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        self.channel = rpc.secure_channel(f"{self._host}:{self._port}", self._credentials, options=self._options.items())
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._connected.set()
+
+
 class EtcdSession:
-    def __init__(self, endpoints: Sequence[tuple[str, int]], timeout: float = REQUEST_TIMEOUT):
+    def __init__(self, endpoints: Sequence[tuple[str, int]], timeout: float = REQUEST_TIMEOUT,
+                 tls: EtcdTls | None = None):
         if not endpoints:
             raise ValueError("no etcd endpoints")
         self.endpoints = list(endpoints)
         self.timeout = timeout
+        self.tls = tls
         self._next = 0  # index of the endpoint to try first
         self._client: aetcd.Client | None = None
         self._connecting: asyncio.Lock | None = None
@@ -99,7 +167,7 @@ class EtcdSession:
             for _ in self.endpoints:
                 host, port = self.endpoints[self._next]
                 self._next = (self._next + 1) % len(self.endpoints)
-                client = aetcd.Client(host, port, timeout=self.timeout, options=CHANNEL_OPTIONS)
+                client = self._new_client(host, port)
                 try:
                     await client.connect()
                     await client.maintenancestub.Status(rpc.StatusRequest(), timeout=self.timeout)
@@ -108,9 +176,14 @@ class EtcdSession:
                     await _close_quietly(client)
                     continue
                 self._client = client
-                log.info("sipreg: connected to etcd at %s:%d", host, port)
+                log.info("sipreg: connected to etcd at %s:%d%s", host, port, " over TLS" if self.tls else "")
                 return
             raise EtcdUnavailable("etcd unreachable: " + "; ".join(errors))
+
+    def _new_client(self, host: str, port: int) -> aetcd.Client:
+        if self.tls is not None:
+            return _TlsClient(host, port, tls=self.tls, timeout=self.timeout, options=CHANNEL_OPTIONS)
+        return aetcd.Client(host, port, timeout=self.timeout, options=CHANNEL_OPTIONS)
 
     async def disconnect(self, client: aetcd.Client | None = None) -> None:
         """Drop the current endpoint (if it is still `client`); the next call connects to the next one."""

@@ -28,7 +28,9 @@ Fixtures
   `kubernetes.client.Configuration` that load_kube_config() sets is restored.
 - `kube`: `Kube`, thin helpers (create/get/find/list/patch/delete/wait_gone on
   any resource by 'v1/configmaps'-style names, typed `core`/`apps`/`custom`
-  APIs) over a `kubernetes` ApiClient built from that kubeconfig.
+  APIs) over a `kubernetes` ApiClient built from that kubeconfig, with the
+  User-Agent `sipreg-tests` (TEST_USER_AGENT), so that the request log
+  tells the test's requests from the operator's.
   `wait_for(condition)` polls with a deadline (tests never sleep blindly).
 - `operator_runner`: `with operator_runner(path) as runner:` (or
   `module='pkg.mod'`) runs `kopf run -A --standalone --verbose <path>` in
@@ -372,9 +374,15 @@ class Kube:
         return namespace or body.get("metadata", {}).get("namespace") or self.namespace
 
 
+# The tests' own client introduces itself so: the emulator's request log tells its requests from
+# the operator's (kopf's and the operator's `kubernetes` client), as tests/k8s/test_rbac.py must.
+TEST_USER_AGENT = "sipreg-tests"
+
+
 @pytest.fixture
 def kube(kubeconfig: Path) -> Iterator[Kube]:
     api_client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    api_client.user_agent = TEST_USER_AGENT
     try:
         yield Kube(api_client)
     finally:

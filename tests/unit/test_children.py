@@ -133,6 +133,26 @@ def test_pod_settings_from_the_environment():
         PodSettings.from_environment({"SIPREG_REGISTRAR_SECURITY_CONTEXT": "[]"})
 
 
+def test_an_etcd_tls_secret_is_mounted_read_only_and_named_by_the_tls_variables():
+    settings = PodSettings.from_environment({"SIPREG_ETCD_TLS_SECRET": "etcd-client-tls"})
+    assert settings.etcd_tls_secret == "etcd-client-tls"
+    pod = children(settings=settings)[("Deployment", "sip-ex-registrar")]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "etcd-client-tls")
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount == {"name": volume["name"], "mountPath": "/etc/sipreg/etcd-tls", "readOnly": True}
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert {key: env[key] for key in ("SIPREG_ETCD_CA", "SIPREG_ETCD_CERT", "SIPREG_ETCD_KEY")} == {
+        "SIPREG_ETCD_CA": "/etc/sipreg/etcd-tls/ca.crt",
+        "SIPREG_ETCD_CERT": "/etc/sipreg/etcd-tls/tls.crt",
+        "SIPREG_ETCD_KEY": "/etc/sipreg/etcd-tls/tls.key",
+    }
+    # Without the setting: plain text, nothing mounted, no TLS variable (the registrar would fail on a missing file).
+    pod = children()[("Deployment", "sip-ex-registrar")]["spec"]["template"]["spec"]
+    assert not [v for v in pod["volumes"] if v["name"] == "etcd-tls"]
+    assert not [e for e in pod["containers"][0]["env"] if e["name"].startswith("SIPREG_ETCD_")]
+
+
 def test_drift_is_what_the_desired_object_says_differently():
     desired = children()[("Deployment", "sip-ex-registrar")]
     actual = copy.deepcopy(desired)
@@ -151,7 +171,8 @@ def test_drift_is_what_the_desired_object_says_differently():
 def test_every_child_is_a_valid_kubernetes_object(service_type, with_tls):
     """What the operator sends passes Kubernetes' own schemas, strictly (no unknown or misspelt field)."""
     spec = SPEC if with_tls else {**SPEC, "transports": {"udp": 5060, "tcp": 5060}}
-    built = [*desired_children("sip-ex", spec, PodSettings(service_type=service_type)), nonce_secret("sip-ex", "s")]
+    settings = PodSettings(service_type=service_type, etcd_tls_secret="etcd-client-tls" if with_tls else None)
+    built = [*desired_children("sip-ex", spec, settings), nonce_secret("sip-ex", "s")]
     for child in built:
         child = {**child, "metadata": {**child["metadata"], "namespace": "voip"}}
         kubernetes_validate.validate(child, kubernetes_validate.latest_version(), strict=True)
