@@ -101,12 +101,14 @@ def test_helm_lint_strict_passes(scenario: str) -> None:
     assert "0 chart(s) failed" in helm(*args)
 
 
+# ConfigMap: the Grafana dashboards, in every rendering.
 EXPECTED_KINDS = {
-    "default": ["ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Service", "Service",
-                "Service", "ServiceAccount", "StatefulSet"],
-    "external-etcd": ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount", "SipDomain"],
-    "bundled-etcd-tls": ["ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Service",
-                         "Service", "Service", "ServiceAccount", "StatefulSet"],
+    "default": ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "PodDisruptionBudget", "Service",
+                "Service", "Service", "ServiceAccount", "StatefulSet"],
+    "external-etcd": ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service", "ServiceAccount",
+                      "SipDomain"],
+    "bundled-etcd-tls": ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "PodDisruptionBudget",
+                         "Service", "Service", "Service", "ServiceAccount", "StatefulSet"],
 }
 
 
@@ -165,16 +167,10 @@ def test_the_operator_runs_alone_with_probes_on_its_health_port(scenario: str) -
         assert ports[container[probe]["httpGet"]["port"]] == 8080
     assert (ports["metrics"], ports["health"]) == (9090, 8080)
 
-    # The arguments are ones `sipreg operator` takes. --metrics-port is the operator metrics endpoint the
-    # observability work adds (same issue); until that lands, it is the one flag the parser may not know.
-    parser = build_parser()
-    operator_parser = parser._subparsers._group_actions[0].choices["operator"]  # type: ignore[union-attr]
+    # The arguments are ones `sipreg operator` takes.
     args = container["args"]
-    pending = [arg for arg in args if arg.startswith("--metrics-port=")
-               and "--metrics-port" not in operator_parser._option_string_actions]
-    assert "--metrics-port=9090" in args
-    parsed = parser.parse_args([arg for arg in args if arg not in pending])
-    assert parsed.command == "operator" and parsed.health_port == 8080
+    parsed = build_parser().parse_args(args)
+    assert parsed.command == "operator" and parsed.health_port == 8080 and parsed.metrics_port == 9090
     watched = EXTERNAL_VALUES["operator"]["watchNamespaces"] if scenario == "external-etcd" else None
     assert parsed.namespaces == watched
 
@@ -336,10 +332,11 @@ def test_the_chart_dashboards_become_one_configmap_for_the_grafana_sidecar(tmp_p
 
 
 def test_the_shipped_dashboards_are_in_the_default_rendering() -> None:
-    """The repository's dashboards/*.json are in the ConfigMap (and without any, there is no ConfigMap)."""
+    """The repository's dashboards/*.json are in the ConfigMap."""
     shipped = {path.name: path.read_text() for path in (CHART / "dashboards").glob("*.json")}
+    assert "sipreg.json" in shipped
     configmaps = [obj for obj in render() if obj["kind"] == "ConfigMap"]
-    assert [configmap["data"] for configmap in configmaps] == ([shipped] if shipped else [])
+    assert [configmap["data"] for configmap in configmaps] == [shipped]
     for text in shipped.values():
         assert isinstance(json.loads(text).get("panels"), list)  # a Grafana dashboard, not any JSON
 
