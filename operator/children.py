@@ -69,6 +69,17 @@ class PodSettings:
             "seccompProfile": {"type": "RuntimeDefault"},
         }
     )
+    # Ready means etcd answers and the listeners are up: /readyz says so. Port "http" is HTTP_PORT.
+    readiness_probe: dict[str, Any] = field(
+        default_factory=lambda: {
+            "httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2,
+        }
+    )
+    liveness_probe: dict[str, Any] = field(
+        default_factory=lambda: {
+            "httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3,
+        }
+    )
     # A Secret (ca.crt, tls.crt, tls.key) for TLS to etcd, mounted into every registrar pod; None: plain
     # text. A pod mounts Secrets of its own namespace only: it must exist in each SipDomain's namespace.
     etcd_tls_secret: str | None = None
@@ -78,7 +89,7 @@ class PodSettings:
         """Settings from the operator's environment (the Helm chart sets these); unset keeps the default.
 
         SIPREG_ETCD, SIPREG_IMAGE, SIPREG_IMAGE_PULL_POLICY, SIPREG_SERVICE_TYPE, SIPREG_ETCD_TLS_SECRET,
-        and SIPREG_REGISTRAR_RESOURCES / SIPREG_REGISTRAR_SECURITY_CONTEXT as JSON objects.
+        and SIPREG_REGISTRAR_RESOURCES / _SECURITY_CONTEXT / _READINESS_PROBE / _LIVENESS_PROBE as JSON objects.
         Raises ValueError naming the variable that does not parse.
         """
         values: dict[str, Any] = {}
@@ -94,6 +105,8 @@ class PodSettings:
         for variable, attribute in (
             ("SIPREG_REGISTRAR_RESOURCES", "resources"),
             ("SIPREG_REGISTRAR_SECURITY_CONTEXT", "security_context"),
+            ("SIPREG_REGISTRAR_READINESS_PROBE", "readiness_probe"),
+            ("SIPREG_REGISTRAR_LIVENESS_PROBE", "liveness_probe"),
         ):
             if environ.get(variable):
                 try:
@@ -103,7 +116,9 @@ class PodSettings:
                 if not isinstance(values[attribute], dict):
                     raise ValueError(f"{variable}: expected a JSON object")
         if values.get("service_type", "LoadBalancer") not in ("ClusterIP", "NodePort", "LoadBalancer"):
-            raise ValueError(f"SIPREG_SERVICE_TYPE: expected ClusterIP, NodePort or LoadBalancer, got {values['service_type']!r}")
+            raise ValueError(
+                f"SIPREG_SERVICE_TYPE: expected ClusterIP, NodePort or LoadBalancer, got {values['service_type']!r}"
+            )
         return cls(**values)
 
 
@@ -191,17 +206,8 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
         "args": args,
         "env": env,
         "ports": ports,
-        # Ready means etcd answers and the listeners are up: /readyz says so.
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": "http"},
-            "periodSeconds": 5,
-            "failureThreshold": 2,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "http"},
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        },
+        "readinessProbe": copy.deepcopy(settings.readiness_probe),
+        "livenessProbe": copy.deepcopy(settings.liveness_probe),
         "resources": copy.deepcopy(settings.resources),
         "securityContext": copy.deepcopy(settings.security_context),
         "volumeMounts": mounts,

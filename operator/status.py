@@ -103,7 +103,9 @@ def connection_status(
         ready = condition("Ready", True, PUBLISHED, "published to the registrars", generation, previous_conditions, now)
     if live:
         count = f"{len(live)} contact{'s' if len(live) != 1 else ''}"
-        registered = condition("Registered", True, REGISTERED, f"{count} registered", generation, previous_conditions, now)
+        registered = condition(
+            "Registered", True, REGISTERED, f"{count} registered", generation, previous_conditions, now
+        )
     elif not registration_enabled:
         registered = condition(
             "Registered", False, REGISTRATION_DISABLED, "the domain does not accept REGISTER",

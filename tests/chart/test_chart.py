@@ -205,6 +205,9 @@ def test_the_operator_environment_carries_the_values_to_the_registrar_pods(scena
     (pod_container,) = registrar["spec"]["template"]["spec"]["containers"]
     assert pod_container["securityContext"] == registrar_values["securityContext"]
     assert pod_container["resources"] == registrar_values["resources"]
+    assert pod_container["readinessProbe"] == registrar_values["readinessProbe"] == settings.readiness_probe
+    assert pod_container["livenessProbe"] == registrar_values["livenessProbe"] == settings.liveness_probe
+    assert settings.readiness_probe["httpGet"]["path"] == "/readyz"
     assert pod_container["image"] == container["image"]
 
     tls = scenario != "default"
