@@ -8,12 +8,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
 
-from aetcd import rpc
 from aiohttp import web
 
 from registrar.http import make_app
@@ -24,7 +20,7 @@ from registrar.service import SipService
 from registrar.sip import digest
 from registrar.store import LocationStore
 from registrar.store.etcd import EtcdStore
-from registrar.store.etcd_session import EtcdSession, EtcdTls, EtcdUnavailable, parse_endpoints
+from registrar.store.etcd_session import EtcdSession, EtcdTls, parse_endpoints
 from registrar.store.memory import MemoryStore
 from registrar.tls import self_signed_context, server_context
 from registrar.transport import SipEndpoint, listen_stream, listen_udp
@@ -170,69 +166,8 @@ def make_store(config: ServeConfig) -> LocationStore:
     if config.store == "memory":
         return MemoryStore(clock=time.time)
     return EtcdStore(
-        CountedEtcdSession(parse_endpoints(config.store), tls=config.etcd_tls),
+        EtcdSession(parse_endpoints(config.store), tls=config.etcd_tls),
         node=config.node_name,
         node_address=config.advertise or config.host,
         sip_port=config.sip_port,
     )
-
-
-# What a failed call to etcd raises: unreachable or timed out (EtcdUnavailable), or refused.
-_ETCD_FAILURES = (EtcdUnavailable, rpc.AioRpcError)
-
-
-class CountedEtcdSession(EtcdSession):
-    """An EtcdSession that tells `on_error` the operation of every call that failed (sipreg_store_errors_total).
-
-    Counted here, around the session's public calls, so that the store keeps no
-    metrics code. A call that finds etcd unreachable counts for its own
-    operation and for the connect it tried first.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any):  # EtcdSession's, whatever they become
-        super().__init__(*args, **kwargs)
-        self.on_error: Callable[[str], None] = lambda operation: None
-
-    async def connect(self) -> None:
-        try:
-            await super().connect()
-        except _ETCD_FAILURES:
-            self.on_error("connect")
-            raise
-
-    async def txn(self, request: rpc.TxnRequest) -> rpc.TxnResponse:
-        try:
-            return await super().txn(request)
-        except _ETCD_FAILURES:
-            self.on_error("txn")
-            raise
-
-    async def read_prefix(self, prefix: bytes) -> tuple[list[rpc.KeyValue], int]:
-        try:
-            return await super().read_prefix(prefix)
-        except _ETCD_FAILURES:
-            self.on_error("read")
-            raise
-
-    async def grant(self, ttl: int) -> int:
-        try:
-            return await super().grant(ttl)
-        except _ETCD_FAILURES:
-            self.on_error("lease")
-            raise
-
-    async def revoke(self, lease: int) -> None:
-        try:
-            await super().revoke(lease)
-        except _ETCD_FAILURES:
-            self.on_error("lease")
-            raise
-
-    async def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[rpc.WatchResponse]:
-        try:
-            async with aclosing(super().watch(prefix, start_revision)) as responses:
-                async for response in responses:
-                    yield response
-        except _ETCD_FAILURES:
-            self.on_error("watch")
-            raise

@@ -49,7 +49,7 @@ import os
 import re
 from collections.abc import Callable, Container, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

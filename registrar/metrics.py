@@ -27,7 +27,7 @@ from registrar.store import LocationStore
 disable_created_metrics()
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-# What the etcd session does, as sipreg_store_errors_total labels them (app.CountedEtcdSession).
+# What the etcd session does, as sipreg_store_errors_total labels them (EtcdSession.on_error).
 STORE_OPERATIONS = ("connect", "read", "txn", "watch", "lease")
 STREAM_TRANSPORTS = ("tcp", "tls")
 

@@ -150,6 +150,9 @@ class EtcdSession:
         self._connecting: asyncio.Lock | None = None
         self._kept_alive: dict[int, Callable[[], None]] = {}  # lease id -> what to do when it is lost
         self._keep_alive_task: asyncio.Task[None] | None = None
+        # Told the operation ("connect", "txn", "read", "watch", "lease") of every call that
+        # failed: sipreg_store_errors_total. A call that could not connect counts twice.
+        self.on_error: Callable[[str], None] = lambda operation: None
 
     @property
     def endpoint(self) -> str:
@@ -178,6 +181,7 @@ class EtcdSession:
                 self._client = client
                 log.info("sipreg: connected to etcd at %s:%d%s", host, port, " over TLS" if self.tls else "")
                 return
+            self.on_error("connect")
             raise EtcdUnavailable("etcd unreachable: " + "; ".join(errors))
 
     def _new_client(self, host: str, port: int) -> aetcd.Client:
@@ -222,11 +226,21 @@ class EtcdSession:
             await self.disconnect(client)
             raise EtcdUnavailable(f"etcd at {self.endpoint}: {_describe(error)}") from None
 
+    @contextlib.asynccontextmanager
+    async def _calling(self, operation: str) -> AsyncIterator[aetcd.Client]:
+        """The client for one call; a failure is told to `on_error` under `operation` (metrics), then raised."""
+        try:
+            client = await self._current()
+            async with self._reaching(client):
+                yield client
+        except (EtcdUnavailable, rpc.AioRpcError):
+            self.on_error(operation)
+            raise
+
     # -- requests --------------------------------------------------------------------------
 
     async def txn(self, request: rpc.TxnRequest) -> rpc.TxnResponse:
-        client = await self._current()
-        async with self._reaching(client):
+        async with self._calling("txn") as client:
             return await client.kvstub.Txn(request, timeout=self.timeout)
 
     async def write(self, puts: dict[bytes, bytes], deletes: Sequence[bytes] = ()) -> None:
@@ -236,10 +250,9 @@ class EtcdSession:
 
     async def read_prefix(self, prefix: bytes) -> tuple[list[rpc.KeyValue], int]:
         """Every key under `prefix` at one revision, read in pages; and that revision."""
-        client = await self._current()
         end = prefix_end(prefix)
         start, revision, kvs = prefix, 0, []
-        async with self._reaching(client):
+        async with self._calling("read") as client:
             while True:
                 page = await client.kvstub.Range(
                     rpc.RangeRequest(key=start, range_end=end, limit=PAGE_SIZE, revision=revision),
@@ -252,15 +265,15 @@ class EtcdSession:
                 start = page.kvs[-1].key + b"\0"
 
     async def grant(self, ttl: int) -> int:
-        client = await self._current()
-        async with self._reaching(client):
+        async with self._calling("lease") as client:
             return (await client.leasestub.LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl), timeout=self.timeout)).ID
 
     async def revoke(self, lease: int) -> None:
-        client = await self._current()
-        with contextlib.suppress(rpc.AioRpcError):  # NOT_FOUND: it expired already
-            async with self._reaching(client):
+        try:
+            async with self._calling("lease") as client:
                 await client.leasestub.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease), timeout=self.timeout)
+        except rpc.AioRpcError:  # NOT_FOUND: it expired already
+            pass
 
     async def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[rpc.WatchResponse]:
         """Responses with the changes under `prefix` from `start_revision` on, until etcd goes away.
@@ -269,7 +282,6 @@ class EtcdSession:
         stream breaks. Progress notifications (no events) carry the revision etcd
         has reached, so an idle watch still knows where to resume.
         """
-        client = await self._current()
         create = rpc.WatchCreateRequest(
             key=prefix, range_end=prefix_end(prefix), start_revision=start_revision, progress_notify=True
         )
@@ -282,19 +294,19 @@ class EtcdSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await stop.wait()
 
-        call = rpc.WatchStub(client.channel).Watch(requests())
-        try:
-            async with self._reaching(client):
+        async with self._calling("watch") as client:
+            call = rpc.WatchStub(client.channel).Watch(requests())
+            try:
                 async for response in call:
                     if response.compact_revision:
                         raise WatchCompacted(response.compact_revision)
                     if response.canceled:
                         raise EtcdUnavailable(f"etcd cancelled the watch: {response.cancel_reason or 'no reason'}")
                     yield response
-            raise EtcdUnavailable(f"etcd at {self.endpoint} closed the watch")
-        finally:
-            stop.set()
-            call.cancel()
+                raise EtcdUnavailable(f"etcd at {self.endpoint} closed the watch")
+            finally:
+                stop.set()
+                call.cancel()
 
     # -- leases kept alive -----------------------------------------------------------------
 

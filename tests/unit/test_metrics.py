@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 from aetcd import rpc
 
-from registrar.app import CountedEtcdSession
 from registrar.metrics import STORE_OPERATIONS, Metrics
 from registrar.model import Binding, Catalog, Connection, Domain, RegistrationPolicy
 from registrar.registrar import Registrar, Source
 from registrar.service import SipService
 from registrar.sip import digest
 from registrar.sip.message import parse_message
-from registrar.store.etcd_session import EtcdUnavailable
+from registrar.store.etcd_session import EtcdSession, EtcdUnavailable
 from registrar.store.memory import MemoryStore
 from tests.conftest import free_port
 from tests.fakes import FakeClock
@@ -126,7 +125,7 @@ def test_invites_are_counted_by_served_domain_and_status() -> None:
 
 async def test_failed_etcd_calls_are_counted_by_operation() -> None:
     """A real gRPC client against a port where nothing listens: every call fails at once."""
-    session = CountedEtcdSession([("127.0.0.1", free_port())])
+    session = EtcdSession([("127.0.0.1", free_port())])
     failed: list[str] = []
     session.on_error = failed.append
     try:
