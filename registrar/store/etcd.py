@@ -41,9 +41,12 @@ log = logging.getLogger("sipreg.store")
 
 LEASE_GRANULARITY = 10.0  # seconds of expiry that one binding lease covers
 MAX_WRITES_IN_FLIGHT = 2  # transactions; REGISTERs arriving meanwhile form the next batch
-MAX_BATCH = 128  # AORs per transaction (etcd's default --max-txn-ops)
+MAX_TXN_OPS = 128  # operations per transaction (etcd's default --max-txn-ops)
+# AORs per transaction: etcd checks a nested transaction against what the outer one leaves
+# of MAX_TXN_OPS, and each compare-and-swap is one operation deep, so 128 would be refused.
+MAX_BATCH = MAX_TXN_OPS - 1
 MAX_ATTEMPTS = 5  # compare-and-swap rounds lost to other replicas before giving up with 503
-FAILURE_FLUSH_INTERVAL = 1.0  # seconds; failure records go out at most this often, MAX_BATCH at a time
+FAILURE_FLUSH_INTERVAL = 1.0  # seconds; failure records go out at most this often, MAX_TXN_OPS at a time
 NODE_TTL = 10  # seconds a dead registrar stays listed under nodes/
 SWEEP_INTERVAL = 1.0
 RECONNECT_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
@@ -420,7 +423,7 @@ class EtcdStore(TableStore):
             await asyncio.sleep(FAILURE_FLUSH_INTERVAL)
             if not self._unwritten_failures or not self._ready:
                 continue
-            keys = list(self._unwritten_failures)[:MAX_BATCH]
+            keys = list(self._unwritten_failures)[:MAX_TXN_OPS]
             batch = [self._unwritten_failures.pop(key) for key in keys]
             request = rpc.TxnRequest(
                 success=[
@@ -467,8 +470,8 @@ class EtcdStore(TableStore):
             held.update((kv.key, kv.value) for kv in kvs)
         ops = [_put(key, value) for key, value in wanted.items() if held.get(key) != value]
         ops += [_delete(key) for key in held if key not in wanted]
-        for start in range(0, len(ops), MAX_BATCH):
-            await self.session.txn(rpc.TxnRequest(success=ops[start : start + MAX_BATCH]))
+        for start in range(0, len(ops), MAX_TXN_OPS):
+            await self.session.txn(rpc.TxnRequest(success=ops[start : start + MAX_TXN_OPS]))
         log.info(
             "sipreg: published %d domains and %d connections to etcd (%d changes)",
             len(catalog.domains),

@@ -106,6 +106,20 @@ async def test_a_refused_change_fails_alone_and_the_batch_goes_through(etcd):
         await store.close()
 
 
+async def test_a_burst_of_more_aors_than_a_transaction_holds_is_all_stored(etcd):
+    """Full batches are within etcd's --max-txn-ops, nested compare-and-swaps counted (128 of them are not)."""
+    store = await started(etcd)
+    try:
+        aors = [f"u{n}@sip.example.test" for n in range(400)]
+        results = await asyncio.gather(
+            *(store.update(aor, add(binding(f"sip:{aor}", aor=aor))) for aor in aors), return_exceptions=True
+        )
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        assert len(await raw(etcd, layout.BINDINGS)) == len(aors)
+    finally:
+        await store.close()
+
+
 async def test_keys_carry_shared_leases_and_vanish_when_their_bindings_expire(etcd):
     store = await started(etcd)
     try:
