@@ -35,7 +35,7 @@ from aetcd import rpc
 from registrar.model import Binding, Catalog, Connection, Domain
 from registrar.store import BindingChange, RegistrationFailure, StoreUnavailable
 from registrar.store import layout
-from registrar.store.etcd_session import EtcdSession, EtcdUnavailable, WatchCompacted
+from registrar.store.etcd_session import EtcdSession, EtcdUnavailable, WatchCompacted, compare_and_swap
 from registrar.store.table import BindingTable, TableStore
 
 log = logging.getLogger("sipreg.store")
@@ -58,8 +58,6 @@ SWEEP_INTERVAL = 1.0
 RECONNECT_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 _PUT = rpc.Event.PUT
-_MOD = rpc.Compare.MOD
-_EQUAL = rpc.Compare.EQUAL
 
 PendingChange = tuple[BindingChange, "asyncio.Future[list[Binding]]", int]  # change, its answer, attempts so far
 
@@ -380,10 +378,9 @@ class EtcdStore(TableStore):
                 record = layout.encode_bindings(bindings) if bindings else b""
                 self._writing[aor] = record
                 lease = leases[max(b.expires_at for b in bindings)] if bindings else 0
-                swaps.append(_compare_and_swap(layout.bindings_key(aor), revision, record, lease))
-            request = rpc.TxnRequest(success=swaps)
+                swaps.append(compare_and_swap(layout.bindings_key(aor), revision, record, lease))
             sent = time.monotonic()
-            response = await self.session.txn(request)
+            response = await self.session.txn(swaps)
         except (StoreUnavailable, rpc.AioRpcError) as error:
             if isinstance(error, rpc.AioRpcError) and error.code() == rpc.StatusCode.NOT_FOUND:
                 self._leases.forget_all()  # etcd lost our leases (a new cluster?): grant anew next time
@@ -567,15 +564,3 @@ def _put(key: bytes, value: bytes, lease: int = 0) -> rpc.RequestOp:
 
 def _delete(key: bytes) -> rpc.RequestOp:
     return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
-
-
-def _compare_and_swap(key: bytes, revision: int, record: bytes, lease: int) -> rpc.RequestOp:
-    """Store `record` (b"": delete) if `key` is still at `revision`; else read the key."""
-    write = _put(key, record, lease) if record else _delete(key)
-    return rpc.RequestOp(
-        request_txn=rpc.TxnRequest(
-            compare=[rpc.Compare(key=key, target=_MOD, result=_EQUAL, mod_revision=revision)],
-            success=[write],
-            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
-        )
-    )
