@@ -148,6 +148,8 @@ def loop_etcd(
         firsts = [datagram(i, 1) for i in range(count)]
         done = loop.create_future()
         progress = {"next": 0, "finished": 0}
+        sent_at = [0.0] * count  # when each REGISTER with credentials went in
+        latencies: list[float] = []  # and how long its 200 OK took
 
         def start_next() -> None:
             i = progress["next"]
@@ -169,16 +171,19 @@ def loop_etcd(
             )
             second = datagram(i, 2, authorization)
             if full:
-                endpoint.receive(second, source, answered)
+                sent_at[i] = time.monotonic()
+                endpoint.receive(second, source, lambda data: answered(data, i))
             else:
                 loop.call_soon(answered, b"SIP/2.0 200 OK\r\n")
 
-        def answered(data: bytes) -> None:
+        def answered(data: bytes, i: int = -1) -> None:
             if not data.startswith(b"SIP/2.0 200"):
                 if not done.done():
                     done.set_exception(AssertionError(f"not registered: {data[:60]!r}"))
                 return
             progress["finished"] += 1
+            if full:
+                latencies.append(time.monotonic() - sent_at[i])
             if progress["next"] < count and not rate:
                 start_next()
             elif progress["finished"] == count:
@@ -209,6 +214,9 @@ def loop_etcd(
             profiler.disable()
             profiler.dump_stats(profile)
         figures["seconds"] = time.monotonic() - wall_before
+        latencies.sort()
+        if latencies:
+            figures["p50"], figures["p99"] = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
         figures["cpu"] = time.process_time() - own_before
         if full and etcd_pid:
             figures["etcd_cpu"] = cpu_seconds(etcd_pid) - etcd_before
@@ -355,9 +363,9 @@ def etcd_cpu_run(directory: Path, args: argparse.Namespace) -> None:
     etcd_ms = (stats["etcd_cpu"] - idle_rate * stats["seconds"]) / n * 1000
     print(
         f"without valgrind, {n} registrations offered at {args.rate:,.0f}/s took {stats['seconds']:.1f} s ("
-        f"{stats['aors'] / max(stats['writes'], 1):.1f} AORs per transaction): etcd {etcd_ms:.3f} ms CPU per "
-        f"registration (idle {idle_rate * 1000:.0f} ms/s subtracted), registrar and client "
-        f"{stats['cpu'] / n * 1000:.3f} ms"
+        f"{stats['aors'] / max(stats['writes'], 1):.1f} AORs per transaction, 200 OK p50 {stats['p50'] * 1000:.1f} ms, "
+        f"p99 {stats['p99'] * 1000:.1f} ms): etcd {etcd_ms:.3f} ms CPU per registration (idle {idle_rate * 1000:.0f} "
+        f"ms/s subtracted), registrar and client {stats['cpu'] / n * 1000:.3f} ms"
     )
 
 
