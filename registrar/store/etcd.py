@@ -307,7 +307,8 @@ class EtcdStore(TableStore):
         loop = asyncio.get_running_loop()
         while self._pending and self._writes_in_flight < MAX_WRITES_IN_FLIGHT:
             wait = self._last_write + WRITE_INTERVAL - loop.time()
-            if wait > 0 and len(self._pending) < MAX_BATCH:
+            # uvloop's clock and timers count whole milliseconds: a shorter wait would spin.
+            if wait >= 0.001 and len(self._pending) < MAX_BATCH:
                 self._write_due = loop.call_later(wait, self._write_when_due)
                 return
             batch: list[tuple[str, list[PendingChange]]] = []
