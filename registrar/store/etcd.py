@@ -153,6 +153,7 @@ class EtcdStore(TableStore):
         if self._write_due is not None:
             self._write_due.cancel()
             self._write_due = None
+        self._fail_pending(StoreUnavailable("the registrar is stopping"))  # none waits for a batch that never leaves
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

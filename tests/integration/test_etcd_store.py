@@ -120,6 +120,31 @@ async def test_a_burst_of_more_aors_than_a_transaction_holds_is_all_stored(etcd)
         await store.close()
 
 
+async def test_registers_arriving_within_the_write_interval_share_one_transaction(etcd):
+    store = await started(etcd)
+    transactions: list[int] = []
+    store.on_write = lambda seconds, aors, conflicts: transactions.append(aors)
+    try:
+        first = asyncio.ensure_future(store.update(ALICE, add(binding("sip:alice@192.0.2.1"))))
+        await asyncio.sleep(0)  # on an idle store it goes out at once
+        aors = [f"u{n}@sip.example.test" for n in range(30)]
+        await asyncio.gather(first, *(store.update(aor, add(binding(f"sip:{aor}", aor=aor))) for aor in aors))
+        assert transactions == [1, 30]
+    finally:
+        await store.close()
+
+
+async def test_a_register_waiting_for_its_batch_when_the_store_closes_is_answered_unavailable(etcd):
+    store = await started(etcd)
+    await store.update(ALICE, add(binding("sip:alice@192.0.2.1")))
+    bob = "bob@sip.example.test"
+    waiting = asyncio.ensure_future(store.update(bob, add(binding("sip:bob@192.0.2.2", aor=bob))))
+    await asyncio.sleep(0)
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await waiting
+
+
 async def test_keys_carry_shared_leases_and_vanish_when_their_bindings_expire(etcd):
     store = await started(etcd)
     try:
