@@ -227,12 +227,15 @@ def loop_etcd(
         import uvloop
     except ImportError:
         uvloop = None
-    (uvloop.run if uvloop is not None else asyncio.run)(run())  # the loop `sipreg serve` runs on (registrar/cli.py)
+    # The loop `sipreg serve` runs on (registrar/cli.py).
+    (uvloop.run if uvloop is not None else asyncio.run)(run())
     if stats:
         Path(stats).write_text(json.dumps(figures))
 
 
-def start_callgrind(catalog_file: str, mode: str, count: int, out: Path, extra: list[str] = ()) -> subprocess.Popen[bytes]:
+def start_callgrind(
+    catalog_file: str, mode: str, count: int, out: Path, extra: list[str] = ()
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
          "--loop", mode, str(count), "--catalog", catalog_file, *extra],
@@ -248,7 +251,7 @@ def total_instructions(out: Path) -> int:
 
 
 def write_catalog(directory: Path, users: int) -> str:
-    """`users` users' catalogue, pickled: unpickled under valgrind, as reading the YAML there would take most of each run."""
+    """`users` users' catalogue, pickled: unpickled under valgrind, where reading the YAML would take most of a run."""
     from bench.run import write_manifests
     from registrar.manifests import load_catalog
 
@@ -315,7 +318,8 @@ def main() -> None:
         if args.store == "etcd":
             for n in (args.n1, args.n2):
                 stats = json.loads((directory / f"stats.{n}").read_text())
-                print(f"  under callgrind, {n} registrations: {stats['aors'] / max(stats['writes'], 1):.1f} AORs per transaction")
+                per_transaction = stats["aors"] / max(stats["writes"], 1)
+                print(f"  under callgrind, {n} registrations: {per_transaction:.1f} AORs per transaction")
             if args.native:
                 etcd_cpu_run(directory, args)
 
@@ -333,7 +337,10 @@ def etcd_runs(directory: Path, catalog_file: str, runs: dict, args: argparse.Nam
                 etcd = EtcdServer(directory, name=f"n{n}")
                 servers.append(etcd)
                 etcd.start()
-                extra = ["--etcd", etcd.url, "--window", str(args.window), "--rate", "0", "--stats", str(directory / f"stats.{n}")]
+                extra = [
+                    "--etcd", etcd.url, "--window", str(args.window), "--rate", "0",
+                    "--stats", str(directory / f"stats.{n}"),
+                ]
             processes.append(start_callgrind(catalog_file, mode, n, out, extra))
         if any(process.wait() != 0 for process in processes):
             sys.exit("a callgrind run failed")
@@ -354,8 +361,9 @@ def etcd_cpu_run(directory: Path, args: argparse.Namespace) -> None:
         time.sleep(3)
         idle_rate = (cpu_seconds(pid) - idle_before) / (time.monotonic() - idle_started)
         subprocess.run(
-            [sys.executable, __file__, "--loop", "full", str(args.native), "--catalog", catalog_file, "--etcd", etcd.url,
-             "--window", str(args.window), "--rate", str(args.rate), "--etcd-pid", str(pid), "--stats", str(stats_file)],
+            [sys.executable, __file__, "--loop", "full", str(args.native), "--catalog", catalog_file,
+             "--etcd", etcd.url, "--window", str(args.window), "--rate", str(args.rate), "--etcd-pid", str(pid),
+             "--stats", str(stats_file)],
             check=True,
         )
     stats = json.loads(stats_file.read_text())

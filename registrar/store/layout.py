@@ -220,7 +220,8 @@ class _Unusual(Exception):
 
 
 def _binding_json(binding: Binding) -> str:
-    _, contact, expires_at, call_id, cseq, q, instance, reg_id, transport, source, flow, node, user_agent, registered_at = binding
+    (_, contact, expires_at, call_id, cseq, q, instance, reg_id, transport, source, flow, node, user_agent,
+     registered_at) = binding
     if not (type(expires_at) is float and type(registered_at) is float and type(cseq) is int):
         raise _Unusual
     if not (_FINITE > abs(expires_at) and _FINITE > abs(registered_at)):  # json.dumps writes NaN, Infinity
