@@ -412,7 +412,9 @@ class EtcdStore(TableStore):
                 self._retry(aor, done)
 
     def _hold(self, aor: str, revision: int, bindings: tuple[Binding, ...]) -> None:
-        """Put what etcd holds for `aor` at `revision` into the cache."""
+        """Put what etcd holds for `aor` at `revision` into the cache, unless the watch brought newer news first."""
+        if revision < max(self._revisions.get(aor, 0), self._tombstones.get(aor, 0)):
+            return  # another replica wrote on top of it, and the watch has put that in the cache already
         if bindings:
             self._revisions[aor] = revision
             self._tombstones.pop(aor, None)

@@ -145,6 +145,36 @@ async def test_a_register_waiting_for_its_batch_when_the_store_closes_is_answere
         await waiting
 
 
+async def test_a_write_acknowledged_after_a_newer_one_was_watched_does_not_turn_the_cache_back(etcd):
+    """Our write at R, another replica's at R2 on top of it, both watched before etcd's answer to ours arrives:
+    the cache keeps R2."""
+    one, two = await started(etcd), await started(etcd)
+    gate = asyncio.Event()
+    txn = one.session.txn
+
+    async def answered_late(request):
+        response = await txn(request)
+        await gate.wait()
+        return response
+
+    one.session.txn = answered_late
+    try:
+        first = asyncio.ensure_future(one.update(ALICE, add(binding("sip:alice@192.0.2.1"))))
+        await eventually(lambda: two._table.current(ALICE, time.time()))  # etcd has ours; two has seen it
+        await two.update(ALICE, add(binding("sip:alice@192.0.2.2", call_id="c2")))
+        newer = {"sip:alice@192.0.2.1", "sip:alice@192.0.2.2"}
+        await eventually(lambda: {b.contact for b in one._table.current(ALICE, time.time())} == newer)
+        gate.set()
+        await first
+        assert {b.contact for b in await one.lookup(ALICE)} == newer
+        await one.update(ALICE, add(binding("sip:alice@192.0.2.3", call_id="c3")))  # no compare lost on a stale revision
+        assert {b.contact for b in await one.lookup(ALICE)} == newer | {"sip:alice@192.0.2.3"}
+    finally:
+        gate.set()
+        await one.close()
+        await two.close()
+
+
 async def test_keys_carry_shared_leases_and_vanish_when_their_bindings_expire(etcd):
     store = await started(etcd)
     try:
