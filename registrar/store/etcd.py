@@ -29,6 +29,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 
 from aetcd import rpc
 
@@ -60,6 +61,7 @@ SWEEP_INTERVAL = 1.0
 RECONNECT_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 _PUT = rpc.Event.PUT
+_expires_at = attrgetter("expires_at")
 
 PendingChange = tuple[BindingChange, "asyncio.Future[list[Binding]]", int]  # change, its answer, attempts so far
 
@@ -90,10 +92,11 @@ class EtcdStore(TableStore):
         self.nodes: dict[str, dict] = {}
         self._leases = _LeasePool(session, lease_granularity, clock)
         self._pending: dict[str, list[PendingChange]] = {}
-        # AORs in a transaction now -> the record written (b"" until encoded, and for a
-        # removal). The watch often brings a write back before its transaction's answer
-        # arrives; equal bytes need no decoding.
-        self._writing: dict[str, bytes] = {}
+        self._writing: set[str] = set()  # AORs in a transaction now
+        # Key -> record, of the bindings records in a transaction now. The watch mostly
+        # brings a write back before etcd's answer to it: an event with these bytes
+        # needs nothing done, as the answer puts the record in the cache (_hold).
+        self._echoes: dict[bytes, bytes] = {}
         self._writes_in_flight = 0
         self._last_write = -WRITE_INTERVAL  # loop time the last write transaction started
         self._write_due: asyncio.TimerHandle | None = None
@@ -233,24 +236,27 @@ class EtcdStore(TableStore):
 
     def _apply(self, response: rpc.WatchResponse) -> None:
         now = self._clock()
+        echoes = self._echoes
         for event in response.events:
             kv = event.kv
-            if kv.key.startswith(_BINDINGS):
-                aor = layout.aor_of(kv.key)
+            key = kv.key
+            if key.startswith(_BINDINGS):
+                if echoes and echoes.get(key) == kv.value:
+                    continue  # our own write, back before etcd's answer to it
+                aor = layout.aor_of(key)
                 # Our own writes are in the cache already; older news than we hold is stale.
                 if kv.mod_revision <= max(self._revisions.get(aor, 0), self._tombstones.get(aor, 0)):
                     continue
                 if event.type == _PUT:
                     self._revisions[aor] = kv.mod_revision
                     self._tombstones.pop(aor, None)
-                    if self._writing.get(aor) != kv.value:  # else our own write: _hold applies it
-                        self._table.replace(aor, self._decode_bindings(aor, kv.value, now))
+                    self._table.replace(aor, self._decode_bindings(aor, kv.value, now))
                 else:
                     self._revisions.pop(aor, None)
                     self._tombstones[aor] = kv.mod_revision
                     self._table.replace(aor, ())
             else:
-                self._apply_other(kv.key, kv.value, event.type == _PUT)
+                self._apply_other(key, kv.value, event.type == _PUT)
         self._watched_revision = max(self._watched_revision, response.header.revision)
 
     def _apply_other(self, key: bytes, value: bytes, present: bool) -> None:
@@ -323,7 +329,7 @@ class EtcdStore(TableStore):
             if not batch:
                 return  # everything waiting is for AORs being written now
             self._last_write = loop.time()
-            self._writing.update((aor, b"") for aor, _ in batch)
+            self._writing.update(aor for aor, _ in batch)
             self._writes_in_flight += 1
             task = loop.create_task(self._write(batch))
             task.add_done_callback(lambda _, aors=[aor for aor, _ in batch]: self._written(aors))
@@ -333,8 +339,7 @@ class EtcdStore(TableStore):
         self._start_writes()
 
     def _written(self, aors: list[str]) -> None:
-        for aor in aors:
-            del self._writing[aor]
+        self._writing.difference_update(aors)
         self._writes_in_flight -= 1
         self._start_writes()
 
@@ -354,7 +359,8 @@ class EtcdStore(TableStore):
 
     async def _write_batch(self, batch: list[tuple[str, list[PendingChange]]]) -> None:
         now = self._clock()
-        plans = []  # (AOR, revision compared, bindings to store, [(change, answer, attempts, its result)])
+        # (AOR, revision compared, bindings to store, their last expiry, [(change, answer, attempts, its result)])
+        plans = []
         for aor, changes in batch:
             bindings = current = tuple(self._table.current(aor, now))
             done = []
@@ -372,19 +378,25 @@ class EtcdStore(TableStore):
                 for _, answer, _, stored in done:
                     answer.set_result(list(stored))
             elif done:
-                plans.append((aor, self._revisions.get(aor, 0), bindings, done))
+                last = max(map(_expires_at, bindings)) if bindings else 0.0
+                plans.append((aor, self._revisions.get(aor, 0), bindings, last, done))
         if not plans:
             return
+        echoes = []  # keys of the records in self._echoes for this transaction
         try:
-            leases = await self._leases.leases_for([max(b.expires_at for b in plan[2]) for plan in plans if plan[2]])
+            leases = await self._leases.leases_for([plan[3] for plan in plans if plan[2]])
             swaps = []
-            for aor, revision, bindings, _ in plans:
-                record = layout.encode_bindings(bindings) if bindings else b""
-                self._writing[aor] = record
-                lease = leases[max(b.expires_at for b in bindings)] if bindings else 0
-                swaps.append(compare_and_swap(layout.bindings_key(aor), revision, record, lease))
+            for aor, revision, bindings, last, _ in plans:
+                key = layout.bindings_key(aor)
+                if bindings:
+                    record = self._echoes[key] = layout.encode_bindings(bindings)
+                    echoes.append(key)
+                    swaps.append(compare_and_swap(key, revision, record, leases[last]))
+                else:
+                    swaps.append(compare_and_swap(key, revision, b""))
             sent = time.monotonic()
             response = await self.session.txn(swaps)
+            took = time.monotonic() - sent
         except (StoreUnavailable, rpc.AioRpcError) as error:
             if isinstance(error, rpc.AioRpcError) and error.code() == rpc.StatusCode.NOT_FOUND:
                 self._leases.forget_all()  # etcd lost our leases (a new cluster?): grant anew next time
@@ -393,9 +405,14 @@ class EtcdStore(TableStore):
                     if not answer.done():
                         answer.set_exception(StoreUnavailable(f"etcd did not take the write: {error}"))
             return
-        self.on_write(time.monotonic() - sent, len(plans), sum(not r.response_txn.succeeded for r in response.responses))
+        finally:
+            # From here the answer says what etcd holds (and no watch event is handled
+            # before it is put in the cache, below, as nothing awaits in between).
+            for key in echoes:
+                del self._echoes[key]
         revision = response.header.revision
-        for (aor, _, bindings, done), result in zip(plans, response.responses):
+        lost = 0
+        for (aor, _, bindings, _, done), result in zip(plans, response.responses):
             swap = result.response_txn
             if swap.succeeded:
                 self._hold(aor, revision, bindings)
@@ -410,6 +427,8 @@ class EtcdStore(TableStore):
                 else:
                     self._hold(aor, revision, ())
                 self._retry(aor, done)
+                lost += 1
+        self.on_write(took, len(plans), lost)
 
     def _hold(self, aor: str, revision: int, bindings: tuple[Binding, ...]) -> None:
         """Put what etcd holds for `aor` at `revision` into the cache, unless the watch brought newer news first."""
