@@ -56,7 +56,6 @@ class SipEndpoint:
         self.transactions = ServerTransactions()
         self.flows: dict[str, Flow] = {}
         self._flow_ids = itertools.count(1)
-        self._pending: set[asyncio.Task[None]] = set()
 
     # -- the pipeline --------------------------------------------------------------------
     def receive(self, data: bytes, source: Source, reply: Reply) -> None:
@@ -105,10 +104,8 @@ class SipEndpoint:
             return
         if unreliable:
             self.transactions.begin(key, started)
-        task = start_eagerly(self._finish(key if unreliable else None, request, answer, reply, started))
-        if task is not None:
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+        # What it waits on (the store's answer) holds it until it is done: nothing to keep here.
+        start_eagerly(self._finish(key if unreliable else None, request, answer, reply, started))
 
     async def _finish(
         self, key: tuple[str, ...] | None, request: Request, answer: Awaitable[Response], reply: Reply, started: float

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,8 @@ class EtcdSession:
         # Told the operation ("connect", "txn", "read", "watch", "lease") of every call that
         # failed: sipreg_store_errors_total. A call that could not connect counts twice.
         self.on_error: Callable[[str], None] = lambda operation: None
+        # The Txn call of the current client that sends encoded requests as they are.
+        self._encoded_txn: tuple[aetcd.Client, Callable[..., Awaitable[rpc.TxnResponse]]] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -239,9 +242,17 @@ class EtcdSession:
 
     # -- requests --------------------------------------------------------------------------
 
-    async def txn(self, request: rpc.TxnRequest) -> rpc.TxnResponse:
+    async def txn(self, request: rpc.TxnRequest | Sequence[bytes]) -> rpc.TxnResponse:
+        """A transaction: a TxnRequest, or the success ops of one already encoded (compare_and_swap)."""
         async with self._calling("txn") as client:
-            return await client.kvstub.Txn(request, timeout=self.timeout)
+            if isinstance(request, rpc.TxnRequest):
+                return await client.kvstub.Txn(request, timeout=self.timeout)
+            if self._encoded_txn is None or self._encoded_txn[0] is not client:
+                txn = client.channel.unary_unary(
+                    "/etcdserverpb.KV/Txn", request_serializer=None, response_deserializer=rpc.TxnResponse.FromString
+                )
+                self._encoded_txn = (client, txn)
+            return await self._encoded_txn[1](b"".join([_field(b"\x12", op) for op in request]), timeout=self.timeout)
 
     async def write(self, puts: dict[bytes, bytes], deletes: Sequence[bytes] = ()) -> None:
         """Put and delete keys in one transaction (all or nothing)."""
@@ -343,6 +354,73 @@ def put_op(key: bytes, value: bytes, lease: int = 0) -> rpc.RequestOp:
 
 def delete_op(key: bytes) -> rpc.RequestOp:
     return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+
+
+# -- requests encoded by hand ----------------------------------------------------------------
+#
+# A registration batch carries a nested transaction per AOR. Built as generated messages,
+# that is seven protobuf objects per AOR, then serialized: 7 us of the registrar's time
+# per AOR, where writing the same bytes directly takes 2 us. The encoding is protobuf's
+# (field numbers from etcd's rpc.proto); tests/unit/test_etcd_encoding.py checks it
+# against the generated classes.
+
+
+def compare_and_swap(key: bytes, revision: int, value: bytes, lease: int = 0) -> bytes:
+    """A RequestOp: put `value` (b"": delete) under `key` if its mod revision is still `revision`; else read it.
+
+    The nested transaction answers with `succeeded`, and on failure the key's current value.
+    Each length-delimited field is its tag, its body's length as a varint, its body; the
+    lengths are looked up (_LENGTHS) rather than computed, which halves the cost.
+    """
+    n = len(key)
+    keyed = (_LENGTHS[n] if n < _TABULATED else _varint(n)) + key  # a key field's length and bytes
+    # Compare{target (2): MOD, key (3), mod_revision (6)}; result EQUAL is the default, so absent.
+    compare = b"".join((b"\x10\x02\x1a", keyed, b"\x30", _varint(revision)))
+    n = len(keyed) + 1
+    key_only = b"".join((_LENGTHS[n] if n < _TABULATED else _varint(n), b"\x0a", keyed))  # {key (1)}, length first
+    if value:
+        n = len(value)
+        # PutRequest{key (1), value (2), lease (3)}
+        put = b"".join((b"\x0a", keyed, b"\x12", _LENGTHS[n] if n < _TABULATED else _varint(n), value,
+                        _lease_field(lease) if lease else b""))
+        n = len(put)
+        write = b"".join((b"\x12", _LENGTHS[n] if n < _TABULATED else _varint(n), put))  # RequestOp.request_put (2)
+    else:
+        write = b"\x1a" + key_only  # RequestOp.request_delete_range (3): DeleteRangeRequest{key}
+    # TxnRequest{compare (1), success (2): [write], failure (3): [RequestOp.request_range (1): RangeRequest{key}]}
+    n1, n2, n3 = len(compare), len(write), len(key_only) + 1
+    txn = b"".join((
+        b"\x0a", _LENGTHS[n1] if n1 < _TABULATED else _varint(n1), compare,
+        b"\x12", _LENGTHS[n2] if n2 < _TABULATED else _varint(n2), write,
+        b"\x1a", _LENGTHS[n3] if n3 < _TABULATED else _varint(n3), b"\x0a", key_only,
+    ))
+    n = len(txn)
+    return b"".join((b"\x22", _LENGTHS[n] if n < _TABULATED else _varint(n), txn))  # RequestOp.request_txn (4)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: bytes, body: bytes) -> bytes:
+    """A length-delimited field: its tag, the body's length, the body."""
+    n = len(body)
+    return b"".join((tag, _LENGTHS[n] if n < _TABULATED else _varint(n), body))
+
+
+_TABULATED = 4096  # a bindings record of a handful of Contacts is well within this
+_LENGTHS = [_varint(n) for n in range(_TABULATED)]
+
+
+@functools.lru_cache(maxsize=256)
+def _lease_field(lease: int) -> bytes:
+    # Leases are few (one per expiry slot) and their ids long: encode each once.
+    return b"\x18" + _varint(lease)
 
 
 def _describe(error: BaseException) -> str:

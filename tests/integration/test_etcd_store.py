@@ -105,6 +105,75 @@ async def test_a_refused_change_fails_alone_and_the_batch_goes_through(etcd):
         await store.close()
 
 
+async def test_a_burst_of_more_aors_than_a_transaction_holds_is_all_stored(etcd):
+    """Full batches are within etcd's --max-txn-ops, nested compare-and-swaps counted (128 of them are not)."""
+    store = await started(etcd)
+    try:
+        aors = [f"u{n}@sip.example.test" for n in range(400)]
+        results = await asyncio.gather(
+            *(store.update(aor, add(binding(f"sip:{aor}", aor=aor))) for aor in aors), return_exceptions=True
+        )
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        assert len(await raw(etcd, layout.BINDINGS)) == len(aors)
+    finally:
+        await store.close()
+
+
+async def test_registers_arriving_within_the_write_interval_share_one_transaction(etcd):
+    store = await started(etcd)
+    transactions: list[int] = []
+    store.on_write = lambda seconds, aors, conflicts: transactions.append(aors)
+    try:
+        first = asyncio.ensure_future(store.update(ALICE, add(binding("sip:alice@192.0.2.1"))))
+        await asyncio.sleep(0)  # on an idle store it goes out at once
+        aors = [f"u{n}@sip.example.test" for n in range(30)]
+        await asyncio.gather(first, *(store.update(aor, add(binding(f"sip:{aor}", aor=aor))) for aor in aors))
+        assert transactions == [1, 30]
+    finally:
+        await store.close()
+
+
+async def test_a_register_waiting_for_its_batch_when_the_store_closes_is_answered_unavailable(etcd):
+    store = await started(etcd)
+    await store.update(ALICE, add(binding("sip:alice@192.0.2.1")))
+    bob = "bob@sip.example.test"
+    waiting = asyncio.ensure_future(store.update(bob, add(binding("sip:bob@192.0.2.2", aor=bob))))
+    await asyncio.sleep(0)
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await waiting
+
+
+async def test_a_write_acknowledged_after_a_newer_one_was_watched_does_not_turn_the_cache_back(etcd):
+    """Our write at R, another replica's at R2 on top of it, both watched before etcd's answer to ours arrives:
+    the cache keeps R2."""
+    one, two = await started(etcd), await started(etcd)
+    gate = asyncio.Event()
+    txn = one.session.txn
+
+    async def answered_late(request):
+        response = await txn(request)
+        await gate.wait()
+        return response
+
+    one.session.txn = answered_late
+    try:
+        first = asyncio.ensure_future(one.update(ALICE, add(binding("sip:alice@192.0.2.1"))))
+        await eventually(lambda: two._table.current(ALICE, time.time()))  # etcd has ours; two has seen it
+        await two.update(ALICE, add(binding("sip:alice@192.0.2.2", call_id="c2")))
+        newer = {"sip:alice@192.0.2.1", "sip:alice@192.0.2.2"}
+        await eventually(lambda: {b.contact for b in one._table.current(ALICE, time.time())} == newer)
+        gate.set()
+        await first
+        assert {b.contact for b in await one.lookup(ALICE)} == newer
+        await one.update(ALICE, add(binding("sip:alice@192.0.2.3", call_id="c3")))  # no compare lost on a stale revision
+        assert {b.contact for b in await one.lookup(ALICE)} == newer | {"sip:alice@192.0.2.3"}
+    finally:
+        gate.set()
+        await one.close()
+        await two.close()
+
+
 async def test_keys_carry_shared_leases_and_vanish_when_their_bindings_expire(etcd):
     store = await started(etcd)
     try:

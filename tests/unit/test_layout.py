@@ -6,6 +6,8 @@ import ipaddress
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from registrar.model import Binding, Connection, Domain, RegistrationPolicy
 from registrar.store import RegistrationFailure
@@ -45,6 +47,54 @@ def test_bindings_round_trip_and_expired_ones_are_dropped_on_read() -> None:
     assert layout.decode_bindings(aor, value) == (live, expired)
     assert layout.decode_bindings(aor, value, now=1600.0) == (live,)
     assert "aor" not in value.decode()  # the key says it
+
+
+def _as_json_dumps_writes_it(bindings: tuple[Binding, ...]) -> bytes:
+    """The bindings record as json.dumps writes it: what encode_bindings must match byte for byte."""
+    names = [name for name, _ in layout._BINDING_FIELDS]
+    record = {"bindings": [dict(zip(names, binding[1:])) for binding in bindings]}
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+_ANY_NUMBER = st.one_of(st.floats(), st.integers(), st.booleans())
+_ANY_VALUE = st.one_of(st.none(), st.text(), _ANY_NUMBER)
+
+
+@given(
+    st.lists(
+        st.builds(
+            Binding,
+            aor=st.just("alice@sip.example.test"),
+            contact=st.text(),
+            expires_at=st.one_of(st.floats(), st.integers()),
+            call_id=st.text(),
+            cseq=st.one_of(st.integers(min_value=0, max_value=2**31), st.booleans()),
+            q=st.one_of(st.none(), _ANY_NUMBER, st.text()),
+            instance=_ANY_VALUE,
+            reg_id=_ANY_VALUE,
+            transport=st.sampled_from(["udp", "tcp", "tls"]),
+            source=st.text(),
+            flow=_ANY_VALUE,
+            node=st.text(),
+            user_agent=st.text(),
+            registered_at=st.one_of(st.floats(), st.integers()),
+        ),
+        max_size=3,
+    )
+)
+def test_a_bindings_record_is_what_json_dumps_writes_whatever_the_values(bindings: list[Binding]) -> None:
+    assert layout.encode_bindings(tuple(bindings)) == _as_json_dumps_writes_it(tuple(bindings))
+
+
+def test_the_bindings_the_registrar_makes_are_written_without_json_dumps() -> None:
+    aor = "alice@sip.example.test"
+    usual = Binding(aor, "sip:alice@192.0.2.1:5060;transport=tcp", 1795494305.3231015, "c@1", 2, 1.0,
+                    "urn:uuid:00000000-0000-0000-0000-000000000001", 1, "tcp", "tcp:192.0.2.1:40000",
+                    "tcp:192.0.2.1:40000", "pod-a", 'Zoiper "5" \u00e9\u2603', 1795490905.3231015)
+    bare = usual._replace(q=None, instance=None, reg_id=None, flow=None, user_agent="")
+    for binding in (usual, bare):
+        assert layout.encode_bindings((binding,)) == _as_json_dumps_writes_it((binding,))
+        layout._binding_json(binding)  # the direct way, not the fallback
 
 
 @pytest.mark.parametrize(
