@@ -63,11 +63,27 @@ def datagram(i: int, cseq: int, authorization: str = "") -> bytes:
     ).encode()
 
 
+def answer_to(challenge: str, i: int) -> bytes:
+    """User i's REGISTER with Digest credentials answering `challenge` (the 401's text)."""
+    from registrar.sip import digest
+
+    nonce = challenge.split('nonce="')[1].split('"')[0]
+    user = f"u{i:06d}"
+    ha1 = digest.ha1("MD5", user, DOMAIN, f"pw-{i}")
+    response = digest.compute_response(
+        "MD5", ha1, nonce, "REGISTER", f"sip:{DOMAIN}", qop="auth", nc="00000001", cnonce="abc"
+    )
+    authorization = (
+        f'Authorization: Digest username="{user}", realm="{DOMAIN}", nonce="{nonce}", uri="sip:{DOMAIN}", '
+        f'response="{response}", algorithm=MD5, cnonce="abc", qop=auth, nc=00000001\r\n'
+    )
+    return datagram(i, 2, authorization)
+
+
 def loop(catalog_file: str, mode: str, count: int) -> None:
     """`count` registrations; mode "client" does the same minus the server's calls."""
     from registrar.app import RegistrarServer, ServeConfig
     from registrar.registrar import Source
-    from registrar.sip import digest
 
     with open(catalog_file, "rb") as file:
         catalog = pickle.load(file)
@@ -86,17 +102,7 @@ def loop(catalog_file: str, mode: str, count: int) -> None:
                 challenge = sent.pop().decode()
             else:
                 challenge = canned.decode()
-            nonce = challenge.split('nonce="')[1].split('"')[0]
-            user = f"u{i:06d}"
-            ha1 = digest.ha1("MD5", user, DOMAIN, f"pw-{i}")
-            response = digest.compute_response(
-                "MD5", ha1, nonce, "REGISTER", f"sip:{DOMAIN}", qop="auth", nc="00000001", cnonce="abc"
-            )
-            authorization = (
-                f'Authorization: Digest username="{user}", realm="{DOMAIN}", nonce="{nonce}", uri="sip:{DOMAIN}", '
-                f'response="{response}", algorithm=MD5, cnonce="abc", qop=auth, nc=00000001\r\n'
-            )
-            second = datagram(i, 2, authorization)
+            second = answer_to(challenge, i)
             if mode == "full":
                 endpoint.receive(second, source, sent.append)
                 assert sent.pop().startswith(b"SIP/2.0 200"), "not registered"
@@ -116,7 +122,6 @@ def loop_etcd(
     """`count` registrations on the etcd store at `url`: `window` of them in flight at a time, or `rate` a second."""
     from registrar.app import RegistrarServer, ServeConfig
     from registrar.registrar import Source
-    from registrar.sip import digest
 
     with open(catalog_file, "rb") as file:
         catalog = pickle.load(file)
@@ -159,17 +164,7 @@ def loop_etcd(
                 challenge = sent.pop().decode()
             else:
                 challenge = canned.decode()
-            nonce = challenge.split('nonce="')[1].split('"')[0]
-            user = f"u{i:06d}"
-            ha1 = digest.ha1("MD5", user, DOMAIN, f"pw-{i}")
-            response = digest.compute_response(
-                "MD5", ha1, nonce, "REGISTER", f"sip:{DOMAIN}", qop="auth", nc="00000001", cnonce="abc"
-            )
-            authorization = (
-                f'Authorization: Digest username="{user}", realm="{DOMAIN}", nonce="{nonce}", uri="sip:{DOMAIN}", '
-                f'response="{response}", algorithm=MD5, cnonce="abc", qop=auth, nc=00000001\r\n'
-            )
-            second = datagram(i, 2, authorization)
+            second = answer_to(challenge, i)
             if full:
                 sent_at[i] = time.monotonic()
                 endpoint.receive(second, source, lambda data: answered(data, i))
