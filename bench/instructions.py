@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import pickle
@@ -148,6 +149,7 @@ def loop_etcd(
             store.publish(catalog)
             await store.start(wait=600)  # publishing the catalogue is slow under valgrind
             assert store.ready, "etcd store not ready"
+        gc.freeze()  # as RegistrarServer.start does once it serves
         endpoint.receive(datagram(10**6, 1), source, sent.append)
         canned = sent.pop()
         firsts = [datagram(i, 1) for i in range(count)]

@@ -317,7 +317,10 @@ class EtcdStore(TableStore):
 
     def _start_writes(self) -> None:
         if self._write_due is not None:
-            return  # the next batch leaves when its timer fires
+            if len(self._pending) < MAX_BATCH:
+                return  # the next batch leaves when its timer fires
+            self._write_due.cancel()  # a full one leaves now
+            self._write_due = None
         loop = asyncio.get_running_loop()
         while self._pending and self._writes_in_flight < MAX_WRITES_IN_FLIGHT:
             wait = self._last_write + WRITE_INTERVAL - loop.time()
