@@ -121,12 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     etcd_tls = None
     if args.store != "memory":
         try:
-            parse_endpoints(args.store)
-        except ValueError as error:
-            print(f"{command}: --store: {error} (or memory)", file=sys.stderr)
-            return 2
-        try:
-            etcd_tls = EtcdTls.from_environment(os.environ)
+            etcd_tls = _etcd_settings(args.store, "--store (memory or etcd)")
         except ValueError as error:
             print(f"{command}: {error}", file=sys.stderr)
             return 2
@@ -165,6 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _etcd_settings(url: str, option: str) -> EtcdTls | None:
+    """Check an etcd URL and read the TLS files $SIPREG_ETCD_CA/_CERT/_KEY name; ValueError says what is wrong."""
+    try:
+        parse_endpoints(url)
+    except ValueError as error:
+        raise ValueError(f"{option}: {error}") from None
+    return EtcdTls.from_environment(os.environ)
+
+
 def _operator(args: argparse.Namespace, command: str) -> int:
     if args.etcd:
         os.environ["SIPREG_ETCD"] = args.etcd
@@ -183,13 +187,8 @@ def _operator(args: argparse.Namespace, command: str) -> int:
         print(f"{command}: {error}", file=sys.stderr)
         return 2
     try:
-        parse_endpoints(pods.etcd)
-    except ValueError as error:
-        print(f"{command}: --etcd (or $SIPREG_ETCD): {error}", file=sys.stderr)
-        return 2
-    try:
-        # Checked here, where a missing file is one clear line and exit 2; kopf's start-up handler reads them for use.
-        EtcdTls.from_environment(os.environ)
+        # Checked here, where a bad value is one clear line and exit 2; kopf's start-up handler reads them for use.
+        _etcd_settings(pods.etcd, "--etcd (or $SIPREG_ETCD)")
     except ValueError as error:
         print(f"{command}: {error}", file=sys.stderr)
         return 2

@@ -21,16 +21,22 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
-def self_signed_pem(names: list[str]) -> tuple[bytes, bytes]:
-    """A fresh EC key and a one-year self-signed certificate for `names` (DNS names or IPs)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+def subject_alt_names(names: list[str]) -> list[x509.GeneralName]:
+    """A certificate's subjectAltName entries: IP addresses as such, everything else as a DNS name."""
     alt_names: list[x509.GeneralName] = []
     for name in names:
         try:
             alt_names.append(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:
             alt_names.append(x509.DNSName(name))
+    return alt_names
+
+
+def self_signed_pem(names: list[str]) -> tuple[bytes, bytes]:
+    """A fresh EC key and a one-year self-signed certificate for `names` (DNS names or IPs)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    alt_names = subject_alt_names(names)
     now = datetime.datetime.now(datetime.timezone.utc)
     certificate = (
         x509.CertificateBuilder()

@@ -7,7 +7,6 @@ The layout is what a Kubernetes TLS Secret (cert-manager's, with ca.crt) mounts:
 from __future__ import annotations
 
 import datetime
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from registrar.tls import subject_alt_names
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,7 @@ class CertificateAuthority:
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
         if server_names:
-            alt_names: list[x509.GeneralName] = []
-            for server_name in server_names:
-                try:
-                    alt_names.append(x509.IPAddress(ipaddress.ip_address(server_name)))
-                except ValueError:
-                    alt_names.append(x509.DNSName(server_name))
+            alt_names = subject_alt_names(list(server_names))
             builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         certificate = builder.sign(self.key, hashes.SHA256())
         folder = self.directory / name

@@ -62,6 +62,15 @@ async def test_the_store_reads_and_writes_over_tls_with_a_client_certificate(tls
         await store.close()
 
 
+async def assert_refused(url: str, tls: EtcdTls | None) -> None:
+    session = EtcdSession(parse_endpoints(url), timeout=1.0, tls=tls)
+    try:
+        with pytest.raises(EtcdUnavailable):
+            await session.connect()
+    finally:
+        await session.close()
+
+
 @pytest.mark.parametrize("client", ["plain text", "no client certificate", "certificate from another CA"])
 async def test_etcd_refuses_clients_without_a_certificate_it_trusts(tls_etcd, pki, tmp_path, client):
     """What etcd's --client-cert-auth is for: only holders of a certificate from its CA get in."""
@@ -72,12 +81,7 @@ async def test_etcd_refuses_clients_without_a_certificate_it_trusts(tls_etcd, pk
     else:
         stranger = CertificateAuthority(tmp_path / "other-ca", name="another CA").issue("intruder", client=True)
         tls = EtcdTls.from_environment({**tls_environment(stranger), "SIPREG_ETCD_CA": str(pki.ca_file)})
-    session = EtcdSession(parse_endpoints(tls_etcd.url), timeout=1.0, tls=tls)
-    try:
-        with pytest.raises(EtcdUnavailable):
-            await session.connect()
-    finally:
-        await session.close()
+    await assert_refused(tls_etcd.url, tls)
 
 
 async def test_a_server_certificate_from_another_ca_is_not_trusted(tls_etcd, pki, tmp_path):
@@ -85,12 +89,7 @@ async def test_a_server_certificate_from_another_ca_is_not_trusted(tls_etcd, pki
     stranger = CertificateAuthority(tmp_path / "other-ca", name="another CA")
     tls = EtcdTls.from_environment({**tls_environment(pki.issue("registrar", client=True)),
                                     "SIPREG_ETCD_CA": str(stranger.ca_file)})
-    session = EtcdSession(parse_endpoints(tls_etcd.url), timeout=1.0, tls=tls)
-    try:
-        with pytest.raises(EtcdUnavailable):
-            await session.connect()
-    finally:
-        await session.close()
+    await assert_refused(tls_etcd.url, tls)
 
 
 def test_sipreg_registrar_connects_with_the_files_the_environment_names(tls_etcd, pki, tmp_path, monkeypatch):
