@@ -17,7 +17,6 @@ ones included, accepts.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from registrar.manifests import secret_data
 from sip_operator.children import drifted
 
 log = logging.getLogger("sipreg.operator")
@@ -106,10 +106,7 @@ class KubernetesApi:
         secret = self.read("Secret", namespace, name)
         if secret is None:
             return None
-        values = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
-        # An API server folds stringData into data on write; an emulator may not.
-        values.update({key: value.encode() for key, value in (secret.get("stringData") or {}).items()})
-        return values
+        return secret_data(secret)  # the manifest loader's decoding: data (base64), then stringData
 
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """Merge `status` into the object's status; False when the object is gone."""

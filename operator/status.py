@@ -18,9 +18,10 @@ registration lifetime, not one per refresh.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
+from registrar.http import rfc3339
 from registrar.model import Binding
 from registrar.store import RegistrationFailure
 
@@ -30,10 +31,6 @@ NOT_REGISTERED = "NotRegistered"
 REGISTRATION_FAILED = "RegistrationFailed"
 REGISTRATION_DISABLED = "RegistrationDisabled"
 PUBLISHED = "Published"
-
-
-def rfc3339(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def contact_status(binding: Binding) -> dict[str, Any]:

@@ -59,7 +59,7 @@ def binding_json(binding: Binding, now: float) -> dict:
         "aor": binding.aor,
         "contact": binding.contact,
         "expires": binding.expires_in(now),
-        "expiresAt": _iso(binding.expires_at),
+        "expiresAt": rfc3339(binding.expires_at),
         "q": binding.q,
         "callId": binding.call_id,
         "cseq": binding.cseq,
@@ -71,9 +71,10 @@ def binding_json(binding: Binding, now: float) -> dict:
         "flow": binding.flow,
         "node": binding.node,
         "userAgent": binding.user_agent,
-        "registeredAt": _iso(binding.registered_at),
+        "registeredAt": rfc3339(binding.registered_at),
     }
 
 
-def _iso(seconds: float) -> str:
+def rfc3339(seconds: float) -> str:
+    """Unix seconds as an RFC 3339 UTC time to the second, as Kubernetes writes times ("...Z")."""
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
