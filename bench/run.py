@@ -203,25 +203,42 @@ def ladder(
     registrar, workdir: Path, csv_path: Path, transport: str, duration: float, etcd: bool = False,
     rates: tuple[int, ...] = LADDER,
 ) -> tuple[float, list[str]]:
+    def attempt(rate: float, calls: int):
+        before = scrape(registrar) if etcd else ""
+        run, elapsed = register_run(registrar, workdir, csv_path, transport, rate, calls)
+        seconds = run.elapsed or elapsed  # sipp's own clock when it has one
+        notes = ["    " + store_figures(before, scrape(registrar), seconds)] if etcd else []
+        return run, seconds, notes
+
+    return climb(transport, rates, duration, attempt, [registrar])
+
+
+def climb(label: str, rates, duration: float, attempt, registrars) -> tuple[float, list[str]]:
+    """Offered rates, each held `duration` s, until one fails: the best achieved rate, and a line per rung.
+
+    attempt(rate, calls) runs sipp and returns (SippRun, seconds the achieved rate is over, extra lines).
+    A rung passes with under 1% failures, 99% of its calls run, and 90% of its rate achieved.
+    Each rung starts when every one of `registrars` is idle.
+    """
     best = 0.0
     lines = []
     for rate in rates:
         calls = int(rate * duration)
-        wait_idle(registrar)
-        before = scrape(registrar) if etcd else ""
-        run, elapsed = register_run(registrar, workdir, csv_path, transport, rate, calls)
+        for registrar in registrars:
+            wait_idle(registrar)
+        run, seconds, notes = attempt(rate, calls)
         total = run.successful + run.failed
         failures = run.failed / total if total else 1.0
-        achieved = run.successful / (run.elapsed or elapsed)  # sipp's own clock when it has one
+        achieved = run.successful / seconds if seconds > 0 else 0.0
         ok = failures < 0.01 and total >= calls * 0.99 and achieved >= rate * 0.9
         lines.append(
-            f"  {transport} offered {rate:>6}/s: {run.successful:>7} ok, {run.failed:>5} failed "
+            f"  {label} offered {rate:>6}/s: {run.successful:>7} ok, {run.failed:>5} failed "
             f"({failures:.2%}), {achieved:,.0f}/s achieved{'' if ok else '  <- over the limit'}"
         )
         print(lines[-1], flush=True)
-        if etcd:
-            lines.append("    " + store_figures(before, scrape(registrar), run.elapsed or elapsed))
-            print(lines[-1], flush=True)
+        for note in notes:
+            lines.append(note)
+            print(note, flush=True)
         if not ok:
             break
         best = max(best, achieved)
