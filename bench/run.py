@@ -9,7 +9,9 @@ Measures, for the in-memory store:
 and for the etcd store (a real etcd on loopback, data on this machine's disk):
 - the UDP ladder again, with etcd transactions/s, AOR writes per transaction and
   the p99 of an etcd write at each rate, and the share of the in-memory rate;
-- REGISTER latency at half the best etcd rate.
+- REGISTER latency at half the best etcd rate;
+and calls per second through the proxy (INVITE ... BYE), for one registrar and for
+two replicas on one etcd, with call setup time: bench/calls.py.
 
 The registrar and sipp are pinned to different cores when taskset exists, so
 they do not fight over one. Nothing here is a pass/fail test: figures vary with
@@ -44,6 +46,8 @@ LADDER = (1000, 2000, 3000, 4000, 4500, 5000, 5500, 6000, 7000, 8000, 10000, 120
 TASKSET = shutil.which("taskset")
 TCPDUMP = shutil.which("tcpdump")
 TARGET_LATENCY_RATE = 2500
+# What --skip and --only name; calls and calls-replicas are bench/calls.py's.
+PHASES = ["udp", "tcp", "latency", "etcd", "calls", "calls-replicas", "memory"]
 # Of the in-memory store's best UDP rate. A rung's achieved rate is about 1% under its offered
 # one (sipp's start and drain count), so a store that holds 70% but not 80% read as 69% without
 # the rung between them.
@@ -421,8 +425,16 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=20_000, help="users in the throughput runs")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per offered rate")
     parser.add_argument("--bindings", type=int, default=100_000, help="bindings for the memory figure")
-    parser.add_argument("--skip", action="append", default=[], choices=["udp", "tcp", "latency", "etcd", "memory"])
+    parser.add_argument("--skip", action="append", default=[], choices=PHASES, help="leave out a phase (repeatable)")
+    parser.add_argument("--only", action="append", default=[], choices=PHASES, help="run only this phase (repeatable)")
+    parser.add_argument("--callees", type=int, default=200, help="registered users the calls phases call")
+    parser.add_argument("--call-hold", type=float, default=1.0, help="seconds between a call's ACK and its BYE")
+    parser.add_argument(
+        "--calls-transport", default="udp", choices=["udp", "tcp"], help="transport of the calls phases' callers and callees"
+    )
     args = parser.parse_args()
+    if args.only:
+        args.skip = [phase for phase in PHASES if phase not in args.only]
     if shutil.which("sipp") is None:
         print("bench: sipp is not installed (`make bench` installs Debian's sip-tester)", file=sys.stderr)
         return 2
@@ -432,15 +444,14 @@ def main() -> int:
         tmp_path = Path(tmp)
         users = write_manifests(tmp_path / "manifests", args.users)
         throughput_csv = users_csv(tmp_path / "users.csv", users[: args.users], DOMAIN)
+        best: dict[str, float] = {}
+        transports = [transport for transport in ("udp", "tcp") if transport not in args.skip]
         registrar = start_registrar(
             tmp_path, "--log-level", "warning", manifests=tmp_path / "manifests", wrapper=pinned(0),
                 ready_timeout=300,
-        )
-        best: dict[str, float] = {}
+        ) if transports else None
         try:
-            for transport in ("udp", "tcp"):
-                if transport in args.skip:
-                    continue
+            for transport in transports:
                 print(f"{transport}: authenticated REGISTERs per second", flush=True)
                 best[transport], lines = ladder(registrar, tmp_path, throughput_csv, transport, args.duration)
                 report += lines
@@ -450,10 +461,19 @@ def main() -> int:
                     for rate in sorted({round(best["udp"] / 2), TARGET_LATENCY_RATE}):
                         report += latency_figures(registrar, tmp_path, throughput_csv, rate, args.duration)
         finally:
-            stop_registrar(registrar)
+            if registrar is not None:
+                stop_registrar(registrar)
 
         if "etcd" not in args.skip:
             report += etcd_figures(tmp_path, throughput_csv, args.duration, best.get("udp"))
+
+        if "calls" not in args.skip or "calls-replicas" not in args.skip:
+            # calls.py imports its helpers from this file (as the module `run`), so it comes in only here.
+            from calls import calls_phase
+
+            report += calls_phase(
+                tmp_path, args.skip, args.callees, args.calls_transport, args.duration, args.call_hold
+            )
 
         if "memory" not in args.skip:
             report.append(memory_figure(tmp_path, args.bindings))

@@ -1,0 +1,240 @@
+"""The calls phase of `make bench`: calls per second through the proxy, for one registrar and for two.
+
+A call is INVITE, 100, 180, 200, ACK, (hold), BYE, 200, placed by a sipp UAC
+(scenarios/call_uac.xml) through the registrar to callees that registered first.
+The callees are one sipp process: it REGISTERs `--callees` users with digest
+credentials (tests/integration/scenarios/register_auth.xml, the README's own
+example) from one address, then answers the INVITEs the proxy sends there as
+its out-of-call scenario (scenarios/call_uas.xml: 180, 200, wait for ACK,
+answer BYE). A few hundred distinct users make the proxy look up and route to
+many bindings, as it does in service, while one sipp process keeps the callee
+side's CPU small on a machine with few cores; being the process that
+registered, it would also hold the connection the INVITEs must come down over
+TCP. The caller is `caller@caller.example.test`, a party outside the domain
+calling in, so no call is challenged.
+
+Figures, each a ladder of offered rates as for REGISTER (run.climb: < 1% failed
+calls, 99% of the calls run, 90% of the rate achieved):
+- one `sipreg serve` with the in-memory store;
+- two replicas on one real etcd, the callees registered on replica A and every
+  call placed through replica B, so every call crosses replicas;
+and for each, at half its best rate: the call setup time (INVITE sent to 200
+received) p50/p99 from sipp's response-time trace, and the CPU each registrar
+spent per call.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from run import DOMAIN, binding_count, climb, cpu_ticks, latencies, pinned, wait_idle, write_manifests
+from tests.conftest import free_port, start_registrar, stop_registrar
+from tests.etcd_server import EtcdServer
+from tests.integration.sipp import SCENARIOS, SIPP, run_sipp, users_csv
+
+HERE = Path(__file__).resolve().parent / "scenarios"
+CALL_LADDER = (100, 200, 300, 400, 500, 600, 700, 800, 1000, 1200, 1400, 1700, 2000, 2500, 3000)
+SIPP_CPU = 1  # run.py's sipp core
+NONCE_SECRET = "sipreg-bench-replicas"
+REGISTER_EXPIRES = 3600  # outlives any bench run, so no refresh is needed
+
+
+def registrar_cpus(count: int) -> list[int]:
+    """A core for each registrar, away from sipp's when there are enough; they share core 0 otherwise."""
+    cores = [cpu for cpu in sorted(os.sched_getaffinity(0)) if cpu != SIPP_CPU] or [0]
+    return [cores[i % len(cores)] for i in range(count)]
+
+
+def callee_scenario(workdir: Path) -> Path:
+    """register_auth.xml, then a day's pause: the process lives on to answer calls, its registrations open."""
+    path = workdir / "callee_register.xml"
+    path.write_text(
+        (SCENARIOS / "register_auth.xml").read_text().replace(
+            "</scenario>", '  <pause milliseconds="86400000"/>\n</scenario>'
+        )
+    )
+    return path
+
+
+class Callees:
+    """One sipp process that registers `users` at `registrar`, then answers the calls routed to them."""
+
+    def __init__(self, registrar, workdir: Path, csv_path: Path, users: int, transport: str) -> None:
+        self.registrar = registrar
+        self.users = users
+        self.port = free_port()
+        self.directory = workdir / "callees"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.errors = self.directory / "callees-errors.log"
+        command = [
+            *pinned(SIPP_CPU), SIPP, f"{registrar.host}:{registrar.sip_port}",
+            "-sf", str(callee_scenario(self.directory)), "-oocsf", str(HERE / "call_uas.xml"),
+            "-inf", str(csv_path), "-m", str(users), "-l", str(users), "-r", "200",
+            "-i", registrar.host, "-p", str(self.port), "-t", {"udp": "u1", "tcp": "t1"}[transport],
+            "-key", "contact_port", str(self.port), "-key", "expires", str(REGISTER_EXPIRES),
+            "-nostdin", "-trace_err", "-error_file", str(self.errors),
+        ]
+        self.process = subprocess.Popen(
+            command, cwd=self.directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def wait_registered(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while (count := binding_count(self.registrar)) < self.users:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                errors = self.errors.read_text(errors="replace")[-2000:] if self.errors.exists() else ""
+                raise RuntimeError(f"callees: {count} of {self.users} registered\n{errors}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def call_run(proxy, workdir: Path, csv_path: Path, transport: str, rate: float, calls: int, hold: float,
+             rtt: bool = False):
+    """`calls` calls at `rate` through `proxy`; returns sipp's run and the seconds the calls were placed over
+    (sipp's clock less one hold time: the last call ends a hold after it is placed)."""
+    extra = ["-l", str(max(1000, int(rate * (hold + 2)))), "-d", str(int(hold * 1000))]
+    if rtt:
+        extra += ["-trace_rtt", "-rtt_freq", "1"]
+    started = time.monotonic()
+    sipp_run = run_sipp(
+        HERE / "call_uac.xml", f"{proxy.host}:{proxy.sip_port}", workdir=workdir, transport=transport,
+        calls=calls, rate=rate, injection=csv_path, timeout=max(60, calls / rate * 3 + hold),
+        extra=extra, wrapper=pinned(SIPP_CPU), trace_messages=False,
+    )
+    seconds = (sipp_run.elapsed or time.monotonic() - started) - hold
+    return sipp_run, seconds
+
+
+def first_error(sipp_run) -> list[str]:
+    """sipp's first complaint of a run with failed calls (what went wrong, for the report)."""
+    for line in sipp_run.errors.splitlines():
+        # "DATE\tTIME\tEPOCH: what happened", under a "The following events occurred:" heading
+        what = line.split(": ", 1)[1].strip() if re.match(r"\d{4}-\d\d-\d\d\t", line) else ""
+        if sipp_run.failed and what:
+            return [f"    sipp: {what[:240]}"]
+    return []
+
+
+def calls_figures(
+    label: str, proxy, registrars, workdir: Path, csv_path: Path, transport: str, duration: float, hold: float
+) -> list[str]:
+    """The ladder through `proxy`, then setup time and CPU per call at half the best rate."""
+    print(f"calls per second, {label}", flush=True)
+
+    def attempt(rate: float, calls: int):
+        sipp_run, seconds = call_run(proxy, workdir, csv_path, transport, rate, calls, hold)
+        return sipp_run, seconds, first_error(sipp_run)
+
+    best, lines = climb(f"calls {transport}", CALL_LADDER, duration, attempt, registrars)
+    lines.append(f"calls over {transport}, {label}: {best:,.0f} calls/s with < 1% failed calls")
+    print(lines[-1], flush=True)
+    if best:
+        lines += setup_figures(label, proxy, registrars, workdir, csv_path, transport, round(best / 2), duration, hold)
+    else:
+        lines.append("  no rung passed: does the registrar proxy INVITEs yet? (sipp's errors in the line above)")
+    return lines
+
+
+def setup_figures(label, proxy, registrars, workdir, csv_path, transport, rate, duration, hold) -> list[str]:
+    """Call setup time (INVITE to 200) from sipp's response-time trace, and registrar CPU per call, at `rate`."""
+    for registrar in registrars:
+        wait_idle(registrar)
+    before = [cpu_ticks(registrar.process.pid) for registrar in registrars]
+    sipp_run, _ = call_run(proxy, workdir, csv_path, transport, rate, int(rate * duration), hold, rtt=True)
+    hz = os.sysconf("SC_CLK_TCK")
+    cpu = [
+        (cpu_ticks(registrar.process.pid) - ticks) / hz * 1000 / max(sipp_run.successful, 1)
+        for registrar, ticks in zip(registrars, before)
+    ]
+    lines = []
+    for name, (p50, p99, samples) in sorted(latencies(workdir).items()):
+        lines.append(
+            f"calls at {rate:,}/s, {label}: {name} (INVITE to 200) p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+            f"as sipp sees it ({samples} calls, {sipp_run.failed} failed)"
+        )
+    names = ["the registrar"] if len(registrars) == 1 else [f"replica {chr(65 + i)}" for i in range(len(registrars))]
+    lines.append(
+        f"calls at {rate:,}/s, {label}: CPU per call "
+        + ", ".join(f"{name} {ms:.2f} ms" for name, ms in zip(names, cpu))
+    )
+    for line in lines:
+        print(line, flush=True)
+    return lines
+
+
+def one_registrar(tmp_path: Path, csv_path: Path, users: int, transport: str, duration: float, hold: float):
+    [cpu] = registrar_cpus(1)
+    registrar = start_registrar(
+        tmp_path, "--log-level", "warning", manifests=tmp_path / "calls-manifests", wrapper=pinned(cpu),
+        ready_timeout=300,
+    )
+    callees = None
+    try:
+        callees = Callees(registrar, tmp_path, csv_path, users, transport)
+        callees.wait_registered()
+        label = f"one registrar (memory store, core {cpu})"
+        return calls_figures(label, registrar, [registrar], tmp_path, csv_path, transport, duration, hold)
+    finally:
+        if callees is not None:
+            callees.stop()
+        stop_registrar(registrar)
+
+
+def two_replicas(tmp_path: Path, csv_path: Path, users: int, transport: str, duration: float, hold: float):
+    cpu_a, cpu_b = registrar_cpus(2)
+    last_aor = f"{csv_path.read_text().splitlines()[users].split(';')[0]}@{DOMAIN}"
+    with EtcdServer(tmp_path, name="calls") as etcd:
+        common = ["--log-level", "warning", "--store", etcd.url, "--nonce-secret", NONCE_SECRET]
+        a = start_registrar(
+            tmp_path, *common, "--node", "bench-a", manifests=tmp_path / "calls-manifests", wrapper=pinned(cpu_a),
+            ready_timeout=300,
+        )
+        b = callees = None
+        try:
+            # B reads the domain and the connections from etcd, where A wrote them.
+            b = start_registrar(tmp_path, *common, "--node", "bench-b", manifests=None, wrapper=pinned(cpu_b),
+                                ready_timeout=300)
+            callees = Callees(a, tmp_path, csv_path, users, transport)
+            callees.wait_registered()
+            deadline = time.monotonic() + 30
+            while not b.bindings(last_aor):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"replica B never saw {last_aor}'s binding")
+                time.sleep(0.2)
+            cores = f"cores {cpu_a} and {cpu_b}" if cpu_a != cpu_b else f"both on core {cpu_a}"
+            label = f"two replicas on one etcd, callees on A, calls through B ({cores})"
+            return calls_figures(label, b, [a, b], tmp_path, csv_path, transport, duration, hold)
+        finally:
+            if callees is not None:
+                callees.stop()
+            for registrar in (b, a):
+                if registrar is not None:
+                    stop_registrar(registrar)
+
+
+def calls_phase(
+    tmp_path: Path, skip: list[str], users: int = 200, transport: str = "udp", duration: float = 10.0,
+    hold: float = 1.0,
+) -> list[str]:
+    """Both measurements (unless skipped: `calls` one registrar, `calls-replicas` two); the report's lines."""
+    credentials = write_manifests(tmp_path / "calls-manifests", users)
+    csv_path = users_csv(tmp_path / "callees.csv", credentials, DOMAIN)
+    lines = []
+    if "calls" not in skip:
+        lines += one_registrar(tmp_path, csv_path, users, transport, duration, hold)
+    if "calls-replicas" not in skip:
+        lines += two_replicas(tmp_path, csv_path, users, transport, duration, hold)
+    return lines
+
