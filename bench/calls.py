@@ -19,8 +19,9 @@ calls, 99% of the calls run, 90% of the rate achieved):
 - two replicas on one real etcd, the callees registered on replica A and every
   call placed through replica B, so every call crosses replicas;
 and for each, at half its best rate: the call setup time (INVITE sent to 200
-received) p50/p99 from sipp's response-time trace, and the CPU each registrar
-spent per call.
+received) p50/p99 from sipp's response-time trace (whole milliseconds) and on
+the wire (tcpdump, as run.py times REGISTERs), and the CPU each registrar spent
+per call.
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ import re
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-from run import DOMAIN, binding_count, climb, cpu_ticks, latencies, pinned, wait_idle, write_manifests
+from run import (
+    DOMAIN, binding_count, climb, cpu_ticks, latencies, percentile, pinned, start_capture, stop_capture, udp_packets,
+    wait_idle, write_manifests,
+)
 from tests.conftest import free_port, start_registrar, stop_registrar
 from tests.etcd_server import EtcdServer
 from tests.integration.sipp import SCENARIOS, SIPP, run_sipp, users_csv
@@ -128,9 +133,14 @@ def first_error(sipp_run) -> list[str]:
 
 
 def calls_figures(
-    label: str, proxy, registrars, workdir: Path, csv_path: Path, transport: str, duration: float, hold: float
+    label: str, proxy, registrars, workdir: Path, csv_path: Path, transport: str, duration: float, hold: float,
+    callees: Callees | None = None,
 ) -> list[str]:
-    """The ladder through `proxy`, then setup time and CPU per call at half the best rate."""
+    """The ladder through `proxy`, then setup time and CPU per call at half the best rate.
+
+    With `callees`, the setup time is also measured with the caller calling them directly, no proxy
+    between: what the two sipps take on their own (sipp's UAS sends its 200 on a later 1 ms tick).
+    """
     print(f"calls per second, {label}", flush=True)
 
     def attempt(rate: float, calls: int):
@@ -141,37 +151,82 @@ def calls_figures(
     lines.append(f"calls over {transport}, {label}: {best:,.0f} calls/s with < 1% failed calls")
     print(lines[-1], flush=True)
     if best:
-        lines += setup_figures(label, proxy, registrars, workdir, csv_path, transport, round(best / 2), duration, hold)
+        rate = round(best / 2)
+        lines += setup_figures(label, proxy, registrars, workdir, csv_path, transport, rate, duration, hold)
+        if callees is not None:
+            direct = SimpleNamespace(host=proxy.host, sip_port=callees.port)
+            lines += setup_figures(
+                "sipp to sipp, no proxy", direct, [], workdir, csv_path, transport, rate, duration, hold
+            )
     else:
         lines.append("  no rung passed: does the registrar proxy INVITEs yet? (sipp's errors in the line above)")
     return lines
 
 
 def setup_figures(label, proxy, registrars, workdir, csv_path, transport, rate, duration, hold) -> list[str]:
-    """Call setup time (INVITE to 200) from sipp's response-time trace, and registrar CPU per call, at `rate`."""
+    """Call setup time (INVITE to 200) and registrar CPU per call at `rate`.
+
+    Setup time as sipp's response-time trace has it (whole milliseconds) and, over UDP when tcpdump
+    can capture, on the wire at the proxy the caller talks to: the INVITE arriving to the 200 leaving,
+    paired by Call-ID, which resolves what sipp's 1 ms ticks cannot.
+    """
     for registrar in registrars:
         wait_idle(registrar)
     before = [cpu_ticks(registrar.process.pid) for registrar in registrars]
-    sipp_run, _ = call_run(proxy, workdir, csv_path, transport, rate, int(rate * duration), hold, rtt=True)
+    pcap = workdir / "calls.pcap"
+    capture = start_capture(pcap, proxy.sip_port) if transport == "udp" else None
+    try:
+        sipp_run, _ = call_run(proxy, workdir, csv_path, transport, rate, int(rate * duration), hold, rtt=True)
+    finally:
+        stop_capture(capture)
     hz = os.sysconf("SC_CLK_TCK")
     cpu = [
         (cpu_ticks(registrar.process.pid) - ticks) / hz * 1000 / max(sipp_run.successful, 1)
         for registrar, ticks in zip(registrars, before)
     ]
     lines = []
+    if capture is not None and (wire := wire_setup_times(pcap, proxy.sip_port)):
+        lines.append(
+            f"calls at {rate:,}/s, {label}: setup (INVITE to 200) on the wire p50 {percentile(wire, 0.5):.2f} ms, "
+            f"p99 {percentile(wire, 0.99):.2f} ms, max {max(wire):.1f} ms ({len(wire)} calls)"
+        )
+    pcap.unlink(missing_ok=True)
     for name, (p50, p99, samples) in sorted(latencies(workdir).items()):
         lines.append(
-            f"calls at {rate:,}/s, {label}: {name} (INVITE to 200) p50 {p50:.1f} ms, p99 {p99:.1f} ms "
-            f"as sipp sees it ({samples} calls, {sipp_run.failed} failed)"
+            f"calls at {rate:,}/s, {label}: {name} (INVITE to 200) as sipp sees it (1 ms ticks) p50 {p50:.0f} ms, "
+            f"p99 {p99:.0f} ms ({samples} calls, {sipp_run.failed} failed)"
         )
     names = ["the registrar"] if len(registrars) == 1 else [f"replica {chr(65 + i)}" for i in range(len(registrars))]
-    lines.append(
-        f"calls at {rate:,}/s, {label}: CPU per call "
-        + ", ".join(f"{name} {ms:.2f} ms" for name, ms in zip(names, cpu))
-    )
+    if registrars:
+        lines.append(
+            f"calls at {rate:,}/s, {label}: CPU per call "
+            + ", ".join(f"{name} {ms:.2f} ms" for name, ms in zip(names, cpu))
+        )
     for line in lines:
         print(line, flush=True)
     return lines
+
+
+def wire_setup_times(pcap: Path, port: int) -> list[float]:
+    """Milliseconds from each INVITE reaching the proxy at `port` to the 200 it sends upstream, by Call-ID.
+
+    The proxy also sends INVITEs (downstream) and receives 200s (from the callee): the directions tell
+    them apart. A retransmitted INVITE keeps its first arrival.
+    """
+    invited: dict[bytes, float] = {}
+    times = []
+    for when, source_port, destination_port, payload in udp_packets(pcap):
+        call_id = re.search(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]+)", payload, re.I)
+        if call_id is None:
+            continue
+        if destination_port == port and payload.startswith(b"INVITE "):
+            invited.setdefault(call_id[1], when)
+        elif (
+            source_port == port and payload.startswith(b"SIP/2.0 200 ") and call_id[1] in invited
+            and re.search(rb"\r\n(?:CSeq)[ \t]*:[ \t]*\d+[ \t]+INVITE", payload, re.I)
+        ):
+            times.append((when - invited.pop(call_id[1])) * 1000)
+    return times
 
 
 def one_registrar(tmp_path: Path, csv_path: Path, users: int, transport: str, duration: float, hold: float):
@@ -185,7 +240,7 @@ def one_registrar(tmp_path: Path, csv_path: Path, users: int, transport: str, du
         callees = Callees(registrar, tmp_path, csv_path, users, transport)
         callees.wait_registered()
         label = f"one registrar (memory store, core {cpu})"
-        return calls_figures(label, registrar, [registrar], tmp_path, csv_path, transport, duration, hold)
+        return calls_figures(label, registrar, [registrar], tmp_path, csv_path, transport, duration, hold, callees)
     finally:
         if callees is not None:
             callees.stop()

@@ -118,14 +118,28 @@ def stop_capture(capture: subprocess.Popen | None) -> None:
 
 
 def wire_latencies(pcap: Path, port: int) -> dict[str, list[float]]:
-    """Milliseconds from each REGISTER to its answer in a loopback capture, by leg.
+    """Milliseconds from each REGISTER to its answer in a loopback capture, by leg."""
+    pending: dict[bytes, tuple[float, str]] = {}
+    legs: dict[str, list[float]] = {"challenge": [], "register": []}
+    for when, source_port, destination_port, payload in udp_packets(pcap):
+        branch = re.search(rb"branch=([^;,\r\n]+)", payload)
+        if branch is None:
+            continue
+        if destination_port == port and payload.startswith(b"REGISTER "):
+            pending[branch[1]] = (when, "register" if b"\r\nAuthorization:" in payload else "challenge")
+        elif source_port == port and branch[1] in pending:
+            sent, leg = pending.pop(branch[1])
+            legs[leg].append((when - sent) * 1000)
+    return {leg: values for leg, values in legs.items() if values}
+
+
+def udp_packets(pcap: Path):
+    """(seconds, source port, destination port, payload) of each UDP packet in a loopback capture.
 
     pcap is simple enough to read here: a 24-byte file header, then per packet
     a 16-byte record header; on loopback an Ethernet header, IPv4, UDP.
     """
     data = pcap.read_bytes() if pcap.exists() else b""
-    pending: dict[bytes, tuple[float, str]] = {}
-    legs: dict[str, list[float]] = {"challenge": [], "register": []}
     offset = 24
     while offset + 16 <= len(data):
         seconds, micros, length, _ = struct.unpack_from("<IIII", data, offset)
@@ -134,17 +148,7 @@ def wire_latencies(pcap: Path, port: int) -> dict[str, list[float]]:
         ip = packet[14:]
         udp = ip[(ip[0] & 0x0F) * 4 :]
         source_port, destination_port = struct.unpack_from(">HH", udp)
-        payload = udp[8:]
-        branch = re.search(rb"branch=([^;,\r\n]+)", payload)
-        if branch is None:
-            continue
-        when = seconds + micros / 1e6
-        if destination_port == port and payload.startswith(b"REGISTER "):
-            pending[branch[1]] = (when, "register" if b"\r\nAuthorization:" in payload else "challenge")
-        elif source_port == port and branch[1] in pending:
-            sent, leg = pending.pop(branch[1])
-            legs[leg].append((when - sent) * 1000)
-    return {leg: values for leg, values in legs.items() if values}
+        yield seconds + micros / 1e6, source_port, destination_port, udp[8:]
 
 
 def percentile(values: list[float], q: float) -> float:
