@@ -434,6 +434,10 @@ def main() -> int:
     parser.add_argument("--callees", type=int, default=200, help="registered users the calls phases call")
     parser.add_argument("--call-hold", type=float, default=1.0, help="seconds between a call's ACK and its BYE")
     parser.add_argument(
+        "--calls-duration", type=float, default=40.0,
+        help="seconds per offered rate in the calls phases (default 40: more than the 32 s a finished transaction is kept)",
+    )
+    parser.add_argument(
         "--calls-transport", default="udp", choices=["udp", "tcp"], help="transport of the calls phases' callers and callees"
     )
     args = parser.parse_args()
@@ -476,7 +480,7 @@ def main() -> int:
             from calls import calls_phase
 
             report += calls_phase(
-                tmp_path, args.skip, args.callees, args.calls_transport, args.duration, args.call_hold
+                tmp_path, args.skip, args.callees, args.calls_transport, args.calls_duration, args.call_hold
             )
 
         if "memory" not in args.skip:
