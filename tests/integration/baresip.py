@@ -282,10 +282,10 @@ class Baresip:
         )
 
     def wait_call_established(self, timeout: float = 15.0, *, since: int = 0) -> re.Match:
-        """Wait for "AOR: Call established: PEER" (group `peer`); raise if the call closes first."""
+        """Wait for "AOR: Call established: PEER" (group `peer`); raise if the call fails or closes first."""
         return self.wait_for(
             rf"^{re.escape(self.aor)}: Call established: (?P<peer>\S+)$", timeout,
-            fail=r"^\S+: Call with \S+ terminated.*$", since=since,
+            fail=r"^\S+: (session closed: .*|Call with \S+ terminated.*)$", since=since,
         )
 
     def wait_session_closed(self, timeout: float = 15.0, *, since: int = 0) -> re.Match:
