@@ -22,6 +22,7 @@ How a request reaches a UA (the design's "flows"):
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Collection
@@ -76,11 +77,12 @@ class Delivery(Protocol):
 class Identity:
     """How this node names itself on the wire, and what names it in a Route or Via."""
 
-    def __init__(self, node: str, public_host: str, ports: dict[str, int], addresses: set[str],
-                 domains: Callable[[], Collection[str]] = tuple):
+    def __init__(self, node: str, public_host: str, public_ports: dict[str, int], listen_ports: set[int],
+                 addresses: set[str], domains: Callable[[], Collection[str]] = tuple):
         self.node = node
         self.public_host = public_host  # in Via and Record-Route: the address UAs reach us at
-        self.ports = ports  # per transport
+        self.ports = public_ports  # per transport, in Via and Record-Route
+        self._port_numbers = frozenset({*public_ports.values(), *listen_ports})
         self._addresses = frozenset({public_host, *addresses})  # listen, node and public addresses
         self._domains = domains  # a UA whose outbound proxy is the domain names us by it
 
@@ -93,10 +95,10 @@ class Identity:
 
     def sent_by(self, via: Via) -> bool:
         port = via.port or DEFAULT_PORTS.get(via.transport.lower(), 5060)
-        return port in self.ports.values() and self._names_us(via.host)
+        return port in self._port_numbers and self._names_us(via.host)
 
     def is_us(self, uri: URI) -> bool:
-        return (uri.port is None or uri.port in self.ports.values()) and self._names_us(uri.host)
+        return (uri.port is None or uri.port in self._port_numbers) and self._names_us(uri.host)
 
 
 class Proxy:
@@ -162,8 +164,8 @@ class Proxy:
             # The same request reaching us twice by different paths (RFC 3261 8.2.2.2).
             number, method = request.cseq
             merge_key = (request.name_addr("From").tag or "", request.call_id, number, method)
-            other = self._merge_keys.get(merge_key)
-            if other is not None and other != server.key and other in self.servers:
+            other = self.servers.get(self._merge_keys.get(merge_key, ()))
+            if other is not None and other is not server and not other.answered:
                 raise SipError(482, "Loop Detected: Merged Request")
             self._merge_keys[merge_key] = server.key
             server.merge_key = merge_key
@@ -344,12 +346,14 @@ class Proxy:
         if transport not in DEFAULT_PORTS:
             raise SendError(f"unsupported transport {transport}")
         port = address.port or DEFAULT_PORTS[transport]
-        host = unbracketed(address.host)
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except OSError as error:
-            raise SendError(f"cannot resolve {host}: {error}") from None
-        resolved = infos[0][4][0]
+        resolved = host = unbracketed(address.host)
+        if not _is_ip_address(host):
+            # A and AAAA only: no NAPTR/SRV (RFC 3263) yet; a gateway is best named by address or host:port.
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except OSError as error:
+                raise SendError(f"cannot resolve {host}: {error}") from None
+            resolved = infos[0][4][0]
         if transport == "udp":
             return Destination("udp", resolved, port)
         return Destination(transport, resolved, port, await self.delivery.connect(transport, resolved, port))
@@ -638,6 +642,14 @@ class Branch:
             if timer is not None:
                 timer.cancel()
         self._retransmit = self._timeout = None
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _answer(request: Request, status: int, reason: str) -> Response:
