@@ -41,12 +41,15 @@ Calls, found by calling one baresip from another directly (no registrar):
 - `statmode_default off`: otherwise menu rewrites an "[0:00:03] audio=64000/64000
   (bit/s)" status line with carriage returns several times a second.
 - Log lines, `AOR` being the account's user@domain and PEER/LOCAL SIP URIs:
-  "AOR: Call established: PEER" on both ends once the 2xx is ACKed;
+  "sip:AOR: Incoming call from:  PEER - (press 'a' to accept)" when a call rings
+  (answermode manual); "AOR: Call established: PEER" on both ends once the 2xx
+  is ACKed;
   "stream: incoming rtp for 'audio' established, receiving from IP:PORT" when
   media arrives (RTP goes UA to UA, never through the registrar);
-  "PEER: session closed: REASON" on the end that did not hang up (the BYE
-  received is "Connection reset by peer"; a final error response to the INVITE
-  shows as its status line); "LOCAL: Call with PEER terminated (duration: N
+  "PEER: session closed: REASON" on the end that did not hang up (a BYE or
+  CANCEL received is "Connection reset by peer"; a final error response to the
+  INVITE shows as its status line, "480 Temporarily Unavailable"); the end that
+  hangs up prints "call: terminate call 'CALL-ID' with PEER" instead; "LOCAL: Call with PEER terminated (duration: N
   secs)" ("1 sec") on both ends when the call is gone, but only when N, whole
   seconds since the answer, is not 0: a call hung up within its first second ends
   without it, so a test holds a call for over a second (`CALL_SUMMARY_AFTER`).
@@ -68,7 +71,9 @@ BARESIP = "/usr/bin/baresip"
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # One message of the `-s` trace: "ESC[36;1m#", "UDP 127.0.0.1:5060 -> 127.0.0.1:40000", the message, "ESC[;m".
-_TRACE = re.compile(r"\x1b\[36;1m#\n(?P<transport>\w+) (?P<source>\S+) -> (?P<destination>\S+)\n(?P<message>.*?)\x1b\[;m", re.S)
+_TRACE = re.compile(
+    r"\x1b\[36;1m#\n(?P<transport>\w+) (?P<source>\S+) -> (?P<destination>\S+)\n(?P<message>.*?)\x1b\[;m", re.S,
+)
 
 CONFIG = """\
 # Written by tests/integration/baresip.py: a UA that registers, dials and answers, with no sound card.
@@ -125,6 +130,10 @@ class TracedMessage:
         return self.text.partition("\n")[0]
 
     @property
+    def request_uri(self) -> str | None:
+        return self.start_line.split(" ")[1] if self.method else None
+
+    @property
     def method(self) -> str | None:
         """INVITE, ACK, BYE, ... for a request; None for a response."""
         first = self.start_line.split(" ", 1)[0]
@@ -161,9 +170,9 @@ class Baresip:
 
     Every request it sends, calls included, goes to that proxy. `answermode="auto"`
     answers incoming calls at once. Without a proxy and with `regint=0` it neither
-    registers nor routes: it is called at `listen` and dials SIP URIs as they are. Use it as a context manager: leaving the
-    block stops baresip (SIGTERM, then SIGKILL if it does not exit in time),
-    whatever happened inside it.
+    registers nor routes: it is called at `listen` and dials SIP URIs as they are.
+    Use it as a context manager: leaving the block stops baresip (SIGTERM, then
+    SIGKILL if it does not exit in time), whatever happened inside it.
     """
 
     def __init__(
@@ -245,7 +254,7 @@ class Baresip:
     def wait_for(
         self, pattern: str, timeout: float = 15.0, *, fail: str | None = None, since: int = 0,
     ) -> re.Match:
-        """Wait until a line of the log matches `pattern`; raise if `fail` matches first, baresip exits or time runs out.
+        """Wait until a line of the log matches `pattern`; raise if `fail` matches first, baresip exits or time is up.
 
         Only the log from offset `since` on is searched (a previous match's `.end()` waits for the next one).
         """
@@ -287,6 +296,11 @@ class Baresip:
             rf"^{re.escape(self.aor)}: Call established: (?P<peer>\S+)$", timeout,
             fail=r"^\S+: (session closed: .*|Call with \S+ terminated.*)$", since=since,
         )
+
+    def wait_incoming_call(self, timeout: float = 15.0, *, since: int = 0) -> re.Match:
+        """Wait for menu's "sip:AOR: Incoming call from: PEER - (press 'a' to accept)" (group `peer`): it rings."""
+        aor = re.escape(self.aor)
+        return self.wait_for(rf"^sip:{aor}: Incoming call from:\s+(?P<peer>\S+) .*$", timeout, since=since)
 
     def wait_session_closed(self, timeout: float = 15.0, *, since: int = 0) -> re.Match:
         """Wait for "PEER: session closed: REASON" (groups `peer`, `reason`): the other end hung up or refused."""
