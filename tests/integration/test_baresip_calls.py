@@ -97,17 +97,18 @@ def test_baresip_calls_baresip_directly(tmp_path: Path) -> None:
     assert [m.status for m in responses(alice, "BYE")] == [200], alice.log()
 
 
-def phone(registrar, tmp_path: Path, user: str, answermode: str = "manual") -> Baresip:
-    """`user`'s baresip, registering over TLS to the registrar, which is its outbound proxy for calls too."""
+def phone(registrar, tmp_path: Path, user: str, answermode: str = "manual", transport: str = "tls") -> Baresip:
+    """`user`'s baresip, registering over `transport` to the registrar, which is its outbound proxy for calls too."""
     return Baresip(
         tmp_path / user, user=user, password=PASSWORDS[user], domain=DOMAIN, proxy_host=registrar.host,
-        proxy_port=registrar.tls_port, transport="tls", answermode=answermode,
+        proxy_port=registrar.tls_port if transport == "tls" else registrar.sip_port, transport=transport,
+        answermode=answermode,
     )
 
 
 def registered(*phones: Baresip) -> None:
     for ua in phones:
-        assert ua.wait_registered().group("transport") == "TLS", ua.log()
+        assert ua.wait_registered().group("transport") == ua.transport.upper(), ua.log()
 
 
 @pytest.fixture
@@ -277,3 +278,40 @@ def test_calls_to_a_user_not_registered_or_unknown_fail_with_480_and_404(registr
         assert [m.status for m in responses(alice, "INVITE")] == [100, 480, 100, 404], alice.log()
         alice.wait_for(r"^ACK sip:nobody@")
     assert len(requests(alice, "ACK")) == 2, alice.log()
+
+
+@pytest.mark.parametrize("bob_transport", ["udp", "tcp"])
+def test_a_call_from_tls_to_another_transport_is_record_routed_twice(registrar, tmp_path: Path, bob_transport) -> None:
+    """alice on TLS, bob on UDP or TCP: the registrar records a route on each side, and bob's BYE takes both."""
+    with (
+        phone(registrar, tmp_path, "alice") as alice,
+        phone(registrar, tmp_path, "bob", "auto", transport=bob_transport) as bob,
+    ):
+        registered(alice, bob)
+        alice.dial(f"sip:bob@{DOMAIN}")
+        alice.wait_call_established()
+        bob.wait_call_established()
+        time.sleep(CALL_SUMMARY_AFTER)
+        bob.hangup()
+        assert alice.wait_session_closed().group("reason") == BYE_RECEIVED
+        bob.wait_call_closed()
+        alice.wait_call_closed()
+
+        registrar_sip = f"{registrar.host}:{registrar.sip_port}"
+        registrar_tls = f"{registrar.host}:{registrar.tls_port}"
+        [forwarded] = requests(bob, "INVITE")
+        assert (forwarded.transport, forwarded.source) == (bob_transport.upper(), registrar_sip), forwarded
+        # Topmost first: the entry facing bob (his transport, the SIP port), then the one facing alice.
+        bob_side, alice_side = forwarded.headers("Record-Route")
+        assert f"@{registrar_sip};transport={bob_transport};lr" in bob_side, forwarded
+        assert f"@{registrar_tls};transport=tls;lr" in alice_side, forwarded
+        [ok] = [m for m in responses(alice, "INVITE") if m.status == 200]
+        assert ok.headers("Record-Route") == [bob_side, alice_side], ok
+        # bob's BYE is routed by both entries; it reaches alice down the TLS connection her INVITE went up.
+        [bye] = requests(bob, "BYE")
+        assert (bye.destination, bye.headers("Route")) == (registrar_sip, [bob_side, alice_side]), bye
+        [invite] = requests(alice, "INVITE")
+        [alice_bye] = requests(alice, "BYE")
+        assert (alice_bye.transport, alice_bye.source, alice_bye.destination) == ("TLS", registrar_tls, invite.source)
+        assert alice_bye.request_uri == uri_of(invite.header("Contact")), (alice_bye, invite)
+        assert [(m.status, m.source) for m in responses(bob, "BYE")] == [(200, registrar_sip)], bob.log()
