@@ -137,8 +137,9 @@ async def settle() -> None:
 
 def invite(uri: str = f"sip:bob@{DOMAIN}", *, caller: str = f"alice@{DOMAIN}", branch: str = "z9hG4bK-caller-1",
            call_id: str = "call-1", extra: str = "", max_forwards: int = 70, method: str = "INVITE",
-           to_tag: str = "") -> bytes:
-    to = f"<{uri}>" + (f";tag={to_tag}" if to_tag else "")
+           to_tag: str = "", to: str = "") -> bytes:
+    """A request from alice; in a dialog (`to_tag`), `to` is the callee's AOR as first called."""
+    to = f"<{to or uri}>" + (f";tag={to_tag}" if to_tag else "")
     return (
         f"{method} {uri} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP {CALLER.host}:{CALLER.port};branch={branch}\r\n"
@@ -354,7 +355,8 @@ async def test_in_dialog_requests_follow_the_record_route_to_the_other_party_in_
     await node.answer(sent, 200, "OK")
 
     # alice's BYE, with the route set she learnt from the 200: down bob's TCP connection.
-    bye = invite(TCP_CONTACT, method="BYE", branch="z9hG4bK-bye-1", to_tag="callee", extra=f"Route: {route}\r\n")
+    bye = invite(TCP_CONTACT, method="BYE", branch="z9hG4bK-bye-1", to_tag="callee", to=f"sip:bob@{DOMAIN}",
+                 extra=f"Route: {route}\r\n")
     await node.receive(bye)
     [(destination, relayed)] = node.wire.requests("BYE")
     assert destination == Destination("tcp", "198.51.100.8", 50123, "tcp-x-1")
@@ -372,6 +374,22 @@ async def test_in_dialog_requests_follow_the_record_route_to_the_other_party_in_
     assert destination == Destination("udp", CALLER.host, CALLER.port)
     await node.answer(relayed, 200, "OK", to_tag="caller-tag")
     assert node.upstream[-1].status == 200 and node.upstream[-1].get("CSeq") == "7 BYE"
+
+
+async def test_an_in_dialog_request_finds_the_callee_on_its_new_connection_after_it_reconnected() -> None:
+    node = Node(flows={"tcp-x-1"})
+    await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-x-1")
+    await node.receive(invite())
+    [(_, sent)] = node.wire.requests("INVITE")
+    await node.answer(sent, 200, "OK")
+    node.wire.flows = {"tcp-x-2"}  # the connection dropped; bob came back and registered again
+    await node.store.update(f"bob@{DOMAIN}", lambda current: [])
+    await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50999", flow="tcp-x-2")
+    route = ", ".join(sent.get_all("Record-Route"))
+    await node.receive(invite(TCP_CONTACT, method="BYE", branch="z9hG4bK-bye", to_tag="callee", to=f"sip:bob@{DOMAIN}",
+                              extra=f"Route: {route}\r\n"))
+    [(destination, _)] = node.wire.requests("BYE")
+    assert destination == Destination("tcp", "198.51.100.8", 50999, "tcp-x-2")
 
 
 async def test_an_in_dialog_request_without_our_route_is_refused_and_an_ack_dropped() -> None:
