@@ -458,8 +458,8 @@ class ServerTransaction:
 
     def respond(self, response: Response) -> None:
         """Send an answer upstream; a final one ends what is left of the transaction."""
-        if response.status >= 200 and self.answered and not (200 <= response.status < 300):
-            return  # one final answer; only further 2xx may follow (RFC 6026)
+        if self.answered and not (200 <= response.status < 300):
+            return  # one final answer, no provisional after it; only further 2xx may follow (RFC 6026)
         data = response.to_bytes()
         self.last_response = data
         self.reply(data)
@@ -617,8 +617,10 @@ class Branch:
         if status < 200:
             if self.final is not None:
                 return
-            if self._retransmit is not None:
-                self._retransmit.cancel()
+            if not self.invite:
+                self._interval = T2  # Timer E goes on, at T2, until the final (RFC 3261 17.1.2.2)
+            elif self._retransmit is not None:
+                self._retransmit.cancel()  # Timer A stops: the INVITE arrived
                 self._retransmit = None
             if self.invite:
                 self.provisional = True

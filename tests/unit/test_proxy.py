@@ -207,6 +207,7 @@ async def test_the_first_2xx_goes_upstream_and_the_other_branches_are_cancelled(
     [(destination, cancel_request)] = node.wire.requests("CANCEL")
     assert destination == udp_leg and cancel_request.get("Via") == udp_invite.get("Via")
     assert cancel_request.uri == udp_invite.uri and cancel_request.get("CSeq") == "1 CANCEL"
+    await node.answer(udp_invite, 183, "Session Progress", to_tag="udp-phone")  # late: nothing after a final
     await node.answer(cancel_request, 200, "OK", to_tag="udp-phone")
     await node.answer(udp_invite, 487, "Request Terminated", to_tag="udp-phone")
     [(_, ack)] = node.wire.requests("ACK")  # hop by hop, for the 487
@@ -518,3 +519,21 @@ async def test_a_silent_udp_callee_gets_retransmissions_then_the_caller_408(monk
     answered = len(node.upstream)
     await asyncio.sleep(0.1)
     assert len(node.upstream) == answered
+
+
+async def test_a_non_invite_request_is_retransmitted_at_t2_after_a_provisional_until_its_final(monkeypatch) -> None:
+    monkeypatch.setattr(proxy_module, "T1", 0.01)
+    monkeypatch.setattr(proxy_module, "T2", 0.04)
+    node = Node()
+    await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
+    await node.receive(invite(method="MESSAGE"))
+    [(_, message)] = node.wire.requests("MESSAGE")[:1]
+    await node.answer(message, 100, "Trying")
+    sent = len(node.wire.requests("MESSAGE"))
+    await asyncio.sleep(0.1)
+    assert len(node.wire.requests("MESSAGE")) >= sent + 2  # Timer E goes on, every T2
+    await node.answer(message, 200, "OK")
+    sent = len(node.wire.requests("MESSAGE"))
+    await asyncio.sleep(0.1)
+    assert len(node.wire.requests("MESSAGE")) == sent
+    assert node.statuses() == [200]
