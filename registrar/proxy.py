@@ -29,7 +29,7 @@ from collections.abc import Callable, Collection
 from typing import NamedTuple, Protocol
 
 from registrar.eager import start_eagerly
-from registrar.flows import DIALOG, HOP, FlowRef, RouteToken, TokenSigner
+from registrar.flows import DIALOG, HOP, FlowRef, RouteToken, TokenSigner, of_binding
 from registrar.registrar import SERVER_NAME, Source
 from registrar.routing import Router, Target
 from registrar.sip import proxy as relay
@@ -176,10 +176,11 @@ class Proxy:
             token, ftag, popped = self._our_routes(request)
             relay.without_top_routes(request, popped)
             if token is not None and token.kind == HOP:
-                targets = [[Target(request.uri, token.refs[0])]]
-                await self._fork(server, targets, record_route=False)
+                target = await self._current(request, Target(request.uri, token.refs[0]))
+                await self._fork(server, [[target]], record_route=False)
             elif token is not None:
-                await self._fork(server, [[self._dialog_target(request, token, ftag)]], record_route=False)
+                target = await self._current(request, self._dialog_target(request, token, ftag))
+                await self._fork(server, [[target]], record_route=False)
             elif request.name_addr("To").tag is not None:
                 # In a dialog we are not part of (no Route of ours): not ours to relay.
                 target = self._next_hop_target(request) if popped else None
@@ -223,6 +224,30 @@ class Proxy:
         if target is None:
             raise SipError(404, "Not Here: No Route For In-Dialog Request")
         return target
+
+    async def _current(self, request: Request, target: Target) -> Target:
+        """The flow a dialog recorded, or, when it has closed since, the UA's binding now.
+
+        A UA whose TCP/TLS connection dropped mid-call connects and registers
+        again, from a new port; its Contact (the in-dialog Request-URI) stays.
+        The party a request goes to is its To (the dialog's remote URI).
+        """
+        ref = target.ref
+        if ref is None or not ref.stream or self._flow_alive(ref):
+            return target
+        try:
+            aor = request.name_addr("To").uri.aor
+        except SipError:
+            return target
+        for binding in await self.router.store.lookup(aor):
+            if binding.contact == request.uri:
+                return Target(request.uri, of_binding(binding), aor=aor)
+        return target
+
+    def _flow_alive(self, ref: FlowRef) -> bool:
+        if ref.node in ("", self.identity.node):
+            return self.delivery.has_flow(ref.flow)
+        return ref.node in self.nodes()
 
     def _next_hop_target(self, request: Request) -> Target | None:
         """Loose routing past us: the next Route, else the Request-URI (RFC 3261 16.6 steps 6-7)."""
@@ -433,8 +458,8 @@ class ServerTransaction:
 
     def respond(self, response: Response) -> None:
         """Send an answer upstream; a final one ends what is left of the transaction."""
-        if response.status >= 200 and self.answered and not (200 <= response.status < 300):
-            return  # one final answer; only further 2xx may follow (RFC 6026)
+        if self.answered and not (200 <= response.status < 300):
+            return  # one final answer, no provisional after it; only further 2xx may follow (RFC 6026)
         data = response.to_bytes()
         self.last_response = data
         self.reply(data)
@@ -592,8 +617,10 @@ class Branch:
         if status < 200:
             if self.final is not None:
                 return
-            if self._retransmit is not None:
-                self._retransmit.cancel()
+            if not self.invite:
+                self._interval = T2  # Timer E goes on, at T2, until the final (RFC 3261 17.1.2.2)
+            elif self._retransmit is not None:
+                self._retransmit.cancel()  # Timer A stops: the INVITE arrived
                 self._retransmit = None
             if self.invite:
                 self.provisional = True

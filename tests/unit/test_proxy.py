@@ -137,8 +137,9 @@ async def settle() -> None:
 
 def invite(uri: str = f"sip:bob@{DOMAIN}", *, caller: str = f"alice@{DOMAIN}", branch: str = "z9hG4bK-caller-1",
            call_id: str = "call-1", extra: str = "", max_forwards: int = 70, method: str = "INVITE",
-           to_tag: str = "") -> bytes:
-    to = f"<{uri}>" + (f";tag={to_tag}" if to_tag else "")
+           to_tag: str = "", to: str = "") -> bytes:
+    """A request from alice; in a dialog (`to_tag`), `to` is the callee's AOR as first called."""
+    to = f"<{to or uri}>" + (f";tag={to_tag}" if to_tag else "")
     return (
         f"{method} {uri} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP {CALLER.host}:{CALLER.port};branch={branch}\r\n"
@@ -206,6 +207,7 @@ async def test_the_first_2xx_goes_upstream_and_the_other_branches_are_cancelled(
     [(destination, cancel_request)] = node.wire.requests("CANCEL")
     assert destination == udp_leg and cancel_request.get("Via") == udp_invite.get("Via")
     assert cancel_request.uri == udp_invite.uri and cancel_request.get("CSeq") == "1 CANCEL"
+    await node.answer(udp_invite, 183, "Session Progress", to_tag="udp-phone")  # late: nothing after a final
     await node.answer(cancel_request, 200, "OK", to_tag="udp-phone")
     await node.answer(udp_invite, 487, "Request Terminated", to_tag="udp-phone")
     [(_, ack)] = node.wire.requests("ACK")  # hop by hop, for the 487
@@ -354,7 +356,8 @@ async def test_in_dialog_requests_follow_the_record_route_to_the_other_party_in_
     await node.answer(sent, 200, "OK")
 
     # alice's BYE, with the route set she learnt from the 200: down bob's TCP connection.
-    bye = invite(TCP_CONTACT, method="BYE", branch="z9hG4bK-bye-1", to_tag="callee", extra=f"Route: {route}\r\n")
+    bye = invite(TCP_CONTACT, method="BYE", branch="z9hG4bK-bye-1", to_tag="callee", to=f"sip:bob@{DOMAIN}",
+                 extra=f"Route: {route}\r\n")
     await node.receive(bye)
     [(destination, relayed)] = node.wire.requests("BYE")
     assert destination == Destination("tcp", "198.51.100.8", 50123, "tcp-x-1")
@@ -372,6 +375,22 @@ async def test_in_dialog_requests_follow_the_record_route_to_the_other_party_in_
     assert destination == Destination("udp", CALLER.host, CALLER.port)
     await node.answer(relayed, 200, "OK", to_tag="caller-tag")
     assert node.upstream[-1].status == 200 and node.upstream[-1].get("CSeq") == "7 BYE"
+
+
+async def test_an_in_dialog_request_finds_the_callee_on_its_new_connection_after_it_reconnected() -> None:
+    node = Node(flows={"tcp-x-1"})
+    await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-x-1")
+    await node.receive(invite())
+    [(_, sent)] = node.wire.requests("INVITE")
+    await node.answer(sent, 200, "OK")
+    node.wire.flows = {"tcp-x-2"}  # the connection dropped; bob came back and registered again
+    await node.store.update(f"bob@{DOMAIN}", lambda current: [])
+    await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50999", flow="tcp-x-2")
+    route = ", ".join(sent.get_all("Record-Route"))
+    await node.receive(invite(TCP_CONTACT, method="BYE", branch="z9hG4bK-bye", to_tag="callee", to=f"sip:bob@{DOMAIN}",
+                              extra=f"Route: {route}\r\n"))
+    [(destination, _)] = node.wire.requests("BYE")
+    assert destination == Destination("tcp", "198.51.100.8", 50999, "tcp-x-2")
 
 
 async def test_an_in_dialog_request_without_our_route_is_refused_and_an_ack_dropped() -> None:
@@ -500,3 +519,21 @@ async def test_a_silent_udp_callee_gets_retransmissions_then_the_caller_408(monk
     answered = len(node.upstream)
     await asyncio.sleep(0.1)
     assert len(node.upstream) == answered
+
+
+async def test_a_non_invite_request_is_retransmitted_at_t2_after_a_provisional_until_its_final(monkeypatch) -> None:
+    monkeypatch.setattr(proxy_module, "T1", 0.01)
+    monkeypatch.setattr(proxy_module, "T2", 0.04)
+    node = Node()
+    await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
+    await node.receive(invite(method="MESSAGE"))
+    [(_, message)] = node.wire.requests("MESSAGE")[:1]
+    await node.answer(message, 100, "Trying")
+    sent = len(node.wire.requests("MESSAGE"))
+    await asyncio.sleep(0.1)
+    assert len(node.wire.requests("MESSAGE")) >= sent + 2  # Timer E goes on, every T2
+    await node.answer(message, 200, "OK")
+    sent = len(node.wire.requests("MESSAGE"))
+    await asyncio.sleep(0.1)
+    assert len(node.wire.requests("MESSAGE")) == sent
+    assert node.statuses() == [200]
