@@ -54,9 +54,14 @@ def users_csv(path: Path, users: list[tuple[str, str]], domain: str) -> Path:
     return path
 
 
-def run_sipp(
+def run_sipp(scenario: str | Path, target: str | None, *, workdir: Path, timeout: float = 60, **options) -> SippRun:
+    """Run sipp to the end (see start_sipp for the options) and return what it did."""
+    return start_sipp(scenario, target, workdir=workdir, timeout=timeout, **options).wait()
+
+
+def start_sipp(
     scenario: str | Path,
-    target: str,
+    target: str | None,
     *,
     workdir: Path,
     transport: str = "udp",
@@ -70,15 +75,21 @@ def run_sipp(
     extra: list[str] | None = None,
     wrapper: list[str] | None = None,
     trace_messages: bool = True,
-) -> SippRun:
+    name: str = "sipp",
+) -> BackgroundSipp:
+    """Start sipp in the background: `wait()` gives the same SippRun as run_sipp.
+
+    `target` None runs a scenario that starts with a recv as a plain UAS on `local_port`.
+    `name` prefixes its log files in `workdir`, so several sipps (a UAS and a UAC) can share it.
+    """
     assert SIPP is not None, "sipp is not installed (make test installs Debian's sip-tester)"
     scenario_path = Path(scenario) if Path(scenario).is_absolute() else SCENARIOS / scenario
-    messages, errors, stats = workdir / "sipp-messages.log", workdir / "sipp-errors.log", workdir / "sipp-stats.csv"
+    messages, errors, stats = (workdir / f"{name}-{what}" for what in ("messages.log", "errors.log", "stats.csv"))
     for path in (messages, errors, stats):
         path.unlink(missing_ok=True)
     command = [
-        *(wrapper or []), SIPP, target, "-sf", str(scenario_path), "-m", str(calls), "-i", local_ip,
-        "-t", {"udp": "u1", "tcp": "t1"}[transport],
+        *(wrapper or []), SIPP, *([target] if target else []), "-sf", str(scenario_path), "-m", str(calls),
+        "-i", local_ip, "-t", {"udp": "u1", "tcp": "t1"}[transport],
         "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
         "-trace_err", "-error_file", str(errors),
         "-trace_stat", "-stf", str(stats),
@@ -91,19 +102,47 @@ def run_sipp(
         command += ["-r", str(rate)]
     if injection is not None:
         command += ["-inf", str(injection)]
-    for name, value in (keys or {}).items():
-        command += ["-key", name, value]
+    for key, value in (keys or {}).items():
+        command += ["-key", key, value]
     command += extra or []
-    completed = subprocess.run(command, cwd=workdir, capture_output=True, timeout=timeout + 30)
-    successful, failed, elapsed = _final_counts(stats)
-    return SippRun(
-        returncode=completed.returncode,
-        successful=successful,
-        failed=failed,
-        messages=messages.read_text(errors="replace") if messages.exists() else "",
-        errors=errors.read_text(errors="replace") if errors.exists() else "",
-        elapsed=elapsed,
-    )
+    with open(workdir / f"{name}-screen.log", "wb") as screen:  # sipp's screen; a pipe could fill up
+        process = subprocess.Popen(command, cwd=workdir, stdout=screen, stderr=subprocess.STDOUT)
+    return BackgroundSipp(process, messages, errors, stats, timeout)
+
+
+@dataclass
+class BackgroundSipp:
+    process: subprocess.Popen
+    messages_path: Path
+    errors_path: Path
+    stats_path: Path
+    timeout: float
+
+    def messages(self) -> str:
+        """The message trace so far (sipp writes it as it goes)."""
+        return self.messages_path.read_text(errors="replace") if self.messages_path.exists() else ""
+
+    def wait(self, timeout: float | None = None) -> SippRun:
+        """Wait for sipp to end (killing it after `timeout`, by default its own -timeout plus 30 s)."""
+        try:
+            returncode = self.process.wait(timeout=self.timeout + 30 if timeout is None else timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            returncode = self.process.returncode
+        successful, failed, elapsed = _final_counts(self.stats_path)
+        return SippRun(
+            returncode=returncode,
+            successful=successful,
+            failed=failed,
+            messages=self.messages(),
+            errors=self.errors_path.read_text(errors="replace") if self.errors_path.exists() else "",
+            elapsed=elapsed,
+        )
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
 
 
 def _final_counts(stats: Path) -> tuple[int, int, float]:
