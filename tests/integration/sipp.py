@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -184,3 +185,64 @@ def single_request_scenario(path: Path, request: str, expect: int) -> Path:
 """
     )
     return path
+
+
+@dataclass
+class TracedMessage:
+    """One SIP message from sipp's -trace_msg log, as sipp sent or received it."""
+
+    direction: str  # "sent" or "received"
+    transport: str  # "UDP" or "TCP"
+    text: str
+
+    @property
+    def start_line(self) -> str:
+        return self.text.split("\n", 1)[0].strip()
+
+    @property
+    def request_uri(self) -> str | None:
+        parts = self.start_line.split()
+        return None if self.start_line.startswith("SIP/2.0") else parts[1]
+
+    def header(self, name: str) -> list[str]:
+        """Every value of header `name` (or its compact form), in order; Via, Route, Record-Route and Contact
+        values joined by commas on one line come apart (other headers' commas are theirs: Digest challenges)."""
+        names = {name.lower(), *([_COMPACT[name.lower()]] if name.lower() in _COMPACT else [])}
+        values = []
+        for line in self.text.split("\n\n", 1)[0].split("\n")[1:]:
+            field, colon, value = line.partition(":")
+            if colon and field.strip().lower() in names:
+                values += _split_commas(value.strip()) if name.lower() in _LISTS else [value.strip()]
+        return values
+
+
+_LISTS = {"via", "route", "record-route", "contact"}
+_COMPACT = {"via": "v", "from": "f", "to": "t", "call-id": "i", "contact": "m", "content-length": "l",
+            "content-type": "c"}
+
+
+def _split_commas(value: str) -> list[str]:
+    """Split a header value at the commas that separate values (not inside <...> or quotes)."""
+    parts, depth, quoted, start = [], 0, False, 0
+    for index, char in enumerate(value):
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char == "<":
+            depth += 1
+        elif not quoted and char == ">":
+            depth -= 1
+        elif not quoted and depth == 0 and char == ",":
+            parts.append(value[start:index].strip())
+            start = index + 1
+    parts.append(value[start:].strip())
+    return [part for part in parts if part]
+
+
+def traced_messages(trace: str, direction: str | None = None) -> list[TracedMessage]:
+    """The messages of a sipp -trace_msg log (SippRun.messages), optionally only those sent or received."""
+    found = []
+    for block in re.split(r"^-{20,} [^\n]*\n", trace.replace("\r\n", "\n"), flags=re.M):
+        match = re.match(r"(UDP|TCP) message (sent|received)[^\n]*\n\n", block)
+        if match and direction in (None, match.group(2)):
+            found.append(TracedMessage(match.group(2), match.group(1), block[match.end():].strip("\n") + "\n"))
+    return found
