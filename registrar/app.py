@@ -15,8 +15,12 @@ from aiohttp import web
 from registrar.http import make_app
 from registrar.metrics import Metrics
 from registrar.model import Catalog
+from registrar.flows import TokenSigner
+from registrar.proxy import Identity, Proxy
 from registrar.registrar import Registrar, Source
+from registrar.routing import Router, Target
 from registrar.service import SipService
+from registrar.sip.message import Request
 from registrar.sip import digest
 from registrar.store import LocationStore
 from registrar.store.etcd import EtcdStore
@@ -54,6 +58,13 @@ class ServeConfig:
     advertise: str | None = None
     # TLS to etcd (CA, client certificate); None: plain text.
     etcd_tls: EtcdTls | None = None
+    # The address UAs reach us at, written in Via and Record-Route of proxied requests
+    # (a cluster's SIP Service); None: `advertise`, else `host`.
+    public_host: str | None = None
+
+    @property
+    def public_address(self) -> str:
+        return self.public_host or self.advertise or self.host
 
     @property
     def node_name(self) -> str:
@@ -86,11 +97,45 @@ class RegistrarServer:
             on_result=self.metrics.registration_answered,
             on_auth_failure=self.metrics.auth_failed,
         )
-        self.endpoint = SipEndpoint(SipService(self.registrar, on_invite=self.metrics.invite_answered), self.metrics)
+        self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics)
         self.registrar.on_bound = self._keep_flow
+        self.endpoint.proxy = self._proxy(authenticator)
         self._closers: list = []
         self._tasks: list[asyncio.Task] = []
         self._listening = False
+
+    def _proxy(self, authenticator: digest.DigestAuthenticator) -> Proxy:
+        config = self.config
+        ports = {"udp": config.sip_port, "tcp": config.sip_port}
+        if config.tls_port is not None:
+            ports["tls"] = config.tls_port
+        identity = Identity(
+            config.node_name,
+            config.public_address,
+            ports,
+            {config.host, *([config.advertise] if config.advertise else [])},
+            domains=lambda: self.registrar.catalog.domains,
+        )
+        store = self.store
+        return Proxy(
+            Router(lambda: self.registrar.catalog, store, authenticator, time.time),
+            self.endpoint,
+            identity,
+            TokenSigner(config.nonce_secret),
+            nodes=(lambda: store.nodes) if isinstance(store, EtcdStore) else dict,
+            on_final=self._call_answered,
+            on_unreachable=self._unreachable,
+        )
+
+    def _call_answered(self, request: Request, domain: str, status: int) -> None:
+        if request.method == "INVITE":
+            self.metrics.invite_answered(domain or "other", status)
+
+    def _unreachable(self, target: Target, why: str) -> None:
+        # The binding stays: its UA re-registers over a new connection, or it expires.
+        node = target.ref.node if target.ref is not None else ""
+        log.warning("sipreg: call skipped %s's contact %s (node %s): %s", target.aor, target.uri, node, why)
+        self.metrics.unreachable_contact(why)
 
     def _served(self, catalog: Catalog) -> Catalog:
         return catalog if self.config.domains is None else catalog.only(self.config.domains)
@@ -114,6 +159,7 @@ class RegistrarServer:
                 self.store.publish(config.catalog)
         await self.store.start()
         udp, receive_buffer = await listen_udp(self.endpoint, config.host, config.sip_port)
+        self.endpoint.udp = udp
         self._closers.append(udp.close)
         log.info(
             "sipreg: listening on udp %s:%d (receive buffer %d KiB)", config.host, config.sip_port, receive_buffer // 1024

@@ -78,6 +78,12 @@ def _registrar_options(parser: argparse.ArgumentParser, host: str, node: str | N
     parser.add_argument(
         "--node", default=node, help="this registrar's name among replicas (default: host name and SIP port)"
     )
+    parser.add_argument(
+        "--public-host",
+        default=os.environ.get("SIPREG_PUBLIC_HOST"),
+        help="the address UAs reach us at, put in Via and Record-Route of proxied calls "
+        "(default: $SIPREG_PUBLIC_HOST, else the advertised address, else --host)",
+    )
     parser.add_argument("--host", default=host, help=f"address to listen on (default {host})")
     parser.add_argument("--sip-port", type=_port, default=5060, help="UDP and TCP port (default 5060)")
     parser.add_argument("--tls-port", type=_port, default=5061, help="TLS port (default 5061; 0 disables TLS)")
@@ -145,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         domains=frozenset(name.lower() for name in args.domains) if getattr(args, "domains", None) else None,
         advertise=getattr(args, "advertise", None),
         etcd_tls=etcd_tls,
+        public_host=args.public_host,
     )
     if args.nonce_secret:
         config.nonce_secret = args.nonce_secret.encode()

@@ -32,6 +32,10 @@ STORE_OPERATIONS = ("connect", "read", "txn", "watch", "lease")
 STREAM_TRANSPORTS = ("tcp", "tls")
 
 
+# Why a call skipped a registered contact (a bounded label).
+UNREACHABLE_WHY = ("closed", "node_gone")
+
+
 class Metrics:
     """The registrar's metrics.
 
@@ -74,6 +78,15 @@ class Metrics:
             "Retransmitted requests answered from the transaction table.",
             registry=self.registry,
         )
+        self.unreachable_contacts = Counter(
+            "sipreg_unreachable_contacts",
+            "Registered contacts a call skipped, by why: closed (the UA's connection is gone), "
+            "node_gone (the registrar holding its connection is down).",
+            ["why"],
+            registry=self.registry,
+        )
+        for why in UNREACHABLE_WHY:
+            self.unreachable_contacts.labels(why)
         self._registrations: Tally[tuple[str, str]] = Tally()
         self._invites: Tally[tuple[str, str]] = Tally()
         self._messages: Tally[tuple[str, str]] = Tally()
@@ -123,6 +136,9 @@ class Metrics:
 
     def invite_answered(self, domain: str, status: int) -> None:
         self._invites[(domain, str(status))] += 1
+
+    def unreachable_contact(self, why: str) -> None:
+        self.unreachable_contacts.labels(why if why in UNREACHABLE_WHY else "closed").inc()
 
     def auth_failed(self, domain: str, reason: str) -> None:
         # The reason is free text: it goes to logs and the connection's status, never to a label.

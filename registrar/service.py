@@ -1,34 +1,54 @@
-"""The SIP service: routes each request to its handler by method and answers the rest.
+"""The SIP service: what the server answers itself (REGISTER, OPTIONS to it), and what it proxies.
 
 Sits between the transports and the registrar. Sans-IO like the layers below:
 `handle` takes a parsed request and its `Source` and returns a response, an
-awaitable of one (when the store is involved), or None when no answer is due
-(ACK). Methods we recognise but do not serve get 405 with `Allow`; methods we
-do not recognise get 501 (RFC 3261 8.2.1, 21.5.2).
+awaitable of one (when the store is involved), or None when no answer is due.
+Every other request (INVITE, BYE, MESSAGE, in-dialog requests, methods we do
+not know) is a proxy's business (registrar.proxy): `proxied` says which.
+Without a proxy (the service alone), those get 405 with `Allow` (RFC 3261 8.2.1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 from registrar.registrar import SERVER_NAME, Registrar, Source
+from registrar.sip.headers import parse_name_addr
 from registrar.sip.message import KNOWN_METHODS, Request, Response, make_response
 from registrar.sip.uri import URIError, parse_uri
 
-# What this server answers itself. Call routing (INVITE and friends) comes with
-# the proxy; until then those methods are recognised and refused with 405.
-ALLOWED_METHODS = ("REGISTER", "OPTIONS")
+# What this server answers itself, and relays (RFC 3261 20.5: what its users can send through it).
+ALLOWED_METHODS = ("REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "MESSAGE", "INFO", "UPDATE",
+                   "PRACK", "SUBSCRIBE", "NOTIFY", "REFER")
 ALLOW = ", ".join(ALLOWED_METHODS)
+# Without a proxy only these are served.
+_SERVED_ALONE = "REGISTER, OPTIONS"
 
 Answer = Response | Awaitable[Response] | None
 
 
 class SipService:
-    def __init__(self, registrar: Registrar, on_invite: Callable[[str, int], None] | None = None):
+    def __init__(self, registrar: Registrar):
         self.registrar = registrar
-        # Told (domain, status) of every INVITE answered (sipreg_invites_total); the domain is
-        # the Request-URI's when served, else "other", so the label stays bounded.
-        self._on_invite = on_invite or (lambda domain, status: None)
+
+    @staticmethod
+    def proxied(request: Request) -> bool:
+        """Whether a request is for a proxy to relay rather than for us to answer.
+
+        We answer REGISTER, and OPTIONS sent to us (a Request-URI without a user
+        and no dialog: keep-alive pings, monitoring). Everything else is relayed.
+        """
+        method = request.method
+        if method == "REGISTER":
+            return False
+        if method != "OPTIONS":
+            return True
+        try:
+            user = parse_uri(request.uri).user
+            to_tag = parse_name_addr(request.get("To") or "").tag
+        except (URIError, ValueError):
+            return False  # answered (with the precise error) by the service
+        return user is not None or to_tag is not None
 
     def handle(self, request: Request, source: Source) -> Answer:
         method = request.method
@@ -40,13 +60,9 @@ class SipService:
             return None
         if method == "OPTIONS":
             return self._options(request)
-        if method == "INVITE":
-            answer = self._answer(request, 405, "Method Not Allowed", [("Allow", ALLOW)])
-            self._on_invite(self._domain_label(request), answer.status)
-            return answer
         if method in KNOWN_METHODS:
-            return self._answer(request, 405, "Method Not Allowed", [("Allow", ALLOW)])
-        return self._answer(request, 501, "Not Implemented", [("Allow", ALLOW)])
+            return self._answer(request, 405, "Method Not Allowed", [("Allow", _SERVED_ALONE)])
+        return self._answer(request, 501, "Not Implemented", [("Allow", _SERVED_ALONE)])
 
     def _options(self, request: Request) -> Response:
         return self._answer(
@@ -56,14 +72,6 @@ class SipService:
             [("Allow", ALLOW), ("Accept", "application/sdp"), ("Accept-Encoding", "identity"),
              ("Accept-Language", "en")],
         )
-
-    def _domain_label(self, request: Request) -> str:
-        """The Request-URI's domain when served, else "other" (a metric label must stay bounded)."""
-        try:
-            host = parse_uri(request.uri).host
-        except URIError:
-            return "other"
-        return host if host in self.registrar.catalog.domains else "other"
 
     @staticmethod
     def _answer(request: Request, status: int, reason: str, headers: list[tuple[str, str]]) -> Response:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import socket
 import ssl
 import time
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from registrar.eager import start_eagerly
 from registrar.metrics import Metrics
+from registrar.proxy import Destination, Proxy, SendError
 from registrar.registrar import SERVER_NAME, Source
 from registrar.service import SipService
 from registrar.sip.headers import Via, split_list
@@ -42,6 +44,7 @@ log = logging.getLogger("sipreg.transport")
 IDLE_TIMEOUT = 60.0
 IDLE_SWEEP_INTERVAL = 5.0
 FLOW_GRACE = 30.0
+CONNECT_TIMEOUT = 5.0
 
 Reply = Callable[[bytes], None]
 
@@ -56,6 +59,17 @@ class SipEndpoint:
         self.transactions = ServerTransactions()
         self.flows: dict[str, Flow] = {}
         self._flow_ids = itertools.count(1)
+        # Flow ids outlive us in etcd (bindings name them): a restarted node must not
+        # reuse one, or a stale binding would send another UA's calls down a new connection.
+        self._flow_prefix = os.urandom(3).hex()
+        # The proxy, when calls are routed (set by the server); None answers only REGISTER/OPTIONS.
+        self.proxy: Proxy | None = None
+        # Our UDP socket, which the proxy sends from (set once listening).
+        self.udp: asyncio.DatagramTransport | None = None
+        # Connections we opened, by (transport, host, port), reused for every later request there.
+        self._outgoing: dict[tuple[str, str, int], str] = {}
+        self._connecting: dict[tuple[str, str, int], asyncio.Future[str]] = {}
+        self.client_tls: ssl.SSLContext | None = None
 
     # -- the pipeline --------------------------------------------------------------------
     def receive(self, data: bytes, source: Source, reply: Reply) -> None:
@@ -67,9 +81,9 @@ class SipEndpoint:
             self.answer_unparsable(data, error, reply)
             return
         if isinstance(message, Response):
-            # A registrar sends no requests yet, so no response can match a client
-            # transaction of ours: drop it (RFC 3261 18.1.2).
             self.metrics.message_received("RESPONSE", source.transport)
+            if self.proxy is not None:
+                self.proxy.receive_response(message)
             return
         request = message
         self.metrics.message_received(request.method, source.transport)
@@ -77,6 +91,10 @@ class SipEndpoint:
             key = transaction_key(request, self._fix_top_via(request, source))
         except SipError as error:
             self._send(_error_response(request, error), reply)
+            return
+        if self.proxy is not None and self.service.proxied(request):
+            # The proxy keeps its own transactions: they answer more than once (100, 180, 200).
+            self.proxy.receive_request(request, source, reply, key)
             return
         # Only UDP peers retransmit; on TCP/TLS Timer J is zero (RFC 3261 17.2.2).
         unreliable = source.transport == "udp"
@@ -160,7 +178,7 @@ class SipEndpoint:
 
     # -- flows -----------------------------------------------------------------------------
     def open_flow(self, transport: str, writer: asyncio.Transport, peer: tuple[str, int]) -> Flow:
-        flow = Flow(f"{transport}-{next(self._flow_ids)}", transport, writer, peer, self.clock())
+        flow = Flow(f"{transport}-{self._flow_prefix}-{next(self._flow_ids)}", transport, writer, peer, self.clock())
         self.flows[flow.id] = flow
         self.metrics.connections.labels(transport).inc()
         return flow
@@ -168,6 +186,57 @@ class SipEndpoint:
     def close_flow(self, flow: Flow) -> None:
         if self.flows.pop(flow.id, None) is not None:
             self.metrics.connections.labels(flow.transport).dec()
+        if self._outgoing.get((flow.transport, *flow.peer)) == flow.id:
+            del self._outgoing[(flow.transport, *flow.peer)]
+
+    # -- sending (the proxy's Delivery) -------------------------------------------------------
+    def send(self, destination: Destination, data: bytes) -> None:
+        if destination.flow is not None:
+            flow = self.flows.get(destination.flow)
+            if flow is None or flow.writer.is_closing():
+                raise SendError(f"connection {destination.flow} to {destination.host}:{destination.port} is closed")
+            flow.writer.write(data)
+            return
+        if destination.transport != "udp" or self.udp is None:
+            raise SendError(f"no connection to {destination.transport}:{destination.host}:{destination.port}")
+        try:
+            self.udp.sendto(data, (destination.host, destination.port))
+        except OSError as error:
+            raise SendError(str(error)) from None
+
+    def has_flow(self, flow: str) -> bool:
+        open_flow = self.flows.get(flow)
+        return open_flow is not None and not open_flow.writer.is_closing()
+
+    async def connect(self, transport: str, host: str, port: int) -> str:
+        """A connection to host:port that we opened, reused while it stays open (RFC 3261 18.1.1)."""
+        key = (transport, host, port)
+        flow_id = self._outgoing.get(key)
+        if flow_id is not None and self.has_flow(flow_id):
+            return flow_id
+        pending = self._connecting.get(key)
+        if pending is None:
+            pending = self._connecting[key] = asyncio.ensure_future(self._open(transport, host, port))
+            pending.add_done_callback(lambda _: self._connecting.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _open(self, transport: str, host: str, port: int) -> str:
+        loop = asyncio.get_running_loop()
+        context = None
+        if transport == "tls":
+            context = self.client_tls or ssl.create_default_context()
+        try:
+            _, protocol = await asyncio.wait_for(
+                loop.create_connection(lambda: StreamProtocol(self, transport), host, port, ssl=context),
+                CONNECT_TIMEOUT,
+            )
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as error:
+            raise SendError(f"cannot connect to {transport}:{host}:{port}: {error or 'timed out'}") from None
+        flow = protocol.flow
+        if flow is None:
+            raise SendError(f"connection to {transport}:{host}:{port} closed at once")
+        self._outgoing[(transport, host, port)] = flow.id
+        return flow.id
 
     def keep_flow(self, flow_id: str | None, until: float) -> None:
         """Keep a connection open while a binding made over it is alive (monotonic time)."""

@@ -99,28 +99,17 @@ def test_stream_connections_are_zero_before_the_first_one() -> None:
     assert sample(metrics, "sipreg_connections", transport="tls") == 0
 
 
-def invite(request_uri: str) -> bytes:
-    return (
-        f"INVITE {request_uri} SIP/2.0\r\n"
-        "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-invite\r\n"
-        "Max-Forwards: 70\r\nFrom: <sip:carol@example.net>;tag=1\r\n"
-        f"To: <{request_uri}>\r\nCall-ID: invite-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
-
-
-def test_invites_are_counted_by_served_domain_and_status() -> None:
-    """Calls are not routed yet: an INVITE gets 405, and counts under its Request-URI's domain when served."""
+def test_invites_are_counted_by_domain_and_status_and_skipped_contacts_by_why() -> None:
     metrics = Metrics()
-    registrar = Registrar(
-        catalog("alice"), MemoryStore(), digest.DigestAuthenticator(digest.NonceAuthority(b"s" * 32), digest.NonceCounts())
-    )
-    service = SipService(registrar, on_invite=metrics.invite_answered)
-    source = Source("udp", "192.0.2.1", 5060)
-    for uri in (f"sip:alice@{SERVED}", f"sip:bob@{SERVED}", "sip:someone@unknown.example.test"):
-        answer = service.handle(parse_message(invite(uri)), source)
-        assert answer.status == 405 and "INVITE" not in answer.get("Allow")
-    assert sample(metrics, "sipreg_invites_total", domain=SERVED, status="405") == 2
-    assert sample(metrics, "sipreg_invites_total", domain="other", status="405") == 1
+    assert sample(metrics, "sipreg_unreachable_contacts_total", why="node_gone") == 0
+    metrics.invite_answered(SERVED, 480)
+    metrics.invite_answered(SERVED, 480)
+    metrics.invite_answered("other", 407)
+    metrics.unreachable_contact("closed")
+    metrics.unreachable_contact("some new reason")  # a label stays bounded
+    assert sample(metrics, "sipreg_invites_total", domain=SERVED, status="480") == 2
+    assert sample(metrics, "sipreg_invites_total", domain="other", status="407") == 1
+    assert sample(metrics, "sipreg_unreachable_contacts_total", why="closed") == 2
 
 
 async def test_failed_etcd_calls_are_counted_by_operation() -> None:

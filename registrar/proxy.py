@@ -1,0 +1,653 @@
+"""The stateful proxy (RFC 3261 section 16): server and client transactions, forking, CANCEL, in-dialog routing.
+
+One `ServerTransaction` per request received; one `Branch` (client transaction)
+per copy sent. The router (registrar.routing) says where a new request goes;
+the message edits are registrar.sip.proxy's; sockets are the transport's,
+behind `Delivery`. What this module owns is the state and the timers.
+
+How a request reaches a UA (the design's "flows"):
+- A target is a `FlowRef`: the node holding the UA's connection, the transport,
+  the packet source the UA registered from, the connection id.
+- This node's flows are used directly: down the TCP/TLS connection the UA
+  opened (even when its Contact names another port), or by UDP to the source
+  address the binding recorded (the NAT's, when it differs from the Contact).
+- Another node's flow: the request goes to that node over TCP with a signed
+  hop Route naming the flow; that node proxies it down the flow. A dead node's
+  TCP/TLS flows are skipped (and reported); its UDP ones are sent from here.
+- Every forwarded INVITE is record-routed with a signed token holding both
+  parties' refs and the caller's From tag (`ftag`), so an in-dialog request
+  arriving at any node goes to the other party through the same flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable, Collection
+from typing import NamedTuple, Protocol
+
+from registrar.eager import start_eagerly
+from registrar.flows import DIALOG, HOP, FlowRef, RouteToken, TokenSigner
+from registrar.registrar import SERVER_NAME, Source
+from registrar.routing import Router, Target
+from registrar.sip import proxy as relay
+from registrar.sip.headers import Via
+from registrar.sip.message import Request, Response, SipError, make_response
+from registrar.sip.transaction import T1, TransactionKey
+from registrar.sip.uri import URI, URIError, parse_uri, unbracketed
+
+log = logging.getLogger("sipreg.proxy")
+
+T2 = 4.0
+TIMEOUT = 64 * T1  # Timers B, F, H: 32 s
+TIMER_C = 180.0  # an INVITE branch may ring this long after its last provisional (RFC 3261 16.6 step 11)
+SAFETY_NET = 900.0
+# Methods that create a dialog: the proxy stays in its path (Record-Route).
+DIALOG_METHODS = frozenset(["INVITE", "SUBSCRIBE", "REFER"])
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+
+
+class Destination(NamedTuple):
+    """Where the transport sends: over UDP to host:port, or down the connection `flow`."""
+
+    transport: str
+    host: str
+    port: int
+    flow: str | None = None
+
+
+class SendError(Exception):
+    """A message could not be handed to the network (closed flow, refused connection)."""
+
+
+class Delivery(Protocol):
+    """What the proxy needs from the transports."""
+
+    def send(self, destination: Destination, data: bytes) -> None:
+        """Send now (UDP, or an open flow); raises SendError."""
+
+    async def connect(self, transport: str, host: str, port: int) -> str:
+        """An open connection to host:port (reused when there is one): its flow id; raises SendError."""
+
+    def has_flow(self, flow: str) -> bool: ...
+
+
+class Identity:
+    """How this node names itself on the wire, and what names it in a Route or Via."""
+
+    def __init__(self, node: str, public_host: str, ports: dict[str, int], addresses: set[str],
+                 domains: Callable[[], Collection[str]] = tuple):
+        self.node = node
+        self.public_host = public_host  # in Via and Record-Route: the address UAs reach us at
+        self.ports = ports  # per transport
+        self._addresses = frozenset({public_host, *addresses})  # listen, node and public addresses
+        self._domains = domains  # a UA whose outbound proxy is the domain names us by it
+
+    def port(self, transport: str) -> int:
+        return self.ports.get(transport) or self.ports["tcp"]
+
+    def _names_us(self, host: str) -> bool:
+        host = unbracketed(host)
+        return host in self._addresses or host in self._domains()
+
+    def sent_by(self, via: Via) -> bool:
+        port = via.port or DEFAULT_PORTS.get(via.transport.lower(), 5060)
+        return port in self.ports.values() and self._names_us(via.host)
+
+    def is_us(self, uri: URI) -> bool:
+        return (uri.port is None or uri.port in self.ports.values()) and self._names_us(uri.host)
+
+
+class Proxy:
+    def __init__(
+        self,
+        router: Router,
+        delivery: Delivery,
+        identity: Identity,
+        signer: TokenSigner,
+        *,
+        nodes: Callable[[], dict[str, dict]] = dict,
+        on_final: Callable[[Request, str, int], None] = lambda request, domain, status: None,
+        on_unreachable: Callable[[Target, str], None] = lambda target, why: None,
+    ):
+        self.router = router
+        self.delivery = delivery
+        self.identity = identity
+        self.signer = signer
+        self.nodes = nodes
+        self._on_final = on_final
+        self._on_unreachable = on_unreachable
+        self.servers: dict[TransactionKey, ServerTransaction] = {}
+        self.clients: dict[tuple[str, str], Branch] = {}
+        self._merge_keys: dict[tuple[str, str, int, str], TransactionKey] = {}
+
+    # -- requests ------------------------------------------------------------------------------
+    def receive_request(self, request: Request, source: Source, reply: Callable[[bytes], None], key: TransactionKey) -> None:
+        method = request.method
+        if method == "ACK":
+            server = self.servers.get(key)
+            if server is not None:
+                server.acknowledged()  # the ACK of our own non-2xx answer: hop by hop, ends here
+                return
+            self._relay_stateless(request, source)
+            return
+        if method == "CANCEL":
+            self._cancel(request, reply, key)
+            return
+        server = self.servers.get(key)
+        if server is not None:
+            server.retransmitted()
+            return
+        server = ServerTransaction(self, key, request, source, reply)
+        self.servers[key] = server
+        if method == "INVITE":
+            server.respond(_answer(request, 100, "Trying"))
+        try:
+            self._check(request, server)
+        except SipError as error:
+            server.respond(_error_answer(request, error))
+            return
+        start_eagerly(self._route(server))
+
+    def _check(self, request: Request, server: ServerTransaction) -> None:
+        """Validation before routing (RFC 3261 16.3): hops, loops, merged requests."""
+        hops = relay.max_forwards(request)
+        if hops == 0:
+            raise SipError(483, "Too Many Hops")
+        if relay.has_looped(request, self.identity.sent_by):
+            raise SipError(482, "Loop Detected")
+        to_tag = request.name_addr("To").tag
+        if to_tag is None and not relay.has_our_via(request, self.identity.sent_by):
+            # The same request reaching us twice by different paths (RFC 3261 8.2.2.2).
+            number, method = request.cseq
+            merge_key = (request.name_addr("From").tag or "", request.call_id, number, method)
+            other = self._merge_keys.get(merge_key)
+            if other is not None and other != server.key and other in self.servers:
+                raise SipError(482, "Loop Detected: Merged Request")
+            self._merge_keys[merge_key] = server.key
+            server.merge_key = merge_key
+
+    async def _route(self, server: ServerTransaction) -> None:
+        request = server.request
+        try:
+            token, ftag, popped = self._our_routes(request)
+            relay.without_top_routes(request, popped)
+            if token is not None and token.kind == HOP:
+                targets = [[Target(request.uri, token.refs[0])]]
+                await self._fork(server, targets, record_route=False)
+            elif token is not None:
+                await self._fork(server, [[self._dialog_target(request, token, ftag)]], record_route=False)
+            elif request.name_addr("To").tag is not None:
+                # In a dialog we are not part of (no Route of ours): not ours to relay.
+                target = self._next_hop_target(request) if popped else None
+                if target is None:
+                    raise SipError(404, "Not Here: No Route For In-Dialog Request")
+                await self._fork(server, [[target]], record_route=False)
+            elif request.get("Route") is not None:
+                raise SipError(403, "Relaying Denied: Preloaded Route")
+            else:
+                route = await self.router.route(request, server.source)
+                server.domain = route.domain
+                await self._fork(server, route.groups, record_route=request.method in DIALOG_METHODS)
+        except SipError as error:
+            server.respond(_error_answer(request, error))
+        except Exception:
+            log.exception("error routing %s", request.method)
+            server.respond(_answer(request, 500, "Server Internal Error"))
+
+    def _our_routes(self, request: Request) -> tuple[RouteToken | None, str | None, int]:
+        """The token and ftag of our topmost Route entries, and how many there are (RFC 3261 16.4)."""
+        token = None
+        ftag = None
+        popped = 0
+        for route in relay.routes(request):
+            found = self.signer.read(route.uri.user)
+            if found is None and not self.identity.is_us(route.uri):
+                break
+            if found is not None and token is None:
+                token, ftag = found, route.uri.params.get("ftag")
+            popped += 1
+        return token, ftag, popped
+
+    def _dialog_target(self, request: Request, token: RouteToken, ftag: str | None) -> Target:
+        """The other party of a dialog: the callee when the caller sends, and the other way round."""
+        caller, callee = token.refs
+        from_caller = ftag is not None and request.name_addr("From").tag == ftag
+        ref = callee if from_caller else caller
+        if ref is not None:
+            return Target(request.uri, ref)
+        target = self._next_hop_target(request)
+        if target is None:
+            raise SipError(404, "Not Here: No Route For In-Dialog Request")
+        return target
+
+    def _next_hop_target(self, request: Request) -> Target | None:
+        """Loose routing past us: the next Route, else the Request-URI (RFC 3261 16.6 steps 6-7)."""
+        routes = relay.routes(request)
+        try:
+            address = routes[0].uri if routes else parse_uri(request.uri)
+        except URIError:
+            return None
+        if address.scheme == "tel" or self.identity.is_us(address):
+            return None
+        return Target(request.uri, address=address)
+
+    def _relay_stateless(self, request: Request, source: Source) -> None:
+        """An ACK for a 2xx (end to end, its own transaction): forwarded along the route set, no state."""
+        try:
+            if relay.max_forwards(request) == 0:
+                return
+            token, ftag, popped = self._our_routes(request)
+            relay.without_top_routes(request, popped)
+            if token is not None and token.kind == HOP:
+                target: Target | None = Target(request.uri, token.refs[0])
+            elif token is not None:
+                target = self._dialog_target(request, token, ftag)
+            else:
+                target = self._next_hop_target(request) if popped else None
+        except SipError:
+            return
+        if target is None:
+            return  # not ours to route: dropped, as Kamailio's default script does
+        start_eagerly(self._send_stateless(request, target))
+
+    async def _send_stateless(self, request: Request, target: Target) -> None:
+        try:
+            destination, hop_route = await self._destination(target)
+        except SendError as error:
+            log.info("sipreg: %s not relayed: %s", request.method, error)
+            return
+        if destination is None:
+            return
+        via = self._via(destination, relay.new_branch(relay.loop_hash(request)))
+        copy = relay.forwarded(request, uri=target.uri, via=via, route=hop_route)
+        try:
+            self.delivery.send(destination, copy.to_bytes())
+        except SendError as error:
+            log.info("sipreg: %s not relayed: %s", request.method, error)
+
+    def _cancel(self, request: Request, reply: Callable[[bytes], None], key: TransactionKey) -> None:
+        server = self.servers.get((*key[:-1], "INVITE"))
+        if server is None or server.request.method != "INVITE":
+            reply(_answer(request, 481, "Call/Transaction Does Not Exist").to_bytes())
+            return
+        reply(_answer(request, 200, "OK").to_bytes())
+        server.cancel()
+
+    # -- forking -------------------------------------------------------------------------------
+    async def _fork(self, server: ServerTransaction, groups: list[list[Target]], *, record_route: bool) -> None:
+        server.groups = list(groups)
+        server.record_route = record_route
+        await self._next_group(server)
+
+    async def _next_group(self, server: ServerTransaction) -> None:
+        while server.groups and not server.cancelled and not server.answered:
+            group = server.groups.pop(0)
+            started = 0
+            for target in group:
+                if await self._start_branch(server, target):
+                    started += 1
+            if started:
+                return
+        server.all_branches_done()
+
+    async def _start_branch(self, server: ServerTransaction, target: Target) -> bool:
+        try:
+            destination, hop_route = await self._destination(target)
+        except SendError as error:
+            server.finals.append(_answer(server.request, 503, "Service Unavailable"))
+            log.info("sipreg: cannot reach %s: %s", target.uri, error)
+            return False
+        if destination is None:
+            return False
+        request = server.request
+        branch_id = relay.new_branch(server.loop_hash)
+        record_routes = self._record_routes(server, target, destination) if server.record_route else ()
+        copy = relay.forwarded(
+            request, uri=target.uri, via=self._via(destination, branch_id), record_routes=record_routes, route=hop_route
+        )
+        branch = Branch(self, server, branch_id, copy, destination)
+        if not branch.start():
+            server.finals.append(relay.without_top_via(_answer(copy, 503, "Service Unavailable")))
+            return False
+        server.branches.append(branch)
+        self.clients[(branch_id, request.method)] = branch
+        return True
+
+    async def _destination(self, target: Target) -> tuple[Destination | None, str | None]:
+        """Where to send for a target, and the hop Route to push when it is another node's flow."""
+        ref = target.ref
+        if ref is None:
+            assert target.address is not None
+            return await self._resolve(target.address), None
+        if ref.node in ("", self.identity.node):
+            if ref.stream and not self.delivery.has_flow(ref.flow):
+                self._on_unreachable(target, "closed")
+                return None, None
+            return Destination(ref.transport, ref.host, ref.port, ref.flow or None), None
+        node = self.nodes().get(ref.node)
+        if node is None:
+            if ref.stream:
+                self._on_unreachable(target, "node_gone")
+                return None, None
+            return Destination("udp", ref.host, ref.port), None  # a datagram needs no connection
+        flow = await self.delivery.connect("tcp", node["address"], int(node["sipPort"]))
+        hop = self.signer.token(HOP, (ref,))
+        return (
+            Destination("tcp", node["address"], int(node["sipPort"]), flow),
+            f"<sip:{hop}@{node['address']}:{node['sipPort']};transport=tcp;lr>",
+        )
+
+    async def _resolve(self, address: URI) -> Destination:
+        transport = address.transport or ("tls" if address.scheme == "sips" else "udp")
+        if transport not in DEFAULT_PORTS:
+            raise SendError(f"unsupported transport {transport}")
+        port = address.port or DEFAULT_PORTS[transport]
+        host = unbracketed(address.host)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except OSError as error:
+            raise SendError(f"cannot resolve {host}: {error}") from None
+        resolved = infos[0][4][0]
+        if transport == "udp":
+            return Destination("udp", resolved, port)
+        return Destination(transport, resolved, port, await self.delivery.connect(transport, resolved, port))
+
+    def _via(self, destination: Destination, branch: str) -> str:
+        transport = destination.transport
+        return f"SIP/2.0/{transport.upper()} {self.identity.public_host}:{self.identity.port(transport)};branch={branch};rport"
+
+    def _record_routes(self, server: ServerTransaction, target: Target, destination: Destination) -> list[str]:
+        """Our Record-Route for one branch: one entry, or two when the two legs' transports differ (RFC 5658)."""
+        source = server.source
+        caller = FlowRef(self.identity.node, source.transport, source.host, source.port, source.flow or "")
+        token = self.signer.token(DIALOG, (caller, target.ref))
+        ftag = server.request.name_addr("From").tag or ""
+        callee_transport = target.ref.transport if target.ref is not None else destination.transport
+        transports = [callee_transport] if callee_transport == source.transport else [callee_transport, source.transport]
+        host = self.identity.public_host
+        return [
+            f"<sip:{token}@{host}:{self.identity.port(transport)};transport={transport};lr;ftag={ftag}>"
+            for transport in transports
+        ]
+
+    # -- responses -----------------------------------------------------------------------------
+    def receive_response(self, response: Response) -> None:
+        via = relay.top_via(response)
+        if via is None or not (via.branch or "").startswith(relay.BRANCH_MARK):
+            return  # not sent by us: nothing to match (RFC 3261 18.1.2)
+        try:
+            _, method = response.cseq
+        except ValueError:
+            return
+        branch = self.clients.get((via.branch or "", method))
+        if branch is not None:
+            branch.receive(response)
+
+    def forget(self, server: ServerTransaction) -> None:
+        self.servers.pop(server.key, None)
+        if server.merge_key is not None and self._merge_keys.get(server.merge_key) == server.key:
+            del self._merge_keys[server.merge_key]
+        for branch in server.branches:
+            branch.stop_timers()
+            self.clients.pop((branch.id, branch.request.method), None)
+            if branch.cancel_branch is not None:
+                branch.cancel_branch.stop_timers()
+                self.clients.pop((branch.id, "CANCEL"), None)
+
+
+class ServerTransaction:
+    """A request we proxy: its answers upstream, its branches downstream (RFC 3261 16.7)."""
+
+    def __init__(self, proxy: Proxy, key: TransactionKey, request: Request, source: Source, reply: Callable[[bytes], None]):
+        self.proxy = proxy
+        self.key = key
+        self.request = request
+        self.source = source
+        self.reply = reply
+        self.loop_hash = relay.loop_hash(request)
+        self.domain = ""
+        self.merge_key: tuple[str, str, int, str] | None = None
+        self.branches: list[Branch] = []
+        self.groups: list[list[Target]] = []
+        self.record_route = False
+        self.finals: list[Response] = []
+        self.last_response: bytes | None = None
+        self.final_status = 0
+        self.cancelled = False
+        self.reliable = source.transport != "udp"
+        self._retransmit: asyncio.TimerHandle | None = None
+        self._interval = T1
+        self._ended = False
+        # A safety net only: branch timers (B, C, F) end every branch long before.
+        self._forget = asyncio.get_running_loop().call_later(SAFETY_NET, self.end)
+
+    @property
+    def answered(self) -> bool:
+        return self.final_status >= 200
+
+    def respond(self, response: Response) -> None:
+        """Send an answer upstream; a final one ends what is left of the transaction."""
+        if response.status >= 200 and self.answered and not (200 <= response.status < 300):
+            return  # one final answer; only further 2xx may follow (RFC 6026)
+        data = response.to_bytes()
+        self.last_response = data
+        self.reply(data)
+        if response.status < 200:
+            return
+        first_final = not self.answered
+        self.final_status = self.final_status or response.status
+        if first_final:
+            self.proxy._on_final(self.request, self.domain, response.status)
+            self._finish_after_final(response.status)
+
+    def _finish_after_final(self, status: int) -> None:
+        if self.request.method == "INVITE" and status >= 300 and not self.reliable:
+            self._retransmit = asyncio.get_running_loop().call_later(self._interval, self._resend_final)
+        self._forget.cancel()
+        # Kept for Timer H/J (absorbs retransmissions and the ACK), and for late 2xx of other branches.
+        self._forget = asyncio.get_running_loop().call_later(TIMEOUT, self.end)
+
+    def _resend_final(self) -> None:
+        if self.last_response is not None and not self._ended:
+            self.reply(self.last_response)
+            self._interval = min(self._interval * 2, T2)
+            self._retransmit = asyncio.get_running_loop().call_later(self._interval, self._resend_final)
+
+    def retransmitted(self) -> None:
+        """The request came again (UDP): answer with the latest response, if any (RFC 3261 17.2.1)."""
+        if self.last_response is not None:
+            self.reply(self.last_response)
+
+    def acknowledged(self) -> None:
+        if self._retransmit is not None:
+            self._retransmit.cancel()
+            self._retransmit = None
+
+    def cancel(self) -> None:
+        if self.answered or self.cancelled:
+            return
+        self.cancelled = True
+        self.groups.clear()
+        for branch in self.branches:
+            branch.cancel()
+        if not self.branches:
+            self.respond(_answer(self.request, 487, "Request Terminated"))
+        elif all(branch.done for branch in self.branches):
+            self.all_branches_done()
+
+    def branch_answered(self, branch: Branch, response: Response) -> None:
+        status = response.status
+        if status < 200:
+            if status > 100:
+                self.respond(relay.without_top_via(response))
+            return
+        if status < 300:
+            self.respond(relay.without_top_via(response))
+            for other in self.branches:
+                if other is not branch:
+                    other.cancel()
+            return
+        self.finals.append(relay.without_top_via(response))
+        if status >= 600:
+            self.groups.clear()
+            for other in self.branches:
+                if other is not branch:
+                    other.cancel()
+        if all(other.done for other in self.branches):
+            start_eagerly(self.proxy._next_group(self))
+
+    def all_branches_done(self) -> None:
+        """No branch left and no group to try: the best answer goes upstream (RFC 3261 16.7 step 6)."""
+        if self.answered:
+            return
+        if self.cancelled:
+            self.respond(_answer(self.request, 487, "Request Terminated"))
+        elif self.finals:
+            self.respond(relay.best_response(self.finals))
+        else:
+            self.respond(_answer(self.request, 480, "Temporarily Unavailable: No Reachable Contact"))
+
+    def end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._retransmit is not None:
+            self._retransmit.cancel()
+        self._forget.cancel()
+        if not self.answered:
+            # Every branch is dead or silent past Timer C: nothing better will come.
+            self.respond(_answer(self.request, 408, "Request Timeout"))
+        self.proxy.forget(self)
+
+
+class Branch:
+    """One copy of a request sent downstream: a client transaction (RFC 3261 17.1) plus CANCEL state."""
+
+    def __init__(self, proxy: Proxy, server: ServerTransaction | None, branch_id: str, request: Request, destination: Destination):
+        self.proxy = proxy
+        self.server = server
+        self.id = branch_id
+        self.request = request
+        self.destination = destination
+        self.data = request.to_bytes()
+        self.reliable = destination.transport != "udp"
+        self.invite = request.method == "INVITE"
+        self.provisional = False
+        self.final: Response | None = None
+        self.cancel_pending = False
+        self.cancel_branch: Branch | None = None
+        self._interval = T1
+        self._retransmit: asyncio.TimerHandle | None = None
+        self._timeout: asyncio.TimerHandle | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.final is not None
+
+    def start(self) -> bool:
+        """Send the request and arm the timers; False when it could not even be sent."""
+        if not self._send(self.data):
+            return False
+        loop = asyncio.get_running_loop()
+        if not self.reliable:
+            self._retransmit = loop.call_later(self._interval, self._resend)
+        self._timeout = loop.call_later(TIMEOUT, self._timed_out)
+        return True
+
+    def _send(self, data: bytes) -> bool:
+        try:
+            self.proxy.delivery.send(self.destination, data)
+        except SendError as error:
+            log.info("sipreg: %s to %s failed: %s", self.request.method, self.destination, error)
+            return False
+        return True
+
+    def _resend(self) -> None:
+        if self.final is not None:
+            return
+        if not self._send(self.data):
+            self._finish(_answer(self.request, 503, "Service Unavailable"))
+            return
+        self._interval = self._interval * 2 if self.invite else min(self._interval * 2, T2)
+        self._retransmit = asyncio.get_running_loop().call_later(self._interval, self._resend)
+
+    def _timed_out(self) -> None:
+        if self.final is not None:
+            return
+        if self.invite and self.provisional and self.cancel_branch is None:
+            # Timer C: it rang too long. CANCEL it; its 487 (or Timer B) ends it.
+            self.cancel()
+            self._timeout = asyncio.get_running_loop().call_later(TIMEOUT, self._timed_out)
+            return
+        self._finish(_answer(self.request, 408, "Request Timeout"))
+
+    def receive(self, response: Response) -> None:
+        status = response.status
+        if status < 200:
+            if self.final is not None:
+                return
+            if self._retransmit is not None:
+                self._retransmit.cancel()
+                self._retransmit = None
+            if self.invite:
+                self.provisional = True
+                if self._timeout is not None:
+                    self._timeout.cancel()
+                self._timeout = asyncio.get_running_loop().call_later(TIMER_C, self._timed_out)
+                if self.cancel_pending:
+                    self.cancel()
+            if self.server is not None:
+                self.server.branch_answered(self, response)
+            return
+        if self.invite and status >= 300:
+            # Our hop-by-hop ACK, for the first final and for each retransmission of it.
+            self._send(relay.ack_for(self.request, response).to_bytes())
+        if status < 300 and self.invite and self.final is not None:
+            # A retransmitted or forked 2xx: passed upstream as it comes (the ACK is end to end).
+            if self.server is not None:
+                self.server.respond(relay.without_top_via(response))
+            return
+        if self.final is not None:
+            return
+        self._finish(response)
+
+    def _finish(self, response: Response) -> None:
+        self.final = response
+        self.stop_timers()
+        if self.server is not None:
+            # Answers made up here (408, 503) copy the branch's Vias, ours on top, like real ones.
+            self.server.branch_answered(self, response)
+
+    def cancel(self) -> None:
+        """CANCEL this branch: now when it has rung, else as soon as it does (RFC 3261 9.1)."""
+        if not self.invite or self.final is not None or self.cancel_branch is not None:
+            return
+        if not self.provisional:
+            self.cancel_pending = True
+            return
+        cancel = relay.cancel_for(self.request)
+        branch = Branch(self.proxy, None, self.id, cancel, self.destination)
+        self.cancel_branch = branch
+        self.proxy.clients[(self.id, "CANCEL")] = branch
+        branch.start()
+
+    def stop_timers(self) -> None:
+        for timer in (self._retransmit, self._timeout):
+            if timer is not None:
+                timer.cancel()
+        self._retransmit = self._timeout = None
+
+
+def _answer(request: Request, status: int, reason: str) -> Response:
+    response = make_response(request, status, reason)
+    response.add("Server", SERVER_NAME)
+    return response
+
+
+def _error_answer(request: Request, error: SipError) -> Response:
+    response = _answer(request, error.status, error.reason)
+    for name, value in error.headers:
+        response.add(name, value)
+    return response

@@ -1,0 +1,184 @@
+"""Where a new call goes: the target set of an out-of-dialog request, or the answer instead.
+
+Logic over the catalogue and the location store, no sockets (the proxy sends):
+
+- `sip:USER@DOMAIN`, DOMAIN ours and USER one of its connections: inbound. The
+  user's bindings, grouped by q-value, highest first (a binding without q counts
+  as 1.0); `302` with the contacts when the domain is in redirect mode; `480`
+  when nobody is registered. Calling a registered user needs no credentials:
+  inbound calls come from anywhere (the carrier, other users), as on a PBX.
+- `sip:USER@DOMAIN`, DOMAIN ours, USER unknown and not a phone number: `404`.
+  Unlike REGISTER's challenge, this tells a caller which users exist; that is
+  what a PBX's directory does, and the users' credentials stay hidden.
+- Anything else (another domain, `tel:`, a phone number at our domain) is an
+  outbound call: the From user must prove who they are (`407`, the digest code
+  of REGISTER with Proxy-* headers) or call from an address in the allow-list of
+  an `ip` connection; then the call goes to the domain's outbound gateway.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from registrar.flows import FlowRef, of_binding
+from registrar.model import Binding, Catalog, Connection, Domain
+from registrar.registrar import Source
+from registrar.sip import digest
+from registrar.sip.message import KNOWN_METHODS, Request, SipError
+from registrar.sip.uri import URI, URIError, parse_uri
+from registrar.store import LocationStore
+
+# A dialled number: what a gateway, not a user of ours, answers.
+_PHONE_NUMBER = re.compile(r"\+?[0-9*#]{2,32}")
+DEFAULT_Q = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One branch of a call: the Request-URI to send, and how to reach it."""
+
+    uri: str
+    ref: FlowRef | None = None  # a registered UA's flow
+    address: URI | None = None  # else: where to send (the outbound gateway)
+    aor: str = ""  # the binding's AOR, for reports
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Targets to try: the groups in turn, the targets of a group in parallel."""
+
+    groups: list[list[Target]]
+    domain: str  # the served domain the call is for (inbound) or from (outbound)
+    outbound: bool = False
+
+
+class Router:
+    def __init__(
+        self,
+        catalog: Callable[[], Catalog],
+        store: LocationStore,
+        authenticator: digest.DigestAuthenticator,
+        clock: Callable[[], float],
+    ):
+        self._catalog = catalog
+        self.store = store
+        self.authenticator = authenticator
+        self.clock = clock
+
+    async def route(self, request: Request, source: Source) -> Route:
+        """The targets for `request`; raises SipError with the answer instead (404, 480, 302, 407...)."""
+        catalog = self._catalog()
+        try:
+            uri = parse_uri(request.uri)
+        except URIError as exc:
+            raise SipError(400, f"Bad Request-URI: {exc}") from None
+        domain = catalog.domains.get(uri.host) if uri.scheme != "tel" else None
+        if domain is not None and not (uri.user and _PHONE_NUMBER.fullmatch(uri.user)):
+            if not uri.user:
+                if request.method not in KNOWN_METHODS:
+                    raise SipError(501, "Not Implemented")
+                raise SipError(404, "Not Found: No User In Request-URI")
+            connection = catalog.connections.get((domain.name, uri.user))
+            if connection is None:
+                raise SipError(404, "Not Found")
+            return await self._inbound(domain, connection)
+        return self._outbound(request, source, uri, catalog)
+
+    # -- inbound ----------------------------------------------------------------------------
+    async def _inbound(self, domain: Domain, connection: Connection) -> Route:
+        if not connection.inbound:
+            raise SipError(403, "Inbound Calls Not Allowed For This User")
+        bindings = await self.store.lookup(connection.aor)
+        if not bindings:
+            raise SipError(480, "Temporarily Unavailable")
+        ordered = sorted(bindings, key=_q, reverse=True)
+        if domain.mode == "redirect":
+            now = self.clock()
+            raise SipError(302, "Moved Temporarily", [("Contact", _redirect_contact(b, now)) for b in ordered])
+        groups = [
+            [Target(binding.contact, of_binding(binding), aor=binding.aor) for binding in same_q]
+            for _, same_q in itertools.groupby(ordered, key=_q)
+        ]
+        return Route(groups, domain.name)
+
+    # -- outbound ---------------------------------------------------------------------------
+    def _outbound(self, request: Request, source: Source, uri: URI, catalog: Catalog) -> Route:
+        caller = request.name_addr("From").uri
+        domain = catalog.domains.get(caller.host) if caller.scheme in ("sip", "sips") else None
+        if domain is None:
+            raise SipError(403, "Relaying Denied")
+        connection = self._authenticated_caller(request, source, domain, caller, catalog)
+        if not connection.outbound:
+            raise SipError(403, "Outbound Calls Not Allowed For This User")
+        if domain.outbound_gateway is None:
+            raise SipError(403, "No Outbound Gateway For This Domain")
+        gateway = parse_uri(domain.outbound_gateway)
+        target_uri = request.uri
+        if uri.scheme == "tel" or uri.host in catalog.domains:
+            # A number: the gateway's to route, so it goes out in the gateway's name.
+            port = f":{gateway.port}" if gateway.port else ""
+            target_uri = f"sip:{uri.user}@{gateway.host}{port}"
+        if domain.mode == "redirect":
+            raise SipError(302, "Moved Temporarily", [("Contact", f"<{target_uri}>")])
+        return Route([[Target(target_uri, address=gateway)]], domain.name, outbound=True)
+
+    def _authenticated_caller(
+        self, request: Request, source: Source, domain: Domain, caller: URI, catalog: Catalog
+    ) -> Connection:
+        """The connection the caller proved to be (credentials or source address); raises 407/403."""
+        claimed = catalog.connections.get((domain.name, caller.user or ""))
+        if claimed is not None and claimed.authentication == "ip":
+            if not claimed.allows_address(source.host):
+                raise SipError(403, "Source Address Not Allowed")
+            return claimed
+        credentials = self._credentials(request, domain)
+        if credentials is None:
+            raise self._challenge(domain, stale=False)
+        known = catalog.connections.get((domain.name, credentials.username))
+        outcome = self.authenticator.verify(
+            request.method, credentials, domain.name, known.ha1 if known else None,
+            offered_algorithms=domain.digest_algorithms,
+        )
+        if outcome.status is digest.AuthStatus.STALE:
+            raise self._challenge(domain, stale=True)
+        if outcome.status is not digest.AuthStatus.OK or known is None:
+            raise self._challenge(domain, stale=False)
+        if credentials.username != caller.user:
+            raise SipError(403, "Authenticated User Does Not Match From")
+        if not known.allows_address(source.host):
+            raise SipError(403, "Source Address Not Allowed")
+        # Credentials are for us, not for the next hop (RFC 3261 22.3).
+        request.remove("Proxy-Authorization")
+        return known
+
+    @staticmethod
+    def _credentials(request: Request, domain: Domain) -> digest.Credentials | None:
+        for value in request.get_all("Proxy-Authorization"):
+            try:
+                credentials = digest.parse_credentials(value)
+            except digest.DigestError as exc:
+                raise SipError(400, f"Bad Proxy-Authorization: {exc}") from None
+            if credentials.realm == domain.name:
+                return credentials
+        return None
+
+    def _challenge(self, domain: Domain, *, stale: bool) -> SipError:
+        headers = [
+            ("Proxy-Authenticate", value)
+            for value in self.authenticator.challenges(domain.name, domain.digest_algorithms, stale=stale)
+        ]
+        return SipError(407, "Proxy Authentication Required", headers)
+
+
+def _q(binding: Binding) -> float:
+    return DEFAULT_Q if binding.q is None else binding.q
+
+
+def _redirect_contact(binding: Binding, now: float) -> str:
+    value = f"<{binding.contact}>"
+    if binding.q is not None:
+        value += f";q={binding.q:g}"
+    return value + f";expires={binding.expires_in(now)}"
