@@ -80,7 +80,9 @@ def start_sipp(
 ) -> BackgroundSipp:
     """Start sipp in the background: `wait()` gives the same SippRun as run_sipp.
 
-    `target` None runs a scenario that starts with a recv as a plain UAS on `local_port`.
+    `target` None runs a scenario that starts with a recv as a plain UAS on `local_port`. `transport` "tcp" is
+    one connection from sipp's own port (where sipp also listens), "tcp-per-call" one per call from a port
+    where nothing listens: a request that reaches such a call came down the connection the call opened.
     `name` prefixes its log files in `workdir`, so several sipps (a UAS and a UAC) can share it.
     """
     assert SIPP is not None, "sipp is not installed (make test installs Debian's sip-tester)"
@@ -90,7 +92,7 @@ def start_sipp(
         path.unlink(missing_ok=True)
     command = [
         *(wrapper or []), SIPP, *([target] if target else []), "-sf", str(scenario_path), "-m", str(calls),
-        "-i", local_ip, "-t", {"udp": "u1", "tcp": "t1"}[transport],
+        "-i", local_ip, "-t", {"udp": "u1", "tcp": "t1", "tcp-per-call": "tn"}[transport],
         "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
         "-trace_err", "-error_file", str(errors),
         "-trace_stat", "-stf", str(stats),
@@ -99,6 +101,10 @@ def start_sipp(
         command += ["-trace_msg", "-message_file", str(messages)]
     # sipp's own default is 5060: it would collide with a registrar a user runs.
     command += ["-p", str(local_port if local_port is not None else free_port(local_ip))]
+    if transport == "tcp-per-call":
+        # sipp's "tn": each call connects from a port of its own (sipp listens on -p, not there). Its default
+        # socket limit (50000) exceeds a common open-files limit (20000) and sipp refuses to start.
+        command += ["-max_socket", "1000"]
     if rate is not None:
         command += ["-r", str(rate)]
     if injection is not None:

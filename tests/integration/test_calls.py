@@ -8,6 +8,7 @@ on both ends and what the callee actually received (Request-URI, Record-Route, V
 from __future__ import annotations
 
 import re
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import pytest
 
 from tests.conftest import RunningRegistrar, free_port, start_registrar, stop_registrar
 from tests.integration.sipp import (
+    SCENARIOS,
     SIPP,
     BackgroundSipp,
     SippRun,
@@ -145,7 +147,10 @@ def register_callee(
     """Start a callee sipp on `registrar` and wait until its binding is there; returns it and the binding."""
     csv = users_csv(tmp_path / f"{user}.csv", [(user, PASSWORDS[user])], domain)
     callee = background(
-        scenario, target(registrar), transport=transport, injection=csv, name=f"callee-{user}",
+        # over TCP a connection of the call's own, from a port nobody listens on (sipp listens on its -p port):
+        # a request reaches the callee only down the connection its REGISTER opened.
+        scenario, target(registrar), transport={"udp": "udp", "tcp": "tcp-per-call"}[transport],
+        injection=csv, name=f"callee-{user}",
         keys={"contact_port": str(free_port()), "expires": "300"}, extra=["-cid_str", call_id],
     )
     deadline = time.monotonic() + 10
@@ -160,7 +165,17 @@ def register_callee(
     contact_port = int(re.search(r":(\d+);transport=", binding["contact"]).group(1))
     source_port = int(binding["source"].rpartition(":")[2])
     assert contact_port != source_port, binding
+    if transport == "tcp":  # nothing to connect to: neither at the Contact nor at the connection's source
+        assert refuses_tcp(contact_port) and refuses_tcp(source_port), binding
     return callee, binding
+
+
+def refuses_tcp(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 def call(registrar: RunningRegistrar, tmp_path: Path, scenario: str, *, call_id: str, callee: str = "bob",
@@ -349,20 +364,27 @@ def test_nobody_registered_gets_480_and_an_unknown_user_404(proxy: RunningRegist
     ok(run, "INVITE to nobody")
 
 
-def test_a_redirect_domain_answers_302_with_the_registered_contact(proxy: RunningRegistrar, tmp_path: Path) -> None:
-    contact_port = free_port()
+def test_a_redirect_domain_answers_302_with_the_registered_contacts_highest_q_first(
+    proxy: RunningRegistrar, tmp_path: Path
+) -> None:
     csv = users_csv(tmp_path / "dave.csv", [("dave", PASSWORDS["dave"])], REDIRECT_DOMAIN)
-    run = run_sipp("register_auth.xml", target(proxy), workdir=tmp_path, injection=csv, timeout=SIPP_TIMEOUT,
-                   keys={"contact_port": str(contact_port), "expires": "300"})
-    ok(run, "dave registers")
+    # dave registers twice: first a contact with q=0.5, then one without q (which counts as 1.0).
+    with_q = tmp_path / "register_q.xml"
+    with_q.write_text((SCENARIOS / "register_auth.xml").read_text().replace(
+        "transport=[transport]>", "transport=[transport]>;q=0.5"))
+    low, high = free_port(), free_port()
+    for scenario, port in ((with_q, low), ("register_auth.xml", high)):
+        run = run_sipp(scenario, target(proxy), workdir=tmp_path, injection=csv, timeout=SIPP_TIMEOUT,
+                       keys={"contact_port": str(port), "expires": "300"})
+        ok(run, f"dave registers contact port {port}")
+    assert len(proxy.bindings(f"dave@{REDIRECT_DOMAIN}")) == 2
     run = run_sipp(invite_expecting(tmp_path / "302.xml", f"sip:dave@{REDIRECT_DOMAIN}", 302), target(proxy),
                    workdir=tmp_path, timeout=SIPP_TIMEOUT)
     ok(run, "INVITE to dave")
     [moved] = responses(run, 302, "INVITE")
-    [contact] = moved.header("Contact")
-    assert re.fullmatch(
-        rf"<sip:dave@127\.0\.0\.1:{contact_port};transport=UDP>;q=[01](\.\d+)?;expires=\d+", contact
-    ), moved.text
+    first, second = moved.header("Contact")
+    assert re.fullmatch(rf"<sip:dave@127\.0\.0\.1:{high};transport=UDP>(;q=1(\.0*)?)?;expires=\d+", first), moved.text
+    assert re.fullmatch(rf"<sip:dave@127\.0\.0\.1:{low};transport=UDP>;q=0\.5;expires=\d+", second), moved.text
 
 
 def test_an_outbound_call_is_challenged_then_forwarded_to_the_gateway(
