@@ -208,6 +208,12 @@ def responses(run: SippRun, status: int, method: str) -> list[TracedMessage]:
     return [m for m in received(run, f"SIP/2.0 {status} ") if m.header("CSeq")[0].endswith(f" {method}")]
 
 
+def caller_port(run: SippRun) -> int:
+    """The port of the caller's own Contact (sipp's local port)."""
+    [invite] = [m for m in traced_messages(run.messages, "sent") if m.start_line.startswith("INVITE")]
+    return int(re.search(r"127\.0\.0\.1:(\d+)", invite.header("Contact")[0]).group(1))
+
+
 def assert_proxied(message: TracedMessage, registrar: RunningRegistrar, *, request_uri: str, transport: str,
                    max_forwards: int | None = 69) -> None:
     """`message` came out of `registrar` as a proxy does it (RFC 3261 16.6); the sender used Max-Forwards 70."""
@@ -279,12 +285,6 @@ def test_the_callee_hangs_up_and_its_bye_reaches_the_caller(
     [bye] = received(caller, "BYE")
     assert_proxied(bye, proxy, request_uri=f"sip:alice@127.0.0.1:{caller_port(caller)};transport=UDP", transport="udp")
     assert responses(hung_up, 200, "BYE"), hung_up.messages
-
-
-def caller_port(run: SippRun) -> int:
-    """The port of the caller's own Contact (sipp's local port)."""
-    [invite] = [m for m in traced_messages(run.messages, "sent") if m.start_line.startswith("INVITE")]
-    return int(re.search(r"127\.0\.0\.1:(\d+)", invite.header("Contact")[0]).group(1))
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
@@ -404,6 +404,7 @@ def test_an_outbound_call_is_challenged_then_forwarded_to_the_gateway(
     [invite] = received(answered, "INVITE")
     assert_proxied(invite, proxy, request_uri=f"sip:{NUMBER}@127.0.0.1:{gateway_port}", transport="udp")
     assert invite.header("CSeq") == ["2 INVITE"]
+    assert not invite.header("Proxy-Authorization"), f"alice's credentials are for us, not the gateway:\n{invite.text}"
     record_route = invite.header("Record-Route")
     assert any(f"{proxy.host}:{proxy.sip_port}" in entry and ";lr" in entry for entry in record_route), invite.text
     [bye] = received(answered, "BYE")
@@ -414,7 +415,7 @@ def test_an_outbound_call_is_challenged_then_forwarded_to_the_gateway(
 # --- two registrars on one etcd --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-@pytest.mark.parametrize("ending", ["bye", "cancel"])
+@pytest.mark.parametrize("ending", ["bye", "cancel", "hangup"])
 def test_a_callee_registered_on_one_replica_is_called_through_another(
     replicas, background, manifests: Path, tmp_path: Path, transport: str, ending: str  # noqa: F811
 ) -> None:
@@ -422,7 +423,9 @@ def test_a_callee_registered_on_one_replica_is_called_through_another(
     entry = replicas(manifests=None, node="replica-b")  # serves what etcd holds
     call_id = new_call_id()
     scenarios = {"bye": ("callee_register_answer.xml", "caller_invite_bye.xml"),
-                 "cancel": ("callee_register_cancelled.xml", "caller_cancel.xml")}[ending]
+                 "cancel": ("callee_register_cancelled.xml", "caller_cancel.xml"),
+                 # the callee's BYE reaches replica A (its connection), its Route names B
+                 "hangup": ("callee_register_hangup.xml", "caller_invite_wait_bye.xml")}[ending]
     callee, binding = register_callee(
         background, home, tmp_path, user="bob", transport=transport, scenario=scenarios[0], call_id=call_id
     )
@@ -443,6 +446,10 @@ def test_a_callee_registered_on_one_replica_is_called_through_another(
         [bye] = received(answered, "BYE")
         assert bye.request_uri == binding["contact"] and bye.transport == transport.upper(), bye.text
         assert responses(caller, 200, "BYE"), caller.messages
-    else:
+    elif ending == "cancel":
         assert_cancelled(caller, answered, home, binding, transport)
+    else:
+        [bye] = received(caller, "BYE")
+        assert bye.request_uri == f"sip:alice@127.0.0.1:{caller_port(caller)};transport=UDP", bye.text
+        assert responses(answered, 200, "BYE"), answered.messages
 
