@@ -179,11 +179,11 @@ def refuses_tcp(port: int) -> bool:
 
 
 def call(registrar: RunningRegistrar, tmp_path: Path, scenario: str, *, call_id: str, callee: str = "bob",
-         caller: str = "alice") -> SippRun:
-    """A caller sipp over UDP through `registrar`, run to its end."""
+         caller: str = "alice", transport: str = "udp") -> SippRun:
+    """A caller sipp (over UDP unless told) through `registrar`, run to its end."""
     return run_sipp(
-        scenario, target(registrar), workdir=tmp_path, name=f"caller-{caller}", timeout=SIPP_TIMEOUT,
-        keys={"caller": caller, "callee": callee, "domain": DOMAIN}, extra=["-cid_str", call_id],
+        scenario, target(registrar), workdir=tmp_path, name=f"caller-{caller}", transport=transport,
+        timeout=SIPP_TIMEOUT, keys={"caller": caller, "callee": callee, "domain": DOMAIN}, extra=["-cid_str", call_id],
     )
 
 
@@ -229,16 +229,17 @@ def assert_proxied(message: TracedMessage, registrar: RunningRegistrar, *, reque
 
 # --- one registrar ---------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("caller_transport", ["udp", "tcp"])
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_a_call_reaches_the_registered_callee_and_bye_crosses_the_proxy(
-    proxy: RunningRegistrar, background, tmp_path: Path, transport: str
+    proxy: RunningRegistrar, background, tmp_path: Path, transport: str, caller_transport: str
 ) -> None:
     call_id = new_call_id()
     callee, binding = register_callee(
         background, proxy, tmp_path, user="bob", transport=transport, scenario="callee_register_answer.xml",
         call_id=call_id,
     )
-    caller = call(proxy, tmp_path, "caller_invite_bye.xml", call_id=call_id)
+    caller = call(proxy, tmp_path, "caller_invite_bye.xml", call_id=call_id, transport=caller_transport)
     answered = settle(callee, caller)
     ok(caller, "caller")
     ok(answered, "callee")
@@ -249,11 +250,11 @@ def test_a_call_reaches_the_registered_callee_and_bye_crosses_the_proxy(
     assert_proxied(invite, proxy, request_uri=binding["contact"], transport=transport)
     assert invite.header("Call-ID") == [call_id]
     assert "m=audio" in invite.text  # the SDP offer travels with it
-    # Record-Routed by the registrar, once per transport it spans (the caller is on UDP).
+    # Record-Routed by the registrar, once per transport it spans.
     record_route = invite.header("Record-Route")
     assert all(f"{proxy.host}:{proxy.sip_port}" in entry and ";lr" in entry for entry in record_route), invite.text
     transports = sorted(re.search(r";transport=(\w+)", entry).group(1).lower() for entry in record_route)
-    assert transports == sorted({"udp", transport}), invite.text
+    assert transports == sorted({caller_transport, transport}), invite.text
     # The caller heard the call being set up: 100 at once, the 180 and the 200 with the route set.
     assert responses(caller, 100, "INVITE"), caller.messages
     assert responses(caller, 180, "INVITE"), caller.messages
