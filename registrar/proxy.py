@@ -22,13 +22,14 @@ How a request reaches a UA (the design's "flows"):
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Collection
 from typing import NamedTuple, Protocol
 
 from registrar.eager import start_eagerly
-from registrar.flows import DIALOG, HOP, FlowRef, RouteToken, TokenSigner
+from registrar.flows import DIALOG, HOP, FlowRef, RouteToken, TokenSigner, of_binding
 from registrar.registrar import SERVER_NAME, Source
 from registrar.routing import Router, Target
 from registrar.sip import proxy as relay
@@ -76,11 +77,12 @@ class Delivery(Protocol):
 class Identity:
     """How this node names itself on the wire, and what names it in a Route or Via."""
 
-    def __init__(self, node: str, public_host: str, ports: dict[str, int], addresses: set[str],
-                 domains: Callable[[], Collection[str]] = tuple):
+    def __init__(self, node: str, public_host: str, public_ports: dict[str, int], listen_ports: set[int],
+                 addresses: set[str], domains: Callable[[], Collection[str]] = tuple):
         self.node = node
         self.public_host = public_host  # in Via and Record-Route: the address UAs reach us at
-        self.ports = ports  # per transport
+        self.ports = public_ports  # per transport, in Via and Record-Route
+        self._port_numbers = frozenset({*public_ports.values(), *listen_ports})
         self._addresses = frozenset({public_host, *addresses})  # listen, node and public addresses
         self._domains = domains  # a UA whose outbound proxy is the domain names us by it
 
@@ -93,10 +95,10 @@ class Identity:
 
     def sent_by(self, via: Via) -> bool:
         port = via.port or DEFAULT_PORTS.get(via.transport.lower(), 5060)
-        return port in self.ports.values() and self._names_us(via.host)
+        return port in self._port_numbers and self._names_us(via.host)
 
     def is_us(self, uri: URI) -> bool:
-        return (uri.port is None or uri.port in self.ports.values()) and self._names_us(uri.host)
+        return (uri.port is None or uri.port in self._port_numbers) and self._names_us(uri.host)
 
 
 class Proxy:
@@ -162,8 +164,8 @@ class Proxy:
             # The same request reaching us twice by different paths (RFC 3261 8.2.2.2).
             number, method = request.cseq
             merge_key = (request.name_addr("From").tag or "", request.call_id, number, method)
-            other = self._merge_keys.get(merge_key)
-            if other is not None and other != server.key and other in self.servers:
+            other = self.servers.get(self._merge_keys.get(merge_key, ()))
+            if other is not None and other is not server and not other.answered:
                 raise SipError(482, "Loop Detected: Merged Request")
             self._merge_keys[merge_key] = server.key
             server.merge_key = merge_key
@@ -174,10 +176,11 @@ class Proxy:
             token, ftag, popped = self._our_routes(request)
             relay.without_top_routes(request, popped)
             if token is not None and token.kind == HOP:
-                targets = [[Target(request.uri, token.refs[0])]]
-                await self._fork(server, targets, record_route=False)
+                target = await self._current(request, Target(request.uri, token.refs[0]))
+                await self._fork(server, [[target]], record_route=False)
             elif token is not None:
-                await self._fork(server, [[self._dialog_target(request, token, ftag)]], record_route=False)
+                target = await self._current(request, self._dialog_target(request, token, ftag))
+                await self._fork(server, [[target]], record_route=False)
             elif request.name_addr("To").tag is not None:
                 # In a dialog we are not part of (no Route of ours): not ours to relay.
                 target = self._next_hop_target(request) if popped else None
@@ -221,6 +224,30 @@ class Proxy:
         if target is None:
             raise SipError(404, "Not Here: No Route For In-Dialog Request")
         return target
+
+    async def _current(self, request: Request, target: Target) -> Target:
+        """The flow a dialog recorded, or, when it has closed since, the UA's binding now.
+
+        A UA whose TCP/TLS connection dropped mid-call connects and registers
+        again, from a new port; its Contact (the in-dialog Request-URI) stays.
+        The party a request goes to is its To (the dialog's remote URI).
+        """
+        ref = target.ref
+        if ref is None or not ref.stream or self._flow_alive(ref):
+            return target
+        try:
+            aor = request.name_addr("To").uri.aor
+        except SipError:
+            return target
+        for binding in await self.router.store.lookup(aor):
+            if binding.contact == request.uri:
+                return Target(request.uri, of_binding(binding), aor=aor)
+        return target
+
+    def _flow_alive(self, ref: FlowRef) -> bool:
+        if ref.node in ("", self.identity.node):
+            return self.delivery.has_flow(ref.flow)
+        return ref.node in self.nodes()
 
     def _next_hop_target(self, request: Request) -> Target | None:
         """Loose routing past us: the next Route, else the Request-URI (RFC 3261 16.6 steps 6-7)."""
@@ -344,12 +371,14 @@ class Proxy:
         if transport not in DEFAULT_PORTS:
             raise SendError(f"unsupported transport {transport}")
         port = address.port or DEFAULT_PORTS[transport]
-        host = unbracketed(address.host)
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except OSError as error:
-            raise SendError(f"cannot resolve {host}: {error}") from None
-        resolved = infos[0][4][0]
+        resolved = host = unbracketed(address.host)
+        if not _is_ip_address(host):
+            # A and AAAA only: no NAPTR/SRV (RFC 3263) yet; a gateway is best named by address or host:port.
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except OSError as error:
+                raise SendError(f"cannot resolve {host}: {error}") from None
+            resolved = infos[0][4][0]
         if transport == "udp":
             return Destination("udp", resolved, port)
         return Destination(transport, resolved, port, await self.delivery.connect(transport, resolved, port))
@@ -429,8 +458,8 @@ class ServerTransaction:
 
     def respond(self, response: Response) -> None:
         """Send an answer upstream; a final one ends what is left of the transaction."""
-        if response.status >= 200 and self.answered and not (200 <= response.status < 300):
-            return  # one final answer; only further 2xx may follow (RFC 6026)
+        if self.answered and not (200 <= response.status < 300):
+            return  # one final answer, no provisional after it; only further 2xx may follow (RFC 6026)
         data = response.to_bytes()
         self.last_response = data
         self.reply(data)
@@ -588,8 +617,10 @@ class Branch:
         if status < 200:
             if self.final is not None:
                 return
-            if self._retransmit is not None:
-                self._retransmit.cancel()
+            if not self.invite:
+                self._interval = T2  # Timer E goes on, at T2, until the final (RFC 3261 17.1.2.2)
+            elif self._retransmit is not None:
+                self._retransmit.cancel()  # Timer A stops: the INVITE arrived
                 self._retransmit = None
             if self.invite:
                 self.provisional = True
@@ -638,6 +669,14 @@ class Branch:
             if timer is not None:
                 timer.cancel()
         self._retransmit = self._timeout = None
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _answer(request: Request, status: int, reason: str) -> Response:
