@@ -306,9 +306,6 @@ def test_cancel_stops_the_ringing_callee_and_the_caller_gets_487(
     assert_cancelled(caller, cancelled, proxy, binding, transport)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="core bug: a 1xx that arrives after the 2xx was forwarded is passed on too (RFC 3261 "
-                          "16.7 step 5 forwards provisionals only until a final response); drop this mark when fixed")
 def test_a_call_forks_to_both_contacts_and_the_losing_branch_is_cancelled(
     proxy: RunningRegistrar, background, tmp_path: Path
 ) -> None:
