@@ -359,7 +359,14 @@ class Proxy:
                 self._on_unreachable(target, "node_gone")
                 return None, None
             return Destination("udp", ref.host, ref.port), None  # a datagram needs no connection
-        flow = await self.delivery.connect("tcp", node["address"], int(node["sipPort"]))
+        try:
+            flow = await self.delivery.connect("tcp", node["address"], int(node["sipPort"]))
+        except SendError:
+            # Killed, not yet gone from etcd (its lease lasts 10 s): as good as gone.
+            self._on_unreachable(target, "node_gone")
+            if ref.stream:
+                return None, None
+            return Destination("udp", ref.host, ref.port), None
         hop = self.signer.token(HOP, (ref,))
         return (
             Destination("tcp", node["address"], int(node["sipPort"]), flow),

@@ -487,3 +487,27 @@ def test_a_callee_registered_on_one_replica_is_called_through_another(
         assert bye.request_uri == f"sip:alice@127.0.0.1:{caller_port(caller)};transport=UDP", bye.text
         assert responses(answered, 200, "BYE"), answered.messages
 
+
+
+def test_a_callee_whose_replica_died_is_skipped_reported_and_the_caller_gets_480(
+    replicas, background, manifests: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    home = replicas(manifests=manifests, node="replica-a")
+    entry = replicas(manifests=None, node="replica-b")
+    callee, _ = register_callee(
+        background, home, tmp_path, user="bob", transport="tcp", scenario="callee_register_answer.xml",
+        call_id=new_call_id(),
+    )
+    deadline = time.monotonic() + 5
+    while not entry.bindings(f"bob@{DOMAIN}"):
+        assert time.monotonic() < deadline, "bob's binding never showed on the second replica"
+        time.sleep(0.05)
+    home.process.kill()  # SIGKILL: bob's connection dies with it; his binding stays in etcd
+    home.process.wait()
+    callee.kill()
+    run = run_sipp(invite_expecting(tmp_path / "480.xml", f"sip:bob@{DOMAIN}", 480), target(entry),
+                   workdir=tmp_path, timeout=SIPP_TIMEOUT)
+    ok(run, "INVITE to bob, whose replica is gone")
+    assert entry.bindings(f"bob@{DOMAIN}"), "the binding is reported, not deleted: it ends with its lease"
+    assert entry.metric("sipreg_unreachable_contacts_total", why="node_gone") == 1
+    assert "call skipped bob@sip.example.test's contact" in entry.log() and "replica-a" in entry.log()

@@ -445,6 +445,19 @@ async def test_a_dead_nodes_tcp_flow_is_skipped_and_reported_its_udp_binding_sen
     assert node.unreachable == [(TCP_CONTACT, "node_gone")]
 
 
+async def test_a_node_that_refuses_connections_counts_as_gone_before_etcd_says_so() -> None:
+    node = Node("n1", nodes={"n2": {"address": "10.0.0.2", "sipPort": 5070}})
+
+    async def refused(transport: str, host: str, port: int) -> str:
+        raise SendError("connection refused")
+
+    node.wire.connect = refused
+    await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-9-4", node="n2")
+    await node.receive(invite())
+    assert node.statuses() == [100, 480]
+    assert node.unreachable == [(TCP_CONTACT, "node_gone")]
+
+
 async def test_a_closed_connection_is_skipped_and_with_nothing_left_the_caller_gets_480() -> None:
     node = Node(flows=set())
     await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-x-1")
