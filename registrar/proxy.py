@@ -25,6 +25,8 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from typing import NamedTuple, Protocol
 
@@ -123,15 +125,28 @@ class Proxy:
         self.servers: dict[TransactionKey, ServerTransaction] = {}
         self.clients: dict[tuple[str, str], Branch] = {}
         self._merge_keys: dict[tuple[str, str, int, str], TransactionKey] = {}
+        # What is left of a transaction once it is over, for the 32 s that retransmissions may
+        # still come (Timers H, J, K): (expires at, final response, status) by server key, and
+        # (expires at, our ACK, where the branch went, where its 2xx go) by branch. Plain tuples
+        # of strings, bytes and numbers, which the cyclic garbage collector leaves alone: kept
+        # as live objects, 30 s of calls made its full collections last a second (measured).
+        # Insertion order is expiry order: every entry lives the same time.
+        self._answered: OrderedDict[TransactionKey, tuple[float, bytes, int]] = OrderedDict()
+        self._finished_branches: OrderedDict[
+            tuple[str, str], tuple[float, bytes | None, Destination, Destination]] = OrderedDict()
 
     # -- requests ------------------------------------------------------------------------------
     def receive_request(self, request: Request, source: Source, reply: Callable[[bytes], None], key: TransactionKey) -> None:
+        self._expire()
         method = request.method
         if method == "ACK":
             server = self.servers.get(key)
             if server is not None:
                 server.acknowledged()  # the ACK of our own non-2xx answer: hop by hop, ends here
                 return
+            answered = self._answered.get(key)
+            if answered is not None and answered[2] >= 300:
+                return  # the same, after the transaction was over
             self._relay_stateless(request, source)
             return
         if method == "CANCEL":
@@ -140,6 +155,10 @@ class Proxy:
         server = self.servers.get(key)
         if server is not None:
             server.retransmitted()
+            return
+        answered = self._answered.get(key)
+        if answered is not None:
+            reply(answered[1])  # a retransmission after the answer: the same answer (RFC 3261 17.2)
             return
         server = ServerTransaction(self, key, request, source, reply)
         self.servers[key] = server
@@ -295,12 +314,14 @@ class Proxy:
             log.info("sipreg: %s not relayed: %s", request.method, error)
 
     def _cancel(self, request: Request, reply: Callable[[bytes], None], key: TransactionKey) -> None:
-        server = self.servers.get((*key[:-1], "INVITE"))
-        if server is None or server.request.method != "INVITE":
+        invite_key = (*key[:-1], "INVITE")
+        server = self.servers.get(invite_key)
+        if server is None and invite_key not in self._answered:
             reply(_answer(request, 481, "Call/Transaction Does Not Exist").to_bytes())
             return
         reply(_answer(request, 200, "OK").to_bytes())
-        server.cancel()
+        if server is not None:
+            server.cancel()  # (a CANCEL after the final answer has no effect, RFC 3261 9.2)
 
     # -- forking -------------------------------------------------------------------------------
     async def _fork(self, server: ServerTransaction, groups: list[list[Target]], *, record_route: bool) -> None:
@@ -417,20 +438,58 @@ class Proxy:
             _, method = response.cseq
         except ValueError:
             return
-        branch = self.clients.get((via.branch or "", method))
+        self._expire()
+        key = (via.branch or "", method)
+        branch = self.clients.get(key)
         if branch is not None:
             branch.receive(response)
+            return
+        finished = self._finished_branches.get(key)
+        if finished is None:
+            return
+        _, ack, downstream, upstream = finished
+        try:
+            if response.status >= 300 and ack is not None:
+                self.delivery.send(downstream, ack)  # the callee missed our ACK: once more
+            elif 200 <= response.status < 300 and method == "INVITE":
+                # The callee repeats its 200 until the caller's ACK reaches it: each one goes up.
+                self.delivery.send(upstream, relay.without_top_via(response).to_bytes())
+        except SendError:
+            pass  # the peer's own timers take it from here
 
-    def forget(self, server: ServerTransaction) -> None:
-        self.servers.pop(server.key, None)
+    def complete(self, server: ServerTransaction) -> None:
+        """A transaction is over: keep only what its retransmissions need, as plain tuples."""
+        if self.servers.get(server.key) is server:
+            del self.servers[server.key]
         if server.merge_key is not None and self._merge_keys.get(server.merge_key) == server.key:
             del self._merge_keys[server.merge_key]
+        expires_at = time.monotonic() + TIMEOUT
+        if server.last_response is not None and not server.reliable:
+            self._answered[server.key] = (expires_at, server.last_response, server.final_status)
+        source = server.source
+        upstream = Destination(source.transport, source.host, source.port, source.flow)
         for branch in server.branches:
             branch.stop_timers()
-            self.clients.pop((branch.id, branch.request.method), None)
+            self.clients.pop((branch.id, branch.method), None)
             if branch.cancel_branch is not None:
                 branch.cancel_branch.stop_timers()
                 self.clients.pop((branch.id, "CANCEL"), None)
+                branch.cancel_branch = None
+            self._finished_branches[(branch.id, branch.method)] = (
+                expires_at, branch.ack_data, branch.destination, upstream)
+            branch.server = None  # no cycle left for the collector: reference counts free it all
+        server.branches = []
+        server.groups = []
+        server.finals = []
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for table in (self._answered, self._finished_branches):
+            while table:
+                entry = next(iter(table.values()))
+                if entry[0] > now:
+                    break
+                table.popitem(last=False)
 
 
 class ServerTransaction:
@@ -453,40 +512,37 @@ class ServerTransaction:
         self.final_status = 0
         self.cancelled = False
         self.reliable = source.transport != "udp"
-        self._retransmit: asyncio.TimerHandle | None = None
+        self._completed = False
+        self._retransmit: asyncio.TimerHandle | None = None  # Timer G
+        self._give_up: asyncio.TimerHandle | None = None  # Timer H
         self._interval = T1
-        self._ended = False
         # A safety net only: branch timers (B, C, F) end every branch long before.
-        self._forget = asyncio.get_running_loop().call_later(SAFETY_NET, self.end)
+        self._safety: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(SAFETY_NET, self._expired)
 
     @property
     def answered(self) -> bool:
         return self.final_status >= 200
 
     def respond(self, response: Response) -> None:
-        """Send an answer upstream; a final one ends what is left of the transaction."""
-        if self.answered and not (200 <= response.status < 300):
+        """Send an answer upstream; after the final one, the transaction ends when its branches have."""
+        if self._completed or (self.answered and not (200 <= response.status < 300)):
             return  # one final answer, no provisional after it; only further 2xx may follow (RFC 6026)
         data = response.to_bytes()
         self.last_response = data
         self.reply(data)
-        if response.status < 200:
+        if response.status < 200 or self.answered:
             return
-        first_final = not self.answered
-        self.final_status = self.final_status or response.status
-        if first_final:
-            self.proxy._on_final(self.request, self.domain, response.status)
-            self._finish_after_final(response.status)
-
-    def _finish_after_final(self, status: int) -> None:
-        if self.request.method == "INVITE" and status >= 300 and not self.reliable:
-            self._retransmit = asyncio.get_running_loop().call_later(self._interval, self._resend_final)
-        self._forget.cancel()
-        # Kept for Timer H/J (absorbs retransmissions and the ACK), and for late 2xx of other branches.
-        self._forget = asyncio.get_running_loop().call_later(TIMEOUT, self.end)
+        self.final_status = response.status
+        self.proxy._on_final(self.request, self.domain, response.status)
+        if self.request.method == "INVITE" and response.status >= 300 and not self.reliable:
+            # Timer G until the caller's ACK, Timer H at the latest.
+            loop = asyncio.get_running_loop()
+            self._retransmit = loop.call_later(self._interval, self._resend_final)
+            self._give_up = loop.call_later(TIMEOUT, self.acknowledged)
+        self.maybe_complete()
 
     def _resend_final(self) -> None:
-        if self.last_response is not None and not self._ended:
+        if self.last_response is not None and self._retransmit is not None:
             self.reply(self.last_response)
             self._interval = min(self._interval * 2, T2)
             self._retransmit = asyncio.get_running_loop().call_later(self._interval, self._resend_final)
@@ -497,9 +553,22 @@ class ServerTransaction:
             self.reply(self.last_response)
 
     def acknowledged(self) -> None:
-        if self._retransmit is not None:
-            self._retransmit.cancel()
-            self._retransmit = None
+        """The caller's ACK for our non-2xx final (or Timer H): no more retransmitting it."""
+        for timer in (self._retransmit, self._give_up):
+            if timer is not None:
+                timer.cancel()
+        self._retransmit = self._give_up = None
+        self.maybe_complete()
+
+    def maybe_complete(self) -> None:
+        if self._completed or not self.answered or self._retransmit is not None:
+            return
+        if all(branch.done for branch in self.branches):
+            self._completed = True
+            if self._safety is not None:
+                self._safety.cancel()
+                self._safety = None
+            self.proxy.complete(self)
 
     def cancel(self) -> None:
         if self.answered or self.cancelled:
@@ -524,6 +593,7 @@ class ServerTransaction:
             for other in self.branches:
                 if other is not branch:
                     other.cancel()
+            self.maybe_complete()
             return
         self.finals.append(relay.without_top_via(response))
         if status >= 600:
@@ -533,10 +603,12 @@ class ServerTransaction:
                     other.cancel()
         if all(other.done for other in self.branches):
             start_eagerly(self.proxy._next_group(self))
+        self.maybe_complete()
 
     def all_branches_done(self) -> None:
         """No branch left and no group to try: the best answer goes upstream (RFC 3261 16.7 step 6)."""
         if self.answered:
+            self.maybe_complete()
             return
         if self.cancelled:
             self.respond(_answer(self.request, 487, "Request Terminated"))
@@ -545,17 +617,14 @@ class ServerTransaction:
         else:
             self.respond(_answer(self.request, 480, "Temporarily Unavailable: No Reachable Contact"))
 
-    def end(self) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        if self._retransmit is not None:
-            self._retransmit.cancel()
-        self._forget.cancel()
+    def _expired(self) -> None:
+        self._safety = None
         if not self.answered:
-            # Every branch is dead or silent past Timer C: nothing better will come.
             self.respond(_answer(self.request, 408, "Request Timeout"))
-        self.proxy.forget(self)
+        for branch in self.branches:
+            if not branch.done:
+                branch.final = _answer(branch.request, 408, "Request Timeout")
+        self.acknowledged()
 
 
 class Branch:
@@ -569,7 +638,9 @@ class Branch:
         self.destination = destination
         self.data = request.to_bytes()
         self.reliable = destination.transport != "udp"
+        self.method = request.method
         self.invite = request.method == "INVITE"
+        self.ack_data: bytes | None = None  # our ACK for its non-2xx final, kept to repeat it
         self.provisional = False
         self.final: Response | None = None
         self.cancel_pending = False
@@ -641,7 +712,9 @@ class Branch:
             return
         if self.invite and status >= 300:
             # Our hop-by-hop ACK, for the first final and for each retransmission of it.
-            self._send(relay.ack_for(self.request, response).to_bytes())
+            if self.ack_data is None:
+                self.ack_data = relay.ack_for(self.request, response).to_bytes()
+            self._send(self.ack_data)
         if status < 300 and self.invite and self.final is not None:
             # A retransmitted or forked 2xx: passed upstream as it comes (the ACK is end to end).
             if self.server is not None:

@@ -8,6 +8,7 @@ parsed with `parse_message`, answered the way a UA would.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import re
 import time
@@ -550,3 +551,49 @@ async def test_a_non_invite_request_is_retransmitted_at_t2_after_a_provisional_u
     await asyncio.sleep(0.1)
     assert len(node.wire.requests("MESSAGE")) == sent
     assert node.statuses() == [200]
+
+
+# -- after the end ---------------------------------------------------------------------------------
+
+
+async def test_a_finished_call_leaves_only_plain_records_that_still_answer_retransmissions() -> None:
+    """Live transaction objects go when a call is set up; what retransmissions need stays, as tuples.
+
+    With the cyclic collector off, nothing of the transaction may survive: 30 s of finished
+    calls kept as objects in cycles made full collections last a second under load.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        node = Node()
+        await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
+        await node.receive(invite())
+        [(leg, sent)] = node.wire.requests("INVITE")
+        await node.answer(sent, 200, "OK")
+        assert node.proxy.servers == {} and node.proxy.clients == {}
+        del sent
+        assert not [o for o in gc.get_objects() if isinstance(o, (proxy_module.ServerTransaction, proxy_module.Branch))]
+    finally:
+        gc.enable()
+    [(_, sent)] = node.wire.requests("INVITE")
+    await node.answer(sent, 200, "OK")  # bob did not hear alice's ACK yet: his 200 again, up to alice
+    [(to, again)] = [(d, m) for d, m in node.wire.sent if isinstance(m, Response)]
+    assert to == Destination("udp", CALLER.host, CALLER.port) and again.status == 200
+    assert again.get_all("Via") == node.upstream[-1].get_all("Via")  # ours taken off, as the first time
+    await node.receive(invite())  # a late copy of alice's INVITE: the answer again, no new branch
+    assert node.statuses() == [100, 200, 200]
+    assert len(node.wire.requests("INVITE")) == 1
+
+
+async def test_a_retransmitted_non_2xx_final_gets_our_ack_again_after_the_end() -> None:
+    node = Node()
+    await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
+    await node.receive(invite())
+    [(leg, sent)] = node.wire.requests("INVITE")
+    await node.answer(sent, 486, "Busy Here")
+    await node.receive(invite(method="ACK", to_tag="callee"))  # alice's ACK ends Timer G
+    assert node.proxy.servers == {} and node.proxy.clients == {}
+    await node.answer(sent, 486, "Busy Here")  # bob missed our ACK
+    acks = node.wire.requests("ACK")
+    assert len(acks) == 2 and acks[0] == acks[1] and acks[1][0] == leg
+    assert node.statuses() == [100, 486]
