@@ -158,6 +158,13 @@ def desired_children(name: str, raw_spec: Any, settings: PodSettings) -> list[di
     ]
 
 
+def _public_ports(transports: dict[str, Any]) -> dict[str, int]:
+    ports = {transport: transports[transport] for transport in ("udp", "tcp") if transports.get(transport)}
+    if transports.get("tls"):
+        ports["tls"] = transports["tls"]["port"]
+    return ports
+
+
 def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[str, Any]:
     transports = transports_of(spec)
     tls = transports["tls"]
@@ -167,6 +174,10 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
         f"--sip-port={SIP_PORT}",
         f"--tls-port={TLS_PORT if tls else 0}",
         f"--http-port={HTTP_PORT}",
+        # Proxied calls name the Service as UAs reach it: the domain (which resolves to the
+        # Service's address, as for REGISTER) and the spec's ports, not the pod's.
+        f"--public-host={spec['domain']}",
+        *(f"--public-port={transport}={port}" for transport, port in _public_ports(transports).items()),
     ]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]

@@ -61,6 +61,8 @@ class ServeConfig:
     # The address UAs reach us at, written in Via and Record-Route of proxied requests
     # (a cluster's SIP Service); None: `advertise`, else `host`.
     public_host: str | None = None
+    # The ports UAs reach us at, per transport, where they differ from ours (a Service's).
+    public_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def public_address(self) -> str:
@@ -112,7 +114,8 @@ class RegistrarServer:
         identity = Identity(
             config.node_name,
             config.public_address,
-            ports,
+            {**ports, **config.public_ports},
+            set(ports.values()),
             {config.host, *([config.advertise] if config.advertise else [])},
             domains=lambda: self.registrar.catalog.domains,
         )

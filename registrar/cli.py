@@ -84,6 +84,14 @@ def _registrar_options(parser: argparse.ArgumentParser, host: str, node: str | N
         help="the address UAs reach us at, put in Via and Record-Route of proxied calls "
         "(default: $SIPREG_PUBLIC_HOST, else the advertised address, else --host)",
     )
+    parser.add_argument(
+        "--public-port",
+        action="append",
+        type=_public_port,
+        default=[],
+        metavar="TRANSPORT=PORT",
+        help="the port UAs reach us at for udp, tcp or tls, when a load balancer maps it onto ours (repeatable)",
+    )
     parser.add_argument("--host", default=host, help=f"address to listen on (default {host})")
     parser.add_argument("--sip-port", type=_port, default=5060, help="UDP and TCP port (default 5060)")
     parser.add_argument("--tls-port", type=_port, default=5061, help="TLS port (default 5061; 0 disables TLS)")
@@ -104,6 +112,13 @@ def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
     return int(text)
+
+
+def _public_port(text: str) -> tuple[str, int]:
+    transport, equals, port = text.partition("=")
+    if not equals or transport not in ("udp", "tcp", "tls"):
+        raise argparse.ArgumentTypeError(f"not TRANSPORT=PORT with udp, tcp or tls: {text!r}")
+    return transport, _port(port)
 
 
 def _percent(text: str) -> int:
@@ -152,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         advertise=getattr(args, "advertise", None),
         etcd_tls=etcd_tls,
         public_host=args.public_host,
+        public_ports=dict(args.public_port),
     )
     if args.nonce_secret:
         config.nonce_secret = args.nonce_secret.encode()

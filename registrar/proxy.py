@@ -22,13 +22,16 @@ How a request reaches a UA (the design's "flows"):
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from typing import NamedTuple, Protocol
 
 from registrar.eager import start_eagerly
-from registrar.flows import DIALOG, HOP, FlowRef, RouteToken, TokenSigner
+from registrar.flows import DIALOG, HOP, FlowRef, RouteToken, TokenSigner, of_binding
 from registrar.registrar import SERVER_NAME, Source
 from registrar.routing import Router, Target
 from registrar.sip import proxy as relay
@@ -76,11 +79,12 @@ class Delivery(Protocol):
 class Identity:
     """How this node names itself on the wire, and what names it in a Route or Via."""
 
-    def __init__(self, node: str, public_host: str, ports: dict[str, int], addresses: set[str],
-                 domains: Callable[[], Collection[str]] = tuple):
+    def __init__(self, node: str, public_host: str, public_ports: dict[str, int], listen_ports: set[int],
+                 addresses: set[str], domains: Callable[[], Collection[str]] = tuple):
         self.node = node
         self.public_host = public_host  # in Via and Record-Route: the address UAs reach us at
-        self.ports = ports  # per transport
+        self.ports = public_ports  # per transport, in Via and Record-Route
+        self._port_numbers = frozenset({*public_ports.values(), *listen_ports})
         self._addresses = frozenset({public_host, *addresses})  # listen, node and public addresses
         self._domains = domains  # a UA whose outbound proxy is the domain names us by it
 
@@ -93,10 +97,10 @@ class Identity:
 
     def sent_by(self, via: Via) -> bool:
         port = via.port or DEFAULT_PORTS.get(via.transport.lower(), 5060)
-        return port in self.ports.values() and self._names_us(via.host)
+        return port in self._port_numbers and self._names_us(via.host)
 
     def is_us(self, uri: URI) -> bool:
-        return (uri.port is None or uri.port in self.ports.values()) and self._names_us(uri.host)
+        return (uri.port is None or uri.port in self._port_numbers) and self._names_us(uri.host)
 
 
 class Proxy:
@@ -121,15 +125,28 @@ class Proxy:
         self.servers: dict[TransactionKey, ServerTransaction] = {}
         self.clients: dict[tuple[str, str], Branch] = {}
         self._merge_keys: dict[tuple[str, str, int, str], TransactionKey] = {}
+        # What is left of a transaction once it is over, for the 32 s that retransmissions may
+        # still come (Timers H, J, K): (expires at, final response, status) by server key, and
+        # (expires at, our ACK, where the branch went, where its 2xx go) by branch. Plain tuples
+        # of strings, bytes and numbers, which the cyclic garbage collector leaves alone: kept
+        # as live objects, 30 s of calls made its full collections last a second (measured).
+        # Insertion order is expiry order: every entry lives the same time.
+        self._answered: OrderedDict[TransactionKey, tuple[float, bytes, int]] = OrderedDict()
+        self._finished_branches: OrderedDict[
+            tuple[str, str], tuple[float, bytes | None, Destination, Destination]] = OrderedDict()
 
     # -- requests ------------------------------------------------------------------------------
     def receive_request(self, request: Request, source: Source, reply: Callable[[bytes], None], key: TransactionKey) -> None:
+        self._expire()
         method = request.method
         if method == "ACK":
             server = self.servers.get(key)
             if server is not None:
                 server.acknowledged()  # the ACK of our own non-2xx answer: hop by hop, ends here
                 return
+            answered = self._answered.get(key)
+            if answered is not None and answered[2] >= 300:
+                return  # the same, after the transaction was over
             self._relay_stateless(request, source)
             return
         if method == "CANCEL":
@@ -138,6 +155,10 @@ class Proxy:
         server = self.servers.get(key)
         if server is not None:
             server.retransmitted()
+            return
+        answered = self._answered.get(key)
+        if answered is not None:
+            reply(answered[1])  # a retransmission after the answer: the same answer (RFC 3261 17.2)
             return
         server = ServerTransaction(self, key, request, source, reply)
         self.servers[key] = server
@@ -162,8 +183,8 @@ class Proxy:
             # The same request reaching us twice by different paths (RFC 3261 8.2.2.2).
             number, method = request.cseq
             merge_key = (request.name_addr("From").tag or "", request.call_id, number, method)
-            other = self._merge_keys.get(merge_key)
-            if other is not None and other != server.key and other in self.servers:
+            other = self.servers.get(self._merge_keys.get(merge_key, ()))
+            if other is not None and other is not server and not other.answered:
                 raise SipError(482, "Loop Detected: Merged Request")
             self._merge_keys[merge_key] = server.key
             server.merge_key = merge_key
@@ -174,10 +195,11 @@ class Proxy:
             token, ftag, popped = self._our_routes(request)
             relay.without_top_routes(request, popped)
             if token is not None and token.kind == HOP:
-                targets = [[Target(request.uri, token.refs[0])]]
-                await self._fork(server, targets, record_route=False)
+                target = await self._current(request, Target(request.uri, token.refs[0]))
+                await self._fork(server, [[target]], record_route=False)
             elif token is not None:
-                await self._fork(server, [[self._dialog_target(request, token, ftag)]], record_route=False)
+                target = await self._current(request, self._dialog_target(request, token, ftag))
+                await self._fork(server, [[target]], record_route=False)
             elif request.name_addr("To").tag is not None:
                 # In a dialog we are not part of (no Route of ours): not ours to relay.
                 target = self._next_hop_target(request) if popped else None
@@ -221,6 +243,30 @@ class Proxy:
         if target is None:
             raise SipError(404, "Not Here: No Route For In-Dialog Request")
         return target
+
+    async def _current(self, request: Request, target: Target) -> Target:
+        """The flow a dialog recorded, or, when it has closed since, the UA's binding now.
+
+        A UA whose TCP/TLS connection dropped mid-call connects and registers
+        again, from a new port; its Contact (the in-dialog Request-URI) stays.
+        The party a request goes to is its To (the dialog's remote URI).
+        """
+        ref = target.ref
+        if ref is None or not ref.stream or self._flow_alive(ref):
+            return target
+        try:
+            aor = request.name_addr("To").uri.aor
+        except SipError:
+            return target
+        for binding in await self.router.store.lookup(aor):
+            if binding.contact == request.uri:
+                return Target(request.uri, of_binding(binding), aor=aor)
+        return target
+
+    def _flow_alive(self, ref: FlowRef) -> bool:
+        if ref.node in ("", self.identity.node):
+            return self.delivery.has_flow(ref.flow)
+        return ref.node in self.nodes()
 
     def _next_hop_target(self, request: Request) -> Target | None:
         """Loose routing past us: the next Route, else the Request-URI (RFC 3261 16.6 steps 6-7)."""
@@ -268,12 +314,14 @@ class Proxy:
             log.info("sipreg: %s not relayed: %s", request.method, error)
 
     def _cancel(self, request: Request, reply: Callable[[bytes], None], key: TransactionKey) -> None:
-        server = self.servers.get((*key[:-1], "INVITE"))
-        if server is None or server.request.method != "INVITE":
+        invite_key = (*key[:-1], "INVITE")
+        server = self.servers.get(invite_key)
+        if server is None and invite_key not in self._answered:
             reply(_answer(request, 481, "Call/Transaction Does Not Exist").to_bytes())
             return
         reply(_answer(request, 200, "OK").to_bytes())
-        server.cancel()
+        if server is not None:
+            server.cancel()  # (a CANCEL after the final answer has no effect, RFC 3261 9.2)
 
     # -- forking -------------------------------------------------------------------------------
     async def _fork(self, server: ServerTransaction, groups: list[list[Target]], *, record_route: bool) -> None:
@@ -332,7 +380,14 @@ class Proxy:
                 self._on_unreachable(target, "node_gone")
                 return None, None
             return Destination("udp", ref.host, ref.port), None  # a datagram needs no connection
-        flow = await self.delivery.connect("tcp", node["address"], int(node["sipPort"]))
+        try:
+            flow = await self.delivery.connect("tcp", node["address"], int(node["sipPort"]))
+        except SendError:
+            # Killed, not yet gone from etcd (its lease lasts 10 s): as good as gone.
+            self._on_unreachable(target, "node_gone")
+            if ref.stream:
+                return None, None
+            return Destination("udp", ref.host, ref.port), None
         hop = self.signer.token(HOP, (ref,))
         return (
             Destination("tcp", node["address"], int(node["sipPort"]), flow),
@@ -344,12 +399,14 @@ class Proxy:
         if transport not in DEFAULT_PORTS:
             raise SendError(f"unsupported transport {transport}")
         port = address.port or DEFAULT_PORTS[transport]
-        host = unbracketed(address.host)
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except OSError as error:
-            raise SendError(f"cannot resolve {host}: {error}") from None
-        resolved = infos[0][4][0]
+        resolved = host = unbracketed(address.host)
+        if not _is_ip_address(host):
+            # A and AAAA only: no NAPTR/SRV (RFC 3263) yet; a gateway is best named by address or host:port.
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except OSError as error:
+                raise SendError(f"cannot resolve {host}: {error}") from None
+            resolved = infos[0][4][0]
         if transport == "udp":
             return Destination("udp", resolved, port)
         return Destination(transport, resolved, port, await self.delivery.connect(transport, resolved, port))
@@ -381,20 +438,58 @@ class Proxy:
             _, method = response.cseq
         except ValueError:
             return
-        branch = self.clients.get((via.branch or "", method))
+        self._expire()
+        key = (via.branch or "", method)
+        branch = self.clients.get(key)
         if branch is not None:
             branch.receive(response)
+            return
+        finished = self._finished_branches.get(key)
+        if finished is None:
+            return
+        _, ack, downstream, upstream = finished
+        try:
+            if response.status >= 300 and ack is not None:
+                self.delivery.send(downstream, ack)  # the callee missed our ACK: once more
+            elif 200 <= response.status < 300 and method == "INVITE":
+                # The callee repeats its 200 until the caller's ACK reaches it: each one goes up.
+                self.delivery.send(upstream, relay.without_top_via(response).to_bytes())
+        except SendError:
+            pass  # the peer's own timers take it from here
 
-    def forget(self, server: ServerTransaction) -> None:
-        self.servers.pop(server.key, None)
+    def complete(self, server: ServerTransaction) -> None:
+        """A transaction is over: keep only what its retransmissions need, as plain tuples."""
+        if self.servers.get(server.key) is server:
+            del self.servers[server.key]
         if server.merge_key is not None and self._merge_keys.get(server.merge_key) == server.key:
             del self._merge_keys[server.merge_key]
+        expires_at = time.monotonic() + TIMEOUT
+        if server.last_response is not None and not server.reliable:
+            self._answered[server.key] = (expires_at, server.last_response, server.final_status)
+        source = server.source
+        upstream = Destination(source.transport, source.host, source.port, source.flow)
         for branch in server.branches:
             branch.stop_timers()
-            self.clients.pop((branch.id, branch.request.method), None)
+            self.clients.pop((branch.id, branch.method), None)
             if branch.cancel_branch is not None:
                 branch.cancel_branch.stop_timers()
                 self.clients.pop((branch.id, "CANCEL"), None)
+                branch.cancel_branch = None
+            self._finished_branches[(branch.id, branch.method)] = (
+                expires_at, branch.ack_data, branch.destination, upstream)
+            branch.server = None  # no cycle left for the collector: reference counts free it all
+        server.branches = []
+        server.groups = []
+        server.finals = []
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for table in (self._answered, self._finished_branches):
+            while table:
+                entry = next(iter(table.values()))
+                if entry[0] > now:
+                    break
+                table.popitem(last=False)
 
 
 class ServerTransaction:
@@ -417,40 +512,37 @@ class ServerTransaction:
         self.final_status = 0
         self.cancelled = False
         self.reliable = source.transport != "udp"
-        self._retransmit: asyncio.TimerHandle | None = None
+        self._completed = False
+        self._retransmit: asyncio.TimerHandle | None = None  # Timer G
+        self._give_up: asyncio.TimerHandle | None = None  # Timer H
         self._interval = T1
-        self._ended = False
         # A safety net only: branch timers (B, C, F) end every branch long before.
-        self._forget = asyncio.get_running_loop().call_later(SAFETY_NET, self.end)
+        self._safety: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(SAFETY_NET, self._expired)
 
     @property
     def answered(self) -> bool:
         return self.final_status >= 200
 
     def respond(self, response: Response) -> None:
-        """Send an answer upstream; a final one ends what is left of the transaction."""
-        if response.status >= 200 and self.answered and not (200 <= response.status < 300):
-            return  # one final answer; only further 2xx may follow (RFC 6026)
+        """Send an answer upstream; after the final one, the transaction ends when its branches have."""
+        if self._completed or (self.answered and not (200 <= response.status < 300)):
+            return  # one final answer, no provisional after it; only further 2xx may follow (RFC 6026)
         data = response.to_bytes()
         self.last_response = data
         self.reply(data)
-        if response.status < 200:
+        if response.status < 200 or self.answered:
             return
-        first_final = not self.answered
-        self.final_status = self.final_status or response.status
-        if first_final:
-            self.proxy._on_final(self.request, self.domain, response.status)
-            self._finish_after_final(response.status)
-
-    def _finish_after_final(self, status: int) -> None:
-        if self.request.method == "INVITE" and status >= 300 and not self.reliable:
-            self._retransmit = asyncio.get_running_loop().call_later(self._interval, self._resend_final)
-        self._forget.cancel()
-        # Kept for Timer H/J (absorbs retransmissions and the ACK), and for late 2xx of other branches.
-        self._forget = asyncio.get_running_loop().call_later(TIMEOUT, self.end)
+        self.final_status = response.status
+        self.proxy._on_final(self.request, self.domain, response.status)
+        if self.request.method == "INVITE" and response.status >= 300 and not self.reliable:
+            # Timer G until the caller's ACK, Timer H at the latest.
+            loop = asyncio.get_running_loop()
+            self._retransmit = loop.call_later(self._interval, self._resend_final)
+            self._give_up = loop.call_later(TIMEOUT, self.acknowledged)
+        self.maybe_complete()
 
     def _resend_final(self) -> None:
-        if self.last_response is not None and not self._ended:
+        if self.last_response is not None and self._retransmit is not None:
             self.reply(self.last_response)
             self._interval = min(self._interval * 2, T2)
             self._retransmit = asyncio.get_running_loop().call_later(self._interval, self._resend_final)
@@ -461,9 +553,22 @@ class ServerTransaction:
             self.reply(self.last_response)
 
     def acknowledged(self) -> None:
-        if self._retransmit is not None:
-            self._retransmit.cancel()
-            self._retransmit = None
+        """The caller's ACK for our non-2xx final (or Timer H): no more retransmitting it."""
+        for timer in (self._retransmit, self._give_up):
+            if timer is not None:
+                timer.cancel()
+        self._retransmit = self._give_up = None
+        self.maybe_complete()
+
+    def maybe_complete(self) -> None:
+        if self._completed or not self.answered or self._retransmit is not None:
+            return
+        if all(branch.done for branch in self.branches):
+            self._completed = True
+            if self._safety is not None:
+                self._safety.cancel()
+                self._safety = None
+            self.proxy.complete(self)
 
     def cancel(self) -> None:
         if self.answered or self.cancelled:
@@ -488,6 +593,7 @@ class ServerTransaction:
             for other in self.branches:
                 if other is not branch:
                     other.cancel()
+            self.maybe_complete()
             return
         self.finals.append(relay.without_top_via(response))
         if status >= 600:
@@ -497,10 +603,12 @@ class ServerTransaction:
                     other.cancel()
         if all(other.done for other in self.branches):
             start_eagerly(self.proxy._next_group(self))
+        self.maybe_complete()
 
     def all_branches_done(self) -> None:
         """No branch left and no group to try: the best answer goes upstream (RFC 3261 16.7 step 6)."""
         if self.answered:
+            self.maybe_complete()
             return
         if self.cancelled:
             self.respond(_answer(self.request, 487, "Request Terminated"))
@@ -509,17 +617,14 @@ class ServerTransaction:
         else:
             self.respond(_answer(self.request, 480, "Temporarily Unavailable: No Reachable Contact"))
 
-    def end(self) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        if self._retransmit is not None:
-            self._retransmit.cancel()
-        self._forget.cancel()
+    def _expired(self) -> None:
+        self._safety = None
         if not self.answered:
-            # Every branch is dead or silent past Timer C: nothing better will come.
             self.respond(_answer(self.request, 408, "Request Timeout"))
-        self.proxy.forget(self)
+        for branch in self.branches:
+            if not branch.done:
+                branch.final = _answer(branch.request, 408, "Request Timeout")
+        self.acknowledged()
 
 
 class Branch:
@@ -533,7 +638,9 @@ class Branch:
         self.destination = destination
         self.data = request.to_bytes()
         self.reliable = destination.transport != "udp"
+        self.method = request.method
         self.invite = request.method == "INVITE"
+        self.ack_data: bytes | None = None  # our ACK for its non-2xx final, kept to repeat it
         self.provisional = False
         self.final: Response | None = None
         self.cancel_pending = False
@@ -588,8 +695,10 @@ class Branch:
         if status < 200:
             if self.final is not None:
                 return
-            if self._retransmit is not None:
-                self._retransmit.cancel()
+            if not self.invite:
+                self._interval = T2  # Timer E goes on, at T2, until the final (RFC 3261 17.1.2.2)
+            elif self._retransmit is not None:
+                self._retransmit.cancel()  # Timer A stops: the INVITE arrived
                 self._retransmit = None
             if self.invite:
                 self.provisional = True
@@ -603,7 +712,9 @@ class Branch:
             return
         if self.invite and status >= 300:
             # Our hop-by-hop ACK, for the first final and for each retransmission of it.
-            self._send(relay.ack_for(self.request, response).to_bytes())
+            if self.ack_data is None:
+                self.ack_data = relay.ack_for(self.request, response).to_bytes()
+            self._send(self.ack_data)
         if status < 300 and self.invite and self.final is not None:
             # A retransmitted or forked 2xx: passed upstream as it comes (the ACK is end to end).
             if self.server is not None:
@@ -638,6 +749,14 @@ class Branch:
             if timer is not None:
                 timer.cancel()
         self._retransmit = self._timeout = None
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _answer(request: Request, status: int, reason: str) -> Response:

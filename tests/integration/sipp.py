@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -54,9 +55,14 @@ def users_csv(path: Path, users: list[tuple[str, str]], domain: str) -> Path:
     return path
 
 
-def run_sipp(
+def run_sipp(scenario: str | Path, target: str | None, *, workdir: Path, timeout: float = 60, **options) -> SippRun:
+    """Run sipp to the end (see start_sipp for the options) and return what it did."""
+    return start_sipp(scenario, target, workdir=workdir, timeout=timeout, **options).wait()
+
+
+def start_sipp(
     scenario: str | Path,
-    target: str,
+    target: str | None,
     *,
     workdir: Path,
     transport: str = "udp",
@@ -70,15 +76,23 @@ def run_sipp(
     extra: list[str] | None = None,
     wrapper: list[str] | None = None,
     trace_messages: bool = True,
-) -> SippRun:
+    name: str = "sipp",
+) -> BackgroundSipp:
+    """Start sipp in the background: `wait()` gives the same SippRun as run_sipp.
+
+    `target` None runs a scenario that starts with a recv as a plain UAS on `local_port`. `transport` "tcp" is
+    one connection from sipp's own port (where sipp also listens), "tcp-per-call" one per call from a port
+    where nothing listens: a request that reaches such a call came down the connection the call opened.
+    `name` prefixes its log files in `workdir`, so several sipps (a UAS and a UAC) can share it.
+    """
     assert SIPP is not None, "sipp is not installed (make test installs Debian's sip-tester)"
     scenario_path = Path(scenario) if Path(scenario).is_absolute() else SCENARIOS / scenario
-    messages, errors, stats = workdir / "sipp-messages.log", workdir / "sipp-errors.log", workdir / "sipp-stats.csv"
+    messages, errors, stats = (workdir / f"{name}-{what}" for what in ("messages.log", "errors.log", "stats.csv"))
     for path in (messages, errors, stats):
         path.unlink(missing_ok=True)
     command = [
-        *(wrapper or []), SIPP, target, "-sf", str(scenario_path), "-m", str(calls), "-i", local_ip,
-        "-t", {"udp": "u1", "tcp": "t1"}[transport],
+        *(wrapper or []), SIPP, *([target] if target else []), "-sf", str(scenario_path), "-m", str(calls),
+        "-i", local_ip, "-t", {"udp": "u1", "tcp": "t1", "tcp-per-call": "tn"}[transport],
         "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
         "-trace_err", "-error_file", str(errors),
         "-trace_stat", "-stf", str(stats),
@@ -87,23 +101,55 @@ def run_sipp(
         command += ["-trace_msg", "-message_file", str(messages)]
     # sipp's own default is 5060: it would collide with a registrar a user runs.
     command += ["-p", str(local_port if local_port is not None else free_port(local_ip))]
+    if transport == "tcp-per-call":
+        # sipp's "tn": each call connects from a port of its own (sipp listens on -p, not there). Its default
+        # socket limit (50000) exceeds a common open-files limit (20000) and sipp refuses to start.
+        command += ["-max_socket", "1000"]
     if rate is not None:
         command += ["-r", str(rate)]
     if injection is not None:
         command += ["-inf", str(injection)]
-    for name, value in (keys or {}).items():
-        command += ["-key", name, value]
+    for key, value in (keys or {}).items():
+        command += ["-key", key, value]
     command += extra or []
-    completed = subprocess.run(command, cwd=workdir, capture_output=True, timeout=timeout + 30)
-    successful, failed, elapsed = _final_counts(stats)
-    return SippRun(
-        returncode=completed.returncode,
-        successful=successful,
-        failed=failed,
-        messages=messages.read_text(errors="replace") if messages.exists() else "",
-        errors=errors.read_text(errors="replace") if errors.exists() else "",
-        elapsed=elapsed,
-    )
+    with open(workdir / f"{name}-screen.log", "wb") as screen:  # sipp's screen; a pipe could fill up
+        process = subprocess.Popen(command, cwd=workdir, stdout=screen, stderr=subprocess.STDOUT)
+    return BackgroundSipp(process, messages, errors, stats, timeout)
+
+
+@dataclass
+class BackgroundSipp:
+    process: subprocess.Popen
+    messages_path: Path
+    errors_path: Path
+    stats_path: Path
+    timeout: float
+
+    def messages(self) -> str:
+        """The message trace so far (sipp writes it as it goes)."""
+        return self.messages_path.read_text(errors="replace") if self.messages_path.exists() else ""
+
+    def wait(self, timeout: float | None = None) -> SippRun:
+        """Wait for sipp to end (killing it after `timeout`, by default its own -timeout plus 30 s)."""
+        try:
+            returncode = self.process.wait(timeout=self.timeout + 30 if timeout is None else timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            returncode = self.process.returncode
+        successful, failed, elapsed = _final_counts(self.stats_path)
+        return SippRun(
+            returncode=returncode,
+            successful=successful,
+            failed=failed,
+            messages=self.messages(),
+            errors=self.errors_path.read_text(errors="replace") if self.errors_path.exists() else "",
+            elapsed=elapsed,
+        )
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
 
 
 def _final_counts(stats: Path) -> tuple[int, int, float]:
@@ -145,3 +191,64 @@ def single_request_scenario(path: Path, request: str, expect: int) -> Path:
 """
     )
     return path
+
+
+@dataclass
+class TracedMessage:
+    """One SIP message from sipp's -trace_msg log, as sipp sent or received it."""
+
+    direction: str  # "sent" or "received"
+    transport: str  # "UDP" or "TCP"
+    text: str
+
+    @property
+    def start_line(self) -> str:
+        return self.text.split("\n", 1)[0].strip()
+
+    @property
+    def request_uri(self) -> str | None:
+        parts = self.start_line.split()
+        return None if self.start_line.startswith("SIP/2.0") else parts[1]
+
+    def header(self, name: str) -> list[str]:
+        """Every value of header `name` (or its compact form), in order; Via, Route, Record-Route and Contact
+        values joined by commas on one line come apart (other headers' commas are theirs: Digest challenges)."""
+        names = {name.lower(), *([_COMPACT[name.lower()]] if name.lower() in _COMPACT else [])}
+        values = []
+        for line in self.text.split("\n\n", 1)[0].split("\n")[1:]:
+            field, colon, value = line.partition(":")
+            if colon and field.strip().lower() in names:
+                values += _split_commas(value.strip()) if name.lower() in _LISTS else [value.strip()]
+        return values
+
+
+_LISTS = {"via", "route", "record-route", "contact"}
+_COMPACT = {"via": "v", "from": "f", "to": "t", "call-id": "i", "contact": "m", "content-length": "l",
+            "content-type": "c"}
+
+
+def _split_commas(value: str) -> list[str]:
+    """Split a header value at the commas that separate values (not inside <...> or quotes)."""
+    parts, depth, quoted, start = [], 0, False, 0
+    for index, char in enumerate(value):
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char == "<":
+            depth += 1
+        elif not quoted and char == ">":
+            depth -= 1
+        elif not quoted and depth == 0 and char == ",":
+            parts.append(value[start:index].strip())
+            start = index + 1
+    parts.append(value[start:].strip())
+    return [part for part in parts if part]
+
+
+def traced_messages(trace: str, direction: str | None = None) -> list[TracedMessage]:
+    """The messages of a sipp -trace_msg log (SippRun.messages), optionally only those sent or received."""
+    found = []
+    for block in re.split(r"^-{20,} [^\n]*\n", trace.replace("\r\n", "\n"), flags=re.M):
+        match = re.match(r"(UDP|TCP) message (sent|received)[^\n]*\n\n", block)
+        if match and direction in (None, match.group(2)):
+            found.append(TracedMessage(match.group(2), match.group(1), block[match.end():].strip("\n") + "\n"))
+    return found

@@ -7,10 +7,6 @@ from aetcd import rpc
 
 from registrar.metrics import STORE_OPERATIONS, Metrics
 from registrar.model import Binding, Catalog, Connection, Domain, RegistrationPolicy
-from registrar.registrar import Registrar, Source
-from registrar.service import SipService
-from registrar.sip import digest
-from registrar.sip.message import parse_message
 from registrar.store.etcd_session import EtcdSession, EtcdUnavailable
 from registrar.store.memory import MemoryStore
 from tests.conftest import free_port
