@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from registrar.flows import TokenSigner
 from registrar.http import make_app
 from registrar.metrics import Metrics
 from registrar.model import Catalog
-from registrar.flows import TokenSigner
 from registrar.proxy import Identity, Proxy
 from registrar.registrar import Registrar, Source
 from registrar.routing import Router, Target
 from registrar.service import SipService
-from registrar.sip.message import Request
 from registrar.sip import digest
+from registrar.sip.message import Request
 from registrar.store import LocationStore
 from registrar.store.etcd import EtcdStore
 from registrar.store.etcd_session import EtcdSession, EtcdTls, parse_endpoints

@@ -37,13 +37,12 @@ from registrar.routing import Router, Target
 from registrar.sip import proxy as relay
 from registrar.sip.headers import Via
 from registrar.sip.message import Request, Response, SipError, make_response
-from registrar.sip.transaction import T1, TransactionKey
+from registrar.sip.transaction import COMPLETED_LIFETIME, T1, T2, TransactionKey
 from registrar.sip.uri import URI, URIError, parse_uri, unbracketed
 
 log = logging.getLogger("sipreg.proxy")
 
-T2 = 4.0
-TIMEOUT = 64 * T1  # Timers B, F, H: 32 s
+TIMEOUT = COMPLETED_LIFETIME  # Timers B, F, H: 64*T1, 32 s
 TIMER_C = 180.0  # an INVITE branch may ring this long after its last provisional (RFC 3261 16.6 step 11)
 SAFETY_NET = 900.0
 # Methods that create a dialog: the proxy stays in its path (Record-Route).
@@ -104,6 +103,8 @@ class Identity:
 
 
 class Proxy:
+    """The proxy's entry points: requests and responses from the transports, in; sends, out."""
+
     def __init__(
         self,
         router: Router,

@@ -69,7 +69,6 @@ class SipEndpoint:
         # Connections we opened, by (transport, host, port), reused for every later request there.
         self._outgoing: dict[tuple[str, str, int], str] = {}
         self._connecting: dict[tuple[str, str, int], asyncio.Future[str]] = {}
-        self.client_tls: ssl.SSLContext | None = None
 
     # -- the pipeline --------------------------------------------------------------------
     def receive(self, data: bytes, source: Source, reply: Reply) -> None:
@@ -222,9 +221,8 @@ class SipEndpoint:
 
     async def _open(self, transport: str, host: str, port: int) -> str:
         loop = asyncio.get_running_loop()
-        context = None
-        if transport == "tls":
-            context = self.client_tls or ssl.create_default_context()
+        # TLS to a gateway verifies its certificate against the system's CAs, as any TLS client should.
+        context = ssl.create_default_context() if transport == "tls" else None
         try:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(lambda: StreamProtocol(self, transport), host, port, ssl=context),

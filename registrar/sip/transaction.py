@@ -20,6 +20,7 @@ from registrar.sip.message import Request
 # RFC 3261 17.2.2: a non-INVITE server transaction stays Completed for Timer J =
 # 64*T1 = 32 s over UDP, to answer retransmissions. INVITE's Timer H is the same.
 T1 = 0.5
+T2 = 4.0  # the longest interval between retransmissions of a non-INVITE request or a final response
 COMPLETED_LIFETIME = 64 * T1
 # Bounds memory under a flood: beyond this many live transactions the oldest are
 # forgotten first (a forgotten one just gets processed again if retransmitted).
