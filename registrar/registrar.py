@@ -223,22 +223,10 @@ class Registrar:
         return known
 
     def _credentials(self, request: Request, domain: Domain) -> digest.Credentials | None:
-        """The Authorization for this domain's realm (a UA may carry several)."""
-        for value in request.get_all("Authorization"):
-            try:
-                credentials = digest.parse_credentials(value)
-            except digest.DigestError as exc:
-                raise SipError(400, f"Bad Authorization: {exc}") from None
-            if credentials.realm == domain.name:
-                return credentials
-        return None
+        return credentials_for(request, domain, "Authorization")
 
     def _challenge(self, domain: Domain, *, stale: bool) -> SipError:
-        headers = [
-            ("WWW-Authenticate", value)
-            for value in self.authenticator.challenges(domain.name, domain.digest_algorithms, stale=stale)
-        ]
-        return SipError(401, "Unauthorized", headers)
+        return challenge_for(self.authenticator, domain, stale=stale, status=401)
 
     def _check_address(self, connection: Connection, source: Source) -> None:
         if not connection.allows_address(source.host):
@@ -406,6 +394,30 @@ class Registrar:
         # Fire and forget: a failure record must never delay or fail the answer.
         task = asyncio.get_running_loop().create_task(self.store.record_failure(failure))
         task.add_done_callback(_ignore_result)
+
+
+# The digest exchange, as a registrar (401, WWW-Authenticate, Authorization) and as a
+# proxy (407, Proxy-Authenticate, Proxy-Authorization) makes it: RFC 3261 22.
+_CHALLENGE_HEADERS = {401: ("WWW-Authenticate", "Unauthorized"), 407: ("Proxy-Authenticate", "Proxy Authentication Required")}
+
+
+def credentials_for(request: Request, domain: Domain, header: str) -> digest.Credentials | None:
+    """The credentials for this domain's realm in `header` (a UA may carry several); 400 when malformed."""
+    for value in request.get_all(header):
+        try:
+            credentials = digest.parse_credentials(value)
+        except digest.DigestError as exc:
+            raise SipError(400, f"Bad {header}: {exc}") from None
+        if credentials.realm == domain.name:
+            return credentials
+    return None
+
+
+def challenge_for(authenticator: digest.DigestAuthenticator, domain: Domain, *, stale: bool, status: int) -> SipError:
+    """A fresh challenge for the domain's realm: one header per algorithm it offers (RFC 8760 2.4)."""
+    header, reason = _CHALLENGE_HEADERS[status]
+    values = authenticator.challenges(domain.name, domain.digest_algorithms, stale=stale)
+    return SipError(status, reason, [(header, value) for value in values])
 
 
 ALLOW_WITHOUT_REGISTER = "INVITE, ACK, CANCEL, BYE, OPTIONS"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from registrar.flows import FlowRef, of_binding
 from registrar.model import Binding, Catalog, Connection, Domain
-from registrar.registrar import Source
+from registrar.registrar import Source, challenge_for, credentials_for
 from registrar.sip import digest
 from registrar.sip.message import KNOWN_METHODS, Request, SipError
 from registrar.sip.uri import URI, URIError, parse_uri
@@ -134,7 +134,7 @@ class Router:
             if not claimed.allows_address(source.host):
                 raise SipError(403, "Source Address Not Allowed")
             return claimed
-        credentials = self._credentials(request, domain)
+        credentials = credentials_for(request, domain, "Proxy-Authorization")
         if credentials is None:
             raise self._challenge(domain, stale=False)
         known = catalog.connections.get((domain.name, credentials.username))
@@ -154,23 +154,8 @@ class Router:
         request.remove("Proxy-Authorization")
         return known
 
-    @staticmethod
-    def _credentials(request: Request, domain: Domain) -> digest.Credentials | None:
-        for value in request.get_all("Proxy-Authorization"):
-            try:
-                credentials = digest.parse_credentials(value)
-            except digest.DigestError as exc:
-                raise SipError(400, f"Bad Proxy-Authorization: {exc}") from None
-            if credentials.realm == domain.name:
-                return credentials
-        return None
-
     def _challenge(self, domain: Domain, *, stale: bool) -> SipError:
-        headers = [
-            ("Proxy-Authenticate", value)
-            for value in self.authenticator.challenges(domain.name, domain.digest_algorithms, stale=stale)
-        ]
-        return SipError(407, "Proxy Authentication Required", headers)
+        return challenge_for(self.authenticator, domain, stale=stale, status=407)
 
 
 def _q(binding: Binding) -> float:

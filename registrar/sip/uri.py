@@ -77,7 +77,7 @@ class URI:
 # user parameters, IPv6 or ?headers): one regex pass. Everything else, and every
 # error, goes the careful way below.
 _PLAIN_SIP_URI = re.compile(
-    r"(sips?):(?:([A-Za-z0-9\-_.!~*'()&=+$,]+)@)?([A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?((?:;[^?;@]+)*)"
+    r"(sips?):(?:([A-Za-z0-9\-_.!~*'()&=+$,]+)@)?([A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?((?:;[^?;@ \t]+)*)"
 )
 
 
