@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -115,15 +116,22 @@ def stop_registrar(registrar: RunningRegistrar) -> None:
             registrar.process.wait()
 
 
-@pytest.fixture
-def registrar(tmp_path: Path) -> Iterator[RunningRegistrar]:
-    """A `sipreg serve` process on fresh loopback ports, serving manifests/."""
-    running = start_registrar(tmp_path)
+@contextlib.contextmanager
+def serving(tmp_path: Path, **kwargs) -> Iterator[RunningRegistrar]:
+    """start_registrar(tmp_path, **kwargs) for the block; stopped after, and no traceback in its log."""
+    running = start_registrar(tmp_path, **kwargs)
     try:
         yield running
     finally:
         stop_registrar(running)
         assert "Traceback" not in running.log(), running.log()
+
+
+@pytest.fixture
+def registrar(tmp_path: Path) -> Iterator[RunningRegistrar]:
+    """A `sipreg serve` process on fresh loopback ports, serving manifests/."""
+    with serving(tmp_path) as running:
+        yield running
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningRegistrar, free_port, start_registrar, stop_registrar
+from tests.conftest import RunningRegistrar, free_port, serving
 from tests.integration.sipp import (
     SCENARIOS,
     SIPP,
@@ -106,12 +106,8 @@ def manifests(tmp_path: Path, gateway_port: int) -> Path:
 
 @pytest.fixture
 def proxy(tmp_path: Path, manifests: Path) -> Iterator[RunningRegistrar]:
-    running = start_registrar(tmp_path, manifests=manifests)
-    try:
+    with serving(tmp_path, manifests=manifests) as running:
         yield running
-    finally:
-        stop_registrar(running)
-        assert "Traceback" not in running.log(), running.log()
 
 
 @pytest.fixture
