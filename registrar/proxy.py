@@ -128,13 +128,14 @@ class Proxy:
         self._merge_keys: dict[tuple[str, str, int, str], TransactionKey] = {}
         # What is left of a transaction once it is over, for the 32 s that retransmissions may
         # still come (Timers H, J, K): (expires at, final response, status) by server key, and
-        # (expires at, our ACK, where the branch went, where its 2xx go) by branch. Plain tuples
+        # (expires at, our ACK, where the branch went (4), where its 2xx go (4)) by branch. Plain tuples
         # of strings, bytes and numbers, which the cyclic garbage collector leaves alone: kept
         # as live objects, 30 s of calls made its full collections last a second (measured).
         # Insertion order is expiry order: every entry lives the same time.
         self._answered: OrderedDict[TransactionKey, tuple[float, bytes, int]] = OrderedDict()
-        self._finished_branches: OrderedDict[
-            tuple[str, str], tuple[float, bytes | None, Destination, Destination]] = OrderedDict()
+        # Flat: the collector stops tracking a tuple of plain values when it first sees it, but a
+        # tuple of tuples only once it has seen the inner ones, and a NamedTuple never.
+        self._finished_branches: OrderedDict[tuple[str, str], tuple] = OrderedDict()
 
     # -- requests ------------------------------------------------------------------------------
     def receive_request(self, request: Request, source: Source, reply: Callable[[bytes], None], key: TransactionKey) -> None:
@@ -448,13 +449,13 @@ class Proxy:
         finished = self._finished_branches.get(key)
         if finished is None:
             return
-        _, ack, downstream, upstream = finished
+        ack = finished[1]
         try:
             if response.status >= 300 and ack is not None:
-                self.delivery.send(downstream, ack)  # the callee missed our ACK: once more
+                self.delivery.send(Destination(*finished[2:6]), ack)  # the callee missed our ACK: once more
             elif 200 <= response.status < 300 and method == "INVITE":
                 # The callee repeats its 200 until the caller's ACK reaches it: each one goes up.
-                self.delivery.send(upstream, relay.without_top_via(response).to_bytes())
+                self.delivery.send(Destination(*finished[6:10]), relay.without_top_via(response).to_bytes())
         except SendError:
             pass  # the peer's own timers take it from here
 
@@ -468,7 +469,7 @@ class Proxy:
         if server.last_response is not None and not server.reliable:
             self._answered[server.key] = (expires_at, server.last_response, server.final_status)
         source = server.source
-        upstream = Destination(source.transport, source.host, source.port, source.flow)
+        upstream = (source.transport, source.host, source.port, source.flow)
         for branch in server.branches:
             branch.stop_timers()
             self.clients.pop((branch.id, branch.method), None)
@@ -477,7 +478,7 @@ class Proxy:
                 self.clients.pop((branch.id, "CANCEL"), None)
                 branch.cancel_branch = None
             self._finished_branches[(branch.id, branch.method)] = (
-                expires_at, branch.ack_data, branch.destination, upstream)
+                expires_at, branch.ack_data, *branch.destination, *upstream)
             branch.server = None  # no cycle left for the collector: reference counts free it all
         server.branches = []
         server.groups = []
