@@ -35,6 +35,12 @@ from registrar.sip.uri import URI, URIError, parse_uri
 from registrar.store import LocationStore, RegistrationFailure, StoreUnavailable
 
 SERVER_NAME = "sipreg"
+# What this server answers itself (REGISTER, OPTIONS to it) and relays: its Allow (RFC 3261 20.5).
+ALLOWED_METHODS = ("REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "MESSAGE", "INFO", "UPDATE",
+                   "PRACK", "SUBSCRIBE", "NOTIFY", "REFER")
+ALLOW = ", ".join(ALLOWED_METHODS)
+# A domain that refuses registration still takes calls: all of the above but REGISTER.
+ALLOW_WITHOUT_REGISTER = ", ".join(method for method in ALLOWED_METHODS if method != "REGISTER")
 # What we answer with when the store cannot make a binding durable.
 RETRY_AFTER_SECONDS = 5
 # A connection's failures are written to the store at most this often, so a
@@ -141,7 +147,7 @@ class Registrar:
                 raise _store_unavailable() from None
         except SipError as rejection:
             return self._reject(request, rejection, domain)
-        response = self._response(request, 200, "OK")
+        response = server_response(request, 200, "OK")
         now = self.clock()
         for binding in bindings:
             response.add("Contact", _contact_value(binding, now))
@@ -369,16 +375,9 @@ class Registrar:
         return change
 
     # -- answers -------------------------------------------------------------------------
-    def _response(self, request: Request, status: int, reason: str) -> Response:
-        response = make_response(request, status, reason)
-        response.add("Server", SERVER_NAME)
-        return response
-
     def _reject(self, request: Request, rejection: SipError, domain: Domain | None) -> Response:
         """The answer to a rejected REGISTER; `domain` is the served domain it is for, if known."""
-        response = self._response(request, rejection.status, rejection.reason)
-        for name, value in rejection.headers:
-            response.add(name, value)
+        response = error_response(request, rejection)
         # Metric labels stay bounded: a domain we do not serve is "other".
         self._on_result(domain.name if domain is not None else "other", rejection.status)
         return response
@@ -394,6 +393,22 @@ class Registrar:
         # Fire and forget: a failure record must never delay or fail the answer.
         task = asyncio.get_running_loop().create_task(self.store.record_failure(failure))
         task.add_done_callback(_ignore_result)
+
+
+def server_response(
+    request: Request, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()
+) -> Response:
+    """An answer of this server to `request`: the RFC 3261 8.2.6 copy, our Server header, `headers`."""
+    response = make_response(request, status, reason)
+    response.add("Server", SERVER_NAME)
+    for name, value in headers:
+        response.add(name, value)
+    return response
+
+
+def error_response(request: Request, error: SipError) -> Response:
+    """The answer a SipError stands for."""
+    return server_response(request, error.status, error.reason, error.headers)
 
 
 # The digest exchange, as a registrar (401, WWW-Authenticate, Authorization) and as a
@@ -420,7 +435,6 @@ def challenge_for(authenticator: digest.DigestAuthenticator, domain: Domain, *, 
     return SipError(status, reason, [(header, value) for value in values])
 
 
-ALLOW_WITHOUT_REGISTER = "INVITE, ACK, CANCEL, BYE, OPTIONS"
 SUPPORTED: frozenset[str] = frozenset()
 
 

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from registrar.eager import start_eagerly
 from registrar.metrics import Metrics
 from registrar.proxy import Destination, Proxy, SendError
-from registrar.registrar import SERVER_NAME, Source
+from registrar.registrar import Source, error_response, server_response
 from registrar.service import SipService
 from registrar.sip.headers import Via, split_list
 from registrar.sip.message import (
@@ -30,7 +30,6 @@ from registrar.sip.message import (
     Response,
     SipError,
     StreamFramer,
-    make_response,
     parse_message,
     salvage_request,
 )
@@ -62,7 +61,8 @@ class SipEndpoint:
         # Flow ids outlive us in etcd (bindings name them): a restarted node must not
         # reuse one, or a stale binding would send another UA's calls down a new connection.
         self._flow_prefix = os.urandom(3).hex()
-        # The proxy, when calls are routed (set by the server); None answers only REGISTER/OPTIONS.
+        # The proxy, which gets every request the service does not answer (set by the server:
+        # it sends through this endpoint).
         self.proxy: Proxy | None = None
         # Our UDP socket, which the proxy sends from (set once listening).
         self.udp: asyncio.DatagramTransport | None = None
@@ -81,19 +81,25 @@ class SipEndpoint:
             return
         if isinstance(message, Response):
             self.metrics.message_received("RESPONSE", source.transport)
-            if self.proxy is not None:
-                self.proxy.receive_response(message)
+            assert self.proxy is not None, "the server sets the proxy before it listens"
+            self.proxy.receive_response(message)
             return
         request = message
         self.metrics.message_received(request.method, source.transport)
         try:
             key = transaction_key(request, self._fix_top_via(request, source))
         except SipError as error:
-            self._send(_error_response(request, error), reply)
+            self._send(error_response(request, error), reply)
             return
-        if self.proxy is not None and self.service.proxied(request):
+        # REGISTER, the hot path, is never proxied: no call to find that out.
+        if request.method != "REGISTER" and self.service.proxied(request):
             # The proxy keeps its own transactions: they answer more than once (100, 180, 200).
-            self.proxy.receive_request(request, source, reply, key)
+            assert self.proxy is not None, "the server sets the proxy before it listens"
+            try:
+                self.proxy.receive_request(request, source, reply, key)
+            except Exception:
+                log.exception("error proxying %s from %s", request.method, source)
+                self._send(server_response(request, 500, "Server Internal Error"), reply)
             return
         # Only UDP peers retransmit; on TCP/TLS Timer J is zero (RFC 3261 17.2.2).
         unreliable = source.transport == "udp"
@@ -108,9 +114,7 @@ class SipEndpoint:
             answer = self.service.handle(request, source)
         except Exception:
             log.exception("error handling %s from %s", request.method, source)
-            answer = make_response(request, 500, "Server Internal Error")
-        if answer is None:
-            return
+            answer = server_response(request, 500, "Server Internal Error")
         if isinstance(answer, Response):
             # Answered without touching the store (challenges, errors, OPTIONS): the
             # answer changed nothing, so a retransmission is just answered again. Only
@@ -132,7 +136,7 @@ class SipEndpoint:
             response = await answer
         except Exception:
             log.exception("error handling %s", request.method)
-            response = make_response(request, 500, "Server Internal Error")
+            response = server_response(request, 500, "Server Internal Error")
         data = response.to_bytes()
         now = self.clock()
         if key is not None:
@@ -145,7 +149,7 @@ class SipEndpoint:
         if request is None:
             log.debug("dropped unparsable message: %s", error)
             return
-        self._send(_error_response(request, error), reply)
+        self._send(error_response(request, error), reply)
 
     @staticmethod
     def _send(response: Response, reply: Reply) -> None:
@@ -254,14 +258,6 @@ class SipEndpoint:
         while True:
             await asyncio.sleep(IDLE_SWEEP_INTERVAL)
             self.close_idle_flows()
-
-
-def _error_response(request: Request, error: SipError) -> Response:
-    response = make_response(request, error.status, error.reason)
-    response.add("Server", SERVER_NAME)
-    for name, value in error.headers:
-        response.add(name, value)
-    return response
 
 
 class Flow:
