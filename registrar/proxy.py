@@ -32,11 +32,11 @@ from typing import NamedTuple, Protocol
 
 from registrar.eager import start_eagerly
 from registrar.flows import DIALOG, HOP, FlowRef, RouteToken, TokenSigner, of_binding
-from registrar.registrar import SERVER_NAME, Source
+from registrar.registrar import Source, error_response, server_response
 from registrar.routing import Router, Target
 from registrar.sip import proxy as relay
 from registrar.sip.headers import Via
-from registrar.sip.message import Request, Response, SipError, make_response
+from registrar.sip.message import Request, Response, SipError
 from registrar.sip.transaction import COMPLETED_LIFETIME, T1, T2, TransactionKey
 from registrar.sip.uri import URI, URIError, parse_uri, unbracketed
 
@@ -162,14 +162,20 @@ class Proxy:
         if answered is not None:
             reply(answered[1])  # a retransmission after the answer: the same answer (RFC 3261 17.2)
             return
-        server = ServerTransaction(self, key, request, source, reply)
+        try:
+            # To, From and CSeq go into the hash: a malformed one is answered here, before any state.
+            hash_of_request = relay.loop_hash(request)
+        except SipError as error:
+            reply(error_response(request, error).to_bytes())
+            return
+        server = ServerTransaction(self, key, request, source, reply, hash_of_request)
         self.servers[key] = server
         if method == "INVITE":
-            server.respond(_answer(request, 100, "Trying"))
+            server.respond(server_response(request, 100, "Trying"))
         try:
             self._check(request, server)
         except SipError as error:
-            server.respond(_error_answer(request, error))
+            server.respond(error_response(request, error))
             return
         start_eagerly(self._route(server))
 
@@ -178,10 +184,10 @@ class Proxy:
         hops = relay.max_forwards(request)
         if hops == 0:
             raise SipError(483, "Too Many Hops")
-        if relay.has_looped(request, self.identity.sent_by):
+        ours = relay.our_vias(request, self.identity.sent_by)
+        if relay.has_looped(ours, server.loop_hash):
             raise SipError(482, "Loop Detected")
-        to_tag = request.name_addr("To").tag
-        if to_tag is None and not relay.has_our_via(request, self.identity.sent_by):
+        if not ours and request.name_addr("To").tag is None:
             # The same request reaching us twice by different paths (RFC 3261 8.2.2.2).
             number, method = request.cseq
             merge_key = (request.name_addr("From").tag or "", request.call_id, number, method)
@@ -194,14 +200,9 @@ class Proxy:
     async def _route(self, server: ServerTransaction) -> None:
         request = server.request
         try:
-            token, ftag, popped = self._our_routes(request)
-            relay.without_top_routes(request, popped)
-            if token is not None and token.kind == HOP:
-                target = await self._current(request, Target(request.uri, token.refs[0]))
-                await self._fork(server, [[target]], record_route=False)
-            elif token is not None:
-                target = await self._current(request, self._dialog_target(request, token, ftag))
-                await self._fork(server, [[target]], record_route=False)
+            target, popped = self._take_our_routes(request)
+            if target is not None:
+                await self._fork(server, [[await self._current(request, target)]], record_route=False)
             elif request.name_addr("To").tag is not None:
                 # In a dialog we are not part of (no Route of ours): not ours to relay.
                 target = self._next_hop_target(request) if popped else None
@@ -211,17 +212,21 @@ class Proxy:
             elif request.get("Route") is not None:
                 raise SipError(403, "Relaying Denied: Preloaded Route")
             else:
-                route = await self.router.route(request, server.source)
-                server.domain = route.domain
-                await self._fork(server, route.groups, record_route=request.method in DIALOG_METHODS)
+                target_set = await self.router.route(request, server.source)
+                server.domain = target_set.domain
+                await self._fork(server, target_set.groups, record_route=request.method in DIALOG_METHODS)
         except SipError as error:
-            server.respond(_error_answer(request, error))
+            server.respond(error_response(request, error))
         except Exception:
             log.exception("error routing %s", request.method)
-            server.respond(_answer(request, 500, "Server Internal Error"))
+            server.respond(server_response(request, 500, "Server Internal Error"))
 
-    def _our_routes(self, request: Request) -> tuple[RouteToken | None, str | None, int]:
-        """The token and ftag of our topmost Route entries, and how many there are (RFC 3261 16.4)."""
+    def _take_our_routes(self, request: Request) -> tuple[Target | None, int]:
+        """Route preprocessing (RFC 3261 16.4): our topmost Route entries off the request.
+
+        Returns the target the token among them names (a hop's flow, or the other
+        party of a dialog), None when there is no token, and how many entries were ours.
+        """
         token = None
         ftag = None
         popped = 0
@@ -232,7 +237,12 @@ class Proxy:
             if found is not None and token is None:
                 token, ftag = found, route.uri.params.get("ftag")
             popped += 1
-        return token, ftag, popped
+        relay.without_top_routes(request, popped)
+        if token is None:
+            return None, popped
+        if token.kind == HOP:
+            return Target(request.uri, token.refs[0]), popped
+        return self._dialog_target(request, token, ftag), popped
 
     def _dialog_target(self, request: Request, token: RouteToken, ftag: str | None) -> Target:
         """The other party of a dialog: the callee when the caller sends, and the other way round."""
@@ -286,14 +296,9 @@ class Proxy:
         try:
             if relay.max_forwards(request) == 0:
                 return
-            token, ftag, popped = self._our_routes(request)
-            relay.without_top_routes(request, popped)
-            if token is not None and token.kind == HOP:
-                target: Target | None = Target(request.uri, token.refs[0])
-            elif token is not None:
-                target = self._dialog_target(request, token, ftag)
-            else:
-                target = self._next_hop_target(request) if popped else None
+            target, popped = self._take_our_routes(request)
+            if target is None and popped:
+                target = self._next_hop_target(request)
         except SipError:
             return
         if target is None:
@@ -319,9 +324,9 @@ class Proxy:
         invite_key = (*key[:-1], "INVITE")
         server = self.servers.get(invite_key)
         if server is None and invite_key not in self._answered:
-            reply(_answer(request, 481, "Call/Transaction Does Not Exist").to_bytes())
+            reply(server_response(request, 481, "Call/Transaction Does Not Exist").to_bytes())
             return
-        reply(_answer(request, 200, "OK").to_bytes())
+        reply(server_response(request, 200, "OK").to_bytes())
         if server is not None:
             server.cancel()  # (a CANCEL after the final answer has no effect, RFC 3261 9.2)
 
@@ -346,7 +351,7 @@ class Proxy:
         try:
             destination, hop_route = await self._destination(target)
         except SendError as error:
-            server.finals.append(_answer(server.request, 503, "Service Unavailable"))
+            server.finals.append(server_response(server.request, 503, "Service Unavailable"))
             log.info("sipreg: cannot reach %s: %s", target.uri, error)
             return False
         if destination is None:
@@ -359,7 +364,7 @@ class Proxy:
         )
         branch = Branch(self, server, branch_id, copy, destination)
         if not branch.start():
-            server.finals.append(relay.without_top_via(_answer(copy, 503, "Service Unavailable")))
+            server.finals.append(server_response(request, 503, "Service Unavailable"))  # as RFC 3261 16.9 says
             return False
         server.branches.append(branch)
         self.clients[(branch_id, request.method)] = branch
@@ -378,23 +383,24 @@ class Proxy:
             return Destination(ref.transport, ref.host, ref.port, ref.flow or None), None
         node = self.nodes().get(ref.node)
         if node is None:
-            if ref.stream:
-                self._on_unreachable(target, "node_gone")
-                return None, None
-            return Destination("udp", ref.host, ref.port), None  # a datagram needs no connection
+            return self._node_gone(target, ref), None
         try:
             flow = await self.delivery.connect("tcp", node["address"], int(node["sipPort"]))
         except SendError:
             # Killed, not yet gone from etcd (its lease lasts 10 s): as good as gone.
-            self._on_unreachable(target, "node_gone")
-            if ref.stream:
-                return None, None
-            return Destination("udp", ref.host, ref.port), None
+            return self._node_gone(target, ref), None
         hop = self.signer.token(HOP, (ref,))
         return (
             Destination("tcp", node["address"], int(node["sipPort"]), flow),
             f"<sip:{hop}@{node['address']}:{node['sipPort']};transport=tcp;lr>",
         )
+
+    def _node_gone(self, target: Target, ref: FlowRef) -> Destination | None:
+        """A dead node's UA: its TCP/TLS flow died with it (skipped, reported); a datagram needs no flow."""
+        if not ref.stream:
+            return Destination("udp", ref.host, ref.port)
+        self._on_unreachable(target, "node_gone")
+        return None
 
     async def _resolve(self, address: URI) -> Destination:
         transport = address.transport or ("tls" if address.scheme == "sips" else "udp")
@@ -433,13 +439,13 @@ class Proxy:
 
     # -- responses -----------------------------------------------------------------------------
     def receive_response(self, response: Response) -> None:
-        via = relay.top_via(response)
-        if via is None or not (via.branch or "").startswith(relay.BRANCH_MARK):
-            return  # not sent by us: nothing to match (RFC 3261 18.1.2)
         try:
+            via = response.top_via
             _, method = response.cseq
-        except ValueError:
-            return
+        except (SipError, ValueError):
+            return  # nothing to match it with: dropped (RFC 3261 18.1.2)
+        if not (via.branch or "").startswith(relay.BRANCH_MARK):
+            return  # not sent by us
         self._expire()
         key = (via.branch or "", method)
         branch = self.clients.get(key)
@@ -497,13 +503,14 @@ class Proxy:
 class ServerTransaction:
     """A request we proxy: its answers upstream, its branches downstream (RFC 3261 16.7)."""
 
-    def __init__(self, proxy: Proxy, key: TransactionKey, request: Request, source: Source, reply: Callable[[bytes], None]):
+    def __init__(self, proxy: Proxy, key: TransactionKey, request: Request, source: Source,
+                 reply: Callable[[bytes], None], loop_hash: str):
         self.proxy = proxy
         self.key = key
         self.request = request
         self.source = source
         self.reply = reply
-        self.loop_hash = relay.loop_hash(request)
+        self.loop_hash = loop_hash
         self.domain = ""
         self.merge_key: tuple[str, str, int, str] | None = None
         self.branches: list[Branch] = []
@@ -580,7 +587,7 @@ class ServerTransaction:
         for branch in self.branches:
             branch.cancel()
         if not self.branches:
-            self.respond(_answer(self.request, 487, "Request Terminated"))
+            self.respond(server_response(self.request, 487, "Request Terminated"))
         elif all(branch.done for branch in self.branches):
             self.all_branches_done()
 
@@ -613,19 +620,19 @@ class ServerTransaction:
             self.maybe_complete()
             return
         if self.cancelled:
-            self.respond(_answer(self.request, 487, "Request Terminated"))
+            self.respond(server_response(self.request, 487, "Request Terminated"))
         elif self.finals:
             self.respond(relay.best_response(self.finals))
         else:
-            self.respond(_answer(self.request, 480, "Temporarily Unavailable: No Reachable Contact"))
+            self.respond(server_response(self.request, 480, "Temporarily Unavailable: No Reachable Contact"))
 
     def _expired(self) -> None:
         self._safety = None
         if not self.answered:
-            self.respond(_answer(self.request, 408, "Request Timeout"))
+            self.respond(server_response(self.request, 408, "Request Timeout"))
         for branch in self.branches:
             if not branch.done:
-                branch.final = _answer(branch.request, 408, "Request Timeout")
+                branch.final = server_response(branch.request, 408, "Request Timeout")
         self.acknowledged()
 
 
@@ -677,7 +684,7 @@ class Branch:
         if self.final is not None:
             return
         if not self._send(self.data):
-            self._finish(_answer(self.request, 503, "Service Unavailable"))
+            self._finish(server_response(self.request, 503, "Service Unavailable"))
             return
         self._interval = self._interval * 2 if self.invite else min(self._interval * 2, T2)
         self._retransmit = asyncio.get_running_loop().call_later(self._interval, self._resend)
@@ -690,7 +697,7 @@ class Branch:
             self.cancel()
             self._timeout = asyncio.get_running_loop().call_later(TIMEOUT, self._timed_out)
             return
-        self._finish(_answer(self.request, 408, "Request Timeout"))
+        self._finish(server_response(self.request, 408, "Request Timeout"))
 
     def receive(self, response: Response) -> None:
         status = response.status
@@ -759,16 +766,3 @@ def _is_ip_address(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _answer(request: Request, status: int, reason: str) -> Response:
-    response = make_response(request, status, reason)
-    response.add("Server", SERVER_NAME)
-    return response
-
-
-def _error_answer(request: Request, error: SipError) -> Response:
-    response = _answer(request, error.status, error.reason)
-    for name, value in error.headers:
-        response.add(name, value)
-    return response

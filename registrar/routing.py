@@ -47,12 +47,11 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
-    """Targets to try: the groups in turn, the targets of a group in parallel."""
+class TargetSet:
+    """The target set (RFC 3261 16.5): the groups in turn, the targets of a group in parallel."""
 
     groups: list[list[Target]]
     domain: str  # the served domain the call is for (inbound) or from (outbound)
-    outbound: bool = False
 
 
 class Router:
@@ -68,7 +67,7 @@ class Router:
         self.authenticator = authenticator
         self.clock = clock
 
-    async def route(self, request: Request, source: Source) -> Route:
+    async def route(self, request: Request, source: Source) -> TargetSet:
         """The targets for `request`; raises SipError with the answer instead (404, 480, 302, 407...)."""
         catalog = self._catalog()
         try:
@@ -88,7 +87,7 @@ class Router:
         return self._outbound(request, source, uri, catalog)
 
     # -- inbound ----------------------------------------------------------------------------
-    async def _inbound(self, domain: Domain, connection: Connection) -> Route:
+    async def _inbound(self, domain: Domain, connection: Connection) -> TargetSet:
         if not connection.inbound:
             raise SipError(403, "Inbound Calls Not Allowed For This User")
         bindings = await self.store.lookup(connection.aor)
@@ -102,10 +101,10 @@ class Router:
             [Target(binding.contact, of_binding(binding), aor=binding.aor) for binding in same_q]
             for _, same_q in itertools.groupby(ordered, key=_q)
         ]
-        return Route(groups, domain.name)
+        return TargetSet(groups, domain.name)
 
     # -- outbound ---------------------------------------------------------------------------
-    def _outbound(self, request: Request, source: Source, uri: URI, catalog: Catalog) -> Route:
+    def _outbound(self, request: Request, source: Source, uri: URI, catalog: Catalog) -> TargetSet:
         caller = request.name_addr("From").uri
         domain = catalog.domains.get(caller.host) if caller.scheme in ("sip", "sips") else None
         if domain is None:
@@ -123,7 +122,7 @@ class Router:
             target_uri = f"sip:{uri.user}@{gateway.host}{port}"
         if domain.mode == "redirect":
             raise SipError(302, "Moved Temporarily", [("Contact", f"<{target_uri}>")])
-        return Route([[Target(target_uri, address=gateway)]], domain.name, outbound=True)
+        return TargetSet([[Target(target_uri, address=gateway)]], domain.name)
 
     def _authenticated_caller(
         self, request: Request, source: Source, domain: Domain, caller: URI, catalog: Catalog

@@ -45,9 +45,9 @@ def loop_hash(request: Request) -> str:
     Everything that a legitimate spiral changes (the Request-URI, the Route set)
     is in it; the topmost Via, which differs on every pass, is not.
     """
-    to_tag = request.name_addr("To").tag or ""
+    to_tag = request.name_addr("To").tag or ""  # SipError 400 for a malformed To or From
     from_tag = request.name_addr("From").tag or ""
-    number, _ = _cseq(request)
+    number, _ = request.cseq  # checked by the parser
     parts = [request.uri, to_tag, from_tag, request.call_id, str(number),
              *request.get_all("Proxy-Require"), *request.get_all("Proxy-Authorization"), *request.get_all("Route")]
     return hashlib.sha1("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:_LOOP_HASH_LENGTH]
@@ -58,38 +58,30 @@ def new_branch(hash_of_request: str) -> str:
     return f"{BRANCH_MARK}{hash_of_request}.{_BRANCH_SALT}{next(_branch_numbers):x}"
 
 
-def has_looped(request: Request, is_our_sent_by: Callable[[Via], bool]) -> bool:
-    """True when a Via of ours carries the hash this request has now (RFC 3261 16.3 step 4).
+def our_vias(request: Request, is_our_sent_by: Callable[[Via], bool]) -> list[Via]:
+    """The Vias a request carries that we put there: it has been through us before."""
+    vias = []
+    for value in request.get_all("Via"):
+        try:
+            via = parse_via(value)
+        except ValueError:
+            continue  # only the top Via must parse (checked on receipt); others are not ours
+        if is_our_sent_by(via):
+            vias.append(via)
+    return vias
+
+
+def has_looped(ours: Sequence[Via], hash_of_request: str) -> bool:
+    """True when one of our Vias carries the hash this request has now (RFC 3261 16.3 step 4).
 
     A Via of ours with another hash is a spiral (the request came back with a
     new Request-URI or Route set), which is allowed.
     """
-    ours = [via for via in _vias(request) if is_our_sent_by(via) and (via.branch or "").startswith(BRANCH_MARK)]
-    if not ours:
-        return False
-    current = loop_hash(request)
-    return any((via.branch or "")[len(BRANCH_MARK) :].split(".", 1)[0] == current for via in ours)
-
-
-def has_our_via(request: Request, is_our_sent_by: Callable[[Via], bool]) -> bool:
-    return any(is_our_sent_by(via) for via in _vias(request))
-
-
-def _vias(request: Request) -> list[Via]:
-    vias = []
-    for value in request.get_all("Via"):
-        try:
-            vias.append(parse_via(value))
-        except ValueError:
-            continue  # only the top Via must parse (checked on receipt); others are not ours
-    return vias
-
-
-def _cseq(message: Request | Response) -> tuple[int, str]:
-    try:
-        return message.cseq
-    except ValueError:
-        raise SipError(400, "Bad CSeq") from None
+    for via in ours:
+        branch = via.branch or ""
+        if branch.startswith(BRANCH_MARK) and branch[len(BRANCH_MARK) :].split(".", 1)[0] == hash_of_request:
+            return True
+    return False
 
 
 # -- Route ------------------------------------------------------------------------------
@@ -168,22 +160,22 @@ def forwarded(
 
 
 def cancel_for(branch_request: Request) -> Request:
-    """The CANCEL of a forwarded INVITE (RFC 3261 9.1): same Request-URI, Via, Route, Call-ID, From, To, CSeq number."""
-    number, _ = _cseq(branch_request)
-    headers = [("Via", branch_request.get_all("Via")[0])]
-    headers += [(name, value) for name, value in branch_request.headers if name in ("Route", "From", "To", "Call-ID")]
-    headers += [("CSeq", f"{number} CANCEL"), ("Max-Forwards", str(DEFAULT_MAX_FORWARDS))]
-    return Request(headers=headers, method="CANCEL", uri=branch_request.uri)
+    """The CANCEL of a forwarded INVITE (RFC 3261 9.1)."""
+    return _in_its_transaction(branch_request, "CANCEL", branch_request.get("To") or "")
 
 
 def ack_for(branch_request: Request, response: Response) -> Request:
-    """The ACK a proxy's client transaction sends for a non-2xx final response (RFC 3261 17.1.1.3)."""
-    number, _ = _cseq(branch_request)
+    """The ACK a proxy's client transaction sends for a non-2xx final response (RFC 3261 17.1.1.3): the response's To."""
+    return _in_its_transaction(branch_request, "ACK", response.get("To") or branch_request.get("To") or "")
+
+
+def _in_its_transaction(branch_request: Request, method: str, to: str) -> Request:
+    """A CANCEL or ACK of a forwarded INVITE: its Request-URI, top Via, Route, From, Call-ID, CSeq number."""
+    number, _ = branch_request.cseq
     headers = [("Via", branch_request.get_all("Via")[0])]
     headers += [(name, value) for name, value in branch_request.headers if name in ("Route", "From", "Call-ID")]
-    headers.append(("To", response.get("To") or branch_request.get("To") or ""))
-    headers += [("CSeq", f"{number} ACK"), ("Max-Forwards", str(DEFAULT_MAX_FORWARDS))]
-    return Request(headers=headers, method="ACK", uri=branch_request.uri)
+    headers += [("To", to), ("CSeq", f"{number} {method}"), ("Max-Forwards", str(DEFAULT_MAX_FORWARDS))]
+    return Request(headers=headers, method=method, uri=branch_request.uri)
 
 
 def without_top_via(response: Response) -> Response:
@@ -198,16 +190,6 @@ def without_top_via(response: Response) -> Response:
                 del headers[index]
             break
     return Response(headers=headers, body=response.body, status=response.status, reason=response.reason)
-
-
-def top_via(message: Request | Response) -> Via | None:
-    value = message.get("Via")
-    if value is None:
-        return None
-    try:
-        return parse_via(value)
-    except ValueError:
-        return None
 
 
 # -- choosing the answer ----------------------------------------------------------------

@@ -21,6 +21,7 @@ from registrar.model import Binding, Catalog, Connection, Domain
 from registrar.proxy import Destination, Identity, Proxy, SendError
 from registrar.registrar import Source
 from registrar.routing import Router
+from registrar.service import SipService
 from registrar.sip import digest
 from registrar.sip import proxy as relay
 from registrar.sip.message import Request, Response, make_response, parse_message
@@ -600,3 +601,21 @@ async def test_a_retransmitted_non_2xx_final_gets_our_ack_again_after_the_end() 
     acks = node.wire.requests("ACK")
     assert len(acks) == 2 and acks[0] == acks[1] and acks[1][0] == leg
     assert node.statuses() == [100, 486]
+
+
+def test_options_to_us_is_answered_here_and_to_a_user_or_malformed_is_the_proxys() -> None:
+    def options(uri: str) -> Request:
+        return parse_message(invite(uri, method="OPTIONS"))
+
+    assert not SipService.proxied(options(f"sip:{DOMAIN}"))
+    assert SipService.proxied(options(f"sip:bob@{DOMAIN}"))
+    assert SipService.proxied(options("sip:[2001:db8::1"))  # the proxy answers it 400, naming the URI
+
+
+async def test_a_malformed_request_uri_or_to_is_answered_400_naming_it() -> None:
+    node = Node()
+    await node.receive(invite("sip:[2001:db8::1", method="OPTIONS", to=f"sip:bob@{DOMAIN}"))
+    assert node.upstream[-1].status == 400 and node.upstream[-1].reason.startswith("Bad Request-URI")
+    await node.receive(invite(f"sip:bob@{DOMAIN}", to="sip:[2001:db8::1", branch="z9hG4bK-to"))
+    assert node.upstream[-1].status == 400 and node.upstream[-1].reason.startswith("Bad To")
+    assert node.proxy.servers == {}  # answered before any transaction state
