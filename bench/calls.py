@@ -42,7 +42,8 @@ from run import (
 )
 from tests.conftest import free_port, start_registrar, stop_registrar
 from tests.etcd_server import EtcdServer
-from tests.integration.sipp import SCENARIOS, SIPP, run_sipp, users_csv
+from registrar.proxy import TIMEOUT
+from tests.integration.sipp import SCENARIOS, SIPP, run_sipp, seconds_run, sipp_statistics, users_csv
 
 HERE = Path(__file__).resolve().parent / "scenarios"
 CALL_LADDER = (100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000, 2500)
@@ -52,7 +53,7 @@ NONCE_SECRET = "sipreg-bench-replicas"
 # answers 404 (no route for an in-dialog request), and the other sipp sees an unexpected BYE.
 NO_ABORT_BYE = ["-default_behaviors", "all,-bye"]
 REGISTER_EXPIRES = 3600  # outlives any bench run, so no refresh is needed
-TRANSACTION_LIFETIME = 35  # s: the proxy keeps a transaction 32 s after its final answer
+TRANSACTION_LIFETIME = TIMEOUT + 3  # s: the proxy keeps a transaction this long after its final answer
 
 
 def registrar_cpus(count: int) -> list[int]:
@@ -143,23 +144,14 @@ def call_run(proxy, workdir: Path, csv_path: Path, transport: str, rate: float, 
     return sipp_run, seconds, failure_kinds(rows[-1] if rows else {})
 
 
-def sipp_statistics(path: Path) -> list[dict[str, str]]:
-    """The rows of sipp's -trace_stat file (one a second with -fd 1), as field -> value."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    header = lines[0].split(";") if lines else []
-    return [dict(zip(header, line.split(";"))) for line in lines[1:]]
-
-
 def seconds_to(rows: list[dict[str, str]], field: str, goal: float) -> float | None:
-    """Seconds from sipp's start until the counter `field` reached `goal` (interpolated within its second)."""
+    """Seconds from sipp's start until the counter `field` reached `goal` (interpolated within its second).
 
-    def epoch(row: dict[str, str], name: str) -> float:
-        return float(row[name].split("\t")[-1])
-
+    `rows` are sipp_statistics' of a run with -fd 1: one a second."""
     previous = (0.0, 0)
     for row in rows:
         try:
-            now, count = epoch(row, "CurrentTime") - epoch(row, "StartTime"), int(row[field])
+            now, count = seconds_run(row), int(row[field])
         except (KeyError, ValueError):
             continue
         if count >= goal:

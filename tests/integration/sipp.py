@@ -152,29 +152,29 @@ class BackgroundSipp:
         self.process.wait()
 
 
+def sipp_statistics(path: Path) -> list[dict[str, str]]:
+    """The rows of sipp's -trace_stat file (the last is the final one), as field -> value."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    header = lines[0].split(";") if lines else []
+    return [dict(zip(header, line.split(";"))) for line in lines[1:]]
+
+
+def seconds_run(row: dict[str, str]) -> float:
+    """CurrentTime minus StartTime of a statistics row (their third field is epoch seconds with
+    microseconds), so sipp's own start-up is not in it; 0 when the row lacks them."""
+    try:
+        return max(0.0, float(row["CurrentTime"].split("\t")[-1]) - float(row["StartTime"].split("\t")[-1]))
+    except (KeyError, ValueError):
+        return 0.0
+
+
 def _final_counts(stats: Path) -> tuple[int, int, float]:
-    """SuccessfulCall(C), FailedCall(C) and the seconds run, from sipp's statistics file.
-
-    The time is CurrentTime minus StartTime of the final line (their third
-    field is epoch seconds with microseconds), so sipp's own start-up is not in it.
-    """
-    if not stats.exists():
+    """SuccessfulCall(C), FailedCall(C) and the seconds run, from sipp's statistics file."""
+    rows = sipp_statistics(stats)
+    if not rows:
         return 0, 0, 0.0
-    lines = [line for line in stats.read_text().splitlines() if line.strip()]
-    if len(lines) < 2:
-        return 0, 0, 0.0
-    header = lines[0].split(";")
-    last = lines[-1].split(";")
-    values = dict(zip(header, last))
-
-    def epoch(field: str) -> float:
-        try:
-            return float(values.get(field, "").split("\t")[-1])
-        except ValueError:
-            return 0.0
-
-    elapsed = max(0.0, epoch("CurrentTime") - epoch("StartTime"))
-    return int(values.get("SuccessfulCall(C)", 0)), int(values.get("FailedCall(C)", 0)), elapsed
+    final = rows[-1]
+    return int(final.get("SuccessfulCall(C)", 0)), int(final.get("FailedCall(C)", 0)), seconds_run(final)
 
 
 def single_request_scenario(path: Path, request: str, expect: int) -> Path:
