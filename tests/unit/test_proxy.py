@@ -34,7 +34,6 @@ REDIRECTING = "redirect.example.test"
 SECRET = b"0123456789abcdef0123456789abcdef"
 GATEWAY = "sip:127.0.0.9:5070"
 CALLER = Source("udp", "192.0.2.1", 5062)
-NOW = time.time()  # bindings expire by the store's clock, the real one
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw"}
 
 
@@ -86,6 +85,8 @@ class Node:
     """One proxy with its store, wire and what it answered upstream."""
 
     def __init__(self, name: str = "n1", *, flows: set[str] = frozenset(), nodes: dict | None = None):
+        # Bindings expire by the store's clock, the real one; the router's stands still at this.
+        self.now = time.time()
         self.catalog = make_catalog()
         self.store = MemoryStore()
         self.wire = Wire(flows)
@@ -95,7 +96,7 @@ class Node:
         authenticator = digest.DigestAuthenticator(digest.NonceAuthority(SECRET), digest.NonceCounts())
         address = {"n1": "10.0.0.1", "n2": "10.0.0.2"}[name]
         self.proxy = Proxy(
-            Router(lambda: self.catalog, self.store, authenticator, lambda: NOW),
+            Router(lambda: self.catalog, self.store, authenticator, lambda: self.now),
             self.wire,
             Identity(name, address, {"udp": 5060, "tcp": 5060, "tls": 5061}, {5060, 5061}, {address},
                      domains=lambda: self.catalog.domains),
@@ -108,7 +109,7 @@ class Node:
     async def bind(self, user: str, contact: str, source: str, *, flow: str | None = None, q: float | None = None,
                    node: str = "n1") -> None:
         transport = source.split(":", 1)[0]
-        binding = Binding(f"{user}@{DOMAIN}", contact, NOW + 3600, "reg", 1, q, transport=transport,
+        binding = Binding(f"{user}@{DOMAIN}", contact, self.now + 3600, "reg", 1, q, transport=transport,
                           source=source, flow=flow, node=node)
         await self.store.update(binding.aor, lambda current: [*current, binding])
 
@@ -291,7 +292,7 @@ async def test_nobody_registered_is_480_an_unknown_user_404_a_redirect_domain_30
     assert [(r.status, r.reason) for r in node.upstream if r.status >= 200] == [
         (480, "Temporarily Unavailable"), (404, "Not Found"), (403, "Inbound Calls Not Allowed For This User")]
 
-    binding = Binding(f"bob@{REDIRECTING}", "sip:bob@192.0.2.30:5060", NOW + 120, "r", 1, 0.3)
+    binding = Binding(f"bob@{REDIRECTING}", "sip:bob@192.0.2.30:5060", node.now + 120, "r", 1, 0.3)
     better = binding._replace(contact="sip:bob@192.0.2.31:5060", q=0.8)
     await node.store.update(binding.aor, lambda current: [binding, better])
     await node.receive(invite(f"sip:bob@{REDIRECTING}", branch="z9hG4bK-4", call_id="call-4"))
