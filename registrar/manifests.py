@@ -55,7 +55,16 @@ from typing import Any
 
 import yaml
 
-from registrar.model import Catalog, Connection, Domain, RegistrationPolicy
+from registrar.model import (
+    Catalog,
+    Connection,
+    ConnectionLimits,
+    Domain,
+    LockoutPolicy,
+    RegistrationPolicy,
+    SecurityPolicy,
+    SourceLimits,
+)
 from registrar.sip.digest import ha1
 from registrar.sip.uri import URIError, parse_uri
 
@@ -394,6 +403,8 @@ def _one_of(*choices: str) -> Parser:
 
 
 _port = _integer(1, 65535)
+_count = _integer(1, 2**31 - 1)
+_seconds = _integer(1, 86400)
 # Expires values are 32-bit delta-seconds (RFC 3261 section 20.19).
 _expires = _integer(1, 2**32 - 1)
 
@@ -452,6 +463,7 @@ def _metadata(value: Any, path: str) -> tuple[str, str]:
 # --- Schemas ------------------------------------------------------------------
 
 _POLICY_DEFAULTS = RegistrationPolicy()
+_SECURITY_DEFAULTS = SecurityPolicy()
 _DOMAIN_DEFAULTS = Domain(name="")
 _CONNECTION_DEFAULTS = Connection(domain="", username="")
 
@@ -517,6 +529,54 @@ _SIP_DOMAIN_SPEC = _object(
                         _list_of(_one_of("SHA-256", "MD5"), non_empty=True, unique=True),
                         _DOMAIN_DEFAULTS.digest_algorithms,
                     ),
+                }
+            ),
+            _FROM_EMPTY,
+        ),
+        # Defaults and why: registrar.model's SecurityPolicy and its parts.
+        "security": _Field(
+            _object(
+                {
+                    "trustedNetworks": _Field(_list_of(_network), ()),
+                    "rateLimit": _Field(
+                        _object(
+                            {
+                                "requestsPerSecond": _Field(_count, int(_SECURITY_DEFAULTS.sources.requests_per_second)),
+                                "burst": _Field(_count, _SECURITY_DEFAULTS.sources.burst),
+                                "banAfter": _Field(_count, _SECURITY_DEFAULTS.sources.ban_after),
+                                "banSeconds": _Field(_seconds, _SECURITY_DEFAULTS.sources.ban_seconds),
+                                "maxBanSeconds": _Field(_seconds, _SECURITY_DEFAULTS.sources.max_ban_seconds),
+                            }
+                        ),
+                        _FROM_EMPTY,
+                    ),
+                    "lockout": _Field(
+                        _object(
+                            {
+                                "failuresPerSource": _Field(_count, _SECURITY_DEFAULTS.lockout.failures_per_source),
+                                "failuresPerUser": _Field(_count, _SECURITY_DEFAULTS.lockout.failures_per_user),
+                                "windowSeconds": _Field(_seconds, _SECURITY_DEFAULTS.lockout.window_seconds),
+                                "lockoutSeconds": _Field(_seconds, _SECURITY_DEFAULTS.lockout.lockout_seconds),
+                                "maxLockoutSeconds": _Field(_seconds, _SECURITY_DEFAULTS.lockout.max_lockout_seconds),
+                                "failuresPerNonce": _Field(_count, _SECURITY_DEFAULTS.lockout.failures_per_nonce),
+                            }
+                        ),
+                        _FROM_EMPTY,
+                    ),
+                    "connections": _Field(
+                        _object(
+                            {
+                                "perSource": _Field(_count, _SECURITY_DEFAULTS.connections.per_source),
+                                "total": _Field(_count, _SECURITY_DEFAULTS.connections.total),
+                                "messageSeconds": _Field(_seconds, int(_SECURITY_DEFAULTS.connections.message_seconds)),
+                                "handshakeSeconds": _Field(
+                                    _seconds, int(_SECURITY_DEFAULTS.connections.handshake_seconds)
+                                ),
+                            }
+                        ),
+                        _FROM_EMPTY,
+                    ),
+                    "maxTransactions": _Field(_count, _SECURITY_DEFAULTS.max_transactions),
                 }
             ),
             _FROM_EMPTY,
@@ -603,6 +663,37 @@ def domain_from_spec(raw_spec: Any) -> Domain:
         mode=spec["mode"],
         outbound_gateway=outbound["gateway"] if outbound else None,
         digest_algorithms=tuple(spec["authentication"]["algorithms"]),
+        security=security_from_spec(spec["security"]),
+    )
+
+
+def security_from_spec(security: dict[str, Any]) -> SecurityPolicy:
+    """A checked spec.security (all defaults filled in) as the model's SecurityPolicy."""
+    rate, lockout, connections = security["rateLimit"], security["lockout"], security["connections"]
+    return SecurityPolicy(
+        trusted_networks=tuple(security["trustedNetworks"]),
+        sources=SourceLimits(
+            requests_per_second=float(rate["requestsPerSecond"]),
+            burst=rate["burst"],
+            ban_after=rate["banAfter"],
+            ban_seconds=rate["banSeconds"],
+            max_ban_seconds=rate["maxBanSeconds"],
+        ),
+        lockout=LockoutPolicy(
+            failures_per_source=lockout["failuresPerSource"],
+            failures_per_user=lockout["failuresPerUser"],
+            window_seconds=lockout["windowSeconds"],
+            lockout_seconds=lockout["lockoutSeconds"],
+            max_lockout_seconds=lockout["maxLockoutSeconds"],
+            failures_per_nonce=lockout["failuresPerNonce"],
+        ),
+        connections=ConnectionLimits(
+            per_source=connections["perSource"],
+            total=connections["total"],
+            message_seconds=float(connections["messageSeconds"]),
+            handshake_seconds=float(connections["handshakeSeconds"]),
+        ),
+        max_transactions=security["maxTransactions"],
     )
 
 

@@ -8,10 +8,11 @@ registrar logic reads all three. None of them knows about YAML, etcd or sockets.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, NamedTuple
 
 Transport = Literal["udp", "tcp", "tls"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 AuthenticationType = Literal["credentials", "ip"]
 DomainMode = Literal["proxy", "redirect"]
 
@@ -27,6 +28,82 @@ class RegistrationPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceLimits:
+    """How fast one source address may send before it is refused, then banned (Kamailio's pike + htable).
+
+    Counted before parsing, per address, as a token bucket. Requests that prove
+    their credentials give their token back: an office behind one NAT address
+    pays only for its unauthenticated first legs (the 401s), not for its users.
+    """
+
+    # 50/s is some 30 times what 200 phones behind one address send steadily
+    # (registrations, 30 s OPTIONS keep-alives); a flood is thousands.
+    requests_per_second: float = 50.0
+    # 200 phones re-registering at once after an outage send 200 unauthenticated
+    # REGISTERs together: the bucket holds twice that.
+    burst: int = 400
+    # Refused this many more times while the bucket is empty, the source is banned:
+    # its packets are dropped unread.
+    ban_after: int = 400
+    # The first ban; each further one within a day doubles, up to the maximum: a NAT
+    # that tripped once is back in a minute, a scanner that keeps at it is out for hours.
+    ban_seconds: int = 60
+    max_ban_seconds: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutPolicy:
+    """Online password guessing: which failed digest responses lock out whom, and for how long.
+
+    The pair (username, source address) is locked first; the username across all
+    addresses only at a much higher count, and then not for addresses that have
+    proved that user's password before (the user's own phones keep working).
+    """
+
+    # A phone with a wrong password fails every registration attempt; five
+    # tries are plenty for a human typing one in.
+    failures_per_source: int = 5
+    # From all addresses together: a botnet gets this many guesses per lockout.
+    failures_per_user: int = 30
+    # Failures older than this are forgotten.
+    window_seconds: int = 600
+    # The first lockout; each further failure after one doubles it, up to the maximum.
+    lockout_seconds: int = 60
+    max_lockout_seconds: int = 3600
+    # Failed responses one nonce admits; after them it is spent (a new challenge).
+    failures_per_nonce: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """TCP/TLS connections: how many, and how long a peer may take to send what it must."""
+
+    # An office of phones behind one NAT address, each with its own connection.
+    per_source: int = 256
+    # An idle Python connection costs tens of KiB (TLS more): 10,000 fit a 512 MiB pod.
+    total: int = 10_000
+    # A whole SIP message, from its first byte: one byte every 20 s keeps no connection.
+    message_seconds: float = 10.0
+    # A TLS handshake, from the TCP accept (mobile networks can be slow).
+    handshake_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityPolicy:
+    """A domain's defences against hostile traffic (a SipDomain's spec.security)."""
+
+    # Sources exempt from the rate limits and bans (an edge proxy, a load balancer, a carrier).
+    # The allow-lists of `ip` connections are trusted too. Password lockouts apply to all.
+    trusted_networks: tuple[Network, ...] = ()
+    sources: SourceLimits = field(default_factory=SourceLimits)
+    lockout: LockoutPolicy = field(default_factory=LockoutPolicy)
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # Proxy transactions alive at once; more are answered 503 with Retry-After. A live
+    # transaction holds its request and branches (some KiB): 5,000 stay within tens of MiB.
+    max_transactions: int = 5000
+
+
+@dataclass(frozen=True, slots=True)
 class Domain:
     """A SIP domain this registrar serves (a SipDomain)."""
 
@@ -36,6 +113,7 @@ class Domain:
     outbound_gateway: str | None = None
     # Offered in this order, one WWW-Authenticate header each (RFC 8760 section 2.4).
     digest_algorithms: tuple[str, ...] = ("MD5",)
+    security: SecurityPolicy = field(default_factory=SecurityPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +128,7 @@ class Connection:
     username: str
     authentication: AuthenticationType = "credentials"
     ha1: dict[str, str] = field(default_factory=dict)
-    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    allowed_networks: tuple[Network, ...] = ()
     max_contacts: int = 5
     inbound: bool = True
     outbound: bool = True
@@ -122,10 +200,13 @@ class Catalog:
     # Derived: domains where some connection authenticates by source address. In the
     # others a REGISTER without credentials is challenged before anything else is read.
     ip_authenticated_domains: frozenset[str] = field(init=False)
+    # Derived: the process-wide part of the domains' security policies (see `serving_policy`).
+    security: SecurityPolicy = field(init=False)
 
     def __post_init__(self) -> None:
         domains = frozenset(c.domain for c in self.connections.values() if c.authentication == "ip")
         object.__setattr__(self, "ip_authenticated_domains", domains)
+        object.__setattr__(self, "security", serving_policy(self))
 
     def only(self, domains: frozenset[str]) -> Catalog:
         """The part of this catalogue that serves `domains` (lower-case names)."""
@@ -133,3 +214,33 @@ class Catalog:
             domains={name: domain for name, domain in self.domains.items() if name in domains},
             connections={key: c for key, c in self.connections.items() if key[0] in domains},
         )
+
+
+def serving_policy(catalog: Catalog) -> SecurityPolicy:
+    """What one registrar process enforces for all the domains it serves.
+
+    Rate limits, connection limits and the transaction cap guard the process, not
+    a domain. In a cluster a registrar serves one SipDomain and takes its policy
+    as it is; serving several (`sipreg serve`), each limit is the most generous
+    any of them sets, so no domain is held tighter than it asked. Trusted
+    networks are all of theirs, plus the allow-lists of `ip` connections.
+    Lockouts stay per domain (`Domain.security.lockout`).
+    """
+    policies = [domain.security for domain in catalog.domains.values()] or [SecurityPolicy()]
+    networks = dict.fromkeys(network for policy in policies for network in policy.trusted_networks)
+    for connection in catalog.connections.values():
+        if connection.authentication == "ip":
+            networks.update(dict.fromkeys(connection.allowed_networks))
+    return SecurityPolicy(
+        trusted_networks=tuple(networks),
+        sources=_most_generous([policy.sources for policy in policies]),
+        lockout=policies[0].lockout,
+        connections=_most_generous([policy.connections for policy in policies]),
+        max_transactions=max(policy.max_transactions for policy in policies),
+    )
+
+
+def _most_generous(limits: list):  # type: ignore[no-untyped-def]
+    """Field by field, the largest of several limits of one kind (all of them are 'more is laxer')."""
+    names = [f.name for f in fields(limits[0])]
+    return type(limits[0])(*[max(getattr(limit, name) for limit in limits) for name in names])

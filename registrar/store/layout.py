@@ -26,12 +26,22 @@ ever sees them.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from registrar.model import Binding, Connection, Domain, RegistrationPolicy
+from registrar.model import (
+    Binding,
+    Connection,
+    ConnectionLimits,
+    Domain,
+    LockoutPolicy,
+    RegistrationPolicy,
+    SecurityPolicy,
+    SourceLimits,
+)
 from registrar.store import RegistrationFailure
 
 PREFIX = "/sipreg/v1/"
@@ -122,6 +132,7 @@ def encode_domain(domain: Domain) -> bytes:
             "mode": domain.mode,
             "outboundGateway": domain.outbound_gateway,
             "digestAlgorithms": list(domain.digest_algorithms),
+            "security": _security_record(domain.security),
         }
     )
 
@@ -141,9 +152,31 @@ def decode_domain(value: bytes) -> Domain:
             mode=record["mode"],
             outbound_gateway=record.get("outboundGateway"),
             digest_algorithms=tuple(map(str, record["digestAlgorithms"])),
+            # Written before security existed: the defaults.
+            security=_security_of(record["security"]) if "security" in record else SecurityPolicy(),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise BadRecord(f"domain: missing or bad field {error}") from None
+
+
+def _security_record(policy: SecurityPolicy) -> dict[str, Any]:
+    return {
+        "trustedNetworks": [str(network) for network in policy.trusted_networks],
+        "sources": dataclasses.asdict(policy.sources),
+        "lockout": dataclasses.asdict(policy.lockout),
+        "connections": dataclasses.asdict(policy.connections),
+        "maxTransactions": policy.max_transactions,
+    }
+
+
+def _security_of(record: dict[str, Any]) -> SecurityPolicy:
+    return SecurityPolicy(
+        trusted_networks=tuple(ipaddress.ip_network(text) for text in record["trustedNetworks"]),
+        sources=SourceLimits(**record["sources"]),
+        lockout=LockoutPolicy(**record["lockout"]),
+        connections=ConnectionLimits(**record["connections"]),
+        max_transactions=int(record["maxTransactions"]),
+    )
 
 
 def encode_connection(connection: Connection) -> bytes:

@@ -9,7 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from registrar.model import Binding, Connection, Domain, RegistrationPolicy
+from registrar.model import (
+    Binding,
+    Connection,
+    ConnectionLimits,
+    Domain,
+    LockoutPolicy,
+    RegistrationPolicy,
+    SecurityPolicy,
+    SourceLimits,
+)
 from registrar.store import RegistrationFailure
 from registrar.store import layout
 
@@ -124,3 +133,22 @@ def test_failure_and_node_records_round_trip() -> None:
     assert layout.decode_failure("sip.example.test", "alice", layout.encode_failure(failure)) == failure
     node = layout.decode_node(layout.encode_node("pod-a", "10.0.0.5", 5060, 99.0))
     assert node == {"node": "pod-a", "address": "10.0.0.5", "sipPort": 5060, "started": 99.0}
+
+
+def test_a_domain_keeps_its_security_policy_through_etcd() -> None:
+    security = SecurityPolicy(
+        trusted_networks=(ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/32")),
+        sources=SourceLimits(requests_per_second=7.0, burst=9, ban_after=3, ban_seconds=5, max_ban_seconds=50),
+        lockout=LockoutPolicy(failures_per_source=2, failures_per_user=4, window_seconds=6, lockout_seconds=8,
+                              max_lockout_seconds=80, failures_per_nonce=1),
+        connections=ConnectionLimits(per_source=3, total=30, message_seconds=2.0, handshake_seconds=4.0),
+        max_transactions=11,
+    )
+    domain = Domain("sip.example.test", security=security)
+    assert layout.decode_domain(layout.encode_domain(domain)) == domain
+
+
+def test_a_domain_written_before_security_existed_gets_the_defaults() -> None:
+    record = json.loads(layout.encode_domain(Domain("sip.example.test")))
+    del record["security"]
+    assert layout.decode_domain(json.dumps(record).encode()).security == SecurityPolicy()

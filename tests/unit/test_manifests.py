@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 
 from registrar.manifests import Catalog, ManifestError, load_catalog
-from registrar.model import RegistrationPolicy
+from registrar import manifests
+from registrar.model import (
+    Connection,
+    ConnectionLimits,
+    Domain,
+    LockoutPolicy,
+    RegistrationPolicy,
+    SecurityPolicy,
+    SourceLimits,
+)
 
 SHIPPED = Path(__file__).resolve().parents[2] / "manifests"
 SIP = "sip.example.test"
@@ -432,3 +441,44 @@ def test_v1_list_items_are_read(tmp_path: Path) -> None:
     items = "".join("- " + textwrap.dedent(d).strip("\n").replace("\n", "\n  ") + "\n" for d in (DOMAIN, SECRET, ALICE))
     write(tmp_path, "list.yaml", "apiVersion: v1\nkind: List\nitems:\n" + items)
     assert set(load_catalog(tmp_path).connections) == {(SIP, "alice")}
+
+
+def test_security_defaults_are_the_models_and_every_knob_is_read() -> None:
+    assert manifests.domain_from_spec({"domain": "sip.example.test"}).security == SecurityPolicy()
+    domain = manifests.domain_from_spec(
+        {
+            "domain": "sip.example.test",
+            "security": {
+                "trustedNetworks": ["192.0.2.0/24"],
+                "rateLimit": {"requestsPerSecond": 7, "burst": 9, "banAfter": 3, "banSeconds": 5, "maxBanSeconds": 50},
+                "lockout": {"failuresPerSource": 2, "failuresPerUser": 4, "windowSeconds": 6, "lockoutSeconds": 8,
+                            "maxLockoutSeconds": 80, "failuresPerNonce": 1},
+                "connections": {"perSource": 3, "total": 30, "messageSeconds": 2, "handshakeSeconds": 4},
+                "maxTransactions": 11,
+            },
+        }
+    )
+    assert domain.security == SecurityPolicy(
+        trusted_networks=(ipaddress.ip_network("192.0.2.0/24"),),
+        sources=SourceLimits(requests_per_second=7.0, burst=9, ban_after=3, ban_seconds=5, max_ban_seconds=50),
+        lockout=LockoutPolicy(failures_per_source=2, failures_per_user=4, window_seconds=6, lockout_seconds=8,
+                              max_lockout_seconds=80, failures_per_nonce=1),
+        connections=ConnectionLimits(per_source=3, total=30, message_seconds=2.0, handshake_seconds=4.0),
+        max_transactions=11,
+    )
+
+
+def test_a_bad_security_knob_is_named() -> None:
+    with pytest.raises(manifests.SpecError, match=r"spec\.security\.rateLimit\.burst"):
+        manifests.domain_from_spec({"domain": "sip.example.test", "security": {"rateLimit": {"burst": 0}}})
+
+
+def test_one_process_serving_several_domains_takes_the_most_generous_limits_and_all_trusted_networks() -> None:
+    strict = Domain("a.test", security=SecurityPolicy(trusted_networks=(ipaddress.ip_network("192.0.2.0/24"),),
+                                                      sources=SourceLimits(burst=10), max_transactions=10))
+    lax = Domain("b.test", security=SecurityPolicy(sources=SourceLimits(burst=1000, ban_seconds=5)))
+    trunk = Connection("a.test", "pbx", authentication="ip", allowed_networks=(ipaddress.ip_network("198.51.100.7/32"),))
+    policy = Catalog(domains={"a.test": strict, "b.test": lax}, connections={("a.test", "pbx"): trunk}).security
+    assert policy.sources.burst == 1000 and policy.sources.ban_seconds == 60
+    assert policy.max_transactions == SecurityPolicy().max_transactions
+    assert policy.trusted_networks == (ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("198.51.100.7/32"))
