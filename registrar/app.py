@@ -21,6 +21,7 @@ from registrar.registrar import Registrar, Source
 from registrar.routing import Router, Target
 from registrar.service import SipService
 from registrar.sip import digest
+from registrar.source_limits import Ban, SourceLimiter
 from registrar.sip.message import Request
 from registrar.store import LocationStore
 from registrar.store.etcd import EtcdStore
@@ -78,7 +79,10 @@ class RegistrarServer:
         self.config = config
         self.store = make_store(config)
         etcd = isinstance(self.store, EtcdStore)
-        self.metrics = Metrics(self.store, lambda: self.registrar.catalog, etcd=etcd)
+        self.sources = SourceLimiter(
+            lambda: self.registrar.catalog.security, peers=self._peer_addresses, on_ban=_log_ban
+        )
+        self.metrics = Metrics(self.store, lambda: self.registrar.catalog, etcd=etcd, sources=self.sources)
         if etcd:
             self.store.session.on_error = self.metrics.store_errored
             self.store.on_write = self.metrics.store_written
@@ -98,8 +102,9 @@ class RegistrarServer:
             expires_spread=config.expires_spread,
             on_result=self.metrics.registration_answered,
             on_auth_failure=self.metrics.auth_failed,
+            on_authenticated=lambda source: self.sources.authenticated(source.host),
         )
-        self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics)
+        self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics, self.sources)
         self.registrar.on_bound = self._keep_flow
         self.endpoint.proxy = self._proxy(authenticator)
         self._closers: list = []
@@ -121,13 +126,14 @@ class RegistrarServer:
         )
         store = self.store
         return Proxy(
-            Router(lambda: self.registrar.catalog, store, authenticator, time.time),
+            Router(lambda: self.registrar.catalog, store, authenticator, time.time, known_source=self.sources.known),
             self.endpoint,
             identity,
             TokenSigner(config.nonce_secret),
             nodes=(lambda: store.nodes) if isinstance(store, EtcdStore) else dict,
             on_final=self._call_answered,
             on_unreachable=self._unreachable,
+            max_transactions=lambda: self.registrar.catalog.security.max_transactions,
         )
 
     def _call_answered(self, request: Request, domain: str, status: int) -> None:
@@ -139,6 +145,11 @@ class RegistrarServer:
         node = target.ref.node if target.ref is not None else ""
         log.warning("sipreg: call skipped %s's contact %s (node %s): %s", target.aor, target.uri, node, why)
         self.metrics.unreachable_contact(why)
+
+    def _peer_addresses(self) -> set[str]:
+        """The other replicas' addresses (etcd nodes/): their hops carry many users' calls, never limited."""
+        store = self.store
+        return {node["address"] for node in store.nodes.values()} if isinstance(store, EtcdStore) else set()
 
     def _served(self, catalog: Catalog) -> Catalog:
         return catalog if self.config.domains is None else catalog.only(self.config.domains)
@@ -209,6 +220,12 @@ class RegistrarServer:
         for flow in list(self.endpoint.flows.values()):
             flow.writer.close()
         await self.store.close()
+
+
+def _log_ban(ban: Ban) -> None:
+    # One line per ban, never per packet; fail2ban can match it as it matches failed authentications.
+    log.warning("sipreg: source banned source=%s seconds=%d repeat=%d reason=\"over its request rate\"",
+                ban.host, ban.seconds, ban.repeat)
 
 
 def make_store(config: ServeConfig) -> LocationStore:

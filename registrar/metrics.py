@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from registrar.model import Catalog
 from registrar.sip.message import KNOWN_METHODS
+from registrar.source_limits import SourceLimiter
 from registrar.store import LocationStore
 
 # The *_created series only double the output; nothing we ship reads them.
@@ -50,6 +51,7 @@ class Metrics:
         catalog: Callable[[], Catalog] | None = None,
         *,
         etcd: bool = False,
+        sources: SourceLimiter | None = None,
     ):
         self.registry = CollectorRegistry()
         self.auth_failures = Counter(
@@ -108,6 +110,8 @@ class Metrics:
         for operation in STORE_OPERATIONS:
             self.store_errors.labels(operation)
         self.registry.register(_HotPathCollector(self))
+        if sources is not None:
+            self.registry.register(_SourcesCollector(sources))
         if store is not None:
             self.registry.register(_StoreCollector(store, catalog or Catalog))
 
@@ -192,6 +196,30 @@ class _HotPathCollector:
             )
             writes.add_metric([], *metrics._store_write_latency.buckets())
             yield writes
+
+
+class _SourcesCollector:
+    """What the per-source limits refused and banned, read from the limiter's own counts."""
+
+    def __init__(self, sources: SourceLimiter):
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        refused = CounterMetricFamily(
+            "sipreg_requests_refused",
+            "Messages dropped unread by the per-source limits, by why: rate (over the source's budget), "
+            "banned (from a banned source).",
+            labels=["why"],
+        )
+        for why, count in sorted(self._sources.refused.items()):
+            refused.add_metric([why], count)
+        yield refused
+        yield CounterMetricFamily(
+            "sipreg_source_bans", "Source addresses banned for flooding (each ban once).", value=self._sources.bans
+        )
+        yield GaugeMetricFamily(
+            "sipreg_sources_tracked", "Source addresses the per-source limits remember.", value=len(self._sources)
+        )
 
 
 class _Histogram:

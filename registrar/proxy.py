@@ -48,6 +48,10 @@ SAFETY_NET = 900.0
 # Methods that create a dialog: the proxy stays in its path (Record-Route).
 DIALOG_METHODS = frozenset(["INVITE", "SUBSCRIBE", "REFER"])
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+# Live transactions beyond which requests are shed (a SipDomain's security.maxTransactions).
+MAX_TRANSACTIONS = 5000
+# What a shed request is told: come back after this long (RFC 3261 21.5.4).
+SHED_RETRY_AFTER = 5
 
 
 class Destination(NamedTuple):
@@ -115,6 +119,7 @@ class Proxy:
         nodes: Callable[[], dict[str, dict]] = dict,
         on_final: Callable[[Request, str, int], None] = lambda request, domain, status: None,
         on_unreachable: Callable[[Target, str], None] = lambda target, why: None,
+        max_transactions: Callable[[], int] = lambda: MAX_TRANSACTIONS,
     ):
         self.router = router
         self.delivery = delivery
@@ -123,6 +128,7 @@ class Proxy:
         self.nodes = nodes
         self._on_final = on_final
         self._on_unreachable = on_unreachable
+        self._max_transactions = max_transactions
         self.servers: dict[TransactionKey, ServerTransaction] = {}
         self.clients: dict[tuple[str, str], Branch] = {}
         self._merge_keys: dict[tuple[str, str, int, str], TransactionKey] = {}
@@ -168,10 +174,13 @@ class Proxy:
         except SipError as error:
             reply(error_response(request, error).to_bytes())
             return
+        if len(self.servers) >= self._max_transactions():
+            # Full: shed before any state, one answer for one request.
+            reply(server_response(request, 503, "Service Unavailable: Overloaded",
+                                  [("Retry-After", str(SHED_RETRY_AFTER))]).to_bytes())
+            return
         server = ServerTransaction(self, key, request, source, reply, hash_of_request)
         self.servers[key] = server
-        if method == "INVITE":
-            server.respond(server_response(request, 100, "Trying"))
         try:
             self._check(request, server)
         except SipError as error:
@@ -368,6 +377,9 @@ class Proxy:
             return False
         server.branches.append(branch)
         self.clients[(branch_id, request.method)] = branch
+        if request.method == "INVITE" and server.last_response is None:
+            # Only now: a request refused before any branch gets its one answer and nothing else.
+            server.respond(server_response(request, 100, "Trying"))
         return True
 
     async def _destination(self, target: Target) -> tuple[Destination | None, str | None]:
@@ -465,12 +477,16 @@ class Proxy:
         except SendError:
             pass  # the peer's own timers take it from here
 
-    def complete(self, server: ServerTransaction) -> None:
-        """A transaction is over: keep only what its retransmissions need, as plain tuples."""
+    def forget(self, server: ServerTransaction) -> None:
+        """A transaction is gone without a trace (answered statelessly, or over)."""
         if self.servers.get(server.key) is server:
             del self.servers[server.key]
         if server.merge_key is not None and self._merge_keys.get(server.merge_key) == server.key:
             del self._merge_keys[server.merge_key]
+
+    def complete(self, server: ServerTransaction) -> None:
+        """A transaction is over: keep only what its retransmissions need, as plain tuples."""
+        self.forget(server)
         expires_at = time.monotonic() + TIMEOUT
         if server.last_response is not None and not server.reliable:
             self._answered[server.key] = (expires_at, server.last_response, server.final_status)
@@ -533,12 +549,24 @@ class ServerTransaction:
         return self.final_status >= 200
 
     def respond(self, response: Response) -> None:
-        """Send an answer upstream; after the final one, the transaction ends when its branches have."""
+        """Send an answer upstream; after the final one, the transaction ends when its branches have.
+
+        A final answer made up before any branch went out (a refusal: 404, 403, 407,
+        480...) is sent statelessly (RFC 3261 16.1; Kamailio's sl_send_reply): once,
+        with no Timer G and nothing kept, so a stranger's request gets one packet
+        back and leaves no memory behind. A retransmission is refused again.
+        """
         if self._completed or (self.answered and not (200 <= response.status < 300)):
             return  # one final answer, no provisional after it; only further 2xx may follow (RFC 6026)
         data = response.to_bytes()
-        self.last_response = data
         self.reply(data)
+        if response.status >= 200 and not self.branches and not self.answered:
+            self.final_status = response.status
+            self.proxy._on_final(self.request, self.domain, response.status)
+            self._end()
+            self.proxy.forget(self)
+            return
+        self.last_response = data
         if response.status < 200 or self.answered:
             return
         self.final_status = response.status
@@ -573,11 +601,14 @@ class ServerTransaction:
         if self._completed or not self.answered or self._retransmit is not None:
             return
         if all(branch.done for branch in self.branches):
-            self._completed = True
-            if self._safety is not None:
-                self._safety.cancel()
-                self._safety = None
+            self._end()
             self.proxy.complete(self)
+
+    def _end(self) -> None:
+        self._completed = True
+        if self._safety is not None:
+            self._safety.cancel()
+            self._safety = None
 
     def cancel(self) -> None:
         if self.answered or self.cancelled:

@@ -86,6 +86,7 @@ class Registrar:
         clock: Callable[[], float] = time.time,
         on_result: Callable[[str, int], None] | None = None,
         on_auth_failure: Callable[[str, str], None] | None = None,
+        on_authenticated: Callable[[Source], None] = lambda source: None,
         expires_spread: float = 0.0,
         rng: Callable[[], float] = random.random,
     ):
@@ -96,6 +97,8 @@ class Registrar:
         self.clock = clock
         self._on_result = on_result or (lambda domain, status: None)
         self._on_auth_failure = on_auth_failure or (lambda domain, reason: None)
+        # Told the source of every REGISTER that proved who it is (credentials or address).
+        self._on_authenticated = on_authenticated
         # Told (source, seconds) after bindings are stored, so the transport keeps
         # the connection they arrived on open as long as they live.
         self.on_bound: Callable[[Source, int], None] = lambda source, seconds: None
@@ -195,6 +198,7 @@ class Registrar:
         connection = self.catalog.connections.get((domain.name, username))
         if connection is not None and connection.authentication == "ip":
             self._check_address(connection, source)
+            self._on_authenticated(source)
             self._check_inbound(connection)
             return connection
 
@@ -225,6 +229,7 @@ class Registrar:
             self._note_failure(known, "authenticated user does not match To", source)
             raise SipError(403, "Authenticated User Does Not Match To")
         self._check_address(known, source)
+        self._on_authenticated(source)
         self._check_inbound(known)
         return known
 

@@ -8,8 +8,11 @@ Logic over the catalogue and the location store, no sockets (the proxy sends):
   when nobody is registered. Calling a registered user needs no credentials:
   inbound calls come from anywhere (the carrier, other users), as on a PBX.
 - `sip:USER@DOMAIN`, DOMAIN ours, USER unknown and not a phone number: `404`.
-  Unlike REGISTER's challenge, this tells a caller which users exist; that is
-  what a PBX's directory does, and the users' credentials stay hidden.
+- To a stranger (a source neither trusted nor ever authenticated) an unknown
+  user, a user nobody is registered for and a user who takes no inbound calls
+  are one and the same `404 Not Found`, after the same store lookup: nothing
+  tells a scanner which users exist (Kamailio's default script answers a failed
+  lookup so). Our own phones and trusted peers get the precise 480/404/403.
 - Anything else (another domain, `tel:`, a phone number at our domain) is an
   outbound call: the From user must prove who they are (`407`, the digest code
   of REGISTER with Proxy-* headers) or call from an address in the allow-list of
@@ -61,11 +64,14 @@ class Router:
         store: LocationStore,
         authenticator: digest.DigestAuthenticator,
         clock: Callable[[], float],
+        known_source: Callable[[str], bool],
     ):
         self._catalog = catalog
         self.store = store
         self.authenticator = authenticator
         self.clock = clock
+        # Whether an address is trusted or has proved credentials (SourceLimiter.known).
+        self._known_source = known_source
 
     async def route(self, request: Request, source: Source) -> TargetSet:
         """The targets for `request`; raises SipError with the answer instead (404, 480, 302, 407...)."""
@@ -81,9 +87,11 @@ class Router:
                     raise SipError(501, "Not Implemented")
                 raise SipError(404, "Not Found: No User In Request-URI")
             connection = catalog.connections.get((domain.name, uri.user))
-            if connection is None:
-                raise SipError(404, "Not Found")
-            return await self._inbound(domain, connection)
+            if self._known_source(source.host):
+                if connection is None:
+                    raise SipError(404, "Not Found")
+                return await self._inbound(domain, connection)
+            return await self._inbound_from_stranger(domain, connection, uri.user)
         return self._outbound(request, source, uri, catalog)
 
     # -- inbound ----------------------------------------------------------------------------
@@ -93,6 +101,16 @@ class Router:
         bindings = await self.store.lookup(connection.aor)
         if not bindings:
             raise SipError(480, "Temporarily Unavailable")
+        return self._targets(domain, bindings)
+
+    async def _inbound_from_stranger(self, domain: Domain, connection: Connection | None, user: str) -> TargetSet:
+        """Calls from strangers reach registered users; every other case is one 404, looked up alike."""
+        bindings = await self.store.lookup(connection.aor if connection is not None else f"{user}@{domain.name}")
+        if connection is None or not connection.inbound or not bindings:
+            raise SipError(404, "Not Found")
+        return self._targets(domain, bindings)
+
+    def _targets(self, domain: Domain, bindings: list[Binding]) -> TargetSet:
         ordered = sorted(bindings, key=_q, reverse=True)
         if domain.mode == "redirect":
             now = self.clock()

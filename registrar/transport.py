@@ -23,6 +23,7 @@ from registrar.metrics import Metrics
 from registrar.proxy import Destination, Proxy, SendError
 from registrar.registrar import Source, error_response, server_response
 from registrar.service import SipService
+from registrar.source_limits import SourceLimiter
 from registrar.sip.headers import Via, split_list
 from registrar.sip.message import (
     KeepAlive,
@@ -51,9 +52,17 @@ Reply = Callable[[bytes], None]
 class SipEndpoint:
     """The receive pipeline shared by all transports, and the flows they hold."""
 
-    def __init__(self, service: SipService, metrics: Metrics, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        service: SipService,
+        metrics: Metrics,
+        sources: SourceLimiter,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.service = service
         self.metrics = metrics
+        # Asked before any parsing: a flood from one address costs a dict lookup per packet.
+        self.sources = sources
         self.clock = clock
         self.transactions = ServerTransactions()
         self.flows: dict[str, Flow] = {}
@@ -72,6 +81,8 @@ class SipEndpoint:
 
     # -- the pipeline --------------------------------------------------------------------
     def receive(self, data: bytes, source: Source, reply: Reply) -> None:
+        if not self.sources.admit(source.host):
+            return  # over its budget or banned: unanswered, as an answer would make us a reflector
         started = self.clock()
         try:
             message = parse_message(data)

@@ -385,7 +385,20 @@ Content-Length: 0
     return path
 
 
-def test_nobody_registered_gets_480_and_an_unknown_user_404(proxy: RunningRegistrar, tmp_path: Path) -> None:
+def test_a_stranger_gets_one_404_for_unknown_and_unregistered_users_and_our_phones_get_480(
+    proxy: RunningRegistrar, tmp_path: Path
+) -> None:
+    # Nothing from 127.0.0.1 has proved credentials yet: alice, who exists, looks like nobody.
+    for user in ("alice", "nobody"):
+        run = run_sipp(invite_expecting(tmp_path / f"{user}-404.xml", f"sip:{user}@{DOMAIN}", 404), target(proxy),
+                       workdir=tmp_path, timeout=SIPP_TIMEOUT)
+        ok(run, f"INVITE to {user} from a stranger")
+        [refused] = responses(run, 404, "INVITE")
+        assert refused.start_line == "SIP/2.0 404 Not Found" and not responses(run, 100, "INVITE"), run.messages
+    # A phone at that address registers: the address is ours now, and is told the precise answers.
+    csv = users_csv(tmp_path / "carol.csv", [("carol", PASSWORDS["carol"])], DOMAIN)
+    ok(run_sipp("register_auth.xml", target(proxy), workdir=tmp_path, injection=csv, timeout=SIPP_TIMEOUT,
+                keys={"contact_port": str(free_port()), "expires": "300"}), "carol registers")
     run = run_sipp(invite_expecting(tmp_path / "480.xml", f"sip:alice@{DOMAIN}", 480), target(proxy),
                    workdir=tmp_path, timeout=SIPP_TIMEOUT)
     ok(run, "INVITE to alice, not registered")

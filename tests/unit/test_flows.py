@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from registrar.metrics import Metrics
+from registrar.model import SecurityPolicy
+from registrar.source_limits import SourceLimiter
 from registrar.transport import FLOW_GRACE, IDLE_TIMEOUT, SipEndpoint
 from tests.fakes import FakeClock
+
+POLICY = SecurityPolicy()
 
 
 class FakeWriter:
@@ -23,7 +27,7 @@ class FakeWriter:
 
 
 def endpoint(clock: FakeClock) -> SipEndpoint:
-    return SipEndpoint(service=None, metrics=Metrics(), clock=clock)  # type: ignore[arg-type]
+    return SipEndpoint(service=None, metrics=Metrics(), sources=SourceLimiter(lambda: POLICY), clock=clock)  # type: ignore[arg-type]
 
 
 def test_a_connection_without_bindings_closes_after_the_idle_timeout() -> None:

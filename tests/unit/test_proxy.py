@@ -84,7 +84,8 @@ class Wire:
 class Node:
     """One proxy with its store, wire and what it answered upstream."""
 
-    def __init__(self, name: str = "n1", *, flows: set[str] = frozenset(), nodes: dict | None = None):
+    def __init__(self, name: str = "n1", *, flows: set[str] = frozenset(), nodes: dict | None = None,
+                 max_transactions: int = proxy_module.MAX_TRANSACTIONS):
         # Bindings expire by the store's clock, the real one; the router's stands still at this.
         self.now = time.time()
         self.catalog = make_catalog()
@@ -93,10 +94,13 @@ class Node:
         self.upstream: list[Response] = []
         self.unreachable: list[tuple[str, str]] = []
         self.finals: list[tuple[str, int]] = []
+        # Addresses that are trusted or proved credentials before (SourceLimiter.known): alice's.
+        self.known_sources = {CALLER.host}
         authenticator = digest.DigestAuthenticator(digest.NonceAuthority(SECRET), digest.NonceCounts())
         address = {"n1": "10.0.0.1", "n2": "10.0.0.2"}[name]
         self.proxy = Proxy(
-            Router(lambda: self.catalog, self.store, authenticator, lambda: self.now),
+            Router(lambda: self.catalog, self.store, authenticator, lambda: self.now,
+                   known_source=lambda host: host in self.known_sources),
             self.wire,
             Identity(name, address, {"udp": 5060, "tcp": 5060, "tls": 5061}, {5060, 5061}, {address},
                      domains=lambda: self.catalog.domains),
@@ -104,6 +108,7 @@ class Node:
             nodes=lambda: nodes or {},
             on_final=lambda request, domain, status: self.finals.append((domain, status)),
             on_unreachable=lambda target, why: self.unreachable.append((target.uri, why)),
+            max_transactions=lambda: max_transactions,
         )
 
     async def bind(self, user: str, contact: str, source: str, *, flow: str | None = None, q: float | None = None,
@@ -164,9 +169,9 @@ UDP_NAT_CONTACT = "sip:bob@192.0.2.20:5060"
 TCP_CONTACT = "sip:bob@192.0.2.21:5060;transport=tcp"
 
 
-async def two_phones() -> Node:
+async def two_phones(**kwargs) -> Node:  # type: ignore[no-untyped-def]
     """bob on UDP behind NAT and on a TCP connection of this node, both q 1."""
-    node = Node(flows={"tcp-x-1"})
+    node = Node(flows={"tcp-x-1"}, **kwargs)
     await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
     await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-x-1")
     return node
@@ -305,7 +310,7 @@ async def test_nobody_registered_is_480_an_unknown_user_404_a_redirect_domain_30
 async def test_max_forwards_zero_gets_483() -> None:
     node = await two_phones()
     await node.receive(invite(max_forwards=0))
-    assert node.statuses() == [100, 483]
+    assert node.statuses() == [483]
     assert node.wire.sent == []
 
 
@@ -457,7 +462,7 @@ async def test_a_node_that_refuses_connections_counts_as_gone_before_etcd_says_s
     node.wire.connect = refused
     await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-9-4", node="n2")
     await node.receive(invite())
-    assert node.statuses() == [100, 480]
+    assert node.statuses() == [480]  # nothing went out: no 100 Trying, one answer
     assert node.unreachable == [(TCP_CONTACT, "node_gone")]
 
 
@@ -465,7 +470,7 @@ async def test_a_closed_connection_is_skipped_and_with_nothing_left_the_caller_g
     node = Node(flows=set())
     await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-x-1")
     await node.receive(invite())
-    assert node.statuses() == [100, 480]
+    assert node.statuses() == [480]
     assert node.unreachable == [(TCP_CONTACT, "closed")]
 
 
@@ -499,7 +504,7 @@ async def test_unknown_callers_get_the_same_challenge_and_strangers_are_not_rela
     node = Node()
     await node.receive(invite("tel:+15551234", caller=f"alice@{DOMAIN}"))
     await node.receive(invite("tel:+15551234", caller=f"nobody@{DOMAIN}", branch="z9hG4bK-2", call_id="c2"))
-    known, unknown = node.upstream[1], node.upstream[3]
+    known, unknown = node.upstream
     shape = lambda response: re.sub(r'nonce="[^"]+"', "", response.get("Proxy-Authenticate"))  # noqa: E731
     assert known.status == unknown.status == 407 and shape(known) == shape(unknown)
     await node.receive(invite("sip:x@elsewhere.test", caller="eve@evil.test", branch="z9hG4bK-3", call_id="c3"))
@@ -514,6 +519,44 @@ async def test_an_ip_authenticated_connection_calls_out_from_its_addresses_only(
     await node.receive(invite("sip:carol@elsewhere.test", caller=f"pbx@{DOMAIN}", branch="z9hG4bK-2", call_id="c2"),
                        Source("udp", "203.0.113.1", 5060))
     assert (node.upstream[-1].status, node.upstream[-1].reason) == (403, "Source Address Not Allowed")
+
+
+# -- hostile callers ------------------------------------------------------------------------------
+
+STRANGER = Source("udp", "203.0.113.66", 5060)
+
+
+async def test_a_stranger_cannot_tell_unknown_unregistered_and_closed_users_apart_but_reaches_registered_ones() -> None:
+    node = Node()
+    await node.bind("alice", "sip:alice@192.0.2.40:5060", "udp:192.0.2.40:5060")
+    for n, user in enumerate(["nobody", "bob", "mute"]):
+        await node.receive(invite(f"sip:{user}@{DOMAIN}", branch=f"z9hG4bK-s{n}", call_id="probe"), STRANGER)
+    assert [(r.status, r.reason) for r in node.upstream] == [(404, "Not Found")] * 3
+    # Byte for byte the same but for the To URI the scanner chose and the tag.
+    shapes = {re.sub(r"(To: <sip:)\w+|tag=[\w.-]+|branch=\S+", "", r.to_bytes().decode()) for r in node.upstream}
+    assert len(shapes) == 1
+    await node.receive(invite(f"sip:alice@{DOMAIN}", branch="z9hG4bK-s4", call_id="call"), STRANGER)
+    assert [request.uri for _, request in node.wire.requests("INVITE")] == ["sip:alice@192.0.2.40:5060"]
+    assert node.upstream[-1].status == 100
+
+
+async def test_a_refusal_is_one_stateless_answer_even_retransmitted_and_without_an_ack(monkeypatch) -> None:
+    monkeypatch.setattr(proxy_module, "T1", 0.01)
+    node = Node()
+    for _ in range(3):  # the stranger retransmits and never ACKs
+        await node.receive(invite(f"sip:nobody@{DOMAIN}"), STRANGER)
+    await asyncio.sleep(0.05)  # Timer G would have resent the final twice by now
+    assert node.statuses() == [404, 404, 404]
+    assert not node.proxy.servers and not node.proxy._answered
+
+
+async def test_over_the_transaction_cap_requests_are_shed_with_503_and_retry_after() -> None:
+    node = await two_phones(max_transactions=1)
+    await node.receive(invite())
+    await node.receive(invite(branch="z9hG4bK-2", call_id="call-2"))
+    shed = node.upstream[-1]
+    assert (shed.status, shed.reason, shed.get("Retry-After")) == (503, "Service Unavailable: Overloaded", "5")
+    assert len(node.proxy.servers) == 1
 
 
 # -- timers --------------------------------------------------------------------------------------
