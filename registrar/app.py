@@ -102,7 +102,7 @@ class RegistrarServer:
             expires_spread=config.expires_spread,
             on_result=self.metrics.registration_answered,
             on_auth_failure=self.metrics.auth_failed,
-            on_authenticated=lambda source: self.sources.authenticated(source.host),
+            on_authenticated=self._authenticated,
         )
         self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics, self.sources)
         self.registrar.on_bound = self._keep_flow
@@ -126,7 +126,8 @@ class RegistrarServer:
         )
         store = self.store
         return Proxy(
-            Router(lambda: self.registrar.catalog, store, authenticator, time.time, known_source=self.sources.known),
+            Router(lambda: self.registrar.catalog, store, authenticator, time.time, known_source=self.sources.known,
+                   on_authenticated=self._authenticated),
             self.endpoint,
             identity,
             TokenSigner(config.nonce_secret),
@@ -145,6 +146,9 @@ class RegistrarServer:
         node = target.ref.node if target.ref is not None else ""
         log.warning("sipreg: call skipped %s's contact %s (node %s): %s", target.aor, target.uri, node, why)
         self.metrics.unreachable_contact(why)
+
+    def _authenticated(self, source: Source) -> None:
+        self.sources.authenticated(source.host)
 
     def _peer_addresses(self) -> set[str]:
         """The other replicas' addresses (etcd nodes/): their hops carry many users' calls, never limited."""

@@ -10,9 +10,13 @@ Logic over the catalogue and the location store, no sockets (the proxy sends):
 - `sip:USER@DOMAIN`, DOMAIN ours, USER unknown and not a phone number: `404`.
 - To a stranger (a source neither trusted nor ever authenticated) an unknown
   user, a user nobody is registered for and a user who takes no inbound calls
-  are one and the same `404 Not Found`, after the same store lookup: nothing
-  tells a scanner which users exist (Kamailio's default script answers a failed
-  lookup so). Our own phones and trusted peers get the precise 480/404/403.
+  look the same: the `407` challenge a call out gets, after the same store
+  lookup. Nothing tells a scanner which users exist, and a scanner's probe of a
+  random number (a call out: 407) looks like every user it tries. This is the
+  hardened Asterisk's answer (alwaysauthreject, no guests), stricter than
+  Kamailio's default script (one 404 for every failed lookup), which a scanner
+  tells from the 407 of a number. A caller that proves credentials, our phones
+  (their address registered) and trusted peers get the precise 480/404/403.
 - Anything else (another domain, `tel:`, a phone number at our domain) is an
   outbound call: the From user must prove who they are (`407`, the digest code
   of REGISTER with Proxy-* headers) or call from an address in the allow-list of
@@ -65,6 +69,7 @@ class Router:
         authenticator: digest.DigestAuthenticator,
         clock: Callable[[], float],
         known_source: Callable[[str], bool],
+        on_authenticated: Callable[[Source], None] = lambda source: None,
     ):
         self._catalog = catalog
         self.store = store
@@ -72,6 +77,7 @@ class Router:
         self.clock = clock
         # Whether an address is trusted or has proved credentials (SourceLimiter.known).
         self._known_source = known_source
+        self._on_authenticated = on_authenticated
 
     async def route(self, request: Request, source: Source) -> TargetSet:
         """The targets for `request`; raises SipError with the answer instead (404, 480, 302, 407...)."""
@@ -87,11 +93,15 @@ class Router:
                     raise SipError(501, "Not Implemented")
                 raise SipError(404, "Not Found: No User In Request-URI")
             connection = catalog.connections.get((domain.name, uri.user))
-            if self._known_source(source.host):
-                if connection is None:
-                    raise SipError(404, "Not Found")
-                return await self._inbound(domain, connection)
-            return await self._inbound_from_stranger(domain, connection, uri.user)
+            if not self._known_source(source.host):
+                targets = await self._inbound_from_stranger(domain, connection, uri.user)
+                if targets is not None:
+                    return targets
+                # Anything but a registered user: they prove who they are first, as if calling out.
+                self._proven_caller(request, source, domain, catalog)
+            if connection is None:
+                raise SipError(404, "Not Found")
+            return await self._inbound(domain, connection)
         return self._outbound(request, source, uri, catalog)
 
     # -- inbound ----------------------------------------------------------------------------
@@ -103,11 +113,13 @@ class Router:
             raise SipError(480, "Temporarily Unavailable")
         return self._targets(domain, bindings)
 
-    async def _inbound_from_stranger(self, domain: Domain, connection: Connection | None, user: str) -> TargetSet:
-        """Calls from strangers reach registered users; every other case is one 404, looked up alike."""
+    async def _inbound_from_stranger(
+        self, domain: Domain, connection: Connection | None, user: str
+    ) -> TargetSet | None:
+        """A stranger's call to a registered user goes through; None for every other case, looked up alike."""
         bindings = await self.store.lookup(connection.aor if connection is not None else f"{user}@{domain.name}")
         if connection is None or not connection.inbound or not bindings:
-            raise SipError(404, "Not Found")
+            return None
         return self._targets(domain, bindings)
 
     def _targets(self, domain: Domain, bindings: list[Binding]) -> TargetSet:
@@ -128,6 +140,7 @@ class Router:
         if domain is None:
             raise SipError(403, "Relaying Denied")
         connection = self._authenticated_caller(request, source, domain, caller, catalog)
+        self._on_authenticated(source)
         if not connection.outbound:
             raise SipError(403, "Outbound Calls Not Allowed For This User")
         if domain.outbound_gateway is None:
@@ -141,6 +154,14 @@ class Router:
         if domain.mode == "redirect":
             raise SipError(302, "Moved Temporarily", [("Contact", f"<{target_uri}>")])
         return TargetSet([[Target(target_uri, address=gateway)]], domain.name)
+
+    def _proven_caller(self, request: Request, source: Source, domain: Domain, catalog: Catalog) -> None:
+        """A stranger calling in proves to be a user of the domain it calls (From); raises 407/403 otherwise."""
+        caller = request.name_addr("From").uri
+        if caller.scheme not in ("sip", "sips") or caller.host != domain.name:
+            raise self._challenge(domain, stale=False)  # nobody it could prove to be: the same challenge
+        self._authenticated_caller(request, source, domain, caller, catalog)
+        self._on_authenticated(source)
 
     def _authenticated_caller(
         self, request: Request, source: Source, domain: Domain, caller: URI, catalog: Catalog

@@ -20,6 +20,20 @@ ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 
 
+def manifests_with_security(directory: Path, security: dict) -> Path:
+    """manifests/ copied to `directory`, sip.example.test's SipDomain with `security` as its spec.security."""
+    import yaml
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for source in sorted(MANIFESTS.glob("*.yaml")):
+        documents = list(yaml.safe_load_all(source.read_text()))
+        for document in documents:
+            if document and document.get("kind") == "SipDomain" and document["spec"]["domain"] == "sip.example.test":
+                document["spec"]["security"] = security
+        (directory / source.name).write_text(yaml.safe_dump_all(documents))
+    return directory
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on `host` (SIP uses both on one port)."""
     for _ in range(50):

@@ -24,11 +24,12 @@ class UserAgent:
     domain: str = "sip.example.test"
     call_id: str = field(default_factory=lambda: f"{uuid.uuid4().hex}@test")
     cseq: int = 0
+    local_host: str = "127.0.0.1"  # another 127.x address stands for another host
 
     def register(self, contact: str | None = None, expires: int | None = None, timeout: float = 3) -> str:
         """Send a REGISTER (answering a 401 once) and return the final response's text."""
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.1", 0))
+            sock.bind((self.local_host, 0))
             sock.settimeout(timeout)
             answer = self._exchange(sock, contact, expires, None)
             if answer.startswith("SIP/2.0 401"):
@@ -40,7 +41,7 @@ class UserAgent:
         port = sock.getsockname()[1]
         lines = [
             f"REGISTER sip:{self.domain} SIP/2.0",
-            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{uuid.uuid4().hex};rport",
+            f"Via: SIP/2.0/UDP {self.local_host}:{port};branch=z9hG4bK{uuid.uuid4().hex};rport",
             "Max-Forwards: 70",
             f"From: <sip:{self.user}@{self.domain}>;tag={uuid.uuid4().hex[:8]}",
             f"To: <sip:{self.user}@{self.domain}>",

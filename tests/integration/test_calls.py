@@ -385,16 +385,16 @@ Content-Length: 0
     return path
 
 
-def test_a_stranger_gets_one_404_for_unknown_and_unregistered_users_and_our_phones_get_480(
+def test_a_stranger_is_challenged_alike_for_unknown_and_unregistered_users_and_our_phones_get_480(
     proxy: RunningRegistrar, tmp_path: Path
 ) -> None:
     # Nothing from 127.0.0.1 has proved credentials yet: alice, who exists, looks like nobody.
     for user in ("alice", "nobody"):
-        run = run_sipp(invite_expecting(tmp_path / f"{user}-404.xml", f"sip:{user}@{DOMAIN}", 404), target(proxy),
+        run = run_sipp(invite_expecting(tmp_path / f"{user}-407.xml", f"sip:{user}@{DOMAIN}", 407), target(proxy),
                        workdir=tmp_path, timeout=SIPP_TIMEOUT)
         ok(run, f"INVITE to {user} from a stranger")
-        [refused] = responses(run, 404, "INVITE")
-        assert refused.start_line == "SIP/2.0 404 Not Found" and not responses(run, 100, "INVITE"), run.messages
+        [refused] = responses(run, 407, "INVITE")
+        assert not responses(run, 100, "INVITE"), run.messages
     # A phone at that address registers: the address is ours now, and is told the precise answers.
     csv = users_csv(tmp_path / "carol.csv", [("carol", PASSWORDS["carol"])], DOMAIN)
     ok(run_sipp("register_auth.xml", target(proxy), workdir=tmp_path, injection=csv, timeout=SIPP_TIMEOUT,

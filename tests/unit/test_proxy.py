@@ -526,18 +526,34 @@ async def test_an_ip_authenticated_connection_calls_out_from_its_addresses_only(
 STRANGER = Source("udp", "203.0.113.66", 5060)
 
 
-async def test_a_stranger_cannot_tell_unknown_unregistered_and_closed_users_apart_but_reaches_registered_ones() -> None:
+async def test_a_stranger_cannot_tell_unknown_unregistered_and_closed_users_from_a_number() -> None:
     node = Node()
     await node.bind("alice", "sip:alice@192.0.2.40:5060", "udp:192.0.2.40:5060")
-    for n, user in enumerate(["nobody", "bob", "mute"]):
-        await node.receive(invite(f"sip:{user}@{DOMAIN}", branch=f"z9hG4bK-s{n}", call_id="probe"), STRANGER)
-    assert [(r.status, r.reason) for r in node.upstream] == [(404, "Not Found")] * 3
-    # Byte for byte the same but for the To URI the scanner chose and the tag.
-    shapes = {re.sub(r"(To: <sip:)\w+|tag=[\w.-]+|branch=\S+", "", r.to_bytes().decode()) for r in node.upstream}
+    for n, user in enumerate(["nobody", "bob", "mute", "15551234"]):  # the last: a number, a call out
+        await node.receive(invite(f"sip:{user}@{DOMAIN}", caller=f"{user}@{DOMAIN}", branch=f"z9hG4bK-s{n}",
+                                  call_id="probe"), STRANGER)
+    assert [(r.status, r.reason) for r in node.upstream] == [(407, "Proxy Authentication Required")] * 4
+    # Byte for byte the same but for the URIs the scanner chose, the tag and the nonce.
+    shapes = {re.sub(r"<sip:\w+|tag=[\w.-]+|branch=\S+|nonce=\"[^\"]+\"", "", r.to_bytes().decode())
+              for r in node.upstream}
     assert len(shapes) == 1
-    await node.receive(invite(f"sip:alice@{DOMAIN}", branch="z9hG4bK-s4", call_id="call"), STRANGER)
+    # A registered user is reached all the same: calls from other services need no credentials.
+    await node.receive(invite(f"sip:alice@{DOMAIN}", branch="z9hG4bK-s9", call_id="call"), STRANGER)
     assert [request.uri for _, request in node.wire.requests("INVITE")] == ["sip:alice@192.0.2.40:5060"]
     assert node.upstream[-1].status == 100
+
+
+async def test_a_stranger_who_proves_to_be_our_user_is_told_the_precise_answer() -> None:
+    node = Node()
+    node.known_sources = set()
+    await node.receive(invite(f"sip:bob@{DOMAIN}"), STRANGER)
+    challenge = node.upstream[-1]
+    assert challenge.status == 407
+    nonce = re.search(r'nonce="([^"]+)"', challenge.get("Proxy-Authenticate")).group(1)
+    credentials = authorization("alice", "alice-pw", nonce, 1, uri=f"sip:bob@{DOMAIN}", method="INVITE")
+    await node.receive(invite(f"sip:bob@{DOMAIN}", branch="z9hG4bK-2", extra=f"Proxy-Authorization: {credentials}\r\n"),
+                       STRANGER)
+    assert (node.upstream[-1].status, node.upstream[-1].reason) == (480, "Temporarily Unavailable")
 
 
 async def test_a_refusal_is_one_stateless_answer_even_retransmitted_and_without_an_ack(monkeypatch) -> None:
@@ -546,7 +562,7 @@ async def test_a_refusal_is_one_stateless_answer_even_retransmitted_and_without_
     for _ in range(3):  # the stranger retransmits and never ACKs
         await node.receive(invite(f"sip:nobody@{DOMAIN}"), STRANGER)
     await asyncio.sleep(0.05)  # Timer G would have resent the final twice by now
-    assert node.statuses() == [404, 404, 404]
+    assert node.statuses() == [407, 407, 407]
     assert not node.proxy.servers and not node.proxy._answered
 
 
