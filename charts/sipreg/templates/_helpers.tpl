@@ -106,6 +106,7 @@ off, an existing etcd, or Secrets of your own named in etcd.tls.clientSecret and
 {{- $tls := .Values.etcd.tls }}
 {{- if and $tls.enabled (include "sipreg.etcd.bundled" .) }}
 {{- if and $tls.clientSecret $tls.serverSecret }}
+{{- /* Yours: nobody here makes them. */}}
 {{- else if or $tls.clientSecret $tls.serverSecret }}
 {{- fail "etcd.tls.clientSecret and etcd.tls.serverSecret: name both Secrets (certificates of your own), or neither (the chart makes them)" }}
 {{- else if eq $tls.certificates "auto" }}
