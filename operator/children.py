@@ -12,7 +12,10 @@ One SipDomain runs as:
 - a Secret with the digest nonce secret the replicas share (stateless nonces
   verify on any replica only if they all hold the same secret). It is created
   once and never rewritten: a new secret would answer every outstanding
-  challenge with stale=true.
+  challenge with stale=true;
+- with TLS to etcd, a copy of the operator's etcd client certificate (a pod
+  mounts only its own namespace's Secrets), named by its contents: a new
+  certificate is a new Secret, and the Deployment mounting it rolls its pods.
 
 The handlers adopt each object (owner references), so deleting the SipDomain
 deletes them all through Kubernetes' garbage collector.
@@ -20,21 +23,26 @@ deletes them all through Kubernetes' garbage collector.
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from registrar.manifests import domain_spec
+from registrar.store.etcd_session import EtcdTls
 
 # The registrar container listens on fixed ports; the Service maps the spec's ports onto them.
 SIP_PORT = 5060
 TLS_PORT = 5061
 HTTP_PORT = 8080
 TLS_MOUNT = "/etc/sipreg/tls"
-# Where registrar pods find the etcd client certificate (a Secret with ca.crt, tls.crt, tls.key).
+# Where registrar pods find the etcd client certificate, and each EtcdTls file's key in the Secret
+# (a cert-manager Secret's layout, which is what the operator reads its own from).
 ETCD_TLS_MOUNT = "/etc/sipreg/etcd-tls"
+ETCD_TLS_KEYS = {"ca": "ca.crt", "cert": "tls.crt", "key": "tls.key"}
 NONCE_KEY = "nonce-secret"
 # Without a `transports` section a domain gets what every SIP device expects.
 DEFAULT_TRANSPORTS: dict[str, Any] = {"udp": 5060, "tcp": 5060, "tls": None}
@@ -80,25 +88,25 @@ class PodSettings:
             "httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3,
         }
     )
-    # A Secret (ca.crt, tls.crt, tls.key) for TLS to etcd, mounted into every registrar pod; None: plain
-    # text. A pod mounts Secrets of its own namespace only: it must exist in each SipDomain's namespace.
-    etcd_tls_secret: str | None = None
+    # The operator's own TLS to etcd (SIPREG_ETCD_CA/_CERT/_KEY): every registrar pod gets a copy
+    # (etcd_client_secret). None: plain text. Out of repr: it holds a private key.
+    etcd_tls: EtcdTls | None = field(default=None, repr=False)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> PodSettings:
         """Settings from the operator's environment (the Helm chart sets these); unset keeps the default.
 
-        SIPREG_ETCD, SIPREG_IMAGE, SIPREG_IMAGE_PULL_POLICY, SIPREG_SERVICE_TYPE, SIPREG_ETCD_TLS_SECRET,
-        and SIPREG_REGISTRAR_RESOURCES / _SECURITY_CONTEXT / _READINESS_PROBE / _LIVENESS_PROBE as JSON objects.
-        Raises ValueError naming the variable that does not parse.
+        SIPREG_ETCD, SIPREG_IMAGE, SIPREG_IMAGE_PULL_POLICY, SIPREG_SERVICE_TYPE, the files
+        SIPREG_ETCD_CA/_CERT/_KEY name (read now), and SIPREG_REGISTRAR_RESOURCES / _SECURITY_CONTEXT /
+        _READINESS_PROBE / _LIVENESS_PROBE as JSON objects.
+        Raises ValueError naming the variable that does not parse, or whose file cannot be read.
         """
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {"etcd_tls": EtcdTls.from_environment(environ)}
         for variable, attribute in (
             ("SIPREG_ETCD", "etcd"),
             ("SIPREG_IMAGE", "image"),
             ("SIPREG_IMAGE_PULL_POLICY", "image_pull_policy"),
             ("SIPREG_SERVICE_TYPE", "service_type"),
-            ("SIPREG_ETCD_TLS_SECRET", "etcd_tls_secret"),
         ):
             if environ.get(variable):
                 values[attribute] = environ[variable]
@@ -137,6 +145,19 @@ def deployment_name(domain_object: str) -> str:
 
 def nonce_secret_name(domain_object: str) -> str:
     return f"{domain_object}-nonce"
+
+
+def _etcd_tls_files(tls: EtcdTls) -> list[tuple[str, bytes, str]]:
+    """(Secret key, PEM, variable) of each file the operator has: without a CA, the system's roots verify etcd."""
+    return [(ETCD_TLS_KEYS[attribute], pem, variable) for variable, attribute in EtcdTls.ENVIRONMENT
+            if (pem := getattr(tls, attribute))]
+
+
+def etcd_client_secret_name(domain_object: str, tls: EtcdTls) -> str:
+    digest = hashlib.sha256()
+    for key, pem, _ in _etcd_tls_files(tls):
+        digest.update(f"{key}:{len(pem)}:".encode() + pem)
+    return f"{domain_object}-etcd-client-{digest.hexdigest()[:10]}"
 
 
 def transports_of(spec: dict[str, Any]) -> dict[str, Any]:
@@ -194,14 +215,11 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
             "valueFrom": {"secretKeyRef": {"name": nonce_secret_name(name), "key": NONCE_KEY}},
         },
     ]
-    if settings.etcd_tls_secret:
-        volumes.append({"name": "etcd-tls", "secret": {"secretName": settings.etcd_tls_secret}})
+    if settings.etcd_tls:
+        volumes.append({"name": "etcd-tls", "secret": {"secretName": etcd_client_secret_name(name, settings.etcd_tls)}})
         mounts.append({"name": "etcd-tls", "mountPath": ETCD_TLS_MOUNT, "readOnly": True})
-        env += [
-            {"name": "SIPREG_ETCD_CA", "value": f"{ETCD_TLS_MOUNT}/ca.crt"},
-            {"name": "SIPREG_ETCD_CERT", "value": f"{ETCD_TLS_MOUNT}/tls.crt"},
-            {"name": "SIPREG_ETCD_KEY", "value": f"{ETCD_TLS_MOUNT}/tls.key"},
-        ]
+        env += [{"name": variable, "value": f"{ETCD_TLS_MOUNT}/{key}"} for key, _, variable in
+                _etcd_tls_files(settings.etcd_tls)]
     ports = [
         {"name": "sip-udp", "containerPort": SIP_PORT, "protocol": "UDP"},
         {"name": "sip-tcp", "containerPort": SIP_PORT, "protocol": "TCP"},
@@ -327,6 +345,23 @@ def nonce_secret(name: str, secret: str) -> dict[str, Any]:
         "metadata": {"name": nonce_secret_name(name), "labels": labels(name)},
         "type": "Opaque",
         "stringData": {NONCE_KEY: secret},
+    }
+
+
+def etcd_client_secret(name: str, tls: EtcdTls) -> dict[str, Any]:
+    """The copy of the operator's etcd TLS files that SipDomain `name`'s registrar pods mount.
+
+    Immutable: its name says its contents, so it is created once (a new certificate gets a new one)
+    and nothing may change it under the pods. Copies of an older certificate stay until the SipDomain
+    goes: the operator deletes nothing.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": etcd_client_secret_name(name, tls), "labels": labels(name)},
+        "type": "Opaque",
+        "immutable": True,
+        "data": {key: base64.b64encode(pem).decode("ascii") for key, pem, _ in _etcd_tls_files(tls)},
     }
 
 

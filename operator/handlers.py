@@ -3,7 +3,7 @@
 Run it with `sipreg operator` (or `kopf run -A -m sip_operator.handlers`).
 Configuration comes from the environment (see PodSettings.from_environment);
 SIPREG_ETCD names the etcd the registrars share, SIPREG_ETCD_CA/_CERT/_KEY
-the files for TLS to it (EtcdTls.from_environment).
+the files for TLS to it, which the registrar pods get a copy of.
 
 kopf keeps its own bookkeeping (handler progress, the last handled spec) in
 annotations under sipreg.io, not in status: the CRDs' status schemas are
@@ -24,7 +24,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from registrar.store.etcd import EtcdStore
-from registrar.store.etcd_session import EtcdSession, EtcdTls, EtcdUnavailable, parse_endpoints
+from registrar.store.etcd_session import EtcdSession, EtcdUnavailable, parse_endpoints
 from sip_operator import metrics
 from sip_operator.children import PodSettings, labels
 from sip_operator.kubernetes_api import GROUP, VERSION, KubernetesApi, load_configuration
@@ -46,7 +46,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: loggin
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.level = logging.WARNING
     pods = PodSettings.from_environment(os.environ)
-    store = EtcdStore(EtcdSession(parse_endpoints(pods.etcd), tls=EtcdTls.from_environment(os.environ)))
+    store = EtcdStore(EtcdSession(parse_endpoints(pods.etcd), tls=pods.etcd_tls))
     memo.metrics = metrics.OperatorMetrics()
     memo.reconciler = Reconciler(
         KubernetesApi(load_configuration()),

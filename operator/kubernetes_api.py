@@ -5,7 +5,7 @@ checks it against the requests the operator really makes.
 
 Calls, by resource:
 - Deployments, Services, PodDisruptionBudgets: get, create, patch (a SipDomain's children);
-- Secrets: get (passwords, read to compute HA1 digests), create (the nonce Secret);
+- Secrets: get (passwords, read to compute HA1 digests), create (the nonce Secret, the etcd client copies);
 - sipconnections/status, sipdomains/status: patch.
 
 The official client is synchronous; callers run these in a thread
@@ -88,7 +88,7 @@ class KubernetesApi:
         return "updated"
 
     def create_if_missing(self, namespace: str, desired: dict[str, Any]) -> bool:
-        """Create `desired` unless an object of its name exists; never rewrites one (the nonce Secret)."""
+        """Create `desired` unless an object of its name exists; never rewrites one (the nonce Secret, the etcd client copies)."""
         kind, name = desired["kind"], desired["metadata"]["name"]
         if self.read(kind, namespace, name) is not None:
             return False

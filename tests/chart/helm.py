@@ -21,6 +21,7 @@ EXTERNAL_ETCD_VALUES = CHART / "ci" / "external-etcd-values.yaml"
 INSTALL_HINT = "helm not found on PATH nor in .tools/bin: `make helm` (part of `make test`) installs it"
 RELEASE, NAMESPACE = "sipreg", "sipreg-system"
 MONITOR_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PodMonitor")
+CERT_MANAGER_API = "cert-manager.io/v1"
 
 
 def helm_binary() -> str:
@@ -42,26 +43,30 @@ def helm(*args: str | Path) -> str:
 
 
 def template_args(values: tuple[str | Path, ...] = (), monitors: bool = False, sets: tuple[str, ...] = (),
-                  chart: Path = CHART) -> list[str | Path]:
+                  chart: Path = CHART, cert_manager: bool = False) -> list[str | Path]:
+    """`helm template` arguments; `monitors` and `cert_manager` make the cluster serve those APIs."""
     args: list[str | Path] = ["template", RELEASE, chart, "--namespace", NAMESPACE]
     for path in values:
         args += ["--values", path]
     for item in sets:
         args += ["--set", item]
-    for api in MONITOR_APIS if monitors else ():
+    for api in (*(MONITOR_APIS if monitors else ()), *((CERT_MANAGER_API,) if cert_manager else ())):
         args += ["--api-versions", api]
     return args
 
 
 @functools.cache
-def _render_text(values: tuple[str, ...], monitors: bool, sets: tuple[str, ...], chart: str) -> str:
-    return helm(*template_args(values, monitors, sets, Path(chart)))
+def render_text(values: tuple[str, ...] = (), monitors: bool = False, sets: tuple[str, ...] = (),
+                chart: str = str(CHART), cert_manager: bool = False) -> str:
+    """`helm template`'s output (helm runs once per arguments: the chart's generated certificates differ
+    from one run to the next, so every test sees the same ones for the same arguments)."""
+    return helm(*template_args(values, monitors, sets, Path(chart), cert_manager))
 
 
 def render(values: tuple[str | Path, ...] = (), monitors: bool = False, sets: tuple[str, ...] = (),
-           chart: Path = CHART) -> list[dict[str, Any]]:
-    """`helm template` of the chart, as objects (a fresh copy each call; helm runs once per arguments)."""
-    text = _render_text(tuple(map(str, values)), monitors, sets, str(chart))
+           chart: Path = CHART, cert_manager: bool = False) -> list[dict[str, Any]]:
+    """`helm template` of the chart, as objects (a fresh copy each call)."""
+    text = render_text(tuple(map(str, values)), monitors, sets, str(chart), cert_manager)
     return [document for document in yaml.safe_load_all(text) if document]
 
 

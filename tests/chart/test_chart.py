@@ -1,13 +1,16 @@
 """The Helm chart (charts/sipreg), linted and rendered by a real helm; every object checked against Kubernetes' schemas.
 
-Scenarios: the default values (bundled etcd), ci/external-etcd-values.yaml (an existing etcd over
-TLS, a namespaced watch, the example SipDomain), and the bundled etcd with TLS; each also with the
-Prometheus Operator's API present (`--api-versions`), which is what renders the monitors.
+Scenarios: the default values (the bundled etcd over TLS, its certificates made by Helm), the same
+where the cluster serves cert-manager (which then makes them), the bundled etcd with certificates of
+your own, the bundled etcd in plain text, and ci/external-etcd-values.yaml (an existing etcd over
+TLS, a namespaced watch, the example SipDomain); each also with the Prometheus Operator's API present
+(`--api-versions`), which is what renders the monitors.
 
 Built-in kinds are validated by kubernetes-validate, strictly, for the newest Kubernetes it knows.
-ServiceMonitor and PodMonitor are the Prometheus Operator's CRDs, which it does not know: they are
-validated against MONITOR_SCHEMAS below, our own subset of those CRDs' schemas (only the fields the
-chart uses, unknown fields refused), and their metadata as a ConfigMap's. The example SipDomain is
+ServiceMonitor and PodMonitor (the Prometheus Operator's) and Certificate and Issuer (cert-manager's)
+are CRDs it does not know: they are validated against CRD_SCHEMAS below, our own subset of those
+CRDs' schemas (only the fields the chart uses, unknown fields refused), and their metadata as a
+ConfigMap's. The example SipDomain is
 checked against our own CRD (schema and CEL rules) with tests/unit/test_crds.py's imitation of the
 API server. The operator's environment is read back with the operator's own PodSettings and turned
 into a registrar Deployment with its own builder, so a value is followed to the pod that uses it.
@@ -26,20 +29,27 @@ import pytest
 import yaml
 
 from registrar.cli import build_parser
+from registrar.store.etcd_session import EtcdTls
 from sip_operator.children import PodSettings, desired_children, labels
-from tests.chart.helm import CHART, EXTERNAL_ETCD_VALUES, NAMESPACE, ROOT, helm, one, render
+from tests.chart.helm import CERT_MANAGER_API, CHART, EXTERNAL_ETCD_VALUES, NAMESPACE, ROOT, helm, one, render
 from tests.unit.test_crds import rejections
 
 NEWEST_KUBERNETES = kubernetes_validate.latest_version()
 DEFAULT_VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 EXTERNAL_VALUES = yaml.safe_load(EXTERNAL_ETCD_VALUES.read_text())
-BUNDLED_TLS = ("etcd.tls.enabled=true", "etcd.tls.clientSecret=sipreg-etcd-client",
-               "etcd.tls.serverSecret=sipreg-etcd-server")
-SCENARIOS = {
+OWN_CERTIFICATES = ("etcd.tls.clientSecret=my-etcd-client", "etcd.tls.serverSecret=my-etcd-server")
+SCENARIOS: dict[str, dict[str, Any]] = {
     "default": {},
+    "cert-manager": {"cert_manager": True},
+    "own-certificates": {"sets": OWN_CERTIFICATES},
+    "plain": {"sets": ("etcd.tls.enabled=false",)},
     "external-etcd": {"values": (EXTERNAL_ETCD_VALUES,)},
-    "bundled-etcd-tls": {"sets": BUNDLED_TLS},
 }
+# The Secret the operator mounts, and the bundled etcd's own, in each scenario (None: plain text / no bundled etcd).
+CLIENT_SECRETS = {"default": "sipreg-etcd-client", "cert-manager": "sipreg-etcd-client",
+                  "own-certificates": "my-etcd-client", "plain": None, "external-etcd": "sipreg-etcd-client"}
+SERVER_SECRETS = {"default": "sipreg-etcd-server", "cert-manager": "sipreg-etcd-server",
+                  "own-certificates": "my-etcd-server", "plain": None}
 
 # Our subset of the Prometheus Operator's ServiceMonitor/PodMonitor CRD schemas (monitoring.coreos.com/v1):
 # the fields the chart writes, with their types; anything else is refused, so a misspelt field fails.
@@ -67,12 +77,62 @@ def monitor_schema(kind: str, endpoints: str) -> dict[str, Any]:
     }
 
 
-MONITOR_SCHEMAS = {"ServiceMonitor": monitor_schema("ServiceMonitor", "endpoints"),
-                   "PodMonitor": monitor_schema("PodMonitor", "podMetricsEndpoints")}
+# cert-manager.io/v1 Issuer and Certificate: the fields the chart writes (cert-manager's enums for the usages).
+ISSUER_REF = {"type": "object", "additionalProperties": False, "required": ["name", "kind", "group"], "properties": {
+    "name": {"type": "string"}, "kind": {"enum": ["Issuer", "ClusterIssuer"]}, "group": {"const": "cert-manager.io"}}}
+USAGES = ["signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+          "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any", "server auth",
+          "client auth", "code signing", "email protection", "s/mime", "ipsec end system", "ipsec tunnel",
+          "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"]
+CERTIFICATE_SPEC = {"type": "object", "additionalProperties": False, "required": ["secretName", "issuerRef"], "properties": {
+    "isCA": {"type": "boolean"}, "commonName": {"type": "string", "maxLength": 64},
+    "secretName": {"type": "string"}, "duration": {"type": "string", "pattern": r"^[0-9]+h$"},
+    "dnsNames": {"type": "array", "items": {"type": "string"}}, "ipAddresses": {"type": "array", "items": {"type": "string"}},
+    "usages": {"type": "array", "items": {"enum": USAGES}},
+    "privateKey": {"type": "object", "additionalProperties": False, "properties": {
+        "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]}, "size": {"type": "integer"}}},
+    "issuerRef": ISSUER_REF}}
+ISSUER_SPEC = {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1, "properties": {
+    "selfSigned": {"type": "object", "additionalProperties": False},
+    "ca": {"type": "object", "additionalProperties": False, "required": ["secretName"],
+           "properties": {"secretName": {"type": "string"}}}}}
+
+
+def custom_schema(api_version: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+            "properties": {"apiVersion": {"const": api_version}, "kind": {"const": kind},
+                           "metadata": {"type": "object"},  # checked as a ConfigMap's metadata
+                           "spec": spec}}
+
+
+CRD_SCHEMAS = {"ServiceMonitor": monitor_schema("ServiceMonitor", "endpoints"),
+               "PodMonitor": monitor_schema("PodMonitor", "podMetricsEndpoints"),
+               "Certificate": custom_schema(CERT_MANAGER_API, "Certificate", CERTIFICATE_SPEC),
+               "Issuer": custom_schema(CERT_MANAGER_API, "Issuer", ISSUER_SPEC)}
 
 
 def rendered(scenario: str, monitors: bool = False) -> list[dict[str, Any]]:
     return render(monitors=monitors, **SCENARIOS[scenario])
+
+
+def etcd_command(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The bundled etcd's flags (all in its `command`), as flag -> value ("" for a bare flag)."""
+    (container,) = one(objects, "StatefulSet", "sipreg-etcd")["spec"]["template"]["spec"]["containers"]
+    assert container["command"][0] == "etcd" and "args" not in container
+    return dict(arg.split("=", 1) if "=" in arg else (arg, "") for arg in container["command"][1:])
+
+
+def settings_from(env: dict[str, str], tmp_path: Path) -> PodSettings:
+    """The operator's PodSettings from its rendered environment; the TLS files it names, which the pod
+    has from its Secret, are made here (the variables are read with their own paths mapped under tmp_path)."""
+    files = {}
+    for variable, _ in EtcdTls.ENVIRONMENT:
+        if variable in env:
+            path = tmp_path / env[variable].lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(f"PEM of {env[variable]}".encode())
+            files[variable] = str(path)
+    return PodSettings.from_environment({**env, **files})
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
@@ -96,19 +156,24 @@ def test_helm_lint_strict_passes(scenario: str) -> None:
     args: list[str | Path] = ["lint", "--strict", CHART, "--namespace", NAMESPACE]
     for path in SCENARIOS[scenario].get("values", ()):
         args += ["--values", path]
-    for item in SCENARIOS[scenario].get("sets", ()):
+    # helm lint takes no --api-versions: cert-manager is asked for by name instead.
+    sets = SCENARIOS[scenario].get("sets", ()) + (("etcd.tls.certificates=cert-manager",)
+                                                   if SCENARIOS[scenario].get("cert_manager") else ())
+    for item in sets:
         args += ["--set", item]
     assert "0 chart(s) failed" in helm(*args)
 
 
-# ConfigMap: the Grafana dashboards, in every rendering.
+# ConfigMap: the Grafana dashboards, in every rendering. NetworkPolicy: the operator's, and etcd's with etcd.
+BUNDLED_KINDS = ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "NetworkPolicy",
+                 "PodDisruptionBudget", "Service", "Service", "Service", "ServiceAccount", "StatefulSet"]
 EXPECTED_KINDS = {
-    "default": ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "PodDisruptionBudget", "Service",
-                "Service", "Service", "ServiceAccount", "StatefulSet"],
-    "external-etcd": ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service", "ServiceAccount",
-                      "SipDomain"],
-    "bundled-etcd-tls": ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "PodDisruptionBudget",
-                         "Service", "Service", "Service", "ServiceAccount", "StatefulSet"],
+    "default": BUNDLED_KINDS + ["Secret"] * 3,  # the CA, etcd's certificate, sipreg's client certificate
+    "cert-manager": BUNDLED_KINDS + ["Certificate"] * 3 + ["Issuer"] * 2,
+    "own-certificates": BUNDLED_KINDS,
+    "plain": BUNDLED_KINDS,
+    "external-etcd": ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "Service",
+                      "ServiceAccount", "SipDomain"],
 }
 
 
@@ -120,8 +185,8 @@ def test_every_rendered_object_is_valid(scenario: str, monitors: bool) -> None:
     assert sorted(obj["kind"] for obj in objects) == sorted(expected)
     for obj in objects:
         kind = obj["kind"]
-        if kind in MONITOR_SCHEMAS:
-            jsonschema.validate(obj, MONITOR_SCHEMAS[kind])
+        if kind in CRD_SCHEMAS:
+            jsonschema.validate(obj, CRD_SCHEMAS[kind])
             kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]},
                                          NEWEST_KUBERNETES, strict=True)
         elif kind == "SipDomain":
@@ -140,12 +205,16 @@ def test_the_chart_crds_are_the_repository_crds_byte_for_byte() -> None:
 
 
 def test_helm_refuses_contradictory_values() -> None:
-    with pytest.raises(AssertionError, match="etcd.tls.clientSecret"):
-        render(sets=("etcd.tls.enabled=true",))
-    with pytest.raises(AssertionError, match="etcd.tls.serverSecret"):
-        render(sets=("etcd.tls.enabled=true", "etcd.tls.clientSecret=c"))
+    with pytest.raises(AssertionError, match="etcd.tls.clientSecret: name the Secret"):
+        render(sets=("etcd.endpoints=etcd://etcd.storage.svc:2379",))  # TLS is on by default
+    with pytest.raises(AssertionError, match="name both Secrets"):
+        render(sets=("etcd.tls.clientSecret=c",))
+    with pytest.raises(AssertionError, match="name both Secrets"):
+        render(sets=("etcd.tls.serverSecret=s",))
+    with pytest.raises(AssertionError, match='etcd.tls.certificates: "vault" is none of auto, cert-manager, helm'):
+        render(sets=("etcd.tls.certificates=vault",))
     with pytest.raises(AssertionError, match="is not etcd://HOST:PORT"):
-        render(sets=("etcd.endpoints=http://etcd:2379",))
+        render(sets=("etcd.endpoints=http://etcd:2379", "etcd.tls.enabled=false"))
     with pytest.raises(AssertionError, match="etcd.bundled.replicas: 2 members"):
         render(sets=("etcd.bundled.replicas=2",))
 
@@ -182,14 +251,15 @@ def test_the_operator_runs_alone_with_probes_on_its_health_port(scenario: str) -
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_the_operator_environment_carries_the_values_to_the_registrar_pods(scenario: str) -> None:
+def test_the_operator_environment_carries_the_values_to_the_registrar_pods(scenario: str, tmp_path: Path) -> None:
     """Rendered env -> the operator's PodSettings -> the registrar Deployment its builder makes."""
     values = EXTERNAL_VALUES if scenario == "external-etcd" else DEFAULT_VALUES
     registrar_values = {**DEFAULT_VALUES["registrar"], **values.get("registrar", {})}
     image = {**DEFAULT_VALUES["image"], **values.get("image", {})}
-    container = operator_container(rendered(scenario))
+    objects = rendered(scenario)
+    container = operator_container(objects)
     env = env_of(container)
-    settings = PodSettings.from_environment(env)
+    settings = settings_from(env, tmp_path)
     assert settings.image == container["image"] == f"{image['repository']}:{image['tag'] or '0.1.0'}"
     assert settings.image_pull_policy == image["pullPolicy"]
     assert settings.service_type == registrar_values["serviceType"]
@@ -210,26 +280,28 @@ def test_the_operator_environment_carries_the_values_to_the_registrar_pods(scena
     assert settings.readiness_probe["httpGet"]["path"] == "/readyz"
     assert pod_container["image"] == container["image"]
 
-    tls = scenario != "default"
-    assert settings.etcd_tls_secret == ("sipreg-etcd-client" if tls else None)
+    client_secret = CLIENT_SECRETS[scenario]
     mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
-    if tls:
-        # The operator reads the same files, at the same place, as it tells the registrar pods to.
+    tls_variables = ("SIPREG_ETCD_CA", "SIPREG_ETCD_CERT", "SIPREG_ETCD_KEY")
+    if client_secret:
+        # The operator reads its client certificate from the Secret; the registrar pods get the same
+        # files (a copy the operator makes), at the same place, under the same variables.
+        assert settings.etcd_tls is not None and settings.etcd_tls.key is not None
         assert mounts["/etc/sipreg/etcd-tls"]["readOnly"] is True
-        secret_volumes = {v["name"]: v["secret"]["secretName"] for v in one(rendered(scenario), "Deployment",
+        secret_volumes = {v["name"]: v["secret"]["secretName"] for v in one(objects, "Deployment",
                           "sipreg-operator")["spec"]["template"]["spec"]["volumes"] if "secret" in v}
-        assert secret_volumes[mounts["/etc/sipreg/etcd-tls"]["name"]] == "sipreg-etcd-client"
-        tls_variables = ("SIPREG_ETCD_CA", "SIPREG_ETCD_CERT", "SIPREG_ETCD_KEY")
+        assert secret_volumes[mounts["/etc/sipreg/etcd-tls"]["name"]] == client_secret
         pod_env = env_of(pod_container)
         assert {key: env[key] for key in tls_variables} == {key: pod_env[key] for key in tls_variables}
     else:
-        assert "/etc/sipreg/etcd-tls" not in mounts and not any(key.startswith("SIPREG_ETCD_") for key in env)
+        assert settings.etcd_tls is None
+        assert "/etc/sipreg/etcd-tls" not in mounts and not any(key in env for key in tls_variables)
 
 
 # --- the bundled etcd ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scenario", ["default", "bundled-etcd-tls"])
+@pytest.mark.parametrize("scenario", ["default", "plain"])
 def test_the_bundled_etcd_is_three_members_with_volumes_spread_and_a_quorum_budget(scenario: str) -> None:
     objects = rendered(scenario)
     statefulset = one(objects, "StatefulSet", "sipreg-etcd")
@@ -250,26 +322,45 @@ def test_the_bundled_etcd_is_three_members_with_volumes_spread_and_a_quorum_budg
     assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
     assert selects(headless["spec"]["selector"], pod_labels)
     assert selects(one(objects, "Service", "sipreg-etcd")["spec"]["selector"], pod_labels)
-    args = dict(arg.split("=", 1) if "=" in arg else (arg, "") for arg in container["args"])
-    scheme = "https" if scenario == "bundled-etcd-tls" else "http"
+    args = etcd_command(objects)
+    scheme = "http" if scenario == "plain" else "https"
     assert args["--initial-cluster"] == ",".join(
         f"sipreg-etcd-{i}={scheme}://sipreg-etcd-{i}.{spec['serviceName']}.{NAMESPACE}.svc:2380" for i in range(3))
+    assert args["--listen-client-urls"] == f"{scheme}://0.0.0.0:2379"
     assert args["--name"] == "$(POD_NAME)" and "POD_NAME" in {e["name"] for e in container["env"]}
     assert args["--data-dir"].startswith("/var/lib/etcd/")
     # Probes on the plain-HTTP metrics listener: they need no client certificate even with TLS on.
     assert args["--listen-metrics-urls"] == "http://0.0.0.0:2381"
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports[container["livenessProbe"]["httpGet"]["port"]] == ports[container["readinessProbe"]["httpGet"]["port"]] == 2381
-    if scenario == "bundled-etcd-tls":
-        assert {"--client-cert-auth", "--peer-client-cert-auth"} <= set(args)
-        assert args["--trusted-ca-file"] == "/etc/etcd/tls/ca.crt" and args["--listen-client-urls"].startswith("https://")
-        (volume,) = pod["volumes"]
-        assert volume["secret"]["secretName"] == "sipreg-etcd-server"
-    else:
-        assert "--client-cert-auth" not in args and "volumes" not in pod
+    if scenario == "plain":
+        assert not {"--client-cert-auth", "--cert-file", "--peer-cert-file"} & set(args) and "volumes" not in pod
 
     budget = one(objects, "PodDisruptionBudget", "sipreg-etcd")
     assert budget["spec"]["minAvailable"] == 2 and selects(budget["spec"]["selector"]["matchLabels"], pod_labels)
+
+
+@pytest.mark.parametrize("scenario", ["default", "cert-manager", "own-certificates"])
+def test_the_bundled_etcd_requires_client_certificates_from_clients_and_peers(scenario: str) -> None:
+    objects = rendered(scenario)
+    args = etcd_command(objects)
+    tls = "/etc/etcd/tls"
+    assert {flag: args.get(flag) for flag in (
+        "--cert-file", "--key-file", "--trusted-ca-file", "--client-cert-auth",
+        "--peer-cert-file", "--peer-key-file", "--peer-trusted-ca-file", "--peer-client-cert-auth")} == {
+        "--cert-file": f"{tls}/tls.crt", "--key-file": f"{tls}/tls.key", "--trusted-ca-file": f"{tls}/ca.crt",
+        "--client-cert-auth": "true",
+        "--peer-cert-file": f"{tls}/tls.crt", "--peer-key-file": f"{tls}/tls.key",
+        "--peer-trusted-ca-file": f"{tls}/ca.crt", "--peer-client-cert-auth": "true"}
+    assert not {"--auto-tls", "--peer-auto-tls"} & set(args)  # self-made certificates nobody checks
+    for flag in ("--listen-client-urls", "--advertise-client-urls", "--listen-peer-urls", "--initial-advertise-peer-urls"):
+        assert args[flag].startswith("https://"), flag
+    pod = one(objects, "StatefulSet", "sipreg-etcd")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == tls]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == SERVER_SECRETS[scenario]
 
 
 def test_hard_anti_affinity_and_a_storage_class_from_values() -> None:
@@ -286,7 +377,7 @@ def test_hard_anti_affinity_and_a_storage_class_from_values() -> None:
 
 
 @pytest.mark.parametrize("scenario", ["default", "external-etcd"])
-def test_the_monitors_scrape_the_operator_service_and_every_registrar_pod(scenario: str) -> None:
+def test_the_monitors_scrape_the_operator_service_and_every_registrar_pod(scenario: str, tmp_path: Path) -> None:
     objects = rendered(scenario, monitors=True)
     service_monitor, service = one(objects, "ServiceMonitor"), one(objects, "Service", "sipreg-operator-metrics")
     assert selects(service_monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
@@ -300,7 +391,7 @@ def test_the_monitors_scrape_the_operator_service_and_every_registrar_pod(scenar
 
     # The PodMonitor selects what the operator's builder makes, on the port serving /metrics.
     pod_monitor = one(objects, "PodMonitor")
-    settings = PodSettings.from_environment(env_of(operator_container(objects)))
+    settings = settings_from(env_of(operator_container(objects)), tmp_path)
     registrar = desired_children("sip-ex", {"domain": "sip.example.test"}, settings)[0]
     template = registrar["spec"]["template"]
     assert selects(pod_monitor["spec"]["selector"]["matchLabels"], template["metadata"]["labels"])
@@ -369,7 +460,15 @@ def test_notes_tell_what_to_apply_next(tmp_path: Path) -> None:
     assert "No ServiceMonitor/PodMonitor was created" in notes
     external = rendered_notes(tmp_path, EXTERNAL_ETCD_VALUES)
     assert "statefulset/" not in external and EXTERNAL_VALUES["etcd"]["endpoints"] in external
-    assert 'mount the Secret "sipreg-etcd-client"' in external
+    assert 'The operator presents the one in Secret "sipreg-etcd-client" and copies it' in external
+    assert "made by Helm at install" in notes and "WARNING" not in notes
+    assert "WARNING: etcd.tls.enabled is false" in rendered_notes(tmp_path, *plain_values(tmp_path))
     # The example SipDomain is there: the user adds connections to it, and is not told to apply it again.
     assert "beside the example SipDomain voip/sip-example-test (sip.example.test),\n   which is there already" in external
     assert "kind: SipConnection" in external and "kind: SipDomain" not in external
+
+
+def plain_values(tmp_path: Path) -> tuple[Path]:
+    path = tmp_path / "plain.yaml"
+    path.write_text("etcd: {tls: {enabled: false}}\n")
+    return (path,)

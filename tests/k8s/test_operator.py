@@ -18,11 +18,13 @@ import pytest
 import yaml
 
 from registrar.store import layout
+from registrar.store.etcd_session import EtcdTls
 from tests.conftest import MANIFESTS, start_registrar, stop_registrar
-from tests.etcd_server import EtcdServer, records
+from tests.etcd_server import ETCD, INSTALL_HINT, EtcdServer, EtcdServerTls, records
 from tests.integration.sip_client import UserAgent, status_of
 from tests.integration.sipp import manifest_passwords, run_sipp, users_csv
 from tests.k8s.conftest import Kube, OperatorProcess, wait_for
+from tests.pki import CertificateAuthority
 
 pytestmark = pytest.mark.k8s
 
@@ -205,6 +207,65 @@ def test_a_sip_domain_becomes_registrar_pods_and_connections_reach_etcd(
         ready = wait_for(lambda: (c := condition(connection(kube, "bob"), "Ready")).get("status") == "False" and c,
                          message="bob not ready")
         assert ready["reason"] == "DomainNotFound" and DOMAIN in ready["message"]
+    assert "Traceback" not in runner.output, runner.output
+
+
+def test_with_etcd_tls_each_domain_gets_a_copy_of_the_operator_client_certificate_its_pods_connect_with(
+    kube: Kube, operator_runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pod mounts only its own namespace's Secrets: the operator copies its etcd client certificate into
+    each SipDomain's namespace, and a registrar given the copy's files, as the pod is, reaches etcd."""
+    if ETCD is None:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    pki = CertificateAuthority(tmp_path / "pki")
+    server = EtcdServerTls(server=pki.issue("etcd", server_names=["127.0.0.1"], client=True),
+                           probe_client=pki.issue("probe", client=True))
+    operator_files = pki.issue("sipreg", client=True)
+    with EtcdServer(tmp_path, tls=server) as etcd:
+        monkeypatch.setenv("SIPREG_ETCD", etcd.url)
+        operator_tls_files = {"SIPREG_ETCD_CA": str(operator_files.ca), "SIPREG_ETCD_CERT": str(operator_files.cert),
+                                "SIPREG_ETCD_KEY": str(operator_files.key)}
+        for variable, path in operator_tls_files.items():
+            monkeypatch.setenv(variable, path)
+        kube.create(RESOURCES["Namespace"], {"metadata": {"name": NAMESPACE}}, namespace=None)
+        with operator_runner(module=OPERATOR) as runner:
+            kube.create(SIPDOMAINS, {"apiVersion": "sipreg.io/v1alpha1", "kind": "SipDomain",
+                                     "metadata": {"name": DOMAIN_OBJECT, "namespace": NAMESPACE},
+                                     "spec": {"domain": DOMAIN, "registration": {"enabled": True}}}, NAMESPACE)
+            deployment = wait_for(lambda: kube.find("apps/v1/deployments", f"{DOMAIN_OBJECT}-registrar", NAMESPACE),
+                                  message="the registrar Deployment")
+            pod = deployment["spec"]["template"]["spec"]
+            (volume,) = [v for v in pod["volumes"] if v["name"] == "etcd-tls"]
+            copy = kube.get("v1/secrets", volume["secret"]["secretName"], NAMESPACE)
+            owner = kube.get(SIPDOMAINS, DOMAIN_OBJECT, NAMESPACE)
+            assert [ref["uid"] for ref in copy["metadata"]["ownerReferences"]] == [owner["metadata"]["uid"]]
+            assert copy["immutable"] is True
+            files = {"ca.crt": operator_files.ca, "tls.crt": operator_files.cert, "tls.key": operator_files.key}
+            assert {key: base64.b64decode(value) for key, value in copy["data"].items()} == {
+                key: path.read_bytes() for key, path in files.items()}
+            # The domain is published over TLS.
+            wait_for(lambda: layout.domain_key(DOMAIN) in asyncio.run(
+                records(etcd.url, layout.DOMAINS, tls=EtcdTls.from_environment(operator_tls_files))),
+                message="the domain in etcd")
+
+        # The pod's view: the copy's files where its mount puts them, the variables its container sets.
+        (container,) = pod["containers"]
+        mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "etcd-tls")
+        mounted = tmp_path / "pod-etcd-tls"
+        mounted.mkdir()
+        for key, value in copy["data"].items():
+            (mounted / key).write_bytes(base64.b64decode(value))
+        for item in container["env"]:
+            if item["name"].startswith("SIPREG_ETCD_"):
+                monkeypatch.setenv(item["name"], item["value"].replace(mount, str(mounted)))
+        registrar = start_registrar(tmp_path, "--store", etcd.url, "--domain", DOMAIN, manifests=None,
+                                    command_name="registrar")
+        try:
+            assert registrar.api("/readyz")["ready"]
+            assert f"connected to etcd at {etcd.endpoint} over TLS" in registrar.log()
+        finally:
+            stop_registrar(registrar)
+    assert "Traceback" not in registrar.log(), registrar.log()
     assert "Traceback" not in runner.output, runner.output
 
 

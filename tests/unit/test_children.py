@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
 from registrar.manifests import SpecError
+from registrar.store.etcd_session import EtcdTls
 from sip_operator.children import (
     PodSettings,
     deployment_name,
     desired_children,
     drifted,
+    etcd_client_secret,
     labels,
     nonce_secret,
     nonce_secret_name,
@@ -30,6 +34,7 @@ outbound: {gateway: "sip:gw.example.test:5060"}
 """
 )
 SETTINGS = PodSettings(image="registry.test/sipreg:1.2.3", etcd="etcd://etcd-0:2379,etcd-1:2379")
+ETCD_TLS = EtcdTls(ca=b"-----CA-----\n", cert=b"-----CERT-----\n", key=b"-----KEY-----\n")
 
 
 def children(spec=SPEC, settings=SETTINGS):
@@ -133,21 +138,60 @@ def test_pod_settings_from_the_environment():
         PodSettings.from_environment({"SIPREG_REGISTRAR_SECURITY_CONTEXT": "[]"})
 
 
-def test_an_etcd_tls_secret_is_mounted_read_only_and_named_by_the_tls_variables():
-    settings = PodSettings.from_environment({"SIPREG_ETCD_TLS_SECRET": "etcd-client-tls"})
-    assert settings.etcd_tls_secret == "etcd-client-tls"
+def tls_files(directory: Path, **contents: bytes) -> dict[str, str]:
+    """PEM files as the operator's mounted Secret holds them, and the variables that name them."""
+    variables = {"ca": "SIPREG_ETCD_CA", "cert": "SIPREG_ETCD_CERT", "key": "SIPREG_ETCD_KEY"}
+    environ = {}
+    for attribute, pem in contents.items():
+        (directory / attribute).write_bytes(pem)
+        environ[variables[attribute]] = str(directory / attribute)
+    return environ
+
+
+def test_the_operator_etcd_tls_files_are_read_into_the_settings_and_kept_out_of_repr(tmp_path):
+    settings = PodSettings.from_environment(tls_files(tmp_path, ca=ETCD_TLS.ca, cert=ETCD_TLS.cert, key=ETCD_TLS.key))
+    assert settings.etcd_tls == ETCD_TLS
+    assert b"KEY" not in repr(settings).encode() and "etcd_tls" not in repr(settings)
+    assert PodSettings.from_environment({}).etcd_tls is None
+    with pytest.raises(ValueError, match="SIPREG_ETCD_KEY: cannot read"):
+        PodSettings.from_environment({**tls_files(tmp_path, cert=b"c"), "SIPREG_ETCD_KEY": str(tmp_path / "absent")})
+
+
+def test_registrar_pods_mount_a_copy_of_the_operator_etcd_certificate_named_by_its_contents():
+    settings = PodSettings(etcd_tls=ETCD_TLS)
+    secret = etcd_client_secret("sip-ex", ETCD_TLS)
+    assert secret["metadata"]["name"].startswith("sip-ex-etcd-client-")
+    assert secret["metadata"]["labels"] == labels("sip-ex") and secret["immutable"] is True
+    assert {key: base64.b64decode(value) for key, value in secret["data"].items()} == {
+        "ca.crt": ETCD_TLS.ca, "tls.crt": ETCD_TLS.cert, "tls.key": ETCD_TLS.key}
+
     pod = children(settings=settings)[("Deployment", "sip-ex-registrar")]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "etcd-client-tls")
+    volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == secret["metadata"]["name"])
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
     assert mount == {"name": volume["name"], "mountPath": "/etc/sipreg/etcd-tls", "readOnly": True}
     env = {item["name"]: item.get("value") for item in container["env"]}
-    assert {key: env[key] for key in ("SIPREG_ETCD_CA", "SIPREG_ETCD_CERT", "SIPREG_ETCD_KEY")} == {
+    assert {key: value for key, value in env.items() if key.startswith("SIPREG_ETCD_")} == {
         "SIPREG_ETCD_CA": "/etc/sipreg/etcd-tls/ca.crt",
         "SIPREG_ETCD_CERT": "/etc/sipreg/etcd-tls/tls.crt",
         "SIPREG_ETCD_KEY": "/etc/sipreg/etcd-tls/tls.key",
     }
-    # Without the setting: plain text, nothing mounted, no TLS variable (the registrar would fail on a missing file).
+
+    # A renewed certificate is another Secret, so the pod template changes and the pods roll onto it;
+    # another domain gets its own copy.
+    renewed = EtcdTls(ca=ETCD_TLS.ca, cert=b"-----RENEWED-----\n", key=ETCD_TLS.key)
+    assert etcd_client_secret("sip-ex", renewed)["metadata"]["name"] != secret["metadata"]["name"]
+    assert etcd_client_secret("sip-other", ETCD_TLS)["metadata"]["name"].startswith("sip-other-etcd-client-")
+
+    # Only the files the operator has: with no CA, etcd's certificate is checked against the system's roots.
+    no_ca = EtcdTls(cert=ETCD_TLS.cert, key=ETCD_TLS.key)
+    assert set(etcd_client_secret("sip-ex", no_ca)["data"]) == {"tls.crt", "tls.key"}
+    (container,) = children(settings=PodSettings(etcd_tls=no_ca))[("Deployment", "sip-ex-registrar")]["spec"][
+        "template"]["spec"]["containers"]
+    assert {e["name"] for e in container["env"] if e["name"].startswith("SIPREG_ETCD_")} == {
+        "SIPREG_ETCD_CERT", "SIPREG_ETCD_KEY"}
+
+    # Plain text: nothing mounted, no TLS variable (the registrar would fail on a missing file).
     pod = children()[("Deployment", "sip-ex-registrar")]["spec"]["template"]["spec"]
     assert not [v for v in pod["volumes"] if v["name"] == "etcd-tls"]
     assert not [e for e in pod["containers"][0]["env"] if e["name"].startswith("SIPREG_ETCD_")]
@@ -171,8 +215,10 @@ def test_drift_is_what_the_desired_object_says_differently():
 def test_every_child_is_a_valid_kubernetes_object(service_type, with_tls):
     """What the operator sends passes Kubernetes' own schemas, strictly (no unknown or misspelt field)."""
     spec = SPEC if with_tls else {**SPEC, "transports": {"udp": 5060, "tcp": 5060}}
-    settings = PodSettings(service_type=service_type, etcd_tls_secret="etcd-client-tls" if with_tls else None)
+    settings = PodSettings(service_type=service_type, etcd_tls=ETCD_TLS if with_tls else None)
     built = [*desired_children("sip-ex", spec, settings), nonce_secret("sip-ex", "s")]
+    if with_tls:
+        built.append(etcd_client_secret("sip-ex", ETCD_TLS))
     for child in built:
         child = {**child, "metadata": {**child["metadata"], "namespace": "voip"}}
         kubernetes_validate.validate(child, kubernetes_validate.latest_version(), strict=True)

@@ -98,11 +98,77 @@ over between them by itself, with no Service in between to hide a dead member).
 {{- end }}
 {{- end }}
 
-{{/* The client certificate Secret, checked: TLS on needs one. */}}
+{{/*
+Who makes the bundled etcd's certificates: "cert-manager", "helm", or "" when nobody here does (TLS
+off, an existing etcd, or Secrets of your own named in etcd.tls.clientSecret and serverSecret).
+*/}}
+{{- define "sipreg.etcd.certificateMaker" -}}
+{{- $tls := .Values.etcd.tls }}
+{{- if and $tls.enabled (include "sipreg.etcd.bundled" .) }}
+{{- if and $tls.clientSecret $tls.serverSecret }}
+{{- /* Yours: nobody here makes them. */}}
+{{- else if or $tls.clientSecret $tls.serverSecret }}
+{{- fail "etcd.tls.clientSecret and etcd.tls.serverSecret: name both Secrets (certificates of your own), or neither (the chart makes them)" }}
+{{- else if eq $tls.certificates "auto" }}
+{{- if .Capabilities.APIVersions.Has "cert-manager.io/v1" }}cert-manager{{ else }}helm{{ end }}
+{{- else if has $tls.certificates (list "cert-manager" "helm") }}
+{{- $tls.certificates }}
+{{- else }}
+{{- fail (printf "etcd.tls.certificates: %q is none of auto, cert-manager, helm" $tls.certificates) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The Secrets the chart makes (ca.crt, tls.crt, tls.key each): the CA, etcd's own, sipreg's client one. */}}
+{{- define "sipreg.etcd.caSecretName" -}}
+{{- include "sipreg.etcd.fullname" . }}-ca
+{{- end }}
+
+{{- define "sipreg.etcd.madeServerSecretName" -}}
+{{- include "sipreg.etcd.fullname" . }}-server
+{{- end }}
+
+{{- define "sipreg.etcd.madeClientSecretName" -}}
+{{- include "sipreg.etcd.fullname" . }}-client
+{{- end }}
+
+{{/* The client certificate Secret the operator mounts (and copies to each SipDomain's namespace); "" with TLS off. */}}
 {{- define "sipreg.etcd.clientSecret" -}}
 {{- if .Values.etcd.tls.enabled }}
-{{- required "etcd.tls.clientSecret: name the Secret (ca.crt, tls.crt, tls.key) of sipreg's etcd client certificate" .Values.etcd.tls.clientSecret }}
+{{- if include "sipreg.etcd.certificateMaker" . }}
+{{- include "sipreg.etcd.madeClientSecretName" . }}
+{{- else }}
+{{- required "etcd.tls.clientSecret: name the Secret (ca.crt, tls.crt, tls.key) of sipreg's client certificate for the etcd in etcd.endpoints (or set etcd.tls.enabled=false for plain text)" .Values.etcd.tls.clientSecret }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The bundled etcd's own certificate Secret (client and peer traffic); "" with TLS off. */}}
+{{- define "sipreg.etcd.serverSecret" -}}
+{{- if and .Values.etcd.tls.enabled (include "sipreg.etcd.bundled" .) }}
+{{- if include "sipreg.etcd.certificateMaker" . }}
+{{- include "sipreg.etcd.madeServerSecretName" . }}
+{{- else }}
+{{- .Values.etcd.tls.serverSecret }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The names in the bundled etcd's certificate, as a list: every member (through the headless Service),
+the client Service, and localhost for etcdctl in a member's pod. One list for cert-manager and Helm.
+*/}}
+{{- define "sipreg.etcd.serverNames" -}}
+{{- $headless := printf "%s.%s.svc" (include "sipreg.etcd.headless" .) .Release.Namespace }}
+{{- $client := include "sipreg.etcd.fullname" . }}
+{{- toYaml (list (printf "*.%s" $headless) (printf "*.%s.cluster.local" $headless)
+      (printf "%s.%s.svc" $client .Release.Namespace) (printf "%s.%s.svc.cluster.local" $client .Release.Namespace)
+      "localhost") }}
+{{- end }}
+
+{{/* The existing Secret `name` in the release namespace, as `lookup` finds it (empty under `helm template`). */}}
+{{- define "sipreg.existingSecret" -}}
+{{- toYaml (lookup "v1" "Secret" .root.Release.Namespace .name) }}
 {{- end }}
 
 {{- define "sipreg.etcd.tlsMount" -}}
