@@ -247,12 +247,17 @@ def total_instructions(out: Path) -> int:
     return int(totals[1])
 
 
-def write_catalog(directory: Path, users: int) -> str:
-    """`users` users' catalogue, pickled: unpickled under valgrind, where reading the YAML would take most of a run."""
-    from bench.run import write_manifests
+def write_catalog(directory: Path, users: int, defences: str = "on") -> str:
+    """`users` users' catalogue, pickled: unpickled under valgrind, where reading the YAML would take most of a run.
+
+    `defences` "on": the per-source limits count every request (with a budget the run never
+    exhausts); "off": the driver's address is trusted, so they only look it up.
+    """
+    from bench.run import DEFENCES_OFF, DEFENCES_ON, write_manifests
     from registrar.manifests import load_catalog
 
-    write_manifests(directory / f"manifests-{users}", users)
+    security = DEFENCES_ON if defences == "on" else DEFENCES_OFF
+    write_manifests(directory / f"manifests-{users}", users, security=security)
     catalog_file = str(directory / f"catalog-{users}.pickle")
     with open(catalog_file, "wb") as file:
         pickle.dump(load_catalog(directory / f"manifests-{users}"), file)
@@ -269,6 +274,10 @@ def main() -> None:
     parser.add_argument("--native", type=int, default=20000, help="etcd: registrations of the etcd CPU run (0: none)")
     parser.add_argument("--rate", type=float, default=2500, help="etcd: registrations a second in the etcd CPU run")
     parser.add_argument("--keep", type=Path, help="copy the callgrind files here (callgrind_annotate reads them)")
+    parser.add_argument(
+        "--defences", choices=["on", "off"], default="on",
+        help="per-source limits counting the driver's requests (on) or exempting its address (off)",
+    )
     parser.add_argument("--loop", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--catalog", help=argparse.SUPPRESS)
     parser.add_argument("--etcd", help=argparse.SUPPRESS)
@@ -292,7 +301,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as temp:
         directory = Path(temp)
-        catalog_file = write_catalog(directory, args.users)
+        catalog_file = write_catalog(directory, args.users, args.defences)
         runs = {
             (mode, n): directory / f"callgrind.{mode}.{n}" for mode in ("full", "client") for n in (args.n1, args.n2)
         }

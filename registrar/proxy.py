@@ -50,6 +50,10 @@ DIALOG_METHODS = frozenset(["INVITE", "SUBSCRIBE", "REFER"])
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 # Live transactions beyond which requests are shed (a SipDomain's security.maxTransactions).
 MAX_TRANSACTIONS = 5000
+# What is kept of finished transactions for their retransmissions, at most this many times the
+# live ones: memory stays bounded however fast calls come. Beyond it the oldest go first (a late
+# retransmission of theirs is then handled as a new request).
+RETAINED_PER_LIVE = 10
 # What a shed request is told: come back after this long (RFC 3261 21.5.4).
 SHED_RETRY_AFTER = 5
 
@@ -505,13 +509,15 @@ class Proxy:
         server.branches = []
         server.groups = []
         server.finals = []
+        self._expire()
 
     def _expire(self) -> None:
         now = time.monotonic()
+        retained = RETAINED_PER_LIVE * self._max_transactions()
         for table in (self._answered, self._finished_branches):
             while table:
                 entry = next(iter(table.values()))
-                if entry[0] > now:
+                if entry[0] > now and len(table) <= retained:
                     break
                 table.popitem(last=False)
 

@@ -151,7 +151,7 @@ def test_a_flood_from_one_source_is_banned_and_a_phone_elsewhere_registers_throu
     before = rss_kib(registrar)
     flood = start_sipp(
         "flood_invite.xml", f"{registrar.host}:{registrar.sip_port}", workdir=tmp_path, local_ip="127.0.0.66",
-        calls=10**8, rate=100_000, timeout=FLOOD_SECONDS, trace_messages=False, name="flood",
+        calls=10**8, rate=100_000, timeout=FLOOD_SECONDS, trace_messages=False, name="flood", keys={"domain": DOMAIN},
         extra=["-rp", "1000", "-l", "100000"],
     )
     statuses: list[tuple[int, float]] = []

@@ -679,3 +679,15 @@ async def test_a_malformed_request_uri_or_to_is_answered_400_naming_it() -> None
     await node.receive(invite(f"sip:bob@{DOMAIN}", to="sip:[2001:db8::1", branch="z9hG4bK-to"))
     assert node.upstream[-1].status == 400 and node.upstream[-1].reason.startswith("Bad To")
     assert node.proxy.servers == {}  # answered before any transaction state
+
+
+async def test_what_finished_transactions_leave_is_bounded_however_fast_calls_come() -> None:
+    node = await two_phones(max_transactions=2)
+    for n in range(30):
+        await node.receive(invite(branch=f"z9hG4bK-b{n}", call_id=f"call-b{n}"))
+        for _, sent in node.wire.requests("INVITE")[-2:]:
+            await node.answer(sent, 486, "Busy Here")
+        await node.receive(invite(branch=f"z9hG4bK-b{n}", call_id=f"call-b{n}", method="ACK"))
+    assert [r.status for r in node.upstream].count(486) == 30 and not node.proxy.servers
+    assert len(node.proxy._answered) <= proxy_module.RETAINED_PER_LIVE * 2
+    assert len(node.proxy._finished_branches) <= proxy_module.RETAINED_PER_LIVE * 2
