@@ -11,7 +11,9 @@ and for the etcd store (a real etcd on loopback, data on this machine's disk):
   the p99 of an etcd write at each rate, and the share of the in-memory rate;
 - REGISTER latency at half the best etcd rate;
 and calls per second through the proxy (INVITE ... BYE), for one registrar and for
-two replicas on one etcd, with call setup time: bench/calls.py.
+two replicas on one etcd, with call setup time: bench/calls.py; the UDP ladder again
+with the per-source limits exempting sipp (what the defences cost); a scanner's
+INVITE flood and the registrar's memory under it: bench/flood.py.
 
 The registrar and sipp are pinned to different cores when taskset exists, so
 they do not fight over one. Nothing here is a pass/fail test: figures vary with
@@ -47,7 +49,7 @@ TASKSET = shutil.which("taskset")
 TCPDUMP = shutil.which("tcpdump")
 TARGET_LATENCY_RATE = 2500
 # What --skip and --only name; calls and calls-replicas are bench/calls.py's.
-PHASES = ["udp", "tcp", "latency", "defences", "etcd", "calls", "calls-replicas", "memory"]
+PHASES = ["udp", "tcp", "latency", "defences", "flood", "etcd", "calls", "calls-replicas", "memory"]
 # Of the in-memory store's best UDP rate. A rung's achieved rate is about 1% under its offered
 # one (sipp's start and drain count), so a store that holds 70% but not 80% read as 69% without
 # the rung between them.
@@ -467,6 +469,7 @@ def main() -> int:
         "--calls-duration", type=float, default=40.0,
         help="seconds per offered rate in the calls phases (default 40: more than the 32 s a finished transaction is kept)",
     )
+    parser.add_argument("--flood-duration", type=float, default=15.0, help="seconds of each flood run")
     parser.add_argument(
         "--calls-transport", default="udp", choices=["udp", "tcp"], help="transport of the calls phases' callers and callees"
     )
@@ -504,6 +507,11 @@ def main() -> int:
 
         if "defences" not in args.skip:
             report += defences_figures(tmp_path, args.users, throughput_csv, args.duration, best.get("udp"))
+
+        if "flood" not in args.skip:
+            from flood import flood_phase  # imports this file as `run`, like calls.py
+
+            report += flood_phase(tmp_path, args.flood_duration)
 
         if "etcd" not in args.skip:
             report += etcd_figures(tmp_path, throughput_csv, args.duration, best.get("udp"))

@@ -1,0 +1,71 @@
+"""The flood phase of `make bench`: a scanner's INVITE flood at sipp's best rate, and the registrar's memory.
+
+Two runs of --flood-duration seconds each, one sipp from 127.0.0.66 sending INVITEs
+to a new user each time, never ACKed (tests/integration/scenarios/flood_invite.xml):
+- from a stranger, as the internet sends it: the per-source limits ban the address;
+- from a trusted address, which nothing bans: every INVITE is parsed, routed and
+  refused (407, statelessly), the worst case for the proxy's memory.
+Printed: the INVITEs sipp sent per second, the registrar's RSS before, at its peak
+and 5 s after the flood, and the registrar's CPU share during it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from run import DOMAIN, cpu_ticks, pinned, rss_kib, write_manifests  # noqa: E402
+
+from tests.conftest import start_registrar, stop_registrar  # noqa: E402
+from tests.integration.sipp import sipp_statistics, start_sipp  # noqa: E402
+
+ATTACKER = "127.0.0.66"
+STRANGER = "{}"
+TRUSTED = f'{{trustedNetworks: ["{ATTACKER}/32"]}}'
+
+
+def flood_phase(tmp_path: Path, seconds: float) -> list[str]:
+    lines = [f"flood: INVITEs to new users from one address at sipp's best rate for {seconds:.0f} s, never ACKed"]
+    for label, security in (("from a stranger (banned)", STRANGER), ("from a trusted address (never banned)", TRUSTED)):
+        print(f"flood {label}", flush=True)
+        lines.append(f"  {label}: " + flood_run(tmp_path / f"flood-{len(lines)}", security, seconds))
+        print(lines[-1], flush=True)
+    return lines
+
+
+def flood_run(directory: Path, security: str, seconds: float) -> str:
+    write_manifests(directory / "manifests", 10, security=security)
+    registrar = start_registrar(directory, "--log-level", "warning", manifests=directory / "manifests",
+                                wrapper=pinned(0))
+    try:
+        pid = registrar.process.pid
+        time.sleep(1)
+        before = peak = rss_kib(pid)
+        ticks = cpu_ticks(pid)
+        started = time.monotonic()
+        flood = start_sipp(
+            "flood_invite.xml", f"{registrar.host}:{registrar.sip_port}", workdir=directory, local_ip=ATTACKER,
+            calls=10**9, rate=200_000, timeout=seconds, trace_messages=False, name="flood", wrapper=pinned(1),
+            keys={"domain": DOMAIN}, extra=["-rp", "1000", "-l", "200000"],
+        )
+        while flood.process.poll() is None:
+            peak = max(peak, rss_kib(pid))
+            time.sleep(0.25)
+        elapsed = time.monotonic() - started
+        cpu = (cpu_ticks(pid) - ticks) / os.sysconf("SC_CLK_TCK") / elapsed
+        flood.wait()
+        time.sleep(5)
+        after = rss_kib(pid)
+    finally:
+        stop_registrar(registrar)
+    rows = sipp_statistics(flood.stats_path)
+    sent = int(rows[-1]["TotalCallCreated"]) if rows else 0
+    return (
+        f"{sent / seconds:,.0f} INVITE/s sent; registrar RSS {before / 1024:.0f} MiB before, "
+        f"{peak / 1024:.0f} MiB at peak, {after / 1024:.0f} MiB 5 s after; {cpu:.0%} of a core during it"
+    )
