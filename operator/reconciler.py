@@ -36,7 +36,7 @@ from registrar.model import Connection
 from registrar.store import layout
 from registrar.store.etcd import EtcdStore
 from sip_operator import status as status_rules
-from sip_operator.children import PodSettings, desired_children, nonce_secret
+from sip_operator.children import PodSettings, api_token_secret, desired_children, nonce_secret
 from sip_operator.kubernetes_api import KubernetesApi
 from sip_operator.metrics import OperatorMetrics
 
@@ -146,11 +146,11 @@ class Reconciler:
             entry.fqdn = domain.name
             entry.registration_enabled = domain.registration.enabled
             entry.replicas = body["spec"].get("replicas", 1)
-            secret = nonce_secret(name, self._new_secret())
-            self._adopt(secret, body)
-            for child in children:
+            # Made once: a fresh value here is used only when the Secret does not exist yet.
+            secrets = [nonce_secret(name, self._new_secret()), api_token_secret(name, self._new_secret())]
+            for child in [*secrets, *children]:
                 self._adopt(child, body)
-            await asyncio.to_thread(self._apply_children, namespace, secret, children)
+            await asyncio.to_thread(self._apply_children, namespace, secrets, children)
             await self.store.session.write({layout.domain_key(domain.name): layout.encode_domain(domain)})
         if old_fqdn and old_fqdn != entry.fqdn:
             await self._forget_domain(old_fqdn)
@@ -158,8 +158,12 @@ class Reconciler:
             await self._reapply_connections(lambda spec, fqdn=fqdn: _spec_domain(spec) == fqdn)
         await self._report_domain((namespace, name), entry)
 
-    def _apply_children(self, namespace: str, secret: dict[str, Any], children: list[dict[str, Any]]) -> None:
-        self.api.create_if_missing(namespace, secret)
+    def _apply_children(
+        self, namespace: str, secrets: list[dict[str, Any]], children: list[dict[str, Any]]
+    ) -> None:
+        for secret in secrets:
+            if self.api.create_if_missing(namespace, secret):
+                log.info("Secret %s/%s created", namespace, secret["metadata"]["name"])
         for child in children:
             outcome = self.api.apply(namespace, child)
             if outcome != "unchanged":
