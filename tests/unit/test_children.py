@@ -87,7 +87,8 @@ def test_registrar_pods_serve_http_on_the_pod_ip_with_the_mounted_api_token():
     volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == api_token_secret_name("sip-ex"))
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
     assert mount["readOnly"] is True
-    assert parsed.api_token_file == f"{mount['mountPath']}/{next(iter(api_token_secret('sip-ex', 't')['stringData']))}"
+    (key,) = api_token_secret("sip-ex", "t")["stringData"]
+    assert parsed.api_token_file == f"{mount['mountPath']}/{key}"
     # The probes and Prometheus find HTTP on the named port the registrar listens on.
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports[container["readinessProbe"]["httpGet"]["port"]] == parsed.http_port
