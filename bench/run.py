@@ -283,7 +283,7 @@ def latencies(workdir: Path) -> dict[str, tuple[float, float, int]]:
 
 
 def scrape(registrar) -> str:
-    with urllib.request.urlopen(f"http://{registrar.host}:{registrar.http_port}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(f"http://{registrar.http_host}:{registrar.http_port}/metrics", timeout=10) as response:
         return response.read().decode()
 
 
@@ -370,7 +370,7 @@ def rss_kib(pid: int) -> int:
 
 
 def binding_count(registrar) -> int:
-    with urllib.request.urlopen(f"http://{registrar.host}:{registrar.http_port}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(f"http://{registrar.http_host}:{registrar.http_port}/metrics", timeout=10) as response:
         for line in response.read().decode().splitlines():
             if line.startswith(f'sipreg_bindings{{domain="{DOMAIN}"}}'):
                 return int(float(line.split()[-1]))

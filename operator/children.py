@@ -9,6 +9,8 @@ One SipDomain runs as:
 - a headless Service naming every pod, for pod-to-pod routing of requests to
   the pod that holds a UA's flow;
 - a PodDisruptionBudget (at most one pod down at a time on a drain);
+- a NetworkPolicy: the SIP ports open to everyone, the HTTP port (health,
+  metrics, bindings API) only to the monitoring namespace (PodSettings.http_from);
 - a Secret with the digest nonce secret the replicas share (stateless nonces
   verify on any replica only if they all hold the same secret). It is created
   once and never rewritten: a new secret would answer every outstanding
@@ -16,6 +18,8 @@ One SipDomain runs as:
 - with TLS to etcd, a copy of the operator's etcd client certificate (a pod
   mounts only its own namespace's Secrets), named by its contents: a new
   certificate is a new Secret, and the Deployment mounting it rolls its pods.
+- a Secret with the bearer token of the pods' bindings API, mounted as a file;
+  created once too, so the token a client holds keeps working.
 
 The handlers adopt each object (owner references), so deleting the SipDomain
 deletes them all through Kubernetes' garbage collector.
@@ -44,6 +48,9 @@ TLS_MOUNT = "/etc/sipreg/tls"
 ETCD_TLS_MOUNT = "/etc/sipreg/etcd-tls"
 ETCD_TLS_KEYS = {"ca": "ca.crt", "cert": "tls.crt", "key": "tls.key"}
 NONCE_KEY = "nonce-secret"
+# Where registrar pods find the bindings API's bearer token (the api-token Secret's one key).
+API_TOKEN_MOUNT = "/etc/sipreg/api-token"
+API_TOKEN_KEY = "token"
 # Without a `transports` section a domain gets what every SIP device expects.
 DEFAULT_TRANSPORTS: dict[str, Any] = {"udp": 5060, "tcp": 5060, "tls": None}
 
@@ -91,6 +98,14 @@ class PodSettings:
     # The operator's own TLS to etcd (SIPREG_ETCD_CA/_CERT/_KEY): every registrar pod gets a copy
     # (etcd_client_secret). None: plain text. Out of repr: it holds a private key.
     etcd_tls: EtcdTls | None = field(default=None, repr=False)
+    # Who may reach the pods' HTTP port, as NetworkPolicy `from` peers: Prometheus, in the namespace
+    # kube-prometheus-stack and most guides call monitoring. Kubelet probes come from the node, which a
+    # NetworkPolicy always lets through. Empty: no pod at all.
+    http_from: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ]
+    )
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> PodSettings:
@@ -98,7 +113,8 @@ class PodSettings:
 
         SIPREG_ETCD, SIPREG_IMAGE, SIPREG_IMAGE_PULL_POLICY, SIPREG_SERVICE_TYPE, the files
         SIPREG_ETCD_CA/_CERT/_KEY name (read now), and SIPREG_REGISTRAR_RESOURCES / _SECURITY_CONTEXT /
-        _READINESS_PROBE / _LIVENESS_PROBE as JSON objects.
+        _READINESS_PROBE / _LIVENESS_PROBE as JSON objects, and
+        SIPREG_REGISTRAR_HTTP_FROM as a JSON list of objects.
         Raises ValueError naming the variable that does not parse, or whose file cannot be read.
         """
         values: dict[str, Any] = {"etcd_tls": EtcdTls.from_environment(environ)}
@@ -123,6 +139,14 @@ class PodSettings:
                     raise ValueError(f"{variable}: not JSON: {error}") from None
                 if not isinstance(values[attribute], dict):
                     raise ValueError(f"{variable}: expected a JSON object")
+        if environ.get("SIPREG_REGISTRAR_HTTP_FROM"):
+            try:
+                peers = json.loads(environ["SIPREG_REGISTRAR_HTTP_FROM"])
+            except ValueError as error:
+                raise ValueError(f"SIPREG_REGISTRAR_HTTP_FROM: not JSON: {error}") from None
+            if not isinstance(peers, list) or not all(isinstance(peer, dict) and peer for peer in peers):
+                raise ValueError("SIPREG_REGISTRAR_HTTP_FROM: expected a JSON list of NetworkPolicy peers (objects)")
+            values["http_from"] = peers
         if values.get("service_type", "LoadBalancer") not in ("ClusterIP", "NodePort", "LoadBalancer"):
             raise ValueError(
                 f"SIPREG_SERVICE_TYPE: expected ClusterIP, NodePort or LoadBalancer, got {values['service_type']!r}"
@@ -158,6 +182,8 @@ def etcd_client_secret_name(domain_object: str, tls: EtcdTls) -> str:
     for key, pem, _ in _etcd_tls_files(tls):
         digest.update(f"{key}:{len(pem)}:".encode() + pem)
     return f"{domain_object}-etcd-client-{digest.hexdigest()[:10]}"
+def api_token_secret_name(domain_object: str) -> str:
+    return f"{domain_object}-api-token"
 
 
 def transports_of(spec: dict[str, Any]) -> dict[str, Any]:
@@ -166,7 +192,7 @@ def transports_of(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def desired_children(name: str, raw_spec: Any, settings: PodSettings) -> list[dict[str, Any]]:
-    """Every object the SipDomain `name` should own, except the nonce Secret (see nonce_secret).
+    """Every object the SipDomain `name` should own, except the Secrets made once (nonce_secret, api_token_secret).
 
     Raises registrar.manifests.SpecError for a spec the registrar could not serve.
     """
@@ -176,6 +202,7 @@ def desired_children(name: str, raw_spec: Any, settings: PodSettings) -> list[di
         sip_service(name, spec, settings),
         headless_service(name),
         disruption_budget(name),
+        network_policy(name, spec, settings),
     ]
 
 
@@ -195,13 +222,25 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
         f"--sip-port={SIP_PORT}",
         f"--tls-port={TLS_PORT if tls else 0}",
         f"--http-port={HTTP_PORT}",
+        # The pod's own address (kubelet expands $(POD_IP) from the env below): kubelet probes and
+        # Prometheus reach it there, and the NetworkPolicy decides who else may. And loopback, which
+        # only the pod itself reaches, and `kubectl port-forward` (it dials localhost in the pod).
+        "--http-host=$(POD_IP)",
+        "--http-host=127.0.0.1",
+        f"--api-token-file={API_TOKEN_MOUNT}/{API_TOKEN_KEY}",
         # Proxied calls name the Service as UAs reach it: the domain (which resolves to the
         # Service's address, as for REGISTER) and the spec's ports, not the pod's.
         f"--public-host={spec['domain']}",
         *(f"--public-port={transport}={port}" for transport, port in _public_ports(transports).items()),
     ]
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "api-token", "secret": {"secretName": api_token_secret_name(name)}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "api-token", "mountPath": API_TOKEN_MOUNT, "readOnly": True},
+    ]
     if tls:
         args += [f"--tls-cert={TLS_MOUNT}/tls.crt", f"--tls-key={TLS_MOUNT}/tls.key"]
         volumes.append({"name": "tls", "secret": {"secretName": tls["certificateSecret"]}})
@@ -220,13 +259,7 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
         mounts.append({"name": "etcd-tls", "mountPath": ETCD_TLS_MOUNT, "readOnly": True})
         env += [{"name": variable, "value": f"{ETCD_TLS_MOUNT}/{key}"} for key, _, variable in
                 _etcd_tls_files(settings.etcd_tls)]
-    ports = [
-        {"name": "sip-udp", "containerPort": SIP_PORT, "protocol": "UDP"},
-        {"name": "sip-tcp", "containerPort": SIP_PORT, "protocol": "TCP"},
-        {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-    ]
-    if tls:
-        ports.insert(2, {"name": "sip-tls", "containerPort": TLS_PORT, "protocol": "TCP"})
+    ports = [*_sip_container_ports(tls), {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}]
     pod_labels = labels(name)
     container = {
         "name": "registrar",
@@ -285,6 +318,18 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
     }
 
 
+def _sip_container_ports(tls: Any) -> list[dict[str, Any]]:
+    """The ports a registrar container takes SIP on: UDP and TCP always (pods route to each other over
+    both, whatever the spec offers UAs), TLS when the spec configures it."""
+    ports = [
+        {"name": "sip-udp", "containerPort": SIP_PORT, "protocol": "UDP"},
+        {"name": "sip-tcp", "containerPort": SIP_PORT, "protocol": "TCP"},
+    ]
+    if tls:
+        ports.append({"name": "sip-tls", "containerPort": TLS_PORT, "protocol": "TCP"})
+    return ports
+
+
 def sip_service(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[str, Any]:
     transports = transports_of(spec)
     ports = []
@@ -337,6 +382,33 @@ def disruption_budget(name: str) -> dict[str, Any]:
     }
 
 
+def network_policy(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[str, Any]:
+    """Who may reach the registrar pods: anyone on the SIP ports, `settings.http_from` on the HTTP port.
+
+    Ports are the pods' own (a NetworkPolicy sees traffic after the Service
+    mapped spec ports onto them). Ingress only: registrars dial etcd, each
+    other and UAs' flows freely.
+    """
+    sip_ports = [
+        {"protocol": port["protocol"], "port": port["containerPort"]}
+        for port in _sip_container_ports(transports_of(spec)["tls"])
+    ]
+    ingress: list[dict[str, Any]] = [{"ports": sip_ports}]
+    # A rule without `from` admits every source: no peers allowed means no rule, not one with none.
+    if settings.http_from:
+        ingress.append({"from": copy.deepcopy(settings.http_from), "ports": [{"protocol": "TCP", "port": HTTP_PORT}]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": f"{name}-registrar", "labels": labels(name)},
+        "spec": {
+            "podSelector": {"matchLabels": labels(name)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+
+
 def nonce_secret(name: str, secret: str) -> dict[str, Any]:
     """The Secret holding the replicas' shared nonce secret; `secret` is random, made by the caller once."""
     return {
@@ -362,6 +434,18 @@ def etcd_client_secret(name: str, tls: EtcdTls) -> dict[str, Any]:
         "type": "Opaque",
         "immutable": True,
         "data": {key: base64.b64encode(pem).decode("ascii") for key, pem, _ in _etcd_tls_files(tls)},
+    }
+
+
+def api_token_secret(name: str, token: str) -> dict[str, Any]:
+    """The Secret holding the bindings API's bearer token, mounted into every registrar pod; `token` is random,
+    made by the caller once (read it with kubectl get secret NAME-api-token)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": api_token_secret_name(name), "labels": labels(name)},
+        "type": "Opaque",
+        "stringData": {API_TOKEN_KEY: token},
     }
 
 

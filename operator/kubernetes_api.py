@@ -4,8 +4,9 @@ The chart's ClusterRole (charts/sipreg/templates/rbac.yaml) grants these and kop
 checks it against the requests the operator really makes.
 
 Calls, by resource:
-- Deployments, Services, PodDisruptionBudgets: get, create, patch (a SipDomain's children);
-- Secrets: get (passwords, read to compute HA1 digests), create (the nonce Secret, the etcd client copies);
+- Deployments, Services, PodDisruptionBudgets, NetworkPolicies: get, create, patch (a SipDomain's children);
+- Secrets: get (passwords, read to compute HA1 digests), create (the nonce and API token Secrets, the etcd
+  client copies);
 - sipconnections/status, sipdomains/status: patch.
 
 The official client is synchronous; callers run these in a thread
@@ -38,6 +39,7 @@ _APIS = {
     "Deployment": ("AppsV1Api", "namespaced_deployment"),
     "Service": ("CoreV1Api", "namespaced_service"),
     "PodDisruptionBudget": ("PolicyV1Api", "namespaced_pod_disruption_budget"),
+    "NetworkPolicy": ("NetworkingV1Api", "namespaced_network_policy"),
     "Secret": ("CoreV1Api", "namespaced_secret"),
 }
 
@@ -88,7 +90,8 @@ class KubernetesApi:
         return "updated"
 
     def create_if_missing(self, namespace: str, desired: dict[str, Any]) -> bool:
-        """Create `desired` unless an object of its name exists; never rewrites one (the nonce Secret, the etcd client copies)."""
+        """Create `desired` unless an object of its name exists (True when it did); never rewrites one (the
+        nonce and API token Secrets, the etcd client copies)."""
         kind, name = desired["kind"], desired["metadata"]["name"]
         if self.read(kind, namespace, name) is not None:
             return False

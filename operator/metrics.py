@@ -22,6 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from registrar.http import start_server
 from registrar.store import StoreUnavailable
 
 # The *_created series only double the output; nothing we ship reads them.
@@ -132,11 +133,4 @@ async def serve(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
+    return await start_server(app, [host], port)

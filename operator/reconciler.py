@@ -36,7 +36,7 @@ from registrar.model import Connection
 from registrar.store import layout
 from registrar.store.etcd import EtcdStore
 from sip_operator import status as status_rules
-from sip_operator.children import PodSettings, desired_children, etcd_client_secret, nonce_secret
+from sip_operator.children import PodSettings, api_token_secret, desired_children, etcd_client_secret, nonce_secret
 from sip_operator.kubernetes_api import KubernetesApi
 from sip_operator.metrics import OperatorMetrics
 
@@ -147,10 +147,10 @@ class Reconciler:
             entry.registration_enabled = domain.registration.enabled
             entry.replicas = body["spec"].get("replicas", 1)
             # Made once, never rewritten (see their builders), and before the pods that mount them.
-            secrets = [nonce_secret(name, self._new_secret())]
+            secrets = [nonce_secret(name, self._new_secret()), api_token_secret(name, self._new_secret())]
             if self.settings.etcd_tls is not None:
                 secrets.append(etcd_client_secret(name, self.settings.etcd_tls))
-            for child in secrets + children:
+            for child in [*secrets, *children]:
                 self._adopt(child, body)
             await asyncio.to_thread(self._apply_children, namespace, secrets, children)
             await self.store.session.write({layout.domain_key(domain.name): layout.encode_domain(domain)})
@@ -160,9 +160,12 @@ class Reconciler:
             await self._reapply_connections(lambda spec, fqdn=fqdn: _spec_domain(spec) == fqdn)
         await self._report_domain((namespace, name), entry)
 
-    def _apply_children(self, namespace: str, secrets: list[dict[str, Any]], children: list[dict[str, Any]]) -> None:
+    def _apply_children(
+        self, namespace: str, secrets: list[dict[str, Any]], children: list[dict[str, Any]]
+    ) -> None:
         for secret in secrets:
-            self.api.create_if_missing(namespace, secret)
+            if self.api.create_if_missing(namespace, secret):
+                log.info("Secret %s/%s created", namespace, secret["metadata"]["name"])
         for child in children:
             outcome = self.api.apply(namespace, child)
             if outcome != "unchanged":

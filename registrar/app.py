@@ -10,10 +10,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
 from registrar.flows import TokenSigner
-from registrar.http import make_app
+from registrar.http import make_app, start_server
 from registrar.metrics import Metrics
 from registrar.model import Catalog
 from registrar.proxy import Identity, Proxy
@@ -32,6 +30,10 @@ from registrar.transport import SipEndpoint, listen_stream, listen_udp
 
 log = logging.getLogger("sipreg")
 
+# HTTP listens apart from SIP: health, metrics and the bindings API are for this machine (or, in a
+# cluster, the pod's own address behind a NetworkPolicy), never for whoever reaches the SIP address.
+DEFAULT_HTTP_HOSTS = ("127.0.0.1",)
+
 
 @dataclass
 class ServeConfig:
@@ -44,6 +46,9 @@ class ServeConfig:
     sip_port: int = 5060
     tls_port: int | None = 5061
     http_port: int | None = 8080
+    http_hosts: tuple[str, ...] = DEFAULT_HTTP_HOSTS
+    # The bearer token of the bindings API (registrar.http.check_api_token); None: the API is off.
+    api_token: str | None = field(default=None, repr=False)
     tls_cert: str | None = None
     tls_key: str | None = None
     # Replicas that share this secret verify each other's nonces (stateless challenges).
@@ -190,11 +195,14 @@ class RegistrarServer:
             self._closers.append(tls.close)
             log.info("sipreg: listening on tls %s:%d", config.host, config.tls_port)
         if config.http_port is not None:
-            runner = web.AppRunner(make_app(self.store, self.metrics, lambda: self._listening), access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, config.host, config.http_port).start()
+            app = make_app(self.store, self.metrics, lambda: self._listening, config.api_token)
+            runner = await start_server(app, config.http_hosts, config.http_port)
             self._closers.append(lambda: asyncio.ensure_future(runner.cleanup()))
-            log.info("sipreg: listening on http %s:%d", config.host, config.http_port)
+            for host in config.http_hosts:
+                log.info(
+                    "sipreg: listening on http %s:%d (bindings API %s)",
+                    host, config.http_port, "on, bearer token" if config.api_token else "off: no token",
+                )
         self._tasks.append(asyncio.create_task(self.endpoint.sweep_idle_flows(), name="idle-flows"))
         # Everything alive now (the catalogue above all: 20k connections are ~300k
         # objects) lives as long as the process; moving it out of the collector's

@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 
-from registrar.app import RegistrarServer, ServeConfig
+from registrar.app import DEFAULT_HTTP_HOSTS, RegistrarServer, ServeConfig
+from registrar.http import check_api_token
 from registrar.manifests import ManifestError, load_catalog
 from registrar.store.etcd_session import EtcdTls, parse_endpoints
 
@@ -48,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("POD_IP"),
         help="the address other replicas reach this one at (default: $POD_IP, else --host)",
     )
-    _registrar_options(pod, host="0.0.0.0", node=os.environ.get("POD_NAME"))
+    _registrar_options(
+        pod, host="0.0.0.0", node=os.environ.get("POD_NAME"), http_hint="; the operator's pods add their pod IP"
+    )
     operator = commands.add_parser("operator", help="run the Kubernetes operator (SipDomain/SipConnection -> pods, etcd)")
     operator.add_argument(
         "--etcd",
@@ -68,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _registrar_options(parser: argparse.ArgumentParser, host: str, node: str | None = None) -> None:
+def _registrar_options(
+    parser: argparse.ArgumentParser, host: str, node: str | None = None, http_hint: str = ""
+) -> None:
     parser.add_argument(
         "--expires-spread",
         type=_percent,
@@ -92,11 +97,23 @@ def _registrar_options(parser: argparse.ArgumentParser, host: str, node: str | N
         metavar="TRANSPORT=PORT",
         help="the port UAs reach us at for udp, tcp or tls, when a load balancer maps it onto ours (repeatable)",
     )
-    parser.add_argument("--host", default=host, help=f"address to listen on (default {host})")
+    parser.add_argument("--host", default=host, help=f"address SIP listens on (default {host})")
     parser.add_argument("--sip-port", type=_port, default=5060, help="UDP and TCP port (default 5060)")
     parser.add_argument("--tls-port", type=_port, default=5061, help="TLS port (default 5061; 0 disables TLS)")
     parser.add_argument(
+        "--http-host",
+        action="append",
+        dest="http_hosts",
+        help="address HTTP (health, metrics, bindings API) listens on, repeatable "
+        f"(default 127.0.0.1, whatever --host is{http_hint})",
+    )
+    parser.add_argument(
         "--http-port", type=_port, default=8080, help="health/metrics/API port (default 8080; 0 disables)"
+    )
+    parser.add_argument(
+        "--api-token-file",
+        help="file holding the bearer token of the bindings API /api/v1/bindings (or $SIPREG_API_TOKEN); "
+        "without either the API is off (404)",
     )
     parser.add_argument("--tls-cert", help="PEM certificate chain for TLS (default: self-signed)")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
@@ -146,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             print(f"{command}: {error}", file=sys.stderr)
             return 2
+    try:
+        api_token = _api_token(args.api_token_file, os.environ.get("SIPREG_API_TOKEN"))
+    except ValueError as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return 2
     manifests = getattr(args, "manifests", None) or ("manifests" if args.store == "memory" else None)
     try:
         catalog = load_catalog(manifests) if manifests else None
@@ -159,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         sip_port=args.sip_port,
         tls_port=args.tls_port or None,
         http_port=args.http_port or None,
+        http_hosts=tuple(args.http_hosts or DEFAULT_HTTP_HOSTS),
+        api_token=api_token,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         node=args.node,
@@ -181,6 +205,29 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"{command}: {error}", file=sys.stderr)
         return 1
+
+
+def _api_token(path: str | None, from_environment: str | None) -> str | None:
+    """The bindings API's token from --api-token-file or $SIPREG_API_TOKEN; ValueError names the source and fault."""
+    if path and from_environment:
+        raise ValueError("--api-token-file and $SIPREG_API_TOKEN both give a token: give one")
+    if from_environment:
+        source, text = "$SIPREG_API_TOKEN", from_environment
+    elif path:
+        source = f"--api-token-file {path}"
+        try:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+        except OSError as error:
+            raise ValueError(f"{source}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{source}: not UTF-8 text") from None
+    else:
+        return None
+    try:
+        return check_api_token(text)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
 
 
 def _etcd_settings(url: str, option: str) -> EtcdTls | None:

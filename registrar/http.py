@@ -1,12 +1,25 @@
-"""The HTTP side of a registrar (aiohttp): health, readiness, Prometheus metrics, a read-only bindings API."""
+"""The HTTP side of a registrar (aiohttp): health, readiness, Prometheus metrics, a read-only bindings API.
+
+The bindings API shows who is registered from where (AORs, contacts, source
+addresses, Call-IDs, User-Agents), so it answers only a request carrying the
+configured bearer token; without a token configured it is not served at all
+(404, like any unknown path). Health, readiness and /metrics carry nothing
+personal and stay open to whoever reaches the port: the listen address (the
+loopback by default) and, in a cluster, the NetworkPolicy decide who that is.
+"""
 
 from __future__ import annotations
 
+import hmac
+import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
+from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from registrar.metrics import Metrics
@@ -14,8 +27,22 @@ from registrar.model import Binding
 from registrar.registrar import received_uri
 from registrar.store import LocationStore
 
+# The Server header of every HTTP response: versions of Python and aiohttp would tell a scanner which
+# published bugs to try, and nobody else needs them.
+SERVER = "sipreg"
+# RFC 6750's b64token, what may follow "Bearer ": a token outside it could not be sent.
+TOKEN_SYNTAX = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# Shorter tokens can be guessed by trying; the operator's are 43 characters (32 random bytes).
+MIN_TOKEN_LENGTH = 16
+CHALLENGE = 'Bearer realm="sipreg"'
 
-def make_app(store: LocationStore, metrics: Metrics, ready: Callable[[], bool]) -> web.Application:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_app(
+    store: LocationStore, metrics: Metrics, ready: Callable[[], bool], api_token: str | None = None
+) -> web.Application:
+    """The registrar's HTTP routes; the bindings API only with an `api_token` (checked by check_api_token)."""
     app = web.Application()
 
     async def healthz(request: web.Request) -> web.Response:
@@ -48,9 +75,78 @@ def make_app(store: LocationStore, metrics: Metrics, ready: Callable[[], bool]) 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_get("/api/v1/bindings", bindings)
-    app.router.add_get("/api/v1/bindings/{aor}", bindings_of)
+    if api_token is not None:
+        authorized = bearer_token_required(api_token)
+        app.router.add_get("/api/v1/bindings", authorized(bindings))
+        app.router.add_get("/api/v1/bindings/{aor}", authorized(bindings_of))
     return app
+
+
+def check_api_token(token: str) -> str:
+    """`token` without surrounding white space; ValueError says why it cannot be the bindings API's bearer token."""
+    token = token.strip()
+    if not TOKEN_SYNTAX.fullmatch(token):
+        raise ValueError("the token may hold only letters, digits and -._~+/ (then = padding), and not be empty")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"the token has {len(token)} characters; use at least {MIN_TOKEN_LENGTH} random ones")
+    return token
+
+
+def bearer_token_required(token: str) -> Callable[[Handler], Handler]:
+    """Wraps a handler so that only `Authorization: Bearer <token>` reaches it; anything else gets 401.
+
+    The comparison takes the same time wherever a wrong token differs, so
+    timing tells nothing about the right one.
+    """
+    expected = token.encode()
+
+    def wrap(handler: Handler) -> Handler:
+        async def authorized(request: web.Request) -> web.StreamResponse:
+            header = request.headers.get("Authorization")
+            if header is None:
+                raise web.HTTPUnauthorized(headers={"WWW-Authenticate": CHALLENGE}, text="bearer token required")
+            scheme, _, credentials = header.strip().partition(" ")
+            # aiohttp decodes header bytes that are not UTF-8 as surrogates; encode them back as they came.
+            offered = credentials.strip().encode("utf-8", "surrogateescape")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(offered, expected):
+                raise web.HTTPUnauthorized(
+                    headers={"WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"'}, text="wrong bearer token"
+                )
+            return await handler(request)
+
+        return authorized
+
+    return wrap
+
+
+async def start_server(app: web.Application, hosts: Sequence[str], port: int) -> web.AppRunner:
+    """Serve `app` on `port` of each of `hosts` as every sipreg HTTP endpoint does; stop with the runner's cleanup().
+
+    No access log; `Server: sipreg`; a request aiohttp cannot parse gets its
+    400 and one debug line, not a traceback quoting the client's bytes.
+    """
+    # aiohttp fills in a missing Server header from this module attribute, also in its own answers to
+    # unparsable requests, which no on_response_prepare signal sees: the one place that covers them all.
+    web_response.SERVER_SOFTWARE = SERVER
+    runner = web.AppRunner(app, access_log=None, logger=_ClientErrorsQuiet(logging.getLogger("sipreg.http"), {}))
+    await runner.setup()
+    try:
+        for host in hosts:
+            await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+class _ClientErrorsQuiet(logging.LoggerAdapter):
+    """aiohttp's server log, where a client's malformed request is one debug line without a traceback."""
+
+    def log(self, level: int, msg: Any, *args: Any, exc_info: Any = None, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            # Hostile bytes are no error of ours; at debug, a flood of them cannot flood the log.
+            level, msg, exc_info = logging.DEBUG, f"{msg}: {exc_info.code} {type(exc_info).__name__}", None
+        super().log(level, msg, *args, exc_info=exc_info, **kwargs)
 
 
 def binding_json(binding: Binding, now: float) -> dict:

@@ -18,6 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
+# The bindings API's bearer token of the registrars tests start (it is off without one).
+API_TOKEN = "test-token-0123456789abcdef"
 
 
 def manifests_with_security(directory: Path, security: dict) -> Path:
@@ -52,21 +54,28 @@ def free_port(host: str = "127.0.0.1") -> int:
 @dataclass
 class RunningRegistrar:
     process: subprocess.Popen
-    host: str
+    host: str  # SIP's
     sip_port: int
     tls_port: int
     http_port: int
     log_path: Path
+    http_host: str = "127.0.0.1"
+    api_token: str | None = None
+
+    def http_request(self, path: str, token: str | None = None) -> urllib.request.Request:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return urllib.request.Request(f"http://{self.http_host}:{self.http_port}{path}", headers=headers)
 
     def api(self, path: str) -> dict:
-        with urllib.request.urlopen(f"http://{self.host}:{self.http_port}{path}", timeout=5) as response:
+        """GET `path` as JSON, with the registrar's bearer token."""
+        with urllib.request.urlopen(self.http_request(path, self.api_token), timeout=5) as response:
             return json.load(response)
 
     def bindings(self, aor: str | None = None) -> list[dict]:
         return self.api(f"/api/v1/bindings/{aor}" if aor else "/api/v1/bindings")["bindings"]
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/metrics", timeout=5) as response:
+        with urllib.request.urlopen(self.http_request("/metrics"), timeout=5) as response:
             return response.read().decode()
 
     def metric(self, name: str, **labels: str) -> float | None:
@@ -90,22 +99,34 @@ def sample_value(exposition: str, name: str, **labels: str) -> float | None:
 
 def start_registrar(
     tmp_path: Path, *extra: str, manifests: Path | None = MANIFESTS, wrapper: list[str] | None = None,
-    ready_timeout: float = 20, command_name: str = "serve",
+    ready_timeout: float = 20, command_name: str = "serve", host: str = "127.0.0.1", http_host: str | None = None,
+    api_token: str | None = API_TOKEN,
 ) -> RunningRegistrar:
-    """Start `sipreg serve` (or `sipreg registrar`, as pods do); `wrapper` prefixes the command (taskset)."""
-    host = "127.0.0.1"
-    sip_port, tls_port, http_port = free_port(), free_port(), free_port()
+    """Start `sipreg serve` (or `sipreg registrar`, as pods do); `wrapper` prefixes the command (taskset).
+
+    SIP listens on `host`, HTTP on `http_host` (None: the default, loopback); the bindings API
+    takes `api_token` from a file (None: the API is off).
+    """
+    sip_port, tls_port, http_port = free_port(host), free_port(host), free_port(http_host or "127.0.0.1")
     log_path = tmp_path / f"sipreg-{sip_port}.log"
+    token_options = []
+    if api_token is not None:
+        token_file = tmp_path / f"api-token-{sip_port}"
+        token_file.write_text(api_token + "\n")
+        token_options = ["--api-token-file", str(token_file)]
     command = [
         *(wrapper or []), sys.executable, "-m", "registrar.cli", command_name,
         *(["--manifests", str(manifests)] if manifests else []), "--host", host,
+        *(["--http-host", http_host] if http_host else []),
         "--sip-port", str(sip_port), "--tls-port", str(tls_port), "--http-port", str(http_port),
-        *extra,
+        *token_options, *extra,
     ]
     log_file = open(log_path, "w")
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
     log_file.close()
-    registrar = RunningRegistrar(process, host, sip_port, tls_port, http_port, log_path)
+    registrar = RunningRegistrar(
+        process, host, sip_port, tls_port, http_port, log_path, http_host or "127.0.0.1", api_token
+    )
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -131,9 +152,9 @@ def stop_registrar(registrar: RunningRegistrar) -> None:
 
 
 @contextlib.contextmanager
-def serving(tmp_path: Path, **kwargs) -> Iterator[RunningRegistrar]:
-    """start_registrar(tmp_path, **kwargs) for the block; stopped after, and no traceback in its log."""
-    running = start_registrar(tmp_path, **kwargs)
+def serving(tmp_path: Path, *extra: str, **kwargs) -> Iterator[RunningRegistrar]:
+    """start_registrar(tmp_path, *extra, **kwargs) for the block; stopped after, and no traceback in its log."""
+    running = start_registrar(tmp_path, *extra, **kwargs)
     try:
         yield running
     finally:

@@ -265,6 +265,7 @@ def test_the_operator_environment_carries_the_values_to_the_registrar_pods(scena
     assert settings.service_type == registrar_values["serviceType"]
     assert settings.resources == registrar_values["resources"]
     assert settings.security_context == registrar_values["securityContext"]
+    assert settings.http_from == registrar_values["httpFrom"]
     if scenario == "external-etcd":
         assert settings.etcd == EXTERNAL_VALUES["etcd"]["endpoints"]
     else:

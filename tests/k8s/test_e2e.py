@@ -96,5 +96,5 @@ def test_the_operator_story_on_a_real_cluster(
         assert layout.connection_key(DOMAIN, "alice") not in etcd_records(etcd, layout.CONNECTIONS)
         kube.delete(SIPDOMAINS, DOMAIN_OBJECT, ns)
         kube.wait_gone(SIPDOMAINS, DOMAIN_OBJECT, ns, timeout=TIMEOUT)
-        for resource, name in children.items():
+        for resource, name in children:
             wait_for(lambda: kube.find(resource, name, ns) is None, timeout=TIMEOUT, message=f"{resource} {name} gone")

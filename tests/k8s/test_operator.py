@@ -61,19 +61,27 @@ def etcd_records(etcd: EtcdServer, prefix: str) -> dict[bytes, bytes]:
     return {key: kv.value for key, kv in asyncio.run(records(etcd.url, prefix)).items()}
 
 
-def wait_for_children(kube: Kube, namespace: str, timeout: float = 10) -> dict[str, str]:
-    """Wait until the example SipDomain owns its children; they are returned as resource -> name."""
+def wait_for_children(kube: Kube, namespace: str, timeout: float = 10) -> list[tuple[str, str]]:
+    """Wait until the example SipDomain owns its children; they are returned as (resource, name)."""
     owner = wait_for(lambda: kube.find(SIPDOMAINS, DOMAIN_OBJECT, namespace), timeout=timeout, message="the SipDomain")
-    children = {
-        "apps/v1/deployments": f"{DOMAIN_OBJECT}-registrar",
-        "v1/services": f"{DOMAIN_OBJECT}-sip",
-        "policy/v1/poddisruptionbudgets": f"{DOMAIN_OBJECT}-registrar",
-        "v1/secrets": f"{DOMAIN_OBJECT}-nonce",
-    }
-    for resource, name in children.items():
+    children = [
+        ("apps/v1/deployments", f"{DOMAIN_OBJECT}-registrar"),
+        ("v1/services", f"{DOMAIN_OBJECT}-sip"),
+        ("policy/v1/poddisruptionbudgets", f"{DOMAIN_OBJECT}-registrar"),
+        ("networking.k8s.io/v1/networkpolicies", f"{DOMAIN_OBJECT}-registrar"),
+        ("v1/secrets", f"{DOMAIN_OBJECT}-nonce"),
+        ("v1/secrets", f"{DOMAIN_OBJECT}-api-token"),
+    ]
+    for resource, name in children:
         child = wait_for(lambda: kube.find(resource, name, namespace), timeout=timeout, message=f"{resource} {name}")
         assert [ref["uid"] for ref in child["metadata"]["ownerReferences"]] == [owner["metadata"]["uid"]]
     return children
+
+
+def api_token(kube: Kube, namespace: str = NAMESPACE) -> str:
+    """The bindings API token the operator made for the example SipDomain's pods."""
+    secret = kube.get("v1/secrets", f"{DOMAIN_OBJECT}-api-token", namespace)
+    return base64.b64decode(secret["data"]["token"]).decode()
 
 
 def condition(obj: dict, type_: str) -> dict:
@@ -120,6 +128,16 @@ def test_a_sip_domain_becomes_registrar_pods_and_connections_reach_etcd(
         assert container["image"] == "registry.test/sipreg:test"
         assert f"--domain={DOMAIN}" in container["args"]
         assert deployment["spec"]["replicas"] == 2
+        # HTTP only from the monitoring namespace; SIP from anyone.
+        policy = kube.get("networking.k8s.io/v1/networkpolicies", f"{DOMAIN_OBJECT}-registrar", NAMESPACE)
+        assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+        (sip, http) = policy["spec"]["ingress"]
+        assert "from" not in sip  # everyone
+        sip_ports = {(port["protocol"], port["port"]) for port in sip["ports"]}
+        assert sip_ports == {("UDP", 5060), ("TCP", 5060), ("TCP", 5061)}
+        assert http["ports"] == [{"protocol": "TCP", "port": 8080}]
+        assert http["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+        token = api_token(kube)
 
         # A spec change reaches the children; the Deployment's readiness reaches the SipDomain's status.
         kube.patch(SIPDOMAINS, DOMAIN_OBJECT, {"spec": {"replicas": 3}}, NAMESPACE)
@@ -130,6 +148,7 @@ def test_a_sip_domain_becomes_registrar_pods_and_connections_reach_etcd(
                    subresource="status")
         status = wait_for(lambda: (s := domain_status(kube)).get("readyReplicas") == 2 and s,
                           message="readyReplicas in the SipDomain's status")
+        assert api_token(kube) == token, "a reconcile must keep the token clients hold"
         generation = kube.get(SIPDOMAINS, DOMAIN_OBJECT, NAMESPACE)["metadata"]["generation"]
         assert status["replicas"] == 3 and status["observedGeneration"] == generation
         assert condition({"status": status}, "Ready")["message"] == "2 of 3 registrar pods ready"
@@ -148,7 +167,7 @@ def test_a_sip_domain_becomes_registrar_pods_and_connections_reach_etcd(
 
         # A registrar pod's process serves what the operator published; sipp registers alice.
         registrar = start_registrar(
-            tmp_path, "--store", etcd.url, "--domain", DOMAIN, manifests=None, command_name="registrar"
+            tmp_path, "--store", etcd.url, "--domain", DOMAIN, manifests=None, command_name="registrar", api_token=token
         )
         try:
             run = register(registrar, tmp_path, "alice", passwords["alice"])
@@ -201,7 +220,7 @@ def test_a_sip_domain_becomes_registrar_pods_and_connections_reach_etcd(
         kube.delete(SIPDOMAINS, DOMAIN_OBJECT, NAMESPACE)
         kube.wait_gone(SIPDOMAINS, DOMAIN_OBJECT, NAMESPACE)
         assert layout.domain_key(DOMAIN) not in etcd_records(etcd, layout.DOMAINS)
-        for resource, name in children.items():
+        for resource, name in children:
             wait_for(lambda: kube.find(resource, name, NAMESPACE) is None, message=f"{resource} {name} gone")
         # Its connections now say their domain is missing, in words.
         ready = wait_for(lambda: (c := condition(connection(kube, "bob"), "Ready")).get("status") == "False" and c,

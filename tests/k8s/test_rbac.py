@@ -127,14 +127,20 @@ def operator_calls(api: EmulatorThread) -> dict[Term, list[str]]:
 
 
 def repair_drift(kube: Kube, operator_runner: Any) -> None:
-    """A restarted operator puts drifted children back as the SipDomain says: the Service and budget patches."""
+    """A restarted operator puts drifted children back as the SipDomain says: the Service, budget and
+    NetworkPolicy patches."""
     domain = "siphv-example-test"  # the story leaves this SipDomain and its children in place
+    policies = "networking.k8s.io/v1/networkpolicies"
     kube.patch("v1/services", f"{domain}-sip", {"spec": {"sessionAffinity": "None"}}, NAMESPACE)
     kube.patch("policy/v1/poddisruptionbudgets", f"{domain}-registrar", {"spec": {"maxUnavailable": 2}}, NAMESPACE)
+    opened = {"spec": {"ingress": [{}]}}  # someone opened every port to everyone
+    kube.patch(policies, f"{domain}-registrar", opened, NAMESPACE)
     with operator_runner(module=OPERATOR):
         wait_for(lambda: kube.get("v1/services", f"{domain}-sip", NAMESPACE)["spec"]["sessionAffinity"] == "ClientIP"
                  and kube.get("policy/v1/poddisruptionbudgets", f"{domain}-registrar", NAMESPACE)["spec"][
-                     "maxUnavailable"] == 1, message="the drifted Service and budget repaired")
+                     "maxUnavailable"] == 1
+                 and len(kube.get(policies, f"{domain}-registrar", NAMESPACE)["spec"]["ingress"]) == 2,
+                 message="the drifted Service, budget and NetworkPolicy repaired")
 
 
 def test_the_chart_cluster_role_allows_what_the_operator_does_and_nothing_more(
@@ -165,7 +171,8 @@ def test_the_chart_cluster_role_allows_what_the_operator_does_and_nothing_more(
     # Not vacuous: the handlers' watches and the status writes were all seen.
     for term in [("watch", "sipreg.io", "sipdomains"), ("watch", "sipreg.io", "sipconnections"),
                  ("watch", "", "secrets"), ("watch", "apps", "deployments"),
-                 ("patch", "sipreg.io", "sipconnections/status"), ("patch", "", "services")]:
+                 ("patch", "sipreg.io", "sipconnections/status"), ("patch", "", "services"),
+                 ("patch", "networking.k8s.io", "networkpolicies")]:
         assert term in calls, f"{term} not seen: {sorted(calls)}"
 
 

@@ -1,19 +1,23 @@
-"""The SipDomain builders: spec in, Deployment/Services/PDB/Secret out, no cluster needed."""
+"""The SipDomain builders: spec in, Deployment/Services/PDB/NetworkPolicy/Secrets out, no cluster needed."""
 
 from __future__ import annotations
 
 import base64
 import copy
+import json
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from registrar.cli import build_parser
 from registrar.manifests import SpecError
 from registrar.store.etcd_session import EtcdTls
 from sip_operator.children import (
     PodSettings,
+    api_token_secret,
+    api_token_secret_name,
     deployment_name,
     desired_children,
     drifted,
@@ -41,9 +45,10 @@ def children(spec=SPEC, settings=SETTINGS):
     return {(child["kind"], child["metadata"]["name"]): child for child in desired_children("sip-ex", spec, settings)}
 
 
-def test_a_domain_owns_a_deployment_two_services_and_a_budget():
+def test_a_domain_owns_a_deployment_two_services_a_budget_and_a_network_policy():
     assert sorted(children()) == [
         ("Deployment", "sip-ex-registrar"),
+        ("NetworkPolicy", "sip-ex-registrar"),
         ("PodDisruptionBudget", "sip-ex-registrar"),
         ("Service", "sip-ex-registrars"),
         ("Service", "sip-ex-sip"),
@@ -72,6 +77,66 @@ def test_the_deployment_runs_registrars_of_that_domain_on_etcd():
     assert {"name": "tls", "secret": {"secretName": "sip-tls"}} in pod["volumes"]
     # The read-only root filesystem still needs a writable /tmp.
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+
+def test_registrar_pods_serve_http_on_the_pod_ip_with_the_mounted_api_token():
+    pod = children()[("Deployment", deployment_name("sip-ex"))]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    # What kubelet runs: $(POD_IP) expanded from the container's env, which must define it.
+    assert [e["name"] for e in container["env"]].count("POD_IP") == 1
+    args = [arg.replace("$(POD_IP)", "10.1.2.3") for arg in container["args"]]
+    parsed = build_parser().parse_args(args)
+    # SIP on every address; HTTP on the pod's, and loopback for kubectl port-forward.
+    assert (parsed.host, parsed.http_hosts) == ("0.0.0.0", ["10.1.2.3", "127.0.0.1"])
+    # The token file is the api-token Secret's key, mounted read-only.
+    volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == api_token_secret_name("sip-ex"))
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    (key,) = api_token_secret("sip-ex", "t")["stringData"]
+    assert parsed.api_token_file == f"{mount['mountPath']}/{key}"
+    # The probes and Prometheus find HTTP on the named port the registrar listens on.
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports[container["readinessProbe"]["httpGet"]["port"]] == parsed.http_port
+    assert ports[container["livenessProbe"]["httpGet"]["port"]] == parsed.http_port
+    annotations = children()[("Deployment", deployment_name("sip-ex"))]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(parsed.http_port)
+
+
+def network_policy_rules(built: dict) -> list[tuple[tuple[tuple[str, int], ...], list | None]]:
+    """(ports as (protocol, port), `from` or None for everyone) of each ingress rule."""
+    policy = built[("NetworkPolicy", "sip-ex-registrar")]
+    assert policy["spec"]["podSelector"] == {"matchLabels": labels("sip-ex")}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    return [
+        (tuple((port["protocol"], port["port"]) for port in rule["ports"]), rule.get("from"))
+        for rule in policy["spec"]["ingress"]
+    ]
+
+
+def test_the_network_policy_opens_sip_to_everyone_and_http_to_the_monitoring_namespace_only():
+    built = children()
+    (container,) = built[("Deployment", "sip-ex-registrar")]["spec"]["template"]["spec"]["containers"]
+    container_ports = {(port["protocol"], port["containerPort"]) for port in container["ports"]}
+    monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert network_policy_rules(built) == [
+        ((("UDP", 5060), ("TCP", 5060), ("TCP", 5061)), None),
+        ((("TCP", 8080),), monitoring),
+    ]
+    # Every port the container declares is in exactly one rule.
+    covered = [port for ports, _ in network_policy_rules(built) for port in ports]
+    assert sorted(covered) == sorted(container_ports)
+    # Without TLS in the spec, no TLS port; UDP and TCP stay (pods route to each other over both).
+    udp_only = {**SPEC, "transports": {"udp": 5070}}
+    assert network_policy_rules(children(udp_only))[0] == ((("UDP", 5060), ("TCP", 5060)), None)
+
+
+def test_the_http_peers_are_a_setting_and_none_means_no_http_rule_at_all():
+    prometheus = [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "prometheus"}}}]
+    rules = network_policy_rules(children(settings=PodSettings(http_from=prometheus)))
+    assert rules[1] == ((("TCP", 8080),), prometheus)
+    # An ingress rule without `from` would admit everyone: no peers drops the rule.
+    rules = network_policy_rules(children(settings=PodSettings(http_from=[])))
+    assert rules == [((("UDP", 5060), ("TCP", 5060), ("TCP", 5061)), None)]
 
 
 def test_the_sip_service_maps_spec_ports_onto_the_fixed_container_ports():
@@ -120,6 +185,12 @@ def test_the_nonce_secret_holds_what_it_is_given():
     assert secret["stringData"] == {"nonce-secret": "s3cret"}
 
 
+def test_the_api_token_secret_holds_what_it_is_given():
+    secret = api_token_secret("sip-ex", "t0ken")
+    assert secret["metadata"]["name"] == api_token_secret_name("sip-ex") == "sip-ex-api-token"
+    assert secret["stringData"] == {"token": "t0ken"}
+
+
 def test_pod_settings_from_the_environment():
     settings = PodSettings.from_environment(
         {
@@ -136,6 +207,19 @@ def test_pod_settings_from_the_environment():
         PodSettings.from_environment({"SIPREG_SERVICE_TYPE": "Ingress"})
     with pytest.raises(ValueError, match="SIPREG_REGISTRAR_SECURITY_CONTEXT: expected a JSON object"):
         PodSettings.from_environment({"SIPREG_REGISTRAR_SECURITY_CONTEXT": "[]"})
+
+
+def test_the_http_peers_from_the_environment():
+    peers = [{"namespaceSelector": {"matchLabels": {"team": "observability"}}}]
+    settings = PodSettings.from_environment({"SIPREG_REGISTRAR_HTTP_FROM": json.dumps(peers)})
+    assert settings.http_from == peers
+    assert PodSettings.from_environment({}).http_from == PodSettings().http_from
+    assert PodSettings.from_environment({"SIPREG_REGISTRAR_HTTP_FROM": "[]"}).http_from == []  # no pod at all
+    for bad in ('{"namespaceSelector": {}}', "[1]", "[{}]"):
+        with pytest.raises(ValueError, match="SIPREG_REGISTRAR_HTTP_FROM: expected a JSON list of NetworkPolicy peers"):
+            PodSettings.from_environment({"SIPREG_REGISTRAR_HTTP_FROM": bad})
+    with pytest.raises(ValueError, match="SIPREG_REGISTRAR_HTTP_FROM: not JSON"):
+        PodSettings.from_environment({"SIPREG_REGISTRAR_HTTP_FROM": "[{"})
 
 
 def tls_files(directory: Path, **contents: bytes) -> dict[str, str]:
@@ -216,7 +300,7 @@ def test_every_child_is_a_valid_kubernetes_object(service_type, with_tls):
     """What the operator sends passes Kubernetes' own schemas, strictly (no unknown or misspelt field)."""
     spec = SPEC if with_tls else {**SPEC, "transports": {"udp": 5060, "tcp": 5060}}
     settings = PodSettings(service_type=service_type, etcd_tls=ETCD_TLS if with_tls else None)
-    built = [*desired_children("sip-ex", spec, settings), nonce_secret("sip-ex", "s")]
+    built = [*desired_children("sip-ex", spec, settings), nonce_secret("sip-ex", "s"), api_token_secret("sip-ex", "t")]
     if with_tls:
         built.append(etcd_client_secret("sip-ex", ETCD_TLS))
     for child in built:

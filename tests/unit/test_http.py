@@ -1,0 +1,113 @@
+"""The registrar's HTTP side in process: the bindings API's bearer token, open health and metrics, the Server header."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from registrar.http import check_api_token, make_app, start_server
+from registrar.metrics import Metrics
+from registrar.model import Catalog
+from registrar.store.memory import MemoryStore
+
+TOKEN = "Zm9vYmFyLXRva2VuLTEyMzQ1Njc4OTA="
+
+
+async def serving(api_token: str | None) -> tuple[aiohttp.web.AppRunner, str]:
+    store = MemoryStore()
+    app = make_app(store, Metrics(store, Catalog), lambda: True, api_token)
+    runner = await start_server(app, ["127.0.0.1"], 0)
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
+
+
+@pytest.fixture
+async def with_token() -> AsyncIterator[str]:
+    runner, url = await serving(TOKEN)
+    yield url
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def without_token() -> AsyncIterator[str]:
+    runner, url = await serving(None)
+    yield url
+    await runner.cleanup()
+
+
+async def get(url: str, authorization: str | None = None) -> tuple[int, dict[str, str], str]:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+        return response.status, dict(response.headers), await response.text()
+
+
+async def test_the_bindings_api_answers_the_right_bearer_token_only(with_token: str) -> None:
+    for path in ("/api/v1/bindings", "/api/v1/bindings/alice@sip.example.test"):
+        status, headers, _ = await get(with_token + path)
+        assert (status, headers["WWW-Authenticate"]) == (401, 'Bearer realm="sipreg"')
+        for wrong in (f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN}x", "Bearer", f"Basic {TOKEN}", TOKEN, "Bearer ẞ"):
+            status, headers, _ = await get(with_token + path, wrong)
+            assert status == 401, wrong
+            assert headers["WWW-Authenticate"] == 'Bearer realm="sipreg", error="invalid_token"'
+        for right in (f"Bearer {TOKEN}", f"bearer  {TOKEN} "):  # the scheme is case-insensitive (RFC 9110)
+            status, _, body = await get(with_token + path, right)
+            assert status == 200 and '"bindings": []' in body
+
+
+async def test_bytes_that_are_not_utf8_in_the_header_are_a_wrong_token_not_an_error(with_token: str) -> None:
+    host, port = with_token.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /api/v1/bindings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe" + TOKEN.encode()
+                 + b"\r\nConnection: close\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 ")
+
+
+async def test_without_a_token_the_bindings_api_is_not_served(without_token: str) -> None:
+    for path in ("/api/v1/bindings", "/api/v1/bindings/alice@sip.example.test"):
+        status, headers, _ = await get(without_token + path, f"Bearer {TOKEN}")
+        assert status == 404 and "WWW-Authenticate" not in headers
+
+
+async def test_health_readiness_and_metrics_need_no_token(with_token: str) -> None:
+    for path in ("/healthz", "/readyz", "/metrics"):
+        status, _, _ = await get(with_token + path)
+        assert status == 200, path
+
+
+async def test_every_answer_says_server_sipreg_and_no_version(
+    with_token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    for path, authorization, expected in (("/healthz", None, 200), ("/api/v1/bindings", None, 401),
+                                          ("/api/v1/bindings", f"Bearer {TOKEN}", 200), ("/nowhere", None, 404)):
+        status, headers, _ = await get(with_token + path, authorization)
+        assert (status, headers["Server"]) == (expected, "sipreg")
+    # aiohttp answers what it cannot parse itself, outside the application: still no version, and no traceback.
+    host, port = with_token.removeprefix("http://").split(":")
+    caplog.set_level(logging.DEBUG)
+    for garbage in (b"GET / HTTP/1.1\r\nContent-Length: zz\r\n\r\n", b"\x16\x03\x01\x00\xa5\x01\x00\r\n\r\n"):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(garbage)
+        answer = await reader.read()
+        writer.close()
+        head = answer.split(b"\r\n\r\n")[0].decode()
+        assert head.startswith("HTTP/1.0 400 ") and "\r\nServer: sipreg\r\n" in head + "\r\n", head
+    assert not [record for record in caplog.records if record.exc_info or record.levelno > logging.DEBUG]
+    assert [record.getMessage() for record in caplog.records if record.name == "sipreg.http"] == [
+        "Error handling request from 127.0.0.1: 400 BadHttpMessage",
+        "Error handling request from 127.0.0.1: 400 BadHttpMethod",
+    ]
+
+
+def test_a_token_is_at_least_16_characters_a_client_can_send() -> None:
+    assert check_api_token(f"  {TOKEN}\n") == TOKEN
+    for bad, why in (("", "may hold only"), ("short-token", "has 11 characters; use at least 16"),
+                     ("with space inside-0123456789", "may hold only"), ("ünïcode-0123456789abc", "may hold only"),
+                     ("padding=in-the-middle-0123", "may hold only")):
+        with pytest.raises(ValueError, match=why):
+            check_api_token(bad)
