@@ -76,7 +76,8 @@ class LockoutPolicy:
     # Not settable per domain (class constants, not fields, so not in the CRD or etcd):
     # A lock is remembered this long after it ends, and any failure meanwhile locks again
     # for twice as long: a guesser who waits out a lock gets one guess, not a fresh set.
-    # A day, like the rate limiter's bans; a success from the address forgets it at once.
+    # A day, like the rate limiter's bans. A success from the address forgets its pair's
+    # locks at once (the user typed the new password in); a user lock only time forgets.
     remember_lock_seconds: ClassVar[int] = 86_400
     # An address that proved the password is spared the user lock this long after. Phones
     # refresh every few minutes, so theirs never lapses; a day covers a laptop's night off.
