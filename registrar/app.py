@@ -89,12 +89,13 @@ class RegistrarServer:
         # carry whole seconds, so the mark sits a second early lest the nonces of our
         # own first second count as old; a replay inside that second still meets the
         # Call-ID/CSeq rule.
+        digest_authenticator = digest.DigestAuthenticator(
+            digest.NonceAuthority(config.nonce_secret), digest.NonceCounts(forget_issued_until=time.time() - 1)
+        )
         # One lockout table for REGISTER and outbound calls: a guess costs the same either way.
         # Per process too: with several replicas, a guesser that reaches each gets each one's share.
         authenticator = Authenticator(
-            digest.DigestAuthenticator(
-                digest.NonceAuthority(config.nonce_secret), digest.NonceCounts(forget_issued_until=time.time() - 1)
-            ),
+            digest_authenticator,
             LockoutTable(),
             self.store,
             clock=time.time,

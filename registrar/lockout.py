@@ -11,11 +11,16 @@ username whether or not it exists: lockouts behave alike for every name, so
 they tell nothing about which names exist. Two scopes:
 
 - "source", the username from one address: locked after `failures_per_source`
-  failures within `window_seconds` of the first of them.
+  failures.
 - "user", the username from every address: locked after `failures_per_user`
-  such failures, and then only for addresses that have not proved its password
+  failures, and then only for addresses that have not proved its password
   within `LockoutPolicy.proof_seconds`: a user's own phones keep working,
   whoever guesses elsewhere.
+
+A failure counts for at least `window_seconds` and is forgotten within twice
+that: counts are kept in window-long buckets, the current one and the one
+before it (two numbers, not a time per failure). A guesser that paces itself
+to stay below a threshold gets at most that threshold less one per two windows.
 
 A lock lasts `lockout_seconds`. It is remembered for `remember_lock_seconds`
 after it ends, and any failure in that time locks again, for twice as long as
@@ -68,16 +73,21 @@ class Lock:
     scope: Scope
     seconds: int  # how long this lock lasts, from when it started
     until: float  # when it ends
-    failures: int  # failed responses that led to it: within the window, then since the first lock
+    failures: int  # failed responses that led to it: those counted when it first locked, and all since
 
 
 class _Entry:
-    """One key's failures: counted since `since`; locked until `until` for `seconds` (0: never locked)."""
+    """One key's failures and lock.
 
-    __slots__ = ("failures", "since", "until", "seconds")
+    `failures` fell since `since`, `earlier` in the bucket before; once locked, `failures`
+    counts them all. Locked until `until`, for `seconds` (0: never locked).
+    """
+
+    __slots__ = ("failures", "earlier", "since", "until", "seconds")
 
     def __init__(self, now: float) -> None:
         self.failures = 0
+        self.earlier = 0
         self.since = now
         self.until = 0.0
         self.seconds = 0
@@ -119,15 +129,25 @@ class _Counts:
             del locked[key]  # forgotten: counted afresh
         counting = self._counting
         entry = counting.get(key)
-        if entry is None or now - entry.since >= policy.window_seconds:
+        if entry is None:
             entry = counting[key] = _Entry(now)
-        counting.move_to_end(key)
+        else:
+            counting.move_to_end(key)
+            elapsed = now - entry.since
+            if elapsed >= policy.window_seconds:
+                # A new bucket. The last one's failures all fell within a window of its start:
+                # kept while some of them may still be younger than a window.
+                entry.earlier = entry.failures if elapsed < 2 * policy.window_seconds else 0
+                entry.failures = 0
+                entry.since = now
         entry.failures += 1
-        if entry.failures < threshold:
+        if entry.earlier + entry.failures < threshold:
             if len(counting) > self._max_counting:
                 counting.popitem(last=False)
             return None
         del counting[key]
+        entry.failures += entry.earlier
+        entry.earlier = 0
         entry.seconds = policy.lockout_seconds
         entry.until = now + entry.seconds
         locked[key] = entry

@@ -66,7 +66,7 @@ class LockoutPolicy:
     failures_per_source: int = 5
     # From all addresses together: a botnet gets this many guesses per lockout.
     failures_per_user: int = 30
-    # Failures older than this are forgotten.
+    # A failure counts this long at least, and is forgotten within twice this.
     window_seconds: int = 600
     # The first lockout; each further failure after one doubles it, up to the maximum.
     lockout_seconds: int = 60

@@ -37,13 +37,25 @@ def test_a_pair_is_locked_at_its_fifth_failure_for_lockout_seconds():
     assert table.locked("other.example.test", "alice", ATTACKER, START) is None
 
 
-def test_failures_older_than_the_window_are_forgotten():
+def test_a_failure_counts_for_at_least_a_window_and_is_forgotten_within_two():
     table = LockoutTable()
     fail(table, times=4, now=START)
-    assert fail(table, now=START + 600) == []  # the window from the first failure is over: counting starts again
-    assert fail(table, times=3, now=START + 601) == []
-    assert table.locked(DOMAIN, "alice", ATTACKER, START + 601) is None
-    assert fail(table, now=START + 602) == [Lock("source", 60, START + 662, 5)]
+    assert fail(table, now=START + 1199)[0].failures == 5  # the first four are still counted
+    table = LockoutTable()
+    fail(table, times=4, now=START)
+    assert fail(table, now=START + 1200) == []  # two windows on: forgotten
+    assert fail(table, times=3, now=START + 1201) == []
+    assert table.locked(DOMAIN, "alice", ATTACKER, START + 1201) is None
+    assert fail(table, now=START + 1202) == [Lock("source", 60, START + 1262, 5)]
+
+
+def test_a_paced_guesser_gets_at_most_the_threshold_less_one_per_two_windows():
+    table = LockoutTable()
+    for window in range(20):  # two a window, four per two: never locked
+        assert fail(table, times=2, now=START + 600 * window) == []
+    table = LockoutTable()
+    assert fail(table, times=3, now=START) == []
+    assert fail(table, times=3, now=START + 600)[0].failures == 5  # three a window: locked in the second
 
 
 def test_each_failure_after_a_lock_doubles_it_up_to_the_maximum():
