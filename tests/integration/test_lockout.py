@@ -28,7 +28,7 @@ DOMAIN = "sip.example.test"
 PASSWORD = "alice-right-password"
 LOCKED = "SIP/2.0 403 Too Many Failed Authentications"
 # Small enough for a test of a few seconds: the pair locks at its 3rd failure, the user at its 8th.
-FAILURES_PER_SOURCE, FAILURES_PER_USER, LOCKOUT_SECONDS = 3, 8, 2
+FAILURES_PER_SOURCE, FAILURES_PER_USER, LOCKOUT_SECONDS = 3, 8, 3
 FAIL2BAN_FILTER = ROOT / "contrib" / "fail2ban" / "sipreg.conf"
 
 
@@ -48,7 +48,7 @@ spec:
       failuresPerUser: {FAILURES_PER_USER}
       windowSeconds: 60
       lockoutSeconds: {LOCKOUT_SECONDS}
-      maxLockoutSeconds: 8
+      maxLockoutSeconds: 12
       failuresPerNonce: 2
 ---
 apiVersion: v1
@@ -160,9 +160,9 @@ def test_a_guesser_locks_itself_out_while_the_phone_keeps_registering(registrar:
     lockouts = re.findall(r"sipreg: auth lockout user=(\S+) source=udp:([\d.]+):\d+ seconds=(\d+) scope=(\w+) "
                           r"failures=(\d+)$", log, re.M)
     assert lockouts == [
-        (f"alice@{DOMAIN}", "127.0.0.2", "2", "source", "3"),
-        (f"alice@{DOMAIN}", "127.0.0.2", "4", "source", "4"),
-        (f"alice@{DOMAIN}", "127.0.0.5", "2", "user", "8"),
+        (f"alice@{DOMAIN}", "127.0.0.2", str(LOCKOUT_SECONDS), "source", "3"),
+        (f"alice@{DOMAIN}", "127.0.0.2", str(2 * LOCKOUT_SECONDS), "source", "4"),
+        (f"alice@{DOMAIN}", "127.0.0.5", str(LOCKOUT_SECONDS), "user", "8"),
     ]
     assert "127.0.0.3" not in "".join(line for line in log.splitlines() if "sipreg: auth" in line)
 
