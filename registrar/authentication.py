@@ -5,7 +5,7 @@ verifies a response: a locked username and source get `LOCKED` unverified,
 so the right password fails too while the lock lasts. After a failure it
 counts it, and for each failure and each lockout it writes one log line,
 counts a metric and, for a connection of ours, writes its failure record (the
-SipConnection's status). A request refused because of a lock is neither
+SipConnection's status: a REGISTER's failures, and every lockout). A request refused because of a lock is neither
 logged nor recorded one by one: only counted. What the wire sees stays the
 callers' to say (registrar.registrar, registrar.routing).
 
