@@ -10,8 +10,10 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from registrar.authentication import Authenticator
 from registrar.flows import TokenSigner
 from registrar.http import make_app, start_server
+from registrar.lockout import LockoutTable
 from registrar.metrics import Metrics
 from registrar.model import Catalog
 from registrar.proxy import Identity, Proxy
@@ -96,8 +98,19 @@ class RegistrarServer:
         # carry whole seconds, so the mark sits a second early lest the nonces of our
         # own first second count as old; a replay inside that second still meets the
         # Call-ID/CSeq rule.
-        authenticator = digest.DigestAuthenticator(
+        digest_authenticator = digest.DigestAuthenticator(
             digest.NonceAuthority(config.nonce_secret), digest.NonceCounts(forget_issued_until=time.time() - 1)
+        )
+        # One lockout table for REGISTER and outbound calls: a guess costs the same either way.
+        # Per process too: with several replicas, a guesser that reaches each gets each one's share.
+        authenticator = Authenticator(
+            digest_authenticator,
+            LockoutTable(),
+            self.store,
+            clock=time.time,
+            on_failure=self.metrics.auth_failed,
+            on_lockout=self.metrics.auth_locked_out,
+            on_refusal=self.metrics.auth_refused_locked,
         )
         self.registrar = Registrar(
             self._served(config.catalog or Catalog()),
@@ -106,7 +119,6 @@ class RegistrarServer:
             node=config.node_name,
             expires_spread=config.expires_spread,
             on_result=self.metrics.registration_answered,
-            on_auth_failure=self.metrics.auth_failed,
             on_authenticated=self._authenticated,
         )
         self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics, self.sources)
@@ -116,7 +128,7 @@ class RegistrarServer:
         self._tasks: list[asyncio.Task] = []
         self._listening = False
 
-    def _proxy(self, authenticator: digest.DigestAuthenticator) -> Proxy:
+    def _proxy(self, authenticator: Authenticator) -> Proxy:
         config = self.config
         ports = {"udp": config.sip_port, "tcp": config.sip_port}
         if config.tls_port is not None:

@@ -61,6 +61,20 @@ class Metrics:
             ["domain"],
             registry=self.registry,
         )
+        self.auth_lockouts = Counter(
+            "sipreg_auth_lockouts",
+            "Lockouts started by failed authentications, by domain and scope: source (a username from one "
+            "address), user (a username from every address that has not proved its password).",
+            ["domain", "scope"],
+            registry=self.registry,
+        )
+        self.auth_lockout_refusals = Counter(
+            "sipreg_auth_lockout_refusals",
+            "Requests refused unverified (403) because their username and address were locked out, by domain "
+            "and scope. They are not logged one by one.",
+            ["domain", "scope"],
+            registry=self.registry,
+        )
         self.parse_errors = Counter(
             "sipreg_parse_errors_total",
             "Messages that could not be parsed, by transport.",
@@ -147,6 +161,12 @@ class Metrics:
     def auth_failed(self, domain: str, reason: str) -> None:
         # The reason is free text: it goes to logs and the connection's status, never to a label.
         self.auth_failures.labels(domain).inc()
+
+    def auth_locked_out(self, domain: str, scope: str) -> None:
+        self.auth_lockouts.labels(domain, scope).inc()
+
+    def auth_refused_locked(self, domain: str, scope: str) -> None:
+        self.auth_lockout_refusals.labels(domain, scope).inc()
 
 
 class _HotPathCollector:

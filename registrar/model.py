@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, fields
-from typing import Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 Transport = Literal["udp", "tcp", "tls"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -58,6 +58,7 @@ class LockoutPolicy:
     The pair (username, source address) is locked first; the username across all
     addresses only at a much higher count, and then not for addresses that have
     proved that user's password before (the user's own phones keep working).
+    Enforced by registrar.lockout.
     """
 
     # A phone with a wrong password fails every registration attempt; five
@@ -65,13 +66,25 @@ class LockoutPolicy:
     failures_per_source: int = 5
     # From all addresses together: a botnet gets this many guesses per lockout.
     failures_per_user: int = 30
-    # Failures older than this are forgotten.
-    window_seconds: int = 600
+    # A failure counts this long at least, and is forgotten within twice this. A day: a
+    # botnet pacing its guesses below the counts gets 29 in two days, not 29 every 20
+    # minutes; the user's own phones, having proved the password, are spared a user lock
+    # whatever its count, and a phone with a wrong password is locked after 5 either way.
+    window_seconds: int = 86400
     # The first lockout; each further failure after one doubles it, up to the maximum.
     lockout_seconds: int = 60
     max_lockout_seconds: int = 3600
     # Failed responses one nonce admits; after them it is spent (a new challenge).
     failures_per_nonce: int = 3
+    # Not settable per domain (class constants, not fields, so not in the CRD or etcd):
+    # A lock is remembered this long after it ends, and any failure meanwhile locks again
+    # for twice as long: a guesser who waits out a lock gets one guess, not a fresh set.
+    # A day, like the rate limiter's bans. A success from the address forgets its pair's
+    # locks at once (the user typed the new password in); a user lock only time forgets.
+    remember_lock_seconds: ClassVar[int] = 86_400
+    # An address that proved the password is spared the user lock this long after. Phones
+    # refresh every few minutes, so theirs never lapses; a day covers a laptop's night off.
+    proof_seconds: ClassVar[int] = 86_400
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,11 @@ the store; the authenticated path makes exactly one atomic `store.update`.
 Choices a VoIP engineer will want to know (also in the README):
 - A REGISTER for a domain we do not serve gets 404 "Domain Not Served".
 - Wrong password and unknown user both get a fresh 401 challenge, byte for byte
-  the same shape, so nothing reveals which usernames exist.
+  the same shape, so nothing reveals which usernames exist; so does an `ip`
+  connection's username from an address outside its allow-list.
+- Failed responses lock the username out, from that address first
+  (registrar.authentication, registrar.lockout): `403 Too Many Failed
+  Authentications`, unverified, until the lock ends.
 - Behind NAT (Contact host:port differs from the packet's source) the binding
   keeps the source, and the 200 OK shows it as `;received="sip:IP:PORT"` on
   the Contact, the form Kamailio's registrar uses, readable in sngrep.
@@ -19,20 +23,20 @@ Choices a VoIP engineer will want to know (also in the README):
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from registrar.authentication import LOCKED_OUT_REASON, Authenticator, Verdict
 from registrar.model import Binding, Catalog, Connection, Domain
 from registrar.sip import digest
 from registrar.sip.grammar import quote
 from registrar.sip.headers import parse_delta_seconds, parse_name_addr
 from registrar.sip.message import Request, Response, SipError, make_response
 from registrar.sip.uri import URI, URIError, parse_uri
-from registrar.store import LocationStore, RegistrationFailure, StoreUnavailable
+from registrar.store import LocationStore, StoreUnavailable
 
 SERVER_NAME = "sipreg"
 # What this server answers itself (REGISTER, OPTIONS to it) and relays: its Allow (RFC 3261 20.5).
@@ -43,9 +47,6 @@ ALLOW = ", ".join(ALLOWED_METHODS)
 ALLOW_WITHOUT_REGISTER = ", ".join(method for method in ALLOWED_METHODS if method != "REGISTER")
 # What we answer with when the store cannot make a binding durable.
 RETRY_AFTER_SECONDS = 5
-# A connection's failures are written to the store at most this often, so a
-# flood of bad REGISTERs cannot become a flood of writes.
-FAILURE_RECORD_INTERVAL = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +81,11 @@ class Registrar:
         self,
         catalog: Catalog,
         store: LocationStore,
-        authenticator: digest.DigestAuthenticator,
+        authenticator: Authenticator,
         *,
         node: str = "",
         clock: Callable[[], float] = time.time,
         on_result: Callable[[str, int], None] | None = None,
-        on_auth_failure: Callable[[str, str], None] | None = None,
         on_authenticated: Callable[[Source], None] = lambda source: None,
         expires_spread: float = 0.0,
         rng: Callable[[], float] = random.random,
@@ -96,13 +96,11 @@ class Registrar:
         self.node = node
         self.clock = clock
         self._on_result = on_result or (lambda domain, status: None)
-        self._on_auth_failure = on_auth_failure or (lambda domain, reason: None)
         # Told the source of every REGISTER that proved who it is (credentials or address).
         self._on_authenticated = on_authenticated
         # Told (source, seconds) after bindings are stored, so the transport keeps
         # the connection they arrived on open as long as they live.
         self.on_bound: Callable[[Source, int], None] = lambda source, seconds: None
-        self._failure_written: dict[tuple[str, str], float] = {}
         # Up to this fraction is taken off each granted expiry, at random: UAs that all
         # registered at once (a registrar restart, a power cut) refresh spread out,
         # not in one wave every expiry period.
@@ -197,10 +195,14 @@ class Registrar:
 
         connection = self.catalog.connections.get((domain.name, username))
         if connection is not None and connection.authentication == "ip":
-            self._check_address(connection, source)
-            self._on_authenticated(source)
-            self._check_inbound(connection)
-            return connection
+            if connection.allows_address(source.host):
+                self._on_authenticated(source)
+                self._check_inbound(connection)
+                return connection
+            # From elsewhere it is challenged like any name, lest a 403 tell that it exists
+            # (with no HA1 it can never pass); its status still says why.
+            if credentials is None:
+                self.authenticator.note_failure(connection, "source address not allowed", source)
 
         if credentials is None:
             raise self._challenge(domain, stale=False)
@@ -209,24 +211,16 @@ class Registrar:
             if credentials.username == username
             else self.catalog.connections.get((domain.name, credentials.username))
         )
-        outcome = self.authenticator.verify(
-            request.method,
-            credentials,
-            domain.name,
-            known.ha1 if known else None,
-            offered_algorithms=domain.digest_algorithms,
-        )
-        if outcome.status is digest.AuthStatus.STALE:
+        verdict = self.authenticator.verify(request.method, credentials, domain, known, source)
+        if verdict is Verdict.STALE:
             raise self._challenge(domain, stale=True)
-        if outcome.status is not digest.AuthStatus.OK:
-            self._on_auth_failure(domain.name, outcome.reason)
-            if known is not None:
-                self._note_failure(known, outcome.reason, source)
+        if verdict is Verdict.LOCKED:
+            raise SipError(403, LOCKED_OUT_REASON)
+        if verdict is not Verdict.OK:
             raise self._challenge(domain, stale=False)
         assert known is not None  # OK is only reached with a real HA1
         if credentials.username != username:
-            self._on_auth_failure(domain.name, "authenticated user does not match To")
-            self._note_failure(known, "authenticated user does not match To", source)
+            self.authenticator.note_failure(known, "authenticated user does not match To", source)
             raise SipError(403, "Authenticated User Does Not Match To")
         self._check_address(known, source)
         self._on_authenticated(source)
@@ -241,8 +235,7 @@ class Registrar:
 
     def _check_address(self, connection: Connection, source: Source) -> None:
         if not connection.allows_address(source.host):
-            self._on_auth_failure(connection.domain, "source address not allowed")
-            self._note_failure(connection, "source address not allowed", source)
+            self.authenticator.note_failure(connection, "source address not allowed", source)
             raise SipError(403, "Source Address Not Allowed")
 
     def _check_inbound(self, connection: Connection) -> None:
@@ -387,18 +380,6 @@ class Registrar:
         self._on_result(domain.name if domain is not None else "other", rejection.status)
         return response
 
-    def _note_failure(self, connection: Connection, reason: str, source: Source) -> None:
-        """Record a failure for the connection's status, at most once per interval."""
-        key = (connection.domain, connection.username)
-        now = self.clock()
-        if now - self._failure_written.get(key, float("-inf")) < FAILURE_RECORD_INTERVAL:
-            return
-        self._failure_written[key] = now
-        failure = RegistrationFailure(connection.domain, connection.username, now, reason, str(source))
-        # Fire and forget: a failure record must never delay or fail the answer.
-        task = asyncio.get_running_loop().create_task(self.store.record_failure(failure))
-        task.add_done_callback(_ignore_result)
-
 
 def server_response(
     request: Request, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()
@@ -433,7 +414,7 @@ def credentials_for(request: Request, domain: Domain, header: str) -> digest.Cre
     return None
 
 
-def challenge_for(authenticator: digest.DigestAuthenticator, domain: Domain, *, stale: bool, status: int) -> SipError:
+def challenge_for(authenticator: Authenticator, domain: Domain, *, stale: bool, status: int) -> SipError:
     """A fresh challenge for the domain's realm: one header per algorithm it offers (RFC 8760 2.4)."""
     header, reason = _CHALLENGE_HEADERS[status]
     values = authenticator.challenges(domain.name, domain.digest_algorithms, stale=stale)
@@ -447,11 +428,6 @@ SUPPORTED: frozenset[str] = frozenset()
 def _sip_date(second: int) -> str:
     """RFC 3261 20.17 Date (RFC 1123 form, GMT); one string per second suffices."""
     return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second))
-
-
-def _ignore_result(task) -> None:  # type: ignore[no-untyped-def]
-    if not task.cancelled():
-        task.exception()
 
 
 def _store_unavailable() -> SipError:

@@ -30,10 +30,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from registrar.authentication import LOCKED_OUT_REASON, Authenticator, Verdict
 from registrar.flows import FlowRef, of_binding
 from registrar.model import Binding, Catalog, Connection, Domain
 from registrar.registrar import Source, challenge_for, credentials_for
-from registrar.sip import digest
 from registrar.sip.message import KNOWN_METHODS, Request, SipError
 from registrar.sip.uri import URI, URIError, parse_uri
 from registrar.store import LocationStore
@@ -66,7 +66,7 @@ class Router:
         self,
         catalog: Callable[[], Catalog],
         store: LocationStore,
-        authenticator: digest.DigestAuthenticator,
+        authenticator: Authenticator,
         clock: Callable[[], float],
         known_source: Callable[[str], bool],
         on_authenticated: Callable[[Source], None] = lambda source: None,
@@ -168,21 +168,20 @@ class Router:
     ) -> Connection:
         """The connection the caller proved to be (credentials or source address); raises 407/403."""
         claimed = catalog.connections.get((domain.name, caller.user or ""))
-        if claimed is not None and claimed.authentication == "ip":
-            if not claimed.allows_address(source.host):
-                raise SipError(403, "Source Address Not Allowed")
+        if claimed is not None and claimed.authentication == "ip" and claimed.allows_address(source.host):
             return claimed
+        # Anyone else is challenged, an `ip` connection's name from elsewhere too (it can never
+        # pass, having no HA1): a 403 would tell which names exist.
         credentials = credentials_for(request, domain, "Proxy-Authorization")
         if credentials is None:
             raise self._challenge(domain, stale=False)
         known = catalog.connections.get((domain.name, credentials.username))
-        outcome = self.authenticator.verify(
-            request.method, credentials, domain.name, known.ha1 if known else None,
-            offered_algorithms=domain.digest_algorithms,
-        )
-        if outcome.status is digest.AuthStatus.STALE:
+        verdict = self.authenticator.verify(request.method, credentials, domain, known, source)
+        if verdict is Verdict.STALE:
             raise self._challenge(domain, stale=True)
-        if outcome.status is not digest.AuthStatus.OK or known is None:
+        if verdict is Verdict.LOCKED:
+            raise SipError(403, LOCKED_OUT_REASON)
+        if verdict is not Verdict.OK or known is None:
             raise self._challenge(domain, stale=False)
         if credentials.username != caller.user:
             raise SipError(403, "Authenticated User Does Not Match From")

@@ -30,10 +30,12 @@ API
 - ``NonceCounts(max_nonces=100_000, *, forget_issued_until=0.0)`` with
   ``accept(nonce, nc, issued_at) -> NonceCountStatus`` (ACCEPTED, REPLAYED,
   FORGOTTEN).
-- ``DigestAuthenticator(nonces, counts, *, require_qop=True)`` with
-  ``challenges(realm, algorithms, stale=False) -> list[str]`` and
+- ``NonceFailures(max_nonces=10_000)`` with ``spent(nonce, limit) -> bool``
+  and ``failed(nonce)``.
+- ``DigestAuthenticator(nonces, counts, *, require_qop=True, failures=None)``
+  with ``challenges(realm, algorithms, stale=False) -> list[str]`` and
   ``verify(method, credentials, realm, ha1_by_algorithm, *,
-  offered_algorithms=None) -> AuthOutcome``.
+  offered_algorithms=None, failures_per_nonce=None) -> AuthOutcome``.
 - ``AuthOutcome(status, username, reason)`` with ``AuthStatus`` OK, STALE,
   FAILED. On STALE the caller re-challenges with ``stale=True``; on FAILED it
   answers 401/403 (``reason`` is for logs and the trunk status: "unknown user"
@@ -69,6 +71,13 @@ Decisions
   start time as ``forget_issued_until`` to extend that to a restart.
   The table is per process: across replicas a replay within the nonce
   lifetime is stopped by the registrar's Call-ID/CSeq rule, not here.
+- Failures per nonce: with ``failures_per_nonce``, a nonce that has met that
+  many wrong responses (or replays) is spent: a response on it is FAILED
+  ("nonce spent") unchecked, as an invalid nonce is, and the caller's fresh
+  challenge is the way on. The counts sit in their own bounded table, not
+  NonceCounts: a guesser's nonces must not push out (and so make stale) the
+  nonces phones reuse, and forgetting a count is harmless, as a fresh nonce
+  is one request away anyway. Also per process.
 - Unknown users: ``verify`` computes a response against a dummy HA1 and
   compares it exactly as for a known user, so the time taken does not tell
   which usernames exist.
@@ -654,6 +663,32 @@ class NonceCounts:
         return NonceCountStatus.ACCEPTED
 
 
+class NonceFailures:
+    """Failed responses per nonce, of recently failed nonces, in bounded memory (least recently failed evicted)."""
+
+    __slots__ = ("max_nonces", "_failures")
+
+    def __init__(self, max_nonces: int = 10_000) -> None:
+        if max_nonces < 1:
+            raise ValueError("max_nonces must be at least 1")
+        self.max_nonces = max_nonces
+        self._failures: OrderedDict[str, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def spent(self, nonce: str, limit: int) -> bool:
+        """True when `nonce` has met `limit` failures."""
+        return self._failures.get(nonce, 0) >= limit
+
+    def failed(self, nonce: str) -> None:
+        failures = self._failures
+        failures[nonce] = failures.get(nonce, 0) + 1
+        failures.move_to_end(nonce)
+        if len(failures) > self.max_nonces:
+            failures.popitem(last=False)
+
+
 # ---------------------------------------------------------------------------
 # The verdict
 
@@ -680,11 +715,19 @@ class AuthOutcome:
 class DigestAuthenticator:
     """Challenges and verifies Digest credentials for the registrar and proxy."""
 
-    __slots__ = ("_nonces", "_counts", "require_qop")
+    __slots__ = ("_nonces", "_counts", "_failures", "require_qop")
 
-    def __init__(self, nonces: NonceAuthority, counts: NonceCounts, *, require_qop: bool = True) -> None:
+    def __init__(
+        self,
+        nonces: NonceAuthority,
+        counts: NonceCounts,
+        *,
+        require_qop: bool = True,
+        failures: NonceFailures | None = None,
+    ) -> None:
         self._nonces = nonces
         self._counts = counts
+        self._failures = failures if failures is not None else NonceFailures()
         self.require_qop = require_qop
 
     def challenges(self, realm: str, algorithms: Iterable[str], stale: bool = False) -> list[str]:
@@ -700,12 +743,14 @@ class DigestAuthenticator:
         ha1_by_algorithm: Mapping[str, str] | None,
         *,
         offered_algorithms: Collection[str] | None = None,
+        failures_per_nonce: int | None = None,
     ) -> AuthOutcome:
         """Verify `credentials` (from parse_credentials) for a request with `method`.
 
         `ha1_by_algorithm` is the user's Connection.ha1, or None for an unknown
         user. With `offered_algorithms`, an answer in an algorithm that was not
-        offered fails (a "-sess" one counts as its base algorithm).
+        offered fails (a "-sess" one counts as its base algorithm). With
+        `failures_per_nonce`, a nonce that many responses failed on is spent.
         """
         username = credentials.username
         if credentials.realm != realm:
@@ -726,6 +771,8 @@ class DigestAuthenticator:
         nonce_status, issued_at = self._nonces.inspect(nonce, realm)
         if nonce_status is NonceStatus.INVALID:
             return AuthOutcome(AuthStatus.FAILED, username, "invalid nonce")
+        if failures_per_nonce is not None and self._failures.spent(nonce, failures_per_nonce):
+            return AuthOutcome(AuthStatus.FAILED, username, "nonce spent")
 
         # From here on, unknown users and wrong passwords cost the same.
         stored_ha1 = None if ha1_by_algorithm is None else ha1_by_algorithm.get(algorithm.base)
@@ -744,6 +791,8 @@ class DigestAuthenticator:
             return AuthOutcome(AuthStatus.FAILED, username, "malformed credentials")
         given = credentials.response.lower()
         matches = given.isascii() and hmac.compare_digest(expected, given)
+        if stored_ha1 is None or not matches:
+            self._failures.failed(nonce)
         if stored_ha1 is None:
             reason = "unknown user" if ha1_by_algorithm is None else f"no {algorithm.base} credentials"
             return AuthOutcome(AuthStatus.FAILED, username, reason)
@@ -757,6 +806,7 @@ class DigestAuthenticator:
         if nc is not None and qop is not None:
             count_status = self._counts.accept(nonce, int(nc, 16), issued_at)
             if count_status is NonceCountStatus.REPLAYED:
+                self._failures.failed(nonce)
                 return AuthOutcome(AuthStatus.FAILED, username, "replayed nonce count")
             if count_status is NonceCountStatus.FORGOTTEN:
                 return AuthOutcome(AuthStatus.STALE, username, "nonce count forgotten")

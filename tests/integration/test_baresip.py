@@ -82,18 +82,24 @@ def test_baresip_registers_and_unregisters(registrar, tmp_path: Path, transport:
     assert registrar.bindings(ALICE) == [], log
 
 
-def test_baresip_with_wrong_password_gets_401_and_no_binding(registrar, tmp_path: Path) -> None:
+def test_baresip_with_wrong_password_is_challenged_until_locked_out_and_gets_no_binding(
+    registrar, tmp_path: Path
+) -> None:
     challenged_before = registrations(registrar, 401)
+    refused_before = registrations(registrar, 403)
     accepted_before = registrations(registrar, 200)
 
     with alice_via(registrar, tmp_path, "udp", password="not-alices-password") as ua:
         failed = ua.wait_registration_failed(timeout=15)
-        assert failed.group("status") == "401", failed.group(0)
+        assert failed.group("status") == "403", failed.group(0)
+        assert "Too Many Failed Authentications" in failed.group(0)
         assert registrar.bindings(ALICE) == [], ua.log()
         log = ua.log()
 
-    # The first REGISTER is challenged, and every retry with the wrong digest is answered 401 again.
-    assert registrations(registrar, 401) >= challenged_before + 2, log
+    # The first REGISTER is challenged, and each retry with the wrong digest is answered 401 again
+    # until the fifth failure from this address (the default lockout) is answered 403.
+    assert registrations(registrar, 401) == challenged_before + 5, log
+    assert registrations(registrar, 403) == refused_before + 1, log
     assert registrations(registrar, 200) == accepted_before, log
     assert re.search(r"^Authorization: Digest username=\"alice\"", log, re.M), log
     assert not re.search(r"^SIP/2.0 200 OK", log, re.M), log

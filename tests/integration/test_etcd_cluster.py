@@ -191,16 +191,24 @@ def test_expired_bindings_vanish_from_etcd_even_with_every_registrar_down(replic
 
 def test_wrong_passwords_are_recorded_for_the_connection_without_flooding_etcd(replicas, etcd) -> None:
     one = replicas()
-    for _ in range(30):
-        answer = UserAgent(one.host, one.sip_port, "alice", "not-the-password").register(
+    answers = [
+        UserAgent(one.host, one.sip_port, "alice", "not-the-password").register(
             contact="sip:alice@192.0.2.1:5060", expires=300
-        )
-        assert answer.startswith("SIP/2.0 401"), answer
+        ).split("\r\n", 1)[0]
+        for _ in range(30)
+    ]
+    # The fifth failure from one address locks it out (the default lockout); the rest are refused unverified.
+    assert answers == ["SIP/2.0 401 Unauthorized"] * 4 + ["SIP/2.0 403 Too Many Failed Authentications"] * 26
     key = layout.failure_key(DOMAIN, "alice")
-    value = eventually(lambda: etcd_keys(etcd, layout.FAILURES).get(key), 5, "a failure record")
-    failure = layout.decode_failure(DOMAIN, "alice", value)
-    assert failure.reason == "wrong password" and failure.source.startswith("udp:127.0.0.1:")
-    assert asyncio.run(records(etcd.url, layout.FAILURES))[key].version == 1  # 30 failures within seconds: one write
+    locked_out = "locked out for 60 s after 5 failed authentications from udp:127.0.0.1:"
+
+    def lockout_record() -> bool:
+        value = etcd_keys(etcd, layout.FAILURES).get(key)
+        return value is not None and layout.decode_failure(DOMAIN, "alice", value).reason.startswith(locked_out)
+
+    eventually(lockout_record, 5, "the lockout as the failure record")
+    # 30 failed REGISTERs within seconds: the first failure and the lockout, one write each at most.
+    assert asyncio.run(records(etcd.url, layout.FAILURES))[key].version <= 2
 
 
 def test_each_registrar_lists_itself_as_a_node_until_it_stops(replicas, etcd) -> None:

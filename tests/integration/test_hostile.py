@@ -146,7 +146,7 @@ FLOOD_SECONDS = 20
 def test_a_flood_from_one_source_is_banned_and_a_phone_elsewhere_registers_throughout(
     registrar: RunningRegistrar, tmp_path: Path
 ) -> None:
-    phone = UserAgent(registrar.host, registrar.sip_port, "alice", "alice-secret-1", local_host="127.0.0.77")
+    phone = UserAgent(registrar.host, registrar.sip_port, "alice", "alice-secret-1", local_ip="127.0.0.77")
     assert status_of(phone.register(f"sip:alice@127.0.0.77:5060", 300)) == 200
     before = rss_kib(registrar)
     flood = start_sipp(

@@ -199,8 +199,13 @@ def test_a_sip_domain_becomes_registrar_pods_and_connections_reach_etcd(
 
             # A new password in the Secret is published: the old one stops working, the new one works.
             kube.patch("v1/secrets", "bob-sip", {"data": {"password": base64.b64encode(b"bob-new-5").decode()}}, NAMESPACE)
+            # Tried only once etcd has it: every try before would be a failure, and five lock bob out
+            # from this address for a minute (the default lockout).
+            new_ha1 = hashlib.md5(f"bob:{DOMAIN}:bob-new-5".encode()).hexdigest()
+            wait_for(lambda: json.loads(etcd_records(etcd, layout.CONNECTIONS)[layout.connection_key(DOMAIN, "bob")])
+                     ["ha1"]["MD5"] == new_ha1, timeout=20, message="bob's new HA1 in etcd")
             wait_for(lambda: register(registrar, tmp_path, "bob", "bob-new-5").successful == 1, timeout=20,
-                     message="bob's new password accepted")
+                     interval=0.2, message="bob's new password accepted")
 
             # Deleting alice removes her from etcd with her bindings.
             kube.delete(SIPCONNECTIONS, "alice", NAMESPACE)

@@ -19,6 +19,7 @@ from registrar.sip.digest import (
     NonceAuthority,
     NonceCounts,
     NonceCountStatus,
+    NonceFailures,
     NonceStatus,
     challenge,
     compute_response,
@@ -602,6 +603,37 @@ def test_forgotten_nonce_count_asks_for_a_new_nonce():
     assert authenticator.verify("REGISTER", _authorization(new), REALM, ALICE).ok  # evicts old
     outcome = authenticator.verify("REGISTER", _authorization(old, nc="00000002"), REALM, ALICE)
     assert (outcome.status, outcome.reason) == (AuthStatus.STALE, "nonce count forgotten")
+
+
+def test_a_nonce_is_spent_after_failures_per_nonce_wrong_responses():
+    _, authenticator = _setup()
+    header = authenticator.challenges(REALM, ["MD5"])[0]
+    for n in range(1, 4):
+        outcome = authenticator.verify(
+            "REGISTER", _authorization(header, f"guess-{n}", nc=f"{n:08x}"), REALM, ALICE, failures_per_nonce=3
+        )
+        assert outcome.reason == "wrong password"
+    right = authenticator.verify("REGISTER", _authorization(header, nc="00000004"), REALM, ALICE, failures_per_nonce=3)
+    assert (right.status, right.reason) == (AuthStatus.FAILED, "nonce spent")
+    # Unknown users spend nonces alike; other nonces are untouched.
+    other = authenticator.challenges(REALM, ["MD5"])[0]
+    for _ in range(3):
+        authenticator.verify("REGISTER", _authorization(other, username="nobody"), REALM, None, failures_per_nonce=3)
+    assert authenticator.verify("REGISTER", _authorization(other), REALM, ALICE, failures_per_nonce=3).reason == (
+        "nonce spent"
+    )
+    fresh = authenticator.challenges(REALM, ["MD5"])[0]
+    assert authenticator.verify("REGISTER", _authorization(fresh), REALM, ALICE, failures_per_nonce=3).ok
+
+
+def test_nonce_failures_are_bounded_and_forget_the_least_recently_failed():
+    failures = NonceFailures(max_nonces=2)
+    failures.failed("a")
+    failures.failed("b")
+    failures.failed("a")
+    failures.failed("c")  # evicts "b"
+    assert len(failures) == 2
+    assert failures.spent("a", 2) and not failures.spent("b", 1) and failures.spent("c", 1)
 
 
 def test_cross_replica_verification():

@@ -16,7 +16,9 @@ import time
 import pytest
 
 from registrar import proxy as proxy_module
+from registrar.authentication import Authenticator
 from registrar.flows import DIALOG, HOP, FlowRef, TokenSigner, of_binding
+from registrar.lockout import LockoutTable
 from registrar.model import Binding, Catalog, Connection, Domain
 from registrar.proxy import Destination, Identity, Proxy, SendError
 from registrar.registrar import Source
@@ -96,7 +98,10 @@ class Node:
         self.finals: list[tuple[str, int]] = []
         # Addresses that are trusted or proved credentials before (SourceLimiter.known): alice's.
         self.known_sources = {CALLER.host}
-        authenticator = digest.DigestAuthenticator(digest.NonceAuthority(SECRET), digest.NonceCounts())
+        authenticator = Authenticator(
+            digest.DigestAuthenticator(digest.NonceAuthority(SECRET), digest.NonceCounts()), LockoutTable(), self.store,
+            clock=lambda: self.now,
+        )
         address = {"n1": "10.0.0.1", "n2": "10.0.0.2"}[name]
         self.proxy = Proxy(
             Router(lambda: self.catalog, self.store, authenticator, lambda: self.now,
@@ -331,9 +336,10 @@ async def test_a_request_coming_back_unchanged_is_a_loop_482_and_a_spiral_is_not
     await node.receive(back_from_gateway("z9hG4bK-gw-1", sent.uri), gateway_source)  # straight back: a loop
     assert node.upstream[-1].status == 482 and node.upstream[-1].reason == "Loop Detected"
     # Back with a new Request-URI: a legitimate spiral, routed again; as an outbound call from
-    # the gateway's address it is not the PBX's to make, which routing (not loop detection) says.
+    # the gateway's address it is not the PBX's to make, so routing (not loop detection)
+    # challenges it, as it would any caller.
     await node.receive(back_from_gateway("z9hG4bK-gw-2", "sip:dave@elsewhere.test"), gateway_source)
-    assert (node.upstream[-1].status, node.upstream[-1].reason) == (403, "Source Address Not Allowed")
+    assert node.upstream[-1].status == 407
 
 
 async def test_the_same_request_by_another_path_is_a_merged_request_482() -> None:
@@ -511,14 +517,45 @@ async def test_unknown_callers_get_the_same_challenge_and_strangers_are_not_rela
     assert (node.upstream[-1].status, node.upstream[-1].reason) == (403, "Relaying Denied")
 
 
+async def test_guessing_an_outbound_password_locks_the_caller_out_and_then_the_right_one_fails_too() -> None:
+    node = Node()
+    number = f"sip:+15551234@{DOMAIN}"
+    for n in range(5):
+        await node.receive(invite(number, branch=f"z9hG4bK-c{n}", call_id=f"c{n}"))
+        nonce = re.search(r'nonce="([^"]+)"', node.upstream[-1].get("Proxy-Authenticate")).group(1)
+        credentials = authorization("alice", f"guess-{n}", nonce, 1, uri=number, method="INVITE")
+        await node.receive(invite(number, branch=f"z9hG4bK-g{n}", call_id=f"c{n}",
+                                  extra=f"Proxy-Authorization: {credentials}\r\n"))
+    assert [r.status for r in node.upstream if r.status != 100] == [407] * 9 + [403]
+    assert node.upstream[-1].reason == "Too Many Failed Authentications"
+    await node.receive(invite(number, branch="z9hG4bK-right-1", call_id="right"))
+    nonce = re.search(r'nonce="([^"]+)"', node.upstream[-1].get("Proxy-Authenticate")).group(1)
+    credentials = authorization("alice", "alice-pw", nonce, 1, uri=number, method="INVITE")
+    await node.receive(invite(number, branch="z9hG4bK-right-2", call_id="right",
+                              extra=f"Proxy-Authorization: {credentials}\r\n"))
+    assert (node.upstream[-1].status, node.upstream[-1].reason) == (403, "Too Many Failed Authentications")
+    assert node.wire.requests("INVITE") == []
+    # From another address the right password calls out (the refused response was never verified:
+    # its nonce count is still unused).
+    await node.receive(invite(number, branch="z9hG4bK-right-3", call_id="right",
+                              extra=f"Proxy-Authorization: {credentials}\r\n"), Source("udp", "192.0.2.77", 5062))
+    assert len(node.wire.requests("INVITE")) == 1
+
+
 async def test_an_ip_authenticated_connection_calls_out_from_its_addresses_only() -> None:
     node = Node()
     await node.receive(invite("sip:carol@elsewhere.test", caller=f"pbx@{DOMAIN}"), Source("udp", "198.51.100.9", 5060))
     [(_, sent)] = node.wire.requests("INVITE")
     assert sent.uri == "sip:carol@elsewhere.test"  # another domain keeps its Request-URI
+    # From elsewhere it gets the challenge anyone gets (a 403 would tell that the name exists).
     await node.receive(invite("sip:carol@elsewhere.test", caller=f"pbx@{DOMAIN}", branch="z9hG4bK-2", call_id="c2"),
                        Source("udp", "203.0.113.1", 5060))
-    assert (node.upstream[-1].status, node.upstream[-1].reason) == (403, "Source Address Not Allowed")
+    await node.receive(invite("sip:carol@elsewhere.test", caller=f"nobody@{DOMAIN}", branch="z9hG4bK-3",
+                              call_id="c3"), Source("udp", "203.0.113.1", 5060))
+    pbx, nobody = node.upstream[-2], node.upstream[-1]  # stateless refusals: no 100 Trying
+    shape = lambda response: re.sub(r'nonce="[^"]+"', "", response.get("Proxy-Authenticate"))  # noqa: E731
+    assert pbx.status == nobody.status == 407 and shape(pbx) == shape(nobody)
+    assert len(node.wire.requests("INVITE")) == 1
 
 
 # -- hostile callers ------------------------------------------------------------------------------

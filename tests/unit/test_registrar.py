@@ -18,8 +18,10 @@ from collections.abc import Sequence
 import pytest
 
 from registrar import registrar as registrar_module
+from registrar.authentication import FAILURE_RECORD_INTERVAL, Authenticator
+from registrar.lockout import LockoutTable
 from registrar.model import Binding, Catalog, Connection, Domain, RegistrationPolicy
-from registrar.registrar import FAILURE_RECORD_INTERVAL, RETRY_AFTER_SECONDS, Registrar, Source
+from registrar.registrar import RETRY_AFTER_SECONDS, Registrar, Source
 from registrar.sip import digest
 from registrar.sip.headers import parse_name_addr
 from registrar.sip.message import Request, Response, parse_message
@@ -112,9 +114,19 @@ class Env:
         self.clock = FakeClock(START)
         self.store = store_class(self.clock)
         self.nonces = digest.NonceAuthority(SECRET, lifetime=NONCE_LIFETIME, clock=self.clock)
-        self.authenticator = digest.DigestAuthenticator(self.nonces, digest.NonceCounts())
         self.results: list[tuple[str, int]] = []
         self.auth_failures: list[tuple[str, str]] = []
+        self.lockouts: list[tuple[str, str]] = []
+        self.refusals: list[tuple[str, str]] = []
+        self.authenticator = Authenticator(
+            digest.DigestAuthenticator(self.nonces, digest.NonceCounts()),
+            LockoutTable(),
+            self.store,
+            clock=self.clock,
+            on_failure=lambda domain, reason: self.auth_failures.append((domain, reason)),
+            on_lockout=lambda domain, scope: self.lockouts.append((domain, scope)),
+            on_refusal=lambda domain, scope: self.refusals.append((domain, scope)),
+        )
         self.registrar = Registrar(
             make_catalog(),
             self.store,
@@ -122,7 +134,6 @@ class Env:
             node="node-1",
             clock=self.clock,
             on_result=lambda domain, status: self.results.append((domain, status)),
-            on_auth_failure=lambda domain, reason: self.auth_failures.append((domain, reason)),
         )
 
     async def bindings(self, user: str = "alice") -> list[Binding]:
@@ -598,15 +609,25 @@ async def test_ip_authenticated_connection_registers_without_challenge(env):
     assert binding.source == "udp:198.51.100.7:5060"
 
 
-async def test_ip_authenticated_connection_refuses_other_sources(env):
+async def test_ip_authenticated_connection_from_elsewhere_is_challenged_like_any_name(env):
     elsewhere = Source("udp", "203.0.113.9", 5060)
-    request = build_register(user="pbx", contacts=[contact("pbx", "203.0.113.9")])
-    response = await answer(env.registrar, request, elsewhere)
-    assert (response.status, response.reason) == (403, "Source Address Not Allowed")
-    assert not response.has("WWW-Authenticate")
+    pbx = await answer(env.registrar, build_register(user="pbx", contacts=[contact("pbx", "203.0.113.9")]), elsewhere)
+    nobody = await answer(
+        env.registrar, build_register(user="nobody", contacts=[contact("nobody", "203.0.113.9")]), elsewhere
+    )
+    assert pbx.status == nobody.status == 401
+    assert _shape(pbx) == _shape(nobody)
+    # The status still says why, where only the operator sees it.
+    assert env.auth_failures == [(DOMAIN, "source address not allowed")]
+    await settle()
+    failure = await env.store.last_failure(DOMAIN, "pbx")
+    assert failure is not None and failure.reason == "source address not allowed"
+    # Answering the challenge cannot succeed: the connection has no HA1.
+    response = await env.phone("pbx", password="anything", source=elsewhere).register([contact("pbx", "203.0.113.9")])
+    assert response.status == 401
+    assert env.auth_failures[-1] == (DOMAIN, "no MD5 credentials")
     assert await env.bindings("pbx") == []
     assert env.store.updates == 0
-    assert env.auth_failures == [(DOMAIN, "source address not allowed")]
 
 
 # -- steps 6-7: expiry ------------------------------------------------------------------------
@@ -993,6 +1014,137 @@ async def test_store_unavailable_gets_503_with_retry_after_and_never_200():
     assert await env.store.lookup(f"alice@{DOMAIN}") == []
     assert env.results == [(DOMAIN, 401), (DOMAIN, 503)]
     assert all(status != 200 for _, status in env.results)
+
+
+# -- password guessing: lockouts --------------------------------------------------------------
+
+ATTACKER = Source("udp", "203.0.113.66", 5060)
+
+
+async def guesses(env: Env, user: str, count: int, source: Source = ATTACKER) -> list[tuple[int, str]]:
+    """`count` REGISTERs for `user` answered with wrong passwords, each on a fresh challenge."""
+    answers = []
+    for n in range(count):
+        response = await env.phone(user, password=f"guess-{n}", source=source).register([contact(user)])
+        answers.append((response.status, response.reason))
+    return answers
+
+
+async def test_failures_from_one_address_lock_it_out_and_then_the_right_password_fails_too(env):
+    assert await guesses(env, "alice", 5) == [(401, "Unauthorized")] * 4 + [(403, "Too Many Failed Authentications")]
+    assert env.lockouts == [(DOMAIN, "source")]
+    right = await env.phone(source=ATTACKER).register([contact()])
+    assert (right.status, right.reason) == (403, "Too Many Failed Authentications")
+    assert env.refusals == [(DOMAIN, "source")]
+    assert env.auth_failures == [(DOMAIN, "wrong password")] * 5  # the refused one is no failure: never verified
+    assert await env.bindings() == []
+    # Other addresses are not locked, nor other users from this one.
+    assert (await env.phone().register([contact()])).status == 200
+    assert (await env.phone("bob", source=ATTACKER).register([contact("bob")])).status == 200
+    env.clock.advance(60)
+    assert (await env.phone(source=ATTACKER).register([contact(port=5070)])).status == 200
+
+
+async def test_unknown_usernames_are_locked_out_exactly_like_known_ones(env):
+    known = await guesses(env, "alice", 6)
+    unknown = await guesses(env, "mallory", 6)
+    assert known == unknown == [(401, "Unauthorized")] * 4 + [(403, "Too Many Failed Authentications")] * 2
+    assert env.lockouts == [(DOMAIN, "source"), (DOMAIN, "source")]
+
+
+async def test_a_user_locked_across_addresses_still_registers_from_addresses_that_proved_its_password(env):
+    assert (await env.phone().register([contact()])).status == 200  # the phone at HOME proves the password
+    for n in range(10):  # a botnet: three guesses from each of ten addresses, below the pair threshold
+        answers = await guesses(env, "alice", 3, Source("udp", f"198.51.100.{n}", 5060))
+    assert answers[-1] == (403, "Too Many Failed Authentications")
+    assert env.lockouts == [(DOMAIN, "user")]
+    # The right password from an address that never proved it: refused while the lock lasts.
+    elsewhere = await env.phone(source=Source("udp", "198.51.100.200", 5060)).register([contact()])
+    assert (elsewhere.status, elsewhere.reason) == (403, "Too Many Failed Authentications")
+    assert env.refusals == [(DOMAIN, "user")]
+    # The phone keeps registering.
+    env.clock.advance(30)
+    assert (await env.phone().register([contact()])).status == 200
+    env.clock.advance(30)
+    assert (await env.phone(source=Source("udp", "198.51.100.200", 5060)).register([contact()])).status == 200
+
+
+async def test_each_failure_after_a_lock_doubles_it_and_the_status_says_so(env):
+    await guesses(env, "alice", 5)
+    await settle()
+    failure = await env.store.last_failure(DOMAIN, "alice")
+    assert failure is not None
+    assert failure.reason == "locked out for 60 s after 5 failed authentications from udp:203.0.113.66:5060"
+    assert failure.source == "udp:203.0.113.66:5060"
+
+    # Plain failures from elsewhere during the lock do not hide it from the status.
+    env.clock.advance(FAILURE_RECORD_INTERVAL + 1)
+    await guesses(env, "alice", 1, Source("udp", "198.51.100.1", 5060))
+    await settle()
+    assert (await env.store.last_failure(DOMAIN, "alice")) == failure
+
+    env.clock.advance(60 - FAILURE_RECORD_INTERVAL - 1)  # the lock has ended: one more guess locks for 120 s
+    assert await guesses(env, "alice", 1) == [(403, "Too Many Failed Authentications")]
+    await settle()
+    failure = await env.store.last_failure(DOMAIN, "alice")
+    assert failure.reason == "locked out for 120 s after 6 failed authentications from udp:203.0.113.66:5060"
+    env.clock.advance(119)
+    assert (await env.phone(source=ATTACKER).register([contact()])).status == 403
+    env.clock.advance(1)
+    assert (await env.phone(source=ATTACKER).register([contact()])).status == 200
+
+
+async def test_a_nonce_admits_failures_per_nonce_wrong_responses_then_is_spent(env):
+    phone = env.phone()
+    await phone.challenge([contact()])
+    for _ in range(3):  # failures_per_nonce, by default
+        response = await phone.register([contact()], password="wrong", reuse_nonce=True)
+        assert response.status == 401
+    spent = await phone.register([contact()], reuse_nonce=True)  # the right password, on the spent nonce
+    assert (spent.status, spent.reason) == (401, "Unauthorized")
+    assert env.auth_failures[-1] == (DOMAIN, "nonce spent")
+    assert (await phone.register([contact()])).status == 200  # a fresh challenge's nonce
+
+
+async def test_refusals_after_the_right_password_are_no_guesses(env):
+    # Registering another user's AOR proves the password all the same: no lockout however often.
+    for _ in range(6):
+        response = await env.phone("alice", auth_user="bob").register([contact()])
+        assert (response.status, response.reason) == (403, "Authenticated User Does Not Match To")
+    assert env.lockouts == []
+    assert (await env.phone("bob").register([contact("bob")])).status == 200
+
+
+async def test_each_failure_and_lockout_is_one_log_line_and_refusals_none(env, caplog):
+    caplog.set_level("WARNING", logger="sipreg.auth")
+    await guesses(env, "alice", 5)
+    await env.phone(source=ATTACKER).register([contact()])  # refused: no line
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == [
+        'sipreg: auth failed user=alice@sip.example.test source=udp:203.0.113.66:5060 reason="wrong password"'
+    ] * 5 + [
+        "sipreg: auth lockout user=alice@sip.example.test source=udp:203.0.113.66:5060 seconds=60 scope=source "
+        "failures=5"
+    ]
+
+
+async def test_usernames_from_the_wire_cannot_forge_log_fields(env, caplog):
+    caplog.set_level("WARNING", logger="sipreg.auth")
+    nasty = 'x" reason="ok source=udp:6.6.6.6:1 \\ \x7f\u00e9'
+    phone = env.phone()
+    await phone.challenge([contact()])
+    value = authorization("alice", "wrong", phone.nonce, 1).replace('username="alice"', f'username="{_quoted(nasty)}"')
+    await phone.send(phone.request([contact()], headers=[("Authorization", value)]))
+    [line] = [record.getMessage() for record in caplog.records]
+    assert line == (
+        "sipreg: auth failed user=x\\x22\\x20reason\\x3d\\x22ok\\x20source\\x3dudp\\x3a6.6.6.6\\x3a1\\x20\\x5c"
+        '\\x20\\x7f\\xe9@sip.example.test source=udp:192.0.2.10:5060 reason="unknown user"'
+    )
+    assert line.count(" source=") == 1 and line.count(" reason=") == 1
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 # -- callbacks and failure records --------------------------------------------------------------

@@ -64,6 +64,17 @@ def test_a_failure_after_the_last_registration_says_why():
     assert "wrong password" in registered["message"] and "198.51.100.7" in registered["message"]
 
 
+def test_a_lockout_shows_as_the_last_failure_and_in_the_registered_condition():
+    # The registrar writes lockouts as failure records (registrar.authentication); nothing here parses them.
+    reason = "locked out for 60 s after 5 failed authentications from udp:203.0.113.66:5060"
+    failure = RegistrationFailure("sip.example.test", "alice", NOW - 5, reason, "udp:203.0.113.66:5060")
+    result = status(failure=failure)
+    assert result["lastFailure"]["reason"] == reason
+    registered = conditions(result)["Registered"]
+    assert registered["reason"] == "RegistrationFailed"
+    assert registered["message"] == f"last REGISTER failed: {reason} (from udp:203.0.113.66:5060)"
+
+
 def test_a_problem_makes_the_connection_not_ready():
     result = status(problem=("SecretNotFound", "spec.authentication.passwordSecretRef.name: Secret voip/x not found"))
     ready = conditions(result)["Ready"]

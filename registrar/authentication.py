@@ -1,0 +1,199 @@
+"""Digest authentication behind lockouts: the one check the registrar (401) and the proxy (407) make of credentials.
+
+`Authenticator.verify` asks the lockout table (registrar.lockout) before it
+verifies a response: a locked username and source get `LOCKED` unverified,
+so the right password fails too while the lock lasts. After a failure it
+counts it, and for each failure and each lockout it writes one log line,
+counts a metric and, for a connection of ours, writes its failure record (the
+SipConnection's status: a REGISTER's failures, and every lockout). A request refused because of a lock is neither
+logged nor recorded one by one: only counted. What the wire sees stays the
+callers' to say (registrar.registrar, registrar.routing).
+
+The log lines, for fail2ban and people (README "Password guessing"):
+
+    sipreg: auth failed user=alice@sip.example.test source=udp:192.0.2.7:5060 reason="wrong password"
+    sipreg: auth lockout user=alice@sip.example.test source=udp:192.0.2.7:5060 seconds=60 scope=source failures=5
+
+The username is the one sent in the credentials, escaped (every character but
+letters, digits and `._~+-` as \\xNN, \\uNNNN or \\UNNNNNNNN) and cut at 64 characters,
+so what the wire sends can neither end a line nor forge a field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from registrar.lockout import Lock, LockoutTable
+from registrar.model import Connection, Domain
+from registrar.sip import digest
+from registrar.store import LocationStore, RegistrationFailure
+
+if TYPE_CHECKING:
+    from registrar.registrar import Source
+
+log = logging.getLogger("sipreg.auth")
+
+# The reason phrase of the 403 a locked-out request gets, from the registrar and the proxy alike.
+LOCKED_OUT_REASON = "Too Many Failed Authentications"
+# A connection's failures are written to the store at most this often, so a
+# flood of bad REGISTERs cannot become a flood of writes.
+FAILURE_RECORD_INTERVAL = 5.0
+_LOGGED_USERNAME_LENGTH = 64
+# What a logged username may show as it is; anything else is escaped, spaces and '=' first.
+_UNSAFE_IN_USERNAME = re.compile(r"[^A-Za-z0-9._~+-]")
+# What a quoted log field may show as it is: printable ASCII but the quote and the backslash.
+_UNSAFE_IN_QUOTES = re.compile(r'[^ -~]|["\\]')
+
+
+class Verdict(enum.Enum):
+    OK = "ok"
+    STALE = "stale"  # right password, expired nonce: challenge again with stale=true
+    FAILED = "failed"  # challenge again
+    LOCKED = "locked"  # refuse: 403 LOCKED_OUT_REASON
+
+
+class Authenticator:
+    """Verifies digest responses for the registrar and the proxy, with lockouts, logs, metrics and failure records.
+
+    `on_failure(domain, reason)` hears of every failed authentication,
+    `on_lockout(domain, scope)` of every lock started, `on_refusal(domain,
+    scope)` of every request refused for a lock (metrics).
+    """
+
+    def __init__(
+        self,
+        digest_authenticator: digest.DigestAuthenticator,
+        lockouts: LockoutTable,
+        store: LocationStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_failure: Callable[[str, str], None] | None = None,
+        on_lockout: Callable[[str, str], None] | None = None,
+        on_refusal: Callable[[str, str], None] | None = None,
+    ):
+        self._digest = digest_authenticator
+        self._lockouts = lockouts
+        self._store = store
+        self._clock = clock
+        self._on_failure = on_failure or (lambda domain, reason: None)
+        self._on_lockout = on_lockout or (lambda domain, scope: None)
+        self._on_refusal = on_refusal or (lambda domain, scope: None)
+        # (domain, username) -> when its next failure may be written to the store.
+        self._next_record: dict[tuple[str, str], float] = {}
+
+    def challenges(self, realm: str, algorithms: Iterable[str], stale: bool = False) -> list[str]:
+        """One challenge header value per algorithm, sharing one fresh nonce."""
+        return self._digest.challenges(realm, algorithms, stale=stale)
+
+    def verify(
+        self,
+        method: str,
+        credentials: digest.Credentials,
+        domain: Domain,
+        known: Connection | None,
+        source: Source,
+    ) -> Verdict:
+        """The verdict on `credentials` (for `domain`'s realm) of a request from `source`.
+
+        `known` is the connection credentials.username names, None for a name we
+        do not have: both are treated alike up to what only logs and records say.
+        """
+        now = self._clock()
+        username = credentials.username
+        lock = self._lockouts.locked(domain.name, username, source.host, now)
+        if lock is not None:
+            self._on_refusal(domain.name, lock.scope)
+            return Verdict.LOCKED
+        policy = domain.security.lockout
+        outcome = self._digest.verify(
+            method,
+            credentials,
+            domain.name,
+            known.ha1 if known is not None else None,
+            offered_algorithms=domain.digest_algorithms,
+            failures_per_nonce=policy.failures_per_nonce,
+        )
+        if outcome.status is digest.AuthStatus.OK:
+            self._lockouts.proved(domain.name, username, source.host, now)
+            return Verdict.OK
+        if outcome.status is digest.AuthStatus.STALE:
+            return Verdict.STALE
+
+        locks = self._lockouts.failed(domain.name, username, source.host, policy, now)
+        user = _log_user(username, domain.name)
+        log.warning('sipreg: auth failed user=%s source=%s reason="%s"', user, source, _log_text(outcome.reason))
+        self._on_failure(domain.name, outcome.reason)
+        for started in locks:
+            log.warning(
+                "sipreg: auth lockout user=%s source=%s seconds=%d scope=%s failures=%d",
+                user, source, started.seconds, started.scope, started.failures,
+            )
+            self._on_lockout(domain.name, started.scope)
+        if known is not None:
+            if locks:
+                # Kept until the lock ends, lest the next plain failure hide it from the status.
+                self._record(known, _lockout_reason(locks[-1], source), source, now, locks[-1].until, force=True)
+            elif method == "REGISTER":
+                # The record is the connection's last failed registration: a failed call is not
+                # one; a lockout is, whatever started it, as it refuses registrations too.
+                self._record(known, outcome.reason, source, now, now + FAILURE_RECORD_INTERVAL)
+        if self._lockouts.locked(domain.name, username, source.host, now) is not None:
+            return Verdict.LOCKED
+        return Verdict.FAILED
+
+    def note_failure(self, connection: Connection, reason: str, source: Source) -> None:
+        """A failure other than a digest response's (address not allowed, another user's AOR): metric and record."""
+        self._on_failure(connection.domain, reason)
+        now = self._clock()
+        self._record(connection, reason, source, now, now + FAILURE_RECORD_INTERVAL)
+
+    def _record(
+        self, connection: Connection, reason: str, source: Source, now: float, keep_until: float, *, force: bool = False
+    ) -> None:
+        """Write the connection's failure record, unless one written lately is still to be kept (`force`: anyway)."""
+        key = (connection.domain, connection.username)
+        if not force and now < self._next_record.get(key, float("-inf")):
+            return
+        self._next_record[key] = keep_until
+        failure = RegistrationFailure(connection.domain, connection.username, now, reason, str(source))
+        # Fire and forget: a failure record must never delay or fail the answer.
+        task = asyncio.get_running_loop().create_task(self._store.record_failure(failure))
+        task.add_done_callback(_ignore_result)
+
+
+def _lockout_reason(lock: Lock, source: Source) -> str:
+    if lock.scope == "source":
+        return f"locked out for {lock.seconds} s after {lock.failures} failed authentications from {source}"
+    return (
+        f"locked out for {lock.seconds} s after {lock.failures} failed authentications from any address "
+        f"(last {source}); addresses that proved the password are spared"
+    )
+
+
+def _log_user(username: str, domain: str) -> str:
+    """user@domain for a log line, the username escaped and cut (see the module docstring)."""
+    shown = _UNSAFE_IN_USERNAME.sub(_escape, username[:_LOGGED_USERNAME_LENGTH])
+    return f"{shown}{'...' if len(username) > _LOGGED_USERNAME_LENGTH else ''}@{domain}"
+
+
+def _log_text(text: str) -> str:
+    """`text` for a quoted log field: quotes, backslashes and non-printables escaped."""
+    return _UNSAFE_IN_QUOTES.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _ignore_result(task) -> None:  # type: ignore[no-untyped-def]
+    if not task.cancelled():
+        task.exception()
