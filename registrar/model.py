@@ -153,13 +153,18 @@ class Connection:
 
     def allows_address(self, host: str) -> bool:
         """True when `host` is in the allow-list (an empty list allows any address)."""
-        if not self.allowed_networks:
-            return True
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.allowed_networks)
+        return not self.allowed_networks or in_networks(host, self.allowed_networks)
+
+
+def in_networks(host: str, networks: tuple[Network, ...]) -> bool:
+    """Whether the address `host` (as a packet's source names it) is in one of `networks`."""
+    if not networks:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
 
 
 class Binding(NamedTuple):

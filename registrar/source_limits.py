@@ -19,12 +19,11 @@ spoofed addresses costs forgotten budgets, not RAM).
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from registrar.model import SecurityPolicy
+from registrar.model import SecurityPolicy, in_networks
 
 # Some 200 bytes each: 65,536 addresses are ~13 MB.
 MAX_SOURCES = 65_536
@@ -131,7 +130,7 @@ class SourceLimiter:
 
     def _remember(self, host: str, now: float, policy: SecurityPolicy, known: _Source | None) -> _Source:
         """A new address's state, or a known one's re-decided under a changed policy (bans kept)."""
-        trusted = _in_networks(host, policy)
+        trusted = in_networks(host, policy.trusted_networks)
         if known is not None:
             known.trusted = trusted
             known.policy = policy
@@ -156,13 +155,3 @@ class SourceLimiter:
         self._sources[host] = source
         self.bans += 1
         self._on_ban(Ban(host, seconds, source.bans))
-
-
-def _in_networks(host: str, policy: SecurityPolicy) -> bool:
-    if not policy.trusted_networks:
-        return False
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(address in network for network in policy.trusted_networks)
