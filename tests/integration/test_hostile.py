@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import RunningRegistrar, manifests_with_security, serving
 from tests.integration.sip_client import UserAgent, status_of
-from tests.integration.sipp import sipp_statistics, start_sipp
+from tests.integration.sipp import run_sipp, sipp_statistics, start_sipp, users_csv
 
 pytestmark = pytest.mark.integration
 
@@ -178,3 +178,48 @@ def test_a_flood_from_one_source_is_banned_and_a_phone_elsewhere_registers_throu
     assert registrar.metric("sipreg_source_bans_total") >= 1
     assert "source banned source=127.0.0.66 seconds=60" in registrar.log()
     assert registrar.metric("sipreg_requests_refused_total", why="banned") > flooded / 2
+
+
+# -- an office behind one NAT ----------------------------------------------------------------------------
+
+
+def office_manifests(directory: Path, phones: int) -> Path:
+    """sip.example.test with `phones` users, default security."""
+    directory.mkdir()
+    documents = [f"""apiVersion: sipreg.io/v1alpha1
+kind: SipDomain
+metadata: {{name: office, namespace: office}}
+spec:
+  domain: {DOMAIN}
+  registration: {{}}
+"""]
+    for n in range(phones):
+        documents.append(f"""apiVersion: v1
+kind: Secret
+metadata: {{name: phone{n}, namespace: office}}
+stringData: {{password: pw-{n}}}
+---
+apiVersion: sipreg.io/v1alpha1
+kind: SipConnection
+metadata: {{name: phone{n}, namespace: office}}
+spec:
+  domain: {DOMAIN}
+  username: phone{n}
+  authentication: {{passwordSecretRef: {{name: phone{n}}}}}
+""")
+    (directory / "office.yaml").write_text("---\n".join(documents))
+    return directory
+
+
+def test_three_hundred_phones_behind_one_nat_re_registering_at_once_are_not_banned(tmp_path: Path) -> None:
+    phones = 300  # more than the burst (400) holds without the authenticated legs given back
+    with serving(tmp_path, manifests=office_manifests(tmp_path / "manifests", phones)) as registrar:
+        csv = users_csv(tmp_path / "phones.csv", [(f"phone{n}", f"pw-{n}") for n in range(phones)], DOMAIN)
+        # All of them within a fifth of a second, from one address (the office's NAT), as after an outage.
+        run = run_sipp("register_auth.xml", f"{registrar.host}:{registrar.sip_port}", workdir=tmp_path,
+                       local_ip="127.0.0.55", injection=csv, calls=phones, rate=1000, timeout=30,
+                       keys={"contact_port": "5999", "expires": "300"}, trace_messages=False)
+        assert (run.successful, run.failed) == (phones, 0), run.errors
+        assert len(registrar.bindings()) == phones
+        assert registrar.metric("sipreg_source_bans_total") == 0
+        assert registrar.metric("sipreg_requests_refused_total", why="rate") == 0
