@@ -558,9 +558,10 @@ class ServerTransaction:
         """Send an answer upstream; after the final one, the transaction ends when its branches have.
 
         A final answer made up before any branch went out (a refusal: 404, 403, 407,
-        480...) is sent statelessly (RFC 3261 16.1; Kamailio's sl_send_reply): once,
-        with no Timer G and nothing kept, so a stranger's request gets one packet
-        back and leaves no memory behind. A retransmission is refused again.
+        480...) is sent statelessly, as Kamailio's sl_send_reply does: once, with no
+        Timer G and nothing kept, so a stranger's request gets one packet back and
+        leaves no memory behind. A retransmission is refused again; the ACK, matching
+        no transaction, is dropped.
         """
         if self._completed or (self.answered and not (200 <= response.status < 300)):
             return  # one final answer, no provisional after it; only further 2xx may follow (RFC 6026)
