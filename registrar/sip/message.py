@@ -432,6 +432,16 @@ class StreamFramer:
         """What was fed but is not a whole message yet (after an error: the offending one)."""
         return bytes(self._buffer)
 
+    @property
+    def in_message(self) -> bool:
+        """Whether what is held is the start of a message not yet whole.
+
+        What `feed` leaves unframed is either nothing, a CR or CRLF that may be
+        the start of a keep-alive ping (which is not a message begun), or the
+        first bytes of a message.
+        """
+        return bool(self._buffer) and self._buffer[0] not in b"\r\n"
+
     def feed(self, data: bytes) -> list[bytes | KeepAlive]:
         self._buffer += data
         events: list[bytes | KeepAlive] = []

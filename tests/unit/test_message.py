@@ -1357,6 +1357,19 @@ def test_ping_split_across_chunks() -> None:
     assert isinstance(event, KeepAlive) and event.wants_pong
 
 
+def test_the_framer_tells_a_message_begun_from_a_pending_keep_alive() -> None:
+    framer = StreamFramer()
+    assert not framer.in_message
+    framer.feed(b"\r\n")
+    assert not framer.in_message  # maybe half a ping
+    framer.feed(b"\r\nREG")
+    assert framer.in_message
+    framer.feed(REGISTER[3:-2])
+    assert framer.in_message  # all but the blank line's last CRLF
+    framer.feed(REGISTER[-2:] + b"\r")
+    assert not framer.in_message
+
+
 def test_two_messages_in_one_chunk() -> None:
     body = b"v=0\r\n"
     second = register_with(("Content-Length", f"Content-Length: {len(body)}"), ("CSeq", "CSeq: 314160 REGISTER"), body=body)
