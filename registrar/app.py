@@ -121,7 +121,9 @@ class RegistrarServer:
             on_result=self.metrics.registration_answered,
             on_authenticated=self._authenticated,
         )
-        self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics, self.sources)
+        self.endpoint = SipEndpoint(
+            SipService(self.registrar), self.metrics, self.sources, lambda: self.registrar.catalog.security
+        )
         self.registrar.on_bound = self._keep_flow
         self.endpoint.proxy = self._proxy(authenticator)
         self._closers: list = []
@@ -215,7 +217,7 @@ class RegistrarServer:
                     "sipreg: listening on http %s:%d (bindings API %s)",
                     host, config.http_port, "on, bearer token" if config.api_token else "off: no token",
                 )
-        self._tasks.append(asyncio.create_task(self.endpoint.sweep_idle_flows(), name="idle-flows"))
+        self._tasks.append(asyncio.create_task(self.endpoint.sweep_flows(), name="flow-sweep"))
         # Everything alive now (the catalogue above all: 20k connections are ~300k
         # objects) lives as long as the process; moving it out of the collector's
         # reach keeps full collections, and so p99, short.

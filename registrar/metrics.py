@@ -35,6 +35,8 @@ STREAM_TRANSPORTS = ("tcp", "tls")
 
 # Why a call skipped a registered contact (a bounded label).
 UNREACHABLE_WHY = ("closed", "node_gone")
+# Why an incoming TCP/TLS connection was closed at accept (ConnectionLimits).
+REFUSED_REASONS = ("per_source", "total")
 
 
 class Metrics:
@@ -89,6 +91,15 @@ class Metrics:
         )
         for transport in STREAM_TRANSPORTS:  # 0 rather than no series before the first connection
             self.connections.labels(transport)
+        self.connections_refused = Counter(
+            "sipreg_connections_refused",
+            "Incoming TCP/TLS connections closed at accept, by reason: per_source (the address "
+            "holds its limit of connections), total (the registrar holds its limit).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in REFUSED_REASONS:
+            self.connections_refused.labels(reason)
         self.retransmissions = Counter(
             "sipreg_retransmissions_absorbed_total",
             "Retransmitted requests answered from the transaction table.",

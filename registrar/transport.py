@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from registrar.eager import start_eagerly
 from registrar.metrics import Metrics
+from registrar.model import SecurityPolicy, in_networks
 from registrar.proxy import Destination, Proxy, SendError
 from registrar.registrar import Source, error_response, server_response
 from registrar.service import SipService
@@ -43,8 +44,17 @@ log = logging.getLogger("sipreg.transport")
 # long without traffic; one with bindings lives as long as they do (see Flow.keep_until).
 IDLE_TIMEOUT = 60.0
 IDLE_SWEEP_INTERVAL = 5.0
+# Messages in progress are checked against ConnectionLimits.message_seconds this
+# often: a deadline of a few seconds is kept to within half a second. Only the
+# flows holding part of a message are looked at, so it costs next to nothing.
+MESSAGE_SWEEP_INTERVAL = 0.5
 FLOW_GRACE = 30.0
 CONNECT_TIMEOUT = 5.0
+# Connections the kernel queues for accept (capped by net.core.somaxconn). The
+# default 100 overflows under a connect flood, and then a legitimate UA's SYN is
+# dropped and retried a second later; over-limit connections are closed as fast
+# as they come, so a deep queue drains quickly.
+ACCEPT_BACKLOG = 4096
 
 Reply = Callable[[bytes], None]
 
@@ -57,15 +67,23 @@ class SipEndpoint:
         service: SipService,
         metrics: Metrics,
         sources: SourceLimiter,
+        security: Callable[[], SecurityPolicy],
         clock: Callable[[], float] = time.monotonic,
     ):
         self.service = service
         self.metrics = metrics
         # Asked before any parsing: a flood from one address costs a dict lookup per packet.
         self.sources = sources
+        # The served catalogue's policy, read when it applies: the catalogue is swapped at run time.
+        self.security = security
         self.clock = clock
         self.transactions = ServerTransactions()
         self.flows: dict[str, Flow] = {}
+        # Flows holding part of a message, which must be whole within message_seconds.
+        self._receiving: dict[str, Flow] = {}
+        # Connections accepted (in the TLS handshake or open), per source address and in all.
+        self._accepted_from: dict[str, int] = {}
+        self.accepted = 0
         self._flow_ids = itertools.count(1)
         # Flow ids outlive us in etcd (bindings name them): a restarted node must not
         # reuse one, or a stale binding would send another UA's calls down a new connection.
@@ -191,6 +209,36 @@ class SipEndpoint:
         return via
 
     # -- flows -----------------------------------------------------------------------------
+    def admit(self, transport: str, host: str) -> bool:
+        """Count a connection accepted from `host`; False (uncounted) when it would pass ConnectionLimits.
+
+        Trusted networks (a load balancer, an edge proxy: many UAs behind one
+        address) are held to the total only.
+        """
+        policy = self.security()
+        limits = policy.connections
+        if self.accepted >= limits.total:
+            reason = "total"
+        else:
+            count = self._accepted_from.get(host, 0)
+            if count < limits.per_source or in_networks(host, policy.trusted_networks):
+                self._accepted_from[host] = count + 1
+                self.accepted += 1
+                return True
+            reason = "per_source"
+        log.debug("refused %s connection from %s: %s limit reached", transport, host, reason)
+        self.metrics.connections_refused.labels(reason).inc()
+        return False
+
+    def release(self, host: str) -> None:
+        """An accepted connection from `host` is gone."""
+        count = self._accepted_from[host] - 1
+        if count:
+            self._accepted_from[host] = count
+        else:
+            del self._accepted_from[host]
+        self.accepted -= 1
+
     def open_flow(self, transport: str, writer: asyncio.Transport, peer: tuple[str, int]) -> Flow:
         flow = Flow(f"{transport}-{self._flow_prefix}-{next(self._flow_ids)}", transport, writer, peer, self.clock())
         self.flows[flow.id] = flow
@@ -200,6 +248,7 @@ class SipEndpoint:
     def close_flow(self, flow: Flow) -> None:
         if self.flows.pop(flow.id, None) is not None:
             self.metrics.connections.labels(flow.transport).dec()
+        self._receiving.pop(flow.id, None)
         if self._outgoing.get((flow.transport, *flow.peer)) == flow.id:
             del self._outgoing[(flow.transport, *flow.peer)]
 
@@ -257,6 +306,16 @@ class SipEndpoint:
         if flow is not None:
             flow.keep_until = max(flow.keep_until, until + FLOW_GRACE)
 
+    def message_begun(self, flow: Flow, now: float) -> None:
+        """The flow holds the first part of a message, begun at `now`: the rest is due within message_seconds."""
+        flow.message_started = now
+        self._receiving[flow.id] = flow
+
+    def message_ended(self, flow: Flow) -> None:
+        """The flow holds no part of a message any more."""
+        flow.message_started = None
+        self._receiving.pop(flow.id, None)
+
     def close_idle_flows(self) -> None:
         now = self.clock()
         for flow in list(self.flows.values()):
@@ -265,16 +324,33 @@ class SipEndpoint:
                 flow.writer.close()
                 self.close_flow(flow)
 
-    async def sweep_idle_flows(self) -> None:
-        while True:
-            await asyncio.sleep(IDLE_SWEEP_INTERVAL)
-            self.close_idle_flows()
+    def close_slow_flows(self) -> None:
+        """Close the flows whose message in progress began more than message_seconds ago.
+
+        Whatever else the flow carries: a peer that sends a byte now and then
+        would otherwise hold its connection, and its place in the limits, forever.
+        """
+        if not self._receiving:
+            return
+        due = self.clock() - self.security().connections.message_seconds
+        for flow in [flow for flow in self._receiving.values() if flow.message_started < due]:  # type: ignore[operator]
+            log.debug("closing %s flow %s from %s: message not whole in time", flow.transport, flow.id, flow.peer)
+            flow.writer.abort()  # nothing to flush to a peer that stalls
+            self.close_flow(flow)
+
+    async def sweep_flows(self) -> None:
+        idle_every = round(IDLE_SWEEP_INTERVAL / MESSAGE_SWEEP_INTERVAL)
+        for tick in itertools.count(1):
+            await asyncio.sleep(MESSAGE_SWEEP_INTERVAL)
+            self.close_slow_flows()
+            if tick % idle_every == 0:
+                self.close_idle_flows()
 
 
 class Flow:
     """One open TCP/TLS connection: requests to a UA registered over it go back down it."""
 
-    __slots__ = ("id", "transport", "writer", "peer", "last_activity", "keep_until")
+    __slots__ = ("id", "transport", "writer", "peer", "last_activity", "keep_until", "message_started")
 
     def __init__(self, flow_id: str, transport: str, writer: asyncio.Transport, peer: tuple[str, int], now: float):
         self.id = flow_id
@@ -283,6 +359,7 @@ class Flow:
         self.peer = peer
         self.last_activity = now
         self.keep_until = 0.0
+        self.message_started: float | None = None  # when the part of a message it holds began
 
     def send(self, data: bytes) -> None:
         if not self.writer.is_closing():
@@ -310,14 +387,27 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
 
 class StreamProtocol(asyncio.Protocol):
-    """One TCP or TLS connection, framed by Content-Length."""
+    """One TCP or TLS connection, framed by Content-Length.
 
-    def __init__(self, endpoint: SipEndpoint, transport_name: str):
+    A connection a peer opened to our listener (`accepted`) is counted against
+    ConnectionLimits before anything else happens on it; over a limit it is
+    closed at once. On the TLS listener (`tls`: its context) the handshake
+    starts only then, so a flood of connections costs no handshakes: the
+    listener accepts plain TCP and starts TLS itself. Connections we open
+    (SipEndpoint.connect) are not counted, and get TLS from create_connection.
+    """
+
+    def __init__(self, endpoint: SipEndpoint, transport_name: str, *, accepted: bool = False,
+                 tls: ssl.SSLContext | None = None):
         self.endpoint = endpoint
         self.transport_name = transport_name
+        self.accepted = accepted
+        self.tls = tls
         self.framer = StreamFramer()
         self.flow: Flow | None = None
         self.source: Source | None = None
+        self._counted: str | None = None  # the source address admitted at accept, until released
+        self._early: bytearray | None = None  # TLS data that arrived with the handshake's end
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -325,14 +415,50 @@ class StreamProtocol(asyncio.Protocol):
             # The peer reset the connection before we got to it: nothing to serve.
             transport.close()
             return
-        self.flow = self.endpoint.open_flow(self.transport_name, transport, (peer[0], peer[1]))  # type: ignore[arg-type]
+        if self.accepted:
+            if not self.endpoint.admit(self.transport_name, peer[0]):
+                transport.abort()
+                return
+            self._counted = peer[0]
+            if self.tls is not None:
+                # At once, not as a task: start_tls must take the transport over
+                # before it first reads, or the ClientHello goes to us (uvloop).
+                start_eagerly(self._handshake(transport, (peer[0], peer[1])))  # type: ignore[arg-type]
+                return
+        self._open(transport, (peer[0], peer[1]))  # type: ignore[arg-type]
+
+    async def _handshake(self, transport: asyncio.Transport, peer: tuple[str, int]) -> None:
+        assert self.tls is not None
+        self._early = bytearray()
+        try:
+            tls_transport = await asyncio.get_running_loop().start_tls(
+                transport, self, self.tls, server_side=True,
+                ssl_handshake_timeout=self.endpoint.security().connections.handshake_seconds,
+            )
+        except Exception as error:  # whatever the peer did: a failed handshake, a timeout, a reset
+            log.debug("%s handshake with %s:%d failed: %r", self.transport_name, *peer, error)
+            transport.abort()
+            self._release()
+            return
+        early, self._early = self._early, None
+        if tls_transport.is_closing():
+            self._release()  # lost before we got here (its connection_lost found no flow)
+            return
+        self._open(tls_transport, peer)
+        if early:
+            self.data_received(bytes(early))
+
+    def _open(self, transport: asyncio.Transport, peer: tuple[str, int]) -> None:
+        self.flow = self.endpoint.open_flow(self.transport_name, transport, peer)
         self.source = Source(self.transport_name, peer[0], peer[1], self.flow.id)
 
     def data_received(self, data: bytes) -> None:
         flow, source = self.flow, self.source
         if flow is None or source is None:
-            return  # closed in connection_made
-        flow.last_activity = self.endpoint.clock()
+            if self._early is not None:
+                self._early += data  # decrypted before start_tls returned to _handshake
+            return  # else closed in connection_made
+        now = flow.last_activity = self.endpoint.clock()
         try:
             events = self.framer.feed(data)
         except SipError as error:
@@ -341,6 +467,11 @@ class StreamProtocol(asyncio.Protocol):
             self.endpoint.answer_unparsable(self.framer.unframed, error, flow.send)
             flow.writer.close()
             return
+        if self.framer.in_message:
+            if events or flow.message_started is None:
+                self.endpoint.message_begun(flow, now)  # a new message: what came before was framed
+        elif flow.message_started is not None:
+            self.endpoint.message_ended(flow)
         for event in events:
             if isinstance(event, KeepAlive):
                 if event.wants_pong:
@@ -351,6 +482,13 @@ class StreamProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.flow is not None:
             self.endpoint.close_flow(self.flow)
+        self._release()
+
+    def _release(self) -> None:
+        # Once: after a failed handshake, TLS may still report the loss of the connection.
+        if self._counted is not None:
+            self.endpoint.release(self._counted)
+            self._counted = None
 
 
 # A UDP listener's kernel receive buffer. The default (~208 KiB, some 500 REGISTERs)
@@ -381,8 +519,10 @@ async def listen_udp(endpoint: SipEndpoint, host: str, port: int) -> tuple[async
 async def listen_stream(
     endpoint: SipEndpoint, host: str, port: int, ssl_context: ssl.SSLContext | None = None
 ) -> asyncio.Server:
+    """A TCP listener, or a TLS one with `ssl_context` (TLS starts after the connection limits: StreamProtocol)."""
     loop = asyncio.get_running_loop()
     name = "tls" if ssl_context is not None else "tcp"
     return await loop.create_server(
-        lambda: StreamProtocol(endpoint, name), host, port, ssl=ssl_context, reuse_address=True
+        lambda: StreamProtocol(endpoint, name, accepted=True, tls=ssl_context),
+        host, port, reuse_address=True, backlog=ACCEPT_BACKLOG,
     )

@@ -1,23 +1,31 @@
-"""The connection table's idle policy: unused connections close, connections with live bindings stay."""
+"""The connection table's policies: idle connections close, connections with live bindings stay,
+connections are limited per source address and in total, and a message begun must be whole in time."""
 
 from __future__ import annotations
 
-from registrar.metrics import Metrics
-from registrar.model import SecurityPolicy
-from registrar.source_limits import SourceLimiter
-from registrar.transport import FLOW_GRACE, IDLE_TIMEOUT, SipEndpoint
-from tests.fakes import FakeClock
+import ipaddress
+from dataclasses import replace
 
-POLICY = SecurityPolicy()
+from registrar.metrics import Metrics
+from registrar.model import ConnectionLimits, SecurityPolicy
+from registrar.service import SipService
+from registrar.source_limits import SourceLimiter
+from registrar.transport import FLOW_GRACE, IDLE_TIMEOUT, SipEndpoint, StreamProtocol
+from tests.fakes import FakeClock
 
 
 class FakeWriter:
-    def __init__(self) -> None:
+    def __init__(self, peer: tuple[str, int] = ("192.0.2.1", 40000)) -> None:
+        self.peer = peer
         self.closed = False
+        self.aborted = False
         self.written: list[bytes] = []
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
 
     def is_closing(self) -> bool:
         return self.closed
@@ -25,9 +33,24 @@ class FakeWriter:
     def write(self, data: bytes) -> None:
         self.written.append(data)
 
+    def get_extra_info(self, name: str) -> object:
+        return self.peer if name == "peername" else None
 
-def endpoint(clock: FakeClock) -> SipEndpoint:
-    return SipEndpoint(service=None, metrics=Metrics(), sources=SourceLimiter(lambda: POLICY), clock=clock)  # type: ignore[arg-type]
+
+class Policy:
+    """The served catalogue's security policy, replaceable as a catalogue swap replaces it."""
+
+    def __init__(self, **limits: float) -> None:
+        self.current = SecurityPolicy(connections=ConnectionLimits(**limits))  # type: ignore[arg-type]
+
+    def __call__(self) -> SecurityPolicy:
+        return self.current
+
+
+def endpoint(clock: FakeClock, policy: Policy | None = None) -> SipEndpoint:
+    # OPTIONS to us is answered without a registrar.
+    policy = policy or Policy()
+    return SipEndpoint(SipService(None), Metrics(), SourceLimiter(policy), policy, clock)  # type: ignore[arg-type]
 
 
 def test_a_connection_without_bindings_closes_after_the_idle_timeout() -> None:
@@ -82,3 +105,140 @@ def test_connection_gauge_follows_open_and_close() -> None:
     table.close_flow(flow)
     table.close_flow(flow)  # closing twice (idle sweep, then connection_lost) counts once
     assert gauge._value.get() == 0
+
+
+def refused(table: SipEndpoint, reason: str) -> float:
+    return table.metrics.registry.get_sample_value("sipreg_connections_refused_total", {"reason": reason})
+
+
+def test_connections_are_limited_per_source_address() -> None:
+    table = endpoint(FakeClock(), Policy(per_source=2, total=10))
+    assert table.admit("tcp", "192.0.2.1") and table.admit("tls", "192.0.2.1")
+    assert not table.admit("tcp", "192.0.2.1")
+    assert table.admit("tcp", "192.0.2.2")  # another address has its own count
+    assert refused(table, "per_source") == 1 and refused(table, "total") == 0
+
+    table.release("192.0.2.1")
+    assert table.admit("tcp", "192.0.2.1")
+    assert table.accepted == 3
+
+
+def test_connections_are_limited_in_total_even_from_trusted_networks() -> None:
+    policy = Policy(per_source=1, total=3)
+    policy.current = replace(policy.current, trusted_networks=(ipaddress.ip_network("10.0.0.0/8"),))
+    table = endpoint(FakeClock(), policy)
+    assert table.admit("tcp", "192.0.2.1")
+    assert not table.admit("tcp", "192.0.2.1")
+    # A load balancer's address is held to the total only.
+    assert table.admit("tcp", "10.1.2.3") and table.admit("tcp", "10.1.2.3")
+    assert table.accepted == 3
+    assert not table.admit("tcp", "10.1.2.3")
+    assert not table.admit("tcp", "192.0.2.9")
+    assert refused(table, "per_source") == 1 and refused(table, "total") == 2
+
+
+def test_the_limits_are_read_from_the_current_policy() -> None:
+    policy = Policy(per_source=1)
+    table = endpoint(FakeClock(), policy)
+    assert table.admit("tcp", "192.0.2.1")
+    assert not table.admit("tcp", "192.0.2.1")
+    policy.current = SecurityPolicy(connections=ConnectionLimits(per_source=2))  # a new catalogue
+    assert table.admit("tcp", "192.0.2.1")
+
+
+def accepted_protocol(table: SipEndpoint, peer: tuple[str, int] = ("192.0.2.1", 40000)) -> tuple[StreamProtocol, FakeWriter]:
+    protocol = StreamProtocol(table, "tcp", accepted=True)
+    writer = FakeWriter(peer)
+    protocol.connection_made(writer)  # type: ignore[arg-type]
+    return protocol, writer
+
+
+def test_an_accepted_connection_over_the_limit_is_closed_at_once_and_a_closed_one_frees_its_place() -> None:
+    table = endpoint(FakeClock(), Policy(per_source=1))
+    first, first_writer = accepted_protocol(table)
+    second, second_writer = accepted_protocol(table, ("192.0.2.1", 40001))
+    assert second_writer.aborted and second.flow is None
+    assert not first_writer.closed and first.flow is not None
+
+    first.connection_lost(None)
+    second.connection_lost(None)  # the refused one was never counted: nothing to give back
+    assert table.accepted == 0 and not table.flows
+    third, third_writer = accepted_protocol(table, ("192.0.2.1", 40002))
+    assert not third_writer.closed and third.flow is not None
+
+
+def test_connections_we_open_are_not_counted() -> None:
+    table = endpoint(FakeClock(), Policy(per_source=1, total=1))
+    for port in (5060, 5061):
+        protocol = StreamProtocol(table, "tcp")  # what SipEndpoint.connect makes
+        protocol.connection_made(FakeWriter(("192.0.2.1", port)))  # type: ignore[arg-type]
+        assert protocol.flow is not None
+    assert table.accepted == 0
+    assert table.admit("tcp", "192.0.2.1")
+
+
+OPTIONS = (
+    b"OPTIONS sip:sip.example.test SIP/2.0\r\nVia: SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bK-1\r\n"
+    b"From: <sip:probe@sip.example.test>;tag=1\r\nTo: <sip:sip.example.test>\r\nCall-ID: deadline\r\n"
+    b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+)
+
+
+def test_a_message_dripped_byte_by_byte_is_cut_off_at_the_deadline() -> None:
+    clock = FakeClock(1000.0)
+    table = endpoint(clock, Policy(message_seconds=10))
+    protocol, writer = accepted_protocol(table)
+    protocol.data_received(OPTIONS[:1])
+    for byte in OPTIONS[1:3]:  # a byte every 4 s: traffic enough for the idle timeout
+        clock.advance(4)
+        protocol.data_received(bytes([byte]))
+        table.close_slow_flows()
+    assert not writer.closed  # 8 s since the first byte
+    clock.advance(2.5)
+    table.close_slow_flows()
+    assert writer.aborted and protocol.flow is not None and protocol.flow.id not in table.flows
+
+
+def test_each_message_has_its_own_deadline() -> None:
+    clock = FakeClock(1000.0)
+    table = endpoint(clock, Policy(message_seconds=10))
+    protocol, writer = accepted_protocol(table)
+    protocol.data_received(OPTIONS[:50])
+    clock.advance(8)
+    # The first message ends and a second begins in one segment: its clock starts now.
+    protocol.data_received(OPTIONS[50:] + OPTIONS[:50])
+    assert writer.written and writer.written[0].startswith(b"SIP/2.0 200 OK")
+    clock.advance(8)
+    table.close_slow_flows()
+    assert not writer.closed
+    protocol.data_received(OPTIONS[50:])
+    clock.advance(60)  # nothing held: no deadline (the idle timeout is another matter)
+    table.close_slow_flows()
+    assert not writer.closed
+
+
+def test_keep_alives_are_whole_messages() -> None:
+    clock = FakeClock(1000.0)
+    table = endpoint(clock, Policy(message_seconds=10))
+    protocol, writer = accepted_protocol(table)
+    # A CRLF may be the first half of a ping: held, but no message begun.
+    for _ in range(5):
+        protocol.data_received(b"\r\n")
+        clock.advance(20)
+        table.close_slow_flows()
+    assert not writer.closed
+    assert writer.written == [b"\r\n", b"\r\n"]  # pongs for the two pings the CRLFs made up
+
+
+def test_the_message_deadline_is_read_from_the_current_policy() -> None:
+    clock = FakeClock(1000.0)
+    policy = Policy(message_seconds=10)
+    table = endpoint(clock, policy)
+    protocol, writer = accepted_protocol(table)
+    protocol.data_received(OPTIONS[:10])
+    clock.advance(5)
+    table.close_slow_flows()
+    assert not writer.closed
+    policy.current = SecurityPolicy(connections=ConnectionLimits(message_seconds=2))
+    table.close_slow_flows()
+    assert writer.aborted
