@@ -1,4 +1,4 @@
-"""A tiny UDP user agent for integration tests: one REGISTER or INVITE, answering a digest challenge once.
+"""A tiny user agent for integration tests: one REGISTER (UDP or TCP) or INVITE (UDP), answering a digest challenge once.
 
 sipp drives the load and baresip the real softphone; this is for the steps in
 between, such as a REGISTER without Contact (a query) sent to another replica,
@@ -26,10 +26,11 @@ class UserAgent:
     call_id: str = field(default_factory=lambda: f"{uuid.uuid4().hex}@test")
     cseq: int = 0
     local_ip: str = "127.0.0.1"  # other 127.x addresses stand for other hosts
+    transport: str = "udp"  # REGISTER over "udp" or "tcp" (both legs on one connection)
 
     def register(self, contact: str | None = None, expires: int | None = None, timeout: float = 3) -> str:
         """Send a REGISTER (answering a 401 once) and return the final response's text."""
-        with self._socket(timeout) as sock:
+        with self._connection(timeout) if self.transport == "tcp" else self._socket(timeout) as sock:
             answer = self._exchange(sock, contact, expires, None)
             if answer.startswith("SIP/2.0 401"):
                 answer = self._exchange(sock, contact, expires, self._authorization(answer))
@@ -51,6 +52,9 @@ class UserAgent:
         sock.bind((self.local_ip, 0))
         sock.settimeout(timeout)
         return sock
+
+    def _connection(self, timeout: float) -> socket.socket:
+        return socket.create_connection((self.host, self.port), timeout, source_address=(self.local_ip, 0))
 
     def _invite(self, sock: socket.socket, uri: str, authorization: str | None) -> str:
         self.cseq += 1
@@ -85,7 +89,7 @@ class UserAgent:
         port = sock.getsockname()[1]
         lines = [
             f"REGISTER sip:{self.domain} SIP/2.0",
-            f"Via: SIP/2.0/UDP {self.local_ip}:{port};branch=z9hG4bK{uuid.uuid4().hex};rport",
+            f"Via: SIP/2.0/{self.transport.upper()} {self.local_ip}:{port};branch=z9hG4bK{uuid.uuid4().hex};rport",
             "Max-Forwards: 70",
             f"From: <sip:{self.user}@{self.domain}>;tag={uuid.uuid4().hex[:8]}",
             f"To: <sip:{self.user}@{self.domain}>",
@@ -99,6 +103,9 @@ class UserAgent:
         if authorization is not None:
             lines.append(f"Authorization: {authorization}")
         lines += ["Content-Length: 0", "", ""]
+        if self.transport == "tcp":
+            sock.sendall("\r\n".join(lines).encode())
+            return _read_response(sock)
         sock.sendto("\r\n".join(lines).encode(), (self.host, self.port))
         return sock.recv(65535).decode()
 
@@ -119,6 +126,22 @@ class UserAgent:
             f'Digest username="{self.user}", realm="{params["realm"]}", nonce="{params["nonce"]}", uri="{uri}", '
             f'response="{response}", algorithm={algorithm}, cnonce="{cnonce}", qop=auth, nc=00000001'
         )
+
+
+def _read_response(sock: socket.socket) -> str:
+    """One response from a stream: its header block, then Content-Length bytes of body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65535)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"^(?:Content-Length|l):\s*(\d+)", head, re.M | re.I)
+    while len(body) < (int(length.group(1)) if length else 0):
+        chunk = sock.recv(65535)
+        assert chunk, "connection closed in a body"
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode()
 
 
 def status_of(response: str) -> int:
