@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from registrar.eager import start_eagerly
+from registrar.lockout import source_address
 from registrar.metrics import Metrics
 from registrar.model import SecurityPolicy, in_networks
 from registrar.proxy import Destination, Proxy, SendError
@@ -81,9 +82,9 @@ class SipEndpoint:
         self.flows: dict[str, Flow] = {}
         # Flows holding part of a message, which must be whole within message_seconds.
         self._receiving: dict[str, Flow] = {}
-        # Connections accepted (in the TLS handshake or open), per source address and in all.
+        # Connections accepted (in the TLS handshake or open), per source and in all.
         self._accepted_from: dict[str, int] = {}
-        self.accepted = 0
+        self.accepted_total = 0
         self._flow_ids = itertools.count(1)
         # Flow ids outlive us in etcd (bindings name them): a restarted node must not
         # reuse one, or a stale binding would send another UA's calls down a new connection.
@@ -209,35 +210,38 @@ class SipEndpoint:
         return via
 
     # -- flows -----------------------------------------------------------------------------
-    def admit(self, transport: str, host: str) -> bool:
-        """Count a connection accepted from `host`; False (uncounted) when it would pass ConnectionLimits.
+    def admit(self, transport: str, host: str) -> str | None:
+        """Count a connection accepted from `host`: the source it counts for (give it to `release`),
+        or None when it would pass ConnectionLimits (then it is not counted: close it).
 
-        Trusted networks (a load balancer, an edge proxy: many UAs behind one
-        address) are held to the total only.
+        A source is an IPv4 address or an IPv6 /64, as for lockouts. Trusted
+        networks (a load balancer, an edge proxy: many UAs behind one address)
+        are held to the total only.
         """
         policy = self.security()
         limits = policy.connections
-        if self.accepted >= limits.total:
+        source = source_address(host)
+        if self.accepted_total >= limits.total:
             reason = "total"
         else:
-            count = self._accepted_from.get(host, 0)
+            count = self._accepted_from.get(source, 0)
             if count < limits.per_source or in_networks(host, policy.trusted_networks):
-                self._accepted_from[host] = count + 1
-                self.accepted += 1
-                return True
+                self._accepted_from[source] = count + 1
+                self.accepted_total += 1
+                return source
             reason = "per_source"
         log.debug("refused %s connection from %s: %s limit reached", transport, host, reason)
         self.metrics.connections_refused.labels(reason).inc()
-        return False
+        return None
 
-    def release(self, host: str) -> None:
-        """An accepted connection from `host` is gone."""
-        count = self._accepted_from[host] - 1
+    def release(self, source: str) -> None:
+        """A connection `admit` counted for `source` is gone."""
+        count = self._accepted_from[source] - 1
         if count:
-            self._accepted_from[host] = count
+            self._accepted_from[source] = count
         else:
-            del self._accepted_from[host]
-        self.accepted -= 1
+            del self._accepted_from[source]
+        self.accepted_total -= 1
 
     def open_flow(self, transport: str, writer: asyncio.Transport, peer: tuple[str, int]) -> Flow:
         flow = Flow(f"{transport}-{self._flow_prefix}-{next(self._flow_ids)}", transport, writer, peer, self.clock())
@@ -406,7 +410,7 @@ class StreamProtocol(asyncio.Protocol):
         self.framer = StreamFramer()
         self.flow: Flow | None = None
         self.source: Source | None = None
-        self._counted: str | None = None  # the source address admitted at accept, until released
+        self._counted: str | None = None  # the source admitted at accept, until released
         self._early: bytearray | None = None  # TLS data that arrived with the handshake's end
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -416,10 +420,10 @@ class StreamProtocol(asyncio.Protocol):
             transport.close()
             return
         if self.accepted:
-            if not self.endpoint.admit(self.transport_name, peer[0]):
+            self._counted = self.endpoint.admit(self.transport_name, peer[0])
+            if self._counted is None:
                 transport.abort()
                 return
-            self._counted = peer[0]
             if self.tls is not None:
                 # At once, not as a task: start_tls must take the transport over
                 # before it first reads, or the ClientHello goes to us (uvloop).

@@ -120,7 +120,14 @@ def test_connections_are_limited_per_source_address() -> None:
 
     table.release("192.0.2.1")
     assert table.admit("tcp", "192.0.2.1")
-    assert table.accepted == 3
+    assert table.accepted_total == 3
+
+
+def test_an_ipv6_source_is_its_64() -> None:
+    table = endpoint(FakeClock(), Policy(per_source=2))
+    assert table.admit("tcp", "2001:db8:1:2::10") == table.admit("tcp", "2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert not table.admit("tcp", "2001:db8:1:2::3")
+    assert table.admit("tcp", "2001:db8:1:3::10")
 
 
 def test_connections_are_limited_in_total_even_from_trusted_networks() -> None:
@@ -131,7 +138,7 @@ def test_connections_are_limited_in_total_even_from_trusted_networks() -> None:
     assert not table.admit("tcp", "192.0.2.1")
     # A load balancer's address is held to the total only.
     assert table.admit("tcp", "10.1.2.3") and table.admit("tcp", "10.1.2.3")
-    assert table.accepted == 3
+    assert table.accepted_total == 3
     assert not table.admit("tcp", "10.1.2.3")
     assert not table.admit("tcp", "192.0.2.9")
     assert refused(table, "per_source") == 1 and refused(table, "total") == 2
@@ -162,7 +169,7 @@ def test_an_accepted_connection_over_the_limit_is_closed_at_once_and_a_closed_on
 
     first.connection_lost(None)
     second.connection_lost(None)  # the refused one was never counted: nothing to give back
-    assert table.accepted == 0 and not table.flows
+    assert table.accepted_total == 0 and not table.flows
     third, third_writer = accepted_protocol(table, ("192.0.2.1", 40002))
     assert not third_writer.closed and third.flow is not None
 
@@ -173,7 +180,7 @@ def test_connections_we_open_are_not_counted() -> None:
         protocol = StreamProtocol(table, "tcp")  # what SipEndpoint.connect makes
         protocol.connection_made(FakeWriter(("192.0.2.1", port)))  # type: ignore[arg-type]
         assert protocol.flow is not None
-    assert table.accepted == 0
+    assert table.accepted_total == 0
     assert table.admit("tcp", "192.0.2.1")
 
 
