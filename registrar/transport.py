@@ -61,7 +61,7 @@ Reply = Callable[[bytes], None]
 
 
 class SipEndpoint:
-    """The receive pipeline shared by all transports, and the flows they hold."""
+    """The receive pipeline shared by all transports, the flows they hold, and the limits on those."""
 
     def __init__(
         self,
@@ -343,6 +343,7 @@ class SipEndpoint:
             self.close_flow(flow)
 
     async def sweep_flows(self) -> None:
+        """Close slow flows every MESSAGE_SWEEP_INTERVAL, idle ones every IDLE_SWEEP_INTERVAL."""
         idle_every = round(IDLE_SWEEP_INTERVAL / MESSAGE_SWEEP_INTERVAL)
         for tick in itertools.count(1):
             await asyncio.sleep(MESSAGE_SWEEP_INTERVAL)
