@@ -36,7 +36,7 @@ STREAM_TRANSPORTS = ("tcp", "tls")
 # Why a call skipped a registered contact (a bounded label).
 UNREACHABLE_WHY = ("closed", "node_gone")
 # Why an incoming TCP/TLS connection was closed at accept (ConnectionLimits).
-REFUSED_REASONS = ("per_source", "total")
+REFUSED_REASONS = ("per_source", "total", "banned")
 
 
 class Metrics:
@@ -94,7 +94,8 @@ class Metrics:
         self.connections_refused = Counter(
             "sipreg_connections_refused",
             "Incoming TCP/TLS connections closed at accept, by reason: per_source (the address "
-            "holds its limit of connections), total (the registrar holds its limit).",
+            "holds its limit of connections), total (the registrar holds its limit), banned (the "
+            "address is banned for flooding).",
             ["reason"],
             registry=self.registry,
         )

@@ -101,7 +101,13 @@ class SipEndpoint:
     # -- the pipeline --------------------------------------------------------------------
     def receive(self, data: bytes, source: Source, reply: Reply) -> None:
         if not self.sources.admit(source.host):
-            return  # over its budget or banned: unanswered, as an answer would make us a reflector
+            # Over its budget or banned: unanswered, as an answer would make us a reflector;
+            # and a banned source keeps no connection either.
+            if source.flow is not None and self.sources.banned(source.host):
+                flow = self.flows.get(source.flow)
+                if flow is not None:
+                    flow.writer.abort()
+            return
         started = self.clock()
         try:
             message = parse_message(data)
@@ -221,7 +227,9 @@ class SipEndpoint:
         policy = self.security()
         limits = policy.connections
         source = source_address(host)
-        if self.accepted_total >= limits.total:
+        if self.sources.banned(host):
+            reason = "banned"
+        elif self.accepted_total >= limits.total:
             reason = "total"
         else:
             count = self._accepted_from.get(source, 0)

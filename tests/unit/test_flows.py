@@ -7,7 +7,8 @@ import ipaddress
 from dataclasses import replace
 
 from registrar.metrics import Metrics
-from registrar.model import ConnectionLimits, SecurityPolicy
+from registrar.model import ConnectionLimits, SecurityPolicy, SourceLimits
+from registrar.registrar import Source
 from registrar.service import SipService
 from registrar.source_limits import SourceLimiter
 from registrar.transport import FLOW_GRACE, IDLE_TIMEOUT, SipEndpoint, StreamProtocol
@@ -249,3 +250,20 @@ def test_the_message_deadline_is_read_from_the_current_policy() -> None:
     policy.current = SecurityPolicy(connections=ConnectionLimits(message_seconds=2))
     table.close_slow_flows()
     assert writer.aborted
+
+
+def test_a_source_banned_for_flooding_loses_its_connections_and_gets_no_new_one() -> None:
+    policy = Policy()
+    policy.current = SecurityPolicy(sources=SourceLimits(requests_per_second=1, burst=1, ban_after=1))
+    table = endpoint(FakeClock(), policy)
+    writer = FakeWriter()
+    flow = table.open_flow("tcp", writer, ("192.0.2.9", 40000))  # type: ignore[arg-type]
+    source = Source("tcp", "192.0.2.9", 40000, flow.id)
+    options = (b"OPTIONS sip:192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/TCP 192.0.2.9:40000;branch=z9hG4bK-1\r\n"
+               b"From: <sip:a@192.0.2.9>;tag=1\r\nTo: <sip:192.0.2.1>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n"
+               b"Content-Length: 0\r\n\r\n")
+    for _ in range(3):
+        table.receive(options, source, writer.write)
+    assert len(writer.written) == 1 and writer.aborted
+    assert not table.admit("tcp", "192.0.2.9") and refused(table, "banned") == 1
+    assert table.admit("tcp", "192.0.2.10")
