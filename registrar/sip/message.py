@@ -22,7 +22,7 @@ from registrar.sip.headers import (
     parse_via,
     split_list,
 )
-from registrar.sip.grammar import TOKEN_CHARS, WHITESPACE, parse_digits
+from registrar.sip.grammar import TOKEN_CHARS, WHITESPACE, is_token, parse_digits
 
 # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) (RFC 3986 3.1, used by RFC 3261 25.1)
 _SCHEME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -40,6 +40,9 @@ KNOWN_METHODS = frozenset(
 MAX_MESSAGE_SIZE = 65_535
 MAX_HEADER_LINE = 8_192
 MAX_HEADERS = 128
+# A reason phrase we send: room for a precise one ("Bad Via: ..." with the offending
+# text's first 40 characters), not for a request's text reflected at length.
+MAX_REASON_PHRASE = 128
 
 # Headers every request must carry (RFC 3261 8.1.1); Max-Forwards is tolerated
 # when missing, as Kamailio and Asterisk do, because old UAs omit it on REGISTER.
@@ -48,13 +51,43 @@ _REQUIRED_REQUEST_HEADER_SET = frozenset(REQUIRED_REQUEST_HEADERS)
 
 
 class SipError(Exception):
-    """A request we cannot accept: `status`, `reason` and extra `headers` form the answer."""
+    """A request we cannot accept: `status`, `reason` and extra `headers` form the answer.
+
+    The reason often quotes the request; it is kept printable (`reason_phrase`), so
+    that neither the answer nor a log line carries the request's control characters.
+    """
 
     def __init__(self, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()):
+        reason = reason_phrase(reason)
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
         self.headers = list(headers)
+
+
+def reason_phrase(text: str) -> str:
+    """`text` fit to be a reason phrase we send: printable characters only, at most MAX_REASON_PHRASE.
+
+    Reason phrases quote requests ("Version Not Supported: SIP/3.0"). What is not
+    printable goes: CR and LF (which would end the status line and start headers
+    of the sender's choosing), NUL, the other C0 controls, DEL, C1 controls, and
+    bytes that were not UTF-8.
+    """
+    text = _printable(text)
+    return text if len(text) <= MAX_REASON_PHRASE else text[:MAX_REASON_PHRASE].rstrip()
+
+
+def _printable(text: str) -> str:
+    """`text` without the characters that are not printable (str.isprintable)."""
+    return text if text.isprintable() else "".join([c for c in text if c.isprintable()])
+
+
+def list_elements(name: str, value: str) -> list[str]:
+    """The elements of one line of list header `name`; SipError 400 when its quotes do not balance."""
+    try:
+        return split_list(value)
+    except ValueError as exc:
+        raise SipError(400, f"Bad {name}: {exc}") from None
 
 
 @dataclass(slots=True)
@@ -92,14 +125,14 @@ class Message:
                 if value:
                     return value
             else:
-                values = split_list(value)
+                values = list_elements(name, value)
                 if values:
                     return values[0]
             # An empty list element first: look further, the slow way.
         for key, value in self.headers:
             if key == name:
                 if name in LIST_HEADERS:
-                    values = split_list(value)
+                    values = list_elements(name, value)
                     if values:
                         return values[0]
                     continue
@@ -121,7 +154,7 @@ class Message:
             # One line of one element (the usual Contact): what split_list gives, as in get().
             value = values[0].strip(WHITESPACE)
             return [value] if value else []
-        return [element for value in values for element in split_list(value)]
+        return [element for value in values for element in list_elements(name, value)]
 
     def has(self, name: str) -> bool:
         return any(key == name for key, _ in self.headers)
@@ -147,10 +180,13 @@ class Message:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        """(number, method); raises ValueError for a malformed CSeq."""
+        """(number, method); SipError 400 for a malformed CSeq."""
         cseq = self._cseq
         if cseq is None:
-            cseq = self._cseq = parse_cseq(self.get("CSeq") or "")
+            try:
+                cseq = self._cseq = parse_cseq(self.get("CSeq") or "")
+            except ValueError as exc:
+                raise SipError(400, f"Bad CSeq: {exc}") from None
         return cseq
 
     @property
@@ -218,15 +254,20 @@ def parse_message(data: bytes) -> Request | Response:
     end = data.find(b"\r\n\r\n", start)
     if end < 0:
         raise SipError(400, "Incomplete Message: no empty line after headers")
+    raw_head = data[start:end]
     try:
-        head = data[start:end].decode("utf-8")
+        head = raw_head.decode("utf-8")
     except UnicodeDecodeError:
         # Keep going with the raw bytes preserved: the answer must still be able to
         # echo Via/From/To back, and RFC 4475 allows non-UTF-8 in some places.
-        head = data[start:end].decode("utf-8", "surrogateescape")
+        head = raw_head.decode("utf-8", "surrogateescape")
     body = data[end + 4 :]
 
     lines = head.split("\r\n")
+    # Every control byte of the usual head is half of a line-ending CRLF: one C-level
+    # pass counts them; only a head with others needs looking at closely.
+    if len(raw_head) - len(raw_head.translate(None, _CONTROL_BYTES)) != 2 * (len(lines) - 1):
+        _check_control_characters(lines)
     headers, names = _parse_header_lines(head, lines)
 
     if lines[0].startswith("SIP/"):
@@ -243,6 +284,45 @@ def parse_message(data: bytes) -> Request | Response:
         body = body[:length]
     message.body = body
     return message
+
+
+# C0 controls and DEL. RFC 3261 25.1 allows none of them in a message head but HTAB
+# (as whitespace), CR LF (as a line end), and, in a quoted string, a quoted-pair
+# escaping any but CR and LF (RFC 4475 intmeth's To has "\\NUL").
+_CONTROL_BYTES = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])
+
+
+def _check_control_characters(lines: list[str]) -> None:
+    """Raise SipError 400 naming the first control character that `lines` (a head split at CRLF) may not carry.
+
+    A bare CR or LF above all: echoed in an answer, it would end the line it is
+    in and start headers of the sender's choosing.
+    """
+    where = "Status-Line" if lines[0].startswith("SIP/") else "Request-Line"
+    for index, line in enumerate(lines):
+        if index and line[:1] not in (" ", "\t"):  # a continuation line is still its header's
+            raw_name = line.partition(":")[0].rstrip(" \t")
+            where = canonical_name(raw_name[:40]) if is_token(raw_name) else "Header Line"
+        position = _disallowed_control(line, quoted_pairs=index > 0)
+        if position >= 0:
+            raise SipError(400, f"Bad {where}: control character 0x{ord(line[position]):02X}")
+
+
+def _disallowed_control(line: str, *, quoted_pairs: bool) -> int:
+    """Where `line` has a control character that is not HTAB or quoted-pair escaped, or -1."""
+    in_quotes = escaped = False
+    for position, c in enumerate(line):
+        if escaped:
+            escaped = False
+            if c in "\r\n":
+                return position
+        elif (c < " " and c != "\t") or c == "\x7f":
+            return position
+        elif quoted_pairs and c == '"':
+            in_quotes = not in_quotes
+        elif quoted_pairs and in_quotes and c == "\\":
+            escaped = True
+    return -1
 
 
 def _parse_header_lines(head: str, lines: list[str]) -> tuple[list[tuple[str, str]], dict[str, int]]:
@@ -282,13 +362,10 @@ def _parse_header_lines(head: str, lines: list[str]) -> tuple[list[tuple[str, st
             raise SipError(400, f"Duplicate {name} Header")
         headers.append((name, value.strip(" \t")))
     # A list header whose quotes do not balance cannot be split into its values:
-    # reject it here, or every later get()/get_all() on it would raise ValueError.
+    # reject it here, with the precise error, rather than on some later get().
     if '"' in head:
         for name, value in [header for header in headers if '"' in header[1] and header[0] in LIST_HEADERS]:
-            try:
-                split_list(value)
-            except ValueError as exc:
-                raise SipError(400, f"Bad {name}: {exc}") from None
+            list_elements(name, value)
     return headers, names
 
 
@@ -339,11 +416,7 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[s
         for name in REQUIRED_REQUEST_HEADERS:
             if name not in names:
                 raise SipError(400, f"Missing {name} Header")
-    try:
-        cseq = parse_cseq(headers[names["CSeq"]][1])
-    except ValueError as exc:
-        raise SipError(400, f"Bad CSeq: {exc}") from None
-    request._cseq = cseq  # what Request.cseq gives, kept: the registrar reads it again
+    cseq = request.cseq  # parsed once, kept: the registrar reads it again
     if cseq[1] != method:
         raise SipError(400, "CSeq Method Does Not Match Request Method")
     return request
@@ -380,12 +453,16 @@ def make_response(request: Request, status: int, reason: str, to_tag: str | None
         for position, (name, value) in enumerate(headers):
             if name == "To" and not _has_tag(value):
                 headers[position] = (name, f"{value};tag={to_tag or transaction_tag(request)}")
-    return Response(headers=headers, status=status, reason=reason)
+    return Response(headers=headers, status=status, reason=reason_phrase(reason))
 
 
 def transaction_tag(request: Request) -> str:
     """A To tag that is the same for every copy of one request (8 hex digits)."""
-    return "%08x" % zlib.crc32((request.get("Via") or request.call_id).encode("utf-8", "surrogateescape"))
+    try:
+        via = request.get("Via")
+    except SipError:
+        via = None  # a salvaged request's Via whose quotes do not balance: its Call-ID will do
+    return "%08x" % zlib.crc32((via or request.call_id).encode("utf-8", "surrogateescape"))
 
 
 _COPIED_TO_RESPONSE = frozenset(["Via", "From", "To", "Call-ID", "CSeq"])
@@ -502,7 +579,8 @@ def salvage_request(data: bytes) -> Request | None:
     message is malformed elsewhere (a bad header, a bad URI, a wrong version)
     we still answer it with the precise error instead of leaving the UA to
     retransmit into silence. Responses and messages without those headers are
-    not answered.
+    not answered. The values are echoed as `reason_phrase` would: without the
+    control characters that made the message unparsable, perhaps.
     """
     head = data[:MAX_MESSAGE_SIZE].split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape")
     lines = head.split("\r\n")
@@ -517,7 +595,7 @@ def salvage_request(data: bytes) -> Request | None:
         if colon and len(line) <= MAX_HEADER_LINE:
             canonical = canonical_name(name.strip())
             if canonical in _COPIED_TO_RESPONSE:
-                headers.append((canonical, value.strip()))
+                headers.append((canonical, _printable(value).strip(WHITESPACE)))
     names = {name for name, _ in headers}
     if not names.issuperset(REQUIRED_REQUEST_HEADERS):
         return None
