@@ -23,6 +23,7 @@ from registrar.lockout import source_address
 from registrar.metrics import Metrics
 from registrar.model import SecurityPolicy, in_networks
 from registrar.proxy import Destination, Proxy, SendError
+from registrar.ratelog import RateLimitedLog, exception_summary
 from registrar.registrar import Source, error_response, server_response
 from registrar.service import SipService
 from registrar.source_limits import SourceLimiter
@@ -97,9 +98,21 @@ class SipEndpoint:
         # Connections we opened, by (transport, host, port), reused for every later request there.
         self._outgoing: dict[tuple[str, str, int], str] = {}
         self._connecting: dict[tuple[str, str, int], asyncio.Future[str]] = {}
+        # What messages make us log, at most a line per kind per LOG_INTERVAL (registrar.ratelog).
+        self._log_unparsable = RateLimitedLog(log, logging.DEBUG, clock=clock)
+        self._log_failure = RateLimitedLog(log, logging.ERROR, clock=clock)
 
     # -- the pipeline --------------------------------------------------------------------
     def receive(self, data: bytes, source: Source, reply: Reply) -> None:
+        """Take one message from the network; never raises, so no listener or connection dies of one."""
+        try:
+            self._receive(data, source, reply)
+        except Exception as error:
+            # A bug some message ran into: the last line of defence, which logs neither
+            # the message nor a traceback (that could quote it), and not once per message.
+            self._log_failure("unexpected %s on a message from %s", exception_summary(error), source)
+
+    def _receive(self, data: bytes, source: Source, reply: Reply) -> None:
         if not self.sources.admit(source.host):
             # Over its budget or banned: unanswered, as an answer would make us a reflector;
             # and a banned source keeps no connection either.
@@ -113,7 +126,7 @@ class SipEndpoint:
             message = parse_message(data)
         except SipError as error:
             self.metrics.parse_errors.labels(source.transport).inc()
-            self.answer_unparsable(data, error, reply)
+            self.answer_unparsable(data, error, reply, source)
             return
         if isinstance(message, Response):
             self.metrics.message_received("RESPONSE", source.transport)
@@ -133,8 +146,8 @@ class SipEndpoint:
             assert self.proxy is not None, "the server sets the proxy before it listens"
             try:
                 self.proxy.receive_request(request, source, reply, key)
-            except Exception:
-                log.exception("error proxying %s from %s", request.method, source)
+            except Exception as error:
+                self._log_failure("error proxying a request from %s: %s", source, exception_summary(error))
                 self._send(server_response(request, 500, "Server Internal Error"), reply)
             return
         # Only UDP peers retransmit; on TCP/TLS Timer J is zero (RFC 3261 17.2.2).
@@ -148,8 +161,8 @@ class SipEndpoint:
                 return
         try:
             answer = self.service.handle(request, source)
-        except Exception:
-            log.exception("error handling %s from %s", request.method, source)
+        except Exception as error:
+            self._log_failure("error handling a request from %s: %s", source, exception_summary(error))
             answer = server_response(request, 500, "Server Internal Error")
         if isinstance(answer, Response):
             # Answered without touching the store (challenges, errors, OPTIONS): the
@@ -170,8 +183,8 @@ class SipEndpoint:
         """Send the answer of a request that went to the store; keep it for retransmissions (UDP)."""
         try:
             response = await answer
-        except Exception:
-            log.exception("error handling %s", request.method)
+        except Exception as error:
+            self._log_failure("error handling a request: %s", exception_summary(error))
             response = server_response(request, 500, "Server Internal Error")
         data = response.to_bytes()
         now = self.clock()
@@ -180,11 +193,13 @@ class SipEndpoint:
         reply(data)
         self.metrics.request_answered(request.method, now - started)
 
-    def answer_unparsable(self, data: bytes, error: SipError, reply: Reply) -> None:
+    def answer_unparsable(self, data: bytes, error: SipError, reply: Reply, source: Source) -> None:
+        """Answer a message that does not parse with `error`, or drop it when no answer can be formed."""
         request = salvage_request(data)
         if request is None:
-            log.debug("dropped unparsable message: %s", error)
+            self._log_unparsable("dropped an unparsable message from %s: %s", source, error)
             return
+        self._log_unparsable("answered an unparsable message from %s: %s", source, error)
         self._send(error_response(request, error), reply)
 
     @staticmethod
@@ -476,8 +491,7 @@ class StreamProtocol(asyncio.Protocol):
             events = self.framer.feed(data)
         except SipError as error:
             # The stream's framing is lost; answer what we can and close (RFC 3261 18.3).
-            log.debug("closing %s: %s", flow.id, error)
-            self.endpoint.answer_unparsable(self.framer.unframed, error, flow.send)
+            self.endpoint.answer_unparsable(self.framer.unframed, error, flow.send, source)
             flow.writer.close()
             return
         if self.framer.in_message:
