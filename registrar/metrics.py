@@ -83,6 +83,12 @@ class Metrics:
             ["transport"],
             registry=self.registry,
         )
+        self.internal_errors = Counter(
+            "sipreg_internal_errors_total",
+            "Messages whose handling ran into a bug (an unexpected exception); answered 500 where possible. "
+            "The log has one line per 10 s about them.",
+            registry=self.registry,
+        )
         self.connections = Gauge(
             "sipreg_connections",
             "Open TCP/TLS connections, by transport.",

@@ -108,9 +108,12 @@ class SipEndpoint:
         try:
             self._receive(data, source, reply)
         except Exception as error:
-            # A bug some message ran into: the last line of defence, which logs neither
-            # the message nor a traceback (that could quote it), and not once per message.
-            self._log_failure("unexpected %s on a message from %s", exception_summary(error), source)
+            self._failed("unexpected error on a message", source, error)
+
+    def _failed(self, what: str, source: Source | None, error: Exception) -> None:
+        """A bug some message ran into: counted, and logged without the message or a traceback (which could quote it)."""
+        self.metrics.internal_errors.inc()
+        self._log_failure("%s from %s: %s", what, source or "a client", exception_summary(error))
 
     def _receive(self, data: bytes, source: Source, reply: Reply) -> None:
         if not self.sources.admit(source.host):
@@ -147,7 +150,7 @@ class SipEndpoint:
             try:
                 self.proxy.receive_request(request, source, reply, key)
             except Exception as error:
-                self._log_failure("error proxying a request from %s: %s", source, exception_summary(error))
+                self._failed("error proxying a request", source, error)
                 self._send(server_response(request, 500, "Server Internal Error"), reply)
             return
         # Only UDP peers retransmit; on TCP/TLS Timer J is zero (RFC 3261 17.2.2).
@@ -162,7 +165,7 @@ class SipEndpoint:
         try:
             answer = self.service.handle(request, source)
         except Exception as error:
-            self._log_failure("error handling a request from %s: %s", source, exception_summary(error))
+            self._failed("error handling a request", source, error)
             answer = server_response(request, 500, "Server Internal Error")
         if isinstance(answer, Response):
             # Answered without touching the store (challenges, errors, OPTIONS): the
@@ -184,7 +187,7 @@ class SipEndpoint:
         try:
             response = await answer
         except Exception as error:
-            self._log_failure("error handling a request: %s", exception_summary(error))
+            self._failed("error handling a request", None, error)
             response = server_response(request, 500, "Server Internal Error")
         data = response.to_bytes()
         now = self.clock()

@@ -109,6 +109,22 @@ def split_outside_quotes(text: str, separator: str, *, angle_brackets: bool = Fa
     return parts
 
 
+def unterminated_quote(text: str) -> int:
+    """Where the quoted string that `text` leaves open starts, or -1 when every one is closed."""
+    if '"' not in text:
+        return -1
+    opened = -1
+    escaped = False
+    for i, c in enumerate(text):
+        if escaped:
+            escaped = False
+        elif opened >= 0 and c == "\\":
+            escaped = True
+        elif c == '"':
+            opened = i if opened < 0 else -1
+    return opened
+
+
 def parse_params(text: str) -> dict[str, str | None]:
     """Parse `;name=value;flag` (the leading ';' optional) into a dict.
 

@@ -22,7 +22,7 @@ from registrar.sip.headers import (
     parse_via,
     split_list,
 )
-from registrar.sip.grammar import TOKEN_CHARS, WHITESPACE, is_token, parse_digits
+from registrar.sip.grammar import TOKEN_CHARS, WHITESPACE, is_token, parse_digits, unterminated_quote
 
 # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) (RFC 3986 3.1, used by RFC 3261 25.1)
 _SCHEME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -40,6 +40,10 @@ KNOWN_METHODS = frozenset(
 MAX_MESSAGE_SIZE = 65_535
 MAX_HEADER_LINE = 8_192
 MAX_HEADERS = 128
+# Via, From, To, Call-ID and CSeq come back in every answer, with a To tag, received
+# and rport added and compact names spelled out: their values get this much less room
+# than a line, so that the lines of an answer stay within MAX_HEADER_LINE too.
+MAX_ECHOED_VALUE = MAX_HEADER_LINE - 192
 # A reason phrase we send: room for a precise one ("Bad Via: ..." with the offending
 # text's first 40 characters), not for a request's text reflected at length.
 MAX_REASON_PHRASE = 128
@@ -361,12 +365,22 @@ def _parse_header_lines(head: str, lines: list[str]) -> tuple[list[tuple[str, st
             # RFC 4475 mcl01/multi01: two Content-Lengths or CSeqs cannot both be right.
             raise SipError(400, f"Duplicate {name} Header")
         headers.append((name, value.strip(" \t")))
+    if len(head) > MAX_ECHOED_VALUE:
+        _check_value_lengths(headers, echoed=not lines[0].startswith("SIP/"))
     # A list header whose quotes do not balance cannot be split into its values:
     # reject it here, with the precise error, rather than on some later get().
     if '"' in head:
         for name, value in [header for header in headers if '"' in header[1] and header[0] in LIST_HEADERS]:
             list_elements(name, value)
     return headers, names
+
+
+def _check_value_lengths(headers: list[tuple[str, str]], *, echoed: bool) -> None:
+    """SipError 400 for a header longer than we can send on in one line (a folded one), or echo in an answer."""
+    for name, value in headers:
+        limit = MAX_ECHOED_VALUE if echoed and name in _COPIED_TO_RESPONSE else MAX_HEADER_LINE
+        if len(value) > limit:
+            raise SipError(400, f"Header Line Too Long: {name} (limit {limit} bytes)")
 
 
 # Headers a message may carry once only (RFC 3261 20: not comma-separated lists).
@@ -579,8 +593,8 @@ def salvage_request(data: bytes) -> Request | None:
     message is malformed elsewhere (a bad header, a bad URI, a wrong version)
     we still answer it with the precise error instead of leaving the UA to
     retransmit into silence. Responses and messages without those headers are
-    not answered. The values are echoed as `reason_phrase` would: without the
-    control characters that made the message unparsable, perhaps.
+    not answered. What is kept is what an answer can carry (`_echoable`), and a
+    header that may appear once only once, so that the answer parses.
     """
     head = data[:MAX_MESSAGE_SIZE].split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape")
     lines = head.split("\r\n")
@@ -590,13 +604,26 @@ def salvage_request(data: bytes) -> Request | None:
         return None
     method = lines[0].split(" ", 1)[0]
     headers: list[tuple[str, str]] = []
+    names: set[str] = set()
     for line in lines[1 : MAX_HEADERS + 1]:
         name, colon, value = line.partition(":")
-        if colon and len(line) <= MAX_HEADER_LINE:
+        if colon and len(value) <= MAX_ECHOED_VALUE:
             canonical = canonical_name(name.strip())
-            if canonical in _COPIED_TO_RESPONSE:
-                headers.append((canonical, _printable(value).strip(WHITESPACE)))
-    names = {name for name, _ in headers}
+            if canonical in _COPIED_TO_RESPONSE and (canonical == "Via" or canonical not in names):
+                names.add(canonical)
+                headers.append((canonical, _echoable(value)))
     if not names.issuperset(REQUIRED_REQUEST_HEADERS):
         return None
     return Request(headers=headers, method=method, uri="")
+
+
+def _echoable(value: str) -> str:
+    """A header value of an unparsable request as its answer can carry it back.
+
+    Without what is not printable (a bare CR would end the line in the answer
+    and start a header of the sender's choosing), and cut where a quoted string
+    is left open, which would make the answer as unparsable as the request.
+    """
+    value = _printable(value)
+    open_quote = unterminated_quote(value)
+    return (value if open_quote < 0 else value[:open_quote]).strip(WHITESPACE)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import socket
 import ssl
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningRegistrar
+from tests.conftest import RunningRegistrar, start_registrar, stop_registrar
 
 pytestmark = pytest.mark.integration
 
@@ -176,3 +177,44 @@ def test_connections_dropped_mid_message_or_mid_handshake_leave_the_listeners_se
     while 'sipreg_connections{transport="tcp"} 0.0' not in registrar.metrics():
         assert time.monotonic() < deadline, registrar.metrics()
         time.sleep(0.05)
+
+
+# The probe's datagram: a quoted string in a Via parameter that never ends.
+VIA_PROBE = (
+    b"REGISTER sip:sip.example.test SIP/2.0\r\n"
+    b'Via: SIP/2.0/UDP 1.2.3.4;x="abc\r\n'
+    b"From: <sip:a@sip.example.test>;tag=1\r\nTo: <sip:a@sip.example.test>\r\nCall-ID: probe\r\nCSeq: 1 REGISTER\r\n\r\n"
+)
+
+
+def test_unparsable_messages_get_a_400_and_cost_one_log_line_not_a_traceback_each(tmp_path: Path) -> None:
+    # At debug level, where what the registrar logs about bad input shows.
+    running = start_registrar(tmp_path, "--log-level", "debug")
+    try:
+        with udp_socket() as sock:
+            for _ in range(20):
+                response = exchange_udp(sock, running, VIA_PROBE)
+                assert response.startswith(b"SIP/2.0 400 Bad Via: unterminated quoted string\r\n"), response
+            injected = VIA_PROBE.replace(b';x="abc', b";branch=z9hG4bK-cr").replace(
+                b"SIP/2.0\r\nVia", b"SIP/2.0\rX-Injected:y\r\nVia"
+            )
+            response = exchange_udp(sock, running, injected)
+            assert response.startswith(b"SIP/2.0 400 Bad Request-Line: control character 0x0D\r\n"), response
+            assert b"X-Injected" not in response
+        with socket.create_connection((running.host, running.sip_port), timeout=3) as sock:
+            # One bad message does not cost the connection: the next one is answered on it.
+            sock.sendall(VIA_PROBE + options_text("z9hG4bK-after-bad"))
+            received = b""
+            while b"SIP/2.0 200 OK" not in received:
+                chunk = sock.recv(65535)
+                assert chunk, f"connection closed after {received!r}"
+                received += chunk
+            assert received.startswith(b"SIP/2.0 400 Bad Via: unterminated quoted string\r\n")
+        assert running.metric("sipreg_internal_errors_total") == 0
+        assert running.metric("sipreg_parse_errors_total", transport="udp") == 21
+    finally:
+        stop_registrar(running)
+    log = running.log()
+    assert "Traceback" not in log
+    # 22 in a second, 1 line: the rest are counted in the next line, 10 s on.
+    assert log.count("unparsable message") == 1, log

@@ -51,3 +51,25 @@ def test_the_rest_falls_back(text, monkeypatch) -> None:
     monkeypatch.setattr(grammar, "parse_params_carefully", lambda text: calls.append(text) or careful(text))
     assert _outcome(parse_params, text) == _outcome(careful, text)
     assert calls == [text]
+
+
+@pytest.mark.parametrize(
+    ("text", "opened"),
+    [('a="b"', -1), ('x="abc', 2), ('"a\\"b', 0), ('"a\\\\"b"', 6), ("a\\\"b", 2), ("plain", -1), ('"\\', 0)],
+)
+def test_unterminated_quote_finds_the_quoted_string_left_open(text: str, opened: int) -> None:
+    assert grammar.unterminated_quote(text) == opened
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet='ab"\\,;<> ', max_size=12))
+def test_a_quote_is_left_open_exactly_when_a_list_cannot_be_split(text: str) -> None:
+    opened = grammar.unterminated_quote(text)
+    try:
+        grammar.split_outside_quotes(text, ",", angle_brackets=True)
+        splits = True
+    except ValueError:
+        splits = False
+    assert splits == (opened < 0)
+    if opened >= 0:  # what salvage_request echoes: cut there, it splits
+        grammar.split_outside_quotes(text[:opened], ",", angle_brackets=True)
