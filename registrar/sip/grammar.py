@@ -66,7 +66,19 @@ def unquote(text: str) -> str:
 
 
 def quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """`text` as a quoted-string: '"' and '\\' escaped, and the control characters a quoted-pair may carry.
+
+    CR and LF cannot be carried at all (a quoted-pair excludes them) and are left
+    out: a parsed value never has them, and one that did would end the line.
+    """
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    if not text.isprintable():
+        text = "".join([f"\\{c}" if c in _ESCAPED_CONTROLS else c for c in text if c not in "\r\n"])
+    return f'"{text}"'
+
+
+# Controls but HTAB (whitespace, allowed as it is), CR and LF: RFC 3261 25.1 quoted-pair.
+_ESCAPED_CONTROLS = frozenset([*map(chr, range(0x09)), "\x0b", "\x0c", *map(chr, range(0x0E, 0x20)), "\x7f"])
 
 
 def split_outside_quotes(text: str, separator: str, *, angle_brackets: bool = False) -> list[str]:

@@ -73,3 +73,18 @@ def test_a_quote_is_left_open_exactly_when_a_list_cannot_be_split(text: str) -> 
     assert splits == (opened < 0)
     if opened >= 0:  # what salvage_request echoes: cut there, it splits
         grammar.split_outside_quotes(text[:opened], ",", angle_brackets=True)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x80), max_size=12))
+def test_a_quoted_value_reads_back_and_carries_its_control_characters_as_quoted_pairs(text: str) -> None:
+    from registrar.sip.message import parse_message
+
+    carried = text.replace("\r", "").replace("\n", "")  # a quoted-pair cannot carry CR or LF
+    assert grammar.parse_params_carefully(";x=" + grammar.quote(carried)) == {"x": carried}
+    assert grammar.quote(text) == grammar.quote(carried)
+    # The parser takes a header with it: no control character in it but quoted-pairs (and HTAB).
+    message = parse_message(
+        f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;x={grammar.quote(text)}\r\nCSeq: 1 OPTIONS\r\n\r\n".encode()
+    )
+    assert message.top_via.params["x"] == carried
