@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from registrar.authentication import LOCKED_OUT_REASON, Authenticator, Verdict
 from registrar.model import Binding, Catalog, Connection, Domain
 from registrar.sip import digest
-from registrar.sip.grammar import quote
+from registrar.sip.grammar import is_token, quote
 from registrar.sip.headers import parse_delta_seconds, parse_name_addr
 from registrar.sip.message import Request, Response, SipError, make_response
 from registrar.sip.uri import URI, URIError, parse_uri
@@ -177,7 +177,7 @@ class Registrar:
         if required:
             unsupported = [option for option in required if option.lower() not in SUPPORTED]
             if unsupported:
-                raise SipError(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
+                raise SipError(420, "Bad Extension", [("Unsupported", _named_back(unsupported))])
 
         # Step 3 (authentication) comes before step 5 (the AOR from To): where no
         # connection authenticates by address, a request without credentials can
@@ -422,6 +422,19 @@ def challenge_for(authenticator: Authenticator, domain: Domain, *, stale: bool, 
 
 
 SUPPORTED: frozenset[str] = frozenset()
+
+# A 420's Unsupported names the request's option tags back: the first few, each cut
+# short, since a Require may carry any number of any length and an answer stays small.
+MAX_OPTION_TAGS_NAMED = 8
+MAX_OPTION_TAG = 64
+
+
+def _named_back(options: list[str]) -> str:
+    """Option tags (RFC 3261 25.1: tokens) as an Unsupported header names them; 400 for one that is not a token."""
+    for option in options:
+        if not is_token(option):
+            raise SipError(400, f"Bad Require: not an option tag: {option[:40]!r}")
+    return ", ".join([option[:MAX_OPTION_TAG] for option in options[:MAX_OPTION_TAGS_NAMED]])
 
 
 @functools.lru_cache(maxsize=2)

@@ -41,8 +41,9 @@ MAX_MESSAGE_SIZE = 65_535
 MAX_HEADER_LINE = 8_192
 MAX_HEADERS = 128
 # Via, From, To, Call-ID and CSeq come back in every answer, with a To tag, received
-# and rport added and compact names spelled out: their values get this much less room
-# than a line, so that the lines of an answer stay within MAX_HEADER_LINE too.
+# and rport added and compact names spelled out, and a REGISTER's Contacts in its 200
+# with expires and received: a request's values of these get this much less room than
+# a line, so that the lines of an answer stay within MAX_HEADER_LINE too.
 MAX_ECHOED_VALUE = MAX_HEADER_LINE - 192
 # A reason phrase we send: room for a precise one ("Bad Via: ..." with the offending
 # text's first 40 characters), not for a request's text reflected at length.
@@ -378,7 +379,7 @@ def _parse_header_lines(head: str, lines: list[str]) -> tuple[list[tuple[str, st
 def _check_value_lengths(headers: list[tuple[str, str]], *, echoed: bool) -> None:
     """SipError 400 for a header longer than we can send on in one line (a folded one), or echo in an answer."""
     for name, value in headers:
-        limit = MAX_ECHOED_VALUE if echoed and name in _COPIED_TO_RESPONSE else MAX_HEADER_LINE
+        limit = MAX_ECHOED_VALUE if echoed and name in _ECHOED else MAX_HEADER_LINE
         if len(value) > limit:
             raise SipError(400, f"Header Line Too Long: {name} (limit {limit} bytes)")
 
@@ -480,6 +481,7 @@ def transaction_tag(request: Request) -> str:
 
 
 _COPIED_TO_RESPONSE = frozenset(["Via", "From", "To", "Call-ID", "CSeq"])
+_ECHOED = _COPIED_TO_RESPONSE | {"Contact"}  # see MAX_ECHOED_VALUE
 
 
 def _has_tag(to_value: str) -> bool:

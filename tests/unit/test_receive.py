@@ -12,9 +12,11 @@ from collections.abc import Iterator
 import pytest
 
 from registrar.metrics import Metrics
+from registrar.model import SecurityPolicy
 from registrar.ratelog import LOG_INTERVAL
 from registrar.registrar import Source
-from registrar.sip.message import Response, parse_message
+from registrar.sip.message import MAX_ECHOED_VALUE, MAX_HEADER_LINE, Response, parse_message
+from registrar.source_limits import SourceLimiter
 from registrar.transport import SipEndpoint
 from tests.fakes import FakeClock
 from tests.fuzzing import DOMAIN, SOURCE, ReceivePath
@@ -114,6 +116,10 @@ def test_a_folded_header_too_long_to_send_in_one_line_is_400(path: ReceivePath) 
 # -- the last line of defence -------------------------------------------------------------------
 
 
+def broken_endpoint(metrics: Metrics, clock: FakeClock) -> SipEndpoint:
+    return SipEndpoint(BrokenService(), metrics, SourceLimiter(SecurityPolicy, clock=clock), clock)  # type: ignore[arg-type]
+
+
 class BrokenService:
     """A SIP service with a bug each request runs into, whose message quotes the request."""
 
@@ -132,7 +138,7 @@ def test_a_bug_a_message_meets_is_counted_and_logged_once_per_interval_without_t
     caplog.set_level(logging.DEBUG, logger="sipreg.transport")
     clock = FakeClock(1000.0)
     metrics = Metrics()
-    endpoint = SipEndpoint(BrokenService(), metrics, clock)  # type: ignore[arg-type]
+    endpoint = broken_endpoint(metrics, clock)
     sent: list[bytes] = []
     for number in range(3):
         endpoint.receive(options(f"secret-{number}", user="pbx"), SOURCE, sent.append)  # raises nothing
@@ -153,7 +159,7 @@ def test_a_bug_a_message_meets_is_counted_and_logged_once_per_interval_without_t
 def test_a_bug_in_answering_a_request_gets_500(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="sipreg.transport")
     metrics = Metrics()
-    endpoint = SipEndpoint(BrokenService(), metrics, FakeClock())  # type: ignore[arg-type]
+    endpoint = broken_endpoint(metrics, FakeClock())
     sent: list[bytes] = []
     register = VIA_PROBE.replace(b';x="abc', b";branch=z9hG4bK-500").replace(b"probe", b"secret-call")
     endpoint.receive(register, Source("udp", "1.2.3.4", 5060), sent.append)
@@ -163,3 +169,20 @@ def test_a_bug_in_answering_a_request_gets_500(caplog: pytest.LogCaptureFixture)
     assert line.exc_info is None and "secret" not in line.getMessage()
     assert "KeyError in unit/test_receive.py" in line.getMessage()
     assert metrics.registry.get_sample_value("sipreg_internal_errors_total") == 1
+
+
+def register(contact: str, branch: str) -> bytes:
+    return (
+        f"REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bK-{branch}\r\n"
+        f"From: <sip:pbx@{DOMAIN}>;tag=1\r\nTo: <sip:pbx@{DOMAIN}>\r\nCall-ID: {branch}\r\nCSeq: 1 REGISTER\r\n"
+        f"Contact: {contact}\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_a_contact_at_the_limit_comes_back_in_a_200_that_parses_and_one_past_it_is_400(path: ReceivePath) -> None:
+    at_limit = "<sip:pbx@127.0.0.2:5060;x=" + "a" * (MAX_ECHOED_VALUE - 27) + ">"
+    [sent] = path.receive(register(at_limit, "at-limit"))
+    response = answer(sent)  # with ;expires= and ;received= added, and within the line limit
+    assert response.status == 200 and max(map(len, sent.split(b"\r\n"))) <= MAX_HEADER_LINE
+    [sent] = path.receive(register(at_limit[:-1] + "a>", "past-limit"))
+    assert answer(sent).reason == f"Header Line Too Long: Contact (limit {MAX_ECHOED_VALUE} bytes)"

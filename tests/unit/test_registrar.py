@@ -361,6 +361,20 @@ async def test_require_with_unknown_option_gets_420_with_unsupported(env):
     assert env.store.updates == 0
 
 
+async def test_unsupported_names_a_few_option_tags_back_each_cut_short(env):
+    options = ["x" * 5000, *[f"opt{i}" for i in range(20)]]
+    request = build_register(contacts=[contact()], headers=[("Require", ", ".join(options))])
+    response = await answer(env.registrar, request, HOME)
+    assert response.status == 420
+    assert response.get_all("Unsupported") == ["x" * 64, *[f"opt{i}" for i in range(7)]]
+
+
+async def test_a_require_that_is_no_option_tag_is_400(env):
+    request = build_register(contacts=[contact()], headers=[("Require", 'foo, "quoted"')])
+    response = await answer(env.registrar, request, HOME)
+    assert (response.status, response.reason) == (400, "Bad Require: not an option tag: '\"quoted\"'")
+
+
 # -- the To header ---------------------------------------------------------------------------
 
 
