@@ -87,6 +87,7 @@ unit: venv
 bench: venv bench-apt
 	$(PY) bench/run.py
 	$(PY) bench/operator_scale.py
+	$(PY) bench/fuzz.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(TOOLS)

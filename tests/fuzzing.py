@@ -16,8 +16,8 @@ tests/unit/test_message.py) and by `make bench` (bench/fuzz.py):
   `SipEndpoint.receive` (over UDP and over a TCP connection) raises nothing,
   every answer that goes out parses as a response whose reason phrase is
   printable, whatever the proxy relays parses, no message runs into a bug
-  (sipreg_internal_errors_total stays 0), and a connection is closed only
-  when its framing is lost.
+  (sipreg_internal_errors_total stays 0) or puts a traceback in the log, and
+  a connection is closed only when its framing is lost.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import logging
 import random
 import socket
 from collections.abc import Sequence
@@ -93,6 +94,7 @@ NASTY = [
     b"\xef\xbb\xbf", "\u2028".encode(), "\u0085".encode(), "é".encode(),
     # sizes
     b"a" * 300, b"a" * 8000, b"a" * 8180, b"a" * 8200, b"," * 2000, b";a" * 2000,
+    b"<sip:pbx@127.0.0.2;x=" + b"a" * 7970 + b">", b"<sip:pbx@127.0.0.2;x=" + b"a" * 8150 + b">",
 ]
 
 HEADER_NAMES = [
@@ -402,6 +404,18 @@ class StreamConnection:
         self.closed = True
 
 
+class _Tracebacks(logging.Handler):
+    """The log records of the registrar that carry a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            self.records.append(record)
+
+
 class OfflineLoop(asyncio.SelectorEventLoop):
     """An event loop that cannot reach the network: no name lookups, no connections.
 
@@ -439,8 +453,11 @@ class ReceivePath:
         self.datagrams = _Datagrams()
         self.endpoint.udp = self.datagrams  # type: ignore[assignment]  # as RegistrarServer.start sets it
         self.branch = PROXY_BRANCH
+        self.tracebacks = _Tracebacks()
+        logging.getLogger("sipreg").addHandler(self.tracebacks)
 
     def close(self) -> None:
+        logging.getLogger("sipreg").removeHandler(self.tracebacks)
         self.loop.close()
 
     # -- feeding it ---------------------------------------------------------------------------
@@ -486,6 +503,8 @@ class ReceivePath:
         self._check_relayed()
         self._check_stream(data)
         assert self.internal_errors() == errors_before, "a message ran into a bug: see registrar.transport's log line"
+        logged, self.tracebacks.records = self.tracebacks.records, []
+        assert not logged, f"a message put a traceback in the log: {logged[0].getMessage()}"
 
     def _check_relayed(self) -> None:
         """What the proxy sent on parses; its responses' reason phrases have no control characters."""
