@@ -476,7 +476,9 @@ def transaction_tag(request: Request) -> str:
     try:
         via = request.get("Via")
     except SipError:
-        via = None  # a salvaged request's Via whose quotes do not balance: its Call-ID will do
+        # A Via whose quotes do not balance, which neither the parser nor salvage_request lets
+        # through: an answer must go out all the same, and the Call-ID tells requests apart too.
+        via = None
     return "%08x" % zlib.crc32((via or request.call_id).encode("utf-8", "surrogateescape"))
 
 
