@@ -505,6 +505,8 @@ class ReceivePath:
     def check(self, data: bytes) -> None:
         """The property, for one message (see the module's docstring)."""
         errors_before = self.internal_errors()
+        self.tracebacks.records.clear()
+        self.datagrams.sent.clear()  # what an earlier failed check left
         check_parse(data)
         data = data.replace(PROXY_BRANCH, self.branch)
         # Over TCP as another transaction, lest one be taken for a retransmission of the
@@ -515,12 +517,13 @@ class ReceivePath:
             _check_response_bytes(answer)
         self._check_relayed()
         assert self.internal_errors() == errors_before, "a message ran into a bug: see registrar.transport's log line"
-        logged, self.tracebacks.records = self.tracebacks.records, []
+        logged = self.tracebacks.records
         assert not logged, f"a message put a traceback in the log: {logged[0].getMessage()}"
 
     def _check_relayed(self) -> None:
         """What the proxy sent on parses; its responses' reason phrases have no control characters."""
-        for data in self.datagrams.sent:
+        sent, self.datagrams.sent = self.datagrams.sent, []
+        for data in sent:
             message = parse_message(data)
             if isinstance(message, Response):
                 _check_response_bytes(data)
@@ -528,7 +531,6 @@ class ReceivePath:
                 branch = message.top_via.branch
                 if branch and branch.startswith(BRANCH_MARK):
                     self.branch = branch.encode()
-        self.datagrams.sent.clear()
 
     def _check_stream(self, data: bytes) -> None:
         """The message on a TCP connection, in two pieces: answered as a datagram is; closed only if unframeable."""

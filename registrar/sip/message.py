@@ -367,7 +367,9 @@ def _parse_header_lines(head: str, lines: list[str]) -> tuple[list[tuple[str, st
             raise SipError(400, f"Duplicate {name} Header")
         headers.append((name, value.strip(" \t")))
     if len(head) > MAX_ECHOED_VALUE:
-        _check_value_lengths(headers, echoed=not lines[0].startswith("SIP/"))
+        # Only what gets answered needs room for what an answer adds: not a response,
+        # nor an ACK (whose To a proxy copies from the response it acknowledges).
+        _check_value_lengths(headers, echoed=not lines[0].startswith(("SIP/", "ACK ")))
     # A list header whose quotes do not balance cannot be split into its values:
     # reject it here, with the precise error, rather than on some later get().
     if '"' in head:

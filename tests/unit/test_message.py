@@ -1585,8 +1585,12 @@ def test_a_header_we_echo_leaves_room_for_what_an_answer_adds() -> None:
     assert response(sent).get("To") == f"{long_to};tag={transaction_tag(req)}"
     too_long = register_with(("To", f"To: {long_to[:-1]}a>"))
     assert rejected(too_long).reason == f"Header Line Too Long: To (limit {MAX_ECHOED_VALUE} bytes)"
-    # A response's To already has its tag: the line limit is its limit.
+    # A response's To already has its tag, and an ACK's is a response's: nothing answers
+    # either, so the line limit is theirs.
     assert response(build("SIP/2.0 200 OK", f"To: {long_to}aaaaa;tag=1", "CSeq: 1 REGISTER")).status == 200
+    ack = build("ACK sip:alice@example.com SIP/2.0", "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa",
+                "From: <sip:bob@example.com>;tag=2", f"To: {long_to}aaaaa;tag=1", "Call-ID: c", "CSeq: 1 ACK")
+    assert request(ack).method == "ACK"
 
 
 def test_the_accessors_of_a_message_not_made_by_the_parser_raise_sip_error() -> None:
