@@ -1158,7 +1158,8 @@ async def test_usernames_from_the_wire_cannot_forge_log_fields(env, caplog):
 
 
 def _quoted(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+    # DEL as a quoted-pair too: a quoted string may not carry it bare (the parser answers 400).
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\x7f", "\\\x7f")
 
 
 # -- callbacks and failure records --------------------------------------------------------------
