@@ -58,7 +58,8 @@ def main() -> int:
     finally:
         seconds = time.perf_counter() - started
         path.close()
-    print(f"fuzz: {args.messages:,} messages (seed {seed}) in {seconds:.1f} s: {args.messages / seconds:,.0f} messages/s")
+    rate = args.messages / seconds
+    print(f"fuzz: {args.messages:,} messages (seed {seed}) in {seconds:.1f} s: {rate:,.0f} messages/s")
     for kind, count in failures.most_common():
         index, data, where = first[kind]
         shown = repr(data) if len(data) <= 600 else f"{data[:400]!r} ... {data[-150:]!r} ({len(data):,} bytes)"

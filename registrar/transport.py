@@ -111,7 +111,7 @@ class SipEndpoint:
             self._failed("unexpected error on a message", source, error)
 
     def _failed(self, what: str, source: Source | None, error: Exception) -> None:
-        """A bug some message ran into: counted, and logged without the message or a traceback (which could quote it)."""
+        """A bug some message ran into: counted, and logged without the message or a traceback (could quote it)."""
         self.metrics.internal_errors.inc()
         self._log_failure("%s from %s: %s", what, source or "a client", exception_summary(error))
 

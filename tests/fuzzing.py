@@ -123,8 +123,13 @@ TRANSACTION = "txn0"
 PROXY_BRANCH = (BRANCH_MARK + "fuzzed").encode()
 
 
-def _request(method: str, uri: str, *extra: tuple[str, str], to: str = f"<sip:pbx@{DOMAIN}>",
-             body: bytes = b"") -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+# A message as the generator edits it: start line, (name, value) headers, body.
+Parts = tuple[bytes, list[tuple[bytes, bytes]], bytes]
+
+
+def _request(
+    method: str, uri: str, *extra: tuple[str, str], to: str = f"<sip:pbx@{DOMAIN}>", body: bytes = b""
+) -> Parts:
     headers = [
         ("Via", f"SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bK-{TRANSACTION}-fuzz;rport"),
         ("Max-Forwards", "70"),
@@ -138,7 +143,7 @@ def _request(method: str, uri: str, *extra: tuple[str, str], to: str = f"<sip:pb
     return f"{method} {uri} SIP/2.0".encode(), [(n.encode(), v.encode()) for n, v in headers], body
 
 
-def _response(status: str, method: str, *extra: tuple[str, str], body: bytes = b"") -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+def _response(status: str, method: str, *extra: tuple[str, str], body: bytes = b"") -> Parts:
     headers = [
         ("Via", f"SIP/2.0/UDP 127.0.0.1:5060;branch={PROXY_BRANCH.decode()};rport=5060"),
         ("Via", "SIP/2.0/UDP 127.0.0.4:5060;branch=z9hG4bK-caller"),
@@ -152,8 +157,8 @@ def _response(status: str, method: str, *extra: tuple[str, str], body: bytes = b
     return f"SIP/2.0 {status}".encode(), [(n.encode(), v.encode()) for n, v in headers], body
 
 
-# Start line, headers, body: valid messages of every kind the server meets.
-BASES = [
+# Valid messages of every kind the server meets.
+BASES: list[Parts] = [
     _request("REGISTER", f"sip:{DOMAIN}", ("Contact", "<sip:pbx@127.0.0.2:5060>;expires=600"), ("Expires", "600"),
              to=f"<sip:pbx@{DOMAIN}>"),
     _request("REGISTER", f"sip:{DOMAIN}", ("Contact", '"Alice, A." <sip:alice@127.0.0.2:5062;transport=tcp>;q=0.5, *'),
@@ -247,9 +252,7 @@ def _nasty(draws: Draws) -> bytes:
     return draws.binary(12) if draws.integer(0, 4) == 0 else draws.choice(NASTY)
 
 
-def mutate_structure(
-    draws: Draws, start: bytes, headers: list[tuple[bytes, bytes]], body: bytes
-) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+def mutate_structure(draws: Draws, start: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> Parts:
     """One change to a message's structure: a header's value, name or place, the start line, the body."""
     kind = draws.choice(_STRUCTURAL)
     headers = list(headers)

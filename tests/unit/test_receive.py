@@ -108,7 +108,8 @@ def test_a_stream_that_cannot_be_framed_is_answered_and_closed(path: ReceivePath
 
 
 def test_a_folded_header_too_long_to_send_in_one_line_is_400(path: ReceivePath) -> None:
-    data = options().replace(b"Content-Length: 0", b"Subject: " + b"a" * 5000 + b"\r\n " + b"b" * 5000 + b"\r\nContent-Length: 0")
+    folded = b"Subject: " + b"a" * 5000 + b"\r\n " + b"b" * 5000 + b"\r\nContent-Length: 0"
+    data = options().replace(b"Content-Length: 0", folded)
     [sent] = path.receive(data)
     assert answer(sent).reason == "Header Line Too Long: Subject (limit 8192 bytes)"
 
@@ -117,7 +118,8 @@ def test_a_folded_header_too_long_to_send_in_one_line_is_400(path: ReceivePath) 
 
 
 def broken_endpoint(metrics: Metrics, clock: FakeClock) -> SipEndpoint:
-    return SipEndpoint(BrokenService(), metrics, SourceLimiter(SecurityPolicy, clock=clock), clock)  # type: ignore[arg-type]
+    sources = SourceLimiter(SecurityPolicy, clock=clock)
+    return SipEndpoint(BrokenService(), metrics, sources, clock)  # type: ignore[arg-type]
 
 
 class BrokenService:
