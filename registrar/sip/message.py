@@ -63,7 +63,8 @@ class SipError(Exception):
     """
 
     def __init__(self, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()):
-        reason = reason_phrase(reason)
+        if len(reason) > MAX_REASON_PHRASE or not reason.isprintable():  # not the usual constant phrase
+            reason = reason_phrase(reason)
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
@@ -85,6 +86,13 @@ def reason_phrase(text: str) -> str:
 def _printable(text: str) -> str:
     """`text` without the characters that are not printable (str.isprintable)."""
     return text if text.isprintable() else "".join([c for c in text if c.isprintable()])
+
+
+def _parsed_cseq(value: str) -> tuple[int, str]:
+    try:
+        return parse_cseq(value)
+    except ValueError as exc:
+        raise SipError(400, f"Bad CSeq: {exc}") from None
 
 
 def list_elements(name: str, value: str) -> list[str]:
@@ -188,10 +196,7 @@ class Message:
         """(number, method); SipError 400 for a malformed CSeq."""
         cseq = self._cseq
         if cseq is None:
-            try:
-                cseq = self._cseq = parse_cseq(self.get("CSeq") or "")
-            except ValueError as exc:
-                raise SipError(400, f"Bad CSeq: {exc}") from None
+            cseq = self._cseq = _parsed_cseq(self.get("CSeq") or "")
         return cseq
 
     @property
@@ -433,7 +438,7 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[s
         for name in REQUIRED_REQUEST_HEADERS:
             if name not in names:
                 raise SipError(400, f"Missing {name} Header")
-    cseq = request.cseq  # parsed once, kept: the registrar reads it again
+    cseq = request._cseq = _parsed_cseq(headers[names["CSeq"]][1])  # what Request.cseq gives, kept
     if cseq[1] != method:
         raise SipError(400, "CSeq Method Does Not Match Request Method")
     return request
@@ -470,7 +475,9 @@ def make_response(request: Request, status: int, reason: str, to_tag: str | None
         for position, (name, value) in enumerate(headers):
             if name == "To" and not _has_tag(value):
                 headers[position] = (name, f"{value};tag={to_tag or transaction_tag(request)}")
-    return Response(headers=headers, status=status, reason=reason_phrase(reason))
+    if len(reason) > MAX_REASON_PHRASE or not reason.isprintable():  # not the usual constant phrase
+        reason = reason_phrase(reason)
+    return Response(headers=headers, status=status, reason=reason)
 
 
 def transaction_tag(request: Request) -> str:
