@@ -8,6 +8,7 @@ caller can answer a bad request precisely (or drop it when no answer is possible
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -320,19 +321,21 @@ def _check_control_characters(lines: list[str]) -> None:
 
 def _disallowed_control(line: str, *, quoted_pairs: bool) -> int:
     """Where `line` has a control character that is not HTAB or quoted-pair escaped, or -1."""
-    in_quotes = escaped = False
-    for position, c in enumerate(line):
-        if escaped:
-            escaped = False
-            if c in "\r\n":
-                return position
-        elif (c < " " and c != "\t") or c == "\x7f":
-            return position
-        elif quoted_pairs and c == '"':
-            in_quotes = not in_quotes
-        elif quoted_pairs and in_quotes and c == "\\":
-            escaped = True
-    return -1
+    if not quoted_pairs:
+        found = _CONTROL.search(line)
+        return found.start() if found is not None else -1
+    # In C, not character by character in Python: a head of 64 KiB of escaped NULs
+    # would otherwise cost 5 ms, a hundred well-formed messages' time.
+    end = _WELL_QUOTED.match(line).end()  # type: ignore[union-attr]  # matches the empty string too
+    return end if end < len(line) else -1
+
+
+_CONTROL_CLASS = r"\x00-\x08\x0a-\x1f\x7f"
+_CONTROL = re.compile(f"[{_CONTROL_CLASS}]")
+# A header line as far as it is free of disallowed controls: what is neither a control nor a
+# quote, and quoted strings (the last perhaps unterminated) whose quoted-pairs escape any
+# character but CR and LF. Possessive: no backtracking, whatever the line.
+_WELL_QUOTED = re.compile(rf'(?:[^"{_CONTROL_CLASS}]++|"(?:[^"\\{_CONTROL_CLASS}]++|\\[^\r\n])*+"?)*+')
 
 
 def _parse_header_lines(head: str, lines: list[str]) -> tuple[list[tuple[str, str]], dict[str, int]]:

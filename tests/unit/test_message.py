@@ -1572,6 +1572,37 @@ def test_control_characters_a_head_may_not_carry_are_400_naming_where(data: byte
     assert (error.status, error.reason) == (400, reason)
 
 
+def _first_disallowed_control(line: str) -> int:
+    """RFC 3261 25.1 read character by character: a control but HTAB is allowed only as a quoted-pair, not CR or LF."""
+    in_quotes = escaped = False
+    for position, c in enumerate(line):
+        if escaped:
+            escaped = False
+            if c in "\r\n":
+                return position
+        elif (c < " " and c != "\t") or c == "\x7f":
+            return position
+        elif c == '"':
+            in_quotes = not in_quotes
+        elif in_quotes and c == "\\":
+            escaped = True
+    return -1
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(alphabet='ab "\\\t\r\n\x00\x01\x1f\x7fé', max_size=16))
+def test_the_parser_finds_the_control_character_a_character_by_character_reading_finds(line: str) -> None:
+    if "\r\n" in line:  # a line end, as far as the message goes
+        return
+    data = register_with(extra=(f"X-Test: {line}",))
+    position = _first_disallowed_control(f"X-Test: {line}")
+    if position < 0:
+        assert request(data).get("X-Test") == line.strip(" \t")
+    else:
+        code = ord(f"X-Test: {line}"[position])
+        assert rejected(data).reason == f"Bad X-Test: control character 0x{code:02X}"
+
+
 def test_a_quoted_pair_may_escape_a_control_character_and_tabs_are_whitespace() -> None:
     req = request(REGISTER.replace(b'"Alice"', b'"Ali\\\x00ce\\\x7f"').replace(b"CSeq: 314159", b"CSeq:\t314159"))
     assert display_name_text(req.name_addr("From").display_name) == "Ali\x00ce\x7f"
