@@ -125,16 +125,13 @@ def unterminated_quote(text: str) -> int:
     """Where the quoted string that `text` leaves open starts, or -1 when every one is closed."""
     if '"' not in text:
         return -1
-    opened = -1
-    escaped = False
-    for i, c in enumerate(text):
-        if escaped:
-            escaped = False
-        elif opened >= 0 and c == "\\":
-            escaped = True
-        elif c == '"':
-            opened = i if opened < 0 else -1
-    return opened
+    end = _CLOSED_QUOTES.match(text).end()  # type: ignore[union-attr]  # matches the empty string too
+    return end if end < len(text) else -1
+
+
+# Text whose quoted strings (quoted-pairs in them) are all closed; where it stops, one opens
+# that is not. Possessive: linear in the text, whatever it holds.
+_CLOSED_QUOTES = re.compile(r'[^"]*+(?:"(?:[^"\\]++|\\.)*+"[^"]*+)*+', re.DOTALL)
 
 
 def parse_params(text: str) -> dict[str, str | None]:

@@ -80,12 +80,8 @@ def reason_phrase(text: str) -> str:
     of the sender's choosing), NUL, the other C0 controls, DEL, C1 controls, and
     bytes that were not UTF-8.
     """
-    text = _printable(text)
-    return text if len(text) <= MAX_REASON_PHRASE else text[:MAX_REASON_PHRASE].rstrip()
-
-
-def _printable(text: str) -> str:
-    """`text` without the characters that are not printable (str.isprintable)."""
+    if len(text) > MAX_REASON_PHRASE:  # cut first: what follows reads it character by character
+        text = text[:MAX_REASON_PHRASE].rstrip()
     return text if text.isprintable() else "".join([c for c in text if c.isprintable()])
 
 
@@ -332,6 +328,7 @@ def _disallowed_control(line: str, *, quoted_pairs: bool) -> int:
 
 _CONTROL_CLASS = r"\x00-\x08\x0a-\x1f\x7f"
 _CONTROL = re.compile(f"[{_CONTROL_CLASS}]")
+_WITHOUT_CONTROLS = dict.fromkeys(_CONTROL_BYTES)  # str.translate: delete them
 # A header line as far as it is free of disallowed controls: what is neither a control nor a
 # quote, and quoted strings (the last perhaps unterminated) whose quoted-pairs escape any
 # character but CR and LF. Possessive: no backtracking, whatever the line.
@@ -636,10 +633,10 @@ def salvage_request(data: bytes) -> Request | None:
 def _echoable(value: str) -> str:
     """A header value of an unparsable request as its answer can carry it back.
 
-    Without what is not printable (a bare CR would end the line in the answer
-    and start a header of the sender's choosing), and cut where a quoted string
-    is left open, which would make the answer as unparsable as the request.
+    Without control characters (a bare CR would end the line in the answer and
+    start a header of the sender's choosing), and cut where a quoted string is
+    left open, which would make the answer as unparsable as the request.
     """
-    value = _printable(value)
+    value = value.translate(_WITHOUT_CONTROLS)
     open_quote = unterminated_quote(value)
     return (value if open_quote < 0 else value[:open_quote]).strip(WHITESPACE)

@@ -1525,7 +1525,7 @@ def test_a_reason_phrase_we_send_is_printable_and_bounded() -> None:
     sent = make_response(request(REGISTER), 505, reason)
     for phrase in (SipError(505, reason).reason, sent.reason):
         assert phrase.startswith("Version Not Supported: SIP/2.0X-Injected:yxxx")
-        assert phrase.isprintable() and len(phrase) == MAX_REASON_PHRASE
+        assert phrase.isprintable() and MAX_REASON_PHRASE - 4 <= len(phrase) <= MAX_REASON_PHRASE
     assert sent.to_bytes().split(b"\r\n")[0] == f"SIP/2.0 505 {sent.reason}".encode()
 
 
