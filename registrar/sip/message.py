@@ -455,6 +455,10 @@ def _parse_status_line(line: str, headers: list[tuple[str, str]], names: dict[st
     status = parse_digits(code, 1000) if len(code) == 3 else None
     if status is None or not 100 <= status <= 699:
         raise SipError(400, "Bad Status-Line")
+    if "\t" in reason:
+        # RFC 3261 25.1 allows HTAB in a reason phrase; as a space it is no control
+        # character in what a proxy passes on.
+        reason = reason.replace("\t", " ")
     return Response(headers=headers, status=status, reason=reason, first_index=names)
 
 

@@ -1603,6 +1603,11 @@ def test_the_parser_finds_the_control_character_a_character_by_character_reading
         assert rejected(data).reason == f"Bad X-Test: control character 0x{code:02X}"
 
 
+def test_a_tab_in_a_reason_phrase_is_read_as_a_space() -> None:
+    # Found by bench/fuzz.py: a downstream "180 Ring<HTAB>ing" went upstream with its tab.
+    assert response(build("SIP/2.0 180 Ring\ting", "CSeq: 1 INVITE")).reason == "Ring ing"
+
+
 def test_a_quoted_pair_may_escape_a_control_character_and_tabs_are_whitespace() -> None:
     req = request(REGISTER.replace(b'"Alice"', b'"Ali\\\x00ce\\\x7f"').replace(b"CSeq: 314159", b"CSeq:\t314159"))
     assert display_name_text(req.name_addr("From").display_name) == "Ali\x00ce\x7f"
