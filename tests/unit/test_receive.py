@@ -119,7 +119,7 @@ def test_a_folded_header_too_long_to_send_in_one_line_is_400(path: ReceivePath) 
 
 def broken_endpoint(metrics: Metrics, clock: FakeClock) -> SipEndpoint:
     sources = SourceLimiter(SecurityPolicy, clock=clock)
-    return SipEndpoint(BrokenService(), metrics, sources, clock)  # type: ignore[arg-type]
+    return SipEndpoint(BrokenService(), metrics, sources, security=SecurityPolicy, clock=clock)  # type: ignore[arg-type]
 
 
 class BrokenService:
