@@ -326,9 +326,10 @@ def _disallowed_control(line: str, *, quoted_pairs: bool) -> int:
     return end if end < len(line) else -1
 
 
-_CONTROL_CLASS = r"\x00-\x08\x0a-\x1f\x7f"
+# _CONTROL_BYTES as a regex character class, and as a str.translate table that deletes them.
+_CONTROL_CLASS = "".join(f"\\x{byte:02x}" for byte in _CONTROL_BYTES)
 _CONTROL = re.compile(f"[{_CONTROL_CLASS}]")
-_WITHOUT_CONTROLS = dict.fromkeys(_CONTROL_BYTES)  # str.translate: delete them
+_WITHOUT_CONTROLS = dict.fromkeys(_CONTROL_BYTES)
 # A header line as far as it is free of disallowed controls: what is neither a control nor a
 # quote, and quoted strings (the last perhaps unterminated) whose quoted-pairs escape any
 # character but CR and LF. Possessive: no backtracking, whatever the line.
