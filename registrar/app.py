@@ -17,6 +17,7 @@ from registrar.lockout import LockoutTable
 from registrar.metrics import Metrics
 from registrar.model import Catalog
 from registrar.proxy import Identity, Proxy
+from registrar.ratelog import RateLimitedLog
 from registrar.registrar import Registrar, Source
 from registrar.routing import Router, Target
 from registrar.service import SipService
@@ -126,6 +127,8 @@ class RegistrarServer:
         )
         self.registrar.on_bound = self._keep_flow
         self.endpoint.proxy = self._proxy(authenticator)
+        # Anyone can call a user whose contact is gone, as often as they like: a line per 10 s.
+        self._log_skipped = RateLimitedLog(log, logging.WARNING)
         self._closers: list = []
         self._tasks: list[asyncio.Task] = []
         self._listening = False
@@ -163,7 +166,7 @@ class RegistrarServer:
     def _unreachable(self, target: Target, why: str) -> None:
         # The binding stays: its UA re-registers over a new connection, or it expires.
         node = target.ref.node if target.ref is not None else ""
-        log.warning("sipreg: call skipped %s's contact %s (node %s): %s", target.aor, target.uri, node, why)
+        self._log_skipped("sipreg: call skipped %s's contact %s (node %s): %s", target.aor, target.uri, node, why)
         self.metrics.unreachable_contact(why)
 
     def _authenticated(self, source: Source) -> None:

@@ -32,6 +32,7 @@ from typing import NamedTuple, Protocol
 
 from registrar.eager import start_eagerly
 from registrar.flows import DIALOG, HOP, FlowRef, RouteToken, TokenSigner, of_binding
+from registrar.ratelog import RateLimitedLog, exception_summary
 from registrar.registrar import Source, error_response, server_response
 from registrar.routing import Router, Target
 from registrar.sip import proxy as relay
@@ -133,6 +134,9 @@ class Proxy:
         self._on_final = on_final
         self._on_unreachable = on_unreachable
         self._max_transactions = max_transactions
+        # What requests make us log, at most a line per kind per interval (registrar.ratelog).
+        self._log_failure = RateLimitedLog(log, logging.ERROR)
+        self.log_unsent = RateLimitedLog(log, logging.INFO)
         self.servers: dict[TransactionKey, ServerTransaction] = {}
         self.clients: dict[tuple[str, str], Branch] = {}
         self._merge_keys: dict[tuple[str, str, int, str], TransactionKey] = {}
@@ -230,8 +234,8 @@ class Proxy:
                 await self._fork(server, target_set.groups, record_route=request.method in DIALOG_METHODS)
         except SipError as error:
             server.respond(error_response(request, error))
-        except Exception:
-            log.exception("error routing %s", request.method)
+        except Exception as error:
+            self._log_failure("error routing %s: %s", request.method, exception_summary(error))
             server.respond(server_response(request, 500, "Server Internal Error"))
 
     def _take_our_routes(self, request: Request) -> tuple[Target | None, int]:
@@ -322,7 +326,7 @@ class Proxy:
         try:
             destination, hop_route = await self._destination(target)
         except SendError as error:
-            log.info("sipreg: %s not relayed: %s", request.method, error)
+            self.log_unsent("sipreg: %s not relayed: %s", request.method, error)
             return
         if destination is None:
             return
@@ -331,7 +335,7 @@ class Proxy:
         try:
             self.delivery.send(destination, copy.to_bytes())
         except SendError as error:
-            log.info("sipreg: %s not relayed: %s", request.method, error)
+            self.log_unsent("sipreg: %s not relayed: %s", request.method, error)
 
     def _cancel(self, request: Request, reply: Callable[[bytes], None], key: TransactionKey) -> None:
         invite_key = (*key[:-1], "INVITE")
@@ -365,7 +369,7 @@ class Proxy:
             destination, hop_route = await self._destination(target)
         except SendError as error:
             server.finals.append(server_response(server.request, 503, "Service Unavailable"))
-            log.info("sipreg: cannot reach %s: %s", target.uri, error)
+            self.log_unsent("sipreg: cannot reach %s: %s", target.uri, error)
             return False
         if destination is None:
             return False
@@ -714,7 +718,7 @@ class Branch:
         try:
             self.proxy.delivery.send(self.destination, data)
         except SendError as error:
-            log.info("sipreg: %s to %s failed: %s", self.request.method, self.destination, error)
+            self.proxy.log_unsent("sipreg: %s to %s failed: %s", self.request.method, self.destination, error)
             return False
         return True
 
