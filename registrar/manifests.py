@@ -7,9 +7,9 @@ of every file and returns the domains and connections as registrar.model
 values. Objects may appear in any order and any file: a SipConnection may come
 before the SipDomain and the Secret it refers to.
 
-What is read (group/version sipreg.io/v1alpha1, field names as in DESIGN.md):
+What is read (group/version sipreg.io/v1alpha1, field names as in docs/DESIGN.md):
 
-- SipDomain -> Domain. `spec.registration` ABSENT MEANS DISABLED: DESIGN.md
+- SipDomain -> Domain. `spec.registration` ABSENT MEANS DISABLED: docs/DESIGN.md
   says "absent or enabled: false -> REGISTER gets 405", so a domain accepts
   registrations only when its manifest says so; `registration: {}` enables
   them with the default expiry bounds.
