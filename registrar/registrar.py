@@ -219,11 +219,11 @@ class Registrar:
         if verdict is not Verdict.OK:
             raise self._challenge(domain, stale=False)
         assert known is not None  # OK is only reached with a real HA1
+        self._on_authenticated(source)  # it knows a password: no stranger, even if refused below
         if credentials.username != username:
             self.authenticator.note_failure(known, "authenticated user does not match To", source)
             raise SipError(403, "Authenticated User Does Not Match To")
         self._check_address(known, source)
-        self._on_authenticated(source)
         self._check_inbound(known)
         return known
 

@@ -140,7 +140,6 @@ class Router:
         if domain is None:
             raise SipError(403, "Relaying Denied")
         connection = self._authenticated_caller(request, source, domain, caller, catalog)
-        self._on_authenticated(source)
         if not connection.outbound:
             raise SipError(403, "Outbound Calls Not Allowed For This User")
         if domain.outbound_gateway is None:
@@ -161,14 +160,17 @@ class Router:
         if caller.scheme not in ("sip", "sips") or caller.host != domain.name:
             raise self._challenge(domain, stale=False)  # nobody it could prove to be: the same challenge
         self._authenticated_caller(request, source, domain, caller, catalog)
-        self._on_authenticated(source)
 
     def _authenticated_caller(
         self, request: Request, source: Source, domain: Domain, caller: URI, catalog: Catalog
     ) -> Connection:
-        """The connection the caller proved to be (credentials or source address); raises 407/403."""
+        """The connection the caller proved to be (credentials or source address); raises 407/403.
+
+        A caller that proves it (if refused after) is no stranger: the source limits hear of it.
+        """
         claimed = catalog.connections.get((domain.name, caller.user or ""))
         if claimed is not None and claimed.authentication == "ip" and claimed.allows_address(source.host):
+            self._on_authenticated(source)
             return claimed
         # Anyone else is challenged, an `ip` connection's name from elsewhere too (it can never
         # pass, having no HA1): a 403 would tell which names exist.
@@ -183,6 +185,7 @@ class Router:
             raise SipError(403, LOCKED_OUT_REASON)
         if verdict is not Verdict.OK or known is None:
             raise self._challenge(domain, stale=False)
+        self._on_authenticated(source)
         if credentials.username != caller.user:
             raise SipError(403, "Authenticated User Does Not Match From")
         if not known.allows_address(source.host):
