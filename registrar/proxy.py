@@ -189,6 +189,8 @@ class Proxy:
             return
         server = ServerTransaction(self, key, request, source, reply, hash_of_request)
         self.servers[key] = server
+        if method == "INVITE":
+            server.domain = self.router.domain_of(request)  # its answer is counted by it, refusals too
         try:
             self._check(request, server)
         except SipError as error:
@@ -230,7 +232,6 @@ class Proxy:
                 raise SipError(403, "Relaying Denied: Preloaded Route")
             else:
                 target_set = await self.router.route(request, server.source)
-                server.domain = target_set.domain
                 await self._fork(server, target_set.groups, record_route=request.method in DIALOG_METHODS)
         except SipError as error:
             server.respond(error_response(request, error))
@@ -643,7 +644,7 @@ class ServerTransaction:
             self.respond(relay.without_top_via(response))
             for other in self.branches:
                 if other is not branch:
-                    other.cancel()
+                    other.cancel(relay.COMPLETED_ELSEWHERE)
             self.maybe_complete()
             return
         self.finals.append(relay.without_top_via(response))
@@ -695,6 +696,7 @@ class Branch:
         self.provisional = False
         self.final: Response | None = None
         self.cancel_pending = False
+        self.cancel_reason: str | None = None  # the Reason (RFC 3326) its CANCEL will carry
         self.cancel_branch: Branch | None = None
         self._interval = T1
         self._retransmit: asyncio.TimerHandle | None = None
@@ -757,7 +759,7 @@ class Branch:
                     self._timeout.cancel()
                 self._timeout = asyncio.get_running_loop().call_later(TIMER_C, self._timed_out)
                 if self.cancel_pending:
-                    self.cancel()
+                    self.cancel(self.cancel_reason)
             if self.server is not None:
                 self.server.branch_answered(self, response)
             return
@@ -782,14 +784,15 @@ class Branch:
             # Answers made up here (408, 503) copy the branch's Vias, ours on top, like real ones.
             self.server.branch_answered(self, response)
 
-    def cancel(self) -> None:
-        """CANCEL this branch: now when it has rung, else as soon as it does (RFC 3261 9.1)."""
+    def cancel(self, reason: str | None = None) -> None:
+        """CANCEL this branch: now when it has rung, else as soon as it does (RFC 3261 9.1); `reason`: its Reason."""
         if not self.invite or self.final is not None or self.cancel_branch is not None:
             return
         if not self.provisional:
             self.cancel_pending = True
+            self.cancel_reason = reason
             return
-        cancel = relay.cancel_for(self.request)
+        cancel = relay.cancel_for(self.request, reason)
         branch = Branch(self.proxy, None, self.id, cancel, self.destination)
         self.cancel_branch = branch
         self.proxy.clients[(self.id, "CANCEL")] = branch

@@ -58,7 +58,6 @@ class TargetSet:
     """The target set (RFC 3261 16.5): the groups in turn, the targets of a group in parallel."""
 
     groups: list[list[Target]]
-    domain: str  # the served domain the call is for (inbound) or from (outbound)
 
 
 class Router:
@@ -86,8 +85,8 @@ class Router:
             uri = parse_uri(request.uri)
         except URIError as exc:
             raise SipError(400, f"Bad Request-URI: {exc}") from None
-        domain = catalog.domains.get(uri.host) if uri.scheme != "tel" else None
-        if domain is not None and not (uri.user and _PHONE_NUMBER.fullmatch(uri.user)):
+        domain = _called_domain(uri, catalog)
+        if domain is not None:
             if not uri.user:
                 if request.method not in KNOWN_METHODS:
                     raise SipError(501, "Not Implemented")
@@ -103,6 +102,19 @@ class Router:
                 raise SipError(404, "Not Found")
             return await self._inbound(domain, connection)
         return self._outbound(request, source, uri, catalog)
+
+    def domain_of(self, request: Request) -> str:
+        """The served domain a new request concerns, whatever its answer: the callee's for a call
+        in, the caller's (From) for a call out; "" for neither (metrics label calls by it)."""
+        catalog = self._catalog()
+        try:
+            domain = _called_domain(parse_uri(request.uri), catalog)
+            caller = request.name_addr("From").uri
+        except (URIError, SipError):
+            return ""
+        if domain is not None:
+            return domain.name
+        return caller.host if caller.scheme in ("sip", "sips") and caller.host in catalog.domains else ""
 
     # -- inbound ----------------------------------------------------------------------------
     async def _inbound(self, domain: Domain, connection: Connection) -> TargetSet:
@@ -131,7 +143,7 @@ class Router:
             [Target(binding.contact, of_binding(binding), aor=binding.aor) for binding in same_q]
             for _, same_q in itertools.groupby(ordered, key=_q)
         ]
-        return TargetSet(groups, domain.name)
+        return TargetSet(groups)
 
     # -- outbound ---------------------------------------------------------------------------
     def _outbound(self, request: Request, source: Source, uri: URI, catalog: Catalog) -> TargetSet:
@@ -152,7 +164,7 @@ class Router:
             target_uri = f"sip:{uri.user}@{gateway.host}{port}"
         if domain.mode == "redirect":
             raise SipError(302, "Moved Temporarily", [("Contact", f"<{target_uri}>")])
-        return TargetSet([[Target(target_uri, address=gateway)]], domain.name)
+        return TargetSet([[Target(target_uri, address=gateway)]])
 
     def _proven_caller(self, request: Request, source: Source, domain: Domain, catalog: Catalog) -> None:
         """A stranger calling in proves to be a user of the domain it calls (From); raises 407/403 otherwise."""
@@ -196,6 +208,14 @@ class Router:
 
     def _challenge(self, domain: Domain, *, stale: bool) -> SipError:
         return challenge_for(self.authenticator, domain, stale=stale, status=407)
+
+
+def _called_domain(uri: URI, catalog: Catalog) -> Domain | None:
+    """The served domain `uri` calls a user (or no user) of; None for a call out (another domain, tel:, a number)."""
+    domain = catalog.domains.get(uri.host) if uri.scheme != "tel" else None
+    if domain is None or (uri.user and _PHONE_NUMBER.fullmatch(uri.user)):
+        return None
+    return domain
 
 
 def _q(binding: Binding) -> float:

@@ -159,9 +159,16 @@ def forwarded(
     return Request(headers=headers, body=request.body, method=request.method, uri=uri)
 
 
-def cancel_for(branch_request: Request) -> Request:
-    """The CANCEL of a forwarded INVITE (RFC 3261 9.1)."""
-    return _in_its_transaction(branch_request, "CANCEL", branch_request.get("To") or "")
+# Why the losing branches of a fork are cancelled (RFC 3326): phones show no missed call for it.
+COMPLETED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
+
+
+def cancel_for(branch_request: Request, reason: str | None = None) -> Request:
+    """The CANCEL of a forwarded INVITE (RFC 3261 9.1), with a Reason header when one is given (RFC 3326)."""
+    cancel = _in_its_transaction(branch_request, "CANCEL", branch_request.get("To") or "")
+    if reason is not None:
+        cancel.add("Reason", reason)
+    return cancel
 
 
 def ack_for(branch_request: Request, response: Response) -> Request:

@@ -220,6 +220,8 @@ async def test_the_first_2xx_goes_upstream_and_the_other_branches_are_cancelled(
     [(destination, cancel_request)] = node.wire.requests("CANCEL")
     assert destination == udp_leg and cancel_request.get("Via") == udp_invite.get("Via")
     assert cancel_request.uri == udp_invite.uri and cancel_request.get("CSeq") == "1 CANCEL"
+    # RFC 3326: the losing phone shows no missed call.
+    assert cancel_request.get("Reason") == 'SIP;cause=200;text="Call completed elsewhere"'
     await node.answer(udp_invite, 183, "Session Progress", to_tag="udp-phone")  # late: nothing after a final
     await node.answer(cancel_request, 200, "OK", to_tag="udp-phone")
     await node.answer(udp_invite, 487, "Request Terminated", to_tag="udp-phone")
@@ -227,6 +229,17 @@ async def test_the_first_2xx_goes_upstream_and_the_other_branches_are_cancelled(
     assert ack.get("Via") == udp_invite.get("Via") and "udp-phone" in ack.get("To")
     assert node.statuses() == [100, 180, 180, 200]  # the 487 stays here
     assert node.finals == [(DOMAIN, 200)]
+
+
+async def test_a_branch_that_had_not_rung_when_another_answered_is_cancelled_completed_elsewhere_once_it_rings() -> None:
+    node = await two_phones()
+    await node.receive(invite())
+    (_, udp_invite), (_, tcp_invite) = node.wire.requests("INVITE")
+    await node.answer(tcp_invite, 200, "OK", to_tag="tcp-phone")
+    assert node.wire.requests("CANCEL") == []  # nothing to cancel before it rings (RFC 3261 9.1)
+    await node.answer(udp_invite, 180, "Ringing", to_tag="udp-phone")
+    [(_, cancel_request)] = node.wire.requests("CANCEL")
+    assert cancel_request.get("Reason") == 'SIP;cause=200;text="Call completed elsewhere"'
 
 
 async def test_forking_tries_the_highest_q_first_and_the_next_group_after_it_fails() -> None:
@@ -278,6 +291,7 @@ async def test_cancel_before_the_callee_rang_waits_for_its_provisional_then_the_
     assert node.wire.requests("CANCEL") == []  # not before a provisional (RFC 3261 9.1)
     await node.answer(sent, 180, "Ringing")
     [(_, cancel_request)] = node.wire.requests("CANCEL")
+    assert cancel_request.get("Reason") is None  # the caller gave up: a missed call it is
     await node.answer(sent, 487, "Request Terminated")
     assert node.statuses() == [100, 200, 180, 487]
     # The caller's ACK for the 487 ends here: it is hop by hop.
@@ -591,6 +605,15 @@ async def test_a_stranger_who_proves_to_be_our_user_is_told_the_precise_answer()
     await node.receive(invite(f"sip:bob@{DOMAIN}", branch="z9hG4bK-2", extra=f"Proxy-Authorization: {credentials}\r\n"),
                        STRANGER)
     assert (node.upstream[-1].status, node.upstream[-1].reason) == (480, "Temporarily Unavailable")
+
+
+async def test_refused_calls_are_counted_under_their_domain_not_other() -> None:
+    node = Node()
+    await node.receive(invite(f"sip:nobody@{DOMAIN}"), STRANGER)  # in: the callee's domain
+    await node.receive(invite("sip:carol@elsewhere.test", branch="z9hG4bK-2", call_id="c2"))  # out: the caller's
+    await node.receive(invite("sip:x@elsewhere.test", caller="eve@evil.test", branch="z9hG4bK-3", call_id="c3"))
+    await node.receive(invite(f"sip:bob@{DOMAIN}", branch="z9hG4bK-4", call_id="c4"))  # known caller: 480
+    assert node.finals == [(DOMAIN, 407), (DOMAIN, 407), ("", 403), (DOMAIN, 480)]
 
 
 async def test_a_refusal_is_one_stateless_answer_even_retransmitted_and_without_an_ack(monkeypatch) -> None:
