@@ -35,7 +35,7 @@ from registrar.sip import digest
 from registrar.sip.grammar import is_token, quote
 from registrar.sip.headers import parse_delta_seconds, parse_name_addr
 from registrar.sip.message import Request, Response, SipError, make_response
-from registrar.sip.uri import URI, URIError, parse_uri
+from registrar.sip.uri import URI, URIError, parameters_agree, parse_uri
 from registrar.store import LocationStore, StoreUnavailable
 
 SERVER_NAME = "sipreg"
@@ -298,8 +298,8 @@ class Registrar:
         if len(contacts) > 1:
             # A Contact listed twice (or two URIs of one +sip.instance/reg-id) is one
             # binding; the last mention wins, as if the UA had sent them in turn.
-            unique = {c.key: c for c in contacts}
-            contacts = list(unique.values())
+            contacts = [c for n, c in enumerate(contacts)
+                        if not any(_same_binding(c.uri, c.instance, c.reg_id, later) for later in contacts[n + 1:])]
         limit = connection.max_contacts
         if len(contacts) > limit and len([c for c in contacts if c.expires]) > limit:
             raise SipError(403, f"Too Many Contacts (max {limit})")
@@ -337,9 +337,9 @@ class Registrar:
                 for existing in bindings:
                     # A refresh repeats its Contact to the letter: equal text needs no parse.
                     same_text = existing.contact == contact.uri_text and existing.instance == contact.instance
-                    if (same_text and existing.reg_id == contact.reg_id) or _binding_key(
-                        parse_uri(existing.contact), existing.instance, existing.reg_id
-                    ) == contact.key:
+                    if (same_text and existing.reg_id == contact.reg_id) or _same_binding(
+                        parse_uri(existing.contact), existing.instance, existing.reg_id, contact
+                    ):
                         _check_order(existing, call_id, cseq)
                         bindings.remove(existing)
                         break
@@ -456,12 +456,25 @@ def _check_order(existing: Binding, call_id: str, cseq: int) -> None:
 def _binding_key(uri: URI, instance: str | None, reg_id: int | None) -> tuple:
     """What makes two Contacts the same binding: the instance (RFC 5626), else the URI.
 
-    URI comparison follows RFC 3261 19.1.4 in the parts that matter for Contacts:
-    scheme, user (case-sensitive), host and port (case-insensitive), transport.
+    The parts of RFC 3261 19.1.4's URI comparison that fit a key: scheme, user
+    (case-sensitive), host and port (case-insensitive), transport; `_same_binding`
+    adds the parameters.
     """
     if instance is not None:
         return ("instance", instance, reg_id)
     return ("uri", uri.scheme, uri.user, uri.host, uri.port, uri.transport)
+
+
+def _same_binding(uri: URI, instance: str | None, reg_id: int | None, contact: ContactRequest) -> bool:
+    """Whether a Contact (or a binding's) and `contact` are one binding (RFC 3261 10.3 step 7).
+
+    The same +sip.instance and reg-id (RFC 5626) are, whatever the URIs; else the
+    URIs must be equal by RFC 3261 19.1.4: the key's parts, and the parameters
+    both carry (two Contacts that differ in one, e.g. rinstance, are two bindings).
+    """
+    if _binding_key(uri, instance, reg_id) != contact.key:
+        return False
+    return instance is not None or parameters_agree(uri, contact.uri)
 
 
 def _contact_value(binding: Binding, now: float) -> str:

@@ -189,3 +189,21 @@ def split_hostport(hostport: str, default_port: int | None = None) -> tuple[str,
     """host[:port] as used by Via sent-by; raises URIError."""
     host, port = _split_hostport(hostport.strip())
     return host, port if port is not None else default_port
+
+
+# RFC 3261 19.1.4: these parameters must match even when only one of two URIs has them.
+_PARAMETERS_IN_EITHER = ("user", "ttl", "method", "maddr", "transport")
+
+
+def parameters_agree(a: URI, b: URI) -> bool:
+    """The uri-parameter part of RFC 3261 19.1.4's URI comparison.
+
+    A parameter both carry must have the same value (case-insensitively); user,
+    ttl, method, maddr and transport must be in both or in neither; any other
+    parameter in only one of them does not count.
+    """
+    ours = {name.lower(): (value or "").lower() for name, value in a.params.items()}
+    theirs = {name.lower(): (value or "").lower() for name, value in b.params.items()}
+    if any((name in ours) != (name in theirs) for name in _PARAMETERS_IN_EITHER):
+        return False
+    return all(ours[name] == theirs[name] for name in ours.keys() & theirs.keys())

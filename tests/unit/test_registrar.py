@@ -841,6 +841,25 @@ async def test_contact_uri_comparison_ignores_host_case(env):
     assert len(await env.bindings()) == 1
 
 
+@pytest.mark.parametrize(
+    "first, second, bindings",
+    [
+        (";rinstance=a1", ";rinstance=b2", 2),  # a parameter both carry differs: two UAs on one host
+        (";rinstance=a1", ";RINSTANCE=A1", 1),  # parameter names and values compare case-insensitively
+        (";rinstance=a1", "", 1),  # one that only one of them carries does not count
+        (";ob", "", 1),
+        (";transport=tcp", "", 2),  # but user, ttl, method, maddr and transport count even then
+        (";maddr=192.0.2.99", "", 2),
+        (";user=phone", "", 2),
+    ],
+)
+async def test_contacts_are_one_binding_by_the_uri_comparison_of_rfc_3261(env, first, second, bindings):
+    # URI parameters, inside the <>: what the comparison is about.
+    await env.phone(call_id="one@ua").register([f"<sip:alice@192.0.2.10:5060{first}>"])
+    await env.phone(call_id="two@ua").register([f"<sip:alice@192.0.2.10:5060{second}>"])
+    assert len(await env.bindings()) == bindings
+
+
 # -- q values and RFC 5626 instances -------------------------------------------------------------
 
 
