@@ -28,7 +28,6 @@ from tests.integration.sipp import (
     traced_messages,
     users_csv,
 )
-from tests.integration.test_etcd_cluster import replicas  # noqa: F401  (a fixture: registrars on one etcd)
 
 pytestmark = [
     pytest.mark.integration,
@@ -460,7 +459,7 @@ def test_an_outbound_call_is_challenged_then_forwarded_to_the_gateway(
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 @pytest.mark.parametrize("ending", ["bye", "cancel", "hangup"])
 def test_a_callee_registered_on_one_replica_is_called_through_another(
-    replicas, background, manifests: Path, tmp_path: Path, transport: str, ending: str  # noqa: F811
+    replicas, background, manifests: Path, tmp_path: Path, transport: str, ending: str
 ) -> None:
     home = replicas(manifests=manifests, node="replica-a")
     entry = replicas(manifests=None, node="replica-b")  # serves what etcd holds
@@ -499,7 +498,7 @@ def test_a_callee_registered_on_one_replica_is_called_through_another(
 
 
 def test_a_callee_whose_replica_died_is_skipped_reported_and_the_caller_gets_480(
-    replicas, background, manifests: Path, tmp_path: Path  # noqa: F811
+    replicas, background, manifests: Path, tmp_path: Path
 ) -> None:
     home = replicas(manifests=manifests, node="replica-a")
     entry = replicas(manifests=None, node="replica-b")

@@ -16,13 +16,13 @@ import signal
 import socket
 import time
 import urllib.error
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from registrar.store import layout
-from tests.conftest import MANIFESTS, RunningRegistrar, start_registrar, stop_registrar
+from tests.conftest import MANIFESTS, RunningRegistrar, stop_registrar
 from tests.etcd_server import EtcdServer, records
 from tests.integration.sip_client import UserAgent, contacts_of, status_of
 from tests.integration.sipp import SIPP, manifest_passwords, run_sipp, users_csv
@@ -34,7 +34,6 @@ pytestmark = [
 
 DOMAIN = "sip.example.test"
 PASSWORDS = manifest_passwords(MANIFESTS)
-NONCE_SECRET = "replicas-share-this"
 
 
 def eventually(check: Callable[[], object], timeout: float = 10, what: str = "condition") -> object:
@@ -43,26 +42,6 @@ def eventually(check: Callable[[], object], timeout: float = 10, what: str = "co
         assert time.monotonic() < deadline, f"{what} not met within {timeout} s"
         time.sleep(0.05)
     return result
-
-
-@pytest.fixture
-def replicas(tmp_path: Path, etcd: EtcdServer) -> Iterator[Callable[..., RunningRegistrar]]:
-    """Starts registrars on `etcd`; all are stopped (and checked for tracebacks) at the end."""
-    started: list[RunningRegistrar] = []
-
-    def start(manifests: Path | None = MANIFESTS, node: str | None = None) -> RunningRegistrar:
-        extra = ["--store", etcd.url, "--nonce-secret", NONCE_SECRET]
-        if node:
-            extra += ["--node", node]
-        running = start_registrar(tmp_path, *extra, manifests=manifests)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        stop_registrar(running)
-    for running in started:
-        assert "Traceback" not in running.log(), running.log()
 
 
 def ready(registrar: RunningRegistrar) -> bool:

@@ -26,7 +26,7 @@ from registrar.sip.digest import (
     ha1,
     parse_credentials,
 )
-from tests.fakes import FakeClock
+from tests.helpers import FakeClock
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 REALM = "sip.example.test"

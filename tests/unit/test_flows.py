@@ -12,7 +12,7 @@ from registrar.registrar import Source
 from registrar.service import SipService
 from registrar.source_limits import SourceLimiter
 from registrar.transport import FLOW_GRACE, IDLE_TIMEOUT, SipEndpoint, StreamProtocol
-from tests.fakes import FakeClock
+from tests.helpers import FakeClock
 
 
 class FakeWriter:

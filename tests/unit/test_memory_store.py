@@ -9,7 +9,7 @@ import pytest
 from registrar.model import Binding
 from registrar.store import BindingEvent, RegistrationFailure
 from registrar.store.memory import MemoryStore
-from tests.fakes import FakeClock
+from tests.helpers import FakeClock
 
 START = 1_700_000_000.0
 ALICE = "alice@sip.example.test"

@@ -10,7 +10,7 @@ from registrar.model import Binding, Catalog, Connection, Domain, RegistrationPo
 from registrar.store.etcd_session import EtcdSession, EtcdUnavailable
 from registrar.store.memory import MemoryStore
 from tests.conftest import free_port
-from tests.fakes import FakeClock
+from tests.helpers import FakeClock
 
 SERVED = "sip.example.test"
 EMPTY = "empty.example.test"  # served, without connections

@@ -29,7 +29,7 @@ from registrar.sip import proxy as relay
 from registrar.sip.message import Request, Response, make_response, parse_message
 from registrar.sip.transaction import transaction_key
 from registrar.store.memory import MemoryStore
-from tests.unit.test_registrar import authorization
+from tests.helpers import authorization
 
 DOMAIN = "sip.example.test"
 REDIRECTING = "redirect.example.test"

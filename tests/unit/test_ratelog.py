@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from registrar.ratelog import RateLimitedLog, exception_summary
-from tests.fakes import FakeClock
+from tests.helpers import FakeClock
 
 
 def test_one_line_per_interval_and_the_next_says_how_many_were_held_back(caplog: pytest.LogCaptureFixture) -> None:

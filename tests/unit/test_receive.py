@@ -18,7 +18,7 @@ from registrar.registrar import Source
 from registrar.sip.message import MAX_ECHOED_VALUE, MAX_HEADER_LINE, Response, parse_message
 from registrar.source_limits import SourceLimiter
 from registrar.transport import SipEndpoint
-from tests.fakes import FakeClock
+from tests.helpers import FakeClock
 from tests.fuzzing import DOMAIN, SOURCE, ReceivePath
 
 # The probe's datagram: a quoted string in a Via parameter that never ends.

@@ -27,7 +27,7 @@ from registrar.sip.headers import parse_name_addr
 from registrar.sip.message import Request, Response, parse_message
 from registrar.store import RegistrationFailure, StoreUnavailable
 from registrar.store.memory import MemoryStore
-from tests.fakes import FakeClock
+from tests.helpers import FakeClock, authorization
 
 DOMAIN = "sip.example.test"
 NOREG = "noreg.example.test"
@@ -202,29 +202,6 @@ def challenge_params(value: str) -> dict[str, str]:
 
 def nonce_of(response: Response) -> str:
     return challenge_params(response.get("WWW-Authenticate") or "")["nonce"]
-
-
-def authorization(
-    username: str,
-    password: str,
-    nonce: str,
-    nc: int,
-    *,
-    realm: str = DOMAIN,
-    uri: str = f"sip:{DOMAIN}",
-    cnonce: str = "0a4f113b",
-    method: str = "REGISTER",
-) -> str:
-    """An Authorization value per RFC 2617 3.2.2 (MD5, qop=auth), computed with hashlib."""
-    md5 = lambda text: hashlib.md5(text.encode()).hexdigest()  # noqa: E731
-    ha1 = md5(f"{username}:{realm}:{password}")
-    ha2 = md5(f"{method}:{uri}")
-    nc_text = f"{nc:08x}"
-    response = md5(f"{ha1}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}")
-    return (
-        f'Digest username="{username}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
-        f'response="{response}", algorithm=MD5, cnonce="{cnonce}", qop=auth, nc={nc_text}'
-    )
 
 
 class Phone:
