@@ -32,7 +32,7 @@ from registrar.cli import build_parser
 from registrar.store.etcd_session import EtcdTls
 from sip_operator.children import PodSettings, desired_children, labels
 from tests.chart.helm import CERT_MANAGER_API, CHART, EXTERNAL_ETCD_VALUES, NAMESPACE, ROOT, helm, one, render
-from tests.unit.test_crds import rejections
+from tests.crd_schema import rejections
 
 NEWEST_KUBERNETES = kubernetes_validate.latest_version()
 DEFAULT_VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
