@@ -156,6 +156,7 @@ from kopf._core.intents.registries import SmartOperatorRegistry  # not exported 
 from kopf.testing import KopfRunner
 
 from tests.conftest import free_port, sample_value
+from tests.etcd_server import EtcdServer
 from tests.k8s.emulator import EmulatorThread
 
 T = TypeVar("T")
@@ -548,3 +549,13 @@ def _nothing_left_behind() -> Iterator[None]:
         gc.collect()  # an unreferenced client's socket closes when it is collected
         time.sleep(0.05)
     assert not leftovers(), f"left behind: {leftovers()}"
+
+
+@pytest.fixture
+def operator_environment(etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch) -> EtcdServer:
+    """The operator's settings for the tests: a real etcd, an image name, domain counts refreshed fast."""
+    monkeypatch.setenv("SIPREG_ETCD", etcd.url)
+    monkeypatch.setenv("SIPREG_IMAGE", "registry.test/sipreg:test")
+    # Domain counts are refreshed every 10 s in a cluster; a test need not wait that long.
+    monkeypatch.setattr("sip_operator.reconciler.DOMAIN_STATUS_INTERVAL", 0.2)
+    return etcd

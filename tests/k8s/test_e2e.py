@@ -24,7 +24,7 @@ from tests.conftest import MANIFESTS, ROOT, start_registrar, stop_registrar
 from tests.etcd_server import EtcdServer
 from tests.integration.sipp import manifest_passwords
 from tests.k8s.conftest import Kube, wait_for
-from tests.k8s.test_operator import (
+from tests.k8s.story import (
     DOMAIN, DOMAIN_OBJECT, OPERATOR, SIPCONNECTIONS, SIPDOMAINS, apply_examples, condition, etcd_records, register,
     wait_for_children,
 )

@@ -1,6 +1,6 @@
 """The chart's ClusterRole held to the operator's real API calls: every call it makes is allowed, every grant is used.
 
-The operator's story (tests/k8s/test_operator.py, run again here unchanged) and a restart that
+The operator's story (tests/k8s/story.py, as tests/k8s/test_operator.py runs it) and a restart that
 repairs drifted children run the real operator against the emulated API. The emulator logs every
 request; those of the operator (kopf's session, User-Agent kopf/..., and the operator's own
 `kubernetes` client, OpenAPI-Generator/...; the test's client says sipreg-tests) become RBAC
@@ -35,8 +35,7 @@ from tests.conftest import ROOT, free_port
 from tests.etcd_server import EtcdServer
 from tests.k8s.conftest import TEST_USER_AGENT, Kube, wait_for
 from tests.k8s.emulator import EmulatorThread
-from tests.k8s.test_operator import NAMESPACE, OPERATOR, operator_environment  # noqa: F401 (a fixture)
-from tests.k8s.test_operator import test_a_sip_domain_becomes_registrar_pods_and_connections_reach_etcd as story
+from tests.k8s.story import NAMESPACE, OPERATOR, sip_domain_story
 
 pytestmark = pytest.mark.k8s
 
@@ -144,10 +143,10 @@ def repair_drift(kube: Kube, operator_runner: Any) -> None:
 
 
 def test_the_chart_cluster_role_allows_what_the_operator_does_and_nothing_more(
-    kubernetes_api: EmulatorThread, kube: Kube, operator_runner: Any, operator_environment: EtcdServer,  # noqa: F811
+    kubernetes_api: EmulatorThread, kube: Kube, operator_runner: Any, operator_environment: EtcdServer,
     tmp_path: Path,
 ) -> None:
-    story(kube, operator_runner, operator_environment, tmp_path)
+    sip_domain_story(kube, operator_runner, operator_environment, tmp_path)
     repair_drift(kube, operator_runner)
     calls = operator_calls(kubernetes_api)
 
