@@ -15,15 +15,15 @@ from registrar.flows import TokenSigner
 from registrar.http import make_app, start_server
 from registrar.lockout import LockoutTable
 from registrar.metrics import Metrics
-from registrar.model import Catalog
+from registrar.model import Catalog, SecurityPolicy
 from registrar.proxy import Identity, Proxy
 from registrar.ratelog import RateLimitedLog
 from registrar.registrar import Registrar, Source
 from registrar.routing import Router, Target
 from registrar.service import SipService
 from registrar.sip import digest
-from registrar.source_limits import Ban, SourceLimiter
 from registrar.sip.message import Request
+from registrar.source_limits import Ban, SourceLimiter
 from registrar.store import LocationStore
 from registrar.store.etcd import EtcdStore
 from registrar.store.etcd_session import EtcdSession, EtcdTls, parse_endpoints
@@ -87,9 +87,7 @@ class RegistrarServer:
         self.config = config
         self.store = make_store(config)
         etcd = isinstance(self.store, EtcdStore)
-        self.sources = SourceLimiter(
-            lambda: self.registrar.catalog.security, peers=self._peer_addresses, on_ban=_log_ban
-        )
+        self.sources = SourceLimiter(self._security, peers=self._peer_addresses, on_ban=_log_ban)
         self.metrics = Metrics(self.store, lambda: self.registrar.catalog, etcd=etcd, sources=self.sources)
         if etcd:
             self.store.session.on_error = self.metrics.store_errored
@@ -122,13 +120,11 @@ class RegistrarServer:
             on_result=self.metrics.registration_answered,
             on_authenticated=self._authenticated,
         )
-        self.endpoint = SipEndpoint(
-            SipService(self.registrar), self.metrics, self.sources, lambda: self.registrar.catalog.security
-        )
-        self.registrar.on_bound = self._keep_flow
-        self.endpoint.proxy = self._proxy(authenticator)
+        self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics, self.sources, self._security)
         # Anyone can call a user whose contact is gone, as often as they like: a line per 10 s.
         self._log_skipped = RateLimitedLog(log, logging.WARNING)
+        self.registrar.on_bound = self._keep_flow
+        self.endpoint.proxy = self._proxy(authenticator)
         self._closers: list = []
         self._tasks: list[asyncio.Task] = []
         self._listening = False
@@ -156,7 +152,7 @@ class RegistrarServer:
             nodes=(lambda: store.nodes) if isinstance(store, EtcdStore) else dict,
             on_final=self._call_answered,
             on_unreachable=self._unreachable,
-            max_transactions=lambda: self.registrar.catalog.security.max_transactions,
+            max_transactions=lambda: self._security().max_transactions,
         )
 
     def _call_answered(self, request: Request, domain: str, status: int) -> None:
@@ -168,6 +164,10 @@ class RegistrarServer:
         node = target.ref.node if target.ref is not None else ""
         self._log_skipped("sipreg: call skipped %s's contact %s (node %s): %s", target.aor, target.uri, node, why)
         self.metrics.unreachable_contact(why)
+
+    def _security(self) -> SecurityPolicy:
+        """The served catalogue's process-wide defences (it can change at run time: read it each time)."""
+        return self.registrar.catalog.security
 
     def _authenticated(self, source: Source) -> None:
         self.sources.authenticated(source.host)
