@@ -84,7 +84,7 @@ def answer_to(challenge: str, i: int) -> bytes:
 def loop(catalog_file: str, mode: str, count: int) -> None:
     """`count` registrations; mode "client" does the same minus the server's calls."""
     from registrar.app import RegistrarServer, ServeConfig
-    from registrar.registrar import Source
+    from registrar.sip.source import Source
 
     with open(catalog_file, "rb") as file:
         catalog = pickle.load(file)
@@ -122,7 +122,7 @@ def loop_etcd(
 ) -> None:
     """`count` registrations on the etcd store at `url`: `window` of them in flight at a time, or `rate` a second."""
     from registrar.app import RegistrarServer, ServeConfig
-    from registrar.registrar import Source
+    from registrar.sip.source import Source
 
     with open(catalog_file, "rb") as file:
         catalog = pickle.load(file)

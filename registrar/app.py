@@ -18,11 +18,12 @@ from registrar.metrics import Metrics
 from registrar.model import Catalog, SecurityPolicy
 from registrar.proxy import Identity, Proxy
 from registrar.ratelog import RateLimitedLog
-from registrar.registrar import Registrar, Source
+from registrar.registrar import Registrar
 from registrar.routing import Router, Target
 from registrar.service import SipService
 from registrar.sip import digest
 from registrar.sip.message import Request
+from registrar.sip.source import Source
 from registrar.source_limits import Ban, SourceLimiter
 from registrar.store import LocationStore
 from registrar.store.etcd import EtcdStore

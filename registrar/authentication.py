@@ -27,15 +27,14 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from registrar.lockout import Lock, LockoutTable
 from registrar.model import Connection, Domain
 from registrar.sip import digest
+from registrar.sip.message import Request, SipError
+from registrar.sip.source import Source
 from registrar.store import LocationStore, RegistrationFailure
 
-if TYPE_CHECKING:
-    from registrar.registrar import Source
 
 log = logging.getLogger("sipreg.auth")
 
@@ -197,3 +196,27 @@ def _escape(match: re.Match[str]) -> str:
 def _ignore_result(task) -> None:  # type: ignore[no-untyped-def]
     if not task.cancelled():
         task.exception()
+
+
+# The digest exchange, as a registrar (401, WWW-Authenticate, Authorization) and as a
+# proxy (407, Proxy-Authenticate, Proxy-Authorization) makes it: RFC 3261 22.
+_CHALLENGE_HEADERS = {401: ("WWW-Authenticate", "Unauthorized"), 407: ("Proxy-Authenticate", "Proxy Authentication Required")}
+
+
+def credentials_for(request: Request, domain: Domain, header: str) -> digest.Credentials | None:
+    """The credentials for this domain's realm in `header` (a UA may carry several); 400 when malformed."""
+    for value in request.get_all(header):
+        try:
+            credentials = digest.parse_credentials(value)
+        except digest.DigestError as exc:
+            raise SipError(400, f"Bad {header}: {exc}") from None
+        if credentials.realm == domain.name:
+            return credentials
+    return None
+
+
+def challenge_for(authenticator: Authenticator, domain: Domain, *, stale: bool, status: int) -> SipError:
+    """A fresh challenge for the domain's realm: one header per algorithm it offers (RFC 8760 2.4)."""
+    header, reason = _CHALLENGE_HEADERS[status]
+    values = authenticator.challenges(domain.name, domain.digest_algorithms, stale=stale)
+    return SipError(status, reason, [(header, value) for value in values])

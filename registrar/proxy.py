@@ -33,11 +33,11 @@ from typing import NamedTuple, Protocol
 from registrar.eager import start_eagerly
 from registrar.flows import DIALOG, HOP, FlowRef, RouteToken, TokenSigner, of_binding
 from registrar.ratelog import RateLimitedLog, exception_summary
-from registrar.registrar import Source, error_response, server_response
 from registrar.routing import Router, Target
 from registrar.sip import proxy as relay
 from registrar.sip.headers import Via
-from registrar.sip.message import Request, Response, SipError
+from registrar.sip.message import Request, Response, SipError, error_response, server_response
+from registrar.sip.source import Source
 from registrar.sip.transaction import COMPLETED_LIFETIME, T1, T2, TransactionKey
 from registrar.sip.uri import URI, URIError, parse_uri, unbracketed
 

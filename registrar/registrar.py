@@ -29,16 +29,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from registrar.authentication import LOCKED_OUT_REASON, Authenticator, Verdict
+from registrar.authentication import LOCKED_OUT_REASON, Authenticator, Verdict, challenge_for, credentials_for
 from registrar.model import Binding, Catalog, Connection, Domain
 from registrar.sip import digest
 from registrar.sip.grammar import is_token, quote
 from registrar.sip.headers import parse_delta_seconds, parse_name_addr
-from registrar.sip.message import Request, Response, SipError, make_response
+from registrar.sip.message import Request, Response, SipError, error_response, server_response
+from registrar.sip.source import Source
 from registrar.sip.uri import URI, URIError, parameters_agree, parse_uri
 from registrar.store import LocationStore, StoreUnavailable
 
-SERVER_NAME = "sipreg"
 # What this server answers itself (REGISTER, OPTIONS to it) and relays: its Allow (RFC 3261 20.5).
 ALLOWED_METHODS = ("REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "MESSAGE", "INFO", "UPDATE",
                    "PRACK", "SUBSCRIBE", "NOTIFY", "REFER")
@@ -47,20 +47,6 @@ ALLOW = ", ".join(ALLOWED_METHODS)
 ALLOW_WITHOUT_REGISTER = ", ".join(method for method in ALLOWED_METHODS if method != "REGISTER")
 # What we answer with when the store cannot make a binding durable.
 RETRY_AFTER_SECONDS = 5
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where a request came from: the transport, the packet's address, the connection."""
-
-    transport: str  # "udp", "tcp", "tls"
-    host: str
-    port: int
-    flow: str | None = None  # the connection's id on stream transports
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport}:{host}:{self.port}"
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 4x, and this is made per Contact per REGISTER
@@ -379,46 +365,6 @@ class Registrar:
         # Metric labels stay bounded: a domain we do not serve is "other".
         self._on_result(domain.name if domain is not None else "other", rejection.status)
         return response
-
-
-def server_response(
-    request: Request, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()
-) -> Response:
-    """An answer of this server to `request`: the RFC 3261 8.2.6 copy, our Server header, `headers`."""
-    response = make_response(request, status, reason)
-    response.add("Server", SERVER_NAME)
-    for name, value in headers:
-        response.add(name, value)
-    return response
-
-
-def error_response(request: Request, error: SipError) -> Response:
-    """The answer a SipError stands for."""
-    return server_response(request, error.status, error.reason, error.headers)
-
-
-# The digest exchange, as a registrar (401, WWW-Authenticate, Authorization) and as a
-# proxy (407, Proxy-Authenticate, Proxy-Authorization) makes it: RFC 3261 22.
-_CHALLENGE_HEADERS = {401: ("WWW-Authenticate", "Unauthorized"), 407: ("Proxy-Authenticate", "Proxy Authentication Required")}
-
-
-def credentials_for(request: Request, domain: Domain, header: str) -> digest.Credentials | None:
-    """The credentials for this domain's realm in `header` (a UA may carry several); 400 when malformed."""
-    for value in request.get_all(header):
-        try:
-            credentials = digest.parse_credentials(value)
-        except digest.DigestError as exc:
-            raise SipError(400, f"Bad {header}: {exc}") from None
-        if credentials.realm == domain.name:
-            return credentials
-    return None
-
-
-def challenge_for(authenticator: Authenticator, domain: Domain, *, stale: bool, status: int) -> SipError:
-    """A fresh challenge for the domain's realm: one header per algorithm it offers (RFC 8760 2.4)."""
-    header, reason = _CHALLENGE_HEADERS[status]
-    values = authenticator.challenges(domain.name, domain.digest_algorithms, stale=stale)
-    return SipError(status, reason, [(header, value) for value in values])
 
 
 SUPPORTED: frozenset[str] = frozenset()

@@ -30,11 +30,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from registrar.authentication import LOCKED_OUT_REASON, Authenticator, Verdict
+from registrar.authentication import LOCKED_OUT_REASON, Authenticator, Verdict, challenge_for, credentials_for
 from registrar.flows import FlowRef, of_binding
 from registrar.model import Binding, Catalog, Connection, Domain
-from registrar.registrar import Source, challenge_for, credentials_for
 from registrar.sip.message import KNOWN_METHODS, Request, SipError
+from registrar.sip.source import Source
 from registrar.sip.uri import URI, URIError, parse_uri
 from registrar.store import LocationStore
 

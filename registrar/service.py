@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from registrar.registrar import ALLOW, Registrar, Source, server_response
+from registrar.registrar import ALLOW, Registrar
 from registrar.sip.headers import parse_name_addr
-from registrar.sip.message import Request, Response
+from registrar.sip.message import Request, Response, server_response
+from registrar.sip.source import Source
 from registrar.sip.uri import URIError, parse_uri
 
 Answer = Response | Awaitable[Response]

@@ -24,9 +24,7 @@ from registrar.metrics import Metrics
 from registrar.model import SecurityPolicy, in_networks
 from registrar.proxy import Destination, Proxy, SendError
 from registrar.ratelog import RateLimitedLog, exception_summary
-from registrar.registrar import Source, error_response, server_response
 from registrar.service import SipService
-from registrar.source_limits import SourceLimiter
 from registrar.sip.headers import Via, split_list
 from registrar.sip.message import (
     KeepAlive,
@@ -34,11 +32,15 @@ from registrar.sip.message import (
     Response,
     SipError,
     StreamFramer,
+    error_response,
     parse_message,
     salvage_request,
+    server_response,
 )
+from registrar.sip.source import Source
 from registrar.sip.transaction import ServerTransactions, transaction_key
 from registrar.sip.uri import unbracketed
+from registrar.source_limits import SourceLimiter
 
 log = logging.getLogger("sipreg.transport")
 

@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 
 from registrar.app import RegistrarServer, ServeConfig
 from registrar.model import Catalog, Connection, Domain
-from registrar.registrar import Source
+from registrar.sip.source import Source
 from registrar.sip import digest
 from registrar.sip.headers import LIST_HEADERS
 from registrar.sip.message import (

@@ -485,6 +485,26 @@ def make_response(request: Request, status: int, reason: str, to_tag: str | None
     return Response(headers=headers, status=status, reason=reason)
 
 
+# What this server calls itself in the Server header of its answers (no version: it tells an attacker nothing).
+SERVER_NAME = "sipreg"
+
+
+def server_response(
+    request: Request, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()
+) -> Response:
+    """An answer of this server to `request`: the RFC 3261 8.2.6 copy, our Server header, `headers`."""
+    response = make_response(request, status, reason)
+    response.add("Server", SERVER_NAME)
+    for name, value in headers:
+        response.add(name, value)
+    return response
+
+
+def error_response(request: Request, error: SipError) -> Response:
+    """The answer a SipError stands for."""
+    return server_response(request, error.status, error.reason, error.headers)
+
+
 def transaction_tag(request: Request) -> str:
     """A To tag that is the same for every copy of one request (8 hex digits)."""
     try:

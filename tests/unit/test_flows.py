@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from registrar.metrics import Metrics
 from registrar.model import ConnectionLimits, SecurityPolicy, SourceLimits
-from registrar.registrar import Source
+from registrar.sip.source import Source
 from registrar.service import SipService
 from registrar.source_limits import SourceLimiter
 from registrar.transport import FLOW_GRACE, IDLE_TIMEOUT, SipEndpoint, StreamProtocol

@@ -21,7 +21,7 @@ from registrar.flows import DIALOG, HOP, FlowRef, TokenSigner, of_binding
 from registrar.lockout import LockoutTable
 from registrar.model import Binding, Catalog, Connection, Domain
 from registrar.proxy import Destination, Identity, Proxy, SendError
-from registrar.registrar import Source
+from registrar.sip.source import Source
 from registrar.routing import Router
 from registrar.service import SipService
 from registrar.sip import digest

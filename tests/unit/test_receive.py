@@ -14,7 +14,7 @@ import pytest
 from registrar.metrics import Metrics
 from registrar.model import SecurityPolicy
 from registrar.ratelog import LOG_INTERVAL
-from registrar.registrar import Source
+from registrar.sip.source import Source
 from registrar.sip.message import MAX_ECHOED_VALUE, MAX_HEADER_LINE, Response, parse_message
 from registrar.source_limits import SourceLimiter
 from registrar.transport import SipEndpoint

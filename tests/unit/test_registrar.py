@@ -21,7 +21,8 @@ from registrar import registrar as registrar_module
 from registrar.authentication import FAILURE_RECORD_INTERVAL, Authenticator
 from registrar.lockout import LockoutTable
 from registrar.model import Binding, Catalog, Connection, Domain, RegistrationPolicy
-from registrar.registrar import RETRY_AFTER_SECONDS, Registrar, Source
+from registrar.registrar import RETRY_AFTER_SECONDS, Registrar
+from registrar.sip.source import Source
 from registrar.sip import digest
 from registrar.sip.headers import parse_name_addr
 from registrar.sip.message import Request, Response, parse_message
