@@ -236,8 +236,8 @@ class SipEndpoint:
         return via
 
     # -- flows -----------------------------------------------------------------------------
-    def admit(self, transport: str, host: str) -> str | None:
-        """Count a connection accepted from `host`: the source it counts for (give it to `release`),
+    def admit_connection(self, transport: str, host: str) -> str | None:
+        """Count a connection accepted from `host`: the source it counts for (give it to `release_connection`),
         or None when it would pass ConnectionLimits (then it is not counted: close it).
 
         A source is an IPv4 address or an IPv6 /64, as for lockouts. Trusted
@@ -262,8 +262,8 @@ class SipEndpoint:
         self.metrics.connections_refused.labels(reason).inc()
         return None
 
-    def release(self, source: str) -> None:
-        """A connection `admit` counted for `source` is gone."""
+    def release_connection(self, source: str) -> None:
+        """A connection `admit_connection` counted for `source` is gone."""
         count = self._accepted_from[source] - 1
         if count:
             self._accepted_from[source] = count
@@ -449,7 +449,7 @@ class StreamProtocol(asyncio.Protocol):
             transport.close()
             return
         if self.accepted:
-            self._counted = self.endpoint.admit(self.transport_name, peer[0])
+            self._counted = self.endpoint.admit_connection(self.transport_name, peer[0])
             if self._counted is None:
                 transport.abort()
                 return
@@ -519,7 +519,7 @@ class StreamProtocol(asyncio.Protocol):
     def _release(self) -> None:
         # Once: after a failed handshake, TLS may still report the loss of the connection.
         if self._counted is not None:
-            self.endpoint.release(self._counted)
+            self.endpoint.release_connection(self._counted)
             self._counted = None
 
 

@@ -114,44 +114,44 @@ def refused(table: SipEndpoint, reason: str) -> float:
 
 def test_connections_are_limited_per_source_address() -> None:
     table = endpoint(FakeClock(), Policy(per_source=2, total=10))
-    assert table.admit("tcp", "192.0.2.1") and table.admit("tls", "192.0.2.1")
-    assert not table.admit("tcp", "192.0.2.1")
-    assert table.admit("tcp", "192.0.2.2")  # another address has its own count
+    assert table.admit_connection("tcp", "192.0.2.1") and table.admit_connection("tls", "192.0.2.1")
+    assert not table.admit_connection("tcp", "192.0.2.1")
+    assert table.admit_connection("tcp", "192.0.2.2")  # another address has its own count
     assert refused(table, "per_source") == 1 and refused(table, "total") == 0
 
-    table.release("192.0.2.1")
-    assert table.admit("tcp", "192.0.2.1")
+    table.release_connection("192.0.2.1")
+    assert table.admit_connection("tcp", "192.0.2.1")
     assert table.accepted_total == 3
 
 
 def test_an_ipv6_source_is_its_64() -> None:
     table = endpoint(FakeClock(), Policy(per_source=2))
-    assert table.admit("tcp", "2001:db8:1:2::10") == table.admit("tcp", "2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
-    assert not table.admit("tcp", "2001:db8:1:2::3")
-    assert table.admit("tcp", "2001:db8:1:3::10")
+    assert table.admit_connection("tcp", "2001:db8:1:2::10") == table.admit_connection("tcp", "2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert not table.admit_connection("tcp", "2001:db8:1:2::3")
+    assert table.admit_connection("tcp", "2001:db8:1:3::10")
 
 
 def test_connections_are_limited_in_total_even_from_trusted_networks() -> None:
     policy = Policy(per_source=1, total=3)
     policy.current = replace(policy.current, trusted_networks=(ipaddress.ip_network("10.0.0.0/8"),))
     table = endpoint(FakeClock(), policy)
-    assert table.admit("tcp", "192.0.2.1")
-    assert not table.admit("tcp", "192.0.2.1")
+    assert table.admit_connection("tcp", "192.0.2.1")
+    assert not table.admit_connection("tcp", "192.0.2.1")
     # A load balancer's address is held to the total only.
-    assert table.admit("tcp", "10.1.2.3") and table.admit("tcp", "10.1.2.3")
+    assert table.admit_connection("tcp", "10.1.2.3") and table.admit_connection("tcp", "10.1.2.3")
     assert table.accepted_total == 3
-    assert not table.admit("tcp", "10.1.2.3")
-    assert not table.admit("tcp", "192.0.2.9")
+    assert not table.admit_connection("tcp", "10.1.2.3")
+    assert not table.admit_connection("tcp", "192.0.2.9")
     assert refused(table, "per_source") == 1 and refused(table, "total") == 2
 
 
 def test_the_limits_are_read_from_the_current_policy() -> None:
     policy = Policy(per_source=1)
     table = endpoint(FakeClock(), policy)
-    assert table.admit("tcp", "192.0.2.1")
-    assert not table.admit("tcp", "192.0.2.1")
+    assert table.admit_connection("tcp", "192.0.2.1")
+    assert not table.admit_connection("tcp", "192.0.2.1")
     policy.current = SecurityPolicy(connections=ConnectionLimits(per_source=2))  # a new catalogue
-    assert table.admit("tcp", "192.0.2.1")
+    assert table.admit_connection("tcp", "192.0.2.1")
 
 
 def accepted_protocol(table: SipEndpoint, peer: tuple[str, int] = ("192.0.2.1", 40000)) -> tuple[StreamProtocol, FakeWriter]:
@@ -182,7 +182,7 @@ def test_connections_we_open_are_not_counted() -> None:
         protocol.connection_made(FakeWriter(("192.0.2.1", port)))  # type: ignore[arg-type]
         assert protocol.flow is not None
     assert table.accepted_total == 0
-    assert table.admit("tcp", "192.0.2.1")
+    assert table.admit_connection("tcp", "192.0.2.1")
 
 
 OPTIONS = (
@@ -265,5 +265,5 @@ def test_a_source_banned_for_flooding_loses_its_connections_and_gets_no_new_one(
     for _ in range(3):
         table.receive(options, source, writer.write)
     assert len(writer.written) == 1 and writer.aborted
-    assert not table.admit("tcp", "192.0.2.9") and refused(table, "banned") == 1
-    assert table.admit("tcp", "192.0.2.10")
+    assert not table.admit_connection("tcp", "192.0.2.9") and refused(table, "banned") == 1
+    assert table.admit_connection("tcp", "192.0.2.10")
