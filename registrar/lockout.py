@@ -42,13 +42,13 @@ makes them. Usernames longer than 64 characters are keyed by a hash of them.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Literal
 
 from registrar.model import LockoutPolicy
+from registrar.sip.source import source_address
 
 Scope = Literal["source", "user"]
 
@@ -218,19 +218,6 @@ class LockoutTable:
         proven_at = self._proofs.get(key)
         return proven_at is not None and now - proven_at < LockoutPolicy.proof_seconds
 
-
-def source_address(host: str) -> str:
-    """The address a source is counted by: IPv4 as it is, IPv6 by its /64 (an IPv4-mapped one as IPv4)."""
-    if ":" not in host:
-        return host
-    try:
-        address = ipaddress.IPv6Address(host)
-    except ValueError:
-        return host
-    if address.ipv4_mapped is not None:
-        # A dual-stack socket shows IPv4 peers so: their /64 would be all of IPv4.
-        return str(address.ipv4_mapped)
-    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
 
 
 def _user_key(username: str) -> str:

@@ -12,6 +12,10 @@ of phones behind one NAT address pays for its unauthenticated first legs (the
 401 challenges), not for its users' authenticated traffic. Trusted networks
 (an edge proxy, a load balancer, a carrier) and the other replicas are never counted.
 
+A source is an address as `sip.source.source_address` counts it (an IPv6 host by its
+/64, as lockouts and connection limits count it): a host owns its whole /64, so
+cycling through it buys no fresh budget.
+
 Memory is bounded: at most `max_sources` addresses are remembered, the earliest
 remembered forgotten first, a ban counting as remembering anew (a flood from
 spoofed addresses costs forgotten budgets, not RAM).
@@ -24,6 +28,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from registrar.model import SecurityPolicy, in_networks
+from registrar.sip.source import source_address
 
 # Some 200 bytes each: 65,536 addresses are ~13 MB.
 MAX_SOURCES = 65_536
@@ -84,10 +89,11 @@ class SourceLimiter:
     def admit(self, host: str) -> bool:
         """Whether a request from `host` may be read now; counts it."""
         now = self._clock()
-        source = self._sources.get(host)
+        key = source_address(host)
+        source = self._sources.get(key)
         policy = self._policy()
         if source is None or source.policy is not policy:
-            source = self._remember(host, now, policy, source)
+            source = self._remember(key, host, now, policy, source)
         if source.trusted:
             return True
         if source.banned_until > now:
@@ -108,12 +114,12 @@ class SourceLimiter:
         source.debt = (debt if debt > 0.0 else 0.0) + 1.0
         self.refused["rate"] += 1
         if source.debt > limits.ban_after:
-            self._ban(host, source, now)
+            self._ban(key, source, now)
         return False
 
     def authenticated(self, host: str) -> None:
         """A request from `host` proved its credentials: it did not count, and the address is known."""
-        source = self._sources.get(host)
+        source = self._sources.get(source_address(host))
         if source is not None and not source.trusted:
             source.authenticated = True
             burst = source.policy.sources.burst
@@ -121,14 +127,14 @@ class SourceLimiter:
 
     def known(self, host: str) -> bool:
         """Trusted, or some request from it proved its credentials: not a stranger."""
-        source = self._sources.get(host)
+        source = self._sources.get(source_address(host))
         return source is not None and (source.trusted or source.authenticated)
 
     def banned(self, host: str) -> bool:
-        source = self._sources.get(host)
+        source = self._sources.get(source_address(host))
         return source is not None and not source.trusted and source.banned_until > self._clock()
 
-    def _remember(self, host: str, now: float, policy: SecurityPolicy, known: _Source | None) -> _Source:
+    def _remember(self, key: str, host: str, now: float, policy: SecurityPolicy, known: _Source | None) -> _Source:
         """A new address's state, or a known one's re-decided under a changed policy (bans kept)."""
         trusted = in_networks(host, policy.trusted_networks)
         if known is not None:
@@ -138,10 +144,10 @@ class SourceLimiter:
         sources = self._sources
         if len(sources) >= self._max_sources:
             del sources[next(iter(sources))]
-        source = sources[host] = _Source(trusted, float(policy.sources.burst), now, policy)
+        source = sources[key] = _Source(trusted, float(policy.sources.burst), now, policy)
         return source
 
-    def _ban(self, host: str, source: _Source, now: float) -> None:
+    def _ban(self, key: str, source: _Source, now: float) -> None:
         limits = source.policy.sources
         source.bans = source.bans + 1 if now - source.last_ban < BAN_MEMORY else 1
         seconds = min(limits.ban_seconds * 2 ** (source.bans - 1), limits.max_ban_seconds)
@@ -151,7 +157,7 @@ class SourceLimiter:
         source.debt = 0.0
         source.tokens = float(limits.burst)
         # Touched last: the last to be forgotten when the table is full.
-        del self._sources[host]
-        self._sources[host] = source
+        del self._sources[key]
+        self._sources[key] = source
         self.bans += 1
-        self._on_ban(Ban(host, seconds, source.bans))
+        self._on_ban(Ban(key, seconds, source.bans))

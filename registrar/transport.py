@@ -19,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 from registrar.eager import start_eagerly
-from registrar.lockout import source_address
 from registrar.metrics import Metrics
 from registrar.model import SecurityPolicy, in_networks
 from registrar.proxy import Destination, Proxy, SendError
@@ -37,7 +36,7 @@ from registrar.sip.message import (
     salvage_request,
     server_response,
 )
-from registrar.sip.source import Source
+from registrar.sip.source import Source, source_address
 from registrar.sip.transaction import ServerTransactions, transaction_key
 from registrar.sip.uri import unbracketed
 from registrar.source_limits import SourceLimiter

@@ -1,7 +1,8 @@
-"""Where a message came from: the transport, the packet's address, and the connection it arrived on."""
+"""Where a message came from: the transport, the packet's address, the connection it arrived on; and what counts as one source."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 
@@ -17,3 +18,17 @@ class Source:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.transport}:{host}:{self.port}"
+
+
+def source_address(host: str) -> str:
+    """The address a source is counted by: IPv4 as it is, IPv6 by its /64 (an IPv4-mapped one as IPv4)."""
+    if ":" not in host:
+        return host
+    try:
+        address = ipaddress.IPv6Address(host)
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:
+        # A dual-stack socket shows IPv4 peers so: their /64 would be all of IPv4.
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from registrar.lockout import Lock, LockoutTable, source_address
+from registrar.lockout import Lock, LockoutTable
+from registrar.sip.source import source_address
 from registrar.model import LockoutPolicy
 
 DOMAIN = "sip.example.test"

@@ -107,3 +107,12 @@ def test_memory_is_bounded_whatever_the_number_of_addresses() -> None:
     for n in range(10_000):
         sources.admit(f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
     assert len(sources) == 100
+
+
+def test_an_ipv6_host_cycling_through_its_64_gets_one_budget_and_one_ban() -> None:
+    clock = Clock()
+    bans: list[Ban] = []
+    sources = limiter(SourceLimits(requests_per_second=1, burst=10, ban_after=10), clock, on_ban=bans.append)
+    assert sum(sources.admit(f"2001:db8:1:2::{n:x}") for n in range(1, 100)) == 10
+    assert bans == [Ban("2001:db8:1:2::/64", 60, 1)] and sources.banned("2001:db8:1:2::ffff")
+    assert sources.admit("2001:db8:1:3::1")  # the next /64 is another source
