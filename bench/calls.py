@@ -42,7 +42,7 @@ from run import (
 )
 from tests.conftest import free_port, start_registrar, stop_registrar
 from tests.etcd_server import EtcdServer
-from registrar.proxy import TIMEOUT
+from registrar.sip.transaction import TIMEOUT
 from tests.integration.sipp import SCENARIOS, SIPP, run_sipp, seconds_run, sipp_statistics, users_csv
 
 HERE = Path(__file__).resolve().parent / "scenarios"

@@ -24,6 +24,7 @@ from registrar.service import SipService
 from registrar.sip import digest
 from registrar.sip.message import Request
 from registrar.sip.source import Source
+from registrar.sip.transaction import TransactionLayer
 from registrar.source_limits import Ban, SourceLimiter
 from registrar.store import LocationStore
 from registrar.store.etcd import EtcdStore
@@ -121,7 +122,10 @@ class RegistrarServer:
             on_result=self.metrics.registration_answered,
             on_authenticated=self._authenticated,
         )
-        self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics, self.sources, self._security)
+        # One transaction layer for what the registrar answers and what the proxy forwards.
+        self.transactions = TransactionLayer()
+        self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics, self.sources, self._security,
+                                    self.transactions)
         # Anyone can call a user whose contact is gone, as often as they like: a line per 10 s.
         self._log_skipped = RateLimitedLog(log, logging.WARNING)
         self.registrar.on_bound = self._keep_flow
@@ -150,6 +154,8 @@ class RegistrarServer:
             self.endpoint,
             identity,
             TokenSigner(config.nonce_secret),
+            self.transactions,
+            clock=self.endpoint.clock,
             nodes=(lambda: store.nodes) if isinstance(store, EtcdStore) else dict,
             on_final=self._call_answered,
             on_unreachable=self._unreachable,

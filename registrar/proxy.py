@@ -1,9 +1,12 @@
-"""The stateful proxy (RFC 3261 section 16): server and client transactions, forking, CANCEL, in-dialog routing.
+"""The stateful proxy (RFC 3261 section 16): response contexts and their branches, forking, CANCEL, in-dialog routing.
 
-One `ServerTransaction` per request received; one `Branch` (client transaction)
-per copy sent. The router (registrar.routing) says where a new request goes;
-the message edits are registrar.sip.proxy's; sockets are the transport's,
-behind `Delivery`. What this module owns is the state and the timers.
+One `ResponseContext` per request forwarded, over its server transaction; one
+`Branch` per copy sent, over its client transaction. The transactions (RFC
+3261 section 17: retransmissions, Timers A to M, the ACK of a failure) are
+registrar.sip.transaction's; the router (registrar.routing) says where a new
+request goes; the message edits are registrar.sip.proxy's; sockets are the
+transport's, behind `Delivery`. What this module owns is section 16: forking,
+CANCEL, Timer C, the best answer, and in-dialog routing.
 
 How a request reaches a UA (the design's "flows"):
 - A target is a `FlowRef`: the node holding the UA's connection, the transport,
@@ -26,9 +29,8 @@ import ipaddress
 import logging
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Collection
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from registrar.eager import start_eagerly
 from registrar.flows import DIALOG, HOP, FlowRef, RouteToken, TokenSigner, of_binding
@@ -37,35 +39,31 @@ from registrar.routing import Router, Target
 from registrar.sip import proxy as relay
 from registrar.sip.headers import Via
 from registrar.sip.message import Request, Response, SipError, error_response, server_response
-from registrar.sip.source import Source
-from registrar.sip.transaction import COMPLETED_LIFETIME, T1, T2, TransactionKey
+from registrar.sip.source import Destination, Source
+from registrar.sip.transaction import (
+    TIMEOUT,
+    Effect,
+    PassUp,
+    Send,
+    Transaction,
+    TransactionKey,
+    TransactionLayer,
+)
 from registrar.sip.uri import URI, URIError, parse_uri, unbracketed
 
 log = logging.getLogger("sipreg.proxy")
 
-TIMEOUT = COMPLETED_LIFETIME  # Timers B, F, H: 64*T1, 32 s
 TIMER_C = 180.0  # an INVITE branch may ring this long after its last provisional (RFC 3261 16.6 step 11)
+# A request still open this long is given up, whatever it waits on (a name that never resolves).
 SAFETY_NET = 900.0
+SAFETY_NET_TIMER = "safety net"
 # Methods that create a dialog: the proxy stays in its path (Record-Route).
 DIALOG_METHODS = frozenset(["INVITE", "SUBSCRIBE", "REFER"])
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 # Live transactions beyond which requests are shed (a SipDomain's security.maxTransactions).
 MAX_TRANSACTIONS = 5000
-# What is kept of finished transactions for their retransmissions, at most this many times the
-# live ones: memory stays bounded however fast calls come. Beyond it the oldest go first (a late
-# retransmission of theirs is then handled as a new request).
-RETAINED_PER_LIVE = 10
 # What a shed request is told: come back after this long (RFC 3261 21.5.4).
 SHED_RETRY_AFTER = 5
-
-
-class Destination(NamedTuple):
-    """Where the transport sends: over UDP to host:port, or down the connection `flow`."""
-
-    transport: str
-    host: str
-    port: int
-    flow: str | None = None
 
 
 class SendError(Exception):
@@ -112,7 +110,14 @@ class Identity:
 
 
 class Proxy:
-    """The proxy's entry points: requests and responses from the transports, in; sends, out."""
+    """The proxy's entry points: requests and responses from the transports, and the clock, in; sends, out.
+
+    Every RFC 3261 section 17 matter (retransmissions, absorbing them, Timers A
+    to M, the hop-by-hop ACK) is the transaction layer's; this is section 16 on
+    top of it: the response contexts, their branches, CANCEL, Timer C. What the
+    layer asks for comes back as effects, carried out by `_carry_out`; its
+    timers run on `clock`, and `tick` is what the event loop calls when one is due.
+    """
 
     def __init__(
         self,
@@ -120,7 +125,9 @@ class Proxy:
         delivery: Delivery,
         identity: Identity,
         signer: TokenSigner,
+        transactions: TransactionLayer,
         *,
+        clock: Callable[[], float] = time.monotonic,
         nodes: Callable[[], dict[str, dict]] = dict,
         on_final: Callable[[Request, str, int], None] = lambda request, domain, status: None,
         on_unreachable: Callable[[Target, str], None] = lambda target, why: None,
@@ -130,6 +137,8 @@ class Proxy:
         self.delivery = delivery
         self.identity = identity
         self.signer = signer
+        self.transactions = transactions
+        self.clock = clock
         self.nodes = nodes
         self._on_final = on_final
         self._on_unreachable = on_unreachable
@@ -137,107 +146,92 @@ class Proxy:
         # What requests make us log, at most a line per kind per interval (registrar.ratelog).
         self._log_failure = RateLimitedLog(log, logging.ERROR)
         self.log_unsent = RateLimitedLog(log, logging.INFO)
-        self.servers: dict[TransactionKey, ServerTransaction] = {}
-        self.clients: dict[tuple[str, str], Branch] = {}
+        # Requests without a To tag that we are forwarding, to find the same one by another path.
         self._merge_keys: dict[tuple[str, str, int, str], TransactionKey] = {}
-        # What is left of a transaction once it is over, for the 32 s that retransmissions may
-        # still come (Timers H, J, K): (expires at, final response, status) by server key, and
-        # (expires at, our ACK, where the branch went (4), where its 2xx go (4)) by branch. Plain tuples
-        # of strings, bytes and numbers, which the cyclic garbage collector leaves alone: kept
-        # as live objects, 30 s of calls made its full collections last a second (measured).
-        # Insertion order is expiry order: every entry lives the same time.
-        self._answered: OrderedDict[TransactionKey, tuple[float, bytes, int]] = OrderedDict()
-        # Flat: the collector stops tracking a tuple of plain values when it first sees it, but a
-        # tuple of tuples only once it has seen the inner ones, and a NamedTuple never.
-        self._finished_branches: OrderedDict[tuple[str, str], tuple] = OrderedDict()
+        # The one event-loop timer, at the layer's next deadline.
+        self._wakeup: asyncio.TimerHandle | None = None
+        self._wake_at: float | None = None
 
     # -- requests ------------------------------------------------------------------------------
-    def receive_request(self, request: Request, source: Source, reply: Callable[[bytes], None], key: TransactionKey) -> None:
-        self._expire()
+    def receive_request(self, request: Request, source: Source, key: TransactionKey) -> None:
+        now = self.clock()
         method = request.method
-        if method == "ACK":
-            server = self.servers.get(key)
-            if server is not None:
-                server.acknowledged()  # the ACK of our own non-2xx answer: hop by hop, ends here
-                return
-            answered = self._answered.get(key)
-            if answered is not None and answered[2] >= 300:
-                return  # the same, after the transaction was over
-            self._relay_stateless(request, source)
-            return
         if method == "CANCEL":
-            self._cancel(request, reply, key)
+            self._cancel(request, source, key, now)
             return
-        server = self.servers.get(key)
-        if server is not None:
-            server.retransmitted()
+        effects = self.transactions.receive_request(key, method, now)
+        if effects is not None:
+            self._carry_out(effects, now)  # a retransmission, or the ACK of our own failure: the layer's
             return
-        answered = self._answered.get(key)
-        if answered is not None:
-            reply(answered[1])  # a retransmission after the answer: the same answer (RFC 3261 17.2)
+        if method == "ACK":
+            self._relay_stateless(request, source)  # an ACK for a 2xx: end to end, a transaction of its own
             return
         try:
             # To, From and CSeq go into the hash: a malformed one is answered here, before any state.
             hash_of_request = relay.loop_hash(request)
         except SipError as error:
-            reply(error_response(request, error).to_bytes())
+            self._send(source.reply_to, error_response(request, error).to_bytes())
             return
-        if len(self.servers) >= self._max_transactions():
+        if len(self.transactions.servers) >= self._max_transactions():
             # Full: shed before any state, one answer for one request.
-            reply(server_response(request, 503, "Service Unavailable: Overloaded",
-                                  [("Retry-After", str(SHED_RETRY_AFTER))]).to_bytes())
+            self._send(source.reply_to, server_response(request, 503, "Service Unavailable: Overloaded",
+                                                        [("Retry-After", str(SHED_RETRY_AFTER))]).to_bytes())
             return
-        server = ServerTransaction(self, key, request, source, reply, hash_of_request)
-        self.servers[key] = server
+        transaction = self.transactions.begin_server(key, method, source.reply_to)
+        context = ResponseContext(self, transaction, request, source, hash_of_request)
+        transaction.owner = context
+        # A safety net only: branch timers (B, C, F) end every branch long before.
+        self.transactions.set_timer(transaction, SAFETY_NET_TIMER, now + SAFETY_NET)
         if method == "INVITE":
-            server.domain = self.router.domain_of(request)  # its answer is counted by it, refusals too
+            context.domain = self.router.domain_of(request)  # its answer is counted by it, refusals too
         try:
-            self._check(request, server)
+            self._check(context)
         except SipError as error:
-            server.respond(error_response(request, error))
+            context.respond(error_response(request, error))
             return
-        start_eagerly(self._route(server))
+        start_eagerly(self._route(context))
 
-    def _check(self, request: Request, server: ServerTransaction) -> None:
+    def _check(self, context: ResponseContext) -> None:
         """Validation before routing (RFC 3261 16.3): hops, loops, merged requests."""
+        request = context.request
         hops = relay.max_forwards(request)
         if hops == 0:
             raise SipError(483, "Too Many Hops")
         ours = relay.our_vias(request, self.identity.sent_by)
-        if relay.has_looped(ours, server.loop_hash):
+        if relay.has_looped(ours, context.loop_hash):
             raise SipError(482, "Loop Detected")
         if not ours and request.name_addr("To").tag is None:
             # The same request reaching us twice by different paths (RFC 3261 8.2.2.2).
             number, method = request.cseq
             merge_key = (request.name_addr("From").tag or "", request.call_id, number, method)
-            other = self.servers.get(self._merge_keys.get(merge_key, ()))
-            if other is not None and other is not server and not other.answered:
+            other = self.transactions.servers.get(self._merge_keys.get(merge_key, ()))
+            if other is not None and other.owner is not None and not other.owner.answered:
                 raise SipError(482, "Loop Detected: Merged Request")
-            self._merge_keys[merge_key] = server.key
-            server.merge_key = merge_key
+            self._merge_keys[merge_key] = context.transaction.key
+            context.merge_key = merge_key
 
-    async def _route(self, server: ServerTransaction) -> None:
-        request = server.request
+    async def _route(self, context: ResponseContext) -> None:
+        request = context.request
         try:
             target, popped = self._take_our_routes(request)
             if target is not None:
-                await self._fork(server, [[await self._current(request, target)]], record_route=False)
+                await self._fork(context, [[await self._current(request, target)]], record_route=False)
             elif request.name_addr("To").tag is not None:
                 # In a dialog we are not part of (no Route of ours): not ours to relay.
                 target = self._next_hop_target(request) if popped else None
                 if target is None:
                     raise SipError(404, "Not Here: No Route For In-Dialog Request")
-                await self._fork(server, [[target]], record_route=False)
+                await self._fork(context, [[target]], record_route=False)
             elif request.get("Route") is not None:
                 raise SipError(403, "Relaying Denied: Preloaded Route")
             else:
-                target_set = await self.router.route(request, server.source)
-                await self._fork(server, target_set.groups, record_route=request.method in DIALOG_METHODS)
+                target_set = await self.router.route(request, context.source)
+                await self._fork(context, target_set.groups, record_route=request.method in DIALOG_METHODS)
         except SipError as error:
-            server.respond(error_response(request, error))
+            context.respond(error_response(request, error))
         except Exception as error:
             self._log_failure("error routing %s: %s", request.method, exception_summary(error))
-            server.respond(server_response(request, 500, "Server Internal Error"))
+            context.respond(server_response(request, 500, "Server Internal Error"))
 
     def _take_our_routes(self, request: Request) -> tuple[Target | None, int]:
         """Route preprocessing (RFC 3261 16.4): our topmost Route entries off the request.
@@ -338,57 +332,71 @@ class Proxy:
         except SendError as error:
             self.log_unsent("sipreg: %s not relayed: %s", request.method, error)
 
-    def _cancel(self, request: Request, reply: Callable[[bytes], None], key: TransactionKey) -> None:
+    def _cancel(self, request: Request, source: Source, key: TransactionKey, now: float) -> None:
+        """CANCEL is answered hop by hop, statelessly: 200 when its INVITE is ours, 481 otherwise (RFC 3261 16.10)."""
         invite_key = (*key[:-1], "INVITE")
-        server = self.servers.get(invite_key)
-        if server is None and invite_key not in self._answered:
-            reply(server_response(request, 481, "Call/Transaction Does Not Exist").to_bytes())
+        if self.transactions.state_of(invite_key, now) is None:
+            self._send(source.reply_to, server_response(request, 481, "Call/Transaction Does Not Exist").to_bytes())
             return
-        reply(server_response(request, 200, "OK").to_bytes())
-        if server is not None:
-            server.cancel()  # (a CANCEL after the final answer has no effect, RFC 3261 9.2)
+        self._send(source.reply_to, server_response(request, 200, "OK").to_bytes())
+        transaction = self.transactions.servers.get(invite_key)
+        if transaction is not None and transaction.owner is not None:
+            transaction.owner.cancel()  # (a CANCEL after the final answer has no effect, RFC 3261 9.2)
 
     # -- forking -------------------------------------------------------------------------------
-    async def _fork(self, server: ServerTransaction, groups: list[list[Target]], *, record_route: bool) -> None:
-        server.groups = list(groups)
-        server.record_route = record_route
-        await self._next_group(server)
+    async def _fork(self, context: ResponseContext, groups: list[list[Target]], *, record_route: bool) -> None:
+        context.groups = list(groups)
+        context.record_route = record_route
+        await self._next_group(context)
 
-    async def _next_group(self, server: ServerTransaction) -> None:
-        while server.groups and not server.cancelled and not server.answered:
-            group = server.groups.pop(0)
+    async def _next_group(self, context: ResponseContext) -> None:
+        while context.groups and not context.cancelled and not context.answered:
+            group = context.groups.pop(0)
             started = 0
             for target in group:
-                if await self._start_branch(server, target):
+                if await self._start_branch(context, target):
                     started += 1
             if started:
                 return
-        server.all_branches_done()
+        context.all_branches_done()
 
-    async def _start_branch(self, server: ServerTransaction, target: Target) -> bool:
+    async def _start_branch(self, context: ResponseContext, target: Target) -> bool:
+        request = context.request
         try:
             destination, hop_route = await self._destination(target)
         except SendError as error:
-            server.finals.append(server_response(server.request, 503, "Service Unavailable"))
+            context.finals.append(server_response(request, 503, "Service Unavailable"))
             self.log_unsent("sipreg: cannot reach %s: %s", target.uri, error)
             return False
-        if destination is None:
-            return False
-        request = server.request
-        branch_id = relay.new_branch(server.loop_hash)
-        record_routes = self._record_routes(server, target, destination) if server.record_route else ()
+        if destination is None or context.transaction.owner is None:
+            return False  # (or the request ended while we resolved)
+        branch_id = relay.new_branch(context.loop_hash)
+        record_routes = self._record_routes(context, target, destination) if context.record_route else ()
         copy = relay.forwarded(
             request, uri=target.uri, via=self._via(destination, branch_id), record_routes=record_routes, route=hop_route
         )
-        branch = Branch(self, server, branch_id, copy, destination)
-        if not branch.start():
-            server.finals.append(server_response(request, 503, "Service Unavailable"))  # as RFC 3261 16.9 says
+        branch = Branch(context, copy)
+        if not self._start_client(branch, (branch_id, request.method), destination, context.source.reply_to):
+            context.finals.append(server_response(request, 503, "Service Unavailable"))  # as RFC 3261 16.9 says
             return False
-        server.branches.append(branch)
-        self.clients[(branch_id, request.method)] = branch
-        if request.method == "INVITE" and server.last_response is None:
+        context.branches.append(branch)
+        if request.method == "INVITE" and context.transaction.sent is None:
             # Only now: a request refused before any branch gets its one answer and nothing else.
-            server.respond(server_response(request, 100, "Trying"))
+            context.respond(server_response(request, 100, "Trying"))
+        return True
+
+    def _start_client(self, branch: Branch, key: TransactionKey, destination: Destination,
+                      upstream: Destination | None) -> bool:
+        """A client transaction for `branch`; False when its request could not even be sent."""
+        now = self.clock()
+        transaction, effects = self.transactions.begin_client(
+            key, branch.request, destination, branch, now, upstream=upstream if branch.invite else None)
+        [send] = effects
+        if not self._send(send.destination, send.data):
+            self.transactions.forget(transaction)
+            return False
+        branch.transaction = transaction
+        self._wake()
         return True
 
     async def _destination(self, target: Target) -> tuple[Destination | None, str | None]:
@@ -444,12 +452,12 @@ class Proxy:
         transport = destination.transport
         return f"SIP/2.0/{transport.upper()} {self.identity.public_host}:{self.identity.port(transport)};branch={branch};rport"
 
-    def _record_routes(self, server: ServerTransaction, target: Target, destination: Destination) -> list[str]:
+    def _record_routes(self, context: ResponseContext, target: Target, destination: Destination) -> list[str]:
         """Our Record-Route for one branch: one entry, or two when the two legs' transports differ (RFC 5658)."""
-        source = server.source
+        source = context.source
         caller = FlowRef(self.identity.node, source.transport, source.host, source.port, source.flow or "")
         token = self.signer.token(DIALOG, (caller, target.ref))
-        ftag = server.request.name_addr("From").tag or ""
+        ftag = context.request.name_addr("From").tag or ""
         callee_transport = target.ref.transport if target.ref is not None else destination.transport
         transports = [callee_transport] if callee_transport == source.transport else [callee_transport, source.transport]
         host = self.identity.public_host
@@ -467,76 +475,73 @@ class Proxy:
             return  # nothing to match it with: dropped (RFC 3261 18.1.2)
         if not (via.branch or "").startswith(relay.BRANCH_MARK):
             return  # not sent by us
-        self._expire()
-        key = (via.branch or "", method)
-        branch = self.clients.get(key)
-        if branch is not None:
-            branch.receive(response)
-            return
-        finished = self._finished_branches.get(key)
-        if finished is None:
-            return
-        ack = finished[1]
+        now = self.clock()
+        effects = self.transactions.receive_response((via.branch or "", method), response, now)
+        if effects is not None:
+            self._carry_out(effects, now)
+
+    # -- carrying out what the transaction layer asks --------------------------------------------
+    def tick(self, now: float) -> None:
+        """Fire the transaction timers due by `now` (the event loop calls this; tests call it with their clock)."""
+        self._carry_out(self.transactions.advance(now), now)
+
+    def _carry_out(self, effects: list[Effect], now: float) -> None:
+        for effect in effects:
+            if isinstance(effect, Send):
+                if not self._send(effect.destination, effect.data) and effect.transaction is not None:
+                    self._carry_out(self.transactions.unsendable(effect.transaction, now), now)
+            elif isinstance(effect, PassUp):
+                if effect.owner is not None:
+                    effect.owner.received(effect.response, now)
+                elif effect.upstream is not None:
+                    # A 2xx after the branch's end: the callee repeats it until the caller's ACK reaches it.
+                    self._send(effect.upstream, relay.without_top_via(effect.response).to_bytes())
+            elif effect.owner is not None:
+                effect.owner.timed_out(effect.timer, now)
+        self._wake()
+
+    def _send(self, destination: Destination, data: bytes) -> bool:
         try:
-            if response.status >= 300 and ack is not None:
-                self.delivery.send(Destination(*finished[2:6]), ack)  # the callee missed our ACK: once more
-            elif 200 <= response.status < 300 and method == "INVITE":
-                # The callee repeats its 200 until the caller's ACK reaches it: each one goes up.
-                self.delivery.send(Destination(*finished[6:10]), relay.without_top_via(response).to_bytes())
-        except SendError:
-            pass  # the peer's own timers take it from here
+            self.delivery.send(destination, data)
+        except SendError as error:
+            self.log_unsent("sipreg: sending to %s failed: %s", destination, error)
+            return False
+        return True
 
-    def forget(self, server: ServerTransaction) -> None:
-        """A transaction is gone without a trace (answered statelessly, or over)."""
-        if self.servers.get(server.key) is server:
-            del self.servers[server.key]
-        if server.merge_key is not None and self._merge_keys.get(server.merge_key) == server.key:
-            del self._merge_keys[server.merge_key]
+    def _wake(self) -> None:
+        """Have the event loop call `tick` at the transaction layer's next deadline."""
+        when = self.transactions.next_deadline()
+        if when is None or (self._wake_at is not None and self._wake_at <= when):
+            return
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+        self._wake_at = when
+        self._wakeup = asyncio.get_running_loop().call_later(max(0.0, when - self.clock()), self._woken)
 
-    def complete(self, server: ServerTransaction) -> None:
-        """A transaction is over: keep only what its retransmissions need, as plain tuples."""
-        self.forget(server)
-        expires_at = time.monotonic() + TIMEOUT
-        if server.last_response is not None and not server.reliable:
-            self._answered[server.key] = (expires_at, server.last_response, server.final_status)
-        source = server.source
-        upstream = (source.transport, source.host, source.port, source.flow)
-        for branch in server.branches:
-            branch.stop_timers()
-            self.clients.pop((branch.id, branch.method), None)
-            if branch.cancel_branch is not None:
-                branch.cancel_branch.stop_timers()
-                self.clients.pop((branch.id, "CANCEL"), None)
-                branch.cancel_branch = None
-            self._finished_branches[(branch.id, branch.method)] = (
-                expires_at, branch.ack_data, *branch.destination, *upstream)
-            branch.server = None  # no cycle left for the collector: reference counts free it all
-        server.branches = []
-        server.groups = []
-        server.finals = []
-        self._expire()
+    def _woken(self) -> None:
+        self._wakeup = self._wake_at = None
+        self.tick(self.clock())
 
-    def _expire(self) -> None:
-        now = time.monotonic()
-        retained = RETAINED_PER_LIVE * self._max_transactions()
-        for table in (self._answered, self._finished_branches):
-            while table:
-                entry = next(iter(table.values()))
-                if entry[0] > now and len(table) <= retained:
-                    break
-                table.popitem(last=False)
+    def end(self, context: ResponseContext) -> None:
+        """A response context is over: what its transactions still do (absorb, repeat, ACK), they do alone."""
+        if context.merge_key is not None and self._merge_keys.get(context.merge_key) == context.transaction.key:
+            del self._merge_keys[context.merge_key]
+        context.transaction.owner = None
+        for branch in context.branches:
+            branch.detach()
+        context.branches = []
+        context.groups = []
+        context.finals = []
 
 
-class ServerTransaction:
-    """A request we proxy: its answers upstream, its branches downstream (RFC 3261 16.7)."""
+class ResponseContext:
+    """A request we proxy (RFC 3261 16.7's response context): its server transaction, its branches, its best answer."""
 
-    def __init__(self, proxy: Proxy, key: TransactionKey, request: Request, source: Source,
-                 reply: Callable[[bytes], None], loop_hash: str):
+    def __init__(self, proxy: Proxy, transaction: Transaction, request: Request, source: Source, loop_hash: str):
         self.proxy = proxy
-        self.key = key
+        self.transaction = transaction
         self.request = request
         self.source = source
-        self.reply = reply
         self.loop_hash = loop_hash
         self.domain = ""
         self.merge_key: tuple[str, str, int, str] | None = None
@@ -544,23 +549,16 @@ class ServerTransaction:
         self.groups: list[list[Target]] = []
         self.record_route = False
         self.finals: list[Response] = []
-        self.last_response: bytes | None = None
         self.final_status = 0
         self.cancelled = False
-        self.reliable = source.transport != "udp"
-        self._completed = False
-        self._retransmit: asyncio.TimerHandle | None = None  # Timer G
-        self._give_up: asyncio.TimerHandle | None = None  # Timer H
-        self._interval = T1
-        # A safety net only: branch timers (B, C, F) end every branch long before.
-        self._safety: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(SAFETY_NET, self._expired)
+        self.over = False
 
     @property
     def answered(self) -> bool:
         return self.final_status >= 200
 
     def respond(self, response: Response) -> None:
-        """Send an answer upstream; after the final one, the transaction ends when its branches have.
+        """Send an answer upstream; after the final one, the context ends when its branches have.
 
         A final answer made up before any branch went out (a refusal: 404, 403, 407,
         480...) is sent statelessly, as Kamailio's sl_send_reply does: once, with no
@@ -568,59 +566,31 @@ class ServerTransaction:
         leaves no memory behind. A retransmission is refused again; the ACK, matching
         no transaction, is dropped.
         """
-        if self._completed or (self.answered and not (200 <= response.status < 300)):
+        status = response.status
+        if self.over or (self.answered and not 200 <= status < 300):
             return  # one final answer, no provisional after it; only further 2xx may follow (RFC 6026)
+        proxy = self.proxy
         data = response.to_bytes()
-        self.reply(data)
-        if response.status >= 200 and not self.branches and not self.answered:
-            self.final_status = response.status
-            self.proxy._on_final(self.request, self.domain, response.status)
+        first_final = status >= 200 and not self.answered
+        if first_final:
+            self.final_status = status
+            proxy._on_final(self.request, self.domain, status)
+        if first_final and not self.branches:
+            proxy._send(self.source.reply_to, data)
+            proxy.transactions.forget(self.transaction)
             self._end()
-            self.proxy.forget(self)
             return
-        self.last_response = data
-        if response.status < 200 or self.answered:
-            return
-        self.final_status = response.status
-        self.proxy._on_final(self.request, self.domain, response.status)
-        if self.request.method == "INVITE" and response.status >= 300 and not self.reliable:
-            # Timer G until the caller's ACK, Timer H at the latest.
-            loop = asyncio.get_running_loop()
-            self._retransmit = loop.call_later(self._interval, self._resend_final)
-            self._give_up = loop.call_later(TIMEOUT, self.acknowledged)
-        self.maybe_complete()
-
-    def _resend_final(self) -> None:
-        if self.last_response is not None and self._retransmit is not None:
-            self.reply(self.last_response)
-            self._interval = min(self._interval * 2, T2)
-            self._retransmit = asyncio.get_running_loop().call_later(self._interval, self._resend_final)
-
-    def retransmitted(self) -> None:
-        """The request came again (UDP): answer with the latest response, if any (RFC 3261 17.2.1)."""
-        if self.last_response is not None:
-            self.reply(self.last_response)
-
-    def acknowledged(self) -> None:
-        """The caller's ACK for our non-2xx final (or Timer H): no more retransmitting it."""
-        for timer in (self._retransmit, self._give_up):
-            if timer is not None:
-                timer.cancel()
-        self._retransmit = self._give_up = None
+        now = proxy.clock()
+        proxy._carry_out(proxy.transactions.respond(self.transaction, status, data, now), now)
         self.maybe_complete()
 
     def maybe_complete(self) -> None:
-        if self._completed or not self.answered or self._retransmit is not None:
-            return
-        if all(branch.done for branch in self.branches):
+        if not self.over and self.answered and all(branch.done for branch in self.branches):
             self._end()
-            self.proxy.complete(self)
 
     def _end(self) -> None:
-        self._completed = True
-        if self._safety is not None:
-            self._safety.cancel()
-            self._safety = None
+        self.over = True
+        self.proxy.end(self)
 
     def cancel(self) -> None:
         if self.answered or self.cancelled:
@@ -669,140 +639,105 @@ class ServerTransaction:
         else:
             self.respond(server_response(self.request, 480, "Temporarily Unavailable: No Reachable Contact"))
 
-    def _expired(self) -> None:
-        self._safety = None
+    # -- what the transaction layer tells it ---------------------------------------------------------
+    def timed_out(self, timer: str, now: float) -> None:
+        """The safety net: whatever is still open is given up."""
+        if timer != SAFETY_NET_TIMER:
+            return  # Timer H or a transport error upstream: the caller is gone, the branches end by their own timers
         if not self.answered:
             self.respond(server_response(self.request, 408, "Request Timeout"))
         for branch in self.branches:
             if not branch.done:
-                branch.final = server_response(branch.request, 408, "Request Timeout")
-        self.acknowledged()
+                branch.give_up(server_response(branch.request, 408, "Request Timeout"), now)
+        self._end()
 
 
 class Branch:
-    """One copy of a request sent downstream: a client transaction (RFC 3261 17.1) plus CANCEL state."""
+    """One copy of a request sent downstream: its client transaction, Timer C and its CANCEL (RFC 3261 16.6-16.8)."""
 
-    def __init__(self, proxy: Proxy, server: ServerTransaction | None, branch_id: str, request: Request, destination: Destination):
-        self.proxy = proxy
-        self.server = server
-        self.id = branch_id
+    def __init__(self, context: ResponseContext | None, request: Request):
+        self.context = context
         self.request = request
-        self.destination = destination
-        self.data = request.to_bytes()
-        self.reliable = destination.transport != "udp"
-        self.method = request.method
         self.invite = request.method == "INVITE"
-        self.ack_data: bytes | None = None  # our ACK for its non-2xx final, kept to repeat it
+        self.transaction: Transaction | None = None
         self.provisional = False
         self.final: Response | None = None
         self.cancel_pending = False
         self.cancel_reason: str | None = None  # the Reason (RFC 3326) its CANCEL will carry
         self.cancel_branch: Branch | None = None
-        self._interval = T1
-        self._retransmit: asyncio.TimerHandle | None = None
-        self._timeout: asyncio.TimerHandle | None = None
 
     @property
     def done(self) -> bool:
         return self.final is not None
 
-    def start(self) -> bool:
-        """Send the request and arm the timers; False when it could not even be sent."""
-        if not self._send(self.data):
-            return False
-        loop = asyncio.get_running_loop()
-        if not self.reliable:
-            self._retransmit = loop.call_later(self._interval, self._resend)
-        self._timeout = loop.call_later(TIMEOUT, self._timed_out)
-        return True
-
-    def _send(self, data: bytes) -> bool:
-        try:
-            self.proxy.delivery.send(self.destination, data)
-        except SendError as error:
-            self.proxy.log_unsent("sipreg: %s to %s failed: %s", self.request.method, self.destination, error)
-            return False
-        return True
-
-    def _resend(self) -> None:
-        if self.final is not None:
-            return
-        if not self._send(self.data):
-            self._finish(server_response(self.request, 503, "Service Unavailable"))
-            return
-        self._interval = self._interval * 2 if self.invite else min(self._interval * 2, T2)
-        self._retransmit = asyncio.get_running_loop().call_later(self._interval, self._resend)
-
-    def _timed_out(self) -> None:
-        if self.final is not None:
-            return
-        if self.invite and self.provisional and self.cancel_branch is None:
-            # Timer C: it rang too long. CANCEL it; its 487 (or Timer B) ends it.
-            self.cancel()
-            self._timeout = asyncio.get_running_loop().call_later(TIMEOUT, self._timed_out)
-            return
-        self._finish(server_response(self.request, 408, "Request Timeout"))
-
-    def receive(self, response: Response) -> None:
-        status = response.status
-        if status < 200:
-            if self.final is not None:
-                return
-            if not self.invite:
-                self._interval = T2  # Timer E goes on, at T2, until the final (RFC 3261 17.1.2.2)
-            elif self._retransmit is not None:
-                self._retransmit.cancel()  # Timer A stops: the INVITE arrived
-                self._retransmit = None
-            if self.invite:
+    def received(self, response: Response, now: float) -> None:
+        """A response its transaction passes up."""
+        context = self.context
+        if response.status < 200:
+            if self.invite and self.final is None:
                 self.provisional = True
-                if self._timeout is not None:
-                    self._timeout.cancel()
-                self._timeout = asyncio.get_running_loop().call_later(TIMER_C, self._timed_out)
+                self._set_timer("C", now + TIMER_C)
                 if self.cancel_pending:
                     self.cancel(self.cancel_reason)
-            if self.server is not None:
-                self.server.branch_answered(self, response)
-            return
-        if self.invite and status >= 300:
-            # Our hop-by-hop ACK, for the first final and for each retransmission of it.
-            if self.ack_data is None:
-                self.ack_data = relay.ack_for(self.request, response).to_bytes()
-            self._send(self.ack_data)
-        if status < 300 and self.invite and self.final is not None:
-            # A retransmitted or forked 2xx: passed upstream as it comes (the ACK is end to end).
-            if self.server is not None:
-                self.server.respond(relay.without_top_via(response))
+            if context is not None and self.final is None:
+                context.branch_answered(self, response)
             return
         if self.final is not None:
+            # A retransmitted or forked 2xx: passed upstream as it comes (the ACK is end to end).
+            if context is not None:
+                context.respond(relay.without_top_via(response))
             return
+        self._finish(response)
+
+    def timed_out(self, timer: str, now: float) -> None:
+        """Its transaction gave up (Timer B, F, a transport error), or Timer C fired."""
+        if self.final is not None:
+            return
+        if timer == "C":
+            if self.cancel_branch is None:
+                # It rang too long: CANCEL it, and give it Timer B's time to end with the 487.
+                self.cancel()
+            self._set_timer("after C", now + TIMEOUT)
+            return
+        status, reason = (503, "Service Unavailable") if timer == "transport" else (408, "Request Timeout")
+        self.give_up(server_response(self.request, status, reason), now)
+
+    def give_up(self, response: Response, now: float) -> None:
+        """End it with an answer made up here (its Vias, ours on top, like a real one)."""
+        if self.transaction is not None and self.context is not None:
+            self.context.proxy.transactions.forget(self.transaction)
         self._finish(response)
 
     def _finish(self, response: Response) -> None:
         self.final = response
-        self.stop_timers()
-        if self.server is not None:
-            # Answers made up here (408, 503) copy the branch's Vias, ours on top, like real ones.
-            self.server.branch_answered(self, response)
+        if self.transaction is not None and self.context is not None:
+            for timer in ("C", "after C"):
+                self.context.proxy.transactions.clear_timer(self.transaction, timer)
+        if self.context is not None:
+            self.context.branch_answered(self, response)
+
+    def _set_timer(self, name: str, when: float) -> None:
+        if self.transaction is not None and self.context is not None:
+            self.context.proxy.transactions.set_timer(self.transaction, name, when)
 
     def cancel(self, reason: str | None = None) -> None:
         """CANCEL this branch: now when it has rung, else as soon as it does (RFC 3261 9.1); `reason`: its Reason."""
-        if not self.invite or self.final is not None or self.cancel_branch is not None:
+        if not self.invite or self.final is not None or self.cancel_branch is not None or self.context is None:
             return
         if not self.provisional:
             self.cancel_pending = True
             self.cancel_reason = reason
             return
-        cancel = relay.cancel_for(self.request, reason)
-        branch = Branch(self.proxy, None, self.id, cancel, self.destination)
-        self.cancel_branch = branch
-        self.proxy.clients[(self.id, "CANCEL")] = branch
-        branch.start()
+        assert self.transaction is not None
+        cancel = Branch(None, relay.cancel_for(self.request, reason))  # its answer matters to nobody
+        self.cancel_branch = cancel
+        self.context.proxy._start_client(cancel, (self.transaction.key[0], "CANCEL"), self.transaction.destination, None)
 
-    def stop_timers(self) -> None:
-        for timer in (self._retransmit, self._timeout):
-            if timer is not None:
-                timer.cancel()
-        self._retransmit = self._timeout = None
+    def detach(self) -> None:
+        """Its context is over: no cycle left for the collector, reference counts free it all."""
+        if self.transaction is not None:
+            self.transaction.owner = None
+        self.context = None
 
 
 def _is_ip_address(host: str) -> bool:

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from registrar.eager import start_eagerly
 from registrar.metrics import Metrics
 from registrar.model import SecurityPolicy, in_networks
-from registrar.proxy import Destination, Proxy, SendError
+from registrar.proxy import Proxy, SendError
 from registrar.ratelog import RateLimitedLog, exception_summary
 from registrar.service import SipService
 from registrar.sip.headers import Via, split_list
@@ -36,8 +36,8 @@ from registrar.sip.message import (
     salvage_request,
     server_response,
 )
-from registrar.sip.source import Source, source_address
-from registrar.sip.transaction import ServerTransactions, transaction_key
+from registrar.sip.source import Destination, Source, source_address
+from registrar.sip.transaction import Transaction, TransactionLayer, transaction_key
 from registrar.sip.uri import unbracketed
 from registrar.source_limits import SourceLimiter
 
@@ -71,6 +71,7 @@ class SipEndpoint:
         metrics: Metrics,
         sources: SourceLimiter,
         security: Callable[[], SecurityPolicy],
+        transactions: TransactionLayer,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.service = service
@@ -80,7 +81,9 @@ class SipEndpoint:
         # The served catalogue's policy, read when it applies: the catalogue is swapped at run time.
         self.security = security
         self.clock = clock
-        self.transactions = ServerTransactions()
+        # The node's one transaction layer, which the proxy shares: it absorbs and answers
+        # retransmissions of what we answer here, and of what the proxy forwards.
+        self.transactions = transactions
         self.flows: dict[str, Flow] = {}
         # Flows holding part of a message, which must be whole within message_seconds.
         self._receiving: dict[str, Flow] = {}
@@ -149,7 +152,7 @@ class SipEndpoint:
             # The proxy keeps its own transactions: they answer more than once (100, 180, 200).
             assert self.proxy is not None, "the server sets the proxy before it listens"
             try:
-                self.proxy.receive_request(request, source, reply, key)
+                self.proxy.receive_request(request, source, key)
             except Exception as error:
                 self._failed("error proxying a request", source, error)
                 self._send(server_response(request, 500, "Server Internal Error"), reply)
@@ -157,11 +160,11 @@ class SipEndpoint:
         # Only UDP peers retransmit; on TCP/TLS Timer J is zero (RFC 3261 17.2.2).
         unreliable = source.transport == "udp"
         if unreliable:
-            state = self.transactions.lookup(key, started)
-            if state != "new":
+            effects = self.transactions.receive_request(key, request.method, started)
+            if effects is not None:
                 self.metrics.retransmissions.inc()
-                if isinstance(state, bytes):
-                    reply(state)
+                for effect in effects:
+                    reply(effect.data)  # (a Send: the answer again, to where the request came from)
                 return
         try:
             answer = self.service.handle(request, source)
@@ -176,13 +179,13 @@ class SipEndpoint:
             reply(answer.to_bytes())
             self.metrics.request_answered(request.method, self.clock() - started)
             return
-        if unreliable:
-            self.transactions.begin(key, started)
+        transaction = self.transactions.begin_server(key, request.method, source.reply_to) if unreliable else None
         # What it waits on (the store's answer) holds it until it is done: nothing to keep here.
-        start_eagerly(self._finish(key if unreliable else None, request, answer, reply, started))
+        start_eagerly(self._finish(transaction, request, answer, reply, started))
 
     async def _finish(
-        self, key: tuple[str, ...] | None, request: Request, answer: Awaitable[Response], reply: Reply, started: float
+        self, transaction: Transaction | None, request: Request, answer: Awaitable[Response], reply: Reply,
+        started: float,
     ) -> None:
         """Send the answer of a request that went to the store; keep it for retransmissions (UDP)."""
         try:
@@ -192,9 +195,11 @@ class SipEndpoint:
             response = server_response(request, 500, "Server Internal Error")
         data = response.to_bytes()
         now = self.clock()
-        if key is not None:
-            self.transactions.complete(key, data, now)
-        reply(data)
+        if transaction is None:
+            reply(data)
+        else:
+            for effect in self.transactions.respond(transaction, response.status, data, now):
+                reply(effect.data)  # (a Send of `data`; the layer keeps it for Timer J)
         self.metrics.request_answered(request.method, now - started)
 
     def answer_unparsable(self, data: bytes, error: SipError, reply: Reply, source: Source) -> None:

@@ -18,9 +18,8 @@ from collections.abc import Callable, Sequence
 from registrar.sip.headers import NameAddr, Via, parse_name_addr, parse_via, split_list
 from registrar.sip.grammar import parse_digits
 from registrar.sip.message import Request, Response, SipError
-from registrar.sip.transaction import MAGIC_COOKIE
+from registrar.sip.transaction import DEFAULT_MAX_FORWARDS, MAGIC_COOKIE, in_its_transaction
 
-DEFAULT_MAX_FORWARDS = 70
 # Our branches: the magic cookie, our mark, the loop hash, then a per-branch count.
 BRANCH_MARK = MAGIC_COOKIE + "-sr"
 _LOOP_HASH_LENGTH = 12
@@ -165,24 +164,10 @@ COMPLETED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
 
 def cancel_for(branch_request: Request, reason: str | None = None) -> Request:
     """The CANCEL of a forwarded INVITE (RFC 3261 9.1), with a Reason header when one is given (RFC 3326)."""
-    cancel = _in_its_transaction(branch_request, "CANCEL", branch_request.get("To") or "")
+    cancel = in_its_transaction(branch_request, "CANCEL", branch_request.get("To") or "")
     if reason is not None:
         cancel.add("Reason", reason)
     return cancel
-
-
-def ack_for(branch_request: Request, response: Response) -> Request:
-    """The ACK a proxy's client transaction sends for a non-2xx final response (RFC 3261 17.1.1.3): the response's To."""
-    return _in_its_transaction(branch_request, "ACK", response.get("To") or branch_request.get("To") or "")
-
-
-def _in_its_transaction(branch_request: Request, method: str, to: str) -> Request:
-    """A CANCEL or ACK of a forwarded INVITE: its Request-URI, top Via, Route, From, Call-ID, CSeq number."""
-    number, _ = branch_request.cseq
-    headers = [("Via", branch_request.get_all("Via")[0])]
-    headers += [(name, value) for name, value in branch_request.headers if name in ("Route", "From", "Call-ID")]
-    headers += [("To", to), ("CSeq", f"{number} {method}"), ("Max-Forwards", str(DEFAULT_MAX_FORWARDS))]
-    return Request(headers=headers, method=method, uri=branch_request.uri)
 
 
 def without_top_via(response: Response) -> Response:

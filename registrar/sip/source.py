@@ -1,9 +1,10 @@
-"""Where a message came from: the transport, the packet's address, the connection it arrived on; and what counts as one source."""
+"""Where a message came from and where one goes: the transport, the address, the connection; and what counts as one source."""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +19,20 @@ class Source:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.transport}:{host}:{self.port}"
+
+    @property
+    def reply_to(self) -> Destination:
+        """Where responses go: back where the request came from (RFC 3581 symmetric response routing)."""
+        return Destination(self.transport, self.host, self.port, self.flow)
+
+
+class Destination(NamedTuple):
+    """Where the transport sends: over UDP to host:port, or down the connection `flow`."""
+
+    transport: str
+    host: str
+    port: int
+    flow: str | None = None
 
 
 def source_address(host: str) -> str:

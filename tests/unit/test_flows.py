@@ -11,6 +11,7 @@ from registrar.model import ConnectionLimits, SecurityPolicy, SourceLimits
 from registrar.sip.source import Source
 from registrar.service import SipService
 from registrar.source_limits import SourceLimiter
+from registrar.sip.transaction import TransactionLayer
 from registrar.transport import FLOW_GRACE, IDLE_TIMEOUT, SipEndpoint, StreamProtocol
 from tests.helpers import FakeClock
 
@@ -51,7 +52,7 @@ class Policy:
 def endpoint(clock: FakeClock, policy: Policy | None = None) -> SipEndpoint:
     # OPTIONS to us is answered without a registrar.
     policy = policy or Policy()
-    return SipEndpoint(SipService(None), Metrics(), SourceLimiter(policy), policy, clock)  # type: ignore[arg-type]
+    return SipEndpoint(SipService(None), Metrics(), SourceLimiter(policy), policy, TransactionLayer(), clock)  # type: ignore[arg-type]
 
 
 def test_a_connection_without_bindings_closes_after_the_idle_timeout() -> None:

@@ -1,8 +1,11 @@
 """Unit tests for the proxy: routing, forking, CANCEL, in-dialog routing, hops between nodes, loops.
 
-The proxy runs for real on the event loop; only the network is replaced, by a
-`Wire` that records what would be sent. Requests and responses are SIP text
-parsed with `parse_message`, answered the way a UA would.
+The proxy runs for real; only the network is replaced, by a `Wire` that
+records what would be sent, and time by a fake clock that moves when a test
+says (`Node.advance` fires the transaction timers due): nothing sleeps. The
+cyclic garbage collector is off, as a loaded registrar's would rarely run: what
+a call leaves behind must go by reference counting. Requests and responses are
+SIP text parsed with `parse_message`, answered the way a UA would.
 """
 
 from __future__ import annotations
@@ -20,16 +23,16 @@ from registrar.authentication import Authenticator
 from registrar.flows import DIALOG, HOP, FlowRef, TokenSigner, of_binding
 from registrar.lockout import LockoutTable
 from registrar.model import Binding, Catalog, Connection, Domain
-from registrar.proxy import Destination, Identity, Proxy, SendError
-from registrar.sip.source import Source
+from registrar.proxy import Branch, Identity, Proxy, ResponseContext, SendError
+from registrar.sip.source import Destination, Source
 from registrar.routing import Router
 from registrar.service import SipService
 from registrar.sip import digest
 from registrar.sip import proxy as relay
 from registrar.sip.message import Request, Response, make_response, parse_message
-from registrar.sip.transaction import transaction_key
+from registrar.sip.transaction import T1, T2, TIMEOUT, Transaction, TransactionLayer, transaction_key
 from registrar.store.memory import MemoryStore
-from tests.helpers import authorization
+from tests.helpers import FakeClock, authorization
 
 DOMAIN = "sip.example.test"
 REDIRECTING = "redirect.example.test"
@@ -58,6 +61,14 @@ def make_catalog() -> Catalog:
     )
 
 
+@pytest.fixture(autouse=True)
+def no_collector():  # type: ignore[no-untyped-def]
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
 class Wire:
     """The transports, as the proxy sees them: what it sends is kept, parsed."""
 
@@ -79,6 +90,9 @@ class Wire:
     def has_flow(self, flow: str) -> bool:
         return flow in self.flows
 
+    def forwarded(self) -> list[tuple[Destination, Request]]:
+        return [(d, m) for d, m in self.sent if isinstance(m, Request)]
+
     def requests(self, method: str) -> list[tuple[Destination, Request]]:
         return [(d, m) for d, m in self.sent if isinstance(m, Request) and m.method == method]
 
@@ -87,13 +101,13 @@ class Node:
     """One proxy with its store, wire and what it answered upstream."""
 
     def __init__(self, name: str = "n1", *, flows: set[str] = frozenset(), nodes: dict | None = None,
-                 max_transactions: int = proxy_module.MAX_TRANSACTIONS):
+                 max_transactions: int = proxy_module.MAX_TRANSACTIONS, max_retained: int = 1000):
         # Bindings expire by the store's clock, the real one; the router's stands still at this.
         self.now = time.time()
+        self.clock = FakeClock(1000.0)  # the transactions' (monotonic) clock
         self.catalog = make_catalog()
         self.store = MemoryStore()
         self.wire = Wire(flows)
-        self.upstream: list[Response] = []
         self.unreachable: list[tuple[str, str]] = []
         self.finals: list[tuple[str, int]] = []
         # Addresses that are trusted or proved credentials before (SourceLimiter.known): alice's.
@@ -110,6 +124,8 @@ class Node:
             Identity(name, address, {"udp": 5060, "tcp": 5060, "tls": 5061}, {5060, 5061}, {address},
                      domains=lambda: self.catalog.domains),
             TokenSigner(SECRET),
+            TransactionLayer(max_retained),
+            clock=self.clock,
             nodes=lambda: nodes or {},
             on_final=lambda request, domain, status: self.finals.append((domain, status)),
             on_unreachable=lambda target, why: self.unreachable.append((target.uri, why)),
@@ -126,8 +142,7 @@ class Node:
     async def receive(self, data: bytes | Request, source: Source = CALLER) -> None:
         request = parse_message(data) if isinstance(data, bytes) else parse_message(data.to_bytes())
         assert isinstance(request, Request)
-        self.proxy.receive_request(request, source, lambda out: self.upstream.append(parse_message(out)),
-                                   transaction_key(request))
+        self.proxy.receive_request(request, source, transaction_key(request))
         await settle()
 
     async def answer(self, request: Request, status: int, reason: str = "", *, to_tag: str = "callee") -> None:
@@ -138,6 +153,17 @@ class Node:
                 response.add("Record-Route", value)
         self.proxy.receive_response(parse_message(response.to_bytes()))
         await settle()
+
+    async def advance(self, seconds: float) -> None:
+        """Time passes: the transaction timers due fire."""
+        self.clock.advance(seconds)
+        self.proxy.tick(self.clock())
+        await settle()
+
+    @property
+    def upstream(self) -> list[Response]:
+        """What the proxy answered (it sends responses only back up)."""
+        return [message for _, message in self.wire.sent if isinstance(message, Response)]
 
     def statuses(self) -> list[int]:
         return [response.status for response in self.upstream]
@@ -330,7 +356,7 @@ async def test_max_forwards_zero_gets_483() -> None:
     node = await two_phones()
     await node.receive(invite(max_forwards=0))
     assert node.statuses() == [483]
-    assert node.wire.sent == []
+    assert node.wire.forwarded() == []
 
 
 async def test_a_request_coming_back_unchanged_is_a_loop_482_and_a_spiral_is_not() -> None:
@@ -426,7 +452,7 @@ async def test_an_in_dialog_request_without_our_route_is_refused_and_an_ack_drop
     await node.receive(invite(method="BYE", to_tag="x", branch="z9hG4bK-b"))
     assert node.upstream[-1].status == 404
     await node.receive(invite(method="ACK", to_tag="x", branch="z9hG4bK-a"))
-    assert node.wire.sent == []
+    assert node.wire.forwarded() == []
 
 
 async def test_a_forged_route_token_is_not_ours() -> None:
@@ -453,7 +479,7 @@ async def test_a_callee_held_by_another_node_is_reached_through_it_with_a_hop_ro
     assert (hop.host, hop.port) == ("10.0.0.2", 5070)
     assert TokenSigner(SECRET).read(hop.user) == (HOP, (FlowRef("n2", "tcp", "198.51.100.8", 50123, "tcp-9-4"),))
 
-    holder = Node("n2", flows={"tcp-9-4"})
+    holder = Node("n2", flows={"tcp-9-4", "tcp-in-1"})
     await holder.receive(handed, Source("tcp", "10.0.0.1", 40000, "tcp-in-1"))
     [(destination, delivered)] = holder.wire.requests("INVITE")
     assert destination == Destination("tcp", "198.51.100.8", 50123, "tcp-9-4")
@@ -616,14 +642,13 @@ async def test_refused_calls_are_counted_under_their_domain_not_other() -> None:
     assert node.finals == [(DOMAIN, 407), (DOMAIN, 407), ("", 403), (DOMAIN, 480)]
 
 
-async def test_a_refusal_is_one_stateless_answer_even_retransmitted_and_without_an_ack(monkeypatch) -> None:
-    monkeypatch.setattr(proxy_module, "T1", 0.01)
+async def test_a_refusal_is_one_stateless_answer_even_retransmitted_and_without_an_ack() -> None:
     node = Node()
     for _ in range(3):  # the stranger retransmits and never ACKs
         await node.receive(invite(f"sip:nobody@{DOMAIN}"), STRANGER)
-    await asyncio.sleep(0.05)  # Timer G would have resent the final twice by now
+    await node.advance(2 * T1)  # Timer G would have resent the final twice by now
     assert node.statuses() == [407, 407, 407]
-    assert not node.proxy.servers and not node.proxy._answered
+    assert not node.proxy.transactions.servers and not node.proxy.transactions.answered
 
 
 async def test_over_the_transaction_cap_requests_are_shed_with_503_and_retry_after() -> None:
@@ -632,45 +657,77 @@ async def test_over_the_transaction_cap_requests_are_shed_with_503_and_retry_aft
     await node.receive(invite(branch="z9hG4bK-2", call_id="call-2"))
     shed = node.upstream[-1]
     assert (shed.status, shed.reason, shed.get("Retry-After")) == (503, "Service Unavailable: Overloaded", "5")
-    assert len(node.proxy.servers) == 1
+    assert len(node.proxy.transactions.servers) == 1
 
 
 # -- timers --------------------------------------------------------------------------------------
 
 
-async def test_a_silent_udp_callee_gets_retransmissions_then_the_caller_408(monkeypatch) -> None:
-    monkeypatch.setattr(proxy_module, "T1", 0.01)
-    monkeypatch.setattr(proxy_module, "TIMEOUT", 0.2)
+async def test_a_silent_udp_callee_gets_retransmissions_then_the_caller_408() -> None:
     node = Node()
     await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
     await node.receive(invite())
-    await asyncio.sleep(0.35)
-    assert len(node.wire.requests("INVITE")) >= 4  # Timer A: 10, 20, 40, 80 ms...
-    assert node.statuses()[:2] == [100, 408]
-    # Timer G: the 408 goes again until the caller's ACK, then never again.
-    await asyncio.sleep(0.05)
-    assert set(node.statuses()[2:]) == {408}
+    sent_at = []
+    while node.statuses()[1:] == []:
+        sent_at.append(len(node.wire.requests("INVITE")))
+        await node.advance(T1 / 2)
+    # Timer A: at T1, then at twice the interval each time (sampled every T1/2), then Timer B.
+    assert sent_at[:15] == [1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 4]
+    assert node.clock() == 1000.0 + TIMEOUT
+    assert len(node.wire.requests("INVITE")) == 7  # the INVITE, then at 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s
+    assert node.statuses() == [100, 408]
+    # Timer G: the 408 goes again, at T1 then doubling up to T2, until the caller's ACK; then never again.
+    await node.advance(T1)
+    await node.advance(2 * T1)
+    assert node.statuses() == [100, 408, 408, 408]
     await node.receive(invite(method="ACK", to_tag=node.upstream[1].name_addr("To").tag))
-    answered = len(node.upstream)
-    await asyncio.sleep(0.1)
-    assert len(node.upstream) == answered
+    await node.advance(TIMEOUT)
+    assert node.statuses() == [100, 408, 408, 408]
+    assert not node.proxy.transactions.servers and not node.proxy.transactions.clients
 
 
-async def test_a_non_invite_request_is_retransmitted_at_t2_after_a_provisional_until_its_final(monkeypatch) -> None:
-    monkeypatch.setattr(proxy_module, "T1", 0.01)
-    monkeypatch.setattr(proxy_module, "T2", 0.04)
+async def test_a_caller_that_never_acks_our_failure_is_resent_it_until_timer_h() -> None:
+    node = Node()
+    await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
+    await node.receive(invite())
+    [(_, sent)] = node.wire.requests("INVITE")
+    await node.answer(sent, 486, "Busy Here")
+    for _ in range(int(TIMEOUT / T1) + 1):
+        await node.advance(T1)
+    # At 0.5, 1.5, 3.5, 7.5, then every T2 up to 32 s: 4 + 6 = 10 retransmissions.
+    assert node.statuses() == [100] + [486] * 11
+    assert not node.proxy.transactions.servers
+
+
+async def test_a_ringing_branch_is_cancelled_after_timer_c_and_given_up_if_the_cancel_goes_unanswered() -> None:
+    node = Node()
+    await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
+    await node.receive(invite())
+    [(_, sent)] = node.wire.requests("INVITE")
+    await node.answer(sent, 180, "Ringing")
+    await node.advance(proxy_module.TIMER_C - 1)
+    assert node.wire.requests("CANCEL") == []
+    await node.advance(1)
+    assert len(node.wire.requests("CANCEL")) == 1
+    await node.advance(TIMEOUT)
+    assert node.statuses() == [100, 180, 408]
+
+
+async def test_a_non_invite_request_is_retransmitted_at_t2_after_a_provisional_until_its_final() -> None:
     node = Node()
     await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
     await node.receive(invite(method="MESSAGE"))
     [(_, message)] = node.wire.requests("MESSAGE")[:1]
+    await node.advance(T1)
+    assert len(node.wire.requests("MESSAGE")) == 2  # Timer E, at T1
     await node.answer(message, 100, "Trying")
-    sent = len(node.wire.requests("MESSAGE"))
-    await asyncio.sleep(0.1)
-    assert len(node.wire.requests("MESSAGE")) >= sent + 2  # Timer E goes on, every T2
+    await node.advance(2 * T1)
+    await node.advance(T2)
+    await node.advance(T2)
+    assert len(node.wire.requests("MESSAGE")) == 5  # on at 2*T1, then every T2 (RFC 3261 17.1.2.2)
     await node.answer(message, 200, "OK")
-    sent = len(node.wire.requests("MESSAGE"))
-    await asyncio.sleep(0.1)
-    assert len(node.wire.requests("MESSAGE")) == sent
+    await node.advance(TIMEOUT)
+    assert len(node.wire.requests("MESSAGE")) == 5
     assert node.statuses() == [200]
 
 
@@ -683,29 +740,28 @@ async def test_a_finished_call_leaves_only_plain_records_that_still_answer_retra
     With the cyclic collector off, nothing of the transaction may survive: 30 s of finished
     calls kept as objects in cycles made full collections last a second under load.
     """
-    gc.collect()
-    gc.disable()
     try:
         node = Node()
         await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
         await node.receive(invite())
         [(leg, sent)] = node.wire.requests("INVITE")
         await node.answer(sent, 200, "OK")
-        assert node.proxy.servers == {} and node.proxy.clients == {}
+        assert node.proxy.transactions.servers == {} and node.proxy.transactions.clients == {}
         del sent
-        assert not [o for o in gc.get_objects() if isinstance(o, (proxy_module.ServerTransaction, proxy_module.Branch))]
+        assert not [o for o in gc.get_objects() if isinstance(o, (ResponseContext, Branch, Transaction))]
     finally:
         gc.enable()
     gc.collect()  # the collector stops tracking tuples of plain values when it first sees them
-    records = [*node.proxy._answered.values(), *node.proxy._finished_branches.values()]
+    records = [*node.proxy.transactions.answered.values(), *node.proxy.transactions.finished.values()]
     assert records and not any(gc.is_tracked(record) for record in records)
     [(_, sent)] = node.wire.requests("INVITE")
+    first = node.upstream[-1]
     await node.answer(sent, 200, "OK")  # bob did not hear alice's ACK yet: his 200 again, up to alice
-    [(to, again)] = [(d, m) for d, m in node.wire.sent if isinstance(m, Response)]
+    to, again = node.wire.sent[-1]
     assert to == Destination("udp", CALLER.host, CALLER.port) and again.status == 200
-    assert again.get_all("Via") == node.upstream[-1].get_all("Via")  # ours taken off, as the first time
+    assert again.get_all("Via") == first.get_all("Via")  # ours taken off, as the first time
     await node.receive(invite())  # a late copy of alice's INVITE: the answer again, no new branch
-    assert node.statuses() == [100, 200, 200]
+    assert node.statuses() == [100, 200, 200, 200]
     assert len(node.wire.requests("INVITE")) == 1
 
 
@@ -716,7 +772,7 @@ async def test_a_retransmitted_non_2xx_final_gets_our_ack_again_after_the_end() 
     [(leg, sent)] = node.wire.requests("INVITE")
     await node.answer(sent, 486, "Busy Here")
     await node.receive(invite(method="ACK", to_tag="callee"))  # alice's ACK ends Timer G
-    assert node.proxy.servers == {} and node.proxy.clients == {}
+    assert node.proxy.transactions.servers == {} and node.proxy.transactions.clients == {}
     await node.answer(sent, 486, "Busy Here")  # bob missed our ACK
     acks = node.wire.requests("ACK")
     assert len(acks) == 2 and acks[0] == acks[1] and acks[1][0] == leg
@@ -738,16 +794,16 @@ async def test_a_malformed_request_uri_or_to_is_answered_400_naming_it() -> None
     assert node.upstream[-1].status == 400 and node.upstream[-1].reason.startswith("Bad Request-URI")
     await node.receive(invite(f"sip:bob@{DOMAIN}", to="sip:[2001:db8::1", branch="z9hG4bK-to"))
     assert node.upstream[-1].status == 400 and node.upstream[-1].reason.startswith("Bad To")
-    assert node.proxy.servers == {}  # answered before any transaction state
+    assert node.proxy.transactions.servers == {}  # answered before any transaction state
 
 
 async def test_what_finished_transactions_leave_is_bounded_however_fast_calls_come() -> None:
-    node = await two_phones(max_transactions=2)
+    node = await two_phones(max_retained=20)
     for n in range(30):
         await node.receive(invite(branch=f"z9hG4bK-b{n}", call_id=f"call-b{n}"))
         for _, sent in node.wire.requests("INVITE")[-2:]:
             await node.answer(sent, 486, "Busy Here")
         await node.receive(invite(branch=f"z9hG4bK-b{n}", call_id=f"call-b{n}", method="ACK"))
-    assert [r.status for r in node.upstream].count(486) == 30 and not node.proxy.servers
-    assert len(node.proxy._answered) <= proxy_module.RETAINED_PER_LIVE * 2
-    assert len(node.proxy._finished_branches) <= proxy_module.RETAINED_PER_LIVE * 2
+    assert [r.status for r in node.upstream].count(486) == 30 and not node.proxy.transactions.servers
+    assert len(node.proxy.transactions.answered) <= 20  # else 30: each is kept 32 s
+    assert len(node.proxy.transactions.finished) <= 20  # else 60

@@ -17,6 +17,7 @@ from registrar.ratelog import LOG_INTERVAL
 from registrar.sip.source import Source
 from registrar.sip.message import MAX_ECHOED_VALUE, MAX_HEADER_LINE, Response, parse_message
 from registrar.source_limits import SourceLimiter
+from registrar.sip.transaction import TransactionLayer
 from registrar.transport import SipEndpoint
 from tests.helpers import FakeClock
 from tests.fuzzing import DOMAIN, SOURCE, ReceivePath
@@ -119,7 +120,7 @@ def test_a_folded_header_too_long_to_send_in_one_line_is_400(path: ReceivePath) 
 
 def broken_endpoint(metrics: Metrics, clock: FakeClock) -> SipEndpoint:
     sources = SourceLimiter(SecurityPolicy, clock=clock)
-    return SipEndpoint(BrokenService(), metrics, sources, security=SecurityPolicy, clock=clock)  # type: ignore[arg-type]
+    return SipEndpoint(BrokenService(), metrics, sources, SecurityPolicy, TransactionLayer(), clock=clock)  # type: ignore[arg-type]
 
 
 class BrokenService:

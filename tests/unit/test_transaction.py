@@ -1,14 +1,35 @@
-"""Unit tests for registrar.sip.transaction: transaction keys and the server transaction table."""
+"""Unit tests for registrar.sip.transaction: transaction keys, the four RFC 3261 machines, the layer that keeps them.
+
+Time is a number the tests pass in; nothing sleeps.
+"""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
-from registrar.sip.message import Request, make_response, parse_message
+from registrar.sip.message import Request, Response, make_response, parse_message
+from registrar.sip.source import Destination
 from registrar.sip.transaction import (
-    COMPLETED_LIFETIME,
+    ACCEPTED,
+    CALLING,
+    COMPLETED,
+    CONFIRMED,
+    INITIAL_STATE,
     MAGIC_COOKIE,
-    ServerTransactions,
+    PROCEEDING,
+    T1,
+    T2,
+    T4,
+    TERMINATED,
+    TIMEOUT,
+    TRANSITIONS,
+    TRYING,
+    PassUp,
+    Send,
+    TimedOut,
+    TransactionLayer,
     transaction_key,
 )
 
@@ -138,88 +159,224 @@ def test_rfc2543_from_without_tag() -> None:
     assert key[2] == ""
 
 
-# --- ServerTransactions -------------------------------------------------------------------------------
+# --- the machines as data ---------------------------------------------------------------------------
+
+
+def test_every_state_of_every_machine_is_reached_and_terminated_is_the_end() -> None:
+    reached = {(kind, state) for kind, state in INITIAL_STATE.items()}
+    reached |= {(kind, new) for (kind, _, _), (new, _) in TRANSITIONS.items()}
+    assert reached >= {
+        ("INVITE client", CALLING), ("INVITE client", PROCEEDING), ("INVITE client", COMPLETED),
+        ("INVITE client", ACCEPTED), ("INVITE client", TERMINATED),
+        ("non-INVITE client", TRYING), ("non-INVITE client", PROCEEDING), ("non-INVITE client", COMPLETED),
+        ("non-INVITE client", TERMINATED),
+        ("INVITE server", PROCEEDING), ("INVITE server", COMPLETED), ("INVITE server", CONFIRMED),
+        ("INVITE server", ACCEPTED), ("INVITE server", TERMINATED),
+        ("non-INVITE server", TRYING), ("non-INVITE server", PROCEEDING), ("non-INVITE server", COMPLETED),
+        ("non-INVITE server", TERMINATED),
+    }
+    assert not [key for key in TRANSITIONS if key[1] == TERMINATED]
+
+
+UA = Destination("udp", "192.0.2.10", 5060)
+UA_TCP = Destination("tcp", "192.0.2.10", 40000, "tcp-1")
+
+
+def sent(effects: list) -> list[bytes]:
+    assert all(isinstance(effect, Send) for effect in effects), effects
+    return [effect.data for effect in effects]
+
+
+# --- server transactions ---------------------------------------------------------------------------
+
+
+def test_a_non_invite_request_over_udp_absorbed_then_answered_again_with_the_same_bytes_until_timer_j() -> None:
+    layer = TransactionLayer()
+    assert layer.receive_request(KEY, "REGISTER", 100.0) is None  # new
+    transaction = layer.begin_server(KEY, "REGISTER", UA)
+    assert layer.receive_request(KEY, "REGISTER", 100.1) == []  # in progress: absorbed
+    answer = b"SIP/2.0 200 OK\r\n\r\n"
+    assert sent(layer.respond(transaction, 200, answer, 100.2)) == [answer]
+    assert not layer.servers  # retired: only a tuple is left
+    again = layer.receive_request(KEY, "REGISTER", 100.2 + TIMEOUT - 0.1)
+    assert sent(again) == [answer] and again[0].destination == UA and again[0].data is answer
+    assert layer.receive_request(KEY, "REGISTER", 100.2 + TIMEOUT) is None  # Timer J: a new request now
+    assert layer.receive_request(OTHER, "REGISTER", 101.0) is None
+
+
+def test_over_tcp_nothing_is_kept_once_answered() -> None:
+    layer = TransactionLayer()
+    transaction = layer.begin_server(KEY, "REGISTER", UA_TCP)
+    assert sent(layer.respond(transaction, 200, b"200", 1.0)) == [b"200"]
+    assert not layer.servers and not layer.answered  # Timer J is zero on a reliable transport
+
+
+def test_a_provisional_then_a_final_from_a_non_invite_server() -> None:
+    layer = TransactionLayer()
+    transaction = layer.begin_server(KEY, "MESSAGE", UA)
+    layer.respond(transaction, 100, b"100", 1.0)
+    assert transaction.state == PROCEEDING
+    assert sent(layer.receive_request(KEY, "MESSAGE", 1.1)) == [b"100"]
+    layer.respond(transaction, 404, b"404", 1.2)
+    assert sent(layer.receive_request(KEY, "MESSAGE", 1.3)) == [b"404"]
+
+
+INVITE_KEY = ("z9hG4bKinv", "192.0.2.10:5060", "INVITE")
+
+
+def test_an_invite_failure_is_resent_by_timer_g_until_the_ack_then_absorbed_until_timer_i() -> None:
+    layer = TransactionLayer()
+    transaction = layer.begin_server(INVITE_KEY, "INVITE", UA)
+    layer.respond(transaction, 100, b"100", 0.0)
+    assert sent(layer.respond(transaction, 486, b"486", 0.0)) == [b"486"]
+    assert transaction.state == COMPLETED
+    resent_at = []
+    now = 0.0
+    while now < 12.0:
+        now += 0.25
+        if layer.advance(now):
+            resent_at.append(now)
+    assert resent_at == [0.5, 1.5, 3.5, 7.5, 11.5]  # T1, doubling, at most T2 apart
+    assert sent(layer.receive_request(INVITE_KEY, "INVITE", now)) == [b"486"]
+    assert layer.receive_request(INVITE_KEY, "ACK", now) == []
+    assert layer.state_of(INVITE_KEY, now) == CONFIRMED and not layer.servers
+    assert layer.receive_request(INVITE_KEY, "ACK", now + T4 - 0.1) == []  # absorbed
+    assert layer.advance(now + 10) == []  # Timer G is over
+    assert layer.receive_request(INVITE_KEY, "ACK", now + T4) is None  # Timer I: over
+
+
+def test_an_invite_failure_never_acked_ends_at_timer_h_and_the_tu_hears_of_it() -> None:
+    layer = TransactionLayer()
+    transaction = layer.begin_server(INVITE_KEY, "INVITE", UA, owner="context")
+    layer.respond(transaction, 486, b"486", 0.0)
+    effects = layer.advance(TIMEOUT)
+    assert TimedOut("context", "H") in effects and not layer.servers and not layer.answered
+
+
+def test_after_a_2xx_the_invite_is_accepted_more_2xx_pass_and_a_retransmitted_invite_gets_the_last() -> None:
+    layer = TransactionLayer()
+    transaction = layer.begin_server(INVITE_KEY, "INVITE", UA)
+    layer.respond(transaction, 200, b"200 a", 0.0)
+    assert layer.state_of(INVITE_KEY, 1.0) == ACCEPTED
+    assert layer.advance(10.0) == []  # no Timer G: the TU repeats a 2xx, not the transaction (RFC 6026)
+    assert sent(layer.respond(transaction, 200, b"200 b", 1.0)) == [b"200 b"]  # another fork's
+    assert sent(layer.receive_request(INVITE_KEY, "INVITE", 2.0)) == [b"200 b"]
+    assert layer.state_of(INVITE_KEY, 1.0 + TIMEOUT) is None  # Timer L
+
+
+# --- client transactions ---------------------------------------------------------------------------
+
+CLIENT_KEY = ("z9hG4bK-sr1", "INVITE")
+
+
+def client_invite() -> Request:
+    return make_request("INVITE", via="SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-sr1", uri="sip:bob@192.0.2.20")
+
+
+def test_an_invite_is_resent_by_timer_a_until_a_provisional_and_times_out_by_timer_b() -> None:
+    layer = TransactionLayer()
+    _, first = layer.begin_client(CLIENT_KEY, client_invite(), UA, "branch", 0.0)
+    assert len(sent(first)) == 1
+    resent = [now for now in (0.5, 1.5, 3.5, 7.5, 15.5, 31.5) if sent(layer.advance(now))]
+    assert resent == [0.5, 1.5, 3.5, 7.5, 15.5, 31.5]
+    assert layer.advance(TIMEOUT) == [TimedOut("branch", "B")] and not layer.clients
+
+    layer = TransactionLayer()
+    layer.begin_client(CLIENT_KEY, client_invite(), UA, "branch", 0.0)
+    ringing = make_response(client_invite(), 180, "Ringing", to_tag="b")
+    assert layer.receive_response(CLIENT_KEY, ringing, 0.1) == [PassUp("branch", ringing, None)]
+    assert layer.advance(60.0) == []  # no more Timer A, and no Timer B in Proceeding (Timer C is the proxy's)
+
+
+def test_an_invite_failure_is_acked_once_passed_up_once_and_acked_again_when_it_comes_again() -> None:
+    layer = TransactionLayer()
+    request = client_invite()
+    layer.begin_client(CLIENT_KEY, request, UA, "branch", 0.0)
+    busy = make_response(request, 486, "Busy Here", to_tag="b")
+    effects = layer.receive_response(CLIENT_KEY, busy, 0.1)
+    [ack, passed] = effects
+    assert passed == PassUp("branch", busy, None)
+    message = parse_message(ack.data)
+    assert (message.method, message.uri, message.get("CSeq")) == ("ACK", request.uri, "1 ACK")
+    assert message.get("Via") == request.get("Via") and message.name_addr("To").tag == "b"
+    assert not layer.clients  # retired
+    assert sent(layer.receive_response(CLIENT_KEY, busy, 10.0)) == [ack.data]  # not passed up again
+    assert layer.receive_response(CLIENT_KEY, busy, 32.1) is None  # Timer D
+
+
+def test_a_2xx_after_the_branch_retired_goes_to_where_its_first_went() -> None:
+    layer = TransactionLayer()
+    upstream = Destination("udp", "192.0.2.1", 5062)
+    layer.begin_client(CLIENT_KEY, client_invite(), UA, "branch", 0.0, upstream=upstream)
+    ok = make_response(client_invite(), 200, "OK", to_tag="b")
+    assert layer.receive_response(CLIENT_KEY, ok, 0.1) == [PassUp("branch", ok, upstream)]
+    assert not layer.clients
+    assert layer.receive_response(CLIENT_KEY, ok, 1.0) == [PassUp(None, ok, upstream)]  # the TU may be gone
+    assert layer.receive_response(CLIENT_KEY, ok, 0.1 + TIMEOUT) is None  # Timer M
+
+
+def test_a_non_invite_request_is_resent_doubling_up_to_t2_and_every_t2_once_proceeding() -> None:
+    layer = TransactionLayer()
+    request = make_request("MESSAGE", via="SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-sr2")
+    key = ("z9hG4bK-sr2", "MESSAGE")
+    layer.begin_client(key, request, UA, "branch", 0.0)
+    times = [0.25 * n for n in range(1, 63)]
+    resent = [now for now in times if layer.advance(now)]
+    assert resent == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5]
+    layer.receive_response(key, make_response(request, 100, "Trying"), 15.6)
+    assert [now for now in (19.5, 23.5) if layer.advance(now)] == [19.5, 23.5]  # every T2
+    layer.receive_response(key, make_response(request, 200, "OK"), 24.0)
+    assert layer.advance(40.0) == [] and not layer.clients
+
+
+def test_a_non_invite_request_unanswered_times_out_by_timer_f() -> None:
+    layer = TransactionLayer()
+    request = make_request("MESSAGE", via="SIP/2.0/TCP 10.0.0.1:5060;branch=z9hG4bK-sr3")
+    layer.begin_client(("z9hG4bK-sr3", "MESSAGE"), request, UA_TCP, "branch", 0.0)
+    assert layer.advance(TIMEOUT - 0.1) == []  # no retransmissions over TCP
+    assert layer.advance(TIMEOUT) == [TimedOut("branch", "F")]
+
+
+def test_a_transport_error_ends_the_transaction_and_tells_the_tu() -> None:
+    layer = TransactionLayer()
+    transaction, _ = layer.begin_client(CLIENT_KEY, client_invite(), UA, "branch", 0.0)
+    assert layer.unsendable(transaction, 0.5) == [TimedOut("branch", "transport")] and not layer.clients
+
+
+def test_a_tu_timer_fires_as_timed_out_and_a_cleared_one_never() -> None:
+    layer = TransactionLayer()
+    transaction, _ = layer.begin_client(CLIENT_KEY, client_invite(), UA, "branch", 0.0)
+    layer.receive_response(CLIENT_KEY, make_response(client_invite(), 180, "Ringing", to_tag="b"), 0.1)
+    layer.set_timer(transaction, "C", 180.0)
+    layer.set_timer(transaction, "other", 90.0)
+    layer.clear_timer(transaction, "other")
+    assert layer.next_deadline() == 180.0  # neither the disarmed Timer A nor the cleared one wake anybody
+    assert layer.advance(179.0) == []
+    assert layer.advance(180.0) == [TimedOut("branch", "C")]
+
+
+# --- what is kept ------------------------------------------------------------------------------------
 
 KEY = ("z9hG4bK1", "192.0.2.10:5060", "REGISTER")
 OTHER = ("z9hG4bK2", "192.0.2.10:5060", "REGISTER")
 
 
-def test_lifecycle_new_then_in_progress_then_the_same_bytes_again() -> None:
-    table = ServerTransactions()
-    assert table.lookup(KEY, now=100.0) == "new"
-    table.begin(KEY, now=100.0)
-    assert table.lookup(KEY, now=100.1) == "in-progress"
-    answer = make_response(make_request(), 200, "OK", to_tag="t").to_bytes()
-    table.complete(KEY, answer, now=100.2)
-    assert table.lookup(KEY, now=101.0) == answer
-    assert table.lookup(KEY, now=120.0) is answer  # the very same bytes, every time
-    assert table.lookup(OTHER, now=120.0) == "new"
-    assert len(table) == 1
+def test_retired_transactions_are_bounded_oldest_first_and_invisible_to_the_collector() -> None:
+    layer = TransactionLayer(max_retained=3)
+    for n in range(5):
+        key = (f"z9hG4bK{n}", "192.0.2.10:5060", "REGISTER")
+        layer.respond(layer.begin_server(key, "REGISTER", UA), 200, b"200", float(n))
+    assert [key[0] for key in layer.answered] == ["z9hG4bK2", "z9hG4bK3", "z9hG4bK4"]
+    gc.collect()
+    assert not any(gc.is_tracked(entry) for entry in layer.answered.values())
 
 
-def test_completed_transactions_expire_after_the_lifetime() -> None:
-    table = ServerTransactions(completed_lifetime=32.0)
-    table.begin(KEY, now=10.0)
-    table.complete(KEY, b"SIP/2.0 200 OK\r\n\r\n", now=11.0)
-    # The lifetime counts from completion, not from the start.
-    assert table.lookup(KEY, now=11.0 + 32.0 - 0.001) == b"SIP/2.0 200 OK\r\n\r\n"
-    assert table.lookup(KEY, now=11.0 + 32.0) == "new"
-    assert len(table) == 0
-
-
-def test_default_lifetime_is_timer_j() -> None:
-    # RFC 3261 17.2.2: Timer J = 64 * T1 = 32 s for unreliable transports.
-    assert COMPLETED_LIFETIME == 32.0
-    table = ServerTransactions()
-    table.complete(KEY, b"x", now=0.0)
-    assert table.lookup(KEY, now=31.9) == b"x"
-    assert table.lookup(KEY, now=32.0) == "new"
-
-
-def test_an_unfinished_transaction_is_forgotten_after_the_lifetime_too() -> None:
-    table = ServerTransactions(completed_lifetime=5.0)
-    table.begin(KEY, now=0.0)
-    assert table.lookup(KEY, now=4.0) == "in-progress"
-    assert table.lookup(KEY, now=5.0) == "new"
-
-
-def test_expire_removes_only_what_is_due() -> None:
-    table = ServerTransactions(completed_lifetime=10.0)
-    table.complete(KEY, b"first", now=0.0)
-    table.complete(OTHER, b"second", now=5.0)
-    table.expire(now=10.0)
-    assert len(table) == 1
-    assert table.lookup(OTHER, now=14.9) == b"second"
-    assert table.lookup(KEY, now=14.9) == "new"
-
-
-def test_completing_refreshes_the_expiry_order() -> None:
-    table = ServerTransactions(completed_lifetime=10.0)
-    table.begin(KEY, now=0.0)
-    table.begin(OTHER, now=1.0)
-    table.complete(KEY, b"late answer", now=8.0)
-    # OTHER (started at 1) is due before KEY (completed at 8): expiry must not stop at KEY.
-    assert table.lookup(OTHER, now=12.0) == "new"
-    assert table.lookup(KEY, now=12.0) == b"late answer"
-
-
-def test_max_size_evicts_the_oldest_first() -> None:
-    table = ServerTransactions(max_size=3)
-    keys = [(f"z9hG4bK{n}", "192.0.2.10:5060", "REGISTER") for n in range(5)]
-    for n, key in enumerate(keys):
-        table.complete(key, f"answer {n}".encode(), now=float(n))
-    assert len(table) == 3
-    assert table.lookup(keys[0], now=5.0) == "new"
-    assert table.lookup(keys[1], now=5.0) == "new"
-    assert [table.lookup(key, now=5.0) for key in keys[2:]] == [b"answer 2", b"answer 3", b"answer 4"]
-
-
-def test_keys_from_real_requests_drive_the_table() -> None:
-    table = ServerTransactions()
-    invite = make_request("INVITE", uri="sip:bob@example.com")
-    ack = make_request("ACK", uri="sip:bob@example.com", cseq="1 ACK")
-    table.begin(transaction_key(invite), now=0.0)
-    table.complete(transaction_key(invite), b"SIP/2.0 486 Busy Here\r\n\r\n", now=0.5)
-    # The ACK for a non-2xx final response belongs to the INVITE transaction and is absorbed by it.
-    assert table.lookup(transaction_key(ack), now=0.6) == b"SIP/2.0 486 Busy Here\r\n\r\n"
-    assert table.lookup(transaction_key(make_request("CANCEL", uri="sip:bob@example.com")), now=0.6) == "new"
+def test_keys_from_real_requests_drive_the_layer() -> None:
+    layer = TransactionLayer()
+    request = make_request()
+    key = transaction_key(request)
+    answer = make_response(request, 200, "OK", to_tag="t").to_bytes()
+    layer.respond(layer.begin_server(key, request.method, UA), 200, answer, 1.0)
+    retransmission = make_request()
+    assert sent(layer.receive_request(transaction_key(retransmission), "REGISTER", 2.0)) == [answer]
+    assert isinstance(make_response(request, 200, "OK"), Response)
