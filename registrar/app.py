@@ -120,11 +120,11 @@ class RegistrarServer:
             expires_spread=config.expires_spread,
             on_result=self.metrics.registration_answered,
             on_authenticated=self._authenticated,
+            on_bound=self._keep_flow,
         )
         self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics, self.sources, self._security)
         # Anyone can call a user whose contact is gone, as often as they like: a line per 10 s.
         self._log_skipped = RateLimitedLog(log, logging.WARNING)
-        self.registrar.on_bound = self._keep_flow
         self.endpoint.proxy = self._proxy(authenticator)
         self._closers: list = []
         self._tasks: list[asyncio.Task] = []
