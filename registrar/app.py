@@ -14,7 +14,7 @@ from registrar.authentication import Authenticator
 from registrar.flows import TokenSigner
 from registrar.http import make_app, start_server
 from registrar.lockout import LockoutTable
-from registrar.metrics import Metrics
+from registrar.metrics import Metrics, StoreCalls
 from registrar.model import Catalog, SecurityPolicy
 from registrar.proxy import Identity, Proxy
 from registrar.ratelog import RateLimitedLog
@@ -86,13 +86,12 @@ class ServeConfig:
 class RegistrarServer:
     def __init__(self, config: ServeConfig):
         self.config = config
-        self.store = make_store(config)
+        store_calls = StoreCalls()
+        self.store = make_store(config, store_calls)
         etcd = isinstance(self.store, EtcdStore)
         self.sources = SourceLimiter(self._security, peers=self._peer_addresses, on_ban=_log_ban)
-        self.metrics = Metrics(self.store, lambda: self.registrar.catalog, etcd=etcd, sources=self.sources)
-        if etcd:
-            self.store.session.on_error = self.metrics.store_errored
-            self.store.on_write = self.metrics.store_written
+        self.metrics = Metrics(self.store, lambda: self.registrar.catalog, store_calls=store_calls if etcd else None,
+                               sources=self.sources)
         # Nonce counts live in this process only: nonces issued before it started are
         # answered stale=true once, so a restart cannot open a replay window. Nonces
         # carry whole seconds, so the mark sits a second early lest the nonces of our
@@ -258,12 +257,13 @@ def _log_ban(ban: Ban) -> None:
                 ban.host, ban.seconds, ban.repeat)
 
 
-def make_store(config: ServeConfig) -> LocationStore:
+def make_store(config: ServeConfig, calls: StoreCalls) -> LocationStore:
     if config.store == "memory":
         return MemoryStore(clock=time.time)
     return EtcdStore(
-        EtcdSession(parse_endpoints(config.store), tls=config.etcd_tls),
+        EtcdSession(parse_endpoints(config.store), tls=config.etcd_tls, on_error=calls.failed),
         node=config.node_name,
         node_address=config.advertise or config.host,
         sip_port=config.sip_port,
+        on_write=calls.written,
     )

@@ -78,6 +78,7 @@ class EtcdStore(TableStore):
         sip_port: int = 0,
         clock: Callable[[], float] = time.time,
         lease_granularity: float = LEASE_GRANULARITY,
+        on_write: Callable[[float, int, int], None] = lambda seconds, aors, conflicts: None,
     ):
         self.session = session
         self.node = node
@@ -111,7 +112,7 @@ class EtcdStore(TableStore):
         # Told (domain, username) when a connection's failure record changed (the operator's status).
         self.on_failure: Callable[[str, str], None] = lambda domain, username: None
         # Told (seconds, AORs written, compares lost) after each write transaction.
-        self.on_write: Callable[[float, int, int], None] = lambda seconds, aors, conflicts: None
+        self._on_write = on_write
         self.catalog = Catalog()
 
     # -- LocationStore ---------------------------------------------------------------------
@@ -436,7 +437,7 @@ class EtcdStore(TableStore):
                     self._hold(aor, revision, ())
                 self._retry(aor, done)
                 lost += 1
-        self.on_write(took, len(plans), lost)
+        self._on_write(took, len(plans), lost)
 
     def _hold(self, aor: str, revision: int, bindings: tuple[Binding, ...]) -> None:
         """Put what etcd holds for `aor` at `revision` into the cache, unless the watch brought newer news first."""

@@ -121,9 +121,8 @@ async def test_a_burst_of_more_aors_than_a_transaction_holds_is_all_stored(etcd)
 
 
 async def test_registers_arriving_within_the_write_interval_share_one_transaction(etcd):
-    store = await started(etcd)
     transactions: list[int] = []
-    store.on_write = lambda seconds, aors, conflicts: transactions.append(aors)
+    store = await started(etcd, on_write=lambda seconds, aors, conflicts: transactions.append(aors))
     try:
         first = asyncio.ensure_future(store.update(ALICE, add(binding("sip:alice@192.0.2.1"))))
         await asyncio.sleep(0)  # on an idle store it goes out at once
