@@ -138,9 +138,7 @@ def loop_etcd(
     async def run() -> None:
         loop = asyncio.get_running_loop()
         if full:
-            store = server.store
-            store.on_catalog = server._serve_catalog
-            store.publish(catalog)
+            store = server.store  # made to publish the catalogue and hand etcd's to the server (make_store)
             await store.start(wait=600)  # publishing the catalogue is slow under valgrind
             assert store.ready, "etcd store not ready"
         gc.freeze()  # as RegistrarServer.start does once it serves

@@ -255,19 +255,21 @@ async def test_published_catalog_reaches_every_replica_and_stale_entries_go(etcd
     domain = Domain("sip.example.test")
     alice = Connection("sip.example.test", "alice", ha1={"MD5": "0" * 32}, name="alice")
     bob = Connection("sip.example.test", "bob", ha1={"MD5": "1" * 32}, name="bob")
-    publisher = EtcdStore(EtcdSession(parse_endpoints(etcd.url)))
-    publisher.publish(Catalog({"sip.example.test": domain}, {("sip.example.test", "alice"): alice,
-                                                             ("sip.example.test", "bob"): bob}))
+    publisher = EtcdStore(EtcdSession(parse_endpoints(etcd.url)),
+                          publish=Catalog({"sip.example.test": domain}, {("sip.example.test", "alice"): alice,
+                                                                         ("sip.example.test", "bob"): bob}))
+    # Until etcd's is read, the catalogue to publish is the one served.
+    assert set(publisher.catalog.connections) == {("sip.example.test", "alice"), ("sip.example.test", "bob")}
     await publisher.start()
-    reader = await started(etcd)
     seen: list[Catalog] = []
-    reader.on_catalog = seen.append
+    reader = await started(etcd, on_catalog=seen.append)
     try:
         assert reader.catalog.domains == {"sip.example.test": domain}
         assert reader.catalog.connections[("sip.example.test", "alice")] == alice
+        assert seen == [reader.catalog]  # told at the first read, too
         await publisher.close()
-        again = EtcdStore(EtcdSession(parse_endpoints(etcd.url)))
-        again.publish(Catalog({"sip.example.test": domain}, {("sip.example.test", "alice"): alice}))
+        again = EtcdStore(EtcdSession(parse_endpoints(etcd.url)),
+                          publish=Catalog({"sip.example.test": domain}, {("sip.example.test", "alice"): alice}))
         await again.start()
         await again.close()
         await eventually(lambda: seen and ("sip.example.test", "bob") not in seen[-1].connections)
