@@ -77,7 +77,8 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
     store runs; none: the store is not a registrar's (the operator's).
     `publish`: a catalogue to make etcd's once connected (`sipreg serve
     --manifests`), and the one `catalog` holds until etcd's is read.
-    `on_catalog` is told each catalogue read from etcd.
+    `on_catalog` is told each catalogue read from etcd, `on_failure` the
+    (domain, username) of each failure record that changed (the operator's status).
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         lease_granularity: float = LEASE_GRANULARITY,
         publish: Catalog | None = None,
         on_catalog: Callable[[Catalog], None] = lambda catalog: None,
+        on_failure: Callable[[str, str], None] = lambda domain, username: None,
         on_write: Callable[[float, int, int], None] = lambda seconds, aors, conflicts: None,
     ):
         self.session = session
@@ -122,8 +124,7 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         self._catalog_due: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task] = []
         self._on_catalog = on_catalog
-        # Told (domain, username) when a connection's failure record changed (the operator's status).
-        self.on_failure: Callable[[str, str], None] = lambda domain, username: None
+        self._on_failure = on_failure
         # Told (seconds, AORs written, compares lost) after each write transaction.
         self._on_write = on_write
         self._catalog = publish if publish is not None else Catalog()
@@ -297,7 +298,7 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
             elif key.startswith(_FAILURES):
                 ident = layout.split_key(layout.FAILURES, key)
                 _keep(self._failures, ident, layout.decode_failure(*ident, value) if present else None)
-                self.on_failure(*ident)
+                self._on_failure(*ident)
             elif key.startswith(_NODES):
                 node = key[len(_NODES) :].decode()
                 _keep(self._nodes, node, layout.decode_node(value) if present else None)
