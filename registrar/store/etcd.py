@@ -77,8 +77,10 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
     store runs; none: the store is not a registrar's (the operator's).
     `publish`: a catalogue to make etcd's once connected (`sipreg serve
     --manifests`), and the one `catalog` holds until etcd's is read.
-    `on_catalog` is told each catalogue read from etcd, `on_failure` the
-    (domain, username) of each failure record that changed (the operator's status).
+    Told, through the callables given: `on_catalog` each catalogue read from
+    etcd (the registrar serves it); `on_failure` the (domain, username) of each
+    failure record that changed (the operator's status); `on_write` the
+    seconds, AORs written and compares lost of each write transaction (metrics).
     """
 
     def __init__(
@@ -125,7 +127,6 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         self._tasks: list[asyncio.Task] = []
         self._on_catalog = on_catalog
         self._on_failure = on_failure
-        # Told (seconds, AORs written, compares lost) after each write transaction.
         self._on_write = on_write
         self._catalog = publish if publish is not None else Catalog()
 
