@@ -154,7 +154,7 @@ class Metrics:
         self._messages: Tally[tuple[str, str]] = Tally()
         self._latency: dict[str, _Histogram] = {}  # by method
         self.registry.register(_HotPathCollector(self))
-        # The etcd store's series are exported with an etcd store only, and from the start (at 0).
+        # A store's call series exist with a store that makes calls (etcd's) only, from the start (at 0).
         if store_calls is not None:
             self.registry.register(_StoreCallsCollector(store_calls))
         if sources is not None:

@@ -115,7 +115,7 @@ class CatalogSource(abc.ABC):
 
 
 class NodeRegistry(abc.ABC):
-    """The live registrar replicas that share a store, this one included."""
+    """The live registrars that share a store (etcd lists this one among them)."""
 
     @property
     @abc.abstractmethod
