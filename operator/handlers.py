@@ -23,7 +23,6 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from registrar.store.etcd import EtcdStore
 from registrar.store.etcd_session import EtcdSession, EtcdUnavailable, parse_endpoints
 from sip_operator import metrics
 from sip_operator.children import PodSettings, labels
@@ -46,11 +45,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: loggin
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.level = logging.WARNING
     pods = PodSettings.from_environment(os.environ)
-    store = EtcdStore(EtcdSession(parse_endpoints(pods.etcd), tls=pods.etcd_tls))
     memo.metrics = metrics.OperatorMetrics()
     memo.reconciler = Reconciler(
         KubernetesApi(load_configuration()),
-        store,
+        EtcdSession(parse_endpoints(pods.etcd), tls=pods.etcd_tls),
         pods,
         adopt=lambda child, owner: kopf.adopt(child, owner=owner),
         new_secret=lambda: secrets.token_urlsafe(32),

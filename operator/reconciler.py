@@ -4,7 +4,8 @@ The kopf handlers only hand objects to a Reconciler; everything they cause
 happens here, in plain async methods over two I/O ports: KubernetesApi (run in
 a thread: the official client is synchronous) and the etcd store the
 registrars share (an EtcdStore without a node of its own, whose watch keeps
-every binding and failure in memory).
+every binding and failure in memory; made here, over the session the
+reconciler is given, because it tells the reconciler of each failure).
 
 Order does not matter. `kubectl apply -f manifests/` may create a
 SipConnection before its SipDomain or Secret: the connection then shows
@@ -35,6 +36,7 @@ from registrar.manifests import SpecError, connection_from_spec, domain_from_spe
 from registrar.model import Connection
 from registrar.store import layout
 from registrar.store.etcd import EtcdStore
+from registrar.store.etcd_session import EtcdSession
 from sip_operator import status as status_rules
 from sip_operator.children import PodSettings, api_token_secret, desired_children, etcd_client_secret, nonce_secret
 from sip_operator.kubernetes_api import KubernetesApi
@@ -81,7 +83,7 @@ class Reconciler:
     def __init__(
         self,
         api: KubernetesApi,
-        store: EtcdStore,
+        session: EtcdSession,
         settings: PodSettings,
         *,
         adopt: Adopt,
@@ -90,7 +92,7 @@ class Reconciler:
         metrics: OperatorMetrics | None = None,
     ):
         self.api = api
-        self.store = store
+        self.store = EtcdStore(session, on_failure=lambda domain, username: self._touch_aor((domain, username)))
         self.settings = settings
         self._adopt = adopt
         self._new_secret = new_secret
@@ -107,7 +109,6 @@ class Reconciler:
     # -- life ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.store.on_failure = lambda domain, username: self._touch_aor((domain, username))
         await self.store.start()
         self._tasks = [
             asyncio.create_task(self._follow_bindings(), name="follow-bindings"),

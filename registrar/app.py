@@ -1,4 +1,10 @@
-"""Assembles a running registrar: catalogue, store, digest, SIP service, listeners, HTTP."""
+"""Assembles a running registrar: catalogue, store, digest, SIP service, listeners, HTTP.
+
+Every part gets what it needs through its constructor. Where two parts need
+each other (the store tells the registrar of a new catalogue; the registrar
+writes to the store), the one made first gets a bound method of the server,
+which reaches the other only when called, after construction.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,14 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from registrar.authentication import Authenticator
 from registrar.flows import TokenSigner
 from registrar.http import make_app, start_server
 from registrar.lockout import LockoutTable
-from registrar.metrics import Metrics
+from registrar.metrics import Metrics, StoreCalls
 from registrar.model import Catalog, SecurityPolicy
 from registrar.proxy import Identity, Proxy
 from registrar.ratelog import RateLimitedLog
@@ -26,10 +33,10 @@ from registrar.sip.message import Request
 from registrar.sip.source import Source
 from registrar.sip.transaction import TransactionLayer
 from registrar.source_limits import Ban, SourceLimiter
-from registrar.store import LocationStore
+from registrar.store import CatalogSource, LocationStore, NodeRegistry
 from registrar.store.etcd import EtcdStore
 from registrar.store.etcd_session import EtcdSession, EtcdTls, parse_endpoints
-from registrar.store.memory import MemoryStore
+from registrar.store.memory import FixedCatalog, MemoryStore, NoReplicas
 from registrar.tls import self_signed_context, server_context
 from registrar.transport import SipEndpoint, listen_stream, listen_udp
 
@@ -87,13 +94,12 @@ class ServeConfig:
 class RegistrarServer:
     def __init__(self, config: ServeConfig):
         self.config = config
-        self.store = make_store(config)
-        etcd = isinstance(self.store, EtcdStore)
+        stores = make_store(config, on_catalog=self._serve_catalog)
+        self.store = stores.locations
+        self.replicas = stores.node_registry
         self.sources = SourceLimiter(self._security, peers=self._peer_addresses, on_ban=_log_ban)
-        self.metrics = Metrics(self.store, lambda: self.registrar.catalog, etcd=etcd, sources=self.sources)
-        if etcd:
-            self.store.session.on_error = self.metrics.store_errored
-            self.store.on_write = self.metrics.store_written
+        self.metrics = Metrics(self.store, lambda: self.registrar.catalog, store_calls=stores.calls,
+                               sources=self.sources)
         # Nonce counts live in this process only: nonces issued before it started are
         # answered stale=true once, so a restart cannot open a replay window. Nonces
         # carry whole seconds, so the mark sits a second early lest the nonces of our
@@ -114,13 +120,14 @@ class RegistrarServer:
             on_refusal=self.metrics.auth_refused_locked,
         )
         self.registrar = Registrar(
-            self._served(config.catalog or Catalog()),
+            self._served(stores.catalog_source.catalog),
             self.store,
             authenticator,
             node=config.node_name,
             expires_spread=config.expires_spread,
             on_result=self.metrics.registration_answered,
             on_authenticated=self._authenticated,
+            on_bound=self._keep_flow,
         )
         # One transaction layer for what the registrar answers and what the proxy forwards.
         self.transactions = TransactionLayer()
@@ -128,7 +135,6 @@ class RegistrarServer:
                                     self.transactions)
         # Anyone can call a user whose contact is gone, as often as they like: a line per 10 s.
         self._log_skipped = RateLimitedLog(log, logging.WARNING)
-        self.registrar.on_bound = self._keep_flow
         self.endpoint.proxy = self._proxy(authenticator)
         self._closers: list = []
         self._tasks: list[asyncio.Task] = []
@@ -147,16 +153,15 @@ class RegistrarServer:
             {config.host, *([config.advertise] if config.advertise else [])},
             domains=lambda: self.registrar.catalog.domains,
         )
-        store = self.store
         return Proxy(
-            Router(lambda: self.registrar.catalog, store, authenticator, time.time, known_source=self.sources.known,
+            Router(lambda: self.registrar.catalog, self.store, authenticator, time.time, known_source=self.sources.known,
                    on_authenticated=self._authenticated),
             self.endpoint,
             identity,
             TokenSigner(config.nonce_secret),
             self.transactions,
             clock=self.endpoint.clock,
-            nodes=(lambda: store.nodes) if isinstance(store, EtcdStore) else dict,
+            nodes=lambda: self.replicas.nodes,
             on_final=self._call_answered,
             on_unreachable=self._unreachable,
             max_transactions=lambda: self._security().max_transactions,
@@ -181,8 +186,7 @@ class RegistrarServer:
 
     def _peer_addresses(self) -> set[str]:
         """The other replicas' addresses (etcd nodes/): their hops carry many users' calls, never limited."""
-        store = self.store
-        return {node["address"] for node in store.nodes.values()} if isinstance(store, EtcdStore) else set()
+        return {node["address"] for node in self.replicas.nodes.values()}
 
     def _served(self, catalog: Catalog) -> Catalog:
         return catalog if self.config.domains is None else catalog.only(self.config.domains)
@@ -200,10 +204,6 @@ class RegistrarServer:
 
     async def start(self) -> None:
         config = self.config
-        if isinstance(self.store, EtcdStore):
-            self.store.on_catalog = self._serve_catalog
-            if config.catalog is not None:
-                self.store.publish(config.catalog)
         await self.store.start()
         udp, receive_buffer = await listen_udp(self.endpoint, config.host, config.sip_port)
         self.endpoint.udp = udp
@@ -264,12 +264,32 @@ def _log_ban(ban: Ban) -> None:
                 ban.host, ban.seconds, ban.repeat)
 
 
-def make_store(config: ServeConfig) -> LocationStore:
+@dataclass(frozen=True)
+class StoreParts:
+    """What `--store` makes: where bindings live, and what comes with that store."""
+
+    locations: LocationStore
+    catalog_source: CatalogSource
+    node_registry: NodeRegistry
+    # The store's calls to etcd, counted (the sipreg_store_* series); None: a store that makes none.
+    calls: StoreCalls | None
+
+
+def make_store(config: ServeConfig, on_catalog: Callable[[Catalog], None]) -> StoreParts:
+    """The memory store beside the manifests' catalogue, or the etcd store, which is all three parts.
+
+    `on_catalog` is told each catalogue etcd holds (the manifests' never change).
+    """
     if config.store == "memory":
-        return MemoryStore(clock=time.time)
-    return EtcdStore(
-        EtcdSession(parse_endpoints(config.store), tls=config.etcd_tls),
+        return StoreParts(MemoryStore(clock=time.time), FixedCatalog(config.catalog or Catalog()), NoReplicas(), None)
+    calls = StoreCalls()
+    store = EtcdStore(
+        EtcdSession(parse_endpoints(config.store), tls=config.etcd_tls, on_error=calls.failed),
         node=config.node_name,
         node_address=config.advertise or config.host,
         sip_port=config.sip_port,
+        publish=config.catalog,
+        on_catalog=on_catalog,
+        on_write=calls.written,
     )
+    return StoreParts(store, store, store, calls)

@@ -28,7 +28,7 @@ from registrar.store import LocationStore
 disable_created_metrics()
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-# What the etcd session does, as sipreg_store_errors_total labels them (EtcdSession.on_error).
+# What the etcd session does, as sipreg_store_errors_total labels them (EtcdSession's on_error).
 STORE_OPERATIONS = ("connect", "read", "txn", "watch", "lease")
 STREAM_TRANSPORTS = ("tcp", "tls")
 
@@ -39,12 +39,40 @@ UNREACHABLE_WHY = ("closed", "node_gone")
 REFUSED_REASONS = ("per_source", "total", "banned")
 
 
+class StoreCalls:
+    """What a location store's calls to etcd did: write transactions, and failed calls by operation.
+
+    Made before the store, whose session and writes report here (`failed`,
+    `written`), and handed to Metrics, which exports it as the sipreg_store_*
+    series. Plain integers: they count on the event loop's thread only.
+    """
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.aors_written = 0
+        self.conflicts = 0
+        self.write_latency = _Histogram()
+        self.failures = dict.fromkeys(STORE_OPERATIONS, 0)
+
+    def written(self, seconds: float, aors: int, conflicts: int) -> None:
+        """One write transaction: its time, AORs in it, compares lost."""
+        self.writes += 1
+        self.aors_written += aors
+        self.conflicts += conflicts
+        self.write_latency.observe(seconds)
+
+    def failed(self, operation: str) -> None:
+        """A call to etcd failed (one of STORE_OPERATIONS)."""
+        self.failures[operation] = self.failures.get(operation, 0) + 1
+
+
 class Metrics:
     """The registrar's metrics.
 
     `store` and `catalog` (the served catalogue, read at each scrape) feed the
-    series computed at scrape time; `etcd` adds the etcd store's series. A
-    Metrics without them (unit tests) has the per-event series only.
+    series computed at scrape time; `store_calls` adds the series of a store
+    that calls etcd. A Metrics without them (unit tests) has the per-event
+    series only.
     """
 
     def __init__(
@@ -52,7 +80,7 @@ class Metrics:
         store: LocationStore | None = None,
         catalog: Callable[[], Catalog] | None = None,
         *,
-        etcd: bool = False,
+        store_calls: StoreCalls | None = None,
         sources: SourceLimiter | None = None,
     ):
         self.registry = CollectorRegistry()
@@ -125,23 +153,10 @@ class Metrics:
         self._invites: Tally[tuple[str, str]] = Tally()
         self._messages: Tally[tuple[str, str]] = Tally()
         self._latency: dict[str, _Histogram] = {}  # by method
-        # The location store's writes (etcd transactions; the memory store makes none).
-        self._store_writes = 0
-        self._store_aors_written = 0
-        self._store_conflicts = 0
-        self._store_write_latency = _Histogram()
-        # The etcd store's series are exported with an etcd store only, and from the start (at 0).
-        self.etcd = etcd
-        self.store_errors = Counter(
-            "sipreg_store_errors",
-            "Calls to etcd that failed (unreachable, timed out, refused), by operation: "
-            "connect, read (a full read), txn (writes), watch (the stream broke), lease.",
-            ["operation"],
-            registry=self.registry if etcd else None,  # None: counts nothing anyone reads
-        )
-        for operation in STORE_OPERATIONS:
-            self.store_errors.labels(operation)
         self.registry.register(_HotPathCollector(self))
+        # A store's call series exist with a store that makes calls (etcd's) only, from the start (at 0).
+        if store_calls is not None:
+            self.registry.register(_StoreCallsCollector(store_calls))
         if sources is not None:
             self.registry.register(_SourcesCollector(sources))
         if store is not None:
@@ -157,18 +172,8 @@ class Metrics:
             histogram = self._latency[method] = _Histogram()
         histogram.observe(seconds)
 
-    def store_written(self, seconds: float, aors: int, conflicts: int) -> None:
-        """One write transaction to the location store: its time, AORs in it, compares lost."""
-        self._store_writes += 1
-        self._store_aors_written += aors
-        self._store_conflicts += conflicts
-        self._store_write_latency.observe(seconds)
-
     def registration_answered(self, domain: str, status: int) -> None:
         self._registrations[(domain, str(status))] += 1
-
-    def store_errored(self, operation: str) -> None:
-        self.store_errors.labels(operation).inc()
 
     def invite_answered(self, domain: str, status: int) -> None:
         self._invites[(domain, str(status))] += 1
@@ -215,25 +220,42 @@ class _HotPathCollector:
         for method, histogram in sorted(metrics._latency.items()):
             latency.add_metric([method], *histogram.buckets())
         yield latency
-        if metrics.etcd:
-            yield CounterMetricFamily(
-                "sipreg_store_writes", "Write transactions sent to the location store (etcd).",
-                value=metrics._store_writes,
-            )
-            yield CounterMetricFamily(
-                "sipreg_store_aors_written", "AORs written; divided by sipreg_store_writes, the batch size.",
-                value=metrics._store_aors_written,
-            )
-            yield CounterMetricFamily(
-                "sipreg_store_conflicts",
-                "AOR writes that lost a compare-and-swap to another registrar and were run again.",
-                value=metrics._store_conflicts,
-            )
-            writes = HistogramMetricFamily(
-                "sipreg_store_write_duration_seconds", "Time etcd took to acknowledge a write transaction."
-            )
-            writes.add_metric([], *metrics._store_write_latency.buckets())
-            yield writes
+
+
+class _StoreCallsCollector:
+    """Exports StoreCalls: the etcd store's writes and failed calls."""
+
+    def __init__(self, calls: StoreCalls):
+        self._calls = calls
+
+    def collect(self) -> Iterator[Metric]:
+        calls = self._calls
+        failures = CounterMetricFamily(
+            "sipreg_store_errors",
+            "Calls to etcd that failed (unreachable, timed out, refused), by operation: "
+            "connect, read (a full read), txn (writes), watch (the stream broke), lease.",
+            labels=["operation"],
+        )
+        for operation, count in sorted(calls.failures.items()):
+            failures.add_metric([operation], count)
+        yield failures
+        yield CounterMetricFamily(
+            "sipreg_store_writes", "Write transactions sent to the location store (etcd).", value=calls.writes
+        )
+        yield CounterMetricFamily(
+            "sipreg_store_aors_written", "AORs written; divided by sipreg_store_writes, the batch size.",
+            value=calls.aors_written,
+        )
+        yield CounterMetricFamily(
+            "sipreg_store_conflicts",
+            "AOR writes that lost a compare-and-swap to another registrar and were run again.",
+            value=calls.conflicts,
+        )
+        writes = HistogramMetricFamily(
+            "sipreg_store_write_duration_seconds", "Time etcd took to acknowledge a write transaction."
+        )
+        writes.add_metric([], *calls.write_latency.buckets())
+        yield writes
 
 
 class _SourcesCollector:

@@ -73,6 +73,7 @@ class Registrar:
         clock: Callable[[], float] = time.time,
         on_result: Callable[[str, int], None] | None = None,
         on_authenticated: Callable[[Source], None] = lambda source: None,
+        on_bound: Callable[[Source, int], None] = lambda source, seconds: None,
         expires_spread: float = 0.0,
         rng: Callable[[], float] = random.random,
     ):
@@ -86,7 +87,7 @@ class Registrar:
         self._on_authenticated = on_authenticated
         # Told (source, seconds) after bindings are stored, so the transport keeps
         # the connection they arrived on open as long as they live.
-        self.on_bound: Callable[[Source, int], None] = lambda source, seconds: None
+        self._on_bound = on_bound
         # Up to this fraction is taken off each granted expiry, at random: UAs that all
         # registered at once (a registrar restart, a power cut) refresh spread out,
         # not in one wave every expiry period.
@@ -141,7 +142,7 @@ class Registrar:
         response.add("Date", _sip_date(int(now)))
         self._on_result(domain.name, 200)
         if source.flow is not None and contacts:
-            self.on_bound(source, max([contact.expires for contact in contacts]))
+            self._on_bound(source, max([contact.expires for contact in contacts]))
         return response
 
     # -- RFC 3261 10.3 steps 1-4: domain, extensions, authentication, authorisation ---------

@@ -1,20 +1,26 @@
 """The location service (RFC 3261 10.2): where bindings live, behind one small async interface.
 
-`LocationStore` is what the registrar, the HTTP API and (later) the operator
-use. Implementations: `memory.MemoryStore` (the embedded default of
-`sipreg serve`) and an etcd one that several registrars share. Every change to
-an AOR goes through `update`, which hands the AOR's current bindings to a pure
+`LocationStore` is what the registrar, the HTTP API and the operator use.
+Implementations: `memory.MemoryStore` (the embedded default of `sipreg serve`)
+and `etcd.EtcdStore`, which several registrars share. Every change to an AOR
+goes through `update`, which hands the AOR's current bindings to a pure
 function and stores what it returns atomically, so RFC 3261 ordering rules
 (Call-ID/CSeq) hold even when two registrars see the same AOR.
+
+Two smaller ports say what else a store brings with it. `CatalogSource`: where
+the served catalogue comes from (the manifests, fixed, beside the memory store;
+etcd, kept current by the etcd store's watch). `NodeRegistry`: the live
+registrar replicas (none to know of beside the memory store; etcd's nodes/).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from registrar.model import Binding
+from registrar.model import Binding, Catalog
 
 BindingChange = Callable[[Sequence[Binding]], Sequence[Binding]]
 
@@ -93,6 +99,28 @@ class LocationStore(abc.ABC):
 
     async def close(self) -> None:
         """Stop background work and release resources."""
+
+
+class CatalogSource(abc.ABC):
+    """Where the served catalogue (domains and connections) comes from.
+
+    A source whose catalogue changes tells each new one to the `on_catalog`
+    callable it was made with; `catalog` is the latest.
+    """
+
+    @property
+    @abc.abstractmethod
+    def catalog(self) -> Catalog:
+        """The catalogue as of now."""
+
+
+class NodeRegistry(abc.ABC):
+    """The live registrars that share a store (etcd lists this one among them)."""
+
+    @property
+    @abc.abstractmethod
+    def nodes(self) -> Mapping[str, dict[str, Any]]:
+        """Node name -> its record; `address` and `sipPort` reach its SIP listener (layout.encode_node)."""
 
 
 def domain_of(aor: str) -> str:

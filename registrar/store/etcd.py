@@ -2,7 +2,8 @@
 
 Reads come from memory. One watch on the whole /sipreg/v1/ prefix feeds a local
 cache of bindings (a BindingTable), domains and connections (the Catalog the
-registrar serves), failures and nodes. The watch resumes from its last revision
+registrar serves: the store is its CatalogSource), failures and nodes (the
+store is the NodeRegistry). The watch resumes from its last revision
 after a broken stream or an etcd restart, and reads everything anew when that
 revision was compacted away.
 
@@ -28,13 +29,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter
+from typing import Any
 
 from aetcd import rpc
 
 from registrar.model import Binding, Catalog, Connection, Domain
-from registrar.store import BindingChange, RegistrationFailure, StoreUnavailable
+from registrar.store import BindingChange, CatalogSource, NodeRegistry, RegistrationFailure, StoreUnavailable
 from registrar.store import layout
 from registrar.store.etcd_session import (
     EtcdSession, EtcdUnavailable, WatchCompacted, compare_and_swap, delete_op, put_op,
@@ -68,7 +70,19 @@ _expires_at = attrgetter("expires_at")
 PendingChange = tuple[BindingChange, "asyncio.Future[list[Binding]]", int]  # change, its answer, attempts so far
 
 
-class EtcdStore(TableStore):
+class EtcdStore(TableStore, CatalogSource, NodeRegistry):
+    """Bindings, catalogue and nodes shared through etcd.
+
+    `node` (with its address and SIP port) is listed under nodes/ while the
+    store runs; none: the store is not a registrar's (the operator's).
+    `publish`: a catalogue to make etcd's once connected (`sipreg serve
+    --manifests`), and the one `catalog` holds until etcd's is read.
+    Told, through the callables given: `on_catalog` each catalogue read from
+    etcd (the registrar serves it); `on_failure` the (domain, username) of each
+    failure record that changed (the operator's status); `on_write` the
+    seconds, AORs written and compares lost of each write transaction (metrics).
+    """
+
     def __init__(
         self,
         session: EtcdSession,
@@ -78,6 +92,10 @@ class EtcdStore(TableStore):
         sip_port: int = 0,
         clock: Callable[[], float] = time.time,
         lease_granularity: float = LEASE_GRANULARITY,
+        publish: Catalog | None = None,
+        on_catalog: Callable[[Catalog], None] = lambda catalog: None,
+        on_failure: Callable[[str, str], None] = lambda domain, username: None,
+        on_write: Callable[[float, int, int], None] = lambda seconds, aors, conflicts: None,
     ):
         self.session = session
         self.node = node
@@ -91,7 +109,7 @@ class EtcdStore(TableStore):
         self._connections: dict[tuple[str, str], Connection] = {}
         self._failures: dict[tuple[str, str], RegistrationFailure] = {}
         self._unwritten_failures: dict[tuple[str, str], RegistrationFailure] = {}
-        self.nodes: dict[str, dict] = {}
+        self._nodes: dict[str, dict[str, Any]] = {}
         self._leases = _LeasePool(session, lease_granularity, clock)
         self._pending: dict[str, list[PendingChange]] = {}
         self._writing: set[str] = set()  # AORs in a transaction now
@@ -104,21 +122,29 @@ class EtcdStore(TableStore):
         self._write_due: asyncio.TimerHandle | None = None
         self._ready = False
         self._synced = asyncio.Event()
-        self._to_publish: Catalog | None = None
+        self._to_publish = publish
         self._catalog_due: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task] = []
-        self.on_catalog: Callable[[Catalog], None] = lambda catalog: None
-        # Told (domain, username) when a connection's failure record changed (the operator's status).
-        self.on_failure: Callable[[str, str], None] = lambda domain, username: None
-        # Told (seconds, AORs written, compares lost) after each write transaction.
-        self.on_write: Callable[[float, int, int], None] = lambda seconds, aors, conflicts: None
-        self.catalog = Catalog()
+        self._on_catalog = on_catalog
+        self._on_failure = on_failure
+        self._on_write = on_write
+        self._catalog = publish if publish is not None else Catalog()
 
     # -- LocationStore ---------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
         return self._ready
+
+    # -- CatalogSource, NodeRegistry -------------------------------------------------------
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    @property
+    def nodes(self) -> Mapping[str, dict[str, Any]]:
+        return self._nodes
 
     async def update(self, aor: str, change: BindingChange) -> list[Binding]:
         if not self._ready:
@@ -173,10 +199,6 @@ class EtcdStore(TableStore):
         await self.session.close()
         self._table.end_watches()
 
-    def publish(self, catalog: Catalog) -> None:
-        """Make etcd's domains and connections those of `catalog` once connected (`sipreg serve --manifests`)."""
-        self._to_publish = catalog
-
     # -- following etcd --------------------------------------------------------------------
 
     _node_lease: int | None = None
@@ -223,7 +245,7 @@ class EtcdStore(TableStore):
         self._connections.clear()
         self._revisions.clear()
         self._tombstones.clear()
-        self.nodes.clear()
+        self._nodes.clear()
         for kv in kvs:
             if kv.key.startswith(_BINDINGS):
                 aor = layout.aor_of(kv.key)
@@ -277,10 +299,10 @@ class EtcdStore(TableStore):
             elif key.startswith(_FAILURES):
                 ident = layout.split_key(layout.FAILURES, key)
                 _keep(self._failures, ident, layout.decode_failure(*ident, value) if present else None)
-                self.on_failure(*ident)
+                self._on_failure(*ident)
             elif key.startswith(_NODES):
                 node = key[len(_NODES) :].decode()
-                _keep(self.nodes, node, layout.decode_node(value) if present else None)
+                _keep(self._nodes, node, layout.decode_node(value) if present else None)
         except layout.BadRecord as error:
             log.warning("sipreg: ignoring %s: %s", key.decode(errors="replace"), error)
 
@@ -300,8 +322,8 @@ class EtcdStore(TableStore):
         if self._catalog_due is not None:
             self._catalog_due.cancel()
             self._catalog_due = None
-        self.catalog = Catalog(domains=dict(self._domains), connections=dict(self._connections))
-        self.on_catalog(self.catalog)
+        self._catalog = Catalog(domains=dict(self._domains), connections=dict(self._connections))
+        self._on_catalog(self._catalog)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -436,7 +458,7 @@ class EtcdStore(TableStore):
                     self._hold(aor, revision, ())
                 self._retry(aor, done)
                 lost += 1
-        self.on_write(took, len(plans), lost)
+        self._on_write(took, len(plans), lost)
 
     def _hold(self, aor: str, revision: int, bindings: tuple[Binding, ...]) -> None:
         """Put what etcd holds for `aor` at `revision` into the cache, unless the watch brought newer news first."""

@@ -140,7 +140,7 @@ class _TlsClient(aetcd.Client):
 
 class EtcdSession:
     def __init__(self, endpoints: Sequence[tuple[str, int]], timeout: float = REQUEST_TIMEOUT,
-                 tls: EtcdTls | None = None):
+                 tls: EtcdTls | None = None, on_error: Callable[[str], None] = lambda operation: None):
         if not endpoints:
             raise ValueError("no etcd endpoints")
         self.endpoints = list(endpoints)
@@ -153,7 +153,7 @@ class EtcdSession:
         self._keep_alive_task: asyncio.Task[None] | None = None
         # Told the operation ("connect", "txn", "read", "watch", "lease") of every call that
         # failed: sipreg_store_errors_total. A call that could not connect counts twice.
-        self.on_error: Callable[[str], None] = lambda operation: None
+        self._on_error = on_error
         # The Txn call of the current client that sends encoded requests as they are.
         self._encoded_txn: tuple[aetcd.Client, Callable[..., Awaitable[rpc.TxnResponse]]] | None = None
 
@@ -184,7 +184,7 @@ class EtcdSession:
                 self._client = client
                 log.info("sipreg: connected to etcd at %s:%d%s", host, port, " over TLS" if self.tls else "")
                 return
-            self.on_error("connect")
+            self._on_error("connect")
             raise EtcdUnavailable("etcd unreachable: " + "; ".join(errors))
 
     def _new_client(self, host: str, port: int) -> aetcd.Client:
@@ -237,7 +237,7 @@ class EtcdSession:
             async with self._reaching(client):
                 yield client
         except (EtcdUnavailable, rpc.AioRpcError):
-            self.on_error(operation)
+            self._on_error(operation)
             raise
 
     # -- requests --------------------------------------------------------------------------

@@ -3,16 +3,19 @@
 This is `sipreg serve`'s embedded default. Updates are atomic because `change`
 runs without awaiting in between read and write, on the event loop's thread.
 The table itself (tuples, timer-wheel expiry, watchers) is `BindingTable`.
+Beside it, what a registrar that shares nothing has for the other ports: the
+manifests' catalogue, fixed (`FixedCatalog`), and no other replica (`NoReplicas`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from registrar.model import Binding
-from registrar.store import BindingChange, RegistrationFailure
+from registrar.model import Binding, Catalog
+from registrar.store import BindingChange, CatalogSource, NodeRegistry, RegistrationFailure
 from registrar.store.table import BindingTable, TableStore
 
 SWEEP_INTERVAL = 1.0
@@ -55,3 +58,22 @@ class MemoryStore(TableStore):
         while True:
             await asyncio.sleep(self._sweep_interval)
             self.sweep()
+
+
+class FixedCatalog(CatalogSource):
+    """A catalogue that never changes: the manifests `sipreg serve --manifests` read at start."""
+
+    def __init__(self, catalog: Catalog):
+        self._catalog = catalog
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+
+class NoReplicas(NodeRegistry):
+    """The node registry of a registrar that shares its store with no one."""
+
+    @property
+    def nodes(self) -> Mapping[str, dict[str, Any]]:
+        return {}

@@ -121,9 +121,8 @@ async def test_a_burst_of_more_aors_than_a_transaction_holds_is_all_stored(etcd)
 
 
 async def test_registers_arriving_within_the_write_interval_share_one_transaction(etcd):
-    store = await started(etcd)
     transactions: list[int] = []
-    store.on_write = lambda seconds, aors, conflicts: transactions.append(aors)
+    store = await started(etcd, on_write=lambda seconds, aors, conflicts: transactions.append(aors))
     try:
         first = asyncio.ensure_future(store.update(ALICE, add(binding("sip:alice@192.0.2.1"))))
         await asyncio.sleep(0)  # on an idle store it goes out at once
@@ -256,19 +255,21 @@ async def test_published_catalog_reaches_every_replica_and_stale_entries_go(etcd
     domain = Domain("sip.example.test")
     alice = Connection("sip.example.test", "alice", ha1={"MD5": "0" * 32}, name="alice")
     bob = Connection("sip.example.test", "bob", ha1={"MD5": "1" * 32}, name="bob")
-    publisher = EtcdStore(EtcdSession(parse_endpoints(etcd.url)))
-    publisher.publish(Catalog({"sip.example.test": domain}, {("sip.example.test", "alice"): alice,
-                                                             ("sip.example.test", "bob"): bob}))
+    publisher = EtcdStore(EtcdSession(parse_endpoints(etcd.url)),
+                          publish=Catalog({"sip.example.test": domain}, {("sip.example.test", "alice"): alice,
+                                                                         ("sip.example.test", "bob"): bob}))
+    # Until etcd's is read, the catalogue to publish is the one served.
+    assert set(publisher.catalog.connections) == {("sip.example.test", "alice"), ("sip.example.test", "bob")}
     await publisher.start()
-    reader = await started(etcd)
     seen: list[Catalog] = []
-    reader.on_catalog = seen.append
+    reader = await started(etcd, on_catalog=seen.append)
     try:
         assert reader.catalog.domains == {"sip.example.test": domain}
         assert reader.catalog.connections[("sip.example.test", "alice")] == alice
+        assert seen == [reader.catalog]  # told at the first read, too
         await publisher.close()
-        again = EtcdStore(EtcdSession(parse_endpoints(etcd.url)))
-        again.publish(Catalog({"sip.example.test": domain}, {("sip.example.test", "alice"): alice}))
+        again = EtcdStore(EtcdSession(parse_endpoints(etcd.url)),
+                          publish=Catalog({"sip.example.test": domain}, {("sip.example.test", "alice"): alice}))
         await again.start()
         await again.close()
         await eventually(lambda: seen and ("sip.example.test", "bob") not in seen[-1].connections)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aetcd import rpc
 
-from registrar.metrics import STORE_OPERATIONS, Metrics
+from registrar.metrics import STORE_OPERATIONS, Metrics, StoreCalls
 from registrar.model import Binding, Catalog, Connection, Domain, RegistrationPolicy
 from registrar.store.etcd_session import EtcdSession, EtcdUnavailable
 from registrar.store.memory import MemoryStore
@@ -73,15 +73,21 @@ def test_store_up_follows_the_store_readiness() -> None:
 
 
 def test_etcd_series_exist_from_the_start_with_an_etcd_store_only() -> None:
-    etcd = Metrics(MemoryStore(), Catalog, etcd=True)
+    calls = StoreCalls()
+    etcd = Metrics(MemoryStore(), Catalog, store_calls=calls)
     assert sample(etcd, "sipreg_store_writes_total") == 0
     assert sample(etcd, "sipreg_store_write_duration_seconds_count") == 0
     for operation in STORE_OPERATIONS:
         assert sample(etcd, "sipreg_store_errors_total", operation=operation) == 0
-    etcd.store_written(0.003, aors=4, conflicts=1)
+    calls.written(0.003, aors=4, conflicts=1)
+    calls.failed("watch")
+    assert sample(etcd, "sipreg_store_writes_total") == 1
     assert sample(etcd, "sipreg_store_aors_written_total") == 4
     assert sample(etcd, "sipreg_store_conflicts_total") == 1
+    assert sample(etcd, "sipreg_store_write_duration_seconds_bucket", le="0.0025") == 0
     assert sample(etcd, "sipreg_store_write_duration_seconds_bucket", le="0.005") == 1
+    assert sample(etcd, "sipreg_store_errors_total", operation="watch") == 1
+    assert sample(etcd, "sipreg_store_errors_total", operation="txn") == 0
 
     memory = Metrics(MemoryStore(), Catalog)
     assert sample(memory, "sipreg_store_writes_total") is None
@@ -110,9 +116,8 @@ def test_invites_are_counted_by_domain_and_status_and_skipped_contacts_by_why() 
 
 async def test_failed_etcd_calls_are_counted_by_operation() -> None:
     """A real gRPC client against a port where nothing listens: every call fails at once."""
-    session = EtcdSession([("127.0.0.1", free_port())])
     failed: list[str] = []
-    session.on_error = failed.append
+    session = EtcdSession([("127.0.0.1", free_port())], on_error=failed.append)
     try:
         with pytest.raises(EtcdUnavailable):
             await session.txn(rpc.TxnRequest())
