@@ -23,7 +23,8 @@ from registrar.http import make_app, start_server
 from registrar.lockout import LockoutTable
 from registrar.metrics import Metrics, StoreCalls
 from registrar.model import Catalog, SecurityPolicy
-from registrar.proxy import Identity, Proxy
+from registrar.proxy import Identity, ProxyCore
+from registrar.proxy_driver import ProxyDriver
 from registrar.ratelog import RateLimitedLog
 from registrar.registrar import Registrar
 from registrar.routing import Router, Target
@@ -140,7 +141,7 @@ class RegistrarServer:
         self._tasks: list[asyncio.Task] = []
         self._listening = False
 
-    def _proxy(self, authenticator: Authenticator) -> Proxy:
+    def _proxy(self, authenticator: Authenticator) -> ProxyDriver:
         config = self.config
         ports = {"udp": config.sip_port, "tcp": config.sip_port}
         if config.tls_port is not None:
@@ -153,18 +154,18 @@ class RegistrarServer:
             {config.host, *([config.advertise] if config.advertise else [])},
             domains=lambda: self.registrar.catalog.domains,
         )
-        return Proxy(
-            Router(lambda: self.registrar.catalog, self.store, authenticator, time.time, known_source=self.sources.known,
-                   on_authenticated=self._authenticated),
+        router = Router(lambda: self.registrar.catalog, self.store, authenticator, time.time,
+                        known_source=self.sources.known, on_authenticated=self._authenticated)
+        core = ProxyCore(identity, TokenSigner(config.nonce_secret), self.transactions, domain_of=router.domain_of,
+                         max_transactions=lambda: self._security().max_transactions)
+        return ProxyDriver(
+            core,
+            router,
             self.endpoint,
-            identity,
-            TokenSigner(config.nonce_secret),
-            self.transactions,
             clock=self.endpoint.clock,
             nodes=lambda: self.replicas.nodes,
             on_final=self._call_answered,
             on_unreachable=self._unreachable,
-            max_transactions=lambda: self._security().max_transactions,
         )
 
     def _call_answered(self, request: Request, domain: str, status: int) -> None:

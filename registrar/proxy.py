@@ -1,12 +1,18 @@
-"""The stateful proxy (RFC 3261 section 16): response contexts and their branches, forking, CANCEL, in-dialog routing.
+"""The proxy's logic (RFC 3261 section 16), sans I/O: requests, responses and the time in; actions out.
 
 One `ResponseContext` per request forwarded, over its server transaction; one
-`Branch` per copy sent, over its client transaction. The transactions (RFC
-3261 section 17: retransmissions, Timers A to M, the ACK of a failure) are
-registrar.sip.transaction's; the router (registrar.routing) says where a new
-request goes; the message edits are registrar.sip.proxy's; sockets are the
-transport's, behind `Delivery`. What this module owns is section 16: forking,
-CANCEL, Timer C, the best answer, and in-dialog routing.
+`Branch` per copy sent, over its client transaction. `ProxyCore` decides:
+checks (16.3), Route processing (16.4), forking by q-value groups (16.5-16.6),
+the best answer (16.7), CANCEL (16.10), Timer C, loops and merged requests, and
+the in-dialog routing below. Everything of RFC 3261 section 17 (retransmissions,
+Timers A to M, absorbing what comes twice, the ACK of a failure) is the
+transaction layer's (registrar.sip.transaction); the message edits are
+registrar.sip.proxy's. What needs the world comes out as actions: `Send`
+(bytes to a destination), `FindTargets` (ask the location service, which also
+decides a 404, 480 or 407: registrar.routing), `Reach` (how to get to a target:
+a flow, another node, DNS and a connection) and `Answered` (for the metrics).
+registrar.proxy_driver carries them out on the event loop and hands the results
+back (`targets_found`, `reached`, `unsendable`, `tick`).
 
 How a request reaches a UA (the design's "flows"):
 - A target is a `FlowRef`: the node holding the UA's connection, the transport,
@@ -24,18 +30,11 @@ How a request reaches a UA (the design's "flows"):
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import logging
-import socket
-import time
 from collections.abc import Callable, Collection
-from typing import Protocol
+from typing import NamedTuple
 
-from registrar.eager import start_eagerly
-from registrar.flows import DIALOG, HOP, FlowRef, RouteToken, TokenSigner, of_binding
-from registrar.ratelog import RateLimitedLog, exception_summary
-from registrar.routing import Router, Target
+from registrar.flows import DIALOG, HOP, FlowRef, RouteToken, TokenSigner
+from registrar.routing import Target
 from registrar.sip import proxy as relay
 from registrar.sip.headers import Via
 from registrar.sip.message import Request, Response, SipError, error_response, server_response
@@ -51,8 +50,6 @@ from registrar.sip.transaction import (
 )
 from registrar.sip.uri import URI, URIError, parse_uri, unbracketed
 
-log = logging.getLogger("sipreg.proxy")
-
 TIMER_C = 180.0  # an INVITE branch may ring this long after its last provisional (RFC 3261 16.6 step 11)
 # A request still open this long is given up, whatever it waits on (a name that never resolves).
 SAFETY_NET = 900.0
@@ -66,20 +63,36 @@ MAX_TRANSACTIONS = 5000
 SHED_RETRY_AFTER = 5
 
 
-class SendError(Exception):
-    """A message could not be handed to the network (closed flow, refused connection)."""
+# -- what the core asks of its driver ---------------------------------------------------------
 
 
-class Delivery(Protocol):
-    """What the proxy needs from the transports."""
+class FindTargets(NamedTuple):
+    """Ask where `context`'s request goes (registrar.routing's Router.route), or, given `recorded`
+    (the flow a dialog recorded), whether it is still open, else the UA's binding now.
+    Answer with `ProxyCore.targets_found`."""
 
-    def send(self, destination: Destination, data: bytes) -> None:
-        """Send now (UDP, or an open flow); raises SendError."""
+    context: ResponseContext
+    recorded: Target | None = None
 
-    async def connect(self, transport: str, host: str, port: int) -> str:
-        """An open connection to host:port (reused when there is one): its flow id; raises SendError."""
 
-    def has_flow(self, flow: str) -> bool: ...
+class Reach(NamedTuple):
+    """Find how to get to `target`: a flow of ours, another node (with a hop Route), DNS and a connection.
+    Answer with `ProxyCore.reached`. With no context: the stateless relay of `request` (an ACK for a 2xx)."""
+
+    context: ResponseContext | None
+    target: Target
+    request: Request | None = None
+
+
+class Answered(NamedTuple):
+    """A request got its final answer (the metrics count it under `domain`)."""
+
+    request: Request
+    domain: str
+    status: int
+
+
+Action = Send | FindTargets | Reach | Answered
 
 
 class Identity:
@@ -109,88 +122,110 @@ class Identity:
         return (uri.port is None or uri.port in self._port_numbers) and self._names_us(uri.host)
 
 
-class Proxy:
-    """The proxy's entry points: requests and responses from the transports, and the clock, in; sends, out.
-
-    Every RFC 3261 section 17 matter (retransmissions, absorbing them, Timers A
-    to M, the hop-by-hop ACK) is the transaction layer's; this is section 16 on
-    top of it: the response contexts, their branches, CANCEL, Timer C. What the
-    layer asks for comes back as effects, carried out by `_carry_out`; its
-    timers run on `clock`, and `tick` is what the event loop calls when one is due.
-    """
+class ProxyCore:
+    """The proxy's decisions over the transaction layer: every entry point returns the actions it takes."""
 
     def __init__(
         self,
-        router: Router,
-        delivery: Delivery,
         identity: Identity,
         signer: TokenSigner,
         transactions: TransactionLayer,
         *,
-        clock: Callable[[], float] = time.monotonic,
-        nodes: Callable[[], dict[str, dict]] = dict,
-        on_final: Callable[[Request, str, int], None] = lambda request, domain, status: None,
-        on_unreachable: Callable[[Target, str], None] = lambda target, why: None,
+        domain_of: Callable[[Request], str] = lambda request: "",
         max_transactions: Callable[[], int] = lambda: MAX_TRANSACTIONS,
     ):
-        self.router = router
-        self.delivery = delivery
         self.identity = identity
         self.signer = signer
         self.transactions = transactions
-        self.clock = clock
-        self.nodes = nodes
-        self._on_final = on_final
-        self._on_unreachable = on_unreachable
+        self._domain_of = domain_of  # the served domain a new request concerns, for the metrics
         self._max_transactions = max_transactions
-        # What requests make us log, at most a line per kind per interval (registrar.ratelog).
-        self._log_failure = RateLimitedLog(log, logging.ERROR)
-        self.log_unsent = RateLimitedLog(log, logging.INFO)
         # Requests without a To tag that we are forwarding, to find the same one by another path.
         self._merge_keys: dict[tuple[str, str, int, str], TransactionKey] = {}
-        # The one event-loop timer, at the layer's next deadline.
-        self._wakeup: asyncio.TimerHandle | None = None
-        self._wake_at: float | None = None
 
-    # -- requests ------------------------------------------------------------------------------
-    def receive_request(self, request: Request, source: Source, key: TransactionKey) -> None:
-        now = self.clock()
+    # -- in ---------------------------------------------------------------------------------------
+    def receive_request(self, request: Request, source: Source, key: TransactionKey, now: float) -> list[Action]:
         method = request.method
         if method == "CANCEL":
-            self._cancel(request, source, key, now)
-            return
+            return self._cancel(request, source, key, now)
         effects = self.transactions.receive_request(key, method, now)
         if effects is not None:
-            self._carry_out(effects, now)  # a retransmission, or the ACK of our own failure: the layer's
-            return
+            return self._effects(effects, now)  # a retransmission, or the ACK of our own failure: the layer's
         if method == "ACK":
-            self._relay_stateless(request, source)  # an ACK for a 2xx: end to end, a transaction of its own
-            return
+            return self._relay_ack(request)  # an ACK for a 2xx: end to end, a transaction of its own
         try:
             # To, From and CSeq go into the hash: a malformed one is answered here, before any state.
             hash_of_request = relay.loop_hash(request)
         except SipError as error:
-            self._send(source.reply_to, error_response(request, error).to_bytes())
-            return
+            return [Send(source.reply_to, error_response(request, error).to_bytes())]
         if len(self.transactions.servers) >= self._max_transactions():
             # Full: shed before any state, one answer for one request.
-            self._send(source.reply_to, server_response(request, 503, "Service Unavailable: Overloaded",
-                                                        [("Retry-After", str(SHED_RETRY_AFTER))]).to_bytes())
-            return
+            shed = server_response(request, 503, "Service Unavailable: Overloaded",
+                                   [("Retry-After", str(SHED_RETRY_AFTER))])
+            return [Send(source.reply_to, shed.to_bytes())]
         transaction = self.transactions.begin_server(key, method, source.reply_to)
-        context = ResponseContext(self, transaction, request, source, hash_of_request)
+        context = ResponseContext(transaction, request, source, hash_of_request)
         transaction.owner = context
         # A safety net only: branch timers (B, C, F) end every branch long before.
         self.transactions.set_timer(transaction, SAFETY_NET_TIMER, now + SAFETY_NET)
         if method == "INVITE":
-            context.domain = self.router.domain_of(request)  # its answer is counted by it, refusals too
+            context.domain = self._domain_of(request)  # its answer is counted by it, refusals too
         try:
             self._check(context)
+            return self._route(context, now)
         except SipError as error:
-            context.respond(error_response(request, error))
-            return
-        start_eagerly(self._route(context))
+            return self._respond(context, error_response(request, error), now)
 
+    def receive_response(self, response: Response, now: float) -> list[Action]:
+        try:
+            via = response.top_via
+            _, method = response.cseq
+        except (SipError, ValueError):
+            return []  # nothing to match it with: dropped (RFC 3261 18.1.2)
+        if not (via.branch or "").startswith(relay.BRANCH_MARK):
+            return []  # not sent by us
+        effects = self.transactions.receive_response((via.branch or "", method), response, now)
+        return self._effects(effects, now) if effects is not None else []
+
+    def targets_found(self, context: ResponseContext, result: list[list[Target]] | SipError, now: float) -> list[Action]:
+        """What `FindTargets` found: the target set's groups, or the answer instead (404, 480, 302, 407...)."""
+        if context.over:
+            return []
+        if isinstance(result, SipError):
+            return self._respond(context, error_response(context.request, result), now)
+        context.groups = list(result)
+        return self._next_group(context, now)
+
+    def reached(self, reach: Reach, destination: Destination | None, hop_route: str | None, now: float, *,
+                failed: bool = False) -> list[Action]:
+        """What `Reach` found: where to send (and the hop Route to push), None to skip the target,
+        or `failed` (a name that does not resolve, a refused connection: it counts as a 503)."""
+        context = reach.context
+        if context is None:
+            return self._relayed(reach, destination, hop_route)
+        if context.over:
+            return []
+        context.reaching -= 1
+        actions: list[Action] = []
+        if failed:
+            context.finals.append(server_response(context.request, 503, "Service Unavailable"))
+        elif destination is not None and not context.cancelled and not context.answered:
+            actions += self._start_branch(context, reach.target, destination, hop_route, now)
+        if context.reaching == 0 and all(branch.done for branch in context.branches):
+            actions += self._next_group(context, now)
+        return actions
+
+    def unsendable(self, transaction: Transaction, now: float) -> list[Action]:
+        """A `Send` of `transaction`'s could not be handed to the network."""
+        return self._effects(self.transactions.unsendable(transaction, now), now)
+
+    def tick(self, now: float) -> list[Action]:
+        """The transaction timers due by `now` fire."""
+        return self._effects(self.transactions.advance(now), now)
+
+    def next_deadline(self) -> float | None:
+        return self.transactions.next_deadline()
+
+    # -- a new request ------------------------------------------------------------------------------
     def _check(self, context: ResponseContext) -> None:
         """Validation before routing (RFC 3261 16.3): hops, loops, merged requests."""
         request = context.request
@@ -210,29 +245,266 @@ class Proxy:
             self._merge_keys[merge_key] = context.transaction.key
             context.merge_key = merge_key
 
-    async def _route(self, context: ResponseContext) -> None:
+    def _route(self, context: ResponseContext, now: float) -> list[Action]:
+        """Where it goes: the party our Route names, the next hop, or the location service (16.4, 16.5)."""
         request = context.request
-        try:
-            target, popped = self._take_our_routes(request)
-            if target is not None:
-                await self._fork(context, [[await self._current(request, target)]], record_route=False)
-            elif request.name_addr("To").tag is not None:
-                # In a dialog we are not part of (no Route of ours): not ours to relay.
-                target = self._next_hop_target(request) if popped else None
-                if target is None:
-                    raise SipError(404, "Not Here: No Route For In-Dialog Request")
-                await self._fork(context, [[target]], record_route=False)
-            elif request.get("Route") is not None:
-                raise SipError(403, "Relaying Denied: Preloaded Route")
-            else:
-                target_set = await self.router.route(request, context.source)
-                await self._fork(context, target_set.groups, record_route=request.method in DIALOG_METHODS)
-        except SipError as error:
-            context.respond(error_response(request, error))
-        except Exception as error:
-            self._log_failure("error routing %s: %s", request.method, exception_summary(error))
-            context.respond(server_response(request, 500, "Server Internal Error"))
+        target, popped = self._take_our_routes(request)
+        if target is not None:
+            return [FindTargets(context, recorded=target)]
+        if request.name_addr("To").tag is not None:
+            # In a dialog we are not part of (no Route of ours): not ours to relay.
+            target = self._next_hop_target(request) if popped else None
+            if target is None:
+                raise SipError(404, "Not Here: No Route For In-Dialog Request")
+            context.groups = [[target]]
+            return self._next_group(context, now)
+        if request.get("Route") is not None:
+            raise SipError(403, "Relaying Denied: Preloaded Route")
+        context.record_route = request.method in DIALOG_METHODS
+        return [FindTargets(context)]
 
+    def _relay_ack(self, request: Request) -> list[Action]:
+        """An ACK for a 2xx (end to end, its own transaction): forwarded along the route set, no state."""
+        try:
+            if relay.max_forwards(request) == 0:
+                return []
+            target, popped = self._take_our_routes(request)
+            if target is None and popped:
+                target = self._next_hop_target(request)
+        except SipError:
+            return []
+        if target is None:
+            return []  # not ours to route: dropped, as Kamailio's default script does
+        return [Reach(None, target, request)]
+
+    def _relayed(self, reach: Reach, destination: Destination | None, hop_route: str | None) -> list[Action]:
+        request = reach.request
+        if destination is None or request is None:
+            return []
+        via = self._via(destination, relay.new_branch(relay.loop_hash(request)))
+        copy = relay.forwarded(request, uri=reach.target.uri, via=via, route=hop_route)
+        return [Send(destination, copy.to_bytes())]
+
+    def _cancel(self, request: Request, source: Source, key: TransactionKey, now: float) -> list[Action]:
+        """CANCEL is answered hop by hop, statelessly: 200 when its INVITE is ours, 481 otherwise (RFC 3261 16.10)."""
+        invite_key = (*key[:-1], "INVITE")
+        if self.transactions.state_of(invite_key, now) is None:
+            return [Send(source.reply_to, server_response(request, 481, "Call/Transaction Does Not Exist").to_bytes())]
+        actions: list[Action] = [Send(source.reply_to, server_response(request, 200, "OK").to_bytes())]
+        transaction = self.transactions.servers.get(invite_key)
+        if transaction is not None and transaction.owner is not None:
+            actions += self._cancel_context(transaction.owner, now)  # (none after the final answer, RFC 3261 9.2)
+        return actions
+
+    # -- forking ----------------------------------------------------------------------------------
+    def _next_group(self, context: ResponseContext, now: float) -> list[Action]:
+        """The next group of targets, all at once; when there is none, the best answer."""
+        while context.groups and not context.cancelled and not context.answered:
+            group = context.groups.pop(0)
+            if group:
+                context.reaching = len(group)
+                return [Reach(context, target) for target in group]
+        return self._all_branches_done(context, now)
+
+    def _start_branch(self, context: ResponseContext, target: Target, destination: Destination,
+                      hop_route: str | None, now: float) -> list[Action]:
+        request = context.request
+        branch_id = relay.new_branch(context.loop_hash)
+        record_routes = self._record_routes(context, target, destination) if context.record_route else ()
+        copy = relay.forwarded(
+            request, uri=target.uri, via=self._via(destination, branch_id), record_routes=record_routes, route=hop_route
+        )
+        branch = Branch(context, copy)
+        upstream = context.source.reply_to if branch.invite else None  # where its later 2xx go
+        branch.transaction, actions = self.transactions.begin_client(
+            (branch_id, request.method), copy, destination, branch, now, upstream=upstream)
+        context.branches.append(branch)
+        if request.method == "INVITE" and context.transaction.sent is None:
+            # Only now: a request refused before any branch gets its one answer and nothing else.
+            actions += self._respond(context, server_response(request, 100, "Trying"), now)
+        return list(actions)
+
+    def _branch_answered(self, context: ResponseContext, branch: Branch, response: Response,
+                         now: float) -> list[Action]:
+        status = response.status
+        if status < 200:
+            return self._respond(context, relay.without_top_via(response), now) if status > 100 else []
+        actions: list[Action] = []
+        if status < 300:
+            actions += self._respond(context, relay.without_top_via(response), now)
+            for other in context.branches:
+                if other is not branch:
+                    actions += self._cancel_branch(other, relay.COMPLETED_ELSEWHERE, now)
+            self._maybe_complete(context)
+            return actions
+        context.finals.append(relay.without_top_via(response))
+        if status >= 600:
+            context.groups.clear()
+            for other in context.branches:
+                if other is not branch:
+                    actions += self._cancel_branch(other, None, now)
+        if context.reaching == 0 and all(other.done for other in context.branches):
+            actions += self._next_group(context, now)
+        self._maybe_complete(context)
+        return actions
+
+    def _all_branches_done(self, context: ResponseContext, now: float) -> list[Action]:
+        """No branch left and no group to try: the best answer goes upstream (RFC 3261 16.7 step 6)."""
+        if context.answered:
+            self._maybe_complete(context)
+            return []
+        if context.cancelled:
+            return self._respond(context, server_response(context.request, 487, "Request Terminated"), now)
+        if context.finals:
+            return self._respond(context, relay.best_response(context.finals), now)
+        return self._respond(
+            context, server_response(context.request, 480, "Temporarily Unavailable: No Reachable Contact"), now)
+
+    def _cancel_context(self, context: ResponseContext, now: float) -> list[Action]:
+        if context.answered or context.cancelled:
+            return []
+        context.cancelled = True
+        context.groups.clear()
+        actions: list[Action] = []
+        for branch in context.branches:
+            actions += self._cancel_branch(branch, None, now)
+        if not context.branches:
+            actions += self._respond(context, server_response(context.request, 487, "Request Terminated"), now)
+        elif all(branch.done for branch in context.branches):
+            actions += self._all_branches_done(context, now)
+        return actions
+
+    # -- upstream ---------------------------------------------------------------------------------
+    def _respond(self, context: ResponseContext, response: Response, now: float) -> list[Action]:
+        """An answer upstream; after the final one, the context ends when its branches have.
+
+        A final answer made up before any branch went out (a refusal: 404, 403, 407,
+        480...) is sent statelessly, as Kamailio's sl_send_reply does: once, with no
+        Timer G and nothing kept, so a stranger's request gets one packet back and
+        leaves no memory behind. A retransmission is refused again; the ACK, matching
+        no transaction, is dropped.
+        """
+        status = response.status
+        if context.over or (context.answered and not 200 <= status < 300):
+            return []  # one final answer, no provisional after it; only further 2xx may follow (RFC 6026)
+        data = response.to_bytes()
+        actions: list[Action] = []
+        first_final = status >= 200 and not context.answered
+        if first_final:
+            context.final_status = status
+            actions.append(Answered(context.request, context.domain, status))
+            if not context.branches:
+                actions.append(Send(context.source.reply_to, data))
+                self.transactions.forget(context.transaction)
+                self._end(context)
+                return actions
+        actions += self._effects(self.transactions.respond(context.transaction, status, data, now), now)
+        self._maybe_complete(context)
+        return actions
+
+    def _maybe_complete(self, context: ResponseContext) -> None:
+        if not context.over and context.answered and all(branch.done for branch in context.branches):
+            self._end(context)
+
+    def _end(self, context: ResponseContext) -> None:
+        """A context is over: what its transactions still do (absorb, repeat, ACK), they do alone."""
+        context.over = True
+        if context.merge_key is not None and self._merge_keys.get(context.merge_key) == context.transaction.key:
+            del self._merge_keys[context.merge_key]
+        context.transaction.owner = None
+        for branch in context.branches:
+            branch.detach()  # no cycle left for the collector: reference counts free it all
+        context.branches = []
+        context.groups = []
+        context.finals = []
+
+    # -- what the transaction layer tells -----------------------------------------------------------
+    def _effects(self, effects: list[Effect], now: float) -> list[Action]:
+        actions: list[Action] = []
+        for effect in effects:
+            if effect.__class__ is Send:
+                actions.append(effect)  # type: ignore[arg-type]
+            elif isinstance(effect, PassUp):
+                if effect.owner is not None:
+                    actions += self._received(effect.owner, effect.response, now)
+                elif effect.upstream is not None:
+                    # A 2xx after its branch's end: the callee repeats it until the caller's ACK reaches it.
+                    actions.append(Send(effect.upstream, relay.without_top_via(effect.response).to_bytes()))
+            elif effect.owner.__class__ is Branch:
+                actions += self._branch_timed_out(effect.owner, effect.timer, now)
+            elif effect.owner is not None:
+                actions += self._context_timed_out(effect.owner, effect.timer, now)
+        return actions
+
+    def _received(self, branch: Branch, response: Response, now: float) -> list[Action]:
+        """A response a branch's transaction passes up."""
+        context = branch.context
+        if branch.final is not None or context is None:
+            return []  # (a CANCEL's answer, or a 1xx late)
+        if response.status >= 200:
+            return self._finish(branch, response, now)
+        actions: list[Action] = []
+        if branch.invite:
+            branch.provisional = True
+            self.transactions.set_timer(branch.transaction, "C", now + TIMER_C)  # type: ignore[arg-type]
+            if branch.cancel_pending:
+                actions += self._cancel_branch(branch, branch.cancel_reason, now)
+        return actions + self._branch_answered(context, branch, response, now)
+
+    def _branch_timed_out(self, branch: Branch, timer: str, now: float) -> list[Action]:
+        """A branch's transaction gave up (Timer B, F, a transport error), or its Timer C fired."""
+        if branch.final is not None or branch.transaction is None:
+            return []
+        if timer == "C":
+            # It rang too long: CANCEL it, and give it Timer B's time to end with the 487.
+            actions = self._cancel_branch(branch, None, now) if branch.cancel_branch is None else []
+            self.transactions.set_timer(branch.transaction, "after C", now + TIMEOUT)
+            return actions
+        status, reason = (503, "Service Unavailable") if timer == "transport" else (408, "Request Timeout")
+        return self._give_up(branch, server_response(branch.request, status, reason), now)
+
+    def _context_timed_out(self, context: ResponseContext, timer: str, now: float) -> list[Action]:
+        """The safety net: whatever is still open is given up."""
+        if timer != SAFETY_NET_TIMER or context.over:
+            return []  # Timer H or a transport error upstream: the caller is gone; branches end by their own timers
+        actions = [] if context.answered else self._respond(
+            context, server_response(context.request, 408, "Request Timeout"), now)
+        for branch in list(context.branches):
+            if not branch.done:
+                actions += self._give_up(branch, server_response(branch.request, 408, "Request Timeout"), now)
+        if not context.over:
+            self._end(context)
+        return actions
+
+    def _give_up(self, branch: Branch, response: Response, now: float) -> list[Action]:
+        """End a branch with an answer made up here (its Vias, ours on top, like a real one)."""
+        if branch.transaction is not None:
+            self.transactions.forget(branch.transaction)
+        return self._finish(branch, response, now)
+
+    def _finish(self, branch: Branch, response: Response, now: float) -> list[Action]:
+        branch.final = response
+        if branch.transaction is not None:
+            for timer in ("C", "after C"):
+                self.transactions.clear_timer(branch.transaction, timer)
+        return self._branch_answered(branch.context, branch, response, now) if branch.context is not None else []
+
+    def _cancel_branch(self, branch: Branch, reason: str | None, now: float) -> list[Action]:
+        """CANCEL a branch: now when it has rung, else as soon as it does (RFC 3261 9.1); `reason`: its Reason."""
+        transaction = branch.transaction
+        if not branch.invite or branch.final is not None or branch.cancel_branch is not None or transaction is None:
+            return []
+        if not branch.provisional:
+            branch.cancel_pending = True
+            branch.cancel_reason = reason
+            return []
+        cancel = Branch(None, relay.cancel_for(branch.request, reason))  # its answer matters to nobody
+        branch.cancel_branch = cancel
+        cancel.transaction, actions = self.transactions.begin_client(
+            (transaction.key[0], "CANCEL"), cancel.request, transaction.destination, cancel, now)
+        return list(actions)
+
+    # -- Route and Record-Route ----------------------------------------------------------------------
     def _take_our_routes(self, request: Request) -> tuple[Target | None, int]:
         """Route preprocessing (RFC 3261 16.4): our topmost Route entries off the request.
 
@@ -268,30 +540,6 @@ class Proxy:
             raise SipError(404, "Not Here: No Route For In-Dialog Request")
         return target
 
-    async def _current(self, request: Request, target: Target) -> Target:
-        """The flow a dialog recorded, or, when it has closed since, the UA's binding now.
-
-        A UA whose TCP/TLS connection dropped mid-call connects and registers
-        again, from a new port; its Contact (the in-dialog Request-URI) stays.
-        The party a request goes to is its To (the dialog's remote URI).
-        """
-        ref = target.ref
-        if ref is None or not ref.stream or self._flow_alive(ref):
-            return target
-        try:
-            aor = request.name_addr("To").uri.aor
-        except SipError:
-            return target
-        for binding in await self.router.store.lookup(aor):
-            if binding.contact == request.uri:
-                return Target(request.uri, of_binding(binding), aor=aor)
-        return target
-
-    def _flow_alive(self, ref: FlowRef) -> bool:
-        if ref.node in ("", self.identity.node):
-            return self.delivery.has_flow(ref.flow)
-        return ref.node in self.nodes()
-
     def _next_hop_target(self, request: Request) -> Target | None:
         """Loose routing past us: the next Route, else the Request-URI (RFC 3261 16.6 steps 6-7)."""
         routes = relay.routes(request)
@@ -302,151 +550,6 @@ class Proxy:
         if address.scheme == "tel" or self.identity.is_us(address):
             return None
         return Target(request.uri, address=address)
-
-    def _relay_stateless(self, request: Request, source: Source) -> None:
-        """An ACK for a 2xx (end to end, its own transaction): forwarded along the route set, no state."""
-        try:
-            if relay.max_forwards(request) == 0:
-                return
-            target, popped = self._take_our_routes(request)
-            if target is None and popped:
-                target = self._next_hop_target(request)
-        except SipError:
-            return
-        if target is None:
-            return  # not ours to route: dropped, as Kamailio's default script does
-        start_eagerly(self._send_stateless(request, target))
-
-    async def _send_stateless(self, request: Request, target: Target) -> None:
-        try:
-            destination, hop_route = await self._destination(target)
-        except SendError as error:
-            self.log_unsent("sipreg: %s not relayed: %s", request.method, error)
-            return
-        if destination is None:
-            return
-        via = self._via(destination, relay.new_branch(relay.loop_hash(request)))
-        copy = relay.forwarded(request, uri=target.uri, via=via, route=hop_route)
-        try:
-            self.delivery.send(destination, copy.to_bytes())
-        except SendError as error:
-            self.log_unsent("sipreg: %s not relayed: %s", request.method, error)
-
-    def _cancel(self, request: Request, source: Source, key: TransactionKey, now: float) -> None:
-        """CANCEL is answered hop by hop, statelessly: 200 when its INVITE is ours, 481 otherwise (RFC 3261 16.10)."""
-        invite_key = (*key[:-1], "INVITE")
-        if self.transactions.state_of(invite_key, now) is None:
-            self._send(source.reply_to, server_response(request, 481, "Call/Transaction Does Not Exist").to_bytes())
-            return
-        self._send(source.reply_to, server_response(request, 200, "OK").to_bytes())
-        transaction = self.transactions.servers.get(invite_key)
-        if transaction is not None and transaction.owner is not None:
-            transaction.owner.cancel()  # (a CANCEL after the final answer has no effect, RFC 3261 9.2)
-
-    # -- forking -------------------------------------------------------------------------------
-    async def _fork(self, context: ResponseContext, groups: list[list[Target]], *, record_route: bool) -> None:
-        context.groups = list(groups)
-        context.record_route = record_route
-        await self._next_group(context)
-
-    async def _next_group(self, context: ResponseContext) -> None:
-        while context.groups and not context.cancelled and not context.answered:
-            group = context.groups.pop(0)
-            started = 0
-            for target in group:
-                if await self._start_branch(context, target):
-                    started += 1
-            if started:
-                return
-        context.all_branches_done()
-
-    async def _start_branch(self, context: ResponseContext, target: Target) -> bool:
-        request = context.request
-        try:
-            destination, hop_route = await self._destination(target)
-        except SendError as error:
-            context.finals.append(server_response(request, 503, "Service Unavailable"))
-            self.log_unsent("sipreg: cannot reach %s: %s", target.uri, error)
-            return False
-        if destination is None or context.transaction.owner is None:
-            return False  # (or the request ended while we resolved)
-        branch_id = relay.new_branch(context.loop_hash)
-        record_routes = self._record_routes(context, target, destination) if context.record_route else ()
-        copy = relay.forwarded(
-            request, uri=target.uri, via=self._via(destination, branch_id), record_routes=record_routes, route=hop_route
-        )
-        branch = Branch(context, copy)
-        if not self._start_client(branch, (branch_id, request.method), destination, context.source.reply_to):
-            context.finals.append(server_response(request, 503, "Service Unavailable"))  # as RFC 3261 16.9 says
-            return False
-        context.branches.append(branch)
-        if request.method == "INVITE" and context.transaction.sent is None:
-            # Only now: a request refused before any branch gets its one answer and nothing else.
-            context.respond(server_response(request, 100, "Trying"))
-        return True
-
-    def _start_client(self, branch: Branch, key: TransactionKey, destination: Destination,
-                      upstream: Destination | None) -> bool:
-        """A client transaction for `branch`; False when its request could not even be sent."""
-        now = self.clock()
-        transaction, effects = self.transactions.begin_client(
-            key, branch.request, destination, branch, now, upstream=upstream if branch.invite else None)
-        [send] = effects
-        if not self._send(send.destination, send.data):
-            self.transactions.forget(transaction)
-            return False
-        branch.transaction = transaction
-        self._wake()
-        return True
-
-    async def _destination(self, target: Target) -> tuple[Destination | None, str | None]:
-        """Where to send for a target, and the hop Route to push when it is another node's flow."""
-        ref = target.ref
-        if ref is None:
-            assert target.address is not None
-            return await self._resolve(target.address), None
-        if ref.node in ("", self.identity.node):
-            if ref.stream and not self.delivery.has_flow(ref.flow):
-                self._on_unreachable(target, "closed")
-                return None, None
-            return Destination(ref.transport, ref.host, ref.port, ref.flow or None), None
-        node = self.nodes().get(ref.node)
-        if node is None:
-            return self._node_gone(target, ref), None
-        try:
-            flow = await self.delivery.connect("tcp", node["address"], int(node["sipPort"]))
-        except SendError:
-            # Killed, not yet gone from etcd (its lease lasts 10 s): as good as gone.
-            return self._node_gone(target, ref), None
-        hop = self.signer.token(HOP, (ref,))
-        return (
-            Destination("tcp", node["address"], int(node["sipPort"]), flow),
-            f"<sip:{hop}@{node['address']}:{node['sipPort']};transport=tcp;lr>",
-        )
-
-    def _node_gone(self, target: Target, ref: FlowRef) -> Destination | None:
-        """A dead node's UA: its TCP/TLS flow died with it (skipped, reported); a datagram needs no flow."""
-        if not ref.stream:
-            return Destination("udp", ref.host, ref.port)
-        self._on_unreachable(target, "node_gone")
-        return None
-
-    async def _resolve(self, address: URI) -> Destination:
-        transport = address.transport or ("tls" if address.scheme == "sips" else "udp")
-        if transport not in DEFAULT_PORTS:
-            raise SendError(f"unsupported transport {transport}")
-        port = address.port or DEFAULT_PORTS[transport]
-        resolved = host = unbracketed(address.host)
-        if not _is_ip_address(host):
-            # A and AAAA only: no NAPTR/SRV (RFC 3263) yet; a gateway is best named by address or host:port.
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-            except OSError as error:
-                raise SendError(f"cannot resolve {host}: {error}") from None
-            resolved = infos[0][4][0]
-        if transport == "udp":
-            return Destination("udp", resolved, port)
-        return Destination(transport, resolved, port, await self.delivery.connect(transport, resolved, port))
 
     def _via(self, destination: Destination, branch: str) -> str:
         transport = destination.transport
@@ -466,79 +569,11 @@ class Proxy:
             for transport in transports
         ]
 
-    # -- responses -----------------------------------------------------------------------------
-    def receive_response(self, response: Response) -> None:
-        try:
-            via = response.top_via
-            _, method = response.cseq
-        except (SipError, ValueError):
-            return  # nothing to match it with: dropped (RFC 3261 18.1.2)
-        if not (via.branch or "").startswith(relay.BRANCH_MARK):
-            return  # not sent by us
-        now = self.clock()
-        effects = self.transactions.receive_response((via.branch or "", method), response, now)
-        if effects is not None:
-            self._carry_out(effects, now)
-
-    # -- carrying out what the transaction layer asks --------------------------------------------
-    def tick(self, now: float) -> None:
-        """Fire the transaction timers due by `now` (the event loop calls this; tests call it with their clock)."""
-        self._carry_out(self.transactions.advance(now), now)
-
-    def _carry_out(self, effects: list[Effect], now: float) -> None:
-        for effect in effects:
-            if isinstance(effect, Send):
-                if not self._send(effect.destination, effect.data) and effect.transaction is not None:
-                    self._carry_out(self.transactions.unsendable(effect.transaction, now), now)
-            elif isinstance(effect, PassUp):
-                if effect.owner is not None:
-                    effect.owner.received(effect.response, now)
-                elif effect.upstream is not None:
-                    # A 2xx after the branch's end: the callee repeats it until the caller's ACK reaches it.
-                    self._send(effect.upstream, relay.without_top_via(effect.response).to_bytes())
-            elif effect.owner is not None:
-                effect.owner.timed_out(effect.timer, now)
-        self._wake()
-
-    def _send(self, destination: Destination, data: bytes) -> bool:
-        try:
-            self.delivery.send(destination, data)
-        except SendError as error:
-            self.log_unsent("sipreg: sending to %s failed: %s", destination, error)
-            return False
-        return True
-
-    def _wake(self) -> None:
-        """Have the event loop call `tick` at the transaction layer's next deadline."""
-        when = self.transactions.next_deadline()
-        if when is None or (self._wake_at is not None and self._wake_at <= when):
-            return
-        if self._wakeup is not None:
-            self._wakeup.cancel()
-        self._wake_at = when
-        self._wakeup = asyncio.get_running_loop().call_later(max(0.0, when - self.clock()), self._woken)
-
-    def _woken(self) -> None:
-        self._wakeup = self._wake_at = None
-        self.tick(self.clock())
-
-    def end(self, context: ResponseContext) -> None:
-        """A response context is over: what its transactions still do (absorb, repeat, ACK), they do alone."""
-        if context.merge_key is not None and self._merge_keys.get(context.merge_key) == context.transaction.key:
-            del self._merge_keys[context.merge_key]
-        context.transaction.owner = None
-        for branch in context.branches:
-            branch.detach()
-        context.branches = []
-        context.groups = []
-        context.finals = []
-
 
 class ResponseContext:
-    """A request we proxy (RFC 3261 16.7's response context): its server transaction, its branches, its best answer."""
+    """A request we forward (RFC 3261 16.7's response context): its server transaction, its branches, its answers."""
 
-    def __init__(self, proxy: Proxy, transaction: Transaction, request: Request, source: Source, loop_hash: str):
-        self.proxy = proxy
+    def __init__(self, transaction: Transaction, request: Request, source: Source, loop_hash: str):
         self.transaction = transaction
         self.request = request
         self.source = source
@@ -546,7 +581,8 @@ class ResponseContext:
         self.domain = ""
         self.merge_key: tuple[str, str, int, str] | None = None
         self.branches: list[Branch] = []
-        self.groups: list[list[Target]] = []
+        self.groups: list[list[Target]] = []  # the target set's groups not yet tried
+        self.reaching = 0  # targets of the current group whose `Reach` has not come back
         self.record_route = False
         self.finals: list[Response] = []
         self.final_status = 0
@@ -557,103 +593,9 @@ class ResponseContext:
     def answered(self) -> bool:
         return self.final_status >= 200
 
-    def respond(self, response: Response) -> None:
-        """Send an answer upstream; after the final one, the context ends when its branches have.
-
-        A final answer made up before any branch went out (a refusal: 404, 403, 407,
-        480...) is sent statelessly, as Kamailio's sl_send_reply does: once, with no
-        Timer G and nothing kept, so a stranger's request gets one packet back and
-        leaves no memory behind. A retransmission is refused again; the ACK, matching
-        no transaction, is dropped.
-        """
-        status = response.status
-        if self.over or (self.answered and not 200 <= status < 300):
-            return  # one final answer, no provisional after it; only further 2xx may follow (RFC 6026)
-        proxy = self.proxy
-        data = response.to_bytes()
-        first_final = status >= 200 and not self.answered
-        if first_final:
-            self.final_status = status
-            proxy._on_final(self.request, self.domain, status)
-        if first_final and not self.branches:
-            proxy._send(self.source.reply_to, data)
-            proxy.transactions.forget(self.transaction)
-            self._end()
-            return
-        now = proxy.clock()
-        proxy._carry_out(proxy.transactions.respond(self.transaction, status, data, now), now)
-        self.maybe_complete()
-
-    def maybe_complete(self) -> None:
-        if not self.over and self.answered and all(branch.done for branch in self.branches):
-            self._end()
-
-    def _end(self) -> None:
-        self.over = True
-        self.proxy.end(self)
-
-    def cancel(self) -> None:
-        if self.answered or self.cancelled:
-            return
-        self.cancelled = True
-        self.groups.clear()
-        for branch in self.branches:
-            branch.cancel()
-        if not self.branches:
-            self.respond(server_response(self.request, 487, "Request Terminated"))
-        elif all(branch.done for branch in self.branches):
-            self.all_branches_done()
-
-    def branch_answered(self, branch: Branch, response: Response) -> None:
-        status = response.status
-        if status < 200:
-            if status > 100:
-                self.respond(relay.without_top_via(response))
-            return
-        if status < 300:
-            self.respond(relay.without_top_via(response))
-            for other in self.branches:
-                if other is not branch:
-                    other.cancel(relay.COMPLETED_ELSEWHERE)
-            self.maybe_complete()
-            return
-        self.finals.append(relay.without_top_via(response))
-        if status >= 600:
-            self.groups.clear()
-            for other in self.branches:
-                if other is not branch:
-                    other.cancel()
-        if all(other.done for other in self.branches):
-            start_eagerly(self.proxy._next_group(self))
-        self.maybe_complete()
-
-    def all_branches_done(self) -> None:
-        """No branch left and no group to try: the best answer goes upstream (RFC 3261 16.7 step 6)."""
-        if self.answered:
-            self.maybe_complete()
-            return
-        if self.cancelled:
-            self.respond(server_response(self.request, 487, "Request Terminated"))
-        elif self.finals:
-            self.respond(relay.best_response(self.finals))
-        else:
-            self.respond(server_response(self.request, 480, "Temporarily Unavailable: No Reachable Contact"))
-
-    # -- what the transaction layer tells it ---------------------------------------------------------
-    def timed_out(self, timer: str, now: float) -> None:
-        """The safety net: whatever is still open is given up."""
-        if timer != SAFETY_NET_TIMER:
-            return  # Timer H or a transport error upstream: the caller is gone, the branches end by their own timers
-        if not self.answered:
-            self.respond(server_response(self.request, 408, "Request Timeout"))
-        for branch in self.branches:
-            if not branch.done:
-                branch.give_up(server_response(branch.request, 408, "Request Timeout"), now)
-        self._end()
-
 
 class Branch:
-    """One copy of a request sent downstream: its client transaction, Timer C and its CANCEL (RFC 3261 16.6-16.8)."""
+    """One copy of a request sent downstream: its client transaction, its final answer, its CANCEL."""
 
     def __init__(self, context: ResponseContext | None, request: Request):
         self.context = context
@@ -670,79 +612,7 @@ class Branch:
     def done(self) -> bool:
         return self.final is not None
 
-    def received(self, response: Response, now: float) -> None:
-        """A response its transaction passes up."""
-        context = self.context
-        if response.status < 200:
-            if self.invite and self.final is None:
-                self.provisional = True
-                self._set_timer("C", now + TIMER_C)
-                if self.cancel_pending:
-                    self.cancel(self.cancel_reason)
-            if context is not None and self.final is None:
-                context.branch_answered(self, response)
-            return
-        if self.final is not None:
-            # A retransmitted or forked 2xx: passed upstream as it comes (the ACK is end to end).
-            if context is not None:
-                context.respond(relay.without_top_via(response))
-            return
-        self._finish(response)
-
-    def timed_out(self, timer: str, now: float) -> None:
-        """Its transaction gave up (Timer B, F, a transport error), or Timer C fired."""
-        if self.final is not None:
-            return
-        if timer == "C":
-            if self.cancel_branch is None:
-                # It rang too long: CANCEL it, and give it Timer B's time to end with the 487.
-                self.cancel()
-            self._set_timer("after C", now + TIMEOUT)
-            return
-        status, reason = (503, "Service Unavailable") if timer == "transport" else (408, "Request Timeout")
-        self.give_up(server_response(self.request, status, reason), now)
-
-    def give_up(self, response: Response, now: float) -> None:
-        """End it with an answer made up here (its Vias, ours on top, like a real one)."""
-        if self.transaction is not None and self.context is not None:
-            self.context.proxy.transactions.forget(self.transaction)
-        self._finish(response)
-
-    def _finish(self, response: Response) -> None:
-        self.final = response
-        if self.transaction is not None and self.context is not None:
-            for timer in ("C", "after C"):
-                self.context.proxy.transactions.clear_timer(self.transaction, timer)
-        if self.context is not None:
-            self.context.branch_answered(self, response)
-
-    def _set_timer(self, name: str, when: float) -> None:
-        if self.transaction is not None and self.context is not None:
-            self.context.proxy.transactions.set_timer(self.transaction, name, when)
-
-    def cancel(self, reason: str | None = None) -> None:
-        """CANCEL this branch: now when it has rung, else as soon as it does (RFC 3261 9.1); `reason`: its Reason."""
-        if not self.invite or self.final is not None or self.cancel_branch is not None or self.context is None:
-            return
-        if not self.provisional:
-            self.cancel_pending = True
-            self.cancel_reason = reason
-            return
-        assert self.transaction is not None
-        cancel = Branch(None, relay.cancel_for(self.request, reason))  # its answer matters to nobody
-        self.cancel_branch = cancel
-        self.context.proxy._start_client(cancel, (self.transaction.key[0], "CANCEL"), self.transaction.destination, None)
-
     def detach(self) -> None:
-        """Its context is over: no cycle left for the collector, reference counts free it all."""
         if self.transaction is not None:
             self.transaction.owner = None
         self.context = None
-
-
-def _is_ip_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

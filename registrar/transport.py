@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from registrar.eager import start_eagerly
 from registrar.metrics import Metrics
 from registrar.model import SecurityPolicy, in_networks
-from registrar.proxy import Proxy, SendError
+from registrar.proxy_driver import ProxyDriver, SendError
 from registrar.ratelog import RateLimitedLog, exception_summary
 from registrar.service import SipService
 from registrar.sip.headers import Via, split_list
@@ -96,7 +96,7 @@ class SipEndpoint:
         self._flow_prefix = os.urandom(3).hex()
         # The proxy, which gets every request the service does not answer (set by the server:
         # it sends through this endpoint).
-        self.proxy: Proxy | None = None
+        self.proxy: ProxyDriver | None = None
         # Our UDP socket, which the proxy sends from (set once listening).
         self.udp: asyncio.DatagramTransport | None = None
         # Connections we opened, by (transport, host, port), reused for every later request there.

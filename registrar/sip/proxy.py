@@ -2,10 +2,10 @@
 
 Copying a request onto a branch (Request-URI, Max-Forwards, Via, Record-Route,
 Route), taking our entries off what comes back (Route on requests, Via on
-responses), building the CANCEL and the hop-by-hop ACK of a branch, loop
-detection (RFC 3261 16.3 step 4 with the RFC 5393 hash) and choosing the best
-final response (16.7 step 6). The stateful part, which decides when to do
-each, is registrar.proxy.
+responses), building the CANCEL of a branch (its ACK is the transaction
+layer's), loop detection (RFC 3261 16.3 step 4 with the RFC 5393 hash) and
+choosing the best final response (16.7 step 6). The stateful part, which
+decides when to do each, is registrar.proxy.
 """
 
 from __future__ import annotations

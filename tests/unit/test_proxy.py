@@ -23,14 +23,15 @@ from registrar.authentication import Authenticator
 from registrar.flows import DIALOG, HOP, FlowRef, TokenSigner, of_binding
 from registrar.lockout import LockoutTable
 from registrar.model import Binding, Catalog, Connection, Domain
-from registrar.proxy import Branch, Identity, Proxy, ResponseContext, SendError
+from registrar.proxy import Answered, Branch, FindTargets, Identity, ProxyCore, Reach, ResponseContext
+from registrar.proxy_driver import ProxyDriver, SendError
 from registrar.sip.source import Destination, Source
-from registrar.routing import Router
+from registrar.routing import Router, Target
 from registrar.service import SipService
 from registrar.sip import digest
 from registrar.sip import proxy as relay
 from registrar.sip.message import Request, Response, make_response, parse_message
-from registrar.sip.transaction import T1, T2, TIMEOUT, Transaction, TransactionLayer, transaction_key
+from registrar.sip.transaction import T1, T2, TIMEOUT, Send, Transaction, TransactionLayer, transaction_key
 from registrar.store.memory import MemoryStore
 from tests.helpers import FakeClock, authorization
 
@@ -117,19 +118,25 @@ class Node:
             clock=lambda: self.now,
         )
         address = {"n1": "10.0.0.1", "n2": "10.0.0.2"}[name]
-        self.proxy = Proxy(
-            Router(lambda: self.catalog, self.store, authenticator, lambda: self.now,
-                   known_source=lambda host: host in self.known_sources),
-            self.wire,
+        router = Router(lambda: self.catalog, self.store, authenticator, lambda: self.now,
+                        known_source=lambda host: host in self.known_sources)
+        self.transactions = TransactionLayer(max_retained)
+        self.core = ProxyCore(
             Identity(name, address, {"udp": 5060, "tcp": 5060, "tls": 5061}, {5060, 5061}, {address},
                      domains=lambda: self.catalog.domains),
             TokenSigner(SECRET),
-            TransactionLayer(max_retained),
+            self.transactions,
+            domain_of=router.domain_of,
+            max_transactions=lambda: max_transactions,
+        )
+        self.proxy = ProxyDriver(
+            self.core,
+            router,
+            self.wire,
             clock=self.clock,
             nodes=lambda: nodes or {},
             on_final=lambda request, domain, status: self.finals.append((domain, status)),
             on_unreachable=lambda target, why: self.unreachable.append((target.uri, why)),
-            max_transactions=lambda: max_transactions,
         )
 
     async def bind(self, user: str, contact: str, source: str, *, flow: str | None = None, q: float | None = None,
@@ -648,7 +655,7 @@ async def test_a_refusal_is_one_stateless_answer_even_retransmitted_and_without_
         await node.receive(invite(f"sip:nobody@{DOMAIN}"), STRANGER)
     await node.advance(2 * T1)  # Timer G would have resent the final twice by now
     assert node.statuses() == [407, 407, 407]
-    assert not node.proxy.transactions.servers and not node.proxy.transactions.answered
+    assert not node.transactions.servers and not node.transactions.answered
 
 
 async def test_over_the_transaction_cap_requests_are_shed_with_503_and_retry_after() -> None:
@@ -657,7 +664,7 @@ async def test_over_the_transaction_cap_requests_are_shed_with_503_and_retry_aft
     await node.receive(invite(branch="z9hG4bK-2", call_id="call-2"))
     shed = node.upstream[-1]
     assert (shed.status, shed.reason, shed.get("Retry-After")) == (503, "Service Unavailable: Overloaded", "5")
-    assert len(node.proxy.transactions.servers) == 1
+    assert len(node.transactions.servers) == 1
 
 
 # -- timers --------------------------------------------------------------------------------------
@@ -683,7 +690,7 @@ async def test_a_silent_udp_callee_gets_retransmissions_then_the_caller_408() ->
     await node.receive(invite(method="ACK", to_tag=node.upstream[1].name_addr("To").tag))
     await node.advance(TIMEOUT)
     assert node.statuses() == [100, 408, 408, 408]
-    assert not node.proxy.transactions.servers and not node.proxy.transactions.clients
+    assert not node.transactions.servers and not node.transactions.clients
 
 
 async def test_a_caller_that_never_acks_our_failure_is_resent_it_until_timer_h() -> None:
@@ -696,7 +703,7 @@ async def test_a_caller_that_never_acks_our_failure_is_resent_it_until_timer_h()
         await node.advance(T1)
     # At 0.5, 1.5, 3.5, 7.5, then every T2 up to 32 s: 4 + 6 = 10 retransmissions.
     assert node.statuses() == [100] + [486] * 11
-    assert not node.proxy.transactions.servers
+    assert not node.transactions.servers
 
 
 async def test_a_ringing_branch_is_cancelled_after_timer_c_and_given_up_if_the_cancel_goes_unanswered() -> None:
@@ -746,13 +753,13 @@ async def test_a_finished_call_leaves_only_plain_records_that_still_answer_retra
         await node.receive(invite())
         [(leg, sent)] = node.wire.requests("INVITE")
         await node.answer(sent, 200, "OK")
-        assert node.proxy.transactions.servers == {} and node.proxy.transactions.clients == {}
+        assert node.transactions.servers == {} and node.transactions.clients == {}
         del sent
         assert not [o for o in gc.get_objects() if isinstance(o, (ResponseContext, Branch, Transaction))]
     finally:
         gc.enable()
     gc.collect()  # the collector stops tracking tuples of plain values when it first sees them
-    records = [*node.proxy.transactions.answered.values(), *node.proxy.transactions.finished.values()]
+    records = [*node.transactions.answered.values(), *node.transactions.finished.values()]
     assert records and not any(gc.is_tracked(record) for record in records)
     [(_, sent)] = node.wire.requests("INVITE")
     first = node.upstream[-1]
@@ -772,7 +779,7 @@ async def test_a_retransmitted_non_2xx_final_gets_our_ack_again_after_the_end() 
     [(leg, sent)] = node.wire.requests("INVITE")
     await node.answer(sent, 486, "Busy Here")
     await node.receive(invite(method="ACK", to_tag="callee"))  # alice's ACK ends Timer G
-    assert node.proxy.transactions.servers == {} and node.proxy.transactions.clients == {}
+    assert node.transactions.servers == {} and node.transactions.clients == {}
     await node.answer(sent, 486, "Busy Here")  # bob missed our ACK
     acks = node.wire.requests("ACK")
     assert len(acks) == 2 and acks[0] == acks[1] and acks[1][0] == leg
@@ -794,7 +801,7 @@ async def test_a_malformed_request_uri_or_to_is_answered_400_naming_it() -> None
     assert node.upstream[-1].status == 400 and node.upstream[-1].reason.startswith("Bad Request-URI")
     await node.receive(invite(f"sip:bob@{DOMAIN}", to="sip:[2001:db8::1", branch="z9hG4bK-to"))
     assert node.upstream[-1].status == 400 and node.upstream[-1].reason.startswith("Bad To")
-    assert node.proxy.transactions.servers == {}  # answered before any transaction state
+    assert node.transactions.servers == {}  # answered before any transaction state
 
 
 async def test_what_finished_transactions_leave_is_bounded_however_fast_calls_come() -> None:
@@ -804,6 +811,50 @@ async def test_what_finished_transactions_leave_is_bounded_however_fast_calls_co
         for _, sent in node.wire.requests("INVITE")[-2:]:
             await node.answer(sent, 486, "Busy Here")
         await node.receive(invite(branch=f"z9hG4bK-b{n}", call_id=f"call-b{n}", method="ACK"))
-    assert [r.status for r in node.upstream].count(486) == 30 and not node.proxy.transactions.servers
-    assert len(node.proxy.transactions.answered) <= 20  # else 30: each is kept 32 s
-    assert len(node.proxy.transactions.finished) <= 20  # else 60
+    assert [r.status for r in node.upstream].count(486) == 30 and not node.transactions.servers
+    assert len(node.transactions.answered) <= 20  # else 30: each is kept 32 s
+    assert len(node.transactions.finished) <= 20  # else 60
+
+
+# -- the core alone: no event loop, no driver ------------------------------------------------------
+
+
+def test_the_core_asks_for_targets_then_how_to_reach_them_then_sends_and_nothing_else() -> None:
+    node = Node()
+    request = parse_message(invite())
+    [find] = node.core.receive_request(request, CALLER, transaction_key(request), 1000.0)
+    assert find == FindTargets(find.context) and find.context.record_route  # an INVITE: record-routed
+    targets = [Target(UDP_NAT_CONTACT, FlowRef("n1", "udp", "198.51.100.7", 40000)),
+               Target(TCP_CONTACT, FlowRef("n1", "tcp", "198.51.100.8", 50123, "tcp-x-1"))]
+    reaches = node.core.targets_found(find.context, [targets], 1000.0)
+    assert [reach.target for reach in reaches] == targets and all(isinstance(r, Reach) for r in reaches)
+    first = node.core.reached(reaches[0], Destination("udp", "198.51.100.7", 40000), None, 1000.0)
+    assert [type(action) for action in first] == [Send, Send]  # the INVITE down, 100 Trying up
+    assert first[0].destination == Destination("udp", "198.51.100.7", 40000)
+    assert parse_message(first[1].data).status == 100 and first[1].destination == CALLER.reply_to
+    # The TCP flow has closed meanwhile: the driver says "skip it"; the UDP branch rings on alone.
+    assert node.core.reached(reaches[1], None, None, 1000.0) == []
+    # Timer A, on the caller's clock: the INVITE again at T1, not before.
+    assert node.core.tick(1000.0 + T1 - 0.01) == []
+    [again] = node.core.tick(1000.0 + T1)
+    assert again.data == first[0].data
+    # The callee refuses: our ACK down, the best (only) answer up, counted once.
+    busy = make_response(parse_message(first[0].data), 486, "Busy Here", to_tag="b")
+    actions = node.core.receive_response(parse_message(busy.to_bytes()), 1001.0)
+    assert [parse_message(a.data).method for a in actions if isinstance(a, Send) and a.destination != CALLER.reply_to] \
+        == ["ACK"]
+    assert Answered(request, DOMAIN, 486) in actions
+    assert [parse_message(a.data).status for a in actions if isinstance(a, Send) and a.destination == CALLER.reply_to] \
+        == [486]
+
+
+def test_a_cancel_while_the_location_service_is_asked_answers_487_and_the_late_targets_are_ignored() -> None:
+
+    node = Node()
+    request = parse_message(invite())
+    [find] = node.core.receive_request(request, CALLER, transaction_key(request), 1000.0)
+    cancel_request = parse_message(cancel())
+    actions = node.core.receive_request(cancel_request, CALLER, transaction_key(cancel_request), 1000.1)
+    assert [parse_message(a.data).status for a in actions if isinstance(a, Send)] == [200, 487]
+    target = Target(UDP_NAT_CONTACT, FlowRef("n1", "udp", "198.51.100.7", 40000))
+    assert node.core.targets_found(find.context, [[target]], 1000.2) == []
