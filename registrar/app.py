@@ -24,7 +24,7 @@ from registrar.lockout import LockoutTable
 from registrar.metrics import Metrics, StoreCalls
 from registrar.model import Catalog, SecurityPolicy
 from registrar.proxy import Identity, ProxyCore
-from registrar.proxy_driver import ProxyDriver
+from registrar.proxy_driver import Delivery, ProxyDriver
 from registrar.ratelog import RateLimitedLog
 from registrar.registrar import Registrar
 from registrar.routing import Router, Target
@@ -132,16 +132,16 @@ class RegistrarServer:
         )
         # One transaction layer for what the registrar answers and what the proxy forwards.
         self.transactions = TransactionLayer()
-        self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics, self.sources, self._security,
-                                    self.transactions)
         # Anyone can call a user whose contact is gone, as often as they like: a line per 10 s.
         self._log_skipped = RateLimitedLog(log, logging.WARNING)
-        self.endpoint.proxy = self._proxy(authenticator)
+        self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics, self.sources, self._security,
+                                    self.transactions, proxy=lambda delivery: self._proxy(authenticator, delivery))
         self._closers: list = []
         self._tasks: list[asyncio.Task] = []
         self._listening = False
 
-    def _proxy(self, authenticator: Authenticator) -> ProxyDriver:
+    def _proxy(self, authenticator: Authenticator, delivery: Delivery) -> ProxyDriver:
+        """The proxy, sending through `delivery` (the endpoint, which makes it)."""
         config = self.config
         ports = {"udp": config.sip_port, "tcp": config.sip_port}
         if config.tls_port is not None:
@@ -161,8 +161,8 @@ class RegistrarServer:
         return ProxyDriver(
             core,
             router,
-            self.endpoint,
-            clock=self.endpoint.clock,
+            delivery,
+            clock=time.monotonic,  # the endpoint's too
             nodes=lambda: self.replicas.nodes,
             on_final=self._call_answered,
             on_unreachable=self._unreachable,
@@ -207,7 +207,6 @@ class RegistrarServer:
         config = self.config
         await self.store.start()
         udp, receive_buffer = await listen_udp(self.endpoint, config.host, config.sip_port)
-        self.endpoint.udp = udp
         self._closers.append(udp.close)
         log.info(
             "sipreg: listening on udp %s:%d (receive buffer %d KiB)", config.host, config.sip_port, receive_buffer // 1024

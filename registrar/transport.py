@@ -72,6 +72,7 @@ class SipEndpoint:
         sources: SourceLimiter,
         security: Callable[[], SecurityPolicy],
         transactions: TransactionLayer,
+        proxy: Callable[[SipEndpoint], ProxyDriver] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.service = service
@@ -94,10 +95,7 @@ class SipEndpoint:
         # Flow ids outlive us in etcd (bindings name them): a restarted node must not
         # reuse one, or a stale binding would send another UA's calls down a new connection.
         self._flow_prefix = os.urandom(3).hex()
-        # The proxy, which gets every request the service does not answer (set by the server:
-        # it sends through this endpoint).
-        self.proxy: ProxyDriver | None = None
-        # Our UDP socket, which the proxy sends from (set once listening).
+        # Our UDP socket, which the proxy sends from: the one we listen on (`use_udp`).
         self.udp: asyncio.DatagramTransport | None = None
         # Connections we opened, by (transport, host, port), reused for every later request there.
         self._outgoing: dict[tuple[str, str, int], str] = {}
@@ -105,6 +103,10 @@ class SipEndpoint:
         # What messages make us log, at most a line per kind per LOG_INTERVAL (registrar.ratelog).
         self._log_unparsable = RateLimitedLog(log, logging.DEBUG, clock=clock)
         self._log_failure = RateLimitedLog(log, logging.ERROR, clock=clock)
+        # The proxy, which gets every request the service does not answer. It sends through
+        # this endpoint, so the server says how to make one and it is made here, last.
+        # Without one (an endpoint that only registers), what it would relay gets 501.
+        self.proxy = proxy(self) if proxy is not None else None
 
     # -- the pipeline --------------------------------------------------------------------
     def receive(self, data: bytes, source: Source, reply: Reply) -> None:
@@ -137,8 +139,8 @@ class SipEndpoint:
             return
         if isinstance(message, Response):
             self.metrics.message_received("RESPONSE", source.transport)
-            assert self.proxy is not None, "the server sets the proxy before it listens"
-            self.proxy.receive_response(message)
+            if self.proxy is not None:
+                self.proxy.receive_response(message)
             return
         request = message
         self.metrics.message_received(request.method, source.transport)
@@ -150,7 +152,9 @@ class SipEndpoint:
         # REGISTER, the hot path, is never proxied: no call to find that out.
         if request.method != "REGISTER" and self.service.proxied(request):
             # The proxy keeps its own transactions: they answer more than once (100, 180, 200).
-            assert self.proxy is not None, "the server sets the proxy before it listens"
+            if self.proxy is None:
+                self._send(server_response(request, 501, "Not Implemented: No Proxy Here"), reply)
+                return
             try:
                 self.proxy.receive_request(request, source, key)
             except Exception as error:
@@ -238,6 +242,10 @@ class SipEndpoint:
                 request.headers[index] = (name, ", ".join([fixed, *values[1:]]))
                 break
         return via
+
+    def use_udp(self, socket: asyncio.DatagramTransport) -> None:
+        """The UDP socket we listen on is the one the proxy sends from (its Via names that port)."""
+        self.udp = socket
 
     # -- flows -----------------------------------------------------------------------------
     def admit_connection(self, transport: str, host: str) -> str | None:
@@ -549,6 +557,7 @@ async def listen_udp(endpoint: SipEndpoint, host: str, port: int) -> tuple[async
     except BaseException:
         sock.close()
         raise
+    endpoint.use_udp(transport)
     return transport, granted
 
 

@@ -463,7 +463,7 @@ class ReceivePath:
         )
         self.endpoint = self.server.endpoint
         self.datagrams = _Datagrams()
-        self.endpoint.udp = self.datagrams  # type: ignore[assignment]  # as RegistrarServer.start sets it
+        self.endpoint.use_udp(self.datagrams)  # type: ignore[arg-type]  # as listen_udp does
         self.branch = PROXY_BRANCH
         self.tracebacks = _Tracebacks()
         logging.getLogger("sipreg").addHandler(self.tracebacks)

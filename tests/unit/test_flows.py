@@ -52,7 +52,7 @@ class Policy:
 def endpoint(clock: FakeClock, policy: Policy | None = None) -> SipEndpoint:
     # OPTIONS to us is answered without a registrar.
     policy = policy or Policy()
-    return SipEndpoint(SipService(None), Metrics(), SourceLimiter(policy), policy, TransactionLayer(), clock)  # type: ignore[arg-type]
+    return SipEndpoint(SipService(None), Metrics(), SourceLimiter(policy), policy, TransactionLayer(), clock=clock)  # type: ignore[arg-type]
 
 
 def test_a_connection_without_bindings_closes_after_the_idle_timeout() -> None:
