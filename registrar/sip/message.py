@@ -24,6 +24,7 @@ from registrar.sip.headers import (
     split_list,
 )
 from registrar.sip.grammar import TOKEN_CHARS, WHITESPACE, is_token, parse_digits, unterminated_quote
+from registrar.sip.uri import URIError, parse_uri
 
 # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) (RFC 3986 3.1, used by RFC 3261 25.1)
 _SCHEME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -418,7 +419,7 @@ def _header_name(raw: str) -> str:
 def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[str, int]) -> Request:
     parts = line.split(" ")
     if len(parts) != 3 or not all(parts):
-        raise SipError(400, "Bad Request-Line")
+        raise SipError(400, _request_line_problem(line, parts))
     method, uri, version = parts
     if method not in KNOWN_METHODS and not all(c in TOKEN_CHARS for c in method):
         raise SipError(400, "Bad Method")
@@ -430,10 +431,17 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[s
     if not colon or scheme not in _USUAL_SCHEMES:
         # Not a scheme at all (RFC 4475 ltgtruri: "<sip:user@example.com>") is a
         # malformed request, 400; only a well-formed but unknown scheme is 416.
+        if uri.startswith("<"):
+            raise SipError(400, "Bad Request-URI: enclosed in <>")
         if not colon or scheme[:1] not in _SCHEME_FIRST or not all(c in _SCHEME_CHARS for c in scheme):
-            raise SipError(400, "Bad Request-URI")
+            raise SipError(400, "Bad Request-URI: no scheme")
         if scheme.lower() not in ("sip", "sips", "tel"):
-            raise SipError(416, f"Unsupported URI Scheme {scheme[:20]}")
+            raise SipError(416, f"Unsupported URI Scheme: {scheme[:40]}")
+    if "?" in uri and _has_header_fields(uri):
+        # RFC 3261 19.1.1: a Request-URI carries no header fields. RFC 4475 escruri
+        # allows ignoring them, but a proxy must then take care that they never reach
+        # a forwarded request or a 3xx's Contact; rejecting is the plain safe answer.
+        raise SipError(400, "Bad Request-URI: header fields (?...) not allowed")
     request = Request(headers=headers, method=method, uri=uri, first_index=names)
     if not names.keys() >= _REQUIRED_REQUEST_HEADER_SET:  # one C-level check; the loop names the first missing
         for name in REQUIRED_REQUEST_HEADERS:
@@ -441,11 +449,42 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[s
                 raise SipError(400, f"Missing {name} Header")
     cseq = request._cseq = _parsed_cseq(headers[names["CSeq"]][1])  # what Request.cseq gives, kept
     if cseq[1] != method:
+        if method not in KNOWN_METHODS:
+            # RFC 4475 mismatch02: 400 would do, but 501 is what it recommends, proxies
+            # above all: a method we do not know may one day be defined otherwise.
+            raise SipError(501, f"Not Implemented: {method[:40]}")
         raise SipError(400, "CSeq Method Does Not Match Request Method")
     return request
 
 
 _USUAL_SCHEMES = frozenset(["sip", "sips", "tel"])
+
+
+def _has_header_fields(uri: str) -> bool:
+    """Whether a Request-URI with a '?' has ?headers ('?' may be part of a user, RFC 4475 intmeth)."""
+    try:
+        return bool(parse_uri(uri).headers)
+    except URIError:
+        return False  # malformed otherwise: the router answers 400 naming what
+
+
+def _request_line_problem(line: str, parts: list[str]) -> str:
+    """What is wrong with a Request-Line that is not Method SP Request-URI SP SIP-Version (RFC 3261 7.1).
+
+    RFC 4475 lwsstart, trws and lwsruri: each space out of place is rejected, and
+    said which, rather than read liberally (a proxy would have to rewrite the line).
+    """
+    if "\t" in line:
+        return "Bad Request-Line: HTAB between elements, not SP"
+    if line.endswith(" "):
+        return "Bad Request-Line: SP after SIP-Version"
+    if line.startswith(" "):
+        return "Bad Request-Line: SP before Method"
+    if "" in parts:
+        return "Bad Request-Line: more than one SP between elements"
+    if len(parts) > 3 and parts[-1].upper().startswith("SIP/"):
+        return "Bad Request-Line: whitespace in Request-URI"
+    return "Bad Request-Line: not Method SP Request-URI SP SIP-Version"
 
 
 def _parse_status_line(line: str, headers: list[tuple[str, str]], names: dict[str, int]) -> Response:
