@@ -648,19 +648,25 @@ class StreamFramer:
 
 
 def _content_length(head: bytes) -> int:
-    """Content-Length from a header block; absent means 0 (lenient, like Kamailio)."""
+    """Content-Length from a header block; absent means 0 (lenient, like Kamailio).
+
+    Two of them (RFC 4475 mcl01) lose the framing as surely as a bad one: which
+    one ends the message cannot be known, so the stream cannot go on.
+    """
+    length: int | None = None
     for line in head.split(b"\r\n")[1:]:
         name, colon, value = line.partition(b":")
         if not colon:
             continue
         name = name.strip().lower()
         if name == b"content-length" or name == b"l":
+            if length is not None:
+                raise SipError(400, "Duplicate Content-Length Header")
             # Capped just past any allowed size: the caller answers 513 for it.
             length = parse_digits(value.strip().decode("latin-1"), MAX_MESSAGE_SIZE + 1)
             if length is None:
                 raise SipError(400, "Bad Content-Length")
-            return length
-    return 0
+    return length or 0
 
 
 def salvage_request(data: bytes) -> Request | None:

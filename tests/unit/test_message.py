@@ -1773,6 +1773,15 @@ def test_a_header_that_may_appear_once_appearing_twice_is_400(extra: tuple[str, 
     assert caught.value.reason.startswith("Duplicate ") and caught.value.reason.endswith(" Header")
 
 
+@pytest.mark.parametrize("second", [b"Content-Length: 5", b"l: 13"])
+def test_rfc4475_mcl01_two_content_lengths_lose_a_stream_s_framing(second: bytes) -> None:
+    # Which one ends the message cannot be known: the connection cannot go on (RFC 4475 3.3.9).
+    data = register_with(extra=(second.decode(),), body=b"There's no way to know")
+    with pytest.raises(SipError) as caught:
+        StreamFramer().feed(data.replace(b"Content-Length: 0", b"Content-Length: 13"))
+    assert (caught.value.status, caught.value.reason) == (400, "Duplicate Content-Length Header")
+
+
 def test_list_headers_may_repeat() -> None:
     message = request(register_with(extra=("Contact: <sip:alice@192.0.2.11>", "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx")))
     assert len(message.get_all("Contact")) == 2
