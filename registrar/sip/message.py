@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from registrar.sip.headers import (
     LIST_HEADERS,
+    MAGIC_COOKIE,
     NameAddr,
     Via,
     canonical_name,
@@ -203,9 +204,15 @@ class Message:
         if value is None:
             raise SipError(400, "Missing Via")
         try:
-            return parse_via(value)
+            via = parse_via(value)
         except ValueError as exc:
             raise SipError(400, f"Bad Via: {exc}") from None
+        if via.params.get("branch") == MAGIC_COOKIE:
+            # RFC 4475 badbranch: it claims RFC 3261 transaction matching with nothing to
+            # match by, so every such request from one host would be one transaction.
+            # Rejected, statelessly, as RFC 4475 prefers to a fallback to RFC 2543 matching.
+            raise SipError(400, f"Bad Via: branch {MAGIC_COOKIE} without a transaction identifier")
+        return via
 
     def name_addr(self, name: str) -> NameAddr:
         value = self.get(name)

@@ -1257,6 +1257,40 @@ def test_rfc4475_badaspec_spaces_inside_angle_brackets_are_tolerated() -> None:
     assert display_name_text(req.name_addr("From").display_name) == "Bell, Alexander"
 
 
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("Bell, Alexander <sip:a.g.bell@example.com>;tag=43", "Bad From: unquoted display name with ',': quote it"),
+        ("A. Bell; Jr <sip:a.g.bell@example.com>;tag=43", "Bad From: unquoted display name with ';': quote it"),
+        ('Joe "the" Smith <sip:joe@example.com>;tag=43', "Bad From: unquoted display name with '\"': quote it"),
+    ],
+)
+def test_rfc4475_baddn_unquoted_display_name_with_non_token_characters(value: str, reason: str) -> None:
+    # RFC 4475 3.1.2.15: a proxy may not pass the error on, and we forward From as it came.
+    req = request(register_with(("From", f"From: {value}")))
+    with pytest.raises(SipError) as caught:
+        req.name_addr("From")
+    assert (caught.value.status, caught.value.reason) == (400, reason)
+
+
+@pytest.mark.parametrize(
+    "display_name", ["A. Bell", "token1~` token2'+_ token3*%!.-", "Jos\u00e9 M\u00fcller", "\u5927\u505c\u96fb", "1001"]
+)
+def test_unquoted_display_names_of_tokens_or_beyond_ascii_are_accepted(display_name: str) -> None:
+    sender = parse_name_addr(f"{display_name} <sip:a@example.com>;tag=1")
+    assert (sender.display_name, sender.uri.aor) == (display_name, "a@example.com")
+
+
+def test_rfc4475_badbranch_magic_cookie_without_transaction_identifier_is_400() -> None:
+    req = request(register_with(("Via", "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK")))
+    with pytest.raises(SipError) as caught:
+        req.top_via
+    assert (caught.value.status, caught.value.reason) == (
+        400, "Bad Via: branch z9hG4bK without a transaction identifier"
+    )
+    assert request(register_with(("Via", "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx"))).top_via.branch == "z9hG4bKx"
+
+
 BADVERS = build(
     "OPTIONS sip:t.watson@example.org SIP/7.0",
     "Via:     SIP/7.0/UDP c.example.com;branch=z9hG4bKkdjuw",
