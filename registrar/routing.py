@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from registrar.authentication import LOCKED_OUT_REASON, Authenticator, Verdict, challenge_for, credentials_for
 from registrar.flows import FlowRef, of_binding
 from registrar.model import Binding, Catalog, Connection, Domain
+from registrar.registrar import ALLOW
 from registrar.sip.message import KNOWN_METHODS, Request, SipError
 from registrar.sip.source import Source
 from registrar.sip.uri import URI, URIError, parse_uri
@@ -89,7 +90,8 @@ class Router:
         if domain is not None:
             if not uri.user:
                 if request.method not in KNOWN_METHODS:
-                    raise SipError(501, "Not Implemented")
+                    # To us, as a UAS: the methods we do know, as RFC 4475 intmeth has endpoints answer.
+                    raise SipError(501, f"Not Implemented: {request.method[:40]}", [("Allow", ALLOW)])
                 raise SipError(404, "Not Found: No User In Request-URI")
             connection = catalog.connections.get((domain.name, uri.user))
             if not self._known_source(source.host):
