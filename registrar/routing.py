@@ -36,7 +36,7 @@ from registrar.model import Binding, Catalog, Connection, Domain
 from registrar.registrar import ALLOW
 from registrar.sip.message import KNOWN_METHODS, Request, SipError
 from registrar.sip.source import Source
-from registrar.sip.uri import URI, URIError, parse_uri
+from registrar.sip.uri import URI, URIError, as_request_uri, parse_uri
 from registrar.store import LocationStore
 
 # A dialled number: what a gateway, not a user of ours, answers.
@@ -142,7 +142,7 @@ class Router:
             now = self.clock()
             raise SipError(302, "Moved Temporarily", [("Contact", _redirect_contact(b, now)) for b in ordered])
         groups = [
-            [Target(binding.contact, of_binding(binding), aor=binding.aor) for binding in same_q]
+            [Target(as_request_uri(binding.contact), of_binding(binding), aor=binding.aor) for binding in same_q]
             for _, same_q in itertools.groupby(ordered, key=_q)
         ]
         return TargetSet(groups)

@@ -25,7 +25,7 @@ from registrar.sip.headers import (
     split_list,
 )
 from registrar.sip.grammar import TOKEN_CHARS, WHITESPACE, is_token, parse_digits, unterminated_quote
-from registrar.sip.uri import URIError, parse_uri
+from registrar.sip.uri import as_request_uri
 
 # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) (RFC 3986 3.1, used by RFC 3261 25.1)
 _SCHEME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -444,7 +444,7 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[s
             raise SipError(400, "Bad Request-URI: no scheme")
         if scheme.lower() not in ("sip", "sips", "tel"):
             raise SipError(416, f"Unsupported URI Scheme: {scheme[:40]}")
-    if "?" in uri and _has_header_fields(uri):
+    if as_request_uri(uri) != uri:
         # RFC 3261 19.1.1: a Request-URI carries no header fields. RFC 4475 escruri
         # allows ignoring them, but a proxy must then take care that they never reach
         # a forwarded request or a 3xx's Contact; rejecting is the plain safe answer.
@@ -465,14 +465,6 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[s
 
 
 _USUAL_SCHEMES = frozenset(["sip", "sips", "tel"])
-
-
-def _has_header_fields(uri: str) -> bool:
-    """Whether a Request-URI with a '?' has ?headers ('?' may be part of a user, RFC 4475 intmeth)."""
-    try:
-        return bool(parse_uri(uri).headers)
-    except URIError:
-        return False  # malformed otherwise: the router answers 400 naming what
 
 
 def _request_line_problem(line: str, parts: list[str]) -> str:
