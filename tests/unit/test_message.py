@@ -1116,7 +1116,7 @@ SCALAR02 = build(
     "CSeq: 36893488147419103232 REGISTER",
     "Call-ID: scalar02.23o0pd9vanlq3wnrlnewofjas9ui32",
     "Max-Forwards: 300",
-    "Expires: 1" + "0" * 104,
+    "Expires: 1" + "0" * 100,
     "Contact: <sip:user@host129.example.com>",
     "  ;expires=280297596632815",
     "Content-Length: 0",
