@@ -317,11 +317,12 @@ def pbx(server: Server) -> Iterator[Peer]:
     peer.close()
 
 
-def register(ua: Peer, aor: str, call_id: str, cseq: int, contact: str, expires: int) -> bytes:
+def register(ua: Peer, aor: str, call_id: str, cseq: int, *binding: str) -> bytes:
+    """A REGISTER of `aor` from `ua`; `binding`: its Contact and Expires lines (none: a query, RFC 3261 10.2.3)."""
     return message(
         f"REGISTER sip:{DOMAIN} SIP/2.0", f"Via: SIP/2.0/UDP {ua.host}:{ua.port};branch={branch()}",
         "Max-Forwards: 70", f"From: <{aor}>;tag=ua", f"To: <{aor}>", f"Call-ID: {call_id}", f"CSeq: {cseq} REGISTER",
-        f"Contact: {contact}", f"Expires: {expires}", "Content-Length: 0",
+        *binding, "Content-Length: 0",
     )  # fmt: skip
 
 
@@ -331,29 +332,24 @@ def registered(server: Server, aor: str) -> Iterator[Peer]:
     ua = Peer(server, PEER)
     call_id = f"ua-{ua.port}@{PEER}"
     try:
-        answer = ua.ask(register(ua, aor, call_id, 1, f"<sip:ua@{ua.host}:{ua.port}>", 600))
+        answer = ua.ask(register(ua, aor, call_id, 1, f"Contact: <sip:ua@{ua.host}:{ua.port}>", "Expires: 600"))
         assert answer.status == 200, f"{answer.status} {answer.reason}"
         yield ua
     finally:
         ua.socket.settimeout(ANSWER_SECONDS)
-        assert ua.ask(register(ua, aor, call_id, 2, "*", 0)).status == 200
+        unregister_all(ua, aor, call_id, 2)
         ua.close()
 
 
 def bindings(peer: Peer, aor: str, call_id: str, cseq: int) -> list[str]:
-    """The Contact URIs the registrar lists for `aor` (a REGISTER without Contact: a query, RFC 3261 10.2.3)."""
-    query = message(
-        f"REGISTER sip:{DOMAIN} SIP/2.0", f"Via: SIP/2.0/UDP {peer.host}:{peer.port};branch={branch()}",
-        "Max-Forwards: 70", f"From: <{aor}>;tag=q", f"To: <{aor}>", f"Call-ID: {call_id}", f"CSeq: {cseq} REGISTER",
-        "Content-Length: 0",
-    )  # fmt: skip
-    answer = peer.ask(query)
+    """The Contact URIs the registrar lists for `aor`."""
+    answer = peer.ask(register(peer, aor, call_id, cseq))
     assert answer.status == 200, f"{answer.status} {answer.reason}"
     return [parse_name_addr(value).uri_text for value in answer.get_all("Contact")]
 
 
 def unregister_all(peer: Peer, aor: str, call_id: str, cseq: int) -> None:
-    assert peer.ask(register(peer, aor, call_id, cseq, "*", 0)).status == 200
+    assert peer.ask(register(peer, aor, call_id, cseq, "Contact: *", "Expires: 0")).status == 200
 
 
 def status_line(answer: Response) -> tuple[int, str]:
