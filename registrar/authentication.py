@@ -204,10 +204,18 @@ _CHALLENGE_HEADERS = {401: ("WWW-Authenticate", "Unauthorized"), 407: ("Proxy-Au
 
 
 def credentials_for(request: Request, domain: Domain, header: str) -> digest.Credentials | None:
-    """The credentials for this domain's realm in `header` (a UA may carry several); 400 when malformed."""
+    """The credentials for this domain's realm in `header` (a UA may carry several); 400 when malformed.
+
+    Credentials of a scheme other than Digest are no answer to our challenge: they
+    are passed over, as another realm's are, and the request is challenged (RFC 4475
+    regaut01: a registrar that cares about authentication answers 401, issuing a
+    challenge of a scheme it understands).
+    """
     for value in request.get_all(header):
         try:
             credentials = digest.parse_credentials(value)
+        except digest.UnsupportedScheme:
+            continue
         except digest.DigestError as exc:
             raise SipError(400, f"Bad {header}: {exc}") from None
         if credentials.realm == domain.name:

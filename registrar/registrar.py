@@ -160,11 +160,7 @@ class Registrar:
         """Steps 2-4 for a served domain: the connection the REGISTER is made for."""
         if not domain.registration.enabled:
             raise SipError(405, "Registration Disabled For This Domain", [("Allow", ALLOW_WITHOUT_REGISTER)])
-        required = request.get_all("Require")
-        if required:
-            unsupported = [option for option in required if option.lower() not in SUPPORTED]
-            if unsupported:
-                raise SipError(420, "Bad Extension", [("Unsupported", _named_back(unsupported))])
+        check_required(request)
 
         # Step 3 (authentication) comes before step 5 (the AOR from To): where no
         # connection authenticates by address, a request without credentials can
@@ -374,6 +370,15 @@ SUPPORTED: frozenset[str] = frozenset()
 # short, since a Require may carry any number of any length and an answer stays small.
 MAX_OPTION_TAGS_NAMED = 8
 MAX_OPTION_TAG = 64
+
+
+def check_required(request: Request) -> None:
+    """SipError 420 naming the option tags of Require that we do not support (RFC 3261 8.2.2.3), as a UAS."""
+    required = request.get_all("Require")
+    if required:
+        unsupported = [option for option in required if option.lower() not in SUPPORTED]
+        if unsupported:
+            raise SipError(420, "Bad Extension", [("Unsupported", _named_back(unsupported))])
 
 
 def _named_back(options: list[str]) -> str:

@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from registrar.authentication import LOCKED_OUT_REASON, Authenticator, Verdict, challenge_for, credentials_for
 from registrar.flows import FlowRef, of_binding
 from registrar.model import Binding, Catalog, Connection, Domain
+from registrar.registrar import ALLOW
 from registrar.sip.message import KNOWN_METHODS, Request, SipError
 from registrar.sip.source import Source
-from registrar.sip.uri import URI, URIError, parse_uri
+from registrar.sip.uri import URI, URIError, as_request_uri, parse_uri
 from registrar.store import LocationStore
 
 # A dialled number: what a gateway, not a user of ours, answers.
@@ -89,7 +90,8 @@ class Router:
         if domain is not None:
             if not uri.user:
                 if request.method not in KNOWN_METHODS:
-                    raise SipError(501, "Not Implemented")
+                    # To us, as a UAS: the methods we do know, as RFC 4475 intmeth has endpoints answer.
+                    raise SipError(501, f"Not Implemented: {request.method[:40]}", [("Allow", ALLOW)])
                 raise SipError(404, "Not Found: No User In Request-URI")
             connection = catalog.connections.get((domain.name, uri.user))
             if not self._known_source(source.host):
@@ -140,7 +142,7 @@ class Router:
             now = self.clock()
             raise SipError(302, "Moved Temporarily", [("Contact", _redirect_contact(b, now)) for b in ordered])
         groups = [
-            [Target(binding.contact, of_binding(binding), aor=binding.aor) for binding in same_q]
+            [Target(as_request_uri(binding.contact), of_binding(binding), aor=binding.aor) for binding in same_q]
             for _, same_q in itertools.groupby(ordered, key=_q)
         ]
         return TargetSet(groups)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from registrar.registrar import ALLOW, Registrar
+from registrar.registrar import ALLOW, Registrar, check_required
 from registrar.sip.headers import parse_name_addr
-from registrar.sip.message import Request, Response, server_response
+from registrar.sip.message import Request, Response, SipError, error_response, server_response
 from registrar.sip.source import Source
 from registrar.sip.uri import URIError, parse_uri
 
@@ -47,6 +47,11 @@ class SipService:
         """Answer a request `proxied` says is ours: REGISTER, or OPTIONS to us."""
         if request.method == "REGISTER":
             return self.registrar.register(request, source)
+        try:
+            # As the UAS of an OPTIONS, Require is ours to judge (RFC 4475 bext01); Proxy-Require is not.
+            check_required(request)
+        except SipError as error:
+            return error_response(request, error)
         return server_response(
             request,
             200,

@@ -113,6 +113,7 @@ __all__ = [
     "NonceCounts",
     "NonceStatus",
     "SUPPORTED_ALGORITHMS",
+    "UnsupportedScheme",
     "canonical_algorithm",
     "challenge",
     "compute_response",
@@ -123,6 +124,10 @@ __all__ = [
 
 class DigestError(ValueError):
     """Credentials that cannot be verified; str(error) is a short reason phrase."""
+
+
+class UnsupportedScheme(DigestError):
+    """Credentials of a scheme other than Digest (Basic, or RFC 4475 regaut01's NoOneKnowsThisScheme)."""
 
 
 # ---------------------------------------------------------------------------
@@ -397,7 +402,7 @@ def _parameters_carefully(header_value: str) -> dict[str, str]:
             raise DigestError("empty credentials")
         raise DigestError("malformed credentials scheme")
     if scheme[1].lower() != "digest":
-        raise DigestError(_naming("unsupported scheme", scheme[1]))
+        raise UnsupportedScheme(_naming("unsupported scheme", scheme[1]))
     start = scheme.end()
     parameters: dict[str, str] = {}
     # finditer, not findall: stopping at the first junk keeps bad input linear.

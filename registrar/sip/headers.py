@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from registrar.sip.grammar import (
+    TOKEN_CHARS,
     WHITESPACE,
     format_params,
     parse_digits,
@@ -89,6 +90,11 @@ def split_list(value: str) -> list[str]:
     """Split a list header's value on commas outside quotes and <...>."""
     parts = split_outside_quotes(value, ",", angle_brackets=True)
     return parts if all(parts) else [part for part in parts if part]  # empty elements are rare
+
+
+# RFC 3261 8.1.1.7: a branch that starts with this is unique per transaction, and the
+# transaction is matched by it (RFC 3261 17.2.3).
+MAGIC_COOKIE = "z9hG4bK"
 
 
 @dataclass(slots=True)
@@ -183,6 +189,8 @@ def parse_name_addr(value: str) -> NameAddr:
             raise ValueError("unterminated <URI>")
         display_text = value[:lt].strip(WHITESPACE) if lt else ""
         if display_text:
+            if display_text[0] != '"':
+                _check_unquoted_display_name(display_text)
             display = display_text
         uri_text = value[lt + 1 : gt].strip(WHITESPACE)
         params_text = value[gt + 1 :].strip(WHITESPACE)
@@ -204,6 +212,24 @@ def parse_name_addr(value: str) -> NameAddr:
         raise ValueError(str(exc)) from None
     params = parse_params(params_text) if params_text else {}
     return NameAddr(uri=uri, display_name=display, params=params, uri_text=uri_text)
+
+
+# What an unquoted display name (*(token LWS), RFC 3261 25.1) may hold of ASCII. Beyond
+# ASCII it is tolerated: phones send names in their users' scripts unquoted, and
+# nothing of those can be mistaken for a separator.
+_UNQUOTED_DISPLAY_NAME_ASCII = TOKEN_CHARS | frozenset(WHITESPACE)
+
+
+def _check_unquoted_display_name(text: str) -> None:
+    """ValueError naming the first ASCII character an unquoted display name may not have.
+
+    RFC 4475 baddn ("Bell, Alexander" unquoted): an element may infer the quotes,
+    but a proxy must then not pass the error on, and we forward From and To as
+    they came; so it is rejected, saying what would fix it.
+    """
+    for char in text:
+        if char < "\x80" and char not in _UNQUOTED_DISPLAY_NAME_ASCII:
+            raise ValueError(f"unquoted display name with {char!r}: quote it")
 
 
 def _find_unquoted(text: str, char: str) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from registrar.sip.headers import (
     LIST_HEADERS,
+    MAGIC_COOKIE,
     NameAddr,
     Via,
     canonical_name,
@@ -24,6 +25,7 @@ from registrar.sip.headers import (
     split_list,
 )
 from registrar.sip.grammar import TOKEN_CHARS, WHITESPACE, is_token, parse_digits, unterminated_quote
+from registrar.sip.uri import as_request_uri
 
 # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) (RFC 3986 3.1, used by RFC 3261 25.1)
 _SCHEME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -202,9 +204,15 @@ class Message:
         if value is None:
             raise SipError(400, "Missing Via")
         try:
-            return parse_via(value)
+            via = parse_via(value)
         except ValueError as exc:
             raise SipError(400, f"Bad Via: {exc}") from None
+        if via.params.get("branch") == MAGIC_COOKIE:
+            # RFC 4475 badbranch: it claims RFC 3261 transaction matching with nothing to
+            # match by, so every such request from one host would be one transaction.
+            # Rejected, statelessly, as RFC 4475 prefers to a fallback to RFC 2543 matching.
+            raise SipError(400, f"Bad Via: branch {MAGIC_COOKIE} without a transaction identifier")
+        return via
 
     def name_addr(self, name: str) -> NameAddr:
         value = self.get(name)
@@ -418,7 +426,7 @@ def _header_name(raw: str) -> str:
 def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[str, int]) -> Request:
     parts = line.split(" ")
     if len(parts) != 3 or not all(parts):
-        raise SipError(400, "Bad Request-Line")
+        raise SipError(400, _request_line_problem(line, parts))
     method, uri, version = parts
     if method not in KNOWN_METHODS and not all(c in TOKEN_CHARS for c in method):
         raise SipError(400, "Bad Method")
@@ -430,10 +438,17 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[s
     if not colon or scheme not in _USUAL_SCHEMES:
         # Not a scheme at all (RFC 4475 ltgtruri: "<sip:user@example.com>") is a
         # malformed request, 400; only a well-formed but unknown scheme is 416.
+        if uri.startswith("<"):
+            raise SipError(400, "Bad Request-URI: enclosed in <>")
         if not colon or scheme[:1] not in _SCHEME_FIRST or not all(c in _SCHEME_CHARS for c in scheme):
-            raise SipError(400, "Bad Request-URI")
+            raise SipError(400, "Bad Request-URI: no scheme")
         if scheme.lower() not in ("sip", "sips", "tel"):
-            raise SipError(416, f"Unsupported URI Scheme {scheme[:20]}")
+            raise SipError(416, f"Unsupported URI Scheme: {scheme[:40]}")
+    if as_request_uri(uri) != uri:
+        # RFC 3261 19.1.1: a Request-URI carries no header fields. RFC 4475 escruri
+        # allows ignoring them, but a proxy must then take care that they never reach
+        # a forwarded request or a 3xx's Contact; rejecting is the plain safe answer.
+        raise SipError(400, "Bad Request-URI: header fields (?...) not allowed")
     request = Request(headers=headers, method=method, uri=uri, first_index=names)
     if not names.keys() >= _REQUIRED_REQUEST_HEADER_SET:  # one C-level check; the loop names the first missing
         for name in REQUIRED_REQUEST_HEADERS:
@@ -441,11 +456,34 @@ def _parse_request_line(line: str, headers: list[tuple[str, str]], names: dict[s
                 raise SipError(400, f"Missing {name} Header")
     cseq = request._cseq = _parsed_cseq(headers[names["CSeq"]][1])  # what Request.cseq gives, kept
     if cseq[1] != method:
+        if method not in KNOWN_METHODS:
+            # RFC 4475 mismatch02: 400 would do, but 501 is what it recommends, proxies
+            # above all: a method we do not know may one day be defined otherwise.
+            raise SipError(501, f"Not Implemented: {method[:40]}")
         raise SipError(400, "CSeq Method Does Not Match Request Method")
     return request
 
 
 _USUAL_SCHEMES = frozenset(["sip", "sips", "tel"])
+
+
+def _request_line_problem(line: str, parts: list[str]) -> str:
+    """What is wrong with a Request-Line that is not Method SP Request-URI SP SIP-Version (RFC 3261 7.1).
+
+    RFC 4475 lwsstart, trws and lwsruri: each space out of place is rejected, and
+    said which, rather than read liberally (a proxy would have to rewrite the line).
+    """
+    if "\t" in line:
+        return "Bad Request-Line: HTAB between elements, not SP"
+    if line.endswith(" "):
+        return "Bad Request-Line: SP after SIP-Version"
+    if line.startswith(" "):
+        return "Bad Request-Line: SP before Method"
+    if "" in parts:
+        return "Bad Request-Line: more than one SP between elements"
+    if len(parts) > 3 and parts[-1].upper().startswith("SIP/"):
+        return "Bad Request-Line: whitespace in Request-URI"
+    return "Bad Request-Line: not Method SP Request-URI SP SIP-Version"
 
 
 def _parse_status_line(line: str, headers: list[tuple[str, str]], names: dict[str, int]) -> Response:
@@ -609,19 +647,25 @@ class StreamFramer:
 
 
 def _content_length(head: bytes) -> int:
-    """Content-Length from a header block; absent means 0 (lenient, like Kamailio)."""
+    """Content-Length from a header block; absent means 0 (lenient, like Kamailio).
+
+    Two of them (RFC 4475 mcl01) lose the framing as surely as a bad one: which
+    one ends the message cannot be known, so the stream cannot go on.
+    """
+    length: int | None = None
     for line in head.split(b"\r\n")[1:]:
         name, colon, value = line.partition(b":")
         if not colon:
             continue
         name = name.strip().lower()
         if name == b"content-length" or name == b"l":
+            if length is not None:
+                raise SipError(400, "Duplicate Content-Length Header")
             # Capped just past any allowed size: the caller answers 513 for it.
             length = parse_digits(value.strip().decode("latin-1"), MAX_MESSAGE_SIZE + 1)
             if length is None:
                 raise SipError(400, "Bad Content-Length")
-            return length
-    return 0
+    return length or 0
 
 
 def salvage_request(data: bytes) -> Request | None:

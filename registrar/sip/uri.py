@@ -185,6 +185,22 @@ def _split_hostport(hostport: str) -> tuple[str, int | None]:
     return host, port
 
 
+def as_request_uri(text: str) -> str:
+    """The URI `text` as a Request-URI may carry it: without ?headers (RFC 3261 19.1.1).
+
+    A Contact may have them (RFC 4475 regescrt registers one); a proxy that sends a
+    request there MUST remove them (RFC 3261 16.6 step 2), and the next hop would
+    refuse the request if it did not.
+    """
+    if "?" not in text:
+        return text
+    try:
+        headers = parse_uri(text).headers
+    except URIError:
+        return text
+    return text[: -len(headers) - 1] if headers else text
+
+
 def split_hostport(hostport: str, default_port: int | None = None) -> tuple[str, int | None]:
     """host[:port] as used by Via sent-by; raises URIError."""
     host, port = _split_hostport(hostport.strip())

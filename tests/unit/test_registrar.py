@@ -546,6 +546,15 @@ async def test_credentials_for_another_realm_are_ignored_and_challenged(env):
     assert env.store.updates == 0
 
 
+@pytest.mark.parametrize("scheme", ["NoOneKnowsThisScheme opaque-data=here", "Basic YWxpY2U6cHc="])
+async def test_credentials_of_another_scheme_are_passed_over_and_challenged(env, scheme):
+    # RFC 4475 regaut01: a registrar that cares about authentication issues a challenge it understands.
+    response = await answer(env.registrar, build_register(contacts=[contact()], headers=[("Authorization", scheme)]), HOME)
+    assert response.status == 401
+    assert response.get("WWW-Authenticate").startswith("Digest ")
+    assert env.auth_failures == []
+
+
 async def test_malformed_authorization_gets_400(env):
     request = build_register(contacts=[contact()], headers=[("Authorization", 'Digest username="alice", realm=')])
     response = await answer(env.registrar, request, HOME)

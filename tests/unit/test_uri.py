@@ -20,7 +20,7 @@ from registrar.sip.headers import (
     parse_via,
     split_list,
 )
-from registrar.sip.uri import URI, URIError, parse_uri, split_hostport
+from registrar.sip.uri import URI, URIError, as_request_uri, parse_uri, split_hostport
 
 # --- parse_uri: the good ones ------------------------------------------------------------
 
@@ -104,6 +104,21 @@ def test_question_mark_in_user_part_is_not_the_start_of_headers() -> None:
 def test_headers_after_the_host_are_still_headers() -> None:
     uri = parse_uri("sip:user@example.com?Route=%3Csip:example.com%3E")
     assert (uri.user, uri.host, uri.headers) == ("user", "example.com", "Route=%3Csip:example.com%3E")
+
+
+@pytest.mark.parametrize(
+    ("text", "request_uri"),
+    [
+        ("sip:user@example.com?Route=%3Csip:sip.example.com%3E", "sip:user@example.com"),  # RFC 4475 regescrt
+        ("sip:user@192.0.2.1:5062;transport=tcp?X=1&Y=2", "sip:user@192.0.2.1:5062;transport=tcp"),
+        ("sip:crazy?,/;;*@example.com", "sip:crazy?,/;;*@example.com"),  # a '?' of the user part stays
+        ("sip:crazy?@example.com?X=1", "sip:crazy?@example.com"),
+        ("sip:user@example.com", "sip:user@example.com"),
+        ("sip:?", "sip:?"),  # not a URI: left as it is, for what reads it to refuse
+    ],
+)
+def test_a_uri_as_a_request_uri_has_no_headers(text: str, request_uri: str) -> None:
+    assert as_request_uri(text) == request_uri
 
 
 @pytest.mark.parametrize(
