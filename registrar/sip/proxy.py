@@ -15,10 +15,10 @@ import itertools
 import os
 from collections.abc import Callable, Sequence
 
-from registrar.sip.headers import NameAddr, Via, parse_name_addr, parse_via, split_list
 from registrar.sip.grammar import parse_digits
+from registrar.sip.headers import MAGIC_COOKIE, NameAddr, Via, parse_name_addr, parse_via, split_list
 from registrar.sip.message import Request, Response, SipError
-from registrar.sip.transaction import DEFAULT_MAX_FORWARDS, MAGIC_COOKIE, in_its_transaction
+from registrar.sip.transaction import DEFAULT_MAX_FORWARDS, in_its_transaction
 
 # Our branches: the magic cookie, our mark, the loop hash, then a per-branch count.
 BRANCH_MARK = MAGIC_COOKIE + "-sr"

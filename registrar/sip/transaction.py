@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from registrar.sip.headers import Via
+from registrar.sip.headers import MAGIC_COOKIE, Via
 from registrar.sip.message import Request, Response
 from registrar.sip.source import Destination
 
@@ -38,7 +38,6 @@ TIMEOUT = 64 * T1  # Timers B, F, H, J (unreliable), L, M: 32 s
 # bounded however fast requests come (a forgotten one's retransmission is handled as new).
 MAX_RETAINED = 200_000
 
-MAGIC_COOKIE = "z9hG4bK"
 DEFAULT_MAX_FORWARDS = 70  # RFC 3261 8.1.1.6
 
 TransactionKey = tuple[str, ...]
