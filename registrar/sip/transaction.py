@@ -210,14 +210,15 @@ Effect = Send | PassUp | TimedOut
 class Transaction:
     """One transaction, live: its machine's state, what it resends, its timers."""
 
-    __slots__ = ("kind", "key", "state", "destination", "upstream", "reliable", "request", "sent", "ack", "owner",
-                 "interval", "due")
+    __slots__ = ("kind", "key", "state", "is_server", "destination", "upstream", "reliable", "request", "sent", "ack",
+                 "owner", "interval", "due", "retire_at")
 
     def __init__(self, kind: str, key: TransactionKey, destination: Destination, owner: Any,
                  request: Request | None = None, sent: bytes | None = None, upstream: Destination | None = None):
         self.kind = kind
         self.key = key
         self.state = INITIAL_STATE[kind]
+        self.is_server = kind is INVITE_SERVER or kind is NON_INVITE_SERVER
         self.destination = destination  # where it sends: the UA downstream (client), the peer upstream (server)
         self.upstream = upstream  # a proxy's client: where the 2xx it passes up go, kept after it retires
         self.reliable = destination.transport != "udp"
@@ -227,10 +228,7 @@ class Transaction:
         self.owner = owner  # the TU's, given back with what is passed up
         self.interval = T1  # the retransmission timer's current interval
         self.due: dict[str, float] = {}  # armed timers: when each fires
-
-    @property
-    def is_server(self) -> bool:
-        return self.kind in (INVITE_SERVER, NON_INVITE_SERVER)
+        self.retire_at: float | None = None  # the end of its last timer, which it waits out retired
 
 
 class TransactionLayer:
@@ -258,7 +256,6 @@ class TransactionLayer:
     def receive_request(self, key: TransactionKey, method: str, now: float) -> list[Effect] | None:
         """A request matching a transaction: its effects (often none: absorbed). None: it matches none."""
         event = ACK if method == "ACK" else REQUEST
-        self._expire(now)
         transaction = self.servers.get(key)
         if transaction is not None:
             return self._handle(transaction, event, now)
@@ -275,7 +272,6 @@ class TransactionLayer:
         """A server transaction for a new request from `upstream`."""
         transaction = Transaction(INVITE_SERVER if method == "INVITE" else NON_INVITE_SERVER, key, upstream, owner)
         self.servers[key] = transaction
-        self.answered.pop(key, None)
         return transaction
 
     def respond(self, transaction: Transaction, status: int, data: bytes, now: float) -> list[Effect]:
@@ -298,7 +294,6 @@ class TransactionLayer:
         data = request.to_bytes()
         transaction = Transaction(kind, key, destination, owner, request, data, upstream)
         self.clients[key] = transaction
-        self.finished.pop(key, None)
         for timer in FIRST_TIMERS[kind]:
             self._timer_action(transaction, (ARM, timer), now)
         return transaction, [Send(destination, data, transaction)]
@@ -306,7 +301,6 @@ class TransactionLayer:
     def receive_response(self, key: TransactionKey, response: Response, now: float) -> list[Effect] | None:
         """A response for client transaction `key`: its effects; None when it matches none."""
         event = client_event(response.status)
-        self._expire(now)
         transaction = self.clients.get(key)
         if transaction is not None:
             return self._handle(transaction, event, now, response=response)
@@ -424,36 +418,37 @@ class TransactionLayer:
             self.set_timer(transaction, timer, now + transaction.interval)
             return
         duration = _DURATION[timer][transaction.reliable]
-        transaction.due[timer] = now + duration
-        if duration and (transaction.kind, transaction.state) not in _RETIRABLE:
+        if (transaction.kind, transaction.state) in _RETIRABLE:
+            transaction.retire_at = now + duration  # no event-loop timer: the retired entry's expiry
+        else:
             self.set_timer(transaction, timer, now + duration)
 
     def _settle(self, transaction: Transaction, now: float) -> None:
         """After a transition: a transaction Terminated goes; one with only absorbing left retires."""
         state = transaction.state
         if state != TERMINATED:
-            if (transaction.kind, state) not in _RETIRABLE or any(t in RETRANSMISSION_TIMERS for t in transaction.due):
+            if (transaction.kind, state) not in _RETIRABLE or not RETRANSMISSION_TIMERS.isdisjoint(transaction.due):
                 return
             # Its last timer is its lifetime; zero (TCP, TLS): nothing to absorb, so nothing kept.
-            # Retired before (a further 2xx through an Accepted one): the lifetime it had.
-            lifetime = [when for timer, when in transaction.due.items() if timer in _DURATION]
-            previous = (self.answered if transaction.is_server else self.finished).get(transaction.key)
-            expires_at = max(lifetime) if lifetime else previous[0] if previous is not None else now
-            if expires_at > now:
-                self._retire(transaction, expires_at)
+            if transaction.retire_at is not None and transaction.retire_at > now:
+                self._retire(transaction, transaction.retire_at, now)
         self.forget(transaction)
 
-    def _retire(self, transaction: Transaction, expires_at: float) -> None:
+    def _retire(self, transaction: Transaction, expires_at: float, now: float) -> None:
         destination = transaction.destination
+        key = transaction.key
         if transaction.is_server:
             table = self.answered
-            table[transaction.key] = (expires_at, transaction.kind, transaction.state, transaction.sent, *destination)
+            if key in table:
+                del table[key]  # retired before (a further 2xx through an Accepted one): moved to the end
+            table[key] = (expires_at, transaction.kind, transaction.state, transaction.sent, *destination)
         else:
             upstream = transaction.upstream
             table = self.finished
-            table[transaction.key] = (expires_at, transaction.kind, transaction.state, transaction.ack,
+            table[key] = (expires_at, transaction.kind, transaction.state, transaction.ack,
                                       *destination, *(upstream if upstream is not None else (None,) * 4))
-        if len(table) > self._max_retained:
+        # What expired goes as the table grows; lookups check the expiry themselves.
+        while table and (next(iter(table.values()))[0] <= now or len(table) > self._max_retained):
             table.popitem(last=False)
 
     def _expire(self, now: float) -> None:
