@@ -29,9 +29,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from registrar.authentication import LOCKED_OUT_REASON, Authenticator, Verdict, challenge_for, credentials_for
+from registrar.authentication import REGISTRAR, Authenticator, AuthenticationStep
 from registrar.model import Binding, Catalog, Connection, Domain
-from registrar.sip import digest
 from registrar.sip.grammar import is_token, quote
 from registrar.sip.headers import parse_delta_seconds, parse_name_addr
 from registrar.sip.message import Request, Response, SipError, error_response, server_response
@@ -78,12 +77,11 @@ class Registrar:
     ):
         self.catalog = catalog
         self.store = store
-        self.authenticator = authenticator
         self.node = node
         self.clock = clock
         self._on_result = on_result or (lambda domain, status: None)
-        # Told the source of every REGISTER that proved who it is (credentials or address).
-        self._on_authenticated = on_authenticated
+        # Tells on_authenticated the source of every REGISTER that proved who it is (credentials or address).
+        self._authentication = AuthenticationStep(authenticator, REGISTRAR, on_authenticated)
         # Told (source, seconds) after bindings are stored, so the transport keeps
         # the connection they arrived on open as long as they live.
         self.on_bound: Callable[[Source, int], None] = lambda source, seconds: None
@@ -168,61 +166,24 @@ class Registrar:
         # Step 3 (authentication) comes before step 5 (the AOR from To): where no
         # connection authenticates by address, a request without credentials can
         # be challenged at once, and that is half of all REGISTERs.
-        credentials = self._credentials(request, domain)
+        credentials = self._authentication.credentials(request, domain)
         if credentials is None and domain.name not in self.catalog.ip_authenticated_domains:
-            raise self._challenge(domain, stale=False)
+            raise self._authentication.challenge(domain)
+        connection = self._authentication.authenticate(
+            request, source, domain, self.catalog.connections, self._aor_user(request, domain), credentials
+        )
+        self._check_inbound(connection)
+        return connection
 
+    @staticmethod
+    def _aor_user(request: Request, domain: Domain) -> str:
+        """Step 5's user: whose AOR the REGISTER is for (To)."""
         to = request.name_addr("To")
         if to.uri.scheme not in ("sip", "sips") or not to.uri.user:
             raise SipError(400, "Bad To: AOR must be a sip: or sips: URI with a user")
         if to.uri.host != domain.name:
             raise SipError(403, "To Domain Does Not Match Request-URI")
-        username = to.uri.user
-
-        connection = self.catalog.connections.get((domain.name, username))
-        if connection is not None and connection.authentication == "ip":
-            if connection.allows_address(source.host):
-                self._on_authenticated(source)
-                self._check_inbound(connection)
-                return connection
-            # From elsewhere it is challenged like any name, lest a 403 tell that it exists
-            # (with no HA1 it can never pass); its status still says why.
-            if credentials is None:
-                self.authenticator.note_failure(connection, "source address not allowed", source)
-
-        if credentials is None:
-            raise self._challenge(domain, stale=False)
-        known = (
-            connection
-            if credentials.username == username
-            else self.catalog.connections.get((domain.name, credentials.username))
-        )
-        verdict = self.authenticator.verify(request.method, credentials, domain, known, source)
-        if verdict is Verdict.STALE:
-            raise self._challenge(domain, stale=True)
-        if verdict is Verdict.LOCKED:
-            raise SipError(403, LOCKED_OUT_REASON)
-        if verdict is not Verdict.OK:
-            raise self._challenge(domain, stale=False)
-        assert known is not None  # OK is only reached with a real HA1
-        self._on_authenticated(source)  # it knows a password: no stranger, even if refused below
-        if credentials.username != username:
-            self.authenticator.note_failure(known, "authenticated user does not match To", source)
-            raise SipError(403, "Authenticated User Does Not Match To")
-        self._check_address(known, source)
-        self._check_inbound(known)
-        return known
-
-    def _credentials(self, request: Request, domain: Domain) -> digest.Credentials | None:
-        return credentials_for(request, domain, "Authorization")
-
-    def _challenge(self, domain: Domain, *, stale: bool) -> SipError:
-        return challenge_for(self.authenticator, domain, stale=stale, status=401)
-
-    def _check_address(self, connection: Connection, source: Source) -> None:
-        if not connection.allows_address(source.host):
-            self.authenticator.note_failure(connection, "source address not allowed", source)
-            raise SipError(403, "Source Address Not Allowed")
+        return to.uri.user
 
     def _check_inbound(self, connection: Connection) -> None:
         if not connection.inbound:

@@ -8,6 +8,7 @@ parsed with `parse_message`, answered the way a UA would.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import ipaddress
 import re
@@ -554,6 +555,34 @@ async def test_guessing_an_outbound_password_locks_the_caller_out_and_then_the_r
     await node.receive(invite(number, branch="z9hG4bK-right-3", call_id="right",
                               extra=f"Proxy-Authorization: {credentials}\r\n"), Source("udp", "192.0.2.77", 5062))
     assert len(node.wire.requests("INVITE")) == 1
+
+
+async def test_a_caller_proving_another_user_or_outside_its_allow_list_gets_403_and_no_failure_record() -> None:
+    node = Node()
+    connections = dict(node.catalog.connections)
+    connections[(DOMAIN, "bob")] = dataclasses.replace(
+        connections[(DOMAIN, "bob")], allowed_networks=(ipaddress.ip_network("198.51.100.0/24"),)
+    )
+    node.catalog = Catalog(domains=node.catalog.domains, connections=connections)
+    number = f"sip:+15551234@{DOMAIN}"
+
+    async def call_as(caller: str, call_id: str) -> Response:
+        """A call from `caller` that answers its 407 with bob's password."""
+        await node.receive(invite(number, caller=f"{caller}@{DOMAIN}", branch=f"z9hG4bK-{call_id}", call_id=call_id))
+        nonce = re.search(r'nonce="([^"]+)"', node.upstream[-1].get("Proxy-Authenticate")).group(1)
+        credentials = authorization("bob", "bob-pw", nonce, 1, uri=number, method="INVITE")
+        await node.receive(invite(number, caller=f"{caller}@{DOMAIN}", branch=f"z9hG4bK-{call_id}-2", call_id=call_id,
+                                  extra=f"Proxy-Authorization: {credentials}\r\n"))
+        return node.upstream[-1]
+
+    mismatch = await call_as("alice", "c1")
+    assert (mismatch.status, mismatch.reason) == (403, "Authenticated User Does Not Match From")
+    outside = await call_as("bob", "c2")  # CALLER is not in bob's allow-list
+    assert (outside.status, outside.reason) == (403, "Source Address Not Allowed")
+    assert node.wire.requests("INVITE") == []
+    # A connection's failure record is its last failed registration: a refused call is none.
+    assert await node.store.last_failure(DOMAIN, "bob") is None
+    assert await node.store.last_failure(DOMAIN, "alice") is None
 
 
 async def test_an_ip_authenticated_connection_calls_out_from_its_addresses_only() -> None:
