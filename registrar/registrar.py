@@ -271,7 +271,6 @@ class Registrar:
         call_id = request.call_id
         cseq, _ = request.cseq
         user_agent = request.get("User-Agent") or ""
-        source_text = str(source)
 
         def change(current: Sequence[Binding]) -> list[Binding]:
             bindings = list(current)
@@ -303,7 +302,8 @@ class Registrar:
                             contact.instance,  # instance
                             contact.reg_id,  # reg_id
                             source.transport,  # type: ignore[arg-type]  # transport
-                            source_text,  # source
+                            source.host,  # source_host
+                            source.port,  # source_port
                             source.flow,  # flow
                             self.node,  # node
                             user_agent,  # user_agent
@@ -392,27 +392,10 @@ def _contact_value(binding: Binding, now: float) -> str:
         value += f';+sip.instance="<{binding.instance}>"'
     if binding.reg_id is not None:
         value += f";reg-id={binding.reg_id}"
-    received = received_uri(binding)
+    received = binding.received_uri()
     if received is not None:
         value += f";received={quote(received)}"
     return value
-
-
-def received_uri(binding: Binding) -> str | None:
-    """The packet's source as a SIP URI when it differs from the Contact (NAT), else None."""
-    transport, _, hostport = binding.source.partition(":")
-    if not hostport:
-        return None
-    host, _, port = hostport.rpartition(":")
-    try:
-        contact = parse_uri(binding.contact)
-    except URIError:
-        return None
-    default_port = 5061 if contact.scheme == "sips" or transport == "tls" else 5060
-    if contact.host == host and (contact.port or default_port) == int(port):
-        return None
-    suffix = "" if transport == "udp" else f";transport={transport}"
-    return f"sip:{host}:{port}{suffix}"
 
 
 def _q_value(text: str | None) -> float:

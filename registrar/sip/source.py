@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from registrar.sip.uri import bracketed
+
 
 @dataclass(frozen=True, slots=True)
 class Source:
@@ -16,8 +18,12 @@ class Source:
     flow: str | None = None  # the connection's id on stream transports
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport}:{host}:{self.port}"
+        return source_text(self.transport, self.host, self.port)
+
+
+def source_text(transport: str, host: str, port: int) -> str:
+    """A source as logs, failure records and people read it: "udp:192.0.2.7:5060", "tls:[2001:db8::1]:5061"."""
+    return f"{transport}:{bracketed(host)}:{port}"
 
 
 def source_address(host: str) -> str:
