@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from registrar.authentication import REGISTRAR, Authenticator, AuthenticationStep
 from registrar.model import Binding, Catalog, Connection, Domain
+from registrar.service import ALLOW_WITHOUT_REGISTER
 from registrar.sip.grammar import is_token, quote
 from registrar.sip.headers import parse_delta_seconds, parse_name_addr
 from registrar.sip.message import Request, Response, SipError, error_response, server_response
@@ -38,12 +39,6 @@ from registrar.sip.source import Source
 from registrar.sip.uri import URI, URIError, parameters_agree, parse_uri
 from registrar.store import LocationStore, StoreUnavailable
 
-# What this server answers itself (REGISTER, OPTIONS to it) and relays: its Allow (RFC 3261 20.5).
-ALLOWED_METHODS = ("REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "MESSAGE", "INFO", "UPDATE",
-                   "PRACK", "SUBSCRIBE", "NOTIFY", "REFER")
-ALLOW = ", ".join(ALLOWED_METHODS)
-# A domain that refuses registration still takes calls: all of the above but REGISTER.
-ALLOW_WITHOUT_REGISTER = ", ".join(method for method in ALLOWED_METHODS if method != "REGISTER")
 # What we answer with when the store cannot make a binding durable.
 RETRY_AFTER_SECONDS = 5
 
