@@ -32,7 +32,8 @@ def bindings_of(i: int, registered_at: float) -> list[Binding]:
         Binding(
             f"user{i}@{DOMAIN}", f"sip:user{i}@10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}:{5060 + n}",
             registered_at + 600, f"call-{i}-{n}", 1, transport="udp",
-            source=f"udp:203.0.113.{i % 256}:{40000 + n}", node="registrar-0", user_agent="Yealink SIP-T46S",
+            source_host=f"203.0.113.{i % 256}", source_port=40000 + n, node="registrar-0",
+            user_agent="Yealink SIP-T46S",
             registered_at=registered_at,
         )
         for n in range(2)

@@ -6,8 +6,12 @@ so the right password fails too while the lock lasts. After a failure it
 counts it, and for each failure and each lockout it writes one log line,
 counts a metric and, for a connection of ours, writes its failure record (the
 SipConnection's status: a REGISTER's failures, and every lockout). A request refused because of a lock is neither
-logged nor recorded one by one: only counted. What the wire sees stays the
-callers' to say (registrar.registrar, registrar.routing).
+logged nor recorded one by one: only counted.
+
+`AuthenticationStep` is the step around it that both the registrar (401,
+Authorization, the user in To) and the proxy (407, Proxy-Authorization, the
+user in From) take: the address check of `ip` connections, the credentials,
+the verdict and what the wire sees of it, the claimed user, the allow-list.
 
 The log lines, for fail2ban and people (README "Password guessing"):
 
@@ -26,7 +30,8 @@ import enum
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from registrar.lockout import Lock, LockoutTable
 from registrar.model import Connection, Domain
@@ -198,33 +203,132 @@ def _ignore_result(task) -> None:  # type: ignore[no-untyped-def]
         task.exception()
 
 
-# The digest exchange, as a registrar (401, WWW-Authenticate, Authorization) and as a
-# proxy (407, Proxy-Authenticate, Proxy-Authorization) makes it: RFC 3261 22.
-_CHALLENGE_HEADERS = {401: ("WWW-Authenticate", "Unauthorized"), 407: ("Proxy-Authenticate", "Proxy Authentication Required")}
+# -- the authentication step of a request, as a registrar and as a proxy makes it ------------------
 
 
-def credentials_for(request: Request, domain: Domain, header: str) -> digest.Credentials | None:
-    """The credentials for this domain's realm in `header` (a UA may carry several); 400 when malformed.
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """The digest exchange as a registrar (401) or a proxy (407) makes it (RFC 3261 22.2, 22.3)."""
 
-    Credentials of a scheme other than Digest are no answer to our challenge: they
-    are passed over, as another realm's are, and the request is challenged (RFC 4475
-    regaut01: a registrar that cares about authentication answers 401, issuing a
-    challenge of a scheme it understands).
+    status: int
+    reason: str
+    challenge_header: str  # where the challenge goes
+    credentials_header: str  # where the answer comes
+    claimed_in: str  # the header naming the user the request claims to be, for the 403 when another proved
+    relayed: bool  # the request goes on: the credentials for our realm are taken out, not passed on
+
+
+REGISTRAR = Exchange(401, "Unauthorized", "WWW-Authenticate", "Authorization", "To", relayed=False)
+PROXY = Exchange(
+    407, "Proxy Authentication Required", "Proxy-Authenticate", "Proxy-Authorization", "From", relayed=True
+)
+
+
+class _Unread(enum.Enum):
+    UNREAD = "unread"
+
+
+# What `AuthenticationStep.authenticate` is given when the caller has not read the credentials yet.
+UNREAD = _Unread.UNREAD
+
+
+class AuthenticationStep:
+    """Who a request proves to be, by digest credentials or by source address: a registrar's or a proxy's step.
+
+    A REGISTER (`REGISTRAR`: 401, the user in To) and a call (`PROXY`: 407, the user
+    in From) go through the same checks in the same order; what differs is in the
+    `Exchange` and in the method. A failure of a REGISTER is written to the
+    connection's status (`Authenticator.note_failure`), a failed call is not: that
+    record is the connection's last failed registration. `on_authenticated` hears
+    of every source that proved who it is, even if refused after: no stranger.
     """
-    for value in request.get_all(header):
-        try:
-            credentials = digest.parse_credentials(value)
-        except digest.UnsupportedScheme:
-            continue
-        except digest.DigestError as exc:
-            raise SipError(400, f"Bad {header}: {exc}") from None
-        if credentials.realm == domain.name:
-            return credentials
-    return None
 
+    def __init__(
+        self, authenticator: Authenticator, exchange: Exchange, on_authenticated: Callable[[Source], None]
+    ):
+        self._authenticator = authenticator
+        self._exchange = exchange
+        self._on_authenticated = on_authenticated
 
-def challenge_for(authenticator: Authenticator, domain: Domain, *, stale: bool, status: int) -> SipError:
-    """A fresh challenge for the domain's realm: one header per algorithm it offers (RFC 8760 2.4)."""
-    header, reason = _CHALLENGE_HEADERS[status]
-    values = authenticator.challenges(domain.name, domain.digest_algorithms, stale=stale)
-    return SipError(status, reason, [(header, value) for value in values])
+    def credentials(self, request: Request, domain: Domain) -> digest.Credentials | None:
+        """The credentials for this domain's realm (a UA may carry several, for several realms); 400 when malformed.
+
+        Credentials of a scheme other than Digest are no answer to our challenge: they
+        are passed over, as another realm's are, and the request is challenged (RFC 4475
+        regaut01: a registrar that cares about authentication answers 401, issuing a
+        challenge of a scheme it understands).
+        """
+        header = self._exchange.credentials_header
+        for value in request.get_all(header):
+            try:
+                credentials = digest.parse_credentials(value)
+            except digest.UnsupportedScheme:
+                continue
+            except digest.DigestError as exc:
+                raise SipError(400, f"Bad {header}: {exc}") from None
+            if credentials.realm == domain.name:
+                return credentials
+        return None
+
+    def challenge(self, domain: Domain, *, stale: bool = False) -> SipError:
+        """A fresh challenge for the domain's realm: one header per algorithm it offers (RFC 8760 2.4)."""
+        exchange = self._exchange
+        values = self._authenticator.challenges(domain.name, domain.digest_algorithms, stale=stale)
+        return SipError(exchange.status, exchange.reason, [(exchange.challenge_header, value) for value in values])
+
+    def authenticate(
+        self,
+        request: Request,
+        source: Source,
+        domain: Domain,
+        connections: Mapping[tuple[str, str], Connection],
+        claimed_user: str,
+        credentials: digest.Credentials | None | _Unread = UNREAD,
+    ) -> Connection:
+        """The connection `request` proves to be, `claimed_user` of `domain`; raises the challenge or 403 otherwise.
+
+        `credentials` are those the caller read already with `credentials` (the registrar
+        reads them first, to challenge at once where no connection authenticates by
+        address); left UNREAD, they are read here, after the address check, so an `ip`
+        connection's request passes by its address whatever else it carries.
+        """
+        exchange = self._exchange
+        registering = request.method == "REGISTER"
+        claimed = connections.get((domain.name, claimed_user))
+        if claimed is not None and claimed.authentication == "ip" and claimed.allows_address(source.host):
+            self._on_authenticated(source)
+            return claimed
+        if credentials is UNREAD:
+            credentials = self.credentials(request, domain)
+        if credentials is None:
+            if claimed is not None and claimed.authentication == "ip" and registering:
+                # From elsewhere it is challenged like any name, lest a 403 tell that it exists
+                # (with no HA1 it can never pass); its status still says why.
+                self._authenticator.note_failure(claimed, "source address not allowed", source)
+            raise self.challenge(domain)
+        known = (
+            claimed
+            if credentials.username == claimed_user
+            else connections.get((domain.name, credentials.username))
+        )
+        verdict = self._authenticator.verify(request.method, credentials, domain, known, source)
+        if verdict is Verdict.STALE:
+            raise self.challenge(domain, stale=True)
+        if verdict is Verdict.LOCKED:
+            raise SipError(403, LOCKED_OUT_REASON)
+        if verdict is not Verdict.OK or known is None:  # OK is only reached with a real HA1
+            raise self.challenge(domain)
+        self._on_authenticated(source)  # it knows a password: no stranger, even if refused below
+        if credentials.username != claimed_user:
+            if registering:
+                reason = f"authenticated user does not match {exchange.claimed_in}"
+                self._authenticator.note_failure(known, reason, source)
+            raise SipError(403, f"Authenticated User Does Not Match {exchange.claimed_in}")
+        if not known.allows_address(source.host):
+            if registering:
+                self._authenticator.note_failure(known, "source address not allowed", source)
+            raise SipError(403, "Source Address Not Allowed")
+        if exchange.relayed:
+            # Credentials are for us, not for the next hop (RFC 3261 22.3).
+            request.remove(exchange.credentials_header)
+        return known

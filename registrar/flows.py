@@ -39,14 +39,10 @@ class FlowRef(NamedTuple):
 
 
 def of_binding(binding: Binding) -> FlowRef | None:
-    """How to reach the UA of a binding: the packet source it registered from, and its flow."""
-    transport, _, hostport = binding.source.partition(":")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
+    """How to reach the UA of a binding: the packet source it registered from, and its flow; None for no source."""
+    if not binding.source_host:
         return None
-    if host.startswith("["):
-        host = host[1:-1]
-    return FlowRef(binding.node, transport, host, int(port), binding.flow or "")
+    return FlowRef(binding.node, binding.transport, binding.source_host, binding.source_port, binding.flow or "")
 
 
 class RouteToken(NamedTuple):

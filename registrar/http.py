@@ -24,7 +24,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from registrar.metrics import Metrics
 from registrar.model import Binding
-from registrar.registrar import received_uri
 from registrar.store import LocationStore
 
 # The Server header of every HTTP response: versions of Python and aiohttp would tell a scanner which
@@ -163,7 +162,9 @@ def binding_json(binding: Binding, now: float) -> dict:
         "regId": binding.reg_id,
         "transport": binding.transport,
         "source": binding.source,
-        "received": received_uri(binding),
+        "sourceHost": binding.source_host or None,
+        "sourcePort": binding.source_port or None,
+        "received": binding.received_uri(),
         "flow": binding.flow,
         "node": binding.node,
         "userAgent": binding.user_agent,

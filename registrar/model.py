@@ -11,6 +11,9 @@ import ipaddress
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Literal, NamedTuple
 
+from registrar.sip.source import source_text
+from registrar.sip.uri import URIError, bracketed, parse_uri
+
 Transport = Literal["udp", "tcp", "tls"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 AuthenticationType = Literal["credentials", "ip"]
@@ -173,11 +176,13 @@ def in_networks(host: str, networks: tuple[Network, ...]) -> bool:
 class Binding(NamedTuple):
     """One Contact registered for an AOR (RFC 3261 10.3), plus where it came from.
 
-    `source` is the packet's transport address ("udp:203.0.113.5:40123"); when
-    it differs from the Contact's host:port the UA is behind NAT and requests
-    must go to `source`. `flow` names the connection the REGISTER arrived on, so
-    that requests reach the UA over the connection it opened (RFC 5923/5626), and
-    `node` the registrar process that holds that connection.
+    `transport`, `source_host` and `source_port` are where the REGISTER's packets
+    came from; when that differs from the Contact's host:port the UA is behind
+    NAT and requests must go there (`received_uri`). `flow` names the connection
+    the REGISTER arrived on, so that requests reach the UA over the connection it
+    opened (RFC 5923/5626), and `node` the registrar process that holds that
+    connection. The source is kept as fields, not as one "udp:host:port" text, so
+    nobody parses it; `source` writes it so for people.
 
     A NamedTuple, not a dataclass, on purpose: a tuple whose fields are all
     strings and numbers is untracked by Python's cyclic garbage collector, so a
@@ -194,7 +199,8 @@ class Binding(NamedTuple):
     instance: str | None = None  # +sip.instance (RFC 5626), without the <> quotes
     reg_id: int | None = None
     transport: Transport = "udp"
-    source: str = ""
+    source_host: str = ""  # the packet's address, IPv6 without brackets; "" for none known
+    source_port: int = 0
     flow: str | None = None
     node: str = ""
     user_agent: str = ""
@@ -204,6 +210,28 @@ class Binding(NamedTuple):
         """Seconds left, rounded up, never negative (for the 200 OK's expires param)."""
         seconds = int(self.expires_at - now + 0.999)
         return seconds if seconds > 0 else 0
+
+    @property
+    def source(self) -> str:
+        """Where the REGISTER came from as people read it ("udp:203.0.113.5:40123"), "" for none known."""
+        return source_text(self.transport, self.source_host, self.source_port) if self.source_host else ""
+
+    def received_uri(self) -> str | None:
+        """The source as a SIP URI when it differs from the Contact's host:port (NAT), else None.
+
+        The 200 OK shows it as the Contact's `received` parameter, the form Kamailio's registrar uses.
+        """
+        if not self.source_host:
+            return None
+        try:
+            contact = parse_uri(self.contact)
+        except URIError:
+            return None
+        default_port = 5061 if contact.scheme == "sips" or self.transport == "tls" else 5060
+        if contact.host_no_brackets == self.source_host and (contact.port or default_port) == self.source_port:
+            return None
+        suffix = "" if self.transport == "udp" else f";transport={self.transport}"
+        return f"sip:{bracketed(self.source_host)}:{self.source_port}{suffix}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from registrar.flows import DIALOG, HOP, FlowRef, RouteToken, TokenSigner
 from registrar.routing import Target
 from registrar.sip import proxy as relay
 from registrar.sip.headers import Via
-from registrar.sip.message import Request, Response, SipError, error_response, server_response
+from registrar.sip.message import Request, Response, SipError, check_extensions, error_response, server_response
 from registrar.sip.source import Destination, Source
 from registrar.sip.transaction import (
     TIMEOUT,
@@ -235,6 +235,7 @@ class ProxyCore:
         ours = relay.our_vias(request, self.identity.sent_by)
         if relay.has_looped(ours, context.loop_hash):
             raise SipError(482, "Loop Detected")
+        check_extensions(request, "Proxy-Require")  # step 5: before routing, so before any 407
         if not ours and request.name_addr("To").tag is None:
             # The same request reaching us twice by different paths (RFC 3261 8.2.2.2).
             number, method = request.cseq

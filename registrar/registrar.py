@@ -29,22 +29,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from registrar.authentication import LOCKED_OUT_REASON, Authenticator, Verdict, challenge_for, credentials_for
+from registrar.authentication import REGISTRAR, Authenticator, AuthenticationStep
 from registrar.model import Binding, Catalog, Connection, Domain
-from registrar.sip import digest
-from registrar.sip.grammar import is_token, quote
+from registrar.service import ALLOW_WITHOUT_REGISTER
+from registrar.sip.grammar import quote
 from registrar.sip.headers import parse_delta_seconds, parse_name_addr
-from registrar.sip.message import Request, Response, SipError, error_response, server_response
+from registrar.sip.message import Request, Response, SipError, check_extensions, error_response, server_response
 from registrar.sip.source import Source
 from registrar.sip.uri import URI, URIError, parameters_agree, parse_uri
 from registrar.store import LocationStore, StoreUnavailable
 
-# What this server answers itself (REGISTER, OPTIONS to it) and relays: its Allow (RFC 3261 20.5).
-ALLOWED_METHODS = ("REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "MESSAGE", "INFO", "UPDATE",
-                   "PRACK", "SUBSCRIBE", "NOTIFY", "REFER")
-ALLOW = ", ".join(ALLOWED_METHODS)
-# A domain that refuses registration still takes calls: all of the above but REGISTER.
-ALLOW_WITHOUT_REGISTER = ", ".join(method for method in ALLOWED_METHODS if method != "REGISTER")
 # What we answer with when the store cannot make a binding durable.
 RETRY_AFTER_SECONDS = 5
 
@@ -79,12 +73,11 @@ class Registrar:
     ):
         self.catalog = catalog
         self.store = store
-        self.authenticator = authenticator
         self.node = node
         self.clock = clock
         self._on_result = on_result or (lambda domain, status: None)
-        # Told the source of every REGISTER that proved who it is (credentials or address).
-        self._on_authenticated = on_authenticated
+        # Tells on_authenticated the source of every REGISTER that proved who it is (credentials or address).
+        self._authentication = AuthenticationStep(authenticator, REGISTRAR, on_authenticated)
         # Told (source, seconds) after bindings are stored, so the transport keeps
         # the connection they arrived on open as long as they live.
         self._on_bound = on_bound
@@ -160,66 +153,29 @@ class Registrar:
         """Steps 2-4 for a served domain: the connection the REGISTER is made for."""
         if not domain.registration.enabled:
             raise SipError(405, "Registration Disabled For This Domain", [("Allow", ALLOW_WITHOUT_REGISTER)])
-        check_required(request)
+        check_extensions(request, "Require")
 
         # Step 3 (authentication) comes before step 5 (the AOR from To): where no
         # connection authenticates by address, a request without credentials can
         # be challenged at once, and that is half of all REGISTERs.
-        credentials = self._credentials(request, domain)
+        credentials = self._authentication.credentials(request, domain)
         if credentials is None and domain.name not in self.catalog.ip_authenticated_domains:
-            raise self._challenge(domain, stale=False)
+            raise self._authentication.challenge(domain)
+        connection = self._authentication.authenticate(
+            request, source, domain, self.catalog.connections, self._aor_user(request, domain), credentials
+        )
+        self._check_inbound(connection)
+        return connection
 
+    @staticmethod
+    def _aor_user(request: Request, domain: Domain) -> str:
+        """Step 5's user: whose AOR the REGISTER is for (To)."""
         to = request.name_addr("To")
         if to.uri.scheme not in ("sip", "sips") or not to.uri.user:
             raise SipError(400, "Bad To: AOR must be a sip: or sips: URI with a user")
         if to.uri.host != domain.name:
             raise SipError(403, "To Domain Does Not Match Request-URI")
-        username = to.uri.user
-
-        connection = self.catalog.connections.get((domain.name, username))
-        if connection is not None and connection.authentication == "ip":
-            if connection.allows_address(source.host):
-                self._on_authenticated(source)
-                self._check_inbound(connection)
-                return connection
-            # From elsewhere it is challenged like any name, lest a 403 tell that it exists
-            # (with no HA1 it can never pass); its status still says why.
-            if credentials is None:
-                self.authenticator.note_failure(connection, "source address not allowed", source)
-
-        if credentials is None:
-            raise self._challenge(domain, stale=False)
-        known = (
-            connection
-            if credentials.username == username
-            else self.catalog.connections.get((domain.name, credentials.username))
-        )
-        verdict = self.authenticator.verify(request.method, credentials, domain, known, source)
-        if verdict is Verdict.STALE:
-            raise self._challenge(domain, stale=True)
-        if verdict is Verdict.LOCKED:
-            raise SipError(403, LOCKED_OUT_REASON)
-        if verdict is not Verdict.OK:
-            raise self._challenge(domain, stale=False)
-        assert known is not None  # OK is only reached with a real HA1
-        self._on_authenticated(source)  # it knows a password: no stranger, even if refused below
-        if credentials.username != username:
-            self.authenticator.note_failure(known, "authenticated user does not match To", source)
-            raise SipError(403, "Authenticated User Does Not Match To")
-        self._check_address(known, source)
-        self._check_inbound(known)
-        return known
-
-    def _credentials(self, request: Request, domain: Domain) -> digest.Credentials | None:
-        return credentials_for(request, domain, "Authorization")
-
-    def _challenge(self, domain: Domain, *, stale: bool) -> SipError:
-        return challenge_for(self.authenticator, domain, stale=stale, status=401)
-
-    def _check_address(self, connection: Connection, source: Source) -> None:
-        if not connection.allows_address(source.host):
-            self.authenticator.note_failure(connection, "source address not allowed", source)
-            raise SipError(403, "Source Address Not Allowed")
+        return to.uri.user
 
     def _check_inbound(self, connection: Connection) -> None:
         if not connection.inbound:
@@ -307,7 +263,6 @@ class Registrar:
         call_id = request.call_id
         cseq, _ = request.cseq
         user_agent = request.get("User-Agent") or ""
-        source_text = str(source)
 
         def change(current: Sequence[Binding]) -> list[Binding]:
             bindings = list(current)
@@ -339,7 +294,8 @@ class Registrar:
                             contact.instance,  # instance
                             contact.reg_id,  # reg_id
                             source.transport,  # type: ignore[arg-type]  # transport
-                            source_text,  # source
+                            source.host,  # source_host
+                            source.port,  # source_port
                             source.flow,  # flow
                             self.node,  # node
                             user_agent,  # user_agent
@@ -362,31 +318,6 @@ class Registrar:
         # Metric labels stay bounded: a domain we do not serve is "other".
         self._on_result(domain.name if domain is not None else "other", rejection.status)
         return response
-
-
-SUPPORTED: frozenset[str] = frozenset()
-
-# A 420's Unsupported names the request's option tags back: the first few, each cut
-# short, since a Require may carry any number of any length and an answer stays small.
-MAX_OPTION_TAGS_NAMED = 8
-MAX_OPTION_TAG = 64
-
-
-def check_required(request: Request) -> None:
-    """SipError 420 naming the option tags of Require that we do not support (RFC 3261 8.2.2.3), as a UAS."""
-    required = request.get_all("Require")
-    if required:
-        unsupported = [option for option in required if option.lower() not in SUPPORTED]
-        if unsupported:
-            raise SipError(420, "Bad Extension", [("Unsupported", _named_back(unsupported))])
-
-
-def _named_back(options: list[str]) -> str:
-    """Option tags (RFC 3261 25.1: tokens) as an Unsupported header names them; 400 for one that is not a token."""
-    for option in options:
-        if not is_token(option):
-            raise SipError(400, f"Bad Require: not an option tag: {option[:40]!r}")
-    return ", ".join([option[:MAX_OPTION_TAG] for option in options[:MAX_OPTION_TAGS_NAMED]])
 
 
 @functools.lru_cache(maxsize=2)
@@ -437,27 +368,10 @@ def _contact_value(binding: Binding, now: float) -> str:
         value += f';+sip.instance="<{binding.instance}>"'
     if binding.reg_id is not None:
         value += f";reg-id={binding.reg_id}"
-    received = received_uri(binding)
+    received = binding.received_uri()
     if received is not None:
         value += f";received={quote(received)}"
     return value
-
-
-def received_uri(binding: Binding) -> str | None:
-    """The packet's source as a SIP URI when it differs from the Contact (NAT), else None."""
-    transport, _, hostport = binding.source.partition(":")
-    if not hostport:
-        return None
-    host, _, port = hostport.rpartition(":")
-    try:
-        contact = parse_uri(binding.contact)
-    except URIError:
-        return None
-    default_port = 5061 if contact.scheme == "sips" or transport == "tls" else 5060
-    if contact.host == host and (contact.port or default_port) == int(port):
-        return None
-    suffix = "" if transport == "udp" else f";transport={transport}"
-    return f"sip:{host}:{port}{suffix}"
 
 
 def _q_value(text: str | None) -> float:

@@ -30,10 +30,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from registrar.authentication import LOCKED_OUT_REASON, Authenticator, Verdict, challenge_for, credentials_for
+from registrar.authentication import PROXY, Authenticator, AuthenticationStep
 from registrar.flows import FlowRef, of_binding
 from registrar.model import Binding, Catalog, Connection, Domain
-from registrar.registrar import ALLOW
+from registrar.service import ALLOW
 from registrar.sip.message import KNOWN_METHODS, Request, SipError
 from registrar.sip.source import Source
 from registrar.sip.uri import URI, URIError, as_request_uri, parse_uri
@@ -73,11 +73,11 @@ class Router:
     ):
         self._catalog = catalog
         self.store = store
-        self.authenticator = authenticator
         self.clock = clock
         # Whether an address is trusted or has proved credentials (SourceLimiter.known).
         self._known_source = known_source
-        self._on_authenticated = on_authenticated
+        # Tells on_authenticated of every caller that proves who it is (if refused after): no stranger.
+        self._authentication = AuthenticationStep(authenticator, PROXY, on_authenticated)
 
     async def route(self, request: Request, source: Source) -> TargetSet:
         """The targets for `request`; raises SipError with the answer instead (404, 480, 302, 407...)."""
@@ -172,44 +172,18 @@ class Router:
         """A stranger calling in proves to be a user of the domain it calls (From); raises 407/403 otherwise."""
         caller = request.name_addr("From").uri
         if caller.scheme not in ("sip", "sips") or caller.host != domain.name:
-            raise self._challenge(domain, stale=False)  # nobody it could prove to be: the same challenge
+            raise self._authentication.challenge(domain)  # nobody it could prove to be: the same challenge
         self._authenticated_caller(request, source, domain, caller, catalog)
 
     def _authenticated_caller(
         self, request: Request, source: Source, domain: Domain, caller: URI, catalog: Catalog
     ) -> Connection:
-        """The connection the caller proved to be (credentials or source address); raises 407/403.
+        """The connection the caller (From) proved to be, by credentials or source address; raises 407/403.
 
-        A caller that proves it (if refused after) is no stranger: the source limits hear of it.
+        Anyone else is challenged, an `ip` connection's name from elsewhere too (it can
+        never pass, having no HA1): a 403 would tell which names exist.
         """
-        claimed = catalog.connections.get((domain.name, caller.user or ""))
-        if claimed is not None and claimed.authentication == "ip" and claimed.allows_address(source.host):
-            self._on_authenticated(source)
-            return claimed
-        # Anyone else is challenged, an `ip` connection's name from elsewhere too (it can never
-        # pass, having no HA1): a 403 would tell which names exist.
-        credentials = credentials_for(request, domain, "Proxy-Authorization")
-        if credentials is None:
-            raise self._challenge(domain, stale=False)
-        known = catalog.connections.get((domain.name, credentials.username))
-        verdict = self.authenticator.verify(request.method, credentials, domain, known, source)
-        if verdict is Verdict.STALE:
-            raise self._challenge(domain, stale=True)
-        if verdict is Verdict.LOCKED:
-            raise SipError(403, LOCKED_OUT_REASON)
-        if verdict is not Verdict.OK or known is None:
-            raise self._challenge(domain, stale=False)
-        self._on_authenticated(source)
-        if credentials.username != caller.user:
-            raise SipError(403, "Authenticated User Does Not Match From")
-        if not known.allows_address(source.host):
-            raise SipError(403, "Source Address Not Allowed")
-        # Credentials are for us, not for the next hop (RFC 3261 22.3).
-        request.remove("Proxy-Authorization")
-        return known
-
-    def _challenge(self, domain: Domain, *, stale: bool) -> SipError:
-        return challenge_for(self.authenticator, domain, stale=stale, status=407)
+        return self._authentication.authenticate(request, source, domain, catalog.connections, caller.user or "")
 
 
 def _called_domain(uri: URI, catalog: Catalog) -> Domain | None:

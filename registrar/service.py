@@ -9,14 +9,24 @@ response or, when the store is involved, an awaitable of one.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
-from registrar.registrar import ALLOW, Registrar, check_required
 from registrar.sip.headers import parse_name_addr
-from registrar.sip.message import Request, Response, SipError, error_response, server_response
+from registrar.sip.message import Request, Response, SipError, check_extensions, error_response, server_response
 from registrar.sip.source import Source
 from registrar.sip.uri import URIError, parse_uri
 
+if TYPE_CHECKING:  # the registrar's 405 names what the service allows: it imports this module
+    from registrar.registrar import Registrar
+
 Answer = Response | Awaitable[Response]
+
+# What this server answers itself (REGISTER, OPTIONS to it) and relays: its Allow (RFC 3261 20.5).
+ALLOWED_METHODS = ("REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "MESSAGE", "INFO", "UPDATE",
+                   "PRACK", "SUBSCRIBE", "NOTIFY", "REFER")
+ALLOW = ", ".join(ALLOWED_METHODS)
+# A domain that refuses registration still takes calls: all of the above but REGISTER (the registrar's 405).
+ALLOW_WITHOUT_REGISTER = ", ".join(method for method in ALLOWED_METHODS if method != "REGISTER")
 
 
 class SipService:
@@ -49,7 +59,7 @@ class SipService:
             return self.registrar.register(request, source)
         try:
             # As the UAS of an OPTIONS, Require is ours to judge (RFC 4475 bext01); Proxy-Require is not.
-            check_required(request)
+            check_extensions(request, "Require")
         except SipError as error:
             return error_response(request, error)
         return server_response(

@@ -538,6 +538,30 @@ def server_response(
     return response
 
 
+# The option tags (RFC 3261 19.2) this server supports: none yet.
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset()
+# A 420's Unsupported names the request's option tags back: the first few, each cut
+# short, since a Require may carry any number of any length and an answer stays small.
+MAX_OPTION_TAGS_NAMED = 8
+MAX_OPTION_TAG = 64
+
+
+def check_extensions(request: Request, header: str) -> None:
+    """SipError 420 naming the option tags of `header` we do not support: Require as a UAS (RFC 3261
+    8.2.2.3), Proxy-Require as a proxy (16.3 step 5); 400 for one that is not an option tag."""
+    required = request.get_all(header)
+    if not required:
+        return
+    unsupported = [option for option in required if option.lower() not in SUPPORTED_EXTENSIONS]
+    if not unsupported:
+        return
+    for option in unsupported:
+        if not is_token(option):
+            raise SipError(400, f"Bad {header}: not an option tag: {option[:40]!r}")
+    named = ", ".join([option[:MAX_OPTION_TAG] for option in unsupported[:MAX_OPTION_TAGS_NAMED]])
+    raise SipError(420, "Bad Extension", [("Unsupported", named)])
+
+
 def error_response(request: Request, error: SipError) -> Response:
     """The answer a SipError stands for."""
     return server_response(request, error.status, error.reason, error.headers)

@@ -6,6 +6,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from registrar.sip.uri import bracketed
+
 
 @dataclass(frozen=True, slots=True)
 class Source:
@@ -17,13 +19,17 @@ class Source:
     flow: str | None = None  # the connection's id on stream transports
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport}:{host}:{self.port}"
+        return source_text(self.transport, self.host, self.port)
 
     @property
     def reply_to(self) -> Destination:
         """Where responses go: back where the request came from (RFC 3581 symmetric response routing)."""
         return Destination(self.transport, self.host, self.port, self.flow)
+
+
+def source_text(transport: str, host: str, port: int) -> str:
+    """A source as logs, failure records and people read it: "udp:192.0.2.7:5060", "tls:[2001:db8::1]:5061"."""
+    return f"{transport}:{bracketed(host)}:{port}"
 
 
 class Destination(NamedTuple):

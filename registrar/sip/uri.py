@@ -26,6 +26,11 @@ def unbracketed(host: str) -> str:
     return host[1:-1] if host.startswith("[") else host
 
 
+def bracketed(host: str) -> str:
+    """An address as a URI or a host:port writes it: IPv6 in brackets ("::1" -> "[::1]"); other hosts unchanged."""
+    return f"[{host}]" if ":" in host else host
+
+
 class URIError(ValueError):
     """A URI that does not follow RFC 3261 19.1; the message says what is wrong."""
 

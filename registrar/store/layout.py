@@ -42,6 +42,7 @@ from registrar.model import (
     SecurityPolicy,
     SourceLimits,
 )
+from registrar.sip.uri import unbracketed
 from registrar.store import RegistrationFailure
 
 PREFIX = "/sipreg/v1/"
@@ -213,32 +214,40 @@ def decode_connection(value: bytes) -> Connection:
         raise BadRecord(f"connection: missing or bad field {error}") from None
 
 
-# A binding's fields in record order; the AOR is the key, so it is not repeated.
-_BINDING_FIELDS = (
-    ("contact", "contact"),
-    ("expiresAt", "expires_at"),
-    ("callId", "call_id"),
-    ("cseq", "cseq"),
-    ("q", "q"),
-    ("instance", "instance"),
-    ("regId", "reg_id"),
-    ("transport", "transport"),
-    ("source", "source"),
-    ("flow", "flow"),
-    ("node", "node"),
-    ("userAgent", "user_agent"),
-    ("registeredAt", "registered_at"),
+# A binding's record: the fields of Binding in camelCase but the AOR (the key says it), and the
+# source as one text, "udp:203.0.113.5:40123" (IPv6 in brackets), as every version has written it:
+#
+#     {"contact", "expiresAt", "callId", "cseq", "q", "instance", "regId", "transport", "source",
+#      "flow", "node", "userAgent", "registeredAt"}
+#
+# Binding keeps the source as fields (source_host, source_port); the text is written from them
+# here and read back into them here, nowhere else. Keeping the text, not writing new fields,
+# keeps the record what older registrars and operators read and write, both ways: in a rolling
+# upgrade each side reads what the other wrote. The transport is the record's "transport"; the
+# same word at the head of "source" is not read back. An empty "source" (none known) stays one.
+_BINDING_ORDER = (
+    "aor", "contact", "expires_at", "call_id", "cseq", "q", "instance", "reg_id", "transport", "source_host",
+    "source_port", "flow", "node", "user_agent", "registered_at",
 )
-_BINDING_NAMES = tuple(name for name, _ in _BINDING_FIELDS)
-assert Binding._fields[1:] == tuple(attr for _, attr in _BINDING_FIELDS), "layout out of step with Binding"
+assert Binding._fields == _BINDING_ORDER, "layout out of step with Binding"
 
 
 def encode_bindings(bindings: tuple[Binding, ...] | list[Binding]) -> bytes:
     try:
         return ('{"bindings":[' + ",".join(map(_binding_json, bindings)) + "]}").encode()
     except (_Unusual, TypeError):  # a value json.dumps writes its own way (from a record written by hand)
-        # Binding is a tuple whose first field is the AOR; the rest are in _BINDING_FIELDS order.
-        return _dumps({"bindings": [dict(zip(_BINDING_NAMES, binding[1:])) for binding in bindings]})
+        return _dumps({"bindings": [_binding_record(binding) for binding in bindings]})
+
+
+def _binding_record(binding: Binding) -> dict[str, Any]:
+    """A binding's record as a dict, for json.dumps: the definition `_binding_json` writes faster."""
+    b = binding
+    return {
+        "contact": b.contact, "expiresAt": b.expires_at, "callId": b.call_id, "cseq": b.cseq, "q": b.q,
+        "instance": b.instance, "regId": b.reg_id, "transport": b.transport,
+        "source": _source_text(b.transport, b.source_host, b.source_port), "flow": b.flow, "node": b.node,
+        "userAgent": b.user_agent, "registeredAt": b.registered_at,
+    }
 
 
 # One binding written straight into its JSON text, byte for byte what json.dumps makes of
@@ -253,12 +262,13 @@ class _Unusual(Exception):
 
 
 def _binding_json(binding: Binding) -> str:
-    (_, contact, expires_at, call_id, cseq, q, instance, reg_id, transport, source, flow, node, user_agent,
-     registered_at) = binding
+    (_, contact, expires_at, call_id, cseq, q, instance, reg_id, transport, source_host, source_port, flow, node,
+     user_agent, registered_at) = binding
     if not (type(expires_at) is float and type(registered_at) is float and type(cseq) is int):
         raise _Unusual
     if not (_FINITE > abs(expires_at) and _FINITE > abs(registered_at)):  # json.dumps writes NaN, Infinity
         raise _Unusual
+    source = _source_text(transport, source_host, source_port)
     return (
         f'{{"contact":{_json_string(contact)},"expiresAt":{expires_at!r},"callId":{_json_string(call_id)},'
         f'"cseq":{cseq!r},"q":{_json_optional(q)},"instance":{_json_optional(instance)},'
@@ -282,6 +292,29 @@ def _json_optional(value: object) -> str:
 _FINITE = float("inf")
 
 
+def _source_text(transport: str, host: str, port: int) -> str:
+    """A record's "source" (the inverse of `_source_address`); "" when none is known.
+
+    The text str(Source) writes too, but spelt out here: the record's form is fixed by the
+    records already written, whatever logs and the API come to show.
+    """
+    if not host:
+        return ""
+    return f"{transport}:[{host}]:{port}" if ":" in host else f"{transport}:{host}:{port}"
+
+
+def _source_address(text: object) -> tuple[str, int]:
+    """(host, port) of a record's "source" ("udp:192.0.2.7:5060", "tls:[2001:db8::1]:5061", "": none)."""
+    if text == "":
+        return "", 0
+    if type(text) is not str:
+        raise TypeError(f"source {text!r} is not a string")
+    host, _, port = text.partition(":")[2].rpartition(":")
+    if not host or not (port.isascii() and port.isdigit()):
+        raise ValueError(f"source {text!r} is not transport:host:port")
+    return unbracketed(host), int(port)
+
+
 def decode_bindings(aor: str, value: bytes, now: float | None = None) -> tuple[Binding, ...]:
     """An AOR's bindings from its record; with `now`, only those not yet expired."""
     record = _loads(value, f"bindings of {aor}")
@@ -295,10 +328,12 @@ def decode_bindings(aor: str, value: bytes, now: float | None = None) -> tuple[B
 
 
 def _binding(aor: str, item: dict[str, Any]) -> Binding:
-    binding = Binding(aor, *(item[name] for name in _BINDING_NAMES))
+    source_host, source_port = _source_address(item["source"])
     # The fields that expiry and ordering compute with must be numbers, whoever wrote them.
-    return binding._replace(
-        expires_at=float(binding.expires_at), cseq=int(binding.cseq), registered_at=float(binding.registered_at)
+    return Binding(
+        aor, item["contact"], float(item["expiresAt"]), item["callId"], int(item["cseq"]), item["q"],
+        item["instance"], item["regId"], item["transport"], source_host, source_port, item["flow"], item["node"],
+        item["userAgent"], float(item["registeredAt"]),
     )
 
 

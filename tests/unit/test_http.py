@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from registrar.http import check_api_token, make_app, start_server
+from registrar.http import binding_json, check_api_token, make_app, start_server
 from registrar.metrics import Metrics
-from registrar.model import Catalog
+from registrar.model import Binding, Catalog
 from registrar.store.memory import MemoryStore
 
 TOKEN = "Zm9vYmFyLXRva2VuLTEyMzQ1Njc4OTA="
@@ -102,6 +102,19 @@ async def test_every_answer_says_server_sipreg_and_no_version(
         "Error handling request from 127.0.0.1: 400 BadHttpMessage",
         "Error handling request from 127.0.0.1: 400 BadHttpMethod",
     ]
+
+
+def test_a_binding_shows_its_source_as_text_and_as_host_and_port_and_behind_nat_where_it_is_reached() -> None:
+    behind_nat = Binding("alice@sip.example.test", "sip:alice@192.168.1.20:5060;transport=tcp", 1_000_600.0, "c", 1,
+                         transport="tcp", source_host="2001:db8::9", source_port=40000, flow="tcp-1",
+                         registered_at=1_000_000.0)
+    shown = binding_json(behind_nat, 1_000_000.0)
+    assert shown["source"] == "tcp:[2001:db8::9]:40000"
+    assert (shown["sourceHost"], shown["sourcePort"]) == ("2001:db8::9", 40000)
+    assert shown["received"] == "sip:[2001:db8::9]:40000;transport=tcp"
+    unknown = binding_json(behind_nat._replace(source_host="", source_port=0), 1_000_000.0)
+    assert unknown["source"] == "" and unknown["sourceHost"] is None and unknown["sourcePort"] is None
+    assert unknown["received"] is None
 
 
 def test_a_token_is_at_least_16_characters_a_client_can_send() -> None:

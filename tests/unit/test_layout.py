@@ -49,19 +49,39 @@ def test_domain_and_connection_records_round_trip_and_carry_no_password() -> Non
 def test_bindings_round_trip_and_expired_ones_are_dropped_on_read() -> None:
     aor = "alice@sip.example.test"
     live = Binding(aor, "sip:alice@192.0.2.1:5060", 2000.0, "call-1", 7, 0.5, "urn:uuid:1", 1, "tcp",
-                   "tcp:192.0.2.1:40000", "tcp:192.0.2.1:40000", "pod-a", "baresip", 1000.0)
+                   "192.0.2.1", 40000, "tcp:192.0.2.1:40000", "pod-a", "baresip", 1000.0)
     expired = live._replace(contact="sip:alice@192.0.2.2:5060", expires_at=1500.0, q=None, instance=None,
                             reg_id=None, flow=None)
-    value = layout.encode_bindings((live, expired))
-    assert layout.decode_bindings(aor, value) == (live, expired)
-    assert layout.decode_bindings(aor, value, now=1600.0) == (live,)
+    ipv6 = live._replace(contact="sip:alice@[2001:db8::1]:5060", transport="udp", source_host="2001:db8::1",
+                         source_port=5060, flow=None)
+    unknown = live._replace(contact="sip:alice@192.0.2.3:5060", source_host="", source_port=0)
+    value = layout.encode_bindings((live, expired, ipv6, unknown))
+    assert layout.decode_bindings(aor, value) == (live, expired, ipv6, unknown)
+    assert layout.decode_bindings(aor, value, now=1600.0) == (live, ipv6, unknown)
     assert "aor" not in value.decode()  # the key says it
+    sources = [item["source"] for item in json.loads(value)["bindings"]]
+    assert sources == ["tcp:192.0.2.1:40000", "tcp:192.0.2.1:40000", "udp:[2001:db8::1]:5060", ""]
+
+
+# A record as the registrars before the typed source wrote it (and as this one writes it still).
+_WRITTEN_BEFORE = (
+    b'{"bindings":[{"contact":"sip:alice@192.168.1.20:5060","expiresAt":1795494305.3231015,"callId":"c@1",'
+    b'"cseq":2,"q":null,"instance":null,"regId":null,"transport":"udp","source":"udp:[2001:db8::9]:40000",'
+    b'"flow":null,"node":"pod-a","userAgent":"Zoiper","registeredAt":1795490905.3231015}]}'
+)
+
+
+def test_a_record_written_before_the_typed_source_reads_into_its_fields_and_is_written_back_byte_for_byte() -> None:
+    (binding,) = layout.decode_bindings("alice@sip.example.test", _WRITTEN_BEFORE)
+    assert (binding.transport, binding.source_host, binding.source_port) == ("udp", "2001:db8::9", 40000)
+    assert binding.received_uri() == "sip:[2001:db8::9]:40000"
+    # Older registrars and operators read what this one writes: the record is the same.
+    assert layout.encode_bindings((binding,)) == _WRITTEN_BEFORE
 
 
 def _as_json_dumps_writes_it(bindings: tuple[Binding, ...]) -> bytes:
     """The bindings record as json.dumps writes it: what encode_bindings must match byte for byte."""
-    names = [name for name, _ in layout._BINDING_FIELDS]
-    record = {"bindings": [dict(zip(names, binding[1:])) for binding in bindings]}
+    record = {"bindings": [layout._binding_record(binding) for binding in bindings]}
     return json.dumps(record, separators=(",", ":")).encode()
 
 
@@ -82,7 +102,8 @@ _ANY_VALUE = st.one_of(st.none(), st.text(), _ANY_NUMBER)
             instance=_ANY_VALUE,
             reg_id=_ANY_VALUE,
             transport=st.sampled_from(["udp", "tcp", "tls"]),
-            source=st.text(),
+            source_host=st.text(),
+            source_port=st.integers(min_value=0, max_value=65535),
             flow=_ANY_VALUE,
             node=st.text(),
             user_agent=st.text(),
@@ -98,7 +119,7 @@ def test_a_bindings_record_is_what_json_dumps_writes_whatever_the_values(binding
 def test_the_bindings_the_registrar_makes_are_written_without_json_dumps() -> None:
     aor = "alice@sip.example.test"
     usual = Binding(aor, "sip:alice@192.0.2.1:5060;transport=tcp", 1795494305.3231015, "c@1", 2, 1.0,
-                    "urn:uuid:00000000-0000-0000-0000-000000000001", 1, "tcp", "tcp:192.0.2.1:40000",
+                    "urn:uuid:00000000-0000-0000-0000-000000000001", 1, "tcp", "192.0.2.1", 40000,
                     "tcp:192.0.2.1:40000", "pod-a", 'Zoiper "5" \u00e9\u2603', 1795490905.3231015)
     bare = usual._replace(q=None, instance=None, reg_id=None, flow=None, user_agent="")
     for binding in (usual, bare):
@@ -114,6 +135,12 @@ def test_the_bindings_the_registrar_makes_are_written_without_json_dumps() -> No
         (b'{"bindings": [{"contact": "sip:a@b"}]}', lambda v: layout.decode_bindings("a@b", v)),
         (b'{"bindings": [{"contact": "sip:a@b", "expiresAt": "soon", "callId": "c", "cseq": 1, "q": null, '
          b'"instance": null, "regId": null, "transport": "udp", "source": "", "flow": null, "node": "", '
+         b'"userAgent": "", "registeredAt": 0}]}', lambda v: layout.decode_bindings("a@b", v)),
+        (b'{"bindings": [{"contact": "sip:a@b", "expiresAt": 1, "callId": "c", "cseq": 1, "q": null, '
+         b'"instance": null, "regId": null, "transport": "udp", "source": "192.0.2.1", "flow": null, "node": "", '
+         b'"userAgent": "", "registeredAt": 0}]}', lambda v: layout.decode_bindings("a@b", v)),
+        (b'{"bindings": [{"contact": "sip:a@b", "expiresAt": 1, "callId": "c", "cseq": 1, "q": null, '
+         b'"instance": null, "regId": null, "transport": "udp", "source": 5060, "flow": null, "node": "", '
          b'"userAgent": "", "registeredAt": 0}]}', lambda v: layout.decode_bindings("a@b", v)),
         (b'{"domain": "x"}', layout.decode_domain),
         (b'{"domain": "x", "username": "u", "authentication": "credentials", "ha1": {}, '

@@ -18,7 +18,9 @@ CAROL = "carol@other.example.test"
 
 
 def binding(aor: str = ALICE, contact: str = "sip:alice@192.0.2.10:5060", expires_in: float = 60, **kwargs) -> Binding:
-    defaults = {"call_id": "call-1", "cseq": 1, "source": "udp:192.0.2.10:5060", "registered_at": START}
+    defaults = {
+        "call_id": "call-1", "cseq": 1, "source_host": "192.0.2.10", "source_port": 5060, "registered_at": START,
+    }
     defaults.update(kwargs)
     return Binding(aor=aor, contact=contact, expires_at=START + expires_in, **defaults)
 

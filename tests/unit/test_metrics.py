@@ -27,7 +27,8 @@ def catalog(*usernames: str) -> Catalog:
 
 
 def binding(aor: str, contact: str) -> Binding:
-    return Binding(aor, contact, START + 600, "call", 1, source="udp:192.0.2.1:5060", registered_at=START)
+    return Binding(aor, contact, START + 600, "call", 1, source_host="192.0.2.1", source_port=5060,
+                   registered_at=START)
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:

@@ -11,6 +11,7 @@ SIP text parsed with `parse_message`, answered the way a UA would.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import ipaddress
 import re
@@ -139,11 +140,10 @@ class Node:
             on_unreachable=lambda target, why: self.unreachable.append((target.uri, why)),
         )
 
-    async def bind(self, user: str, contact: str, source: str, *, flow: str | None = None, q: float | None = None,
-                   node: str = "n1") -> None:
-        transport = source.split(":", 1)[0]
-        binding = Binding(f"{user}@{DOMAIN}", contact, self.now + 3600, "reg", 1, q, transport=transport,
-                          source=source, flow=flow, node=node)
+    async def bind(self, user: str, contact: str, source: Source, *, q: float | None = None, node: str = "n1") -> None:
+        """A binding of `user` registered from `source` (its flow too) on `node`."""
+        binding = Binding(f"{user}@{DOMAIN}", contact, self.now + 3600, "reg", 1, q, transport=source.transport,
+                          source_host=source.host, source_port=source.port, flow=source.flow, node=node)
         await self.store.update(binding.aor, lambda current: [*current, binding])
 
     async def receive(self, data: bytes | Request, source: Source = CALLER) -> None:
@@ -210,8 +210,8 @@ TCP_CONTACT = "sip:bob@192.0.2.21:5060;transport=tcp"
 async def two_phones(**kwargs) -> Node:  # type: ignore[no-untyped-def]
     """bob on UDP behind NAT and on a TCP connection of this node, both q 1."""
     node = Node(flows={"tcp-x-1"}, **kwargs)
-    await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
-    await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-x-1")
+    await node.bind("bob", UDP_NAT_CONTACT, Source("udp", "198.51.100.7", 40000))
+    await node.bind("bob", TCP_CONTACT, Source("tcp", "198.51.100.8", 50123, "tcp-x-1"))
     return node
 
 
@@ -277,8 +277,8 @@ async def test_a_branch_that_had_not_rung_when_another_answered_is_cancelled_com
 
 async def test_forking_tries_the_highest_q_first_and_the_next_group_after_it_fails() -> None:
     node = Node(flows={"tcp-x-1"})
-    await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000", q=0.5)
-    await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-x-1", q=0.9)
+    await node.bind("bob", UDP_NAT_CONTACT, Source("udp", "198.51.100.7", 40000), q=0.5)
+    await node.bind("bob", TCP_CONTACT, Source("tcp", "198.51.100.8", 50123, "tcp-x-1"), q=0.9)
     await node.receive(invite())
     [(_, first)] = node.wire.requests("INVITE")
     assert first.uri == TCP_CONTACT
@@ -291,8 +291,8 @@ async def test_forking_tries_the_highest_q_first_and_the_next_group_after_it_fai
 
 async def test_when_every_branch_fails_the_best_answer_goes_upstream_and_6xx_stops_forking() -> None:
     node = Node(flows={"tcp-x-1"})
-    await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000", q=0.5)
-    await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-x-1", q=0.9)
+    await node.bind("bob", UDP_NAT_CONTACT, Source("udp", "198.51.100.7", 40000), q=0.5)
+    await node.bind("bob", TCP_CONTACT, Source("tcp", "198.51.100.8", 50123, "tcp-x-1"), q=0.9)
     await node.receive(invite())
     [(_, first)] = node.wire.requests("INVITE")
     await node.answer(first, 603, "Decline")
@@ -316,7 +316,7 @@ def test_the_best_of_the_final_responses(statuses: list[int], best: int) -> None
 
 async def test_cancel_before_the_callee_rang_waits_for_its_provisional_then_the_caller_gets_487() -> None:
     node = Node()
-    await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
+    await node.bind("bob", UDP_NAT_CONTACT, Source("udp", "198.51.100.7", 40000))
     await node.receive(invite())
     [(_, sent)] = node.wire.requests("INVITE")
     await node.receive(cancel())
@@ -410,7 +410,7 @@ async def test_a_retransmitted_invite_gets_the_last_answer_and_is_not_forwarded_
 
 async def test_in_dialog_requests_follow_the_record_route_to_the_other_party_in_both_directions() -> None:
     node = Node(flows={"tcp-x-1"})
-    await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-x-1")
+    await node.bind("bob", TCP_CONTACT, Source("tcp", "198.51.100.8", 50123, "tcp-x-1"))
     await node.receive(invite())
     [(_, sent)] = node.wire.requests("INVITE")
     route = ", ".join(sent.get_all("Record-Route"))
@@ -440,13 +440,13 @@ async def test_in_dialog_requests_follow_the_record_route_to_the_other_party_in_
 
 async def test_an_in_dialog_request_finds_the_callee_on_its_new_connection_after_it_reconnected() -> None:
     node = Node(flows={"tcp-x-1"})
-    await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-x-1")
+    await node.bind("bob", TCP_CONTACT, Source("tcp", "198.51.100.8", 50123, "tcp-x-1"))
     await node.receive(invite())
     [(_, sent)] = node.wire.requests("INVITE")
     await node.answer(sent, 200, "OK")
     node.wire.flows = {"tcp-x-2"}  # the connection dropped; bob came back and registered again
     await node.store.update(f"bob@{DOMAIN}", lambda current: [])
-    await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50999", flow="tcp-x-2")
+    await node.bind("bob", TCP_CONTACT, Source("tcp", "198.51.100.8", 50999, "tcp-x-2"))
     route = ", ".join(sent.get_all("Record-Route"))
     await node.receive(invite(TCP_CONTACT, method="BYE", branch="z9hG4bK-bye", to_tag="callee", to=f"sip:bob@{DOMAIN}",
                               extra=f"Route: {route}\r\n"))
@@ -477,7 +477,7 @@ async def test_a_forged_route_token_is_not_ours() -> None:
 
 async def test_a_callee_held_by_another_node_is_reached_through_it_with_a_hop_route() -> None:
     entry = Node("n1", nodes={"n2": {"address": "10.0.0.2", "sipPort": 5070}})
-    await entry.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-9-4", node="n2")
+    await entry.bind("bob", TCP_CONTACT, Source("tcp", "198.51.100.8", 50123, "tcp-9-4"), node="n2")
     await entry.receive(invite())
     [(destination, handed)] = entry.wire.requests("INVITE")
     assert entry.wire.connects == [("tcp", "10.0.0.2", 5070)]
@@ -499,8 +499,8 @@ async def test_a_callee_held_by_another_node_is_reached_through_it_with_a_hop_ro
 
 async def test_a_dead_nodes_tcp_flow_is_skipped_and_reported_its_udp_binding_sent_from_here() -> None:
     node = Node("n1", nodes={})
-    await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-9-4", node="n2")
-    await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000", node="n2")
+    await node.bind("bob", TCP_CONTACT, Source("tcp", "198.51.100.8", 50123, "tcp-9-4"), node="n2")
+    await node.bind("bob", UDP_NAT_CONTACT, Source("udp", "198.51.100.7", 40000), node="n2")
     await node.receive(invite())
     assert [d for d, _ in node.wire.requests("INVITE")] == [Destination("udp", "198.51.100.7", 40000)]
     assert node.unreachable == [(TCP_CONTACT, "node_gone")]
@@ -513,7 +513,7 @@ async def test_a_node_that_refuses_connections_counts_as_gone_before_etcd_says_s
         raise SendError("connection refused")
 
     node.wire.connect = refused
-    await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-9-4", node="n2")
+    await node.bind("bob", TCP_CONTACT, Source("tcp", "198.51.100.8", 50123, "tcp-9-4"), node="n2")
     await node.receive(invite())
     assert node.statuses() == [480]  # nothing went out: no 100 Trying, one answer
     assert node.unreachable == [(TCP_CONTACT, "node_gone")]
@@ -521,16 +521,17 @@ async def test_a_node_that_refuses_connections_counts_as_gone_before_etcd_says_s
 
 async def test_a_closed_connection_is_skipped_and_with_nothing_left_the_caller_gets_480() -> None:
     node = Node(flows=set())
-    await node.bind("bob", TCP_CONTACT, "tcp:198.51.100.8:50123", flow="tcp-x-1")
+    await node.bind("bob", TCP_CONTACT, Source("tcp", "198.51.100.8", 50123, "tcp-x-1"))
     await node.receive(invite())
     assert node.statuses() == [480]
     assert node.unreachable == [(TCP_CONTACT, "closed")]
 
 
 def test_a_bindings_flow_ref_is_its_source_and_connection() -> None:
-    binding = Binding("bob@x", "sip:bob@10.1.1.1", 0.0, "c", 1, transport="tls", source="tls:[2001:db8::7]:5061",
-                      flow="tls-1", node="n3")
+    binding = Binding("bob@x", "sip:bob@10.1.1.1", 0.0, "c", 1, transport="tls", source_host="2001:db8::7",
+                      source_port=5061, flow="tls-1", node="n3")
     assert of_binding(binding) == FlowRef("n3", "tls", "2001:db8::7", 5061, "tls-1")
+    assert of_binding(binding._replace(source_host="", source_port=0)) is None  # no source known: by its Contact
 
 
 # -- outbound ------------------------------------------------------------------------------------
@@ -589,6 +590,34 @@ async def test_guessing_an_outbound_password_locks_the_caller_out_and_then_the_r
     assert len(node.wire.requests("INVITE")) == 1
 
 
+async def test_a_caller_proving_another_user_or_outside_its_allow_list_gets_403_and_no_failure_record() -> None:
+    node = Node()
+    connections = dict(node.catalog.connections)
+    connections[(DOMAIN, "bob")] = dataclasses.replace(
+        connections[(DOMAIN, "bob")], allowed_networks=(ipaddress.ip_network("198.51.100.0/24"),)
+    )
+    node.catalog = Catalog(domains=node.catalog.domains, connections=connections)
+    number = f"sip:+15551234@{DOMAIN}"
+
+    async def call_as(caller: str, call_id: str) -> Response:
+        """A call from `caller` that answers its 407 with bob's password."""
+        await node.receive(invite(number, caller=f"{caller}@{DOMAIN}", branch=f"z9hG4bK-{call_id}", call_id=call_id))
+        nonce = re.search(r'nonce="([^"]+)"', node.upstream[-1].get("Proxy-Authenticate")).group(1)
+        credentials = authorization("bob", "bob-pw", nonce, 1, uri=number, method="INVITE")
+        await node.receive(invite(number, caller=f"{caller}@{DOMAIN}", branch=f"z9hG4bK-{call_id}-2", call_id=call_id,
+                                  extra=f"Proxy-Authorization: {credentials}\r\n"))
+        return node.upstream[-1]
+
+    mismatch = await call_as("alice", "c1")
+    assert (mismatch.status, mismatch.reason) == (403, "Authenticated User Does Not Match From")
+    outside = await call_as("bob", "c2")  # CALLER is not in bob's allow-list
+    assert (outside.status, outside.reason) == (403, "Source Address Not Allowed")
+    assert node.wire.requests("INVITE") == []
+    # A connection's failure record is its last failed registration: a refused call is none.
+    assert await node.store.last_failure(DOMAIN, "bob") is None
+    assert await node.store.last_failure(DOMAIN, "alice") is None
+
+
 async def test_an_ip_authenticated_connection_calls_out_from_its_addresses_only() -> None:
     node = Node()
     await node.receive(invite("sip:carol@elsewhere.test", caller=f"pbx@{DOMAIN}"), Source("udp", "198.51.100.9", 5060))
@@ -612,7 +641,7 @@ STRANGER = Source("udp", "203.0.113.66", 5060)
 
 async def test_a_stranger_cannot_tell_unknown_unregistered_and_closed_users_from_a_number() -> None:
     node = Node()
-    await node.bind("alice", "sip:alice@192.0.2.40:5060", "udp:192.0.2.40:5060")
+    await node.bind("alice", "sip:alice@192.0.2.40:5060", Source("udp", "192.0.2.40", 5060))
     for n, user in enumerate(["nobody", "bob", "mute", "15551234"]):  # the last: a number, a call out
         await node.receive(invite(f"sip:{user}@{DOMAIN}", caller=f"{user}@{DOMAIN}", branch=f"z9hG4bK-s{n}",
                                   call_id="probe"), STRANGER)
@@ -672,7 +701,7 @@ async def test_over_the_transaction_cap_requests_are_shed_with_503_and_retry_aft
 
 async def test_a_silent_udp_callee_gets_retransmissions_then_the_caller_408() -> None:
     node = Node()
-    await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
+    await node.bind("bob", UDP_NAT_CONTACT, Source("udp", "198.51.100.7", 40000))
     await node.receive(invite())
     sent_at = []
     while node.statuses()[1:] == []:
@@ -695,7 +724,7 @@ async def test_a_silent_udp_callee_gets_retransmissions_then_the_caller_408() ->
 
 async def test_a_caller_that_never_acks_our_failure_is_resent_it_until_timer_h() -> None:
     node = Node()
-    await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
+    await node.bind("bob", UDP_NAT_CONTACT, Source("udp", "198.51.100.7", 40000))
     await node.receive(invite())
     [(_, sent)] = node.wire.requests("INVITE")
     await node.answer(sent, 486, "Busy Here")
@@ -708,7 +737,7 @@ async def test_a_caller_that_never_acks_our_failure_is_resent_it_until_timer_h()
 
 async def test_a_ringing_branch_is_cancelled_after_timer_c_and_given_up_if_the_cancel_goes_unanswered() -> None:
     node = Node()
-    await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
+    await node.bind("bob", UDP_NAT_CONTACT, Source("udp", "198.51.100.7", 40000))
     await node.receive(invite())
     [(_, sent)] = node.wire.requests("INVITE")
     await node.answer(sent, 180, "Ringing")
@@ -722,7 +751,7 @@ async def test_a_ringing_branch_is_cancelled_after_timer_c_and_given_up_if_the_c
 
 async def test_a_non_invite_request_is_retransmitted_at_t2_after_a_provisional_until_its_final() -> None:
     node = Node()
-    await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
+    await node.bind("bob", UDP_NAT_CONTACT, Source("udp", "198.51.100.7", 40000))
     await node.receive(invite(method="MESSAGE"))
     [(_, message)] = node.wire.requests("MESSAGE")[:1]
     await node.advance(T1)
@@ -749,7 +778,7 @@ async def test_a_finished_call_leaves_only_plain_records_that_still_answer_retra
     """
     try:
         node = Node()
-        await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
+        await node.bind("bob", UDP_NAT_CONTACT, Source("udp", "198.51.100.7", 40000))
         await node.receive(invite())
         [(leg, sent)] = node.wire.requests("INVITE")
         await node.answer(sent, 200, "OK")
@@ -774,7 +803,7 @@ async def test_a_finished_call_leaves_only_plain_records_that_still_answer_retra
 
 async def test_a_retransmitted_non_2xx_final_gets_our_ack_again_after_the_end() -> None:
     node = Node()
-    await node.bind("bob", UDP_NAT_CONTACT, "udp:198.51.100.7:40000")
+    await node.bind("bob", UDP_NAT_CONTACT, Source("udp", "198.51.100.7", 40000))
     await node.receive(invite())
     [(leg, sent)] = node.wire.requests("INVITE")
     await node.answer(sent, 486, "Busy Here")

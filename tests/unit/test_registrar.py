@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 import pytest
 
-from registrar import registrar as registrar_module
 from registrar.authentication import FAILURE_RECORD_INTERVAL, Authenticator
 from registrar.lockout import LockoutTable
 from registrar.model import Binding, Catalog, Connection, Domain, RegistrationPolicy
@@ -1011,6 +1010,7 @@ async def test_behind_nat_over_tcp_the_received_uri_names_the_transport_and_flow
     assert params["received"] == "sip:203.0.113.5:50000;transport=tcp"
     (binding,) = await env.bindings()
     assert (binding.transport, binding.source, binding.flow) == ("tcp", "tcp:203.0.113.5:50000", "flow-7")
+    assert (binding.source_host, binding.source_port) == ("203.0.113.5", 50000)
 
 
 @pytest.mark.parametrize("port", [5060, None])
@@ -1258,11 +1258,12 @@ def test_source_text_brackets_ipv6():
 def test_received_uri_for_ipv6_source_behind_nat():
     binding = Binding(
         aor=f"alice@{DOMAIN}", contact="sip:alice@[2001:db8::5]:5060", expires_at=START + 60,
-        call_id="c", cseq=1, source=str(Source("udp", "2001:db8::9", 40000)),
+        call_id="c", cseq=1, source_host="2001:db8::9", source_port=40000,
     )
-    assert registrar_module.received_uri(binding) == "sip:[2001:db8::9]:40000"
+    assert binding.received_uri() == "sip:[2001:db8::9]:40000"
+    assert binding.source == "udp:[2001:db8::9]:40000"
     same = Binding(
         aor=f"alice@{DOMAIN}", contact="sip:alice@[2001:db8::9]:40000", expires_at=START + 60,
-        call_id="c", cseq=1, source=str(Source("udp", "2001:db8::9", 40000)),
+        call_id="c", cseq=1, source_host="2001:db8::9", source_port=40000,
     )
-    assert registrar_module.received_uri(same) is None
+    assert same.received_uri() is None

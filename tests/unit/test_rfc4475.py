@@ -1349,12 +1349,6 @@ BEXT01 = message(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="registrar/proxy.py does not inspect Proxy-Require (RFC 3261 16.3 step 5): Proxy._check must answer "
-    "420 Bad Extension with Unsupported listing the Proxy-Require option tags it does not support, before "
-    "routing and before any 407 challenge; today the OPTIONS is routed (480 here)",
-)
 def test_bext01_to_a_user_the_proxy_answers_420_naming_the_proxy_require_tags(pbx: Peer) -> None:
     # "Any element receiving this request will respond with a 420 Bad Extension response,
     # containing an Unsupported header field listing these features from either the Require or

@@ -10,10 +10,11 @@ from sip_operator.status import connection_status, domain_status, needs_patch
 NOW = 1_800_000_000.0
 
 
-def binding(contact="sip:alice@192.0.2.10:5060", registered_at=NOW - 10, expires=600, source="udp:203.0.113.5:40000"):
+def binding(contact="sip:alice@192.0.2.10:5060", registered_at=NOW - 10, expires=600, source_port=40000):
     return Binding(
-        "alice@sip.example.test", contact, registered_at + expires, "call-1", 1,
-        transport="udp", source=source, node="pod-a", user_agent="baresip", registered_at=registered_at,
+        "alice@sip.example.test", contact, registered_at + expires, "call-1", 1, transport="udp",
+        source_host="203.0.113.5", source_port=source_port, node="pod-a", user_agent="baresip",
+        registered_at=registered_at,
     )
 
 
@@ -107,7 +108,7 @@ def test_real_changes_are_patched_at_once():
     patched = status([binding()], now=NOW)
     assert needs_patch(None, patched, NOW)
     assert needs_patch(patched, status([], previous=patched, now=NOW + 1), NOW + 1)
-    moved = status([binding(source="udp:203.0.113.5:40001")], previous=patched, now=NOW + 1)
+    moved = status([binding(source_port=40001)], previous=patched, now=NOW + 1)
     assert needs_patch(patched, moved, NOW + 1)
     two = status([binding(), binding(contact="sip:alice@192.0.2.11")], previous=patched, now=NOW + 1)
     assert needs_patch(patched, two, NOW + 1)
