@@ -227,7 +227,9 @@ class Transaction:
         self.ack: bytes | None = None
         self.owner = owner  # the TU's, given back with what is passed up
         self.interval = T1  # the retransmission timer's current interval
-        self.due: dict[str, float] = {}  # armed timers: when each fires
+        # Armed timers: when each fires. None until one is: a REGISTER's transaction never
+        # needs one, and every container allocated brings the collector's next pass nearer.
+        self.due: dict[str, float] | None = None
         self.retire_at: float | None = None  # the end of its last timer, which it waits out retired
 
 
@@ -323,18 +325,21 @@ class TransactionLayer:
     # -- both ---------------------------------------------------------------------------------
     def set_timer(self, transaction: Transaction, name: str, when: float) -> None:
         """A timer of the TU's own (a proxy's Timer C) on `transaction`: TimedOut(owner, name) at `when`."""
+        if transaction.due is None:
+            transaction.due = {}
         transaction.due[name] = when
         heapq.heappush(self._timers, (when, next(self._sequence), transaction.is_server, transaction.key, name))
 
     def clear_timer(self, transaction: Transaction, name: str) -> None:
-        transaction.due.pop(name, None)
+        if transaction.due:
+            transaction.due.pop(name, None)
 
     def forget(self, transaction: Transaction) -> None:
         """Drop a transaction without a trace (its request answered statelessly, or its TU gone)."""
         table = self.servers if transaction.is_server else self.clients
         if table.get(transaction.key) is transaction:
             del table[transaction.key]
-        transaction.due.clear()
+        transaction.due = None
         transaction.owner = None
 
     def next_deadline(self) -> float | None:
@@ -347,7 +352,7 @@ class TransactionLayer:
     def _armed(self, entry: tuple[float, int, bool, TransactionKey, str]) -> bool:
         when, _, server, key, name = entry
         transaction = (self.servers if server else self.clients).get(key)
-        return transaction is not None and transaction.due.get(name) == when
+        return transaction is not None and transaction.due is not None and transaction.due.get(name) == when
 
     def advance(self, now: float) -> list[Effect]:
         """Fire every timer due by `now`."""
@@ -359,7 +364,7 @@ class TransactionLayer:
                 continue  # disarmed, re-armed, or its transaction is over
             _, _, server, key, name = entry
             transaction = (self.servers if server else self.clients)[key]
-            del transaction.due[name]
+            del transaction.due[name]  # type: ignore[union-attr]  (armed: see _armed)
             if name in _T:
                 effects += self._handle(transaction, _T[name], now)
             else:
@@ -404,7 +409,7 @@ class TransactionLayer:
     def _timer_action(self, transaction: Transaction, action: tuple[str, str], now: float) -> None:
         verb, timer = action
         if verb == DISARM:
-            transaction.due.pop(timer, None)
+            self.clear_timer(transaction, timer)
             return
         if timer in RETRANSMISSION_TIMERS:
             if transaction.reliable:
@@ -427,7 +432,8 @@ class TransactionLayer:
         """After a transition: a transaction Terminated goes; one with only absorbing left retires."""
         state = transaction.state
         if state != TERMINATED:
-            if (transaction.kind, state) not in _RETIRABLE or not RETRANSMISSION_TIMERS.isdisjoint(transaction.due):
+            due = transaction.due
+            if (transaction.kind, state) not in _RETIRABLE or (due and not RETRANSMISSION_TIMERS.isdisjoint(due)):
                 return
             # Its last timer is its lifetime; zero (TCP, TLS): nothing to absorb, so nothing kept.
             if transaction.retire_at is not None and transaction.retire_at > now:
