@@ -1,9 +1,9 @@
 """Unit tests for registrar.sip.message: parsing, limits, RFC 4475 torture messages,
 stream framing, answering (make_response) and salvaging unparsable requests.
 
-The RFC 4475 messages are RFC 4475's bytes, from tests/rfc4475.py (the tests that
-send them through a running server read the same), and each test asserts what
-RFC 4475 says a parser must do with it.
+The RFC 4475 messages come from tests/rfc4475.py, as the RFC has them (the tests
+that send them through a running server read the same), and each test asserts
+what RFC 4475 says a parser must do with it.
 """
 
 from __future__ import annotations
@@ -991,7 +991,10 @@ def test_rfc4475_mismatch02_unknown_method_with_another_cseq_method_is_501() -> 
     assert (error.status, error.reason) == (501, "Not Implemented: NEWMETHOD")
 
 
-@pytest.mark.parametrize(("data", "scheme"), [(UNKSCM, "nobodyKnowsThisScheme"), (NOVELSC, "soap.beep")])
+@pytest.mark.parametrize(
+    ("data", "scheme"),
+    [pytest.param(UNKSCM, "nobodyKnowsThisScheme", id="unkscm"), pytest.param(NOVELSC, "soap.beep", id="novelsc")],
+)
 def test_rfc4475_unkscm_novelsc_unknown_request_uri_scheme_is_416(data: bytes, scheme: str) -> None:
     error = rejected(data)
     assert (error.status, error.reason) == (416, f"Unsupported URI Scheme: {scheme}")
