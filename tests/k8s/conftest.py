@@ -155,8 +155,8 @@ import yaml
 from kopf._core.intents.registries import SmartOperatorRegistry  # not exported by kopf 1.45
 from kopf.testing import KopfRunner
 
-from tests.conftest import free_port, sample_value
 from tests.etcd_server import EtcdServer
+from tests.helpers import free_port, sample_value
 from tests.k8s.emulator import EmulatorThread
 
 T = TypeVar("T")

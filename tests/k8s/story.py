@@ -18,8 +18,8 @@ from pathlib import Path
 import yaml
 
 from registrar.store import layout
-from tests.conftest import MANIFESTS, start_registrar, stop_registrar
 from tests.etcd_server import EtcdServer, records
+from tests.helpers import MANIFESTS, start_registrar, stop_registrar
 from tests.integration.sip_client import UserAgent, status_of
 from tests.integration.sipp import manifest_passwords, run_sipp, users_csv
 from tests.k8s.conftest import Kube, wait_for

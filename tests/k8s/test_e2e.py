@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from registrar.store import layout
-from tests.conftest import MANIFESTS, ROOT, start_registrar, stop_registrar
 from tests.etcd_server import EtcdServer
+from tests.helpers import MANIFESTS, ROOT, start_registrar, stop_registrar
 from tests.integration.sipp import manifest_passwords
 from tests.k8s.conftest import Kube, wait_for
 from tests.k8s.story import (

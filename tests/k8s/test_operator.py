@@ -10,8 +10,8 @@ import pytest
 
 from registrar.store import layout
 from registrar.store.etcd_session import EtcdTls
-from tests.conftest import start_registrar, stop_registrar
 from tests.etcd_server import ETCD, INSTALL_HINT, EtcdServer, EtcdServerTls, records
+from tests.helpers import start_registrar, stop_registrar
 from tests.k8s.conftest import Kube, OperatorProcess, wait_for
 from tests.k8s.story import (
     DOMAIN,
