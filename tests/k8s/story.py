@@ -22,7 +22,7 @@ from tests.etcd_server import EtcdServer, records
 from tests.helpers import MANIFESTS, start_registrar, stop_registrar
 from tests.integration.sip_client import UserAgent, status_of
 from tests.integration.sipp import manifest_passwords, run_sipp, users_csv
-from tests.k8s.conftest import Kube, wait_for
+from tests.k8s.kube import Kube, wait_for
 
 OPERATOR = "sip_operator.handlers"
 NAMESPACE = "voip"

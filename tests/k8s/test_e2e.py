@@ -23,7 +23,7 @@ from registrar.store import layout
 from tests.etcd_server import EtcdServer
 from tests.helpers import MANIFESTS, ROOT, start_registrar, stop_registrar
 from tests.integration.sipp import manifest_passwords
-from tests.k8s.conftest import Kube, wait_for
+from tests.k8s.kube import Kube, wait_for
 from tests.k8s.story import (
     DOMAIN, DOMAIN_OBJECT, OPERATOR, SIPCONNECTIONS, SIPDOMAINS, apply_examples, condition, etcd_records, register,
     wait_for_children,
