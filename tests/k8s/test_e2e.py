@@ -21,12 +21,11 @@ import yaml
 
 from registrar.store import layout
 from tests.etcd_server import EtcdServer
-from tests.helpers import MANIFESTS, ROOT, start_registrar, stop_registrar
+from tests.helpers import DOMAIN, MANIFESTS, ROOT, start_registrar, stop_registrar
 from tests.integration.sipp import manifest_passwords
-from tests.k8s.kube import Kube, wait_for
+from tests.k8s.kube import SIPCONNECTIONS, SIPDOMAINS, Kube, wait_for
 from tests.k8s.story import (
-    DOMAIN, DOMAIN_OBJECT, OPERATOR, SIPCONNECTIONS, SIPDOMAINS, apply_examples, condition, etcd_records, register,
-    wait_for_children,
+    DOMAIN_OBJECT, OPERATOR, apply_examples, condition, etcd_records, register, wait_for_children,
 )
 
 pytestmark = [

@@ -11,16 +11,13 @@ import pytest
 from registrar.store import layout
 from registrar.store.etcd_session import EtcdTls
 from tests.etcd_server import ETCD, INSTALL_HINT, EtcdServer, EtcdServerTls, records
-from tests.helpers import start_registrar, stop_registrar
-from tests.k8s.kube import Kube, OperatorProcess, wait_for
+from tests.helpers import DOMAIN, start_registrar, stop_registrar
+from tests.k8s.kube import SIPCONNECTIONS, SIPDOMAINS, Kube, OperatorProcess, wait_for
 from tests.k8s.story import (
-    DOMAIN,
     DOMAIN_OBJECT,
     NAMESPACE,
     OPERATOR,
     RESOURCES,
-    SIPCONNECTIONS,
-    SIPDOMAINS,
     condition,
     connection,
     etcd_records,
