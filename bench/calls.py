@@ -40,8 +40,8 @@ from run import (
     DOMAIN, binding_count, climb, cpu_ticks, latencies, percentile, pinned, start_capture, stop_capture, udp_packets,
     wait_idle, write_manifests,
 )
-from tests.conftest import free_port, start_registrar, stop_registrar
 from tests.etcd_server import EtcdServer
+from tests.helpers import free_port, start_registrar, stop_registrar
 from registrar.sip.transaction import TIMEOUT
 from tests.integration.sipp import SCENARIOS, SIPP, run_sipp, seconds_run, sipp_statistics, users_csv
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from run import DOMAIN, cpu_ticks, pinned, rss_kib, write_manifests  # noqa: E402
 
-from tests.conftest import start_registrar, stop_registrar  # noqa: E402
+from tests.helpers import start_registrar, stop_registrar  # noqa: E402
 from tests.integration.sipp import flood  # noqa: E402
 
 ATTACKER = "127.0.0.66"

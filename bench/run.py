@@ -39,8 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import start_registrar, stop_registrar  # noqa: E402
 from tests.etcd_server import EtcdServer  # noqa: E402
+from tests.helpers import start_registrar, stop_registrar  # noqa: E402
 from tests.integration.sipp import SCENARIOS, run_sipp, users_csv  # noqa: E402
 
 DOMAIN = "bench.example.test"

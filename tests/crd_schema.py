@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import celpy
@@ -19,7 +18,8 @@ import kubernetes_validate
 import re2
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 CRD_FILES = sorted((ROOT / "crds").glob("*.yaml"))
 CRDS = {crd["spec"]["names"]["kind"]: crd for crd in (yaml.safe_load(path.read_text()) for path in CRD_FILES)}
 OUR_KINDS = ("SipDomain", "SipConnection")

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 from tests.pki import CertFiles
 
 if TYPE_CHECKING:

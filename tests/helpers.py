@@ -1,8 +1,19 @@
-"""What the tests share: test doubles and small helpers (no test module imports another)."""
+"""What the tests share: test doubles, loopback ports, a real `sipreg serve` (no test module imports another)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 # The domain of the tests' catalogues (manifests/ serves it too).
 DOMAIN = "sip.example.test"
@@ -42,3 +53,149 @@ def authorization(
         f'Digest username="{username}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
         f'response="{response}", algorithm=MD5, cnonce="{cnonce}", qop=auth, nc={nc_text}'
     )
+
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT / "manifests"
+# The bindings API's bearer token of the registrars tests start (it is off without one).
+API_TOKEN = "test-token-0123456789abcdef"
+
+
+def manifests_with_security(directory: Path, security: dict) -> Path:
+    """manifests/ copied to `directory`, sip.example.test's SipDomain with `security` as its spec.security."""
+    import yaml
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for source in sorted(MANIFESTS.glob("*.yaml")):
+        documents = list(yaml.safe_load_all(source.read_text()))
+        for document in documents:
+            if document and document.get("kind") == "SipDomain" and document["spec"]["domain"] == "sip.example.test":
+                document["spec"]["security"] = security
+        (directory / source.name).write_text(yaml.safe_dump_all(documents))
+    return directory
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host` (SIP uses both on one port)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class RunningRegistrar:
+    process: subprocess.Popen
+    host: str  # SIP's
+    sip_port: int
+    tls_port: int
+    http_port: int
+    log_path: Path
+    http_host: str = "127.0.0.1"
+    api_token: str | None = None
+
+    def http_request(self, path: str, token: str | None = None) -> urllib.request.Request:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return urllib.request.Request(f"http://{self.http_host}:{self.http_port}{path}", headers=headers)
+
+    def api(self, path: str) -> dict:
+        """GET `path` as JSON, with the registrar's bearer token."""
+        with urllib.request.urlopen(self.http_request(path, self.api_token), timeout=5) as response:
+            return json.load(response)
+
+    def bindings(self, aor: str | None = None) -> list[dict]:
+        return self.api(f"/api/v1/bindings/{aor}" if aor else "/api/v1/bindings")["bindings"]
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.http_request("/metrics"), timeout=5) as response:
+            return response.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of /metrics now (None when there is no such series)."""
+        return sample_value(self.metrics(), name, **labels)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def sample_value(exposition: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name{labels}` (exactly those labels) in a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
+
+
+def start_registrar(
+    tmp_path: Path, *extra: str, manifests: Path | None = MANIFESTS, wrapper: list[str] | None = None,
+    ready_timeout: float = 20, command_name: str = "serve", host: str = "127.0.0.1", http_host: str | None = None,
+    api_token: str | None = API_TOKEN,
+) -> RunningRegistrar:
+    """Start `sipreg serve` (or `sipreg registrar`, as pods do); `wrapper` prefixes the command (taskset).
+
+    SIP listens on `host`, HTTP on `http_host` (None: the default, loopback); the bindings API
+    takes `api_token` from a file (None: the API is off).
+    """
+    sip_port, tls_port, http_port = free_port(host), free_port(host), free_port(http_host or "127.0.0.1")
+    log_path = tmp_path / f"sipreg-{sip_port}.log"
+    token_options = []
+    if api_token is not None:
+        token_file = tmp_path / f"api-token-{sip_port}"
+        token_file.write_text(api_token + "\n")
+        token_options = ["--api-token-file", str(token_file)]
+    command = [
+        *(wrapper or []), sys.executable, "-m", "registrar.cli", command_name,
+        *(["--manifests", str(manifests)] if manifests else []), "--host", host,
+        *(["--http-host", http_host] if http_host else []),
+        "--sip-port", str(sip_port), "--tls-port", str(tls_port), "--http-port", str(http_port),
+        *token_options, *extra,
+    ]
+    log_file = open(log_path, "w")
+    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
+    log_file.close()
+    registrar = RunningRegistrar(
+        process, host, sip_port, tls_port, http_port, log_path, http_host or "127.0.0.1", api_token
+    )
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"sipreg {command_name} exited with {process.returncode}:\n{registrar.log()}")
+        try:
+            if registrar.api("/readyz")["ready"]:
+                return registrar
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.05)
+    stop_registrar(registrar)
+    raise RuntimeError(f"sipreg {command_name} did not become ready:\n{registrar.log()}")
+
+
+def stop_registrar(registrar: RunningRegistrar) -> None:
+    if registrar.process.poll() is None:
+        registrar.process.send_signal(signal.SIGTERM)
+        try:
+            registrar.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            registrar.process.kill()
+            registrar.process.wait()
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, *extra: str, **kwargs) -> Iterator[RunningRegistrar]:
+    """start_registrar(tmp_path, *extra, **kwargs) for the block; stopped after, and no traceback in its log."""
+    running = start_registrar(tmp_path, *extra, **kwargs)
+    try:
+        yield running
+    finally:
+        stop_registrar(running)
+        assert "Traceback" not in running.log(), running.log()

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
+
 CHART = ROOT / "charts" / "sipreg"
 EXTERNAL_ETCD_VALUES = CHART / "ci" / "external-etcd-values.yaml"
 INSTALL_HINT = "helm not found on PATH nor in .tools/bin: `make helm` (part of `make test`) installs it"

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from sip_operator.children import PodSettings
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 USER_ID = 10001
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MANIFESTS, RunningRegistrar, start_registrar, stop_registrar
 from tests.etcd_server import EtcdServer
+from tests.helpers import MANIFESTS, RunningRegistrar, start_registrar, stop_registrar
 
 # Replicas verify each other's nonces only when they share this.
 NONCE_SECRET = "replicas-share-this"

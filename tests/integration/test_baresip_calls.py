@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 from tests.integration.baresip import BARESIP, CALL_SUMMARY_AFTER, Baresip, TracedMessage
 
 pytestmark = [

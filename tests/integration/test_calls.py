@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningRegistrar, free_port, serving
+from tests.helpers import RunningRegistrar, free_port, serving
 from tests.integration.sipp import (
     SCENARIOS,
     SIPP,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from registrar.cli import build_parser
-from tests.conftest import API_TOKEN, MANIFESTS, ROOT, RunningRegistrar, serving, start_registrar
+from tests.helpers import API_TOKEN, MANIFESTS, ROOT, RunningRegistrar, serving, start_registrar
 
 pytestmark = pytest.mark.integration
 

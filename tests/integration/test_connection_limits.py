@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningRegistrar, serving
+from tests.helpers import RunningRegistrar, serving
 from tests.integration.sip_client import UserAgent, status_of
 
 pytestmark = pytest.mark.integration

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from registrar.store import layout
-from tests.conftest import MANIFESTS, RunningRegistrar, stop_registrar
 from tests.etcd_server import EtcdServer, records
+from tests.helpers import MANIFESTS, RunningRegistrar, stop_registrar
 from tests.integration.sip_client import UserAgent, contacts_of, status_of
 from tests.integration.sipp import SIPP, manifest_passwords, run_sipp, users_csv
 

@@ -14,6 +14,7 @@ from registrar.store import layout
 from registrar.store.etcd import EtcdStore
 from registrar.store.etcd_session import EtcdSession, parse_endpoints
 from tests.etcd_server import EtcdServer, records
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -316,8 +317,6 @@ def test_store_urls_are_checked() -> None:
 
 
 async def test_endpoints_that_do_not_answer_are_skipped(etcd):
-    from tests.conftest import free_port
-
     dead = f"127.0.0.1:{free_port()}"
     store = EtcdStore(EtcdSession(parse_endpoints(f"etcd://{dead},{etcd.endpoint}"), timeout=1.0))
     try:

@@ -17,8 +17,8 @@ from registrar.model import Binding
 from registrar.store import layout
 from registrar.store.etcd import EtcdStore
 from registrar.store.etcd_session import EtcdSession, EtcdTls, EtcdUnavailable, parse_endpoints
-from tests.conftest import start_registrar, stop_registrar
 from tests.etcd_server import ETCD, INSTALL_HINT, EtcdServer, EtcdServerTls, records
+from tests.helpers import start_registrar, stop_registrar
 from tests.pki import CertFiles, CertificateAuthority
 
 pytestmark = pytest.mark.integration

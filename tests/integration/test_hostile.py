@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningRegistrar, manifests_with_security, serving
+from tests.helpers import RunningRegistrar, manifests_with_security, serving
 from tests.integration.sip_client import UserAgent, status_of
 from tests.integration.sipp import flood, run_sipp, users_csv
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, RunningRegistrar, free_port, serving
+from tests.helpers import ROOT, RunningRegistrar, free_port, serving
 from tests.integration.sip_client import UserAgent, status_of
 
 pytestmark = pytest.mark.integration

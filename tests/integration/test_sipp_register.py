@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MANIFESTS, RunningRegistrar
+from tests.helpers import MANIFESTS, RunningRegistrar
 from tests.integration.sipp import SIPP, manifest_passwords, run_sipp, single_request_scenario, users_csv
 
 pytestmark = [

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningRegistrar, start_registrar, stop_registrar
+from tests.helpers import RunningRegistrar, start_registrar, stop_registrar
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,8 @@
 """Operator tests: the real kopf operator (kopf.testing.KopfRunner) against kmock's Kubernetes emulator.
 
+This file holds the fixtures; what they and the tests use (Kube, wait_for, our CRDs,
+quick_settings(), OperatorProcess) is in tests/k8s/kube.py, which test modules import.
+
 Fixtures
 --------
 - `kubernetes_api`: an `EmulatorThread` (tests/k8s/emulator.py) serving kmock's
@@ -9,12 +12,13 @@ Fixtures
   Deployment, policy/v1 PodDisruptionBudget, ...) and our CRDs, created
   through the API (POST .../customresourcedefinitions registers the resource,
   as in a cluster). The CRDs are `crds/*.yaml` when that folder holds any,
-  else MINIMAL_CRDS below (fixture `sipreg_crds`; a test module may override
-  it). Why a thread: KopfRunner.__exit__ joins kopf's thread and the sync
-  `kubernetes` client blocks, so an emulator on the test's own event loop
-  would stop answering exactly then. `kubernetes_api.call(fn)` runs
-  fn(emulator) on that loop, for kmock's own assertions (`emulator.objects`,
-  `emulator.requests`). The port is closed when the fixture ends (asserted).
+  else MINIMAL_CRDS of tests/k8s/kube.py (fixture `sipreg_crds`; a test
+  module may override it). Why a thread: KopfRunner.__exit__ joins kopf's
+  thread and the sync `kubernetes` client blocks, so an emulator on the
+  test's own event loop would stop answering exactly then.
+  `kubernetes_api.call(fn)` runs fn(emulator) on that loop, for kmock's own
+  assertions (`emulator.objects`, `emulator.requests`). The port is closed
+  when the fixture ends (asserted).
 - `kubeconfig`: a kubeconfig file for the emulator (server http://127.0.0.1:
   PORT, a dummy token), exported as KUBECONFIG; KUBERNETES_SERVICE_HOST/PORT
   are removed so that in-cluster config cannot win. kopf needs no
@@ -134,93 +138,40 @@ import contextlib
 import copy
 import gc
 import json
-import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import kopf
 import kubernetes
 import pytest
-import yaml
 from kopf._core.intents.registries import SmartOperatorRegistry  # not exported by kopf 1.45
 from kopf.testing import KopfRunner
 
-from tests.conftest import free_port, sample_value
 from tests.etcd_server import EtcdServer
+from tests.helpers import ROOT, free_port
 from tests.k8s.emulator import EmulatorThread
-
-T = TypeVar("T")
-
-ROOT = Path(__file__).resolve().parents[2]
-CRDS_DIR = ROOT / "crds"
-GROUP, VERSION = "sipreg.io", "v1alpha1"
-SIPDOMAINS = f"{GROUP}/{VERSION}/sipdomains"
-SIPCONNECTIONS = f"{GROUP}/{VERSION}/sipconnections"
-
-
-
-def minimal_crd(kind: str, plural: str, status_properties: Mapping[str, Any]) -> dict[str, Any]:
-    """A namespaced sipreg.io/v1alpha1 CRD with a status subresource and a strict status schema."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "properties": {
-                        "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                        "status": {"type": "object", "properties": dict(status_properties)},
-                    },
-                }},
-            }],
-        },
-    }
-
-
-CONDITIONS = {"type": "array", "items": {"type": "object", "properties": {
-    "type": {"type": "string"}, "status": {"type": "string"},
-    "reason": {"type": "string"}, "message": {"type": "string"},
-    "lastTransitionTime": {"type": "string"}, "observedGeneration": {"type": "integer"},
-}}}
-MINIMAL_CRDS = [
-    minimal_crd("SipDomain", "sipdomains", {"conditions": CONDITIONS, "observedGeneration": {"type": "integer"}}),
-    minimal_crd("SipConnection", "sipconnections", {
-        "registered": {"type": "boolean"},
-        "contacts": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-        "lastRegistered": {"type": "string"},
-        "lastFailure": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-        "conditions": CONDITIONS,
-    }),
-]
-
-
-def load_crds(folder: Path = CRDS_DIR) -> list[dict[str, Any]]:
-    """The CustomResourceDefinitions in `folder`'s YAML files (several documents per file allowed)."""
-    crds = []
-    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-        for document in yaml.safe_load_all(path.read_text()):
-            if isinstance(document, dict) and document.get("kind") == "CustomResourceDefinition":
-                crds.append(document)
-    return crds
+from tests.k8s.kube import (
+    CRDS_DIR,
+    MINIMAL_CRDS,
+    TEST_USER_AGENT,
+    Kube,
+    OperatorProcess,
+    kopf_process_state,
+    load_crds,
+    open_sockets,
+    port_is_closed,
+    quick_settings,
+    wait_for,
+    write_kubeconfig,
+)
 
 
 @pytest.fixture
@@ -228,11 +179,6 @@ def sipreg_crds() -> list[dict[str, Any]]:
     """The CRDs the emulator serves: crds/*.yaml when there are any, else MINIMAL_CRDS."""
     crds = load_crds() if CRDS_DIR.is_dir() else []
     return crds or copy.deepcopy(MINIMAL_CRDS)
-
-
-def _port_is_closed(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
 @pytest.fixture
@@ -249,19 +195,7 @@ def kubernetes_api(sipreg_crds: list[dict[str, Any]]) -> Iterator[EmulatorThread
         yield api
     finally:
         api.stop()
-    assert _port_is_closed(api.port), "the emulator still listens after stopping"
-
-
-def write_kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "kmock", "cluster": {"server": server}}],
-        "users": [{"name": "kmock", "user": {"token": "kmock-test-token"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": "default"}}],
-        "current-context": "kmock",
-    }))
-    return path
+    assert port_is_closed(api.port), "the emulator still listens after stopping"
 
 
 @pytest.fixture
@@ -283,103 +217,6 @@ def kubeconfig(kubernetes_api: EmulatorThread, tmp_path: Path, monkeypatch: pyte
         kubernetes.client.Configuration._default = default_configuration
 
 
-def wait_for(condition: Callable[[], T], *, timeout: float = 10, interval: float = 0.02,
-             message: str = "the condition") -> T:
-    """Poll `condition` until it returns a truthy value (returned) or the deadline passes (fails)."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            result = condition()
-        except AssertionError as e:  # conditions may assert, to say what is still wrong
-            last_error, result = e, None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}") from last_error
-        time.sleep(interval)
-
-
-class Kube:
-    """Thin access to the emulator through the official client: typed APIs and generic paths.
-
-    A resource is written as kmock writes it: 'v1/configmaps', 'apps/v1/deployments',
-    'sipreg.io/v1alpha1/sipdomains'.
-    """
-
-    def __init__(self, api_client: kubernetes.client.ApiClient, namespace: str = "default") -> None:
-        self.api_client = api_client
-        self.namespace = namespace
-        self.core = kubernetes.client.CoreV1Api(api_client)
-        self.apps = kubernetes.client.AppsV1Api(api_client)
-        self.custom = kubernetes.client.CustomObjectsApi(api_client)
-
-    @staticmethod
-    def path(resource: str, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
-        *group_version, plural = resource.split("/")
-        prefix = "/api/v1" if group_version == ["v1"] else "/apis/" + "/".join(group_version)
-        parts = [prefix, *(["namespaces", namespace] if namespace else []), plural,
-                 *([name] if name else []), *([subresource] if subresource else [])]
-        return "/".join(parts)
-
-    def request(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json",
-                query: Mapping[str, str] | None = None) -> Any:
-        serialized = self.api_client.param_serialize(
-            method=method, resource_path=path, query_params=list((query or {}).items()),
-            header_params={"Content-Type": content_type, "Accept": "application/json"}, body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self.api_client.call_api(*serialized)
-        response.read()
-        if response.status >= 400:
-            raise kubernetes.client.ApiException(http_resp=response)
-        return json.loads(response.data) if response.data else None
-
-    def create(self, resource: str, body: Mapping[str, Any], namespace: str | None = "") -> dict[str, Any]:
-        namespace = self._namespace(body, namespace)
-        return self.request("POST", self.path(resource, namespace), dict(body))
-
-    def get(self, resource: str, name: str, namespace: str | None = "") -> dict[str, Any]:
-        return self.request("GET", self.path(resource, self._namespace({}, namespace), name))
-
-    def find(self, resource: str, name: str, namespace: str | None = "") -> dict[str, Any] | None:
-        """The object, or None when it does not exist."""
-        try:
-            return self.get(resource, name, namespace)
-        except kubernetes.client.ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-
-    def list(self, resource: str, namespace: str | None = "", label_selector: str | None = None) -> list[dict]:
-        query = {"labelSelector": label_selector} if label_selector else None
-        return self.request("GET", self.path(resource, self._namespace({}, namespace)), query=query)["items"]
-
-    def patch(self, resource: str, name: str, patch: Any, namespace: str | None = "", *,
-              subresource: str | None = None) -> dict[str, Any]:
-        """A merge patch (a dict) or a JSON patch (a list of operations)."""
-        content_type = "application/json-patch+json" if isinstance(patch, list) else "application/merge-patch+json"
-        path = self.path(resource, self._namespace({}, namespace), name, subresource)
-        return self.request("PATCH", path, patch, content_type=content_type)
-
-    def delete(self, resource: str, name: str, namespace: str | None = "") -> dict[str, Any]:
-        return self.request("DELETE", self.path(resource, self._namespace({}, namespace), name))
-
-    def wait_gone(self, resource: str, name: str, namespace: str | None = "", timeout: float = 10) -> None:
-        wait_for(lambda: self.find(resource, name, namespace) is None, timeout=timeout,
-                 message=f"{resource} {name} to be gone")
-
-    def _namespace(self, body: Mapping[str, Any], namespace: str | None) -> str | None:
-        if namespace is None:  # cluster-scoped
-            return None
-        return namespace or body.get("metadata", {}).get("namespace") or self.namespace
-
-
-# The tests' own client introduces itself so: the emulator's request log tells its requests from
-# the operator's (kopf's and the operator's `kubernetes` client), as tests/k8s/test_rbac.py must.
-TEST_USER_AGENT = "sipreg-tests"
-
-
 @pytest.fixture
 def kube(kubeconfig: Path) -> Iterator[Kube]:
     api_client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
@@ -388,46 +225,6 @@ def kube(kubeconfig: Path) -> Iterator[Kube]:
         yield Kube(api_client)
     finally:
         api_client.close()
-
-
-def quick_settings() -> kopf.OperatorSettings:
-    """kopf settings for a test against the emulator: retries and idle times in fractions of a second."""
-    settings = kopf.OperatorSettings()
-    settings.networking.error_backoffs = [0.1, 0.2, 0.5, 1]
-    settings.queueing.error_delays = [0.1, 0.2, 0.5, 1]
-    settings.queueing.idle_timeout = 0.5
-    settings.queueing.exit_timeout = 0.5
-    settings.persistence.consistency_timeout = 1.0
-    settings.posting.default_backoffs = [0.1, 0.2, 0.5]
-    return settings
-
-
-@contextlib.contextmanager
-def _kopf_process_state() -> Iterator[None]:
-    """Restore what `kopf run` changes process-wide: registry, loggers, sys.path, sys.modules."""
-    registry = kopf.get_default_registry()
-    root = logging.getLogger()
-    root_handlers, root_level = list(root.handlers), root.level
-    asyncio_logger = logging.getLogger("asyncio")
-    asyncio_handlers, asyncio_propagate = list(asyncio_logger.handlers), asyncio_logger.propagate
-    sys_path, modules = list(sys.path), set(sys.modules)
-    # --verbose puts the root logger at DEBUG: keep the clients' request lines out of the logs.
-    chatty = {name: logging.getLogger(name).level for name in ("urllib3", "aiohttp.access")}
-    for name in chatty:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for name, level in chatty.items():
-            logging.getLogger(name).setLevel(level)
-        kopf.set_default_registry(registry)
-        root.handlers[:], asyncio_logger.handlers[:] = root_handlers, asyncio_handlers
-        root.setLevel(root_level)
-        asyncio_logger.propagate = asyncio_propagate
-        sys.path[:] = sys_path
-        for name in set(sys.modules) - modules:
-            if name.startswith("__kopf_script_"):
-                del sys.modules[name]
 
 
 @pytest.fixture
@@ -449,7 +246,7 @@ def operator_runner(kubeconfig: Path) -> Callable[..., contextlib.AbstractContex
         if module:  # an imported module would not register its handlers in the new registry
             for name in [name for name in sys.modules if name == module or name.startswith(module + ".")]:
                 del sys.modules[name]
-        with _kopf_process_state():
+        with kopf_process_state():
             settings = settings or quick_settings()
             runner = KopfRunner(
                 ["run", "-A", "--standalone", "--verbose", *args, *target],
@@ -468,31 +265,6 @@ def operator_runner(kubeconfig: Path) -> Callable[..., contextlib.AbstractContex
             assert not errors, runner.output
 
     return run
-
-
-@dataclass
-class OperatorProcess:
-    process: subprocess.Popen
-    health_port: int
-    metrics_port: int
-    log_path: Path
-
-    def get(self, port: int, path: str) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.read().decode()
-
-    def metrics(self) -> str:
-        return self.get(self.metrics_port, "/metrics")
-
-    def metric(self, name: str, **labels: str) -> float | None:
-        return sample_value(self.metrics(), name, **labels)
-
-    def serving(self) -> bool:
-        try:
-            return bool(self.get(self.health_port, "/healthz") and self.metrics())
-        except OSError:
-            assert self.process.poll() is None, self.log_path.read_text()
-            return False
 
 
 @pytest.fixture
@@ -525,24 +297,15 @@ def operator_process(kubeconfig: Path, etcd: Any, tmp_path: Path) -> Iterator[Op
     assert "Traceback" not in output, output
 
 
-def _open_sockets() -> set[str]:
-    sockets = set()
-    for fd in Path("/proc/self/fd").iterdir():
-        with contextlib.suppress(OSError):
-            if (target := os.readlink(fd)).startswith("socket:"):
-                sockets.add(target)
-    return sockets
-
-
 @pytest.fixture(autouse=True)
 def _nothing_left_behind() -> Iterator[None]:
     """Every operator test leaves no thread (kopf's, its executor's, the emulator's) and no socket open."""
-    threads, sockets = set(threading.enumerate()), _open_sockets()
+    threads, sockets = set(threading.enumerate()), open_sockets()
     yield
 
     def leftovers() -> list[object]:
         return ([thread for thread in threading.enumerate() if thread not in threads and thread.is_alive()]
-                + sorted(_open_sockets() - sockets))
+                + sorted(open_sockets() - sockets))
 
     deadline = time.monotonic() + 5  # what was told to stop gets a moment to end
     while leftovers() and time.monotonic() < deadline:

@@ -18,24 +18,22 @@ from pathlib import Path
 import yaml
 
 from registrar.store import layout
-from tests.conftest import MANIFESTS, start_registrar, stop_registrar
 from tests.etcd_server import EtcdServer, records
+from tests.helpers import DOMAIN, MANIFESTS, start_registrar, stop_registrar
 from tests.integration.sip_client import UserAgent, status_of
 from tests.integration.sipp import manifest_passwords, run_sipp, users_csv
-from tests.k8s.conftest import Kube, wait_for
+from tests.k8s.kube import SIPCONNECTIONS, SIPDOMAINS, Kube, wait_for
 
 OPERATOR = "sip_operator.handlers"
 NAMESPACE = "voip"
 DOMAIN_OBJECT = "sip-example-test"
-DOMAIN = "sip.example.test"
 CONTACT_PORT = "5099"
 RESOURCES = {
     "Namespace": "v1/namespaces",
     "Secret": "v1/secrets",
-    "SipDomain": "sipreg.io/v1alpha1/sipdomains",
-    "SipConnection": "sipreg.io/v1alpha1/sipconnections",
+    "SipDomain": SIPDOMAINS,
+    "SipConnection": SIPCONNECTIONS,
 }
-SIPDOMAINS, SIPCONNECTIONS = RESOURCES["SipDomain"], RESOURCES["SipConnection"]
 
 
 def example_objects() -> list[dict]:

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, start_registrar, stop_registrar
 from tests.etcd_server import EtcdServer
+from tests.helpers import ROOT, start_registrar, stop_registrar
 from tests.integration.sip_client import UserAgent, status_of
 from tests.integration.sipp import manifest_passwords
-from tests.k8s.conftest import OperatorProcess
+from tests.k8s.kube import OperatorProcess
 
 pytestmark = pytest.mark.k8s
 

@@ -20,13 +20,12 @@ import pytest
 import yaml
 
 from registrar.store import layout
-from tests.conftest import MANIFESTS, ROOT, start_registrar, stop_registrar
 from tests.etcd_server import EtcdServer
+from tests.helpers import DOMAIN, MANIFESTS, ROOT, start_registrar, stop_registrar
 from tests.integration.sipp import manifest_passwords
-from tests.k8s.conftest import Kube, wait_for
+from tests.k8s.kube import SIPCONNECTIONS, SIPDOMAINS, Kube, wait_for
 from tests.k8s.story import (
-    DOMAIN, DOMAIN_OBJECT, OPERATOR, SIPCONNECTIONS, SIPDOMAINS, apply_examples, condition, etcd_records, register,
-    wait_for_children,
+    DOMAIN_OBJECT, OPERATOR, apply_examples, condition, etcd_records, register, wait_for_children,
 )
 
 pytestmark = [

@@ -7,7 +7,7 @@ import threading
 import kubernetes
 import pytest
 
-from tests.k8s.conftest import SIPDOMAINS, Kube, minimal_crd, wait_for
+from tests.k8s.kube import SIPDOMAINS, Kube, minimal_crd, wait_for
 
 pytestmark = pytest.mark.k8s
 

@@ -10,17 +10,14 @@ import pytest
 
 from registrar.store import layout
 from registrar.store.etcd_session import EtcdTls
-from tests.conftest import start_registrar, stop_registrar
 from tests.etcd_server import ETCD, INSTALL_HINT, EtcdServer, EtcdServerTls, records
-from tests.k8s.conftest import Kube, OperatorProcess, wait_for
+from tests.helpers import DOMAIN, start_registrar, stop_registrar
+from tests.k8s.kube import SIPCONNECTIONS, SIPDOMAINS, Kube, OperatorProcess, wait_for
 from tests.k8s.story import (
-    DOMAIN,
     DOMAIN_OBJECT,
     NAMESPACE,
     OPERATOR,
     RESOURCES,
-    SIPCONNECTIONS,
-    SIPDOMAINS,
     condition,
     connection,
     etcd_records,

@@ -31,10 +31,10 @@ import pytest
 
 from tests.chart.helm import EXTERNAL_ETCD_VALUES, one, render
 from tests.chart.helm import NAMESPACE as RELEASE_NAMESPACE
-from tests.conftest import ROOT, free_port
 from tests.etcd_server import EtcdServer
-from tests.k8s.conftest import TEST_USER_AGENT, Kube, wait_for
+from tests.helpers import ROOT, free_port
 from tests.k8s.emulator import EmulatorThread
+from tests.k8s.kube import TEST_USER_AGENT, Kube, wait_for
 from tests.k8s.story import NAMESPACE, OPERATOR, sip_domain_story
 
 pytestmark = pytest.mark.k8s

@@ -5,7 +5,7 @@ from __future__ import annotations
 from registrar.app import ServeConfig, make_store
 from registrar.model import Catalog, Domain, RegistrationPolicy
 from registrar.store.memory import MemoryStore
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 DOMAIN = "sip.example.test"
 

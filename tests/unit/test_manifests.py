@@ -22,8 +22,8 @@ from registrar.model import (
     SecurityPolicy,
     SourceLimits,
 )
+from tests.helpers import MANIFESTS
 
-SHIPPED = Path(__file__).resolve().parents[2] / "manifests"
 SIP = "sip.example.test"
 SIPHV = "siphv.example.test"
 # The passwords in manifests/connections.yaml, by (domain, username).
@@ -43,7 +43,7 @@ def expected_ha1(username: str, realm: str, password: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def shipped() -> Catalog:
-    return load_catalog(SHIPPED)
+    return load_catalog(MANIFESTS)
 
 
 # --- The shipped manifests -----------------------------------------------------

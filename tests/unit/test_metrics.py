@@ -9,8 +9,7 @@ from registrar.metrics import STORE_OPERATIONS, Metrics, StoreCalls
 from registrar.model import Binding, Catalog, Connection, Domain, RegistrationPolicy
 from registrar.store.etcd_session import EtcdSession, EtcdUnavailable
 from registrar.store.memory import MemoryStore
-from tests.conftest import free_port
-from tests.helpers import FakeClock
+from tests.helpers import FakeClock, free_port
 
 SERVED = "sip.example.test"
 EMPTY = "empty.example.test"  # served, without connections

@@ -40,8 +40,7 @@ from registrar.model import Catalog, Connection, ConnectionLimits, Domain, Secur
 from registrar.sip import digest
 from registrar.sip.headers import canonical_name, parse_name_addr, parse_via
 from registrar.sip.message import Request, Response, StreamFramer, make_response, parse_message
-from tests.conftest import free_port
-from tests.helpers import DOMAIN
+from tests.helpers import DOMAIN, free_port
 from tests.rfc4475 import (
     BADASPEC,
     BADBRANCH,
