@@ -95,12 +95,13 @@ import enum
 import hashlib
 import hmac
 import os
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from registrar.sip.grammar import auth_params, auth_scheme, is_token, plain_auth_params, quote
 
 __all__ = [
     "AuthOutcome",
@@ -236,13 +237,6 @@ def compute_response(
 # Challenges (WWW-Authenticate / Proxy-Authenticate values)
 
 
-def _quote(value: str) -> str:
-    """A quoted-string body: escape only what RFC 3261 quoted-pair needs."""
-    if '"' in value or "\\" in value:
-        return value.replace("\\", "\\\\").replace('"', '\\"')
-    return value
-
-
 def challenge(
     realm: str,
     nonce: str,
@@ -256,11 +250,11 @@ def challenge(
     The algorithm token is unquoted and qop quoted, as in RFC 7616.
     """
     value = (
-        f'Digest realm="{_quote(realm)}", nonce="{_quote(nonce)}", '
+        f"Digest realm={quote(realm)}, nonce={quote(nonce)}, "
         f'algorithm={canonical_algorithm(algorithm)}, qop="auth"'
     )
     if opaque is not None:
-        value += f', opaque="{_quote(opaque)}"'
+        value += f", opaque={quote(opaque)}"
     if stale:
         value += ", stale=true"
     return value
@@ -294,33 +288,6 @@ class Credentials:
     opaque: str | None = None
 
 
-# RFC 7230 token characters: parameter names and the scheme.
-_TCHAR = r"[!#$%&'*+.^_`|~0-9A-Za-z-]"
-# A quoted-string body, unrolled ([^"\\] runs between escapes) because the
-# per-character alternation (?:[^"\\]|\\.)* is several times slower in re.
-# Possessive quantifiers (*+, ++) never give back what they matched: giving
-# back could not produce a match here, and not trying keeps a failing match
-# linear in the length of the input.
-_QUOTED_BODY = r'[^"\\]*+(?:\\.[^"\\]*+)*+'
-_SCHEME_RE = re.compile(rf"\s*+({_TCHAR}++)(?:\s++|\Z)")
-# Picks out one parameter: name, quoted value or token value (UAs send
-# unquoted URIs and quoted tokens both ways), which must be followed by a
-# comma or the end. Empty list elements (", ,") are skipped, as RFC 7230
-# section 7 asks. Any other character is captured as junk (group 4), so
-# finditer cannot skip anything malformed silently, and stops at the first.
-_PARAMETER_RE = re.compile(
-    rf'[\s,]*+(?:({_TCHAR}++)\s*+=\s*+(?:"({_QUOTED_BODY})"|([^\s",]++))(?=\s*+(?:,|\Z))|([^\s,]))',
-    re.DOTALL,
-)
-_QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
-_REASON_TOKEN_RE = re.compile(rf"{_TCHAR}{{1,32}}")
-# Only for explaining a malformed list (the slow path).
-_SEPARATORS_RE = re.compile(r"[\s,]*+")
-_SPACES_RE = re.compile(r"\s*+")
-_NAME_RE = re.compile(rf"{_TCHAR}++")
-_QUOTED_REST_RE = re.compile(rf'{_QUOTED_BODY}"', re.DOTALL)
-_TOKEN_VALUE_RE = re.compile(r'[^\s",]++')
-
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 # Parameters we read; duplicates of these are refused because two parties
 # could each read a different copy. Others are ignored, as RFC 7616 asks.
@@ -333,89 +300,48 @@ _KNOWN_PARAMETERS = frozenset(
 def _naming(reason: str, value: str) -> str:
     """`reason` plus the offending value when it is a short token, so the
     phrase never carries quotes, control characters or a megabyte of input."""
-    if _REASON_TOKEN_RE.fullmatch(value):
+    if len(value) <= 32 and is_token(value):
         return f"{reason} {value}"
     return reason
 
 
-def _explain_malformed(text: str, pos: int) -> str:
-    """Why text[pos:] is not a parameter list; only called once it is known not to be."""
-    end = len(text)
-    while True:
-        pos = _SEPARATORS_RE.match(text, pos).end()  # type: ignore[union-attr]
-        if pos >= end:
-            return "malformed parameters"
-        name_match = _NAME_RE.match(text, pos)
-        if name_match is None:
-            return "expected a parameter name"
-        name = name_match[0][:32]
-        pos = _SPACES_RE.match(text, name_match.end()).end()  # type: ignore[union-attr]
-        if pos >= end or text[pos] != "=":
-            return f"missing = after {name}"
-        pos = _SPACES_RE.match(text, pos + 1).end()  # type: ignore[union-attr]
-        if pos < end and text[pos] == '"':
-            value_match = _QUOTED_REST_RE.match(text, pos + 1)
-            if value_match is None:
-                return f"unterminated quoted string in {name}"
-        else:
-            value_match = _TOKEN_VALUE_RE.match(text, pos)
-            if value_match is None:
-                return f"missing value for {name}"
-        pos = _SPACES_RE.match(text, value_match.end()).end()  # type: ignore[union-attr]
-        if pos < end and text[pos] != ",":
-            return f"missing comma after {name}"
-
-
-# The credentials nearly every UA sends: "Digest " and lower-case name=value pairs
-# joined by ", ", quoted values without escapes, token values plain. Such a value
-# is read in two C-level passes; everything else, and every error, goes the
-# careful way below. The findall pattern is the validating one's element, so it
-# picks out exactly the pairs the validation saw. (With no backslash anywhere, a
-# quoted body is just "not a quote", which re scans far faster than a class.)
-_PLAIN_PAIR = r'([a-z]++)=(?:"([^"]*+)"|([^\s",]++))'
-_PLAIN_CREDENTIALS_RE = re.compile(rf"Digest {_PLAIN_PAIR}(?:, {_PLAIN_PAIR})*+")
-_PLAIN_PAIR_RE = re.compile(_PLAIN_PAIR)
-
-
 def _parameters(header_value: str) -> dict[str, str]:
     """The known parameters of Digest credentials, unquoted; raises DigestError."""
-    if "\\" not in header_value and _PLAIN_CREDENTIALS_RE.fullmatch(header_value):
-        pairs = _PLAIN_PAIR_RE.findall(header_value, len("Digest "))
-        parameters = {name: quoted or token for name, quoted, token in pairs}
-        # Only when every name is known and none repeats is this what the careful
-        # loop gives; otherwise it decides (skipping unknown names, refusing duplicates).
-        if len(parameters) == len(pairs) and _KNOWN_PARAMETERS.issuperset(parameters):
+    # The credentials nearly every UA sends take grammar's fast path; everything
+    # else, and every error, goes the careful way.
+    if header_value.startswith("Digest "):
+        parameters = plain_auth_params(header_value, len("Digest "))
+        # Only when every name is known is this what the careful loop gives;
+        # otherwise it decides (skipping unknown names).
+        if parameters is not None and _KNOWN_PARAMETERS.issuperset(parameters):
             return parameters
     return _parameters_carefully(header_value)
 
 
 def _parameters_carefully(header_value: str) -> dict[str, str]:
     """_parameters without its fast path: any spacing, case, escapes and errors."""
-    scheme = _SCHEME_RE.match(header_value)
+    scheme = auth_scheme(header_value)
     if scheme is None:
         if not header_value.strip():
             raise DigestError("empty credentials")
         raise DigestError("malformed credentials scheme")
-    if scheme[1].lower() != "digest":
-        raise DigestError(_naming("unsupported scheme", scheme[1]))
-    start = scheme.end()
+    name, start = scheme
+    if name.lower() != "digest":
+        raise DigestError(_naming("unsupported scheme", name))
     parameters: dict[str, str] = {}
-    # finditer, not findall: stopping at the first junk keeps bad input linear.
-    for match in _PARAMETER_RE.finditer(header_value, start):
-        raw_name, quoted, token, junk = match.groups()
-        if junk is not None:
-            raise DigestError(_explain_malformed(header_value, start))
-        name = raw_name.lower()
-        if name not in _KNOWN_PARAMETERS:
-            continue
-        if name in parameters:
-            raise DigestError(f"duplicate {name}")
-        if token is not None:
-            parameters[name] = token
-        elif "\\" in quoted:
-            parameters[name] = _QUOTED_PAIR_RE.sub(r"\1", quoted)
-        else:
-            parameters[name] = quoted
+    duplicate = None
+    try:
+        for name, value in auth_params(header_value, start):
+            if name not in _KNOWN_PARAMETERS:
+                continue
+            if name in parameters:
+                duplicate = name
+                break
+            parameters[name] = value
+    except ValueError as error:
+        raise DigestError(str(error)) from None
+    if duplicate is not None:
+        raise DigestError(f"duplicate {duplicate}")
     return parameters
 
 

@@ -205,6 +205,9 @@ def test_parser_accepts_empty_quoted_values_and_tabs():
         ("Digest username=", "missing value for username"),
         ("Digest username=, realm=r", "missing value for username"),
         ('Digest ="a"', "expected a parameter name"),
+        # Names are SIP tokens (RFC 3261 25.1), which, unlike HTTP's, hold no '#', '$', '&', '^' or '|'.
+        ("Digest " + MINIMAL + ", x|y=1", "missing = after x"),
+        ("Digest " + MINIMAL + ", algorithm=a#b", "unsupported algorithm"),
     ],
 )
 def test_parser_reasons(header, reason):
