@@ -1,4 +1,4 @@
-"""Unit tests for registrar.sip.digest: vectors, parsing, nonces, replay, verdicts."""
+"""Unit tests for the registrar.sip.digest package: vectors, parsing, nonces, replay, verdicts."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ from registrar.sip.digest import (
     ha1,
     parse_credentials,
 )
+from registrar.sip.digest.algorithms import Algorithm
+from registrar.sip.digest.authenticator import _DUMMY_HA1
+from registrar.sip.digest.credentials import _parameters, _parameters_carefully
 from tests.helpers import FakeClock
 
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -309,7 +312,7 @@ def _outcome(parse, text):
 @settings(max_examples=800, deadline=None)
 @given(st.one_of(_PLAIN_CREDENTIALS, _NEAR_PLAIN_CREDENTIALS, _ANY_CREDENTIALS))
 def test_the_fast_path_gives_what_the_careful_parser_gives(text):
-    assert _outcome(digest._parameters, text) == _outcome(digest._parameters_carefully, text)
+    assert _outcome(_parameters, text) == _outcome(_parameters_carefully, text)
 
 
 def test_usual_credentials_take_the_fast_path_and_the_rest_falls_back(monkeypatch):
@@ -324,13 +327,15 @@ def test_usual_credentials_take_the_fast_path_and_the_rest_falls_back(monkeypatc
         usual + ", foo=bar",  # a parameter we do not read
         usual + ", nc=00000002",  # a duplicate
     ]
-    careful = digest._parameters_carefully
+    careful = _parameters_carefully
     calls = []
-    monkeypatch.setattr(digest, "_parameters_carefully", lambda text: calls.append(text) or careful(text))
-    assert digest._parameters(usual)["nonce"] == "AAAAAGlBXy1d3XK0lLsWcw8SDQz7D7yJt8wqx4gBvMUQ"
+    monkeypatch.setattr(
+        "registrar.sip.digest.credentials._parameters_carefully", lambda text: calls.append(text) or careful(text)
+    )
+    assert _parameters(usual)["nonce"] == "AAAAAGlBXy1d3XK0lLsWcw8SDQz7D7yJt8wqx4gBvMUQ"
     assert calls == []
     for text in unusual:
-        assert _outcome(digest._parameters, text) == _outcome(careful, text)
+        assert _outcome(_parameters, text) == _outcome(careful, text)
     assert calls == unusual
 
 
@@ -536,13 +541,13 @@ def test_unknown_user_fails_after_the_same_computation_as_a_wrong_password(monke
     right = _authorization(header, nc="00000003")
 
     calls = []
-    real_response = digest._response
+    real_response = Algorithm.response
 
     def counting_response(algorithm, ha1_hex, *rest):
         calls.append(ha1_hex)
         return real_response(algorithm, ha1_hex, *rest)
 
-    monkeypatch.setattr(digest, "_response", counting_response)
+    monkeypatch.setattr(Algorithm, "response", counting_response)
     wrong_password = authenticator.verify("REGISTER", guessed, REALM, ALICE)
     unknown = authenticator.verify("REGISTER", mallory, REALM, None)
     # Even the right password fails for a user provisioned without that algorithm.
@@ -560,7 +565,7 @@ def test_unknown_user_never_ok_even_with_a_response_for_the_dummy_ha1():
     header = authenticator.challenges(REALM, ["MD5"])[0]
     nonce = _nonce_of(header)
     response = compute_response(
-        "MD5", digest._DUMMY_HA1["MD5"], nonce, "REGISTER", "sip:x", qop="auth", nc="00000001", cnonce="c"
+        "MD5", _DUMMY_HA1["MD5"], nonce, "REGISTER", "sip:x", qop="auth", nc="00000001", cnonce="c"
     )
     credentials = Credentials("mallory", REALM, nonce, "sip:x", response, "MD5", "c", "auth", "00000001")
     assert authenticator.verify("REGISTER", credentials, REALM, None).status is AuthStatus.FAILED
