@@ -506,6 +506,7 @@ def test_challenges_share_one_nonce_in_the_given_order():
     headers = authenticator.challenges(REALM, ["SHA-256", "MD5"])
     assert [re.search(r"algorithm=([^,]+)", h)[1] for h in headers] == ["SHA-256", "MD5"]
     assert _nonce_of(headers[0]) == _nonce_of(headers[1])
+    assert headers == [challenge(REALM, _nonce_of(headers[0]), algorithm) for algorithm in ["SHA-256", "MD5"]]
     assert all('qop="auth"' in h and "stale" not in h for h in headers)
     assert authenticator.challenges(REALM, ["MD5"], stale=True)[0].endswith(", stale=true")
 

@@ -29,7 +29,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from registrar.sip.digest.algorithms import ALGORITHMS
-from registrar.sip.digest.challenges import challenge
+from registrar.sip.digest.challenges import challenge_values
 from registrar.sip.digest.credentials import Credentials
 from registrar.sip.digest.errors import naming
 from registrar.sip.digest.nonces import NonceAuthority, NonceCounts, NonceCountStatus, NonceFailures, NonceStatus
@@ -83,8 +83,7 @@ class DigestAuthenticator:
 
     def challenges(self, realm: str, algorithms: Iterable[str], stale: bool = False) -> list[str]:
         """One challenge header value per algorithm, in the given order, sharing one nonce."""
-        nonce = self._nonces.issue(realm)
-        return [challenge(realm, nonce, algorithm, stale=stale) for algorithm in algorithms]
+        return challenge_values(realm, self._nonces.issue(realm), algorithms, stale=stale)
 
     def verify(
         self,
