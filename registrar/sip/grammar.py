@@ -197,11 +197,13 @@ def format_params(params: dict[str, str | None]) -> str:
 # elements (", ,") are skipped, as RFC 7230 section 7 asks.
 
 _AUTH_SCHEME = re.compile(rf"\s*+({_TOKEN_CLASS}++)(?:\s++|\Z)")
+# A value sent unquoted: anything up to whitespace, a quote or a comma.
+_UNQUOTED_VALUE = r'[^\s",]++'
 # Picks out one auth-param: name, quoted value or token value, which must be
 # followed by a comma or the end. Any other character is captured as junk
 # (group 4), so finditer cannot skip anything malformed silently, and stops at the first.
 _AUTH_PARAM = re.compile(
-    rf'[\s,]*+(?:({_TOKEN_CLASS}++)\s*+=\s*+(?:"({_QUOTED_BODY})"|([^\s",]++))(?=\s*+(?:,|\Z))|([^\s,]))',
+    rf'[\s,]*+(?:({_TOKEN_CLASS}++)\s*+=\s*+(?:"({_QUOTED_BODY})"|({_UNQUOTED_VALUE}))(?=\s*+(?:,|\Z))|([^\s,]))',
     re.DOTALL,
 )
 # The list nearly every UA sends: lower-case name=value pairs joined by ", ",
@@ -209,14 +211,14 @@ _AUTH_PARAM = re.compile(
 # C-level passes; the findall pattern is the validating one's element, so it picks
 # out exactly the pairs the validation saw. (With no backslash anywhere, a quoted
 # body is just "not a quote", which re scans far faster than a class.)
-_PLAIN_AUTH_PARAM = re.compile(r'([a-z]++)=(?:"([^"]*+)"|([^\s",]++))')
+_PLAIN_AUTH_PARAM = re.compile(rf'([a-z]++)=(?:"([^"]*+)"|({_UNQUOTED_VALUE}))')
 _PLAIN_AUTH_PARAMS = re.compile(rf"{_PLAIN_AUTH_PARAM.pattern}(?:, {_PLAIN_AUTH_PARAM.pattern})*+")
 # Only for explaining a malformed list (the slow path).
 _SEPARATORS = re.compile(r"[\s,]*+")
 _SPACES = re.compile(r"\s*+")
 _TOKEN = re.compile(rf"{_TOKEN_CLASS}++")
 _QUOTED_REST = re.compile(rf'{_QUOTED_BODY}"', re.DOTALL)
-_AUTH_PARAM_VALUE = re.compile(r'[^\s",]++')
+_AUTH_PARAM_VALUE = re.compile(_UNQUOTED_VALUE)
 
 
 def auth_scheme(text: str) -> tuple[str, int] | None:
