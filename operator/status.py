@@ -18,12 +18,11 @@ registration lifetime, not one per refresh.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
-from registrar.http import rfc3339
 from registrar.model import Binding
 from registrar.store import RegistrationFailure
+from registrar.times import rfc3339, unix_seconds
 
 # Condition reasons a user reads in `kubectl describe`.
 REGISTERED = "Registered"
@@ -146,7 +145,7 @@ def needs_patch(patched: dict[str, Any] | None, new: dict[str, Any], now: float)
 
 def _timestamp(text: str | None) -> float:
     """Unix seconds of an RFC 3339 time; 0 for none."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() if text else 0.0
+    return unix_seconds(text) if text else 0.0
 
 
 def domain_status(

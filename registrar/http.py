@@ -15,7 +15,6 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web, web_response
@@ -25,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from registrar.metrics import Metrics
 from registrar.model import Binding
 from registrar.store import LocationStore
+from registrar.times import rfc3339
 
 # The Server header of every HTTP response: versions of Python and aiohttp would tell a scanner which
 # published bugs to try, and nobody else needs them.
@@ -170,8 +170,3 @@ def binding_json(binding: Binding, now: float) -> dict:
         "userAgent": binding.user_agent,
         "registeredAt": rfc3339(binding.registered_at),
     }
-
-
-def rfc3339(seconds: float) -> str:
-    """Unix seconds as an RFC 3339 UTC time to the second, as Kubernetes writes times ("...Z")."""
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

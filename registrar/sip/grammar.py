@@ -1,4 +1,4 @@
-"""The SIP grammar's small pieces (RFC 3261 section 25): tokens, quoted strings, params, list splitting.
+"""The SIP grammar's small pieces (RFC 3261 section 25): tokens, quoted strings, params, auth-params, list splitting.
 
 Every other module of registrar/sip that reads header text goes through these,
 so the rules for quoting, escaping and separators live in exactly one place.
@@ -7,6 +7,7 @@ so the rules for quoting, escaping and separators live in exactly one place.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 TOKEN_CHARS = frozenset(
@@ -20,6 +21,16 @@ WHITESPACE = " \t"
 _TOKEN_CLASS = "[" + re.escape("".join(sorted(TOKEN_CHARS))) + "]"
 _PLAIN_PARAM = re.compile(rf";({_TOKEN_CLASS}+)(=?)((?:{_TOKEN_CLASS}|[:\[\]])*)")
 _PLAIN_PARAMS = re.compile(rf"(?:;{_TOKEN_CLASS}+(?:=(?:{_TOKEN_CLASS}|[:\[\]])*)?)*")
+# The body of a quoted-string: qdtext and quoted-pairs (a backslash and whatever
+# follows it), unrolled ([^"\\] runs between escapes) because the per-character
+# alternation (?:[^"\\]|\\.)* is several times slower in re. Possessive
+# quantifiers (*+, ++) never give back what they matched: giving back could not
+# produce a match where this is used, and not trying keeps a failing match
+# linear in the length of the input.
+_QUOTED_BODY = r'[^"\\]*+(?:\\.[^"\\]*+)*+'
+# A quoted-pair; the character after the backslash is optional so that a
+# backslash that ends the text, escaping nothing, is dropped.
+_QUOTED_PAIR = re.compile(r"\\(.?)", re.DOTALL)
 
 
 def is_token(text: str) -> bool:
@@ -52,16 +63,7 @@ def unquote(text: str) -> str:
     text = text.strip(WHITESPACE)
     if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
         inner = text[1:-1]
-        if "\\" not in inner:
-            return inner
-        out = []
-        chars = iter(inner)
-        for c in chars:
-            if c == "\\":
-                out.append(next(chars, ""))
-            else:
-                out.append(c)
-        return "".join(out)
+        return _QUOTED_PAIR.sub(r"\1", inner) if "\\" in inner else inner
     return text
 
 
@@ -71,7 +73,8 @@ def quote(text: str) -> str:
     CR and LF cannot be carried at all (a quoted-pair excludes them) and are left
     out: a parsed value never has them, and one that did would end the line.
     """
-    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    if "\\" in text or '"' in text:
+        text = text.replace("\\", "\\\\").replace('"', '\\"')
     if not text.isprintable():
         text = "".join([f"\\{c}" if c in _ESCAPED_CONTROLS else c for c in text if c not in "\r\n"])
     return f'"{text}"'
@@ -131,7 +134,7 @@ def unterminated_quote(text: str) -> int:
 
 # Text whose quoted strings (quoted-pairs in them) are all closed; where it stops, one opens
 # that is not. Possessive: linear in the text, whatever it holds.
-_CLOSED_QUOTES = re.compile(r'[^"]*+(?:"(?:[^"\\]++|\\.)*+"[^"]*+)*+', re.DOTALL)
+_CLOSED_QUOTES = re.compile(rf'[^"]*+(?:"{_QUOTED_BODY}"[^"]*+)*+', re.DOTALL)
 
 
 def parse_params(text: str) -> dict[str, str | None]:
@@ -183,3 +186,106 @@ def format_params(params: dict[str, str | None]) -> str:
         else:
             out.append(f";{name}={quote(value)}")
     return "".join(out)
+
+
+# --- auth-params: the parameter lists of challenges and credentials -----------------------
+#
+# challenge / credentials = auth-scheme LWS auth-param *(COMMA auth-param), with
+# auth-param = token EQUAL (token / quoted-string) (RFC 3261 25.1). Read leniently
+# where UAs need it: a value may be any run of characters but whitespace, '"' and
+# ',' (UAs send unquoted URIs, and tokens both quoted and not), and empty list
+# elements (", ,") are skipped, as RFC 7230 section 7 asks.
+
+_AUTH_SCHEME = re.compile(rf"\s*+({_TOKEN_CLASS}++)(?:\s++|\Z)")
+# A value sent unquoted: anything up to whitespace, a quote or a comma.
+_UNQUOTED_VALUE = r'[^\s",]++'
+# Picks out one auth-param: name, quoted value or token value, which must be
+# followed by a comma or the end. Any other character is captured as junk
+# (group 4), so finditer cannot skip anything malformed silently, and stops at the first.
+_AUTH_PARAM = re.compile(
+    rf'[\s,]*+(?:({_TOKEN_CLASS}++)\s*+=\s*+(?:"({_QUOTED_BODY})"|({_UNQUOTED_VALUE}))(?=\s*+(?:,|\Z))|([^\s,]))',
+    re.DOTALL,
+)
+# The list nearly every UA sends: lower-case name=value pairs joined by ", ",
+# quoted values without escapes, token values plain. Such a list is read in two
+# C-level passes; the findall pattern is the validating one's element, so it picks
+# out exactly the pairs the validation saw. (With no backslash anywhere, a quoted
+# body is just "not a quote", which re scans far faster than a class.)
+_PLAIN_AUTH_PARAM = re.compile(rf'([a-z]++)=(?:"([^"]*+)"|({_UNQUOTED_VALUE}))')
+_PLAIN_AUTH_PARAMS = re.compile(rf"{_PLAIN_AUTH_PARAM.pattern}(?:, {_PLAIN_AUTH_PARAM.pattern})*+")
+# Only for explaining a malformed list (the slow path).
+_SEPARATORS = re.compile(r"[\s,]*+")
+_SPACES = re.compile(r"\s*+")
+_TOKEN = re.compile(rf"{_TOKEN_CLASS}++")
+_QUOTED_REST = re.compile(rf'{_QUOTED_BODY}"', re.DOTALL)
+_AUTH_PARAM_VALUE = re.compile(_UNQUOTED_VALUE)
+
+
+def auth_scheme(text: str) -> tuple[str, int] | None:
+    """The auth-scheme that opens a challenge or credentials value, and where its auth-params start.
+
+    None when `text` does not open (after whitespace) with a token followed by
+    whitespace or the end.
+    """
+    match = _AUTH_SCHEME.match(text)
+    return None if match is None else (match[1], match.end())
+
+
+def plain_auth_params(text: str, start: int) -> dict[str, str] | None:
+    """The auth-params of text[start:] by name, when they are in the form nearly every UA sends; else None.
+
+    None also when a name repeats: then `auth_params` reads the list, and the
+    caller decides.
+    """
+    if "\\" in text or not _PLAIN_AUTH_PARAMS.fullmatch(text, start):
+        return None
+    pairs = _PLAIN_AUTH_PARAM.findall(text, start)
+    params = {name: quoted or token for name, quoted, token in pairs}
+    return params if len(params) == len(pairs) else None
+
+
+def auth_params(text: str, start: int = 0) -> Iterator[tuple[str, str]]:
+    """The auth-params of text[start:] in order, as (lower-case name, unquoted value).
+
+    Raises ValueError naming what is wrong at the first malformed element, once
+    the elements before it have been yielded.
+    """
+    # finditer, not findall: stopping at the first junk keeps bad input linear.
+    for match in _AUTH_PARAM.finditer(text, start):
+        name, quoted, token, junk = match.groups()
+        if junk is not None:
+            raise ValueError(_malformed_auth_params(text, start))
+        if token is not None:
+            yield name.lower(), token
+        elif "\\" in quoted:
+            yield name.lower(), _QUOTED_PAIR.sub(r"\1", quoted)
+        else:
+            yield name.lower(), quoted
+
+
+def _malformed_auth_params(text: str, pos: int) -> str:
+    """Why text[pos:] is not an auth-param list; only called once it is known not to be."""
+    end = len(text)
+    while True:
+        pos = _SEPARATORS.match(text, pos).end()  # type: ignore[union-attr]
+        if pos >= end:
+            return "malformed parameters"
+        name_match = _TOKEN.match(text, pos)
+        if name_match is None:
+            return "expected a parameter name"
+        name = name_match[0][:32]
+        pos = _SPACES.match(text, name_match.end()).end()  # type: ignore[union-attr]
+        if pos >= end or text[pos] != "=":
+            return f"missing = after {name}"
+        pos = _SPACES.match(text, pos + 1).end()  # type: ignore[union-attr]
+        if pos < end and text[pos] == '"':
+            value_match = _QUOTED_REST.match(text, pos + 1)
+            if value_match is None:
+                return f"unterminated quoted string in {name}"
+        else:
+            value_match = _AUTH_PARAM_VALUE.match(text, pos)
+            if value_match is None:
+                return f"missing value for {name}"
+        pos = _SPACES.match(text, value_match.end()).end()  # type: ignore[union-attr]
+        if pos < end and text[pos] != ",":
+            return f"missing comma after {name}"

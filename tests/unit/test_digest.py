@@ -1,4 +1,4 @@
-"""Unit tests for registrar.sip.digest: vectors, parsing, nonces, replay, verdicts."""
+"""Unit tests for the registrar.sip.digest package: vectors, parsing, nonces, replay, verdicts."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ from registrar.sip.digest import (
     ha1,
     parse_credentials,
 )
+from registrar.sip.digest.algorithms import Algorithm
+from registrar.sip.digest.authenticator import _DUMMY_HA1
+from registrar.sip.digest.credentials import _parameters, _parameters_carefully
 from tests.helpers import FakeClock
 
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -205,6 +208,9 @@ def test_parser_accepts_empty_quoted_values_and_tabs():
         ("Digest username=", "missing value for username"),
         ("Digest username=, realm=r", "missing value for username"),
         ('Digest ="a"', "expected a parameter name"),
+        # Names are SIP tokens (RFC 3261 25.1), which, unlike HTTP's, hold no '#', '$', '&', '^' or '|'.
+        ("Digest " + MINIMAL + ", x|y=1", "missing = after x"),
+        ("Digest " + MINIMAL + ", algorithm=a#b", "unsupported algorithm"),
     ],
 )
 def test_parser_reasons(header, reason):
@@ -306,7 +312,7 @@ def _outcome(parse, text):
 @settings(max_examples=800, deadline=None)
 @given(st.one_of(_PLAIN_CREDENTIALS, _NEAR_PLAIN_CREDENTIALS, _ANY_CREDENTIALS))
 def test_the_fast_path_gives_what_the_careful_parser_gives(text):
-    assert _outcome(digest._parameters, text) == _outcome(digest._parameters_carefully, text)
+    assert _outcome(_parameters, text) == _outcome(_parameters_carefully, text)
 
 
 def test_usual_credentials_take_the_fast_path_and_the_rest_falls_back(monkeypatch):
@@ -321,13 +327,15 @@ def test_usual_credentials_take_the_fast_path_and_the_rest_falls_back(monkeypatc
         usual + ", foo=bar",  # a parameter we do not read
         usual + ", nc=00000002",  # a duplicate
     ]
-    careful = digest._parameters_carefully
+    careful = _parameters_carefully
     calls = []
-    monkeypatch.setattr(digest, "_parameters_carefully", lambda text: calls.append(text) or careful(text))
-    assert digest._parameters(usual)["nonce"] == "AAAAAGlBXy1d3XK0lLsWcw8SDQz7D7yJt8wqx4gBvMUQ"
+    monkeypatch.setattr(
+        "registrar.sip.digest.credentials._parameters_carefully", lambda text: calls.append(text) or careful(text)
+    )
+    assert _parameters(usual)["nonce"] == "AAAAAGlBXy1d3XK0lLsWcw8SDQz7D7yJt8wqx4gBvMUQ"
     assert calls == []
     for text in unusual:
-        assert _outcome(digest._parameters, text) == _outcome(careful, text)
+        assert _outcome(_parameters, text) == _outcome(careful, text)
     assert calls == unusual
 
 
@@ -498,6 +506,7 @@ def test_challenges_share_one_nonce_in_the_given_order():
     headers = authenticator.challenges(REALM, ["SHA-256", "MD5"])
     assert [re.search(r"algorithm=([^,]+)", h)[1] for h in headers] == ["SHA-256", "MD5"]
     assert _nonce_of(headers[0]) == _nonce_of(headers[1])
+    assert headers == [challenge(REALM, _nonce_of(headers[0]), algorithm) for algorithm in ["SHA-256", "MD5"]]
     assert all('qop="auth"' in h and "stale" not in h for h in headers)
     assert authenticator.challenges(REALM, ["MD5"], stale=True)[0].endswith(", stale=true")
 
@@ -533,13 +542,13 @@ def test_unknown_user_fails_after_the_same_computation_as_a_wrong_password(monke
     right = _authorization(header, nc="00000003")
 
     calls = []
-    real_response = digest._response
+    real_response = Algorithm.response
 
     def counting_response(algorithm, ha1_hex, *rest):
         calls.append(ha1_hex)
         return real_response(algorithm, ha1_hex, *rest)
 
-    monkeypatch.setattr(digest, "_response", counting_response)
+    monkeypatch.setattr(Algorithm, "response", counting_response)
     wrong_password = authenticator.verify("REGISTER", guessed, REALM, ALICE)
     unknown = authenticator.verify("REGISTER", mallory, REALM, None)
     # Even the right password fails for a user provisioned without that algorithm.
@@ -557,7 +566,7 @@ def test_unknown_user_never_ok_even_with_a_response_for_the_dummy_ha1():
     header = authenticator.challenges(REALM, ["MD5"])[0]
     nonce = _nonce_of(header)
     response = compute_response(
-        "MD5", digest._DUMMY_HA1["MD5"], nonce, "REGISTER", "sip:x", qop="auth", nc="00000001", cnonce="c"
+        "MD5", _DUMMY_HA1["MD5"], nonce, "REGISTER", "sip:x", qop="auth", nc="00000001", cnonce="c"
     )
     credentials = Credentials("mallory", REALM, nonce, "sip:x", response, "MD5", "c", "auth", "00000001")
     assert authenticator.verify("REGISTER", credentials, REALM, None).status is AuthStatus.FAILED

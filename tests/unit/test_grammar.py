@@ -88,3 +88,59 @@ def test_a_quoted_value_reads_back_and_carries_its_control_characters_as_quoted_
         f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;x={grammar.quote(text)}\r\nCSeq: 1 OPTIONS\r\n\r\n".encode()
     )
     assert message.top_via.params["x"] == carried
+
+
+_AUTH_PARAM_LISTS = st.lists(
+    st.tuples(st.sampled_from(["realm", "nonce", "qop", "Realm", "x-y", "a b", ""]),
+              st.text(alphabet='az09:@", \\\t', max_size=6), st.booleans()),
+    max_size=4,
+).map(lambda params: ", ".join(f'{name}="{value}"' if quoted else f"{name}={value}" for name, value, quoted in params))
+
+
+def _auth_params(text: str) -> dict[str, str] | str:
+    """What auth_params reads, as plain_auth_params would give it: a dict, or the error."""
+    try:
+        pairs = list(grammar.auth_params(text))
+    except ValueError as error:
+        return f"ValueError: {error}"
+    return dict(pairs) if len(dict(pairs)) == len(pairs) else "repeated"
+
+
+@settings(max_examples=600, deadline=None)
+@given(_AUTH_PARAM_LISTS)
+def test_plain_auth_params_read_what_the_careful_reader_reads(text: str) -> None:
+    plain = grammar.plain_auth_params(text, 0)
+    if plain is not None:
+        assert plain == _auth_params(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('realm="a", nonce=b', {"realm": "a", "nonce": "b"}),
+        ('realm="a", realm="b"', None),  # the caller decides what a repeated name means
+        ('realm="a\\"b"', None),  # an escape
+        ('Realm="a"', None),
+        ('realm="a",nonce=b', None),
+    ],
+)
+def test_plain_auth_params_take_only_the_usual_form(text: str, expected: dict[str, str] | None) -> None:
+    assert grammar.plain_auth_params(text, 0) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "read"),
+    [
+        ('Digest realm = "a\\"b" ,, NONCE=sip:x@y , ', [("realm", 'a"b'), ("nonce", "sip:x@y")]),
+        ('Digest realm="a", =b', "expected a parameter name"),
+        ('Digest realm="a" nonce=b', "missing comma after realm"),
+        ('Digest realm="a, nonce=b', "unterminated quoted string in realm"),
+    ],
+)
+def test_auth_params_unquote_and_name_the_first_fault(text: str, read: list[tuple[str, str]] | str) -> None:
+    scheme = grammar.auth_scheme(text)
+    assert scheme is not None and scheme[0] == "Digest"
+    try:
+        assert list(grammar.auth_params(text, scheme[1])) == read
+    except ValueError as error:
+        assert str(error) == read

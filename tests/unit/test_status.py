@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from registrar.model import Binding
 from registrar.store import RegistrationFailure
-from registrar.http import rfc3339
+from registrar.times import rfc3339
 from sip_operator.status import connection_status, domain_status, needs_patch
 
 NOW = 1_800_000_000.0
