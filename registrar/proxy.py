@@ -423,15 +423,15 @@ class ProxyCore:
     def _effects(self, effects: list[Effect], now: float) -> list[Action]:
         actions: list[Action] = []
         for effect in effects:
-            if effect.__class__ is Send:
-                actions.append(effect)  # type: ignore[arg-type]
+            if isinstance(effect, Send):
+                actions.append(effect)
             elif isinstance(effect, PassUp):
                 if effect.owner is not None:
                     actions += self._received(effect.owner, effect.response, now)
                 elif effect.upstream is not None:
                     # A 2xx after its branch's end: the callee repeats it until the caller's ACK reaches it.
                     actions.append(Send(effect.upstream, relay.without_top_via(effect.response).to_bytes()))
-            elif effect.owner.__class__ is Branch:
+            elif isinstance(effect.owner, Branch):
                 actions += self._branch_timed_out(effect.owner, effect.timer, now)
             elif effect.owner is not None:
                 actions += self._context_timed_out(effect.owner, effect.timer, now)

@@ -91,15 +91,15 @@ class ProxyDriver:
         queue = deque(actions)
         while queue:
             action = queue.popleft()
-            if action.__class__ is Send:
-                if not self._send(action.destination, action.data) and action.transaction is not None:  # type: ignore[union-attr]
-                    queue.extend(self.core.unsendable(action.transaction, self.clock()))  # type: ignore[union-attr]
-            elif action.__class__ is Answered:
-                self._on_final(action.request, action.domain, action.status)  # type: ignore[union-attr]
-            elif action.__class__ is FindTargets:
-                start_eagerly(self._find(action))  # type: ignore[arg-type]
+            if isinstance(action, Send):
+                if not self._send(action.destination, action.data) and action.transaction is not None:
+                    queue.extend(self.core.unsendable(action.transaction, self.clock()))
+            elif isinstance(action, Answered):
+                self._on_final(action.request, action.domain, action.status)
+            elif isinstance(action, FindTargets):
+                start_eagerly(self._find(action))
             else:
-                start_eagerly(self._reach(action))  # type: ignore[arg-type]
+                start_eagerly(self._reach(action))
         self._wake()
 
     def _send(self, destination: Destination, data: bytes) -> bool:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from registrar.sip.headers import MAGIC_COOKIE, Via
