@@ -252,6 +252,11 @@ class TransactionLayer:
         # disarmed long before it is due keeps nothing alive.
         self._timers: list[tuple[float, int, bool, TransactionKey, str]] = []
         self._sequence = itertools.count()
+        # Entries of `_timers` disarmed since they were pushed. Most timers never fire (a
+        # 100 Trying stops Timer A, a final answer Timer B, and the proxy's safety net of
+        # 15 minutes almost always): once they are half the heap it is rebuilt without
+        # them, as asyncio does with its cancelled handles, so memory follows the live ones.
+        self._stale = 0
 
     # -- server side ------------------------------------------------------------------------
     def receive_request(self, key: TransactionKey, method: str, now: float) -> list[Effect] | None:
@@ -324,20 +329,30 @@ class TransactionLayer:
     # -- both ---------------------------------------------------------------------------------
     def set_timer(self, transaction: Transaction, name: str, when: float) -> None:
         """A timer of the TU's own (a proxy's Timer C) on `transaction`: TimedOut(owner, name) at `when`."""
-        if transaction.due is None:
-            transaction.due = {}
-        transaction.due[name] = when
-        heapq.heappush(self._timers, (when, next(self._sequence), transaction.is_server, transaction.key, name))
+        due = transaction.due
+        if due is None:
+            due = transaction.due = {}
+        elif name in due:
+            self._stale += 1  # re-armed: its earlier entry is stale
+        due[name] = when
+        timers = self._timers
+        heapq.heappush(timers, (when, next(self._sequence), transaction.is_server, transaction.key, name))
+        if self._stale > 64 and self._stale * 2 > len(timers):
+            self._timers = [entry for entry in timers if self._armed(entry)]
+            heapq.heapify(self._timers)
+            self._stale = 0
 
     def clear_timer(self, transaction: Transaction, name: str) -> None:
-        if transaction.due:
-            transaction.due.pop(name, None)
+        if transaction.due and transaction.due.pop(name, None) is not None:
+            self._stale += 1
 
     def forget(self, transaction: Transaction) -> None:
         """Drop a transaction without a trace (its request answered statelessly, or its TU gone)."""
         table = self.servers if transaction.is_server else self.clients
         if table.get(transaction.key) is transaction:
             del table[transaction.key]
+        if transaction.due:
+            self._stale += len(transaction.due)
         transaction.due = None
         transaction.owner = None
 
@@ -346,6 +361,7 @@ class TransactionLayer:
         timers = self._timers
         while timers and not self._armed(timers[0]):
             heapq.heappop(timers)  # disarmed since: no wake-up for it
+            self._stale -= 1
         return timers[0][0] if timers else None
 
     def _armed(self, entry: tuple[float, int, bool, TransactionKey, str]) -> bool:
@@ -360,6 +376,7 @@ class TransactionLayer:
         while timers and timers[0][0] <= now:
             entry = heapq.heappop(timers)
             if not self._armed(entry):
+                self._stale -= 1
                 continue  # disarmed, re-armed, or its transaction is over
             _, _, server, key, name = entry
             transaction = (self.servers if server else self.clients)[key]

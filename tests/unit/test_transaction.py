@@ -380,3 +380,13 @@ def test_keys_from_real_requests_drive_the_layer() -> None:
     retransmission = make_request()
     assert sent(layer.receive_request(transaction_key(retransmission), "REGISTER", 2.0)) == [answer]
     assert isinstance(make_response(request, 200, "OK"), Response)
+
+
+def test_timers_that_never_fire_do_not_pile_up_in_the_heap() -> None:
+    layer = TransactionLayer()
+    for n in range(10_000):  # each with a 15-minute timer, cleared at once, like the proxy's safety net
+        transaction = layer.begin_server((f"z9hG4bK{n}", "h:5060", "INVITE"), "INVITE", UA)
+        layer.set_timer(transaction, "safety net", float(n) + 900.0)
+        layer.respond(transaction, 200, b"200", float(n))
+    assert len(layer._timers) < 200  # else 10,000 until the first is due
+    assert layer.next_deadline() is None
