@@ -484,10 +484,8 @@ class ProxyCore:
         return self._finish(branch, response, now)
 
     def _finish(self, branch: Branch, response: Response, now: float) -> list[Action]:
+        # (Its Timer C went with its transaction: a final answer ends or retires it, and so does giving up.)
         branch.final = response
-        if branch.transaction is not None:
-            for timer in ("C", "after C"):
-                self.transactions.clear_timer(branch.transaction, timer)
         return self._branch_answered(branch.context, branch, response, now) if branch.context is not None else []
 
     def _cancel_branch(self, branch: Branch, reason: str | None, now: float) -> list[Action]:

@@ -388,9 +388,6 @@ class TransactionLayer:
         self._expire(now)
         return effects
 
-    def __len__(self) -> int:
-        return len(self.servers) + len(self.clients)
-
     # -- the machine ------------------------------------------------------------------------
     def _handle(self, transaction: Transaction, event: str, now: float, data: bytes | None = None,
                 response: Response | None = None) -> list[Effect]:
