@@ -21,8 +21,8 @@ and numbers, which the cyclic garbage collector leaves alone. Kept as objects,
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections import OrderedDict
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from registrar.sip.headers import MAGIC_COOKIE, Via
@@ -36,6 +36,7 @@ TIMEOUT = 64 * T1  # Timers B, F, H, J (unreliable), L, M: 32 s
 # Beyond this many retired transactions the oldest are forgotten first: memory stays
 # bounded however fast requests come (a forgotten one's retransmission is handled as new).
 MAX_RETAINED = 200_000
+TICKS_PER_SECOND = 64  # timers fire at most 1/64 s late: a power of two, so that ticks are exact
 
 DEFAULT_MAX_FORWARDS = 70  # RFC 3261 8.1.1.6
 
@@ -248,15 +249,7 @@ class TransactionLayer:
         self.answered: OrderedDict[TransactionKey, tuple] = OrderedDict()
         self.finished: OrderedDict[TransactionKey, tuple] = OrderedDict()
         self._max_retained = max_retained
-        # (when, sequence, server?, key, timer): keys, not objects, so that a timer
-        # disarmed long before it is due keeps nothing alive.
-        self._timers: list[tuple[float, int, bool, TransactionKey, str]] = []
-        self._sequence = itertools.count()
-        # Entries of `_timers` disarmed since they were pushed. Most timers never fire (a
-        # 100 Trying stops Timer A, a final answer Timer B, and the proxy's safety net of
-        # 15 minutes almost always): once they are half the heap it is rebuilt without
-        # them, as asyncio does with its cancelled handles, so memory follows the live ones.
-        self._stale = 0
+        self._timers = TimerWheel()
 
     # -- server side ------------------------------------------------------------------------
     def receive_request(self, key: TransactionKey, method: str, now: float) -> list[Effect] | None:
@@ -332,19 +325,17 @@ class TransactionLayer:
         due = transaction.due
         if due is None:
             due = transaction.due = {}
-        elif name in due:
-            self._stale += 1  # re-armed: its earlier entry is stale
+        else:
+            self.clear_timer(transaction, name)
         due[name] = when
-        timers = self._timers
-        heapq.heappush(timers, (when, next(self._sequence), transaction.is_server, transaction.key, name))
-        if self._stale > 64 and self._stale * 2 > len(timers):
-            self._timers = [entry for entry in timers if self._armed(entry)]
-            heapq.heapify(self._timers)
-            self._stale = 0
+        self._timers.add(transaction, name, when)
 
     def clear_timer(self, transaction: Transaction, name: str) -> None:
-        if transaction.due and transaction.due.pop(name, None) is not None:
-            self._stale += 1
+        due = transaction.due
+        if due:
+            when = due.pop(name, None)
+            if when is not None:
+                self._timers.discard(transaction, name, when)
 
     def forget(self, transaction: Transaction) -> None:
         """Drop a transaction without a trace (its request answered statelessly, or its TU gone)."""
@@ -352,35 +343,23 @@ class TransactionLayer:
         if table.get(transaction.key) is transaction:
             del table[transaction.key]
         if transaction.due:
-            self._stale += len(transaction.due)
+            for name, when in transaction.due.items():
+                self._timers.discard(transaction, name, when)
         transaction.due = None
         transaction.owner = None
 
     def next_deadline(self) -> float | None:
-        """When `advance` has something to do next."""
-        timers = self._timers
-        while timers and not self._armed(timers[0]):
-            heapq.heappop(timers)  # disarmed since: no wake-up for it
-            self._stale -= 1
-        return timers[0][0] if timers else None
-
-    def _armed(self, entry: tuple[float, int, bool, TransactionKey, str]) -> bool:
-        when, _, server, key, name = entry
-        transaction = (self.servers if server else self.clients).get(key)
-        return transaction is not None and transaction.due is not None and transaction.due.get(name) == when
+        """When `advance` has something to do next: at most `TICK` after the earliest timer."""
+        return self._timers.next_deadline()
 
     def advance(self, now: float) -> list[Effect]:
         """Fire every timer due by `now`."""
         effects: list[Effect] = []
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            entry = heapq.heappop(timers)
-            if not self._armed(entry):
-                self._stale -= 1
-                continue  # disarmed, re-armed, or its transaction is over
-            _, _, server, key, name = entry
-            transaction = (self.servers if server else self.clients)[key]
-            del transaction.due[name]  # type: ignore[union-attr]  (armed: see _armed)
+        for transaction, name, when in self._timers.due(now):
+            due = transaction.due
+            if due is None or due.get(name) != when:
+                continue  # disarmed by a timer fired just before it
+            del due[name]
             if name in _T:
                 effects += self._handle(transaction, _T[name], now)
             else:
@@ -474,6 +453,60 @@ class TransactionLayer:
         for table in (self.answered, self.finished):
             while table and next(iter(table.values()))[0] <= now:
                 table.popitem(last=False)
+
+
+class TimerWheel:
+    """Armed timers in buckets of `TICK` seconds: arming and disarming cost a dict operation each.
+
+    Most timers never fire (a 100 Trying stops Timer A, a final answer Timer B,
+    and the proxy's safety net of 15 minutes almost always), and a call arms
+    about seven: a heap would pay a push for each and keep the disarmed ones
+    until they come up. Buckets also bound the event loop's wake-ups to one per
+    tick however many timers there are, as Kamailio's timer ticks do.
+    """
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, dict[tuple[Transaction, str], float]] = {}
+        self._ticks: list[int] = []  # a heap of the buckets' numbers, each once
+
+    def add(self, transaction: Transaction, name: str, when: float) -> None:
+        tick = int(when * TICKS_PER_SECOND)
+        bucket = self._buckets.get(tick)
+        if bucket is None:
+            bucket = self._buckets[tick] = {}
+            heapq.heappush(self._ticks, tick)
+        bucket[(transaction, name)] = when
+
+    def discard(self, transaction: Transaction, name: str, when: float) -> None:
+        bucket = self._buckets.get(int(when * TICKS_PER_SECOND))
+        if bucket is not None:
+            bucket.pop((transaction, name), None)
+
+    def next_deadline(self) -> float | None:
+        """The end of the earliest bucket that has a timer left."""
+        ticks, buckets = self._ticks, self._buckets
+        while ticks and not buckets[ticks[0]]:
+            del buckets[heapq.heappop(ticks)]  # every timer in it was disarmed: no wake-up for it
+        return (ticks[0] + 1) / TICKS_PER_SECOND if ticks else None
+
+    def due(self, now: float) -> list[tuple[Transaction, str, float]]:
+        """Take out the timers due by `now`, earliest first."""
+        ticks, buckets = self._ticks, self._buckets
+        current = int(now * TICKS_PER_SECOND)
+        fired: list[tuple[Transaction, str, float]] = []
+        while ticks and ticks[0] <= current:
+            bucket = buckets[ticks[0]]
+            if ticks[0] < current:
+                del buckets[heapq.heappop(ticks)]
+                fired += [(transaction, name, when) for (transaction, name), when in bucket.items()]
+                continue
+            for (transaction, name), when in list(bucket.items()):  # the current tick: only what is due
+                if when <= now:
+                    del bucket[(transaction, name)]
+                    fired.append((transaction, name, when))
+            break
+        fired.sort(key=itemgetter(2))
+        return fired
 
 
 # -- matching and the ACK -----------------------------------------------------------------------

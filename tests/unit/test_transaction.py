@@ -23,6 +23,7 @@ from registrar.sip.transaction import (
     T2,
     T4,
     TERMINATED,
+    TICKS_PER_SECOND,
     TIMEOUT,
     TRANSITIONS,
     TRYING,
@@ -350,7 +351,8 @@ def test_a_tu_timer_fires_as_timed_out_and_a_cleared_one_never() -> None:
     layer.set_timer(transaction, "C", 180.0)
     layer.set_timer(transaction, "other", 90.0)
     layer.clear_timer(transaction, "other")
-    assert layer.next_deadline() == 180.0  # neither the disarmed Timer A nor the cleared one wake anybody
+    # Neither the disarmed Timer A nor the cleared one wake anybody; a wake-up comes within a tick.
+    assert 180.0 <= layer.next_deadline() <= 180.0 + 1 / TICKS_PER_SECOND
     assert layer.advance(179.0) == []
     assert layer.advance(180.0) == [TimedOut("branch", "C")]
 
@@ -382,11 +384,11 @@ def test_keys_from_real_requests_drive_the_layer() -> None:
     assert isinstance(make_response(request, 200, "OK"), Response)
 
 
-def test_timers_that_never_fire_do_not_pile_up_in_the_heap() -> None:
+def test_timers_that_never_fire_do_not_pile_up() -> None:
     layer = TransactionLayer()
     for n in range(10_000):  # each with a 15-minute timer, cleared at once, like the proxy's safety net
         transaction = layer.begin_server((f"z9hG4bK{n}", "h:5060", "INVITE"), "INVITE", UA)
         layer.set_timer(transaction, "safety net", float(n) + 900.0)
         layer.respond(transaction, 200, b"200", float(n))
-    assert len(layer._timers) < 200  # else 10,000 until the first is due
+    assert not any(layer._timers._buckets.values())  # else 10,000 transactions kept until the first is due
     assert layer.next_deadline() is None
