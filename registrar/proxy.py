@@ -51,9 +51,10 @@ from registrar.sip.transaction import (
 from registrar.sip.uri import URI, URIError, parse_uri, unbracketed
 
 TIMER_C = 180.0  # an INVITE branch may ring this long after its last provisional (RFC 3261 16.6 step 11)
-# A request still open this long is given up, whatever it waits on (a name that never resolves).
+# A request still open this long is given up, whatever it waits on (a name that never resolves),
+# by a sweep at most this often.
 SAFETY_NET = 900.0
-SAFETY_NET_TIMER = "safety net"
+SWEEP_INTERVAL = 60.0
 # Methods that create a dialog: the proxy stays in its path (Record-Route).
 DIALOG_METHODS = frozenset(["INVITE", "SUBSCRIBE", "REFER"])
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
@@ -141,9 +142,12 @@ class ProxyCore:
         self._max_transactions = max_transactions
         # Requests without a To tag that we are forwarding, to find the same one by another path.
         self._merge_keys: dict[tuple[str, str, int, str], TransactionKey] = {}
+        self._next_sweep = float("-inf")
 
     # -- in ---------------------------------------------------------------------------------------
     def receive_request(self, request: Request, source: Source, key: TransactionKey, now: float) -> list[Action]:
+        if now >= self._next_sweep:
+            return self._sweep(now) + self.receive_request(request, source, key, now)
         method = request.method
         if method == "CANCEL":
             return self._cancel(request, source, key, now)
@@ -163,10 +167,8 @@ class ProxyCore:
                                    [("Retry-After", str(SHED_RETRY_AFTER))])
             return [Send(source.reply_to, shed.to_bytes())]
         transaction = self.transactions.begin_server(key, method, source.reply_to)
-        context = ResponseContext(transaction, request, source, hash_of_request)
+        context = ResponseContext(transaction, request, source, hash_of_request, now)
         transaction.owner = context
-        # A safety net only: branch timers (B, C, F) end every branch long before.
-        self.transactions.set_timer(transaction, SAFETY_NET_TIMER, now + SAFETY_NET)
         if method == "INVITE":
             context.domain = self._domain_of(request)  # its answer is counted by it, refusals too
         try:
@@ -220,7 +222,8 @@ class ProxyCore:
 
     def tick(self, now: float) -> list[Action]:
         """The transaction timers due by `now` fire."""
-        return self._effects(self.transactions.advance(now), now)
+        swept = self._sweep(now) if now >= self._next_sweep else []
+        return swept + self._effects(self.transactions.advance(now), now)
 
     def next_deadline(self) -> float | None:
         return self.transactions.next_deadline()
@@ -433,8 +436,8 @@ class ProxyCore:
                     actions.append(Send(effect.upstream, relay.without_top_via(effect.response).to_bytes()))
             elif isinstance(effect.owner, Branch):
                 actions += self._branch_timed_out(effect.owner, effect.timer, now)
-            elif effect.owner is not None:
-                actions += self._context_timed_out(effect.owner, effect.timer, now)
+            # (A server transaction's Timer H or transport error: the caller is gone; the branches
+            # end by their own timers.)
         return actions
 
     def _received(self, branch: Branch, response: Response, now: float) -> list[Action]:
@@ -464,10 +467,25 @@ class ProxyCore:
         status, reason = (503, "Service Unavailable") if timer == "transport" else (408, "Request Timeout")
         return self._give_up(branch, server_response(branch.request, status, reason), now)
 
-    def _context_timed_out(self, context: ResponseContext, timer: str, now: float) -> list[Action]:
-        """The safety net: whatever is still open is given up."""
-        if timer != SAFETY_NET_TIMER or context.over:
-            return []  # Timer H or a transport error upstream: the caller is gone; branches end by their own timers
+    def _sweep(self, now: float) -> list[Action]:
+        """The safety net: a request open SAFETY_NET after it came is given up, whatever it waits on.
+
+        Branch timers (B, C, F) end every branch long before; what they cannot end
+        is a wait of the driver's (a lookup, DNS, a connect) that never comes back.
+        Swept from whichever call comes first after SWEEP_INTERVAL, not a timer per
+        request: that would cost every call two timers that never fire. With no
+        traffic nothing sweeps, and nothing needs the slots a stuck request holds.
+        """
+        self._next_sweep = now + SWEEP_INTERVAL
+        actions: list[Action] = []
+        for transaction in list(self.transactions.servers.values()):
+            context = transaction.owner
+            if isinstance(context, ResponseContext) and not context.over and context.opened_at + SAFETY_NET <= now:
+                actions += self._give_up_context(context, now)
+        return actions
+
+    def _give_up_context(self, context: ResponseContext, now: float) -> list[Action]:
+        """Whatever is still open of `context` is given up: 408 upstream and for each open branch."""
         actions = [] if context.answered else self._respond(
             context, server_response(context.request, 408, "Request Timeout"), now)
         for branch in list(context.branches):
@@ -572,11 +590,12 @@ class ProxyCore:
 class ResponseContext:
     """A request we forward (RFC 3261 16.7's response context): its server transaction, its branches, its answers."""
 
-    def __init__(self, transaction: Transaction, request: Request, source: Source, loop_hash: str):
+    def __init__(self, transaction: Transaction, request: Request, source: Source, loop_hash: str, opened_at: float):
         self.transaction = transaction
         self.request = request
         self.source = source
         self.loop_hash = loop_hash
+        self.opened_at = opened_at
         self.domain = ""
         self.merge_key: tuple[str, str, int, str] | None = None
         self.branches: list[Branch] = []

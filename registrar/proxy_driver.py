@@ -99,7 +99,11 @@ class ProxyDriver:
             elif isinstance(action, FindTargets):
                 start_eagerly(self._find(action))
             else:
-                start_eagerly(self._reach(action))
+                known = self._known_destination(action.target)
+                if known is None:
+                    start_eagerly(self._reach(action))
+                else:
+                    queue.extend(self.core.reached(action, known[0], None, self.clock()))
         self._wake()
 
     def _send(self, destination: Destination, data: bytes) -> bool:
@@ -167,6 +171,7 @@ class ProxyDriver:
 
     # -- Reach ---------------------------------------------------------------------------------------
     async def _reach(self, action: Reach) -> None:
+        """A target that takes waiting to reach: DNS, or a connection to another node."""
         try:
             destination, hop_route = await self._destination(action.target)
         except SendError as error:
@@ -176,17 +181,28 @@ class ProxyDriver:
             actions = self.core.reached(action, destination, hop_route, self.clock())
         self._carry_out(actions)
 
+    def _known_destination(self, target: Target) -> tuple[Destination | None] | None:
+        """Where to send for a target when that takes no waiting (a flow of ours, a dead node's
+        datagram), as a 1-tuple (None in it: skip the target); None when it takes waiting.
+        Most calls go to a phone registered here: no coroutine for them."""
+        ref = target.ref
+        if ref is None:
+            return None
+        if ref.node in ("", self.core.identity.node):
+            if ref.stream and not self.delivery.has_flow(ref.flow):
+                self._on_unreachable(target, "closed")
+                return (None,)
+            return (Destination(ref.transport, ref.host, ref.port, ref.flow or None),)
+        if ref.node not in self.nodes():
+            return (self._node_gone(target, ref),)
+        return None
+
     async def _destination(self, target: Target) -> tuple[Destination | None, str | None]:
         """Where to send for a target, and the hop Route to push when it is another node's flow."""
         ref = target.ref
         if ref is None:
             assert target.address is not None
             return await self._resolve(target.address), None
-        if ref.node in ("", self.core.identity.node):
-            if ref.stream and not self.delivery.has_flow(ref.flow):
-                self._on_unreachable(target, "closed")
-                return None, None
-            return Destination(ref.transport, ref.host, ref.port, ref.flow or None), None
         node = self.nodes().get(ref.node)
         if node is None:
             return self._node_gone(target, ref), None

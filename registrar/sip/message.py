@@ -24,7 +24,16 @@ from registrar.sip.headers import (
     parse_via,
     split_list,
 )
-from registrar.sip.grammar import TOKEN_CHARS, WHITESPACE, is_token, parse_digits, unterminated_quote
+from registrar.sip.grammar import (
+    CONTROL_BYTES,
+    TOKEN_CHARS,
+    WHITESPACE,
+    WITHOUT_CONTROLS,
+    is_token,
+    parse_digits,
+    unescaped_control,
+    unterminated_quote,
+)
 from registrar.sip.uri import as_request_uri
 
 # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) (RFC 3986 3.1, used by RFC 3261 25.1)
@@ -281,7 +290,7 @@ def parse_message(data: bytes) -> Request | Response:
     lines = head.split("\r\n")
     # Every control byte of the usual head is half of a line-ending CRLF: one C-level
     # pass counts them; only a head with others needs looking at closely.
-    if len(raw_head) - len(raw_head.translate(None, _CONTROL_BYTES)) != 2 * (len(lines) - 1):
+    if len(raw_head) - len(raw_head.translate(None, CONTROL_BYTES)) != 2 * (len(lines) - 1):
         _check_control_characters(lines)
     headers, names = _parse_header_lines(head, lines)
 
@@ -301,12 +310,6 @@ def parse_message(data: bytes) -> Request | Response:
     return message
 
 
-# C0 controls and DEL. RFC 3261 25.1 allows none of them in a message head but HTAB
-# (as whitespace), CR LF (as a line end), and, in a quoted string, a quoted-pair
-# escaping any but CR and LF (RFC 4475 intmeth's To has "\\NUL").
-_CONTROL_BYTES = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])
-
-
 def _check_control_characters(lines: list[str]) -> None:
     """Raise SipError 400 naming the first control character that `lines` (a head split at CRLF) may not carry.
 
@@ -318,30 +321,9 @@ def _check_control_characters(lines: list[str]) -> None:
         if index and line[:1] not in (" ", "\t"):  # a continuation line is still its header's
             raw_name = line.partition(":")[0].rstrip(" \t")
             where = canonical_name(raw_name[:40]) if is_token(raw_name) else "Header Line"
-        position = _disallowed_control(line, quoted_pairs=index > 0)
+        position = unescaped_control(line, quoted_pairs=index > 0)
         if position >= 0:
             raise SipError(400, f"Bad {where}: control character 0x{ord(line[position]):02X}")
-
-
-def _disallowed_control(line: str, *, quoted_pairs: bool) -> int:
-    """Where `line` has a control character that is not HTAB or quoted-pair escaped, or -1."""
-    if not quoted_pairs:
-        found = _CONTROL.search(line)
-        return found.start() if found is not None else -1
-    # In C, not character by character in Python: a head of 64 KiB of escaped NULs
-    # would otherwise cost 5 ms, a hundred well-formed messages' time.
-    end = _WELL_QUOTED.match(line).end()  # type: ignore[union-attr]  # matches the empty string too
-    return end if end < len(line) else -1
-
-
-# _CONTROL_BYTES as a regex character class, and as a str.translate table that deletes them.
-_CONTROL_CLASS = "".join(f"\\x{byte:02x}" for byte in _CONTROL_BYTES)
-_CONTROL = re.compile(f"[{_CONTROL_CLASS}]")
-_WITHOUT_CONTROLS = dict.fromkeys(_CONTROL_BYTES)
-# A header line as far as it is free of disallowed controls: what is neither a control nor a
-# quote, and quoted strings (the last perhaps unterminated) whose quoted-pairs escape any
-# character but CR and LF. Possessive: no backtracking, whatever the line.
-_WELL_QUOTED = re.compile(rf'(?:[^"{_CONTROL_CLASS}]++|"(?:[^"\\{_CONTROL_CLASS}]++|\\[^\r\n])*+"?)*+')
 
 
 def _parse_header_lines(head: str, lines: list[str]) -> tuple[list[tuple[str, str]], dict[str, int]]:
@@ -730,6 +712,6 @@ def _echoable(value: str) -> str:
     start a header of the sender's choosing), and cut where a quoted string is
     left open, which would make the answer as unparsable as the request.
     """
-    value = value.translate(_WITHOUT_CONTROLS)
+    value = value.translate(WITHOUT_CONTROLS)
     open_quote = unterminated_quote(value)
     return (value if open_quote < 0 else value[:open_quote]).strip(WHITESPACE)

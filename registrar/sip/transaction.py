@@ -325,8 +325,8 @@ class TransactionLayer:
         due = transaction.due
         if due is None:
             due = transaction.due = {}
-        else:
-            self.clear_timer(transaction, name)
+        elif name in due:
+            self._timers.discard(transaction, name, due[name])
         due[name] = when
         self._timers.add(transaction, name, when)
 

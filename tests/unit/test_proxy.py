@@ -887,3 +887,20 @@ def test_a_cancel_while_the_location_service_is_asked_answers_487_and_the_late_t
     assert [parse_message(a.data).status for a in actions if isinstance(a, Send)] == [200, 487]
     target = Target(UDP_NAT_CONTACT, FlowRef("n1", "udp", "198.51.100.7", 40000))
     assert node.core.targets_found(find.context, [[target]], 1000.2) == []
+
+
+def test_a_request_whose_lookup_never_comes_back_is_given_up_and_frees_its_slot() -> None:
+    node = Node(max_transactions=1)
+    stuck = parse_message(invite())
+    [find] = node.core.receive_request(stuck, CALLER, transaction_key(stuck), 1000.0)
+    later = 1000.0 + proxy_module.SAFETY_NET - 1
+    other = parse_message(invite(branch="z9hG4bK-caller-2", call_id="call-2"))
+    [shed] = node.core.receive_request(other, CALLER, transaction_key(other), later)
+    assert parse_message(shed.data).status == 503  # the stuck one still holds the only slot
+    # Past the safety net, the next request that comes sweeps it: 408 for it, and room for a new one.
+    again = parse_message(invite(branch="z9hG4bK-caller-3", call_id="call-3"))
+    actions = node.core.receive_request(again, CALLER, transaction_key(again), later + proxy_module.SWEEP_INTERVAL)
+    given_up = [parse_message(a.data) for a in actions if isinstance(a, Send)]
+    assert [(r.status, r.call_id) for r in given_up] == [(408, "call-1")]
+    assert Answered(stuck, DOMAIN, 408) in actions and isinstance(actions[-1], FindTargets)
+    assert node.core.targets_found(find.context, [], later + 61) == []  # its lookup, late: ignored
