@@ -349,7 +349,7 @@ class TransactionLayer:
         transaction.owner = None
 
     def next_deadline(self) -> float | None:
-        """When `advance` has something to do next: at most `TICK` after the earliest timer."""
+        """When `advance` has something to do next: within a tick (1/TICKS_PER_SECOND) after the earliest timer."""
         return self._timers.next_deadline()
 
     def advance(self, now: float) -> list[Effect]:
@@ -456,13 +456,13 @@ class TransactionLayer:
 
 
 class TimerWheel:
-    """Armed timers in buckets of `TICK` seconds: arming and disarming cost a dict operation each.
+    """Armed timers in buckets of 1/TICKS_PER_SECOND: arming and disarming cost a dict operation each.
 
-    Most timers never fire (a 100 Trying stops Timer A, a final answer Timer B,
-    and the proxy's safety net of 15 minutes almost always), and a call arms
-    about seven: a heap would pay a push for each and keep the disarmed ones
-    until they come up. Buckets also bound the event loop's wake-ups to one per
-    tick however many timers there are, as Kamailio's timer ticks do.
+    Most timers never fire (a 100 Trying stops Timer A, a final answer Timers
+    B and C), and a call through the proxy arms five: a heap would pay a push
+    for each and keep the disarmed ones until they come up. Buckets also bound
+    the event loop's wake-ups to one per tick however many timers there are, as
+    Kamailio's timer ticks do.
     """
 
     def __init__(self) -> None:
