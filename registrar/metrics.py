@@ -23,6 +23,7 @@ from registrar.model import Catalog
 from registrar.sip.message import KNOWN_METHODS
 from registrar.source_limits import SourceLimiter
 from registrar.store import LocationStore
+from registrar.stun import Verdict
 
 # The *_created series only double the output; nothing we ship reads them.
 disable_created_metrics()
@@ -37,6 +38,8 @@ STREAM_TRANSPORTS = ("tcp", "tls")
 UNREACHABLE_WHY = ("closed", "node_gone")
 # Why an incoming TCP/TLS connection was closed at accept (ConnectionLimits).
 REFUSED_REASONS = ("per_source", "total", "banned")
+# What became of a STUN message: the codec's verdicts, and "stranger" (not looked at, see SipEndpoint.receive_stun).
+STUN_RESULTS = (*(verdict.value for verdict in Verdict), "stranger")
 
 
 class StoreCalls:
@@ -140,6 +143,17 @@ class Metrics:
             "Retransmitted requests answered from the transaction table.",
             registry=self.registry,
         )
+        self.stun_messages = Counter(
+            "sipreg_stun_messages_total",
+            "STUN messages on the UDP SIP port (RFC 5626 keep-alives), by result: answered (a Binding "
+            "response went back), unknown_attribute (answered 420), indication (needs no answer), "
+            "malformed (dropped), stranger (dropped: its address never proved credentials, and "
+            "answering it would make us a reflector).",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in STUN_RESULTS:
+            self.stun_messages.labels(result)
         self.unreachable_contacts = Counter(
             "sipreg_unreachable_contacts",
             "Registered contacts a call skipped, by why: closed (the UA's connection is gone), "

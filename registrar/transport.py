@@ -18,6 +18,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 
+from registrar import stun
 from registrar.eager import start_eagerly
 from registrar.metrics import Metrics
 from registrar.model import SecurityPolicy, in_networks
@@ -115,6 +116,27 @@ class SipEndpoint:
             self._receive(data, source, reply)
         except Exception as error:
             self._failed("unexpected error on a message", source, error)
+
+    def receive_stun(self, data: bytes, host: str, port: int, reply: Reply) -> None:
+        """A STUN message on the UDP port: a UA keeping its NAT binding open (RFC 5626 4.4.2).
+
+        Answered only for an address that proved credentials (or is trusted): a phone
+        keeps the binding of a flow it registered over. Anyone else's would be answered
+        with more bytes than it sent, to an address it may have forged: dropped.
+        """
+        if not self.sources.admit(host):
+            return
+        if not self.sources.known(host):
+            self.metrics.stun_messages.labels("stranger").inc()
+            return
+        try:
+            verdict, answer = stun.answer(data, host, port)
+        except Exception as error:
+            self._failed("unexpected error on a STUN message", Source("udp", host, port), error)
+            return
+        self.metrics.stun_messages.labels(verdict.value).inc()
+        if answer is not None:
+            reply(answer)
 
     def _failed(self, what: str, source: Source | None, error: Exception) -> None:
         """A bug some message ran into: counted, and logged without the message or a traceback (could quote it)."""
@@ -424,6 +446,9 @@ class UdpProtocol(asyncio.DatagramProtocol):
             return  # NAT keep-alives on UDP need no answer
         transport = self.transport
         assert transport is not None
+        if stun.looks_like_stun(data):
+            self.endpoint.receive_stun(data, addr[0], addr[1], lambda out: transport.sendto(out, addr))
+            return
         self.endpoint.receive(data, Source("udp", addr[0], addr[1]), lambda out: transport.sendto(out, addr))
 
     def error_received(self, exc: Exception) -> None:
