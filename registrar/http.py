@@ -169,4 +169,5 @@ def binding_json(binding: Binding, now: float) -> dict:
         "node": binding.node,
         "userAgent": binding.user_agent,
         "registeredAt": rfc3339(binding.registered_at),
+        "path": list(binding.path),
     }

@@ -205,6 +205,9 @@ class Binding(NamedTuple):
     node: str = ""
     user_agent: str = ""
     registered_at: float = 0.0
+    # The Path header values of the REGISTER (RFC 3327), in order: the proxies between us and
+    # the UA (an edge proxy, an SBC), which requests to it go through as their Route set.
+    path: tuple[str, ...] = ()
 
     def expires_in(self, now: float) -> int:
         """Seconds left, rounded up, never negative (for the 200 OK's expires param)."""

@@ -286,7 +286,7 @@ class ProxyCore:
         if destination is None or request is None:
             return []
         via = self._via(destination, relay.new_branch(relay.loop_hash(request)))
-        copy = relay.forwarded(request, uri=reach.target.uri, via=via, route=hop_route)
+        copy = relay.forwarded(request, uri=reach.target.uri, via=via, routes=(hop_route,) if hop_route else ())
         return [Send(destination, copy.to_bytes())]
 
     def _cancel(self, request: Request, source: Source, key: TransactionKey, now: float) -> list[Action]:
@@ -316,7 +316,8 @@ class ProxyCore:
         branch_id = relay.new_branch(context.loop_hash)
         record_routes = self._record_routes(context, target, destination) if context.record_route else ()
         copy = relay.forwarded(
-            request, uri=target.uri, via=self._via(destination, branch_id), record_routes=record_routes, route=hop_route
+            request, uri=target.uri, via=self._via(destination, branch_id), record_routes=record_routes,
+            routes=(hop_route, *target.path) if hop_route else target.path,
         )
         branch = Branch(context, copy)
         upstream = context.source.reply_to if branch.invite else None  # where its later 2xx go

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from registrar.eager import start_eagerly
-from registrar.flows import HOP, FlowRef, of_binding
+from registrar.flows import HOP, FlowRef
 from registrar.proxy import DEFAULT_PORTS, Action, Answered, FindTargets, ProxyCore, Reach
 from registrar.ratelog import RateLimitedLog, exception_summary
-from registrar.routing import Router, Target
+from registrar.routing import Router, Target, binding_target
 from registrar.sip.message import Request, Response, SipError
 from registrar.sip.source import Destination, Source
 from registrar.sip.transaction import Send, TransactionKey
@@ -161,7 +161,7 @@ class ProxyDriver:
             return target
         for binding in await self.router.store.lookup(aor):
             if binding.contact == request.uri:
-                return Target(request.uri, of_binding(binding), aor=aor)
+                return binding_target(binding, request.uri)
         return target
 
     def _flow_alive(self, ref: FlowRef) -> bool:

@@ -41,6 +41,7 @@ from registrar.store import LocationStore, StoreUnavailable
 
 # What we answer with when the store cannot make a binding durable.
 RETRY_AFTER_SECONDS = 5
+MAX_PATH = 8  # Path hops a binding keeps: an edge proxy or two, not a header stuffed with routes
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 4x, and this is made per Contact per REGISTER
@@ -105,9 +106,10 @@ class Registrar:
             domain = self._served_domain(request)
             connection = self._precheck(request, source, domain)
             aor, contacts, wildcard = self._contacts(request, domain, connection)
+            path = _path(request)
         except SipError as rejection:
             return self._reject(request, rejection, domain)
-        return self._store_bindings(request, source, domain, connection, aor, contacts, wildcard)
+        return self._store_bindings(request, source, domain, connection, aor, contacts, wildcard, path)
 
     async def _store_bindings(
         self,
@@ -118,10 +120,11 @@ class Registrar:
         aor: str,
         contacts: list[ContactRequest],
         wildcard: bool,
+        path: tuple[str, ...],
     ) -> Response:
         try:
             now = self.clock()
-            change = self._change(request, source, aor, contacts, wildcard, connection, now)
+            change = self._change(request, source, aor, contacts, wildcard, connection, now, path)
             try:
                 bindings = await self.store.update(aor, change)
             except StoreUnavailable:
@@ -132,6 +135,9 @@ class Registrar:
         now = self.clock()
         for binding in bindings:
             response.add("Contact", _contact_value(binding, now))
+        if path and "path" in _option_tags(request, "Supported"):
+            for value in path:  # RFC 3327 5.3: the UA learns the route its calls will come by
+                response.add("Path", value)
         response.add("Date", _sip_date(int(now)))
         self._on_result(domain.name, 200)
         if source.flow is not None and contacts:
@@ -258,6 +264,7 @@ class Registrar:
         wildcard: bool,
         connection: Connection,
         now: float,
+        path: tuple[str, ...] = (),
     ) -> Callable[[Sequence[Binding]], list[Binding]]:
         """The pure update of step 7, run by the store atomically on the AOR's bindings."""
         call_id = request.call_id
@@ -300,6 +307,7 @@ class Registrar:
                             self.node,  # node
                             user_agent,  # user_agent
                             now,  # registered_at
+                            path,  # path
                         )
                     )
             # At the limit, the bindings refreshed longest ago make room for new ones.
@@ -358,6 +366,34 @@ def _same_binding(uri: URI, instance: str | None, reg_id: int | None, contact: C
     if _binding_key(uri, instance, reg_id) != contact.key:
         return False
     return instance is not None or parameters_agree(uri, contact.uri)
+
+
+def _path(request: Request) -> tuple[str, ...]:
+    """The REGISTER's Path values (RFC 3327), checked: each a loose-routing sip: or sips: URI.
+
+    Stored whether or not the UA said `Supported: path` (Kamailio's "lazy" mode): an edge
+    proxy may add it for a UA that knows nothing of it, and its calls must still go through
+    the edge. A strict route (no `lr`) would need the Request-URI rewritten: refused.
+    """
+    values = request.get_all("Path")
+    if not values:
+        return ()
+    if len(values) > MAX_PATH:
+        raise SipError(400, f"Bad Path: more than {MAX_PATH} hops")
+    for value in values:
+        try:
+            hop = parse_name_addr(value)
+        except ValueError as exc:
+            raise SipError(400, f"Bad Path: {exc}") from None
+        if hop.uri.scheme not in ("sip", "sips"):
+            raise SipError(400, "Bad Path: only sip: and sips: URIs route")
+        if "lr" not in hop.uri.params:
+            raise SipError(400, "Bad Path: not a loose route (no lr parameter)")
+    return tuple(values)
+
+
+def _option_tags(request: Request, header: str) -> set[str]:
+    return {tag.lower() for tag in request.get_all(header)}
 
 
 def _contact_value(binding: Binding, now: float) -> str:

@@ -34,6 +34,7 @@ from registrar.authentication import PROXY, Authenticator, AuthenticationStep
 from registrar.flows import FlowRef, of_binding
 from registrar.model import Binding, Catalog, Connection, Domain
 from registrar.service import ALLOW
+from registrar.sip.headers import parse_name_addr
 from registrar.sip.message import KNOWN_METHODS, Request, SipError
 from registrar.sip.source import Source
 from registrar.sip.uri import URI, URIError, as_request_uri, parse_uri
@@ -50,8 +51,18 @@ class Target:
 
     uri: str
     ref: FlowRef | None = None  # a registered UA's flow
-    address: URI | None = None  # else: where to send (the outbound gateway)
+    address: URI | None = None  # else: where to send (the outbound gateway, the first hop of a Path)
     aor: str = ""  # the binding's AOR, for reports
+    path: tuple[str, ...] = ()  # Route values the request carries to it (the binding's Path, RFC 3327)
+
+
+def binding_target(binding: Binding, uri: str | None = None) -> Target:
+    """How a request reaches a registered Contact: through its Path when it has one (RFC 3327 5.3:
+    the Path is the route set, its first hop where to send), else from the flow it registered over."""
+    uri = uri if uri is not None else as_request_uri(binding.contact)
+    if binding.path:
+        return Target(uri, address=parse_name_addr(binding.path[0]).uri, aor=binding.aor, path=binding.path)
+    return Target(uri, of_binding(binding), aor=binding.aor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +153,7 @@ class Router:
             now = self.clock()
             raise SipError(302, "Moved Temporarily", [("Contact", _redirect_contact(b, now)) for b in ordered])
         groups = [
-            [Target(as_request_uri(binding.contact), of_binding(binding), aor=binding.aor) for binding in same_q]
+            [binding_target(binding) for binding in same_q]
             for _, same_q in itertools.groupby(ordered, key=_q)
         ]
         return TargetSet(groups)

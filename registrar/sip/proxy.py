@@ -123,14 +123,15 @@ def forwarded(
     uri: str,
     via: str,
     record_routes: Sequence[str] = (),
-    route: str | None = None,
+    routes: Sequence[str] = (),
 ) -> Request:
     """A copy of `request` for one branch (RFC 3261 16.6 steps 1-8).
 
     `uri` becomes the Request-URI; `via` is pushed on top; `record_routes` go on
     top of the Record-Route list, the first one topmost (the one the callee's
-    side sees first); `route` (a hop inside the cluster) goes on top of the Route
-    set. Max-Forwards goes down by one (70 when absent).
+    side sees first); `routes` (a hop inside the cluster, a registered Path) go on
+    top of the Route set, the first one topmost. Max-Forwards goes down by one (70
+    when absent).
     """
     hops = max_forwards(request)
     headers: list[tuple[str, str]] = []
@@ -144,16 +145,15 @@ def forwarded(
             record_route_done = True
         elif name == "Max-Forwards":
             continue
-        elif name == "Route" and route is not None:
-            headers.append(("Route", route))
-            route = None
+        elif name == "Route" and routes:
+            headers.extend(("Route", value_) for value_ in routes)
+            routes = ()
         headers.append((name, value))
     if not via_done:
         headers.insert(0, ("Via", via))
     if record_routes and not record_route_done:
         headers.extend(("Record-Route", value) for value in record_routes)
-    if route is not None:
-        headers.append(("Route", route))
+    headers.extend(("Route", value) for value in routes)
     headers.append(("Max-Forwards", str(DEFAULT_MAX_FORWARDS if hops is None else hops - 1)))
     return Request(headers=headers, body=request.body, method=request.method, uri=uri)
 

@@ -218,7 +218,11 @@ def decode_connection(value: bytes) -> Connection:
 # source as one text, "udp:203.0.113.5:40123" (IPv6 in brackets), as every version has written it:
 #
 #     {"contact", "expiresAt", "callId", "cseq", "q", "instance", "regId", "transport", "source",
-#      "flow", "node", "userAgent", "registeredAt"}
+#      "flow", "node", "userAgent", "registeredAt"[, "path"]}
+#
+# "path" (a list of Path header values, RFC 3327) is written only when there is one, so a
+# binding without is the record every version wrote; a reader that predates it ignores it
+# (and sends to the source instead: an upgrade's window, not a lost call).
 #
 # Binding keeps the source as fields (source_host, source_port); the text is written from them
 # here and read back into them here, nowhere else. Keeping the text, not writing new fields,
@@ -227,7 +231,7 @@ def decode_connection(value: bytes) -> Connection:
 # same word at the head of "source" is not read back. An empty "source" (none known) stays one.
 _BINDING_ORDER = (
     "aor", "contact", "expires_at", "call_id", "cseq", "q", "instance", "reg_id", "transport", "source_host",
-    "source_port", "flow", "node", "user_agent", "registered_at",
+    "source_port", "flow", "node", "user_agent", "registered_at", "path",
 )
 assert Binding._fields == _BINDING_ORDER, "layout out of step with Binding"
 
@@ -246,7 +250,7 @@ def _binding_record(binding: Binding) -> dict[str, Any]:
         "contact": b.contact, "expiresAt": b.expires_at, "callId": b.call_id, "cseq": b.cseq, "q": b.q,
         "instance": b.instance, "regId": b.reg_id, "transport": b.transport,
         "source": _source_text(b.transport, b.source_host, b.source_port), "flow": b.flow, "node": b.node,
-        "userAgent": b.user_agent, "registeredAt": b.registered_at,
+        "userAgent": b.user_agent, "registeredAt": b.registered_at, **({"path": list(b.path)} if b.path else {}),
     }
 
 
@@ -263,8 +267,8 @@ class _Unusual(Exception):
 
 def _binding_json(binding: Binding) -> str:
     (_, contact, expires_at, call_id, cseq, q, instance, reg_id, transport, source_host, source_port, flow, node,
-     user_agent, registered_at) = binding
-    if not (type(expires_at) is float and type(registered_at) is float and type(cseq) is int):
+     user_agent, registered_at, path) = binding
+    if path or not (type(expires_at) is float and type(registered_at) is float and type(cseq) is int):
         raise _Unusual
     if not (_FINITE > abs(expires_at) and _FINITE > abs(registered_at)):  # json.dumps writes NaN, Infinity
         raise _Unusual
@@ -333,8 +337,14 @@ def _binding(aor: str, item: dict[str, Any]) -> Binding:
     return Binding(
         aor, item["contact"], float(item["expiresAt"]), item["callId"], int(item["cseq"]), item["q"],
         item["instance"], item["regId"], item["transport"], source_host, source_port, item["flow"], item["node"],
-        item["userAgent"], float(item["registeredAt"]),
+        item["userAgent"], float(item["registeredAt"]), _path(item.get("path", ())),
     )
+
+
+def _path(values: object) -> tuple[str, ...]:
+    if type(values) not in (list, tuple) or not all(type(value) is str for value in values):  # type: ignore[union-attr]
+        raise TypeError(f"path {values!r} is not a list of strings")
+    return tuple(values)  # type: ignore[arg-type]
 
 
 def encode_failure(failure: RegistrationFailure) -> bytes:

@@ -79,6 +79,17 @@ def test_a_record_written_before_the_typed_source_reads_into_its_fields_and_is_w
     assert layout.encode_bindings((binding,)) == _WRITTEN_BEFORE
 
 
+def test_a_path_is_written_only_when_there_is_one_and_read_back_in_order() -> None:
+    (plain,) = layout.decode_bindings("alice@sip.example.test", _WRITTEN_BEFORE)
+    assert plain.path == ()  # a record without "path": every record written before it
+    routed = plain._replace(path=("<sip:edge@198.51.100.1;lr>", "<sip:sbc.example.test;lr>"))
+    value = layout.encode_bindings((routed,))
+    assert json.loads(value)["bindings"][0]["path"] == list(routed.path)
+    assert layout.decode_bindings("alice@sip.example.test", value) == (routed,)
+    with pytest.raises(layout.BadRecord):
+        layout.decode_bindings("alice@sip.example.test", value.replace(b'"path":[', b'"path":[1,'))
+
+
 def _as_json_dumps_writes_it(bindings: tuple[Binding, ...]) -> bytes:
     """The bindings record as json.dumps writes it: what encode_bindings must match byte for byte."""
     record = {"bindings": [layout._binding_record(binding) for binding in bindings]}

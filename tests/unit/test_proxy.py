@@ -140,10 +140,11 @@ class Node:
             on_unreachable=lambda target, why: self.unreachable.append((target.uri, why)),
         )
 
-    async def bind(self, user: str, contact: str, source: Source, *, q: float | None = None, node: str = "n1") -> None:
-        """A binding of `user` registered from `source` (its flow too) on `node`."""
+    async def bind(self, user: str, contact: str, source: Source, *, q: float | None = None, node: str = "n1",
+                   path: tuple[str, ...] = ()) -> None:
+        """A binding of `user` registered from `source` (its flow too) on `node`, through `path`."""
         binding = Binding(f"{user}@{DOMAIN}", contact, self.now + 3600, "reg", 1, q, transport=source.transport,
-                          source_host=source.host, source_port=source.port, flow=source.flow, node=node)
+                          source_host=source.host, source_port=source.port, flow=source.flow, node=node, path=path)
         await self.store.update(binding.aor, lambda current: [*current, binding])
 
     async def receive(self, data: bytes | Request, source: Source = CALLER) -> None:
@@ -239,6 +240,20 @@ async def test_an_invite_goes_to_every_binding_over_its_own_flow_with_our_via_an
     assert len(sent[UDP_NAT_CONTACT][1].get_all("Record-Route")) == 1
     assert [re.search(r"transport=(\w+)", v).group(1) for v in sent[TCP_CONTACT][1].get_all("Record-Route")] == [
         "tcp", "udp"]
+
+
+async def test_an_invite_to_a_phone_behind_an_edge_proxy_goes_to_the_first_path_hop_with_the_path_as_route_set(
+) -> None:
+    node = Node()
+    path = ("<sip:edge-token@192.0.2.50:5070;lr>", "<sip:sbc.example.test;lr>")
+    # Registered through the edge: the REGISTER came from the edge's address, the Contact is the phone's.
+    await node.bind("bob", "sip:bob@10.1.2.3:5060", Source("udp", "192.0.2.50", 5070), path=path)
+    await node.receive(invite(extra="Route: <sip:10.0.0.1;lr>\r\n"))
+    [(destination, request)] = node.wire.requests("INVITE")
+    assert destination == Destination("udp", "192.0.2.50", 5070)
+    assert request.uri == "sip:bob@10.1.2.3:5060"  # loose routing: the Request-URI stays the Contact
+    assert request.get_all("Route") == list(path)  # ours popped, the Path pushed in order (RFC 3327 5.3)
+    assert len(request.get_all("Record-Route")) == 1
 
 
 async def test_the_first_2xx_goes_upstream_and_the_other_branches_are_cancelled() -> None:

@@ -1267,3 +1267,43 @@ def test_received_uri_for_ipv6_source_behind_nat():
         call_id="c", cseq=1, source_host="2001:db8::9", source_port=40000,
     )
     assert same.received_uri() is None
+
+
+# -- Path (RFC 3327): a registrar behind an edge proxy ------------------------------------------------
+
+EDGE_PATH = ["<sip:edge-1@198.51.100.1:5060;lr>", "<sip:sbc.example.test;transport=tcp;lr>"]
+
+
+async def test_a_path_is_stored_in_order_and_echoed_to_a_ua_that_supports_it(env):
+    phone = Phone(env)
+    headers = [("Path", EDGE_PATH[0]), ("Path", EDGE_PATH[1]), ("Supported", "outbound, path")]
+    response = await phone.register([contact()], headers=headers)
+    assert response.status == 200
+    assert response.get_all("Path") == EDGE_PATH
+    [binding] = await env.store.lookup(f"alice@{DOMAIN}")
+    assert binding.path == tuple(EDGE_PATH)
+
+
+async def test_a_path_is_kept_but_not_echoed_to_a_ua_that_does_not_say_it_supports_it(env):
+    phone = Phone(env)
+    response = await phone.register([contact()], headers=[("Path", ", ".join(EDGE_PATH))])
+    assert response.status == 200 and response.get_all("Path") == []
+    [binding] = await env.store.lookup(f"alice@{DOMAIN}")
+    assert binding.path == tuple(EDGE_PATH)  # its calls still go through the edge
+
+
+@pytest.mark.parametrize("path, reason", [
+    ("<sip:edge.example.test>", "Bad Path: not a loose route (no lr parameter)"),
+    ("<tel:+15551234567;lr>", "Bad Path: only sip: and sips: URIs route"),
+    ("<sip:edge.example.test;lr", "Bad Path: unterminated <URI>"),
+    (", ".join(["<sip:edge.example.test;lr>"] * 9), "Bad Path: more than 8 hops"),
+])
+async def test_a_path_we_could_not_route_by_gets_400_and_stores_nothing(env, path, reason):
+    response = await Phone(env).register([contact()], headers=[("Path", path)])
+    assert (response.status, response.reason) == (400, reason)
+    assert env.store.updates == 0
+
+
+async def test_require_path_is_supported(env):
+    response = await Phone(env).register([contact()], headers=[("Require", "path"), ("Path", EDGE_PATH[0])])
+    assert response.status == 200
