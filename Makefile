@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 # Debian packages the tests and benchmarks drive: sipp (sip-tester) and baresip as real SIP peers,
 # etcd (etcd-server) as the real location store of the etcd store's integration tests;
 # the benchmark also captures loopback traffic with tcpdump to time answers on the wire.
-APT_PACKAGES := sip-tester baresip-core etcd-server sipvicious
-APT_COMMANDS := sipp baresip etcd svwar
+APT_PACKAGES := sip-tester baresip-core etcd-server sipvicious kamailio
+APT_COMMANDS := sipp baresip etcd svwar kamailio
 BENCH_APT_PACKAGES := $(APT_PACKAGES) tcpdump
 BENCH_APT_COMMANDS := $(APT_COMMANDS) tcpdump
 # Tools the tests run that neither apt nor pip installs here, downloaded into .tools/bin (gitignored).
