@@ -42,6 +42,9 @@ from registrar.store import LocationStore, StoreUnavailable
 # What we answer with when the store cannot make a binding durable.
 RETRY_AFTER_SECONDS = 5
 MAX_PATH = 8  # Path hops a binding keeps: an edge proxy or two, not a header stuffed with routes
+# Flow-Timer (RFC 5626 4.4.1): how often an outbound UA must show its flow alive. A NAT's UDP
+# mapping may last 30 s; a connection's state in a NAT or firewall minutes.
+FLOW_TIMER = {"udp": 25, "tcp": 120, "tls": 120}
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 4x, and this is made per Contact per REGISTER
@@ -135,9 +138,14 @@ class Registrar:
         now = self.clock()
         for binding in bindings:
             response.add("Contact", _contact_value(binding, now))
-        if path and "path" in _option_tags(request, "Supported"):
+        supported = _option_tags(request, "Supported") if request.get("Supported") is not None else set()
+        if path and "path" in supported:
             for value in path:  # RFC 3327 5.3: the UA learns the route its calls will come by
                 response.add("Path", value)
+        if "outbound" in supported and _outbound_flows(contacts, path):
+            # RFC 5626 6: the flow is kept; the UA keeps it alive (CRLF, STUN) and uses it for its requests.
+            response.add("Require", "outbound")
+            response.add("Flow-Timer", str(FLOW_TIMER.get(source.transport, FLOW_TIMER["tcp"])))
         response.add("Date", _sip_date(int(now)))
         self._on_result(domain.name, 200)
         if source.flow is not None and contacts:
@@ -390,6 +398,14 @@ def _path(request: Request) -> tuple[str, ...]:
         if "lr" not in hop.uri.params:
             raise SipError(400, "Bad Path: not a loose route (no lr parameter)")
     return tuple(values)
+
+
+def _outbound_flows(contacts: list[ContactRequest], path: tuple[str, ...]) -> bool:
+    """Whether a REGISTER asks for RFC 5626 flows we can give: a Contact with +sip.instance and reg-id,
+    and a first hop that keeps flows (us, when it came direct; an edge whose Path URI has `ob`)."""
+    if not any(contact.instance is not None and contact.reg_id is not None for contact in contacts):
+        return False
+    return not path or "ob" in parse_name_addr(path[0]).uri.params
 
 
 def _option_tags(request: Request, header: str) -> set[str]:

@@ -521,7 +521,7 @@ def server_response(
 
 
 # The option tags (RFC 3261 19.2) this server supports.
-SUPPORTED_EXTENSIONS: frozenset[str] = frozenset({"path"})  # RFC 3327
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset({"path", "outbound"})  # RFC 3327, RFC 5626
 # A 420's Unsupported names the request's option tags back: the first few, each cut
 # short, since a Require may carry any number of any length and an answer stays small.
 MAX_OPTION_TAGS_NAMED = 8

@@ -1307,3 +1307,39 @@ async def test_a_path_we_could_not_route_by_gets_400_and_stores_nothing(env, pat
 async def test_require_path_is_supported(env):
     response = await Phone(env).register([contact()], headers=[("Require", "path"), ("Path", EDGE_PATH[0])])
     assert response.status == 200
+
+
+# -- RFC 5626 outbound: flows a phone keeps alive -------------------------------------------------------
+
+INSTANCE = '+sip.instance="<urn:uuid:00000000-0000-1000-8000-000a95a0e128>"'
+
+
+@pytest.mark.parametrize("transport, flow_timer", [("udp", "25"), ("tcp", "120")])
+async def test_an_outbound_registration_gets_require_outbound_and_a_flow_timer(env, transport, flow_timer):
+    source = Source(transport, "192.0.2.10", 40000, None if transport == "udp" else "tcp-1")
+    response = await Phone(env, source=source).register(
+        [contact(params=f";{INSTANCE};reg-id=1")], headers=[("Supported", "outbound, path")])
+    assert response.status == 200
+    assert (response.get("Require"), response.get("Flow-Timer")) == ("outbound", flow_timer)
+    [binding] = await env.store.lookup(f"alice@{DOMAIN}")
+    assert (binding.instance, binding.reg_id) == ("urn:uuid:00000000-0000-1000-8000-000a95a0e128", 1)
+
+
+@pytest.mark.parametrize("contact_params, supported, path", [
+    (f";{INSTANCE};reg-id=1", None, None),  # the UA did not say it supports outbound
+    (f";{INSTANCE}", "outbound", None),  # no reg-id: no flow asked for (RFC 5626 6)
+    (";reg-id=1", "outbound", None),  # no instance
+    (f";{INSTANCE};reg-id=1", "outbound", "<sip:edge.example.test;lr>"),  # an edge that keeps no flows (no ob)
+])
+async def test_no_require_outbound_unless_a_flow_was_asked_for_and_can_be_kept(env, contact_params, supported, path):
+    headers = [("Supported", supported)] if supported else []
+    headers += [("Path", path)] if path else []
+    response = await Phone(env).register([contact(params=contact_params)], headers=headers)
+    assert response.status == 200
+    assert response.get("Require") is None and response.get("Flow-Timer") is None
+
+
+async def test_an_edge_that_keeps_flows_lets_the_registration_be_outbound(env):
+    headers = [("Supported", "outbound, path"), ("Path", "<sip:edge.example.test;lr;ob>")]
+    response = await Phone(env).register([contact(params=f";{INSTANCE};reg-id=1")], headers=headers)
+    assert response.get("Require") == "outbound" and response.get_all("Path") == ["<sip:edge.example.test;lr;ob>"]
