@@ -33,7 +33,7 @@ from registrar.authentication import REGISTRAR, Authenticator, AuthenticationSte
 from registrar.model import Binding, Catalog, Connection, Domain
 from registrar.service import ALLOW_WITHOUT_REGISTER
 from registrar.sip.grammar import quote
-from registrar.sip.headers import parse_delta_seconds, parse_name_addr
+from registrar.sip.headers import NameAddr, parse_delta_seconds, parse_name_addr
 from registrar.sip.message import Request, Response, SipError, check_extensions, error_response, server_response
 from registrar.sip.source import Source
 from registrar.sip.uri import URI, URIError, parameters_agree, parse_uri
@@ -217,12 +217,7 @@ class Registrar:
 
         contacts = []
         for value in values:
-            try:
-                contact = parse_name_addr(value)
-            except ValueError as exc:
-                raise SipError(400, f"Bad Contact: {exc}") from None
-            if contact.uri.scheme not in ("sip", "sips"):
-                raise SipError(400, "Bad Contact: only sip: and sips: URIs can be registered")
+            contact = _sip_name_addr(value, "Contact", "only sip: and sips: URIs can be registered")
             params = contact.params
             try:
                 expires = parse_delta_seconds(params["expires"] or "") if "expires" in params else default
@@ -389,12 +384,7 @@ def _path(request: Request) -> tuple[str, ...]:
     if len(values) > MAX_PATH:
         raise SipError(400, f"Bad Path: more than {MAX_PATH} hops")
     for value in values:
-        try:
-            hop = parse_name_addr(value)
-        except ValueError as exc:
-            raise SipError(400, f"Bad Path: {exc}") from None
-        if hop.uri.scheme not in ("sip", "sips"):
-            raise SipError(400, "Bad Path: only sip: and sips: URIs route")
+        hop = _sip_name_addr(value, "Path", "only sip: and sips: URIs route")
         if "lr" not in hop.uri.params:
             raise SipError(400, "Bad Path: not a loose route (no lr parameter)")
     return tuple(values)
@@ -406,6 +396,17 @@ def _outbound_flows(contacts: list[ContactRequest], path: tuple[str, ...]) -> bo
     if not any(contact.instance is not None and contact.reg_id is not None for contact in contacts):
         return False
     return not path or "ob" in parse_name_addr(path[0]).uri.params
+
+
+def _sip_name_addr(value: str, header: str, not_sip: str) -> NameAddr:
+    """A header value as a name-addr with a sip: or sips: URI; SipError 400 "Bad `header`: ..." otherwise."""
+    try:
+        name_addr = parse_name_addr(value)
+    except ValueError as exc:
+        raise SipError(400, f"Bad {header}: {exc}") from None
+    if name_addr.uri.scheme not in ("sip", "sips"):
+        raise SipError(400, f"Bad {header}: {not_sip}")
+    return name_addr
 
 
 def _option_tags(request: Request, header: str) -> set[str]:
