@@ -138,7 +138,7 @@ class Registrar:
         now = self.clock()
         for binding in bindings:
             response.add("Contact", _contact_value(binding, now))
-        supported = _option_tags(request, "Supported") if request.get("Supported") is not None else set()
+        supported = _option_tags(request, "Supported")
         if path and "path" in supported:
             for value in path:  # RFC 3327 5.3: the UA learns the route its calls will come by
                 response.add("Path", value)

@@ -342,9 +342,9 @@ def _binding(aor: str, item: dict[str, Any]) -> Binding:
 
 
 def _path(values: object) -> tuple[str, ...]:
-    if type(values) not in (list, tuple) or not all(type(value) is str for value in values):  # type: ignore[union-attr]
+    if not isinstance(values, (list, tuple)) or not all(isinstance(value, str) for value in values):
         raise TypeError(f"path {values!r} is not a list of strings")
-    return tuple(values)  # type: ignore[arg-type]
+    return tuple(values)
 
 
 def encode_failure(failure: RegistrationFailure) -> bytes:
