@@ -36,6 +36,7 @@ TIMEOUT = 64 * T1  # Timers B, F, H, J (unreliable), L, M: 32 s
 # Beyond this many retired transactions the oldest are forgotten first: memory stays
 # bounded however fast requests come (a forgotten one's retransmission is handled as new).
 MAX_RETAINED = 200_000
+EXPIRE_EVERY = 64  # retirements between two sweeps of what has expired
 TICKS_PER_SECOND = 64  # timers fire at most 1/64 s late: a power of two, so that ticks are exact
 
 DEFAULT_MAX_FORWARDS = 70  # RFC 3261 8.1.1.6
@@ -249,6 +250,7 @@ class TransactionLayer:
         self.answered: OrderedDict[TransactionKey, tuple] = OrderedDict()
         self.finished: OrderedDict[TransactionKey, tuple] = OrderedDict()
         self._max_retained = max_retained
+        self._retired = 0  # transactions retired so far
         self._timers = TimerWheel()
 
     # -- server side ------------------------------------------------------------------------
@@ -445,9 +447,12 @@ class TransactionLayer:
             table = self.finished
             table[key] = (expires_at, transaction.kind, transaction.state, transaction.ack,
                                       *destination, *(upstream if upstream is not None else (None,) * 4))
-        # What expired goes as the table grows; lookups check the expiry themselves.
-        while table and (next(iter(table.values()))[0] <= now or len(table) > self._max_retained):
-            table.popitem(last=False)
+        if len(table) > self._max_retained:
+            table.popitem(last=False)  # the oldest, expired or not: memory stays bounded
+        # What expired goes every EXPIRE_EVERY retirements, not on each: lookups check the expiry themselves.
+        self._retired += 1
+        if self._retired % EXPIRE_EVERY == 0:
+            self._expire(now)
 
     def _expire(self, now: float) -> None:
         for table in (self.answered, self.finished):

@@ -16,6 +16,7 @@ from registrar.sip.transaction import (
     CALLING,
     COMPLETED,
     CONFIRMED,
+    EXPIRE_EVERY,
     INITIAL_STATE,
     MAGIC_COOKIE,
     PROCEEDING,
@@ -392,3 +393,14 @@ def test_timers_that_never_fire_do_not_pile_up() -> None:
         layer.respond(transaction, 200, b"200", float(n))
     assert not any(layer._timers._buckets.values())  # else 10,000 transactions kept until the first is due
     assert layer.next_deadline() is None
+
+
+def test_what_has_expired_is_swept_as_more_retire_with_no_timer_running() -> None:
+    layer = TransactionLayer()
+    for n in range(EXPIRE_EVERY):  # a REGISTER load: Timer J's 32 s is all they have left
+        key = (f"z9hG4bK-old-{n}", "192.0.2.10:5060", "REGISTER")
+        layer.respond(layer.begin_server(key, "REGISTER", UA), 200, b"200", 0.0)
+    for n in range(EXPIRE_EVERY):
+        key = (f"z9hG4bK-new-{n}", "192.0.2.10:5060", "REGISTER")
+        layer.respond(layer.begin_server(key, "REGISTER", UA), 200, b"200", TIMEOUT + 1)
+    assert len(layer.answered) == EXPIRE_EVERY and all(key[0].startswith("z9hG4bK-new") for key in layer.answered)
