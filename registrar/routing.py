@@ -25,6 +25,7 @@ Logic over the catalogue and the location store, no sockets (the proxy sends):
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Callable
@@ -54,6 +55,9 @@ class Target:
     address: URI | None = None  # else: where to send (the outbound gateway, the first hop of a Path)
     aor: str = ""  # the binding's AOR, for reports
     path: tuple[str, ...] = ()  # Route values the request carries to it (the binding's Path, RFC 3327)
+    # The same UA's other flows (RFC 5626: one +sip.instance, other reg-ids), most recent first:
+    # tried in turn when this one is gone, never rung at once.
+    alternatives: tuple[Target, ...] = ()
 
 
 def binding_target(binding: Binding, uri: str | None = None) -> Target:
@@ -148,14 +152,12 @@ class Router:
         return self._targets(domain, bindings)
 
     def _targets(self, domain: Domain, bindings: list[Binding]) -> TargetSet:
-        ordered = sorted(bindings, key=_q, reverse=True)
         if domain.mode == "redirect":
             now = self.clock()
+            ordered = sorted(bindings, key=_q, reverse=True)
             raise SipError(302, "Moved Temporarily", [("Contact", _redirect_contact(b, now)) for b in ordered])
-        groups = [
-            [binding_target(binding) for binding in same_q]
-            for _, same_q in itertools.groupby(ordered, key=_q)
-        ]
+        targets = sorted(_one_per_instance(bindings), key=lambda target: target[0], reverse=True)
+        groups = [[target for _, target in same_q] for _, same_q in itertools.groupby(targets, key=lambda t: t[0])]
         return TargetSet(groups)
 
     # -- outbound ---------------------------------------------------------------------------
@@ -207,6 +209,24 @@ def _called_domain(uri: URI, catalog: Catalog) -> Domain | None:
 
 def _q(binding: Binding) -> float:
     return DEFAULT_Q if binding.q is None else binding.q
+
+
+def _one_per_instance(bindings: list[Binding]) -> list[tuple[float, Target]]:
+    """A target, with its q, per UA: bindings of one +sip.instance (RFC 5626 flows, one per reg-id)
+    are one target, the most recently registered first and the others its alternatives, so that
+    a phone with two flows rings once and a dead flow falls over to the other (RFC 5626 5.3)."""
+    by_instance: dict[str, list[Binding]] = {}
+    targets: list[tuple[float, Target]] = []
+    for binding in bindings:
+        if binding.instance is None:
+            targets.append((_q(binding), binding_target(binding)))
+        else:
+            by_instance.setdefault(binding.instance, []).append(binding)
+    for flows in by_instance.values():
+        first, *others = sorted(flows, key=lambda binding: binding.registered_at, reverse=True)
+        alternatives = tuple(binding_target(binding) for binding in others)
+        targets.append((_q(first), dataclasses.replace(binding_target(first), alternatives=alternatives)))
+    return targets
 
 
 def _redirect_contact(binding: Binding, now: float) -> str:

@@ -141,10 +141,12 @@ class Node:
         )
 
     async def bind(self, user: str, contact: str, source: Source, *, q: float | None = None, node: str = "n1",
-                   path: tuple[str, ...] = ()) -> None:
-        """A binding of `user` registered from `source` (its flow too) on `node`, through `path`."""
-        binding = Binding(f"{user}@{DOMAIN}", contact, self.now + 3600, "reg", 1, q, transport=source.transport,
-                          source_host=source.host, source_port=source.port, flow=source.flow, node=node, path=path)
+                   path: tuple[str, ...] = (), instance: str | None = None, reg_id: int | None = None,
+                   age: float = 0.0) -> None:
+        """A binding of `user` registered `age` seconds ago from `source` (its flow too) on `node`, through `path`."""
+        binding = Binding(f"{user}@{DOMAIN}", contact, self.now + 3600, "reg", 1, q, instance, reg_id,
+                          transport=source.transport, source_host=source.host, source_port=source.port,
+                          flow=source.flow, node=node, registered_at=self.now - age, path=path)
         await self.store.update(binding.aor, lambda current: [*current, binding])
 
     async def receive(self, data: bytes | Request, source: Source = CALLER) -> None:
@@ -254,6 +256,26 @@ async def test_an_invite_to_a_phone_behind_an_edge_proxy_goes_to_the_first_path_
     assert request.uri == "sip:bob@10.1.2.3:5060"  # loose routing: the Request-URI stays the Contact
     assert request.get_all("Route") == list(path)  # ours popped, the Path pushed in order (RFC 3327 5.3)
     assert len(request.get_all("Record-Route")) == 1
+
+
+async def test_a_phone_with_two_outbound_flows_rings_once_on_the_newest_and_falls_over_when_it_closes() -> None:
+    node = Node(flows={"tcp-a", "tcp-b"})
+    contact = "sip:bob@192.0.2.30:5060;transport=tcp;ob"
+    instance = "urn:uuid:00000000-0000-1000-8000-000a95a0e128"
+    # One UA, two flows (RFC 5626: one +sip.instance, reg-id 1 and 2), the second registered later.
+    await node.bind("bob", contact, Source("tcp", "198.51.100.9", 50001, "tcp-a"), instance=instance, reg_id=1,
+                    age=60)
+    await node.bind("bob", contact, Source("tcp", "198.51.100.9", 50002, "tcp-b"), instance=instance, reg_id=2,
+                    age=10)
+    await node.receive(invite(call_id="call-1"))
+    assert [destination.flow for destination, _ in node.wire.requests("INVITE")] == ["tcp-b"]  # rung once
+    node.wire.flows.discard("tcp-b")  # its connection closes
+    await node.receive(invite(call_id="call-2", branch="z9hG4bK-caller-2"))
+    assert [destination.flow for destination, _ in node.wire.requests("INVITE")] == ["tcp-b", "tcp-a"]
+    assert node.unreachable == [(contact, "closed")]
+    node.wire.flows.discard("tcp-a")  # and the other: nothing to try, 480 at once
+    await node.receive(invite(call_id="call-3", branch="z9hG4bK-caller-3"))
+    assert len(node.wire.requests("INVITE")) == 2 and node.statuses()[-1] == 480
 
 
 async def test_the_first_2xx_goes_upstream_and_the_other_branches_are_cancelled() -> None:
