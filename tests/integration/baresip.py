@@ -86,7 +86,7 @@ module\t\t\tg711.so
 module\t\t\tausine.so
 module\t\t\taubridge.so
 module\t\t\tmenu.so
-module_tmp\t\taccount.so
+{uuid_module}module_tmp\t\taccount.so
 statmode_default\toff
 audio_player\t\taubridge,{name}
 audio_alert\t\taubridge,{name}
@@ -102,17 +102,18 @@ CALL_SUMMARY_AFTER = 1.1
 
 def account_line(
     *, user: str, domain: str, password: str, proxy_host: str | None, proxy_port: int | None, transport: str,
-    regint: int, answermode: str = "manual",
+    regint: int, answermode: str = "manual", sipnat: str | None = None,
 ) -> str:
     """One line of baresip's `accounts` file: the AOR, its password, the outbound proxy, the transport, answering.
 
     No proxy_host: no outbound proxy (with regint=0, a UA that only calls and is called directly).
+    `sipnat="outbound"`: RFC 5626 (+sip.instance and reg-id in the Contact, Supported: outbound).
     """
     outbound = f';outbound="sip:{proxy_host}:{proxy_port};transport={transport}"' if proxy_host else ""
     return (
         f"<sip:{user}@{domain};transport={transport}>"
         f";auth_user={user};auth_pass={password}{outbound}"
-        f";regint={regint};answermode={answermode}\n"
+        f";regint={regint};answermode={answermode}" + (f";sipnat={sipnat}" if sipnat else "") + "\n"
     )
 
 
@@ -187,6 +188,7 @@ class Baresip:
         transport: str,
         regint: int = 600,
         answermode: str = "manual",
+        sipnat: str | None = None,
         listen: str = "127.0.0.1:0",
         executable: str = BARESIP,
         module_path: str = "/usr/lib/baresip/modules",
@@ -201,11 +203,14 @@ class Baresip:
         self.log_path = directory / "baresip.log"
         self.process: subprocess.Popen | None = None
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config").write_text(CONFIG.format(module_path=module_path, name=user, listen=listen))
+        # RFC 5626 needs the UA's +sip.instance: uuid.so makes one (and keeps it in the directory).
+        uuid_module = "module_tmp\t\tuuid.so\n" if sipnat == "outbound" else ""
+        (directory / "config").write_text(
+            CONFIG.format(module_path=module_path, name=user, listen=listen, uuid_module=uuid_module))
         (directory / "accounts").write_text(
             account_line(
                 user=user, domain=domain, password=password, proxy_host=proxy_host,
-                proxy_port=proxy_port, transport=transport, regint=regint, answermode=answermode,
+                proxy_port=proxy_port, transport=transport, regint=regint, answermode=answermode, sipnat=sipnat,
             )
         )
 
