@@ -21,8 +21,7 @@ def test_an_outbound_phone_gets_its_flow_and_a_call_to_it_after_the_flow_dies_is
 ) -> None:
     bob = Baresip(tmp_path / "bob", user="bob", password="bob-secret-2", domain=DOMAIN, proxy_host=registrar.host,
                   proxy_port=registrar.sip_port, transport="tcp", sipnat="outbound")
-    with bob:
-        bob.start()
+    with bob:  # (started by entering)
         # Not bob.wait_registered(): with outbound on, baresip's status line and its -s trace of the
         # 200 OK come out interleaved mid-line. The registrar's table says it as well.
         deadline = time.monotonic() + 15
