@@ -138,11 +138,13 @@ class Registrar:
         now = self.clock()
         for binding in bindings:
             response.add("Contact", _contact_value(binding, now))
-        supported = _option_tags(request, "Supported")
+        # Supported is read only when it could change the answer: most REGISTERs have no Path and no reg-id.
+        outbound = _outbound_flows(contacts, path)
+        supported = _option_tags(request, "Supported") if path or outbound else set()
         if path and "path" in supported:
             for value in path:  # RFC 3327 5.3: the UA learns the route its calls will come by
                 response.add("Path", value)
-        if "outbound" in supported and _outbound_flows(contacts, path):
+        if outbound and "outbound" in supported:
             # RFC 5626 6: the flow is kept; the UA keeps it alive (CRLF, STUN) and uses it for its requests.
             response.add("Require", "outbound")
             response.add("Flow-Timer", str(FLOW_TIMER.get(source.transport, FLOW_TIMER["tcp"])))
