@@ -60,6 +60,8 @@ DIALOG_METHODS = frozenset(["INVITE", "SUBSCRIBE", "REFER"])
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 # Live transactions beyond which requests are shed (a SipDomain's security.maxTransactions).
 MAX_TRANSACTIONS = 5000
+# RFC 5626 section 11: a flow named by a token is gone; the UA's other flows are tried on it.
+FLOW_FAILED = 430
 # What a shed request is told: come back after this long (RFC 3261 21.5.4).
 SHED_RETRY_AFTER = 5
 
@@ -206,6 +208,10 @@ class ProxyCore:
             return self._relayed(reach, destination, hop_route)
         if context.over:
             return []
+        if destination is None and not failed:
+            next_flow = reach.target.next_flow()
+            if next_flow is not None:
+                return [Reach(context, next_flow)]  # this flow is gone: the UA's next one (RFC 5626 5.3)
         context.reaching -= 1
         actions: list[Action] = []
         if failed:
@@ -252,8 +258,14 @@ class ProxyCore:
     def _route(self, context: ResponseContext, now: float) -> list[Action]:
         """Where it goes: the party our Route names, the next hop, or the location service (16.4, 16.5)."""
         request = context.request
-        target, popped = self._take_our_routes(request)
+        target, popped, kind = self._take_our_routes(request)
         if target is not None:
+            # A flow named by a token of ours: when it is gone, the answer is 430 (RFC 5626 5.3).
+            context.by_flow = True
+            if kind == HOP:
+                # Another node picked this flow and holds the UA's others: no second guess here.
+                context.groups = [[target]]
+                return self._next_group(context, now)
             return [FindTargets(context, recorded=target)]
         if request.name_addr("To").tag is not None:
             # In a dialog we are not part of (no Route of ours): not ours to relay.
@@ -272,7 +284,7 @@ class ProxyCore:
         try:
             if relay.max_forwards(request) == 0:
                 return []
-            target, popped = self._take_our_routes(request)
+            target, popped, _ = self._take_our_routes(request)
             if target is None and popped:
                 target = self._next_hop_target(request)
         except SipError:
@@ -319,7 +331,7 @@ class ProxyCore:
             request, uri=target.uri, via=self._via(destination, branch_id), record_routes=record_routes,
             routes=(hop_route, *target.path) if hop_route else target.path,
         )
-        branch = Branch(context, copy)
+        branch = Branch(context, copy, target)
         upstream = context.source.reply_to if branch.invite else None  # where its later 2xx go
         branch.transaction, actions = self.transactions.begin_client(
             (branch_id, request.method), copy, destination, branch, now, upstream=upstream)
@@ -342,7 +354,16 @@ class ProxyCore:
                     actions += self._cancel_branch(other, relay.COMPLETED_ELSEWHERE, now)
             self._maybe_complete(context)
             return actions
-        context.finals.append(relay.without_top_via(response))
+        final = relay.without_top_via(response)
+        if status == FLOW_FAILED:
+            next_flow = branch.target.next_flow() if branch.target is not None else None
+            if next_flow is not None and not context.cancelled:
+                context.reaching += 1
+                return [Reach(context, next_flow)]  # the flow failed downstream: the UA's next one
+            if not context.by_flow:
+                # The caller asked for a user, not a flow: to it, the user is unreachable.
+                final = server_response(context.request, 480, "Temporarily Unavailable: Flow Failed")
+        context.finals.append(final)
         if status >= 600:
             context.groups.clear()
             for other in context.branches:
@@ -362,6 +383,9 @@ class ProxyCore:
             return self._respond(context, server_response(context.request, 487, "Request Terminated"), now)
         if context.finals:
             return self._respond(context, relay.best_response(context.finals), now)
+        if context.by_flow:
+            # The flow a token of ours named is gone (RFC 5626 5.3): the node or UA upstream tries another.
+            return self._respond(context, server_response(context.request, FLOW_FAILED, "Flow Failed"), now)
         return self._respond(
             context, server_response(context.request, 480, "Temporarily Unavailable: No Reachable Contact"), now)
 
@@ -465,7 +489,12 @@ class ProxyCore:
             actions = self._cancel_branch(branch, None, now) if branch.cancel_branch is None else []
             self.transactions.set_timer(branch.transaction, "after C", now + TIMEOUT)
             return actions
-        status, reason = (503, "Service Unavailable") if timer == "transport" else (408, "Request Timeout")
+        if timer != "transport":
+            status, reason = 408, "Request Timeout"
+        elif branch.target is not None and branch.target.ref is not None:
+            status, reason = FLOW_FAILED, "Flow Failed"  # a send down a UA's flow failed: it is gone
+        else:
+            status, reason = 503, "Service Unavailable"
         return self._give_up(branch, server_response(branch.request, status, reason), now)
 
     def _sweep(self, now: float) -> list[Action]:
@@ -523,11 +552,12 @@ class ProxyCore:
         return list(actions)
 
     # -- Route and Record-Route ----------------------------------------------------------------------
-    def _take_our_routes(self, request: Request) -> tuple[Target | None, int]:
+    def _take_our_routes(self, request: Request) -> tuple[Target | None, int, str | None]:
         """Route preprocessing (RFC 3261 16.4): our topmost Route entries off the request.
 
         Returns the target the token among them names (a hop's flow, or the other
-        party of a dialog), None when there is no token, and how many entries were ours.
+        party of a dialog), None when there is no token, how many entries were ours,
+        and the token's kind (HOP, DIALOG, None).
         """
         token = None
         ftag = None
@@ -541,10 +571,10 @@ class ProxyCore:
             popped += 1
         relay.without_top_routes(request, popped)
         if token is None:
-            return None, popped
+            return None, popped, None
         if token.kind == HOP:
-            return Target(request.uri, token.refs[0]), popped
-        return self._dialog_target(request, token, ftag), popped
+            return Target(request.uri, token.refs[0]), popped, HOP
+        return self._dialog_target(request, token, ftag), popped, DIALOG
 
     def _dialog_target(self, request: Request, token: RouteToken, ftag: str | None) -> Target:
         """The other party of a dialog: the callee when the caller sends, and the other way round."""
@@ -603,6 +633,8 @@ class ResponseContext:
         self.groups: list[list[Target]] = []  # the target set's groups not yet tried
         self.reaching = 0  # targets of the current group whose `Reach` has not come back
         self.record_route = False
+        # Routed by a token of ours to one flow (a hop from another node, a dialog), not by the location service.
+        self.by_flow = False
         self.finals: list[Response] = []
         self.final_status = 0
         self.cancelled = False
@@ -616,9 +648,10 @@ class ResponseContext:
 class Branch:
     """One copy of a request sent downstream: its client transaction, its final answer, its CANCEL."""
 
-    def __init__(self, context: ResponseContext | None, request: Request):
+    def __init__(self, context: ResponseContext | None, request: Request, target: Target | None = None):
         self.context = context
         self.request = request
+        self.target = target  # where it went (its flow's alternatives are tried when it fails)
         self.invite = request.method == "INVITE"
         self.transaction: Transaction | None = None
         self.provisional = False

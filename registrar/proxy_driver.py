@@ -99,12 +99,11 @@ class ProxyDriver:
             elif isinstance(action, FindTargets):
                 start_eagerly(self._find(action))
             else:
-                chosen, known = self._choose_flow(action.target)
-                reach = action if chosen is action.target else action._replace(target=chosen)
+                known = self._known_destination(action.target)
                 if known is None:
-                    start_eagerly(self._reach(reach))
+                    start_eagerly(self._reach(action))
                 else:
-                    queue.extend(self.core.reached(reach, known[0], None, self.clock()))
+                    queue.extend(self.core.reached(action, known[0], None, self.clock()))
         self._wake()
 
     def _send(self, destination: Destination, data: bytes) -> bool:
@@ -181,15 +180,6 @@ class ProxyDriver:
         else:
             actions = self.core.reached(action, destination, hop_route, self.clock())
         self._carry_out(actions)
-
-    def _choose_flow(self, target: Target) -> tuple[Target, tuple[Destination | None] | None]:
-        """The first of a UA's flows (`target`, then its alternatives: RFC 5626 5.3) not known to be
-        gone, with where to send for it (`_known_destination`); all gone: skip the target."""
-        for candidate in (target, *target.alternatives):
-            known = self._known_destination(candidate)
-            if known is None or known[0] is not None:
-                return candidate, known
-        return target, (None,)
 
     def _known_destination(self, target: Target) -> tuple[Destination | None] | None:
         """Where to send for a target when that takes no waiting (a flow of ours, a dead node's

@@ -59,6 +59,12 @@ class Target:
     # tried in turn when this one is gone, never rung at once.
     alternatives: tuple[Target, ...] = ()
 
+    def next_flow(self) -> Target | None:
+        """The UA's next flow to try when this one has failed (RFC 5626 5.3); None when none is left."""
+        if not self.alternatives:
+            return None
+        return dataclasses.replace(self.alternatives[0], alternatives=self.alternatives[1:])
+
 
 def binding_target(binding: Binding, uri: str | None = None) -> Target:
     """How a request reaches a registered Contact: through its Path when it has one (RFC 3327 5.3:

@@ -491,6 +491,20 @@ async def test_an_in_dialog_request_finds_the_callee_on_its_new_connection_after
     assert destination == Destination("tcp", "198.51.100.8", 50999, "tcp-x-2")
 
 
+async def test_an_in_dialog_request_for_a_flow_that_is_gone_for_good_gets_430_flow_failed() -> None:
+    node = Node(flows={"tcp-x-1"})
+    await node.bind("bob", TCP_CONTACT, Source("tcp", "198.51.100.8", 50123, "tcp-x-1"))
+    await node.receive(invite())
+    [(_, sent)] = node.wire.requests("INVITE")
+    await node.answer(sent, 200, "OK")
+    node.wire.flows = set()  # bob's connection dropped, and he has not come back
+    route = ", ".join(sent.get_all("Record-Route"))
+    await node.receive(invite(TCP_CONTACT, method="BYE", branch="z9hG4bK-bye", to_tag="callee", to=f"sip:bob@{DOMAIN}",
+                              extra=f"Route: {route}\r\n"))
+    assert node.wire.requests("BYE") == []
+    assert (node.upstream[-1].status, node.upstream[-1].reason) == (430, "Flow Failed")  # RFC 5626 5.3
+
+
 async def test_an_in_dialog_request_without_our_route_is_refused_and_an_ack_dropped() -> None:
     node = Node()
     await node.receive(invite(method="BYE", to_tag="x", branch="z9hG4bK-b"))
@@ -532,6 +546,48 @@ async def test_a_callee_held_by_another_node_is_reached_through_it_with_a_hop_ro
     assert delivered.get_all("Record-Route") == handed.get_all("Record-Route")
     await holder.answer(delivered, 200, "OK")
     assert holder.statuses() == [100, 200]
+
+
+INSTANCE = "urn:uuid:00000000-0000-1000-8000-000a95a0e128"
+OB_CONTACT = "sip:bob@192.0.2.30:5060;transport=tcp;ob"
+
+
+async def test_a_hop_to_a_flow_that_has_closed_gets_430_and_the_entry_node_falls_over_to_the_next_flow() -> None:
+    entry = Node("n1", flows={"tcp-a"}, nodes={"n2": {"address": "10.0.0.2", "sipPort": 5070}})
+    # One UA, two flows (RFC 5626): the newer through n2, the older through this node.
+    await entry.bind("bob", OB_CONTACT, Source("tcp", "198.51.100.9", 50002, "tcp-9-4"), node="n2",
+                     instance=INSTANCE, reg_id=2, age=10)
+    await entry.bind("bob", OB_CONTACT, Source("tcp", "198.51.100.9", 50001, "tcp-a"), instance=INSTANCE, reg_id=1,
+                     age=60)
+    await entry.receive(invite())
+    [(destination, handed)] = entry.wire.requests("INVITE")
+    assert destination.host == "10.0.0.2"
+
+    holder = Node("n2", flows={"tcp-in-1"})  # the flow the hop names has closed on n2
+    await holder.receive(handed, Source("tcp", "10.0.0.1", 40000, "tcp-in-1"))
+    assert holder.wire.requests("INVITE") == []
+    [flow_failed] = holder.upstream
+    assert (flow_failed.status, flow_failed.reason) == (430, "Flow Failed")
+
+    await entry.answer(handed, 430, "Flow Failed")
+    invites = entry.wire.requests("INVITE")
+    assert [destination.flow for destination, _ in invites] == ["out-1", "tcp-a"]
+    await entry.answer(invites[1][1], 200, "OK")
+    assert entry.statuses() == [100, 200]  # the caller saw one call, answered
+
+
+async def test_a_send_down_a_flow_that_fails_falls_over_to_the_next_flow_and_the_last_one_failing_is_480() -> None:
+    node = Node(flows={"tcp-a"})
+    node.wire.has_flow = lambda flow: True  # tcp-b looks open, but what is written to it fails
+    await node.bind("bob", OB_CONTACT, Source("tcp", "198.51.100.9", 50001, "tcp-a"), instance=INSTANCE, reg_id=1,
+                    age=60)
+    await node.bind("bob", OB_CONTACT, Source("tcp", "198.51.100.9", 50002, "tcp-b"), instance=INSTANCE, reg_id=2,
+                    age=10)
+    await node.receive(invite())
+    [(destination, sent)] = node.wire.requests("INVITE")
+    assert destination.flow == "tcp-a"  # tcp-b, the newer, was tried first and failed
+    await node.answer(sent, 430, "Flow Failed")  # and tcp-a's edge says it failed too: nothing left
+    assert node.upstream[-1].status == 480 and node.upstream[-1].reason == "Temporarily Unavailable: Flow Failed"
 
 
 async def test_a_dead_nodes_tcp_flow_is_skipped_and_reported_its_udp_binding_sent_from_here() -> None:
