@@ -37,7 +37,15 @@ from registrar.flows import DIALOG, HOP, FlowRef, RouteToken, TokenSigner
 from registrar.routing import Target
 from registrar.sip import proxy as relay
 from registrar.sip.headers import Via
-from registrar.sip.message import Request, Response, SipError, check_extensions, error_response, server_response
+from registrar.sip.message import (
+    Request,
+    Response,
+    SipError,
+    check_extensions,
+    error_response,
+    server_response,
+    transaction_tag,
+)
 from registrar.sip.source import Destination, Source
 from registrar.sip.transaction import (
     TIMEOUT,
@@ -282,8 +290,8 @@ class ProxyCore:
     def _relay_ack(self, request: Request) -> list[Action]:
         """An ACK for a 2xx (end to end, its own transaction): forwarded along the route set, no state."""
         try:
-            if relay.max_forwards(request) == 0:
-                return []
+            if relay.max_forwards(request) == 0 or request.name_addr("To").tag == transaction_tag(request):
+                return []  # (or the ACK of a failure we answered statelessly: its To tag is ours)
             target, popped, _ = self._take_our_routes(request)
             if target is None and popped:
                 target = self._next_hop_target(request)

@@ -102,14 +102,18 @@ CALL_SUMMARY_AFTER = 1.1
 
 def account_line(
     *, user: str, domain: str, password: str, proxy_host: str | None, proxy_port: int | None, transport: str,
-    regint: int, answermode: str = "manual", sipnat: str | None = None,
+    regint: int, answermode: str = "manual", sipnat: str | None = None, outbound2: tuple[str, int] | None = None,
 ) -> str:
     """One line of baresip's `accounts` file: the AOR, its password, the outbound proxy, the transport, answering.
 
     No proxy_host: no outbound proxy (with regint=0, a UA that only calls and is called directly).
     `sipnat="outbound"`: RFC 5626 (+sip.instance and reg-id in the Contact, Supported: outbound).
+    `outbound2`: a second proxy (host, port); with outbound on, baresip registers a flow through each
+    (reg-id 1 and 2).
     """
     outbound = f';outbound="sip:{proxy_host}:{proxy_port};transport={transport}"' if proxy_host else ""
+    if outbound2 is not None:
+        outbound += f';outbound2="sip:{outbound2[0]}:{outbound2[1]};transport={transport}"'
     return (
         f"<sip:{user}@{domain};transport={transport}>"
         f";auth_user={user};auth_pass={password}{outbound}"
@@ -189,6 +193,7 @@ class Baresip:
         regint: int = 600,
         answermode: str = "manual",
         sipnat: str | None = None,
+        outbound2: tuple[str, int] | None = None,
         listen: str = "127.0.0.1:0",
         executable: str = BARESIP,
         module_path: str = "/usr/lib/baresip/modules",
@@ -211,6 +216,7 @@ class Baresip:
             account_line(
                 user=user, domain=domain, password=password, proxy_host=proxy_host,
                 proxy_port=proxy_port, transport=transport, regint=regint, answermode=answermode, sipnat=sipnat,
+                outbound2=outbound2,
             )
         )
 

@@ -1,15 +1,23 @@
-"""RFC 5626 outbound with a real phone: baresip (sipnat=outbound) over TCP, its flow, and the flow's end."""
+"""RFC 5626 outbound with a real phone: baresip (sipnat=outbound) over TCP, its flows, and a flow's end."""
 
 from __future__ import annotations
 
+import base64
+import json
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from registrar.model import Binding
+from registrar.store import layout
+from tests.etcd_server import EtcdServer
 from tests.helpers import RunningRegistrar
 from tests.integration.baresip import Baresip
 from tests.integration.sip_client import UserAgent, status_of
+from tests.integration.tcp_relay import TcpRelay
 
 pytestmark = pytest.mark.integration
 
@@ -45,3 +53,42 @@ def test_an_outbound_phone_gets_its_flow_and_a_call_to_it_after_the_flow_dies_is
     assert status_of(answer) == 480, answer  # at once: no INVITE down a dead connection, no Timer B
     assert time.monotonic() - started < 2.0
     assert registrar.metric("sipreg_unreachable_contacts_total", why="closed") == 1
+
+
+def stored_bindings(etcd: EtcdServer, aor: str) -> tuple[Binding, ...]:
+    """The AOR's bindings as etcd holds them (registration times to the microsecond: the API's are to the second)."""
+    key = base64.b64encode(layout.bindings_key(aor)).decode()
+    request = urllib.request.Request(f"http://{etcd.endpoint}/v3/kv/range", data=json.dumps({"key": key}).encode())
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        [item] = json.load(answer)["kvs"]
+    return layout.decode_bindings(aor, base64.b64decode(item["value"]))
+
+
+def test_a_phone_with_a_flow_through_each_of_two_replicas_is_called_on_the_other_when_one_path_is_cut(
+    replicas: Callable[..., RunningRegistrar], etcd: EtcdServer, tmp_path: Path,
+) -> None:
+    a, b = replicas(node="a"), replicas(node="b")
+    # A network path to each replica, as the phone's two flows would take (RFC 5626: two edge proxies).
+    with TcpRelay("127.0.0.61", (a.host, a.sip_port)) as to_a, TcpRelay("127.0.0.62", (b.host, b.sip_port)) as to_b:
+        bob = Baresip(tmp_path / "bob", user="bob", password="bob-secret-2", domain=DOMAIN, proxy_host=to_a.host,
+                      proxy_port=to_a.port, outbound2=(to_b.host, to_b.port), transport="tcp", sipnat="outbound",
+                      answermode="auto")
+        with bob:
+            deadline = time.monotonic() + 15
+            while len(a.bindings(f"bob@{DOMAIN}")) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            bindings = a.bindings(f"bob@{DOMAIN}")
+            assert sorted((binding["regId"], binding["node"]) for binding in bindings) == [(1, "a"), (2, "b")]
+            assert len({binding["instance"] for binding in bindings}) == 1
+            # Cut the path of the flow a call would take first (the newest), and call through the other
+            # replica: it hands the INVITE to the flow's holder, which answers 430 Flow Failed, and the
+            # call falls over to the phone's other flow, held where the call came in.
+            newest = max(stored_bindings(etcd, f"bob@{DOMAIN}"), key=lambda binding: binding.registered_at)
+            holder, entry, path = (a, b, to_a) if newest.node == "a" else (b, a, to_b)
+            path.cut()
+            while holder.metric("sipreg_connections", transport="tcp") and time.monotonic() < deadline + 5:
+                time.sleep(0.05)  # the registrar has seen its end of the flow close
+            alice = UserAgent(entry.host, entry.sip_port, "alice", "alice-secret-1", local_ip="127.0.0.92")
+            answer = alice.call(f"sip:bob@{DOMAIN}", timeout=10)
+            assert status_of(answer) == 200, answer  # bob answered (answermode auto), on the flow left
+            assert holder.metric("sipreg_unreachable_contacts_total", why="closed") == 1

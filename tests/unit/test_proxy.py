@@ -569,7 +569,11 @@ async def test_a_hop_to_a_flow_that_has_closed_gets_430_and_the_entry_node_falls
     [flow_failed] = holder.upstream
     assert (flow_failed.status, flow_failed.reason) == (430, "Flow Failed")
 
-    await entry.answer(handed, 430, "Flow Failed")
+    entry.proxy.receive_response(parse_message(flow_failed.to_bytes()))
+    await settle()
+    [(_, ack)] = entry.wire.requests("ACK")  # the 430's, hop by hop
+    await holder.receive(ack, Source("tcp", "10.0.0.1", 40000, "tcp-in-1"))
+    assert holder.wire.forwarded() == [] and len(holder.unreachable) == 1  # absorbed: it ACKs our own answer
     invites = entry.wire.requests("INVITE")
     assert [destination.flow for destination, _ in invites] == ["out-1", "tcp-a"]
     await entry.answer(invites[1][1], 200, "OK")
