@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from registrar.model import Binding
-from registrar.store import RegistrationFailure
+from registrar.store import CONTACT_UNREACHABLE, RegistrationFailure
 from registrar.times import rfc3339, unix_seconds
 
 # Condition reasons a user reads in `kubectl describe`.
@@ -29,6 +29,7 @@ REGISTERED = "Registered"
 NOT_REGISTERED = "NotRegistered"
 REGISTRATION_FAILED = "RegistrationFailed"
 REGISTRATION_DISABLED = "RegistrationDisabled"
+CONTACT_UNREACHABLE_REASON = "ContactUnreachable"
 PUBLISHED = "Published"
 
 
@@ -91,7 +92,8 @@ def connection_status(
     elif previous and previous.get("lastRegistered"):
         status["lastRegistered"] = previous["lastRegistered"]
     if failure is not None:
-        status["lastFailure"] = {"time": rfc3339(failure.time), "reason": failure.reason, "source": failure.source}
+        status["lastFailure"] = {"time": rfc3339(failure.time), "reason": failure.reason, "source": failure.source,
+                                 "kind": failure.kind}
 
     if problem is not None:
         ready = condition("Ready", False, problem[0], problem[1], generation, previous_conditions, now)
@@ -108,10 +110,11 @@ def connection_status(
             generation, previous_conditions, now,
         )
     elif failure is not None and failure.time >= _timestamp(status.get("lastRegistered")):
-        registered = condition(
-            "Registered", False, REGISTRATION_FAILED,
-            f"last REGISTER failed: {failure.reason} (from {failure.source})", generation, previous_conditions, now,
-        )
+        if failure.kind == CONTACT_UNREACHABLE:
+            reason, message = CONTACT_UNREACHABLE_REASON, f"{failure.reason} (at {failure.source})"
+        else:
+            reason, message = REGISTRATION_FAILED, f"last REGISTER failed: {failure.reason} (from {failure.source})"
+        registered = condition("Registered", False, reason, message, generation, previous_conditions, now)
     else:
         registered = condition(
             "Registered", False, NOT_REGISTERED, "no contact registered", generation, previous_conditions, now

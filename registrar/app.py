@@ -21,17 +21,18 @@ from registrar.authentication import Authenticator
 from registrar.flows import TokenSigner
 from registrar.http import make_app, start_server
 from registrar.lockout import LockoutTable
-from registrar.metrics import Metrics, StoreCalls
-from registrar.model import Catalog, SecurityPolicy
+from registrar.metrics import STREAM_TRANSPORTS, Metrics, StoreCalls
+from registrar.model import Binding, Catalog, Domain, SecurityPolicy
+from registrar.nat_pings import NatPinger, Pinged
 from registrar.proxy import Identity, ProxyCore
-from registrar.proxy_driver import Delivery, ProxyDriver
+from registrar.proxy_driver import Delivery, ProxyDriver, SendError
 from registrar.ratelog import RateLimitedLog
 from registrar.registrar import Registrar
 from registrar.routing import Router, Target
 from registrar.service import SipService
 from registrar.sip import digest
 from registrar.sip.message import Request
-from registrar.sip.source import Source
+from registrar.sip.source import Destination, Source
 from registrar.sip.transaction import TransactionLayer
 from registrar.source_limits import Ban, SourceLimiter
 from registrar.store import CatalogSource, LocationStore, NodeRegistry
@@ -128,14 +129,22 @@ class RegistrarServer:
             expires_spread=config.expires_spread,
             on_result=self.metrics.registration_answered,
             on_authenticated=self._authenticated,
-            on_bound=self._keep_flow,
+            on_bound=self._bound,
         )
         # One transaction layer for what the registrar answers and what the proxy forwards.
         self.transactions = TransactionLayer()
         # Anyone can call a user whose contact is gone, as often as they like: a line per 10 s.
         self._log_skipped = RateLimitedLog(log, logging.WARNING)
+        # UDP phones behind NAT that this replica answered are pinged from here, and only from here.
+        self.pinger = NatPinger(self.store, self._send_ping, node=config.node_name, via=self._udp_address,
+                                on_ping=self.metrics.keepalive_ping, on_removed=self._contact_unreachable)
         self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics, self.sources, self._security,
-                                    self.transactions, proxy=lambda delivery: self._proxy(authenticator, delivery))
+                                    self.transactions, proxy=lambda delivery: self._proxy(authenticator, delivery),
+                                    ping_answered=self.pinger.answered)
+        self.metrics.pinged_contacts.set_function(lambda: len(self.pinger.pinged))
+        for transport in STREAM_TRANSPORTS:
+            self.metrics.flows.labels(transport).set_function(
+                lambda transport=transport: self.endpoint.registered_flows(transport))
         self._closers: list = []
         self._tasks: list[asyncio.Task] = []
         self._listening = False
@@ -196,8 +205,26 @@ class RegistrarServer:
         self.registrar.catalog = catalog = self._served(catalog)
         log.info("sipreg: serving %d domains, %d connections from etcd", len(catalog.domains), len(catalog.connections))
 
-    def _keep_flow(self, source: Source, seconds: int) -> None:
-        self.endpoint.keep_flow(source.flow, self.endpoint.clock() + seconds)
+    def _bound(self, source: Source, domain: Domain, bindings: list[Binding]) -> None:
+        """A REGISTER stored bindings: keep the connection it came over open while they live; ping the NATed."""
+        if source.flow is not None:
+            until = max([binding.expires_at for binding in bindings if binding.flow == source.flow], default=0.0)
+            self.endpoint.keep_flow(source.flow, self.endpoint.clock() + until - time.time())
+        elif source.transport == "udp":
+            self.pinger.bound(domain, source.host, source.port, bindings)
+
+    def _udp_address(self) -> tuple[str, int]:
+        """Where UAs reach our UDP port (the Via of a ping: where its answer goes)."""
+        return self.config.public_address, self.config.public_ports.get("udp", self.config.sip_port)
+
+    def _send_ping(self, host: str, port: int, data: bytes) -> None:
+        try:
+            self.endpoint.send(Destination("udp", host, port), data)
+        except SendError as error:
+            log.debug("sipreg: keepalive ping to %s:%d not sent: %s", host, port, error)
+
+    def _contact_unreachable(self, pinged: Pinged) -> None:
+        self.metrics.keepalive_failed("udp")
 
     @property
     def listening(self) -> bool:
@@ -228,6 +255,7 @@ class RegistrarServer:
                     host, config.http_port, "on, bearer token" if config.api_token else "off: no token",
                 )
         self._tasks.append(asyncio.create_task(self.endpoint.sweep_flows(), name="flow-sweep"))
+        self._tasks.append(asyncio.create_task(self.pinger.run(), name="nat-pings"))
         # Everything alive now (the catalogue above all: 20k connections are ~300k
         # objects) lives as long as the process; moving it out of the collector's
         # reach keeps full collections, and so p99, short.

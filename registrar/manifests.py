@@ -60,6 +60,7 @@ from registrar.model import (
     Connection,
     ConnectionLimits,
     Domain,
+    KeepalivePolicy,
     LockoutPolicy,
     RegistrationPolicy,
     SecurityPolicy,
@@ -464,6 +465,7 @@ def _metadata(value: Any, path: str) -> tuple[str, str]:
 
 _POLICY_DEFAULTS = RegistrationPolicy()
 _SECURITY_DEFAULTS = SecurityPolicy()
+_KEEPALIVE_DEFAULTS = KeepalivePolicy()
 _DOMAIN_DEFAULTS = Domain(name="")
 _CONNECTION_DEFAULTS = Connection(domain="", username="")
 
@@ -529,6 +531,18 @@ _SIP_DOMAIN_SPEC = _object(
                         _list_of(_one_of("SHA-256", "MD5"), non_empty=True, unique=True),
                         _DOMAIN_DEFAULTS.digest_algorithms,
                     ),
+                }
+            ),
+            _FROM_EMPTY,
+        ),
+        # Defaults and why: registrar.model's KeepalivePolicy.
+        "keepalive": _Field(
+            _object(
+                {
+                    "pingIntervalSeconds": _Field(_integer(0, 3600), _KEEPALIVE_DEFAULTS.ping_interval),
+                    "pingFailures": _Field(_integer(1, 100), _KEEPALIVE_DEFAULTS.ping_failures),
+                    "flowTimerUdpSeconds": _Field(_integer(10, 3600), _KEEPALIVE_DEFAULTS.flow_timer_udp),
+                    "flowTimerStreamSeconds": _Field(_integer(10, 3600), _KEEPALIVE_DEFAULTS.flow_timer_stream),
                 }
             ),
             _FROM_EMPTY,
@@ -656,7 +670,7 @@ def domain_from_spec(raw_spec: Any) -> Domain:
             default_expires=registration["defaultExpires"],
             max_expires=registration["maxExpires"],
         )
-    outbound = spec["outbound"]
+    outbound, keepalive = spec["outbound"], spec["keepalive"]
     return Domain(
         name=spec["domain"],
         registration=policy,
@@ -664,6 +678,12 @@ def domain_from_spec(raw_spec: Any) -> Domain:
         outbound_gateway=outbound["gateway"] if outbound else None,
         digest_algorithms=tuple(spec["authentication"]["algorithms"]),
         security=security_from_spec(spec["security"]),
+        keepalive=KeepalivePolicy(
+            ping_interval=keepalive["pingIntervalSeconds"],
+            ping_failures=keepalive["pingFailures"],
+            flow_timer_udp=keepalive["flowTimerUdpSeconds"],
+            flow_timer_stream=keepalive["flowTimerStreamSeconds"],
+        ),
     )
 
 

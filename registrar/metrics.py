@@ -36,6 +36,8 @@ STREAM_TRANSPORTS = ("tcp", "tls")
 
 # Why a call skipped a registered contact (a bounded label).
 UNREACHABLE_WHY = ("closed", "node_gone")
+# What became of a keepalive ping (registrar.nat_pings).
+PING_RESULTS = ("sent", "answered")
 # Why an incoming TCP/TLS connection was closed at accept (ConnectionLimits).
 REFUSED_REASONS = ("per_source", "total", "banned")
 # What became of a STUN message: the codec's verdicts, and "stranger" (not looked at, see SipEndpoint.receive_stun).
@@ -163,6 +165,33 @@ class Metrics:
         )
         for why in UNREACHABLE_WHY:
             self.unreachable_contacts.labels(why)
+        self.flows = Gauge(
+            "sipreg_flows",
+            "Open TCP/TLS connections that carry a live registration (a phone's flow), by transport; "
+            "sipreg_connections counts every open one.",
+            ["transport"],
+            registry=self.registry,
+        )
+        self.keepalive_pings = Counter(
+            "sipreg_keepalive_pings",
+            "OPTIONS keepalive pings to UDP contacts behind NAT held by this registrar, by result: sent, answered.",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in PING_RESULTS:
+            self.keepalive_pings.labels(result)
+        self.keepalive_failures = Counter(
+            "sipreg_keepalive_failures",
+            "Contacts removed because their keepalive pings went unanswered, by transport.",
+            ["transport"],
+            registry=self.registry,
+        )
+        self.keepalive_failures.labels("udp")
+        self.pinged_contacts = Gauge(
+            "sipreg_pinged_contacts",
+            "UDP contacts behind NAT this registrar pings (those whose REGISTER it answered).",
+            registry=self.registry,
+        )
         self._registrations: Tally[tuple[str, str]] = Tally()
         self._invites: Tally[tuple[str, str]] = Tally()
         self._messages: Tally[tuple[str, str]] = Tally()
@@ -194,6 +223,12 @@ class Metrics:
 
     def unreachable_contact(self, why: str) -> None:
         self.unreachable_contacts.labels(why if why in UNREACHABLE_WHY else "closed").inc()
+
+    def keepalive_ping(self, result: str) -> None:
+        self.keepalive_pings.labels(result).inc()
+
+    def keepalive_failed(self, transport: str) -> None:
+        self.keepalive_failures.labels(transport).inc()
 
     def auth_failed(self, domain: str, reason: str) -> None:
         # The reason is free text: it goes to logs and the connection's status, never to a label.

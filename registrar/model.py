@@ -123,6 +123,24 @@ class SecurityPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class KeepalivePolicy:
+    """How a domain keeps its phones reachable through NATs (RFC 5626 4.4; Kamailio's nathelper pings)."""
+
+    # OPTIONS to each UDP contact behind NAT (its Contact is not where its packets come from), sent by the
+    # replica holding it, this often; 0: no pings. A NAT forgets an idle UDP mapping after 30 s or more.
+    ping_interval: int = 30
+    # Pings in a row without an answer after which the contact is removed (and its trunk status says so).
+    ping_failures: int = 3
+    # Flow-Timer (RFC 5626 4.4.1): how often an outbound UA must show its flow alive, over UDP (a NAT's
+    # mapping may last 30 s) and over a connection (a NAT's or firewall's state lasts minutes).
+    flow_timer_udp: int = 25
+    flow_timer_stream: int = 120
+
+    def flow_timer(self, transport: str) -> int:
+        return self.flow_timer_udp if transport == "udp" else self.flow_timer_stream
+
+
+@dataclass(frozen=True, slots=True)
 class Domain:
     """A SIP domain this registrar serves (a SipDomain)."""
 
@@ -133,6 +151,7 @@ class Domain:
     # Offered in this order, one WWW-Authenticate header each (RFC 8760 section 2.4).
     digest_algorithms: tuple[str, ...] = ("MD5",)
     security: SecurityPolicy = field(default_factory=SecurityPolicy)
+    keepalive: KeepalivePolicy = field(default_factory=KeepalivePolicy)
 
 
 @dataclass(frozen=True, slots=True)

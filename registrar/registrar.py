@@ -42,9 +42,6 @@ from registrar.store import LocationStore, StoreUnavailable
 # What we answer with when the store cannot make a binding durable.
 RETRY_AFTER_SECONDS = 5
 MAX_PATH = 8  # Path hops a binding keeps: an edge proxy or two, not a header stuffed with routes
-# Flow-Timer (RFC 5626 4.4.1): how often an outbound UA must show its flow alive. A NAT's UDP
-# mapping may last 30 s; a connection's state in a NAT or firewall minutes.
-FLOW_TIMER = {"udp": 25, "tcp": 120, "tls": 120}
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 4x, and this is made per Contact per REGISTER
@@ -71,7 +68,7 @@ class Registrar:
         clock: Callable[[], float] = time.time,
         on_result: Callable[[str, int], None] | None = None,
         on_authenticated: Callable[[Source], None] = lambda source: None,
-        on_bound: Callable[[Source, int], None] = lambda source, seconds: None,
+        on_bound: Callable[[Source, Domain, list[Binding]], None] = lambda source, domain, bindings: None,
         expires_spread: float = 0.0,
         rng: Callable[[], float] = random.random,
     ):
@@ -82,8 +79,8 @@ class Registrar:
         self._on_result = on_result or (lambda domain, status: None)
         # Tells on_authenticated the source of every REGISTER that proved who it is (credentials or address).
         self._authentication = AuthenticationStep(authenticator, REGISTRAR, on_authenticated)
-        # Told (source, seconds) after bindings are stored, so the transport keeps
-        # the connection they arrived on open as long as they live.
+        # Told (source, domain, the AOR's bindings) after a REGISTER with contacts is stored: the
+        # connection it came over is kept open as long as they live, a phone behind NAT is pinged.
         self._on_bound = on_bound
         # Up to this fraction is taken off each granted expiry, at random: UAs that all
         # registered at once (a registrar restart, a power cut) refresh spread out,
@@ -147,11 +144,11 @@ class Registrar:
         if outbound and "outbound" in supported:
             # RFC 5626 6: the flow is kept; the UA keeps it alive (CRLF, STUN) and uses it for its requests.
             response.add("Require", "outbound")
-            response.add("Flow-Timer", str(FLOW_TIMER.get(source.transport, FLOW_TIMER["tcp"])))
+            response.add("Flow-Timer", str(domain.keepalive.flow_timer(source.transport)))
         response.add("Date", _sip_date(int(now)))
         self._on_result(domain.name, 200)
-        if source.flow is not None and contacts:
-            self._on_bound(source, max([contact.expires for contact in contacts]))
+        if contacts:
+            self._on_bound(source, domain, bindings)
         return response
 
     # -- RFC 3261 10.3 steps 1-4: domain, extensions, authentication, authorisation ---------

@@ -75,6 +75,7 @@ class SipEndpoint:
         transactions: TransactionLayer,
         proxy: Callable[[SipEndpoint], ProxyDriver] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ping_answered: Callable[[Response], bool] = lambda response: False,
     ):
         self.service = service
         self.metrics = metrics
@@ -86,6 +87,8 @@ class SipEndpoint:
         # The node's one transaction layer, which the proxy shares: it absorbs and answers
         # retransmissions of what we answer here, and of what the proxy forwards.
         self.transactions = transactions
+        # Takes the answers to our keepalive pings (registrar.nat_pings), which no transaction awaits.
+        self._ping_answered = ping_answered
         self.flows: dict[str, Flow] = {}
         # Flows holding part of a message, which must be whole within message_seconds.
         self._receiving: dict[str, Flow] = {}
@@ -161,6 +164,8 @@ class SipEndpoint:
             return
         if isinstance(message, Response):
             self.metrics.message_received("RESPONSE", source.transport)
+            if self._ping_answered(message):
+                return
             if self.proxy is not None:
                 self.proxy.receive_response(message)
             return
@@ -371,6 +376,11 @@ class SipEndpoint:
         flow = self.flows.get(flow_id) if flow_id else None
         if flow is not None:
             flow.keep_until = max(flow.keep_until, until + FLOW_GRACE)
+
+    def registered_flows(self, transport: str) -> int:
+        """Open connections of `transport` that carry a live registration (read at each scrape)."""
+        now = self.clock()
+        return sum(1 for flow in self.flows.values() if flow.transport == transport and flow.keep_until > now)
 
     def message_begun(self, flow: Flow, now: float) -> None:
         """The flow holds the first part of a message, begun at `now`: the rest is due within message_seconds."""

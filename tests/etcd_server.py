@@ -9,6 +9,7 @@ by the same CA (--client-cert-auth), as the chart's etcd does with TLS on.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -154,6 +155,20 @@ class EtcdServer:
         answering = members["header"]["member_id"]
         peer_urls = [url for member in members["members"] if member["ID"] == answering for url in member["peerURLs"]]
         return f"http://127.0.0.1:{self.peer_port}" in peer_urls
+
+    def value(self, key: bytes, wait: float = 0) -> bytes | None:
+        """The value etcd holds at `key` (read through its JSON gateway), waiting up to `wait` s for one to appear."""
+        body = json.dumps({"key": base64.b64encode(key).decode()}).encode()
+        request = urllib.request.Request(f"{self.scheme}://{self.endpoint}/v3/kv/range", data=body)
+        deadline = time.monotonic() + wait
+        while True:
+            with urllib.request.urlopen(request, timeout=5, context=self._ssl_context()) as answer:
+                items = json.load(answer).get("kvs", [])
+            if items:
+                return base64.b64decode(items[0]["value"])
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
 
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM (a clean shutdown) and wait; SIGKILL if it does not exit in `timeout` s. Idempotent."""

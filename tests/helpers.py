@@ -63,6 +63,11 @@ API_TOKEN = "test-token-0123456789abcdef"
 
 def manifests_with_security(directory: Path, security: dict) -> Path:
     """manifests/ copied to `directory`, sip.example.test's SipDomain with `security` as its spec.security."""
+    return manifests_with_domain_spec(directory, security=security)
+
+
+def manifests_with_domain_spec(directory: Path, **sections: dict) -> Path:
+    """manifests/ copied to `directory`, sip.example.test's SipDomain with `sections` in its spec (security=...)."""
     import yaml
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -70,7 +75,7 @@ def manifests_with_security(directory: Path, security: dict) -> Path:
         documents = list(yaml.safe_load_all(source.read_text()))
         for document in documents:
             if document and document.get("kind") == "SipDomain" and document["spec"]["domain"] == "sip.example.test":
-                document["spec"]["security"] = security
+                document["spec"].update(sections)
         (directory / source.name).write_text(yaml.safe_dump_all(documents))
     return directory
 

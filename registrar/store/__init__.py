@@ -37,15 +37,21 @@ class BindingEvent:
     bindings: tuple[Binding, ...]
 
 
+# What a connection's last failure was (RegistrationFailure.kind).
+REGISTER_FAILED = "register"  # a REGISTER was refused (wrong password, address not allowed...)
+CONTACT_UNREACHABLE = "unreachable"  # a contact stopped answering keepalive pings and was removed
+
+
 @dataclass(frozen=True, slots=True)
 class RegistrationFailure:
-    """The last failed registration of a connection, for its status (time, reason, source)."""
+    """The last failure of a connection, for its status (time, reason, source, what failed)."""
 
     domain: str
     username: str
     time: float
     reason: str
     source: str
+    kind: str = REGISTER_FAILED
 
 
 class LocationStore(abc.ABC):

@@ -7,7 +7,8 @@ layout can be written beside v1 and migrated to without a flag day:
     /sipreg/v1/domains/<domain>                  a SipDomain (Domain record)
     /sipreg/v1/connections/<domain>/<username>   a SipConnection (HA1 digests, ACL)
     /sipreg/v1/bindings/<domain>/<user>          every binding of one AOR
-    /sipreg/v1/failures/<domain>/<username>      a connection's last failed REGISTER
+    /sipreg/v1/failures/<domain>/<username>      a connection's last failure (a REGISTER refused, a
+                                                 contact removed for not answering pings)
     /sipreg/v1/nodes/<node-id>                   a live registrar (under a kept-alive lease)
 
 Records are JSON objects whose field names are those of the SipDomain and
@@ -37,13 +38,14 @@ from registrar.model import (
     Connection,
     ConnectionLimits,
     Domain,
+    KeepalivePolicy,
     LockoutPolicy,
     RegistrationPolicy,
     SecurityPolicy,
     SourceLimits,
 )
 from registrar.sip.uri import unbracketed
-from registrar.store import RegistrationFailure
+from registrar.store import REGISTER_FAILED, RegistrationFailure
 
 PREFIX = "/sipreg/v1/"
 DOMAINS = PREFIX + "domains/"
@@ -134,6 +136,7 @@ def encode_domain(domain: Domain) -> bytes:
             "outboundGateway": domain.outbound_gateway,
             "digestAlgorithms": list(domain.digest_algorithms),
             "security": _security_record(domain.security),
+            "keepalive": _keepalive_record(domain.keepalive),
         }
     )
 
@@ -155,9 +158,28 @@ def decode_domain(value: bytes) -> Domain:
             digest_algorithms=tuple(map(str, record["digestAlgorithms"])),
             # Written before security existed: the defaults.
             security=_security_of(record["security"]) if "security" in record else SecurityPolicy(),
+            keepalive=_keepalive_of(record["keepalive"]) if "keepalive" in record else KeepalivePolicy(),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise BadRecord(f"domain: missing or bad field {error}") from None
+
+
+def _keepalive_record(policy: KeepalivePolicy) -> dict[str, Any]:
+    return {
+        "pingIntervalSeconds": policy.ping_interval,
+        "pingFailures": policy.ping_failures,
+        "flowTimerUdpSeconds": policy.flow_timer_udp,
+        "flowTimerStreamSeconds": policy.flow_timer_stream,
+    }
+
+
+def _keepalive_of(record: dict[str, Any]) -> KeepalivePolicy:
+    return KeepalivePolicy(
+        ping_interval=int(record["pingIntervalSeconds"]),
+        ping_failures=int(record["pingFailures"]),
+        flow_timer_udp=int(record["flowTimerUdpSeconds"]),
+        flow_timer_stream=int(record["flowTimerStreamSeconds"]),
+    )
 
 
 def _security_record(policy: SecurityPolicy) -> dict[str, Any]:
@@ -348,14 +370,16 @@ def _path(values: object) -> tuple[str, ...]:
 
 
 def encode_failure(failure: RegistrationFailure) -> bytes:
-    return _dumps({"time": failure.time, "reason": failure.reason, "source": failure.source})
+    kind = {"kind": failure.kind} if failure.kind != REGISTER_FAILED else {}
+    return _dumps({"time": failure.time, "reason": failure.reason, "source": failure.source, **kind})
 
 
 def decode_failure(domain: str, username: str, value: bytes) -> RegistrationFailure:
     record = _loads(value, "failure")
     try:
         return RegistrationFailure(
-            domain, username, float(record["time"]), str(record["reason"]), str(record["source"])
+            domain, username, float(record["time"]), str(record["reason"]), str(record["source"]),
+            str(record.get("kind", REGISTER_FAILED)),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise BadRecord(f"failure: missing or bad field {error}") from None

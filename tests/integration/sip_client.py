@@ -26,6 +26,7 @@ class UserAgent:
     call_id: str = field(default_factory=lambda: f"{uuid.uuid4().hex}@test")
     cseq: int = 0
     local_ip: str = "127.0.0.1"  # other 127.x addresses stand for other hosts
+    local_port: int = 0  # 0: any; a fixed one for a UA that must be found there again (UDP)
     transport: str = "udp"  # REGISTER over "udp" or "tcp" (both legs on one connection)
 
     def register(self, contact: str | None = None, expires: int | None = None, timeout: float = 3) -> str:
@@ -49,7 +50,7 @@ class UserAgent:
 
     def _socket(self, timeout: float) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((self.local_ip, 0))
+        sock.bind((self.local_ip, self.local_port))
         sock.settimeout(timeout)
         return sock
 

@@ -205,7 +205,8 @@ STATUSES = {
             }
         ],
         "lastRegistered": "2026-11-24T10:00:00Z",
-        "lastFailure": {"time": "2026-11-24T09:59:59Z", "reason": "wrong password", "source": "udp:203.0.113.5:40123"},
+        "lastFailure": {"time": "2026-11-24T09:59:59Z", "reason": "wrong password", "source": "udp:203.0.113.5:40123",
+                        "kind": "register"},
         "observedGeneration": 3,
         "conditions": [CONDITION],
     },

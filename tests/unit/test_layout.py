@@ -14,6 +14,7 @@ from registrar.model import (
     Connection,
     ConnectionLimits,
     Domain,
+    KeepalivePolicy,
     LockoutPolicy,
     RegistrationPolicy,
     SecurityPolicy,
@@ -184,6 +185,15 @@ def test_a_domain_keeps_its_security_policy_through_etcd() -> None:
     )
     domain = Domain("sip.example.test", security=security)
     assert layout.decode_domain(layout.encode_domain(domain)) == domain
+
+
+def test_a_domain_keeps_its_keepalive_policy_and_a_failure_its_kind_through_etcd() -> None:
+    domain = Domain("sip.example.test", keepalive=KeepalivePolicy(ping_interval=0, ping_failures=7,
+                                                                  flow_timer_udp=15, flow_timer_stream=300))
+    assert layout.decode_domain(layout.encode_domain(domain)) == domain
+    failure = RegistrationFailure("sip.example.test", "bob", 1.5, "pings unanswered", "udp:192.0.2.9:4000",
+                                  "unreachable")
+    assert layout.decode_failure("sip.example.test", "bob", layout.encode_failure(failure)) == failure
 
 
 def test_a_domain_written_before_security_existed_gets_the_defaults() -> None:

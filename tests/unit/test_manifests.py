@@ -17,6 +17,7 @@ from registrar.model import (
     Connection,
     ConnectionLimits,
     Domain,
+    KeepalivePolicy,
     LockoutPolicy,
     RegistrationPolicy,
     SecurityPolicy,
@@ -471,6 +472,16 @@ def test_security_defaults_are_the_models_and_every_knob_is_read() -> None:
 def test_a_bad_security_knob_is_named() -> None:
     with pytest.raises(manifests.SpecError, match=r"spec\.security\.rateLimit\.burst"):
         manifests.domain_from_spec({"domain": "sip.example.test", "security": {"rateLimit": {"burst": 0}}})
+
+
+def test_keepalive_defaults_are_the_models_and_every_knob_is_read() -> None:
+    assert manifests.domain_from_spec({"domain": "sip.example.test"}).keepalive == KeepalivePolicy()
+    domain = manifests.domain_from_spec({"domain": "sip.example.test", "keepalive": {
+        "pingIntervalSeconds": 0, "pingFailures": 5, "flowTimerUdpSeconds": 20, "flowTimerStreamSeconds": 90}})
+    assert domain.keepalive == KeepalivePolicy(ping_interval=0, ping_failures=5, flow_timer_udp=20,
+                                               flow_timer_stream=90)
+    with pytest.raises(manifests.SpecError, match=r"spec\.keepalive\.flowTimerUdpSeconds: must be at least 10"):
+        manifests.domain_from_spec({"domain": "sip.example.test", "keepalive": {"flowTimerUdpSeconds": 5}})
 
 
 def test_one_process_serving_several_domains_takes_the_most_generous_limits_and_all_trusted_networks() -> None:

@@ -118,7 +118,7 @@ class Env:
         self.auth_failures: list[tuple[str, str]] = []
         self.lockouts: list[tuple[str, str]] = []
         self.refusals: list[tuple[str, str]] = []
-        self.bound: list[tuple[Source, int]] = []
+        self.bound: list[tuple[Source, list[str]]] = []
         self.authenticator = Authenticator(
             digest.DigestAuthenticator(self.nonces, digest.NonceCounts()),
             LockoutTable(),
@@ -135,7 +135,7 @@ class Env:
             node="node-1",
             clock=self.clock,
             on_result=lambda domain, status: self.results.append((domain, status)),
-            on_bound=lambda source, seconds: self.bound.append((source, seconds)),
+            on_bound=lambda source, domain, bindings: self.bound.append((source, [b.contact for b in bindings])),
         )
 
     async def bindings(self, user: str = "alice") -> list[Binding]:
@@ -1186,12 +1186,12 @@ async def test_on_result_sees_every_answer_and_on_auth_failure_only_real_failure
     assert env.auth_failures == [(DOMAIN, "wrong password")]
 
 
-async def test_on_bound_is_told_the_longest_expiry_of_bindings_made_over_a_connection(env):
+async def test_on_bound_is_told_the_bindings_after_each_register_with_contacts(env):
     over_tcp = Source("tcp", "192.0.2.10", 40312, flow="tcp-7")
     await env.phone(source=over_tcp).register([contact(port=5060, params=";expires=120"), contact(port=5070)])
-    assert env.bound == [(over_tcp, 600)]
-    await env.phone("bob").register([contact(user="bob")])  # over UDP: no connection to keep
-    assert env.bound == [(over_tcp, 600)]
+    assert env.bound == [(over_tcp, ["sip:alice@192.0.2.10:5060", "sip:alice@192.0.2.10:5070"])]
+    await env.phone(source=over_tcp).register([])  # a fetch binds nothing
+    assert len(env.bound) == 1
 
 
 async def test_wrong_password_records_the_last_failure(env):

@@ -59,10 +59,21 @@ def test_expired_bindings_do_not_count():
 def test_a_failure_after_the_last_registration_says_why():
     failure = RegistrationFailure("sip.example.test", "alice", NOW - 5, "wrong password", "udp:198.51.100.7:5060")
     result = status(failure=failure)
-    assert result["lastFailure"] == {"time": rfc3339(NOW - 5), "reason": "wrong password", "source": "udp:198.51.100.7:5060"}
+    assert result["lastFailure"] == {"time": rfc3339(NOW - 5), "reason": "wrong password", "source": "udp:198.51.100.7:5060",
+                                     "kind": "register"}
     registered = conditions(result)["Registered"]
     assert registered["reason"] == "RegistrationFailed"
     assert "wrong password" in registered["message"] and "198.51.100.7" in registered["message"]
+
+
+def test_a_contact_removed_for_not_answering_pings_says_so():
+    reason = "contact sip:alice@10.0.0.7:5060 removed: 3 keepalive pings in a row unanswered"
+    failure = RegistrationFailure("sip.example.test", "alice", NOW - 5, reason, "udp:198.51.100.7:40000", "unreachable")
+    result = status(failure=failure)
+    assert result["lastFailure"]["kind"] == "unreachable" and result["registered"] is False
+    registered = conditions(result)["Registered"]
+    assert (registered["status"], registered["reason"]) == ("False", "ContactUnreachable")
+    assert registered["message"] == f"{reason} (at udp:198.51.100.7:40000)"
 
 
 def test_a_lockout_shows_as_the_last_failure_and_in_the_registered_condition():
