@@ -225,6 +225,9 @@ class Baresip:
         return f"{self.user}@{self.domain}"
 
     def start(self) -> Baresip:
+        if self.process is not None and self.process.poll() is None:
+            # A second one would orphan the first, which spins at full CPU once its stdin closes.
+            raise RuntimeError(f"baresip for {self.aor} is already running (the with block starts it)")
         with open(self.log_path, "w") as log_file:
             # stdin stays an open pipe until baresip has exited: stdio.so spins at end of file.
             self.process = subprocess.Popen(
