@@ -38,7 +38,7 @@ from registrar.routing import Target
 from registrar.sip import proxy as relay
 from registrar.sip.headers import Via
 from registrar.sip.message import Request, Response, SipError, check_extensions, error_response, server_response
-from registrar.sip.source import Destination, Source
+from registrar.sip.source import DEFAULT_PORTS, Destination, Source
 from registrar.sip.transaction import (
     TIMEOUT,
     Effect,
@@ -57,7 +57,6 @@ SAFETY_NET = 900.0
 SWEEP_INTERVAL = 60.0
 # Methods that create a dialog: the proxy stays in its path (Record-Route).
 DIALOG_METHODS = frozenset(["INVITE", "SUBSCRIBE", "REFER"])
-DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 # Live transactions beyond which requests are shed (a SipDomain's security.maxTransactions).
 MAX_TRANSACTIONS = 5000
 # What a shed request is told: come back after this long (RFC 3261 21.5.4).
