@@ -100,6 +100,8 @@ class RunningRegistrar:
     log_path: Path
     http_host: str = "127.0.0.1"
     api_token: str | None = None
+    ws_port: int = 0
+    wss_port: int = 0
 
     def http_request(self, path: str, token: str | None = None) -> urllib.request.Request:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -147,6 +149,7 @@ def start_registrar(
     takes `api_token` from a file (None: the API is off).
     """
     sip_port, tls_port, http_port = free_port(host), free_port(host), free_port(http_host or "127.0.0.1")
+    ws_port, wss_port = free_port(host), free_port(host)
     log_path = tmp_path / f"sipreg-{sip_port}.log"
     token_options = []
     if api_token is not None:
@@ -158,13 +161,15 @@ def start_registrar(
         *(["--manifests", str(manifests)] if manifests else []), "--host", host,
         *(["--http-host", http_host] if http_host else []),
         "--sip-port", str(sip_port), "--tls-port", str(tls_port), "--http-port", str(http_port),
+        "--ws-port", str(ws_port), "--wss-port", str(wss_port),
         *token_options, *extra,
     ]
     log_file = open(log_path, "w")
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
     log_file.close()
     registrar = RunningRegistrar(
-        process, host, sip_port, tls_port, http_port, log_path, http_host or "127.0.0.1", api_token
+        process, host, sip_port, tls_port, http_port, log_path, http_host or "127.0.0.1", api_token,
+        ws_port, wss_port,
     )
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
