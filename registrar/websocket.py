@@ -239,6 +239,8 @@ class WebSocketListener:
                     flow.send(b"\r\n")  # a keep-alive ping: pong, as on TCP (RFC 5626 section 4.4.1)
                 elif data != b"\r\n":
                     endpoint.receive(data, source, flow.send)
+        except ConnectionError as error:  # gone while we answered a ping: nothing wrong on our side
+            log.debug("%s flow %s lost: %s", self.name, flow.id, exception_summary(error))
         except Exception as error:
             endpoint._failed(f"unexpected error on a {self.name} connection", source, error)
         finally:
