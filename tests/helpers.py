@@ -148,8 +148,12 @@ def start_registrar(
     SIP listens on `host`, HTTP on `http_host` (None: the default, loopback); the bindings API
     takes `api_token` from a file (None: the API is off).
     """
-    sip_port, tls_port, http_port = free_port(host), free_port(host), free_port(http_host or "127.0.0.1")
-    ws_port, wss_port = free_port(host), free_port(host)
+    # Five ports, each free when asked for but none held: the kernel may hand one out twice, so ask again.
+    while True:
+        sip_port, tls_port, ws_port, wss_port = (free_port(host) for _ in range(4))
+        http_port = free_port(http_host or "127.0.0.1")
+        if len({sip_port, tls_port, ws_port, wss_port, http_port}) == 5:
+            break
     log_path = tmp_path / f"sipreg-{sip_port}.log"
     token_options = []
     if api_token is not None:
