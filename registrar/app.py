@@ -21,7 +21,7 @@ from registrar.authentication import Authenticator
 from registrar.flows import TokenSigner
 from registrar.http import make_app, start_server
 from registrar.lockout import LockoutTable
-from registrar.metrics import STREAM_TRANSPORTS, Metrics, StoreCalls
+from registrar.metrics import Metrics, StoreCalls
 from registrar.model import Binding, Catalog, Domain, SecurityPolicy
 from registrar.nat_pings import NatPinger, Pinged
 from registrar.proxy import Identity, ProxyCore
@@ -32,7 +32,7 @@ from registrar.routing import Router, Target
 from registrar.service import SipService
 from registrar.sip import digest
 from registrar.sip.message import Request
-from registrar.sip.source import Destination, Source
+from registrar.sip.source import STREAM_TRANSPORTS, Destination, Source
 from registrar.sip.transaction import TransactionLayer
 from registrar.source_limits import Ban, SourceLimiter
 from registrar.store import CatalogSource, LocationStore, NodeRegistry
@@ -41,6 +41,7 @@ from registrar.store.etcd_session import EtcdSession, EtcdTls, parse_endpoints
 from registrar.store.memory import FixedCatalog, MemoryStore, NoReplicas
 from registrar.tls import self_signed_context, server_context
 from registrar.transport import SipEndpoint, listen_stream, listen_udp
+from registrar.websocket import listen_websocket
 
 log = logging.getLogger("sipreg")
 
@@ -59,12 +60,18 @@ class ServeConfig:
     host: str = "127.0.0.1"
     sip_port: int = 5060
     tls_port: int | None = 5061
+    # SIP over WebSocket (RFC 7118), plain and over TLS; None: off.
+    ws_port: int | None = None
+    wss_port: int | None = None
     http_port: int | None = 8080
     http_hosts: tuple[str, ...] = DEFAULT_HTTP_HOSTS
     # The bearer token of the bindings API (registrar.http.check_api_token); None: the API is off.
     api_token: str | None = field(default=None, repr=False)
     tls_cert: str | None = None
     tls_key: str | None = None
+    # The wss listener's certificate, where it is not TLS's (a browser checks it against the page's URL).
+    wss_cert: str | None = None
+    wss_key: str | None = None
     # Replicas that share this secret verify each other's nonces (stateless challenges).
     nonce_secret: bytes = field(default_factory=lambda: os.urandom(32))
     # This registrar's name among its replicas (etcd nodes/ and each binding's `node`);
@@ -153,8 +160,9 @@ class RegistrarServer:
         """The proxy, sending through `delivery` (the endpoint, which makes it)."""
         config = self.config
         ports = {"udp": config.sip_port, "tcp": config.sip_port}
-        if config.tls_port is not None:
-            ports["tls"] = config.tls_port
+        for transport, port in (("tls", config.tls_port), ("ws", config.ws_port), ("wss", config.wss_port)):
+            if port is not None:
+                ports[transport] = port
         identity = Identity(
             config.node_name,
             config.public_address,
@@ -242,9 +250,22 @@ class RegistrarServer:
         self._closers.append(tcp.close)
         log.info("sipreg: listening on tcp %s:%d", config.host, config.sip_port)
         if config.tls_port is not None:
-            tls = await listen_stream(self.endpoint, config.host, config.tls_port, self._tls_context())
+            tls = await listen_stream(
+                self.endpoint, config.host, config.tls_port, self._tls_context(config.tls_cert, config.tls_key)
+            )
             self._closers.append(tls.close)
             log.info("sipreg: listening on tls %s:%d", config.host, config.tls_port)
+        if config.ws_port is not None:
+            ws = await listen_websocket(self.endpoint, config.host, config.ws_port)
+            self._closers.append(ws.stop)
+            log.info("sipreg: listening on ws %s:%d", config.host, config.ws_port)
+        if config.wss_port is not None:
+            wss = await listen_websocket(
+                self.endpoint, config.host, config.wss_port,
+                self._tls_context(config.wss_cert or config.tls_cert, config.wss_key or config.tls_key),
+            )
+            self._closers.append(wss.stop)
+            log.info("sipreg: listening on wss %s:%d", config.host, config.wss_port)
         if config.http_port is not None:
             app = make_app(self.store, self.metrics, lambda: self._listening, config.api_token)
             runner = await start_server(app, config.http_hosts, config.http_port)
@@ -267,10 +288,10 @@ class RegistrarServer:
             config.store,
         )
 
-    def _tls_context(self):  # type: ignore[no-untyped-def]
-        if self.config.tls_cert and self.config.tls_key:
-            return server_context(self.config.tls_cert, self.config.tls_key)
-        log.info("sipreg: no --tls-cert given, using a self-signed certificate")
+    def _tls_context(self, cert: str | None, key: str | None):  # type: ignore[no-untyped-def]
+        if cert and key:
+            return server_context(cert, key)
+        log.info("sipreg: no certificate given, using a self-signed one")
         return self_signed_context([*sorted(self.registrar.catalog.domains), "localhost", self.config.host])
 
     async def stop(self) -> None:
@@ -279,7 +300,7 @@ class RegistrarServer:
             task.cancel()
         for close in reversed(self._closers):
             result = close()
-            if asyncio.isfuture(result):
+            if asyncio.isfuture(result) or asyncio.iscoroutine(result):
                 await result
         for flow in list(self.endpoint.flows.values()):
             flow.writer.close()

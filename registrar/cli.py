@@ -12,6 +12,7 @@ import sys
 from registrar.app import DEFAULT_HTTP_HOSTS, RegistrarServer, ServeConfig
 from registrar.http import check_api_token
 from registrar.manifests import ManifestError, load_catalog
+from registrar.sip.source import TRANSPORTS
 from registrar.store.etcd_session import EtcdTls, parse_endpoints
 
 
@@ -95,11 +96,18 @@ def _registrar_options(
         type=_public_port,
         default=[],
         metavar="TRANSPORT=PORT",
-        help="the port UAs reach us at for udp, tcp or tls, when a load balancer maps it onto ours (repeatable)",
+        help="the port UAs reach us at for udp, tcp, tls, ws or wss, when a load balancer maps it onto ours (repeatable)",
     )
     parser.add_argument("--host", default=host, help=f"address SIP listens on (default {host})")
     parser.add_argument("--sip-port", type=_port, default=5060, help="UDP and TCP port (default 5060)")
     parser.add_argument("--tls-port", type=_port, default=5061, help="TLS port (default 5061; 0 disables TLS)")
+    parser.add_argument(
+        "--ws-port", type=_port, default=5066, help="SIP over WebSocket (ws://) port (default 5066; 0 disables it)"
+    )
+    parser.add_argument(
+        "--wss-port", type=_port, default=7443,
+        help="SIP over secure WebSocket (wss://) port (default 7443; 0 disables it)",
+    )
     parser.add_argument(
         "--http-host",
         action="append",
@@ -117,6 +125,8 @@ def _registrar_options(
     )
     parser.add_argument("--tls-cert", help="PEM certificate chain for TLS (default: self-signed)")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    parser.add_argument("--wss-cert", help="PEM certificate chain for wss (default: --tls-cert's)")
+    parser.add_argument("--wss-key", help="PEM private key for --wss-cert")
     parser.add_argument(
         "--nonce-secret",
         default=os.environ.get("SIPREG_NONCE_SECRET"),
@@ -133,8 +143,8 @@ def _port(text: str) -> int:
 
 def _public_port(text: str) -> tuple[str, int]:
     transport, equals, port = text.partition("=")
-    if not equals or transport not in ("udp", "tcp", "tls"):
-        raise argparse.ArgumentTypeError(f"not TRANSPORT=PORT with udp, tcp or tls: {text!r}")
+    if not equals or transport not in TRANSPORTS:
+        raise argparse.ArgumentTypeError(f"not TRANSPORT=PORT with {', '.join(TRANSPORTS)}: {text!r}")
     return transport, _port(port)
 
 
@@ -152,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         return _operator(args, command)
     if bool(args.tls_cert) != bool(args.tls_key):
         print(f"{command}: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if bool(args.wss_cert) != bool(args.wss_key):
+        print(f"{command}: --wss-cert and --wss-key go together", file=sys.stderr)
         return 2
     if args.command == "registrar" and not args.store:
         print(f"{command}: needs --store etcd://HOST:PORT (or $SIPREG_ETCD)", file=sys.stderr)
@@ -180,11 +193,15 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         sip_port=args.sip_port,
         tls_port=args.tls_port or None,
+        ws_port=args.ws_port or None,
+        wss_port=args.wss_port or None,
         http_port=args.http_port or None,
         http_hosts=tuple(args.http_hosts or DEFAULT_HTTP_HOSTS),
         api_token=api_token,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        wss_cert=args.wss_cert,
+        wss_key=args.wss_key,
         node=args.node,
         expires_spread=args.expires_spread / 100,
         domains=frozenset(name.lower() for name in args.domains) if getattr(args, "domains", None) else None,

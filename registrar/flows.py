@@ -2,7 +2,7 @@
 
 A `FlowRef` says how to reach one UA: the registrar node holding its
 connection, the transport, the address the UA's packets came from, and, on
-TCP/TLS, the connection's id on that node. A binding yields one (`of_binding`).
+TCP/TLS/WS/WSS, the connection's id on that node. A binding yields one (`of_binding`).
 
 The proxy writes refs into the user part of its Record-Route (both parties of
 a dialog) and of the Route it pushes when it hands a request to another node
@@ -20,6 +20,7 @@ import hmac
 from typing import NamedTuple
 
 from registrar.model import Binding
+from registrar.sip.source import STREAM_TRANSPORTS
 
 _MAC_BYTES = 9
 DIALOG = "d"  # a Record-Route token: caller and callee
@@ -35,7 +36,7 @@ class FlowRef(NamedTuple):
 
     @property
     def stream(self) -> bool:
-        return self.transport != "udp"
+        return self.transport in STREAM_TRANSPORTS
 
 
 def of_binding(binding: Binding) -> FlowRef | None:

@@ -416,6 +416,9 @@ _namespace = _matching(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", "a DNS-1123 label"
 _secret_key = _matching(r"[-._a-zA-Z0-9]{1,253}", "a Secret key (letters, digits, '-', '_', '.')")
 # SIP user part: anything a UA can put before the '@' of its AOR except
 # whitespace, control characters, '@' and ':' (which would end the user part).
+# A web origin as browsers send it (RFC 6454): scheme, host, and a port only when not the scheme's default.
+_origin = _matching(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?)(:[0-9]{1,5})?",
+                    "an origin such as https://phone.example.com")
 _username = _matching(r"[^\s@:\x00-\x1f\x7f]+", "a SIP username (no whitespace, '@' or ':')")
 _hostname = _matching(
     r"(?=.{1,253}$)([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?",
@@ -514,6 +517,9 @@ _SIP_DOMAIN_SPEC = _object(
                     "udp": _Field(_port, None),
                     "tcp": _Field(_port, None),
                     "tls": _Field(_object({"port": _Field(_port), "certificateSecret": _Field(_object_name)}), None),
+                    # SIP over WebSocket (RFC 7118): plain for development, and over TLS.
+                    "ws": _Field(_port, None),
+                    "wss": _Field(_object({"port": _Field(_port), "certificateSecret": _Field(_object_name)}), None),
                 }
             ),
             None,
@@ -591,6 +597,7 @@ _SIP_DOMAIN_SPEC = _object(
                         _FROM_EMPTY,
                     ),
                     "maxTransactions": _Field(_count, _SECURITY_DEFAULTS.max_transactions),
+                    "webSocketOrigins": _Field(_list_of(_origin, unique=True), ()),
                 }
             ),
             _FROM_EMPTY,
@@ -714,6 +721,7 @@ def security_from_spec(security: dict[str, Any]) -> SecurityPolicy:
             handshake_seconds=float(connections["handshakeSeconds"]),
         ),
         max_transactions=security["maxTransactions"],
+        websocket_origins=tuple(origin.lower() for origin in security["webSocketOrigins"]),
     )
 
 

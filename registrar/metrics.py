@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from registrar.model import Catalog
 from registrar.sip.message import KNOWN_METHODS
+from registrar.sip.source import STREAM_TRANSPORTS
 from registrar.source_limits import SourceLimiter
 from registrar.store import LocationStore
 from registrar.stun import Verdict
@@ -31,7 +32,6 @@ disable_created_metrics()
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # What the etcd session does, as sipreg_store_errors_total labels them (EtcdSession's on_error).
 STORE_OPERATIONS = ("connect", "read", "txn", "watch", "lease")
-STREAM_TRANSPORTS = ("tcp", "tls")
 
 
 # Why a call skipped a registered contact (a bounded label).
@@ -40,6 +40,8 @@ UNREACHABLE_WHY = ("closed", "node_gone")
 PING_RESULTS = ("sent", "answered")
 # Why an incoming TCP/TLS connection was closed at accept (ConnectionLimits).
 REFUSED_REASONS = ("per_source", "total", "banned")
+# Why a WebSocket connection was closed before it carried SIP (registrar.websocket).
+WEBSOCKET_REFUSED_REASONS = ("subprotocol", "origin", "not_websocket", "timeout")
 # What became of a STUN message: the codec's verdicts, and "stranger" (not looked at, see SipEndpoint.receive_stun).
 STUN_RESULTS = (*(verdict.value for verdict in Verdict), "stranger")
 
@@ -124,7 +126,7 @@ class Metrics:
         )
         self.connections = Gauge(
             "sipreg_connections",
-            "Open TCP/TLS connections, by transport.",
+            "Open TCP/TLS/WS/WSS connections, by transport.",
             ["transport"],
             registry=self.registry,
         )
@@ -140,6 +142,17 @@ class Metrics:
         )
         for reason in REFUSED_REASONS:
             self.connections_refused.labels(reason)
+        self.websocket_refused = Counter(
+            "sipreg_websocket_handshakes_refused",
+            "WebSocket connections closed before they carried SIP, by reason: subprotocol (the "
+            "handshake did not offer `sip`, answered 400), origin (an Origin the served domains do "
+            "not allow, 403), not_websocket (an HTTP request that is no WebSocket handshake, 400), "
+            "timeout (TLS and the handshake not done within connections.handshakeSeconds).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in WEBSOCKET_REFUSED_REASONS:
+            self.websocket_refused.labels(reason)
         self.retransmissions = Counter(
             "sipreg_retransmissions_absorbed_total",
             "Retransmitted requests answered from the transaction table.",

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal, NamedTuple
 from registrar.sip.source import source_text
 from registrar.sip.uri import URIError, bracketed, parse_uri
 
-Transport = Literal["udp", "tcp", "tls"]
+Transport = Literal["udp", "tcp", "tls", "ws", "wss"]  # registrar.sip.source.TRANSPORTS
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 AuthenticationType = Literal["credentials", "ip"]
 DomainMode = Literal["proxy", "redirect"]
@@ -120,6 +120,11 @@ class SecurityPolicy:
     # Proxy transactions alive at once; more are answered 503 with Retry-After. A live
     # transaction holds its request and branches (some KiB): 5,000 stay within tens of MiB.
     max_transactions: int = 5000
+    # The Origins (lower case, "https://phone.example.com") whose pages may open a WebSocket to
+    # us; empty: any. A browser sends its page's Origin and a page cannot forge it, so this keeps
+    # other sites' pages from using a visitor's browser against us. Other clients send whatever
+    # they like, so it is no authentication: digest is.
+    websocket_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +300,7 @@ def serving_policy(catalog: Catalog) -> SecurityPolicy:
     as it is; serving several (`sipreg serve`), each limit is the most generous
     any of them sets, so no domain is held tighter than it asked. Trusted
     networks are all of theirs, plus the allow-lists of `ip` connections.
+    The WebSocket Origins too (a WebSocket is open before any domain is named).
     Lockouts stay per domain (`Domain.security.lockout`).
     """
     policies = [domain.security for domain in catalog.domains.values()] or [SecurityPolicy()]
@@ -308,6 +314,10 @@ def serving_policy(catalog: Catalog) -> SecurityPolicy:
         lockout=policies[0].lockout,
         connections=_most_generous([policy.connections for policy in policies]),
         max_transactions=max(policy.max_transactions for policy in policies),
+        # Any Origin when some domain allows any; else the Origins any of them allows.
+        websocket_origins=()
+        if any(not policy.websocket_origins for policy in policies)
+        else tuple(dict.fromkeys(origin for policy in policies for origin in policy.websocket_origins)),
     )
 
 

@@ -46,7 +46,7 @@ from registrar.sip.message import (
     server_response,
     transaction_tag,
 )
-from registrar.sip.source import Destination, Source
+from registrar.sip.source import DEFAULT_PORTS, Destination, Source
 from registrar.sip.transaction import (
     TIMEOUT,
     Effect,
@@ -65,7 +65,6 @@ SAFETY_NET = 900.0
 SWEEP_INTERVAL = 60.0
 # Methods that create a dialog: the proxy stays in its path (Record-Route).
 DIALOG_METHODS = frozenset(["INVITE", "SUBSCRIBE", "REFER"])
-DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 # Live transactions beyond which requests are shed (a SipDomain's security.maxTransactions).
 MAX_TRANSACTIONS = 5000
 # RFC 5626 section 11: a flow named by a token is gone; the UA's other flows are tried on it.

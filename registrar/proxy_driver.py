@@ -19,11 +19,11 @@ from typing import Protocol
 
 from registrar.eager import start_eagerly
 from registrar.flows import HOP, FlowRef
-from registrar.proxy import DEFAULT_PORTS, Action, Answered, FindTargets, ProxyCore, Reach
+from registrar.proxy import Action, Answered, FindTargets, ProxyCore, Reach
 from registrar.ratelog import RateLimitedLog, exception_summary
 from registrar.routing import Router, Target, binding_target
 from registrar.sip.message import Request, Response, SipError
-from registrar.sip.source import Destination, Source
+from registrar.sip.source import DEFAULT_PORTS, WEBSOCKET_TRANSPORTS, Destination, Source
 from registrar.sip.transaction import Send, TransactionKey
 from registrar.sip.uri import URI, unbracketed
 
@@ -228,6 +228,10 @@ class ProxyDriver:
         transport = address.transport or ("tls" if address.scheme == "sips" else "udp")
         if transport not in DEFAULT_PORTS:
             raise SendError(f"unsupported transport {transport}")
+        if transport in WEBSOCKET_TRANSPORTS:
+            # Only a UA opens a WebSocket (a browser listens on nothing): one is reached down the
+            # connection it registered over (its binding's flow), never at an address.
+            raise SendError(f"no connection of ours reaches {transport}:{address.host}")
         port = address.port or DEFAULT_PORTS[transport]
         resolved = host = unbracketed(address.host)
         if not _is_ip_address(host):

@@ -1,6 +1,7 @@
 """Transports: asyncio UDP, TCP and TLS listeners, and the table of open connections (flows).
 
-This is the only part of the registrar that owns sockets. Every message, from
+This and registrar.websocket (ws, wss) are the parts of the registrar that own
+sockets; the flows of both are kept here. Every message, from
 any transport, goes through `SipEndpoint.receive`: parse, Via fix-up (RFC 3581
 `received`/`rport`), the server-transaction table, then the SIP service. No
 exception from a message ever reaches a listener: bad input gets an error
@@ -37,7 +38,7 @@ from registrar.sip.message import (
     salvage_request,
     server_response,
 )
-from registrar.sip.source import Destination, Source, source_address
+from registrar.sip.source import WEBSOCKET_TRANSPORTS, Destination, Source, source_address
 from registrar.sip.transaction import Transaction, TransactionLayer, transaction_key
 from registrar.sip.uri import unbracketed
 from registrar.source_limits import SourceLimiter
@@ -157,7 +158,7 @@ class SipEndpoint:
             return
         started = self.clock()
         try:
-            message = parse_message(data)
+            message = parse_message(data, exact=source.transport in WEBSOCKET_TRANSPORTS)
         except SipError as error:
             self.metrics.parse_errors.labels(source.transport).inc()
             self.answer_unparsable(data, error, reply, source)
@@ -188,7 +189,7 @@ class SipEndpoint:
                 self._failed("error proxying a request", source, error)
                 self._send(server_response(request, 500, "Server Internal Error"), reply)
             return
-        # Only UDP peers retransmit; on TCP/TLS Timer J is zero (RFC 3261 17.2.2).
+        # Only UDP peers retransmit; on connections Timer J is zero (RFC 3261 17.2.2).
         unreliable = source.transport == "udp"
         if unreliable:
             effects = self.transactions.receive_request(key, request.method, started)
@@ -425,7 +426,11 @@ class SipEndpoint:
 
 
 class Flow:
-    """One open TCP/TLS connection: requests to a UA registered over it go back down it."""
+    """One open TCP/TLS/WS/WSS connection: requests to a UA registered over it go back down it.
+
+    `writer` is the connection's asyncio.Transport, or what stands for one (a WebSocket's
+    registrar.websocket.FrameWriter): write, close, abort, is_closing.
+    """
 
     __slots__ = ("id", "transport", "writer", "peer", "last_activity", "keep_until", "message_started")
 

@@ -105,6 +105,8 @@ class RunningRegistrar:
     log_path: Path
     http_host: str = "127.0.0.1"
     api_token: str | None = None
+    ws_port: int = 0
+    wss_port: int = 0
 
     def http_request(self, path: str, token: str | None = None) -> urllib.request.Request:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -151,7 +153,12 @@ def start_registrar(
     SIP listens on `host`, HTTP on `http_host` (None: the default, loopback); the bindings API
     takes `api_token` from a file (None: the API is off).
     """
-    sip_port, tls_port, http_port = free_port(host), free_port(host), free_port(http_host or "127.0.0.1")
+    # Five ports, each free when asked for but none held: the kernel may hand one out twice, so ask again.
+    while True:
+        sip_port, tls_port, ws_port, wss_port = (free_port(host) for _ in range(4))
+        http_port = free_port(http_host or "127.0.0.1")
+        if len({sip_port, tls_port, ws_port, wss_port, http_port}) == 5:
+            break
     log_path = tmp_path / f"sipreg-{sip_port}.log"
     token_options = []
     if api_token is not None:
@@ -163,13 +170,15 @@ def start_registrar(
         *(["--manifests", str(manifests)] if manifests else []), "--host", host,
         *(["--http-host", http_host] if http_host else []),
         "--sip-port", str(sip_port), "--tls-port", str(tls_port), "--http-port", str(http_port),
+        "--ws-port", str(ws_port), "--wss-port", str(wss_port),
         *token_options, *extra,
     ]
     log_file = open(log_path, "w")
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
     log_file.close()
     registrar = RunningRegistrar(
-        process, host, sip_port, tls_port, http_port, log_path, http_host or "127.0.0.1", api_token
+        process, host, sip_port, tls_port, http_port, log_path, http_host or "127.0.0.1", api_token,
+        ws_port, wss_port,
     )
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:

@@ -261,9 +261,11 @@ class Response(Message):
 # -- parsing -------------------------------------------------------------------------
 
 
-def parse_message(data: bytes) -> Request | Response:
+def parse_message(data: bytes, exact: bool = False) -> Request | Response:
     """Parse one whole message (a datagram, or one framed by `StreamFramer`).
 
+    `exact`: `data` must be one message and nothing more (a WebSocket message, RFC 7118
+    section 5), where a datagram's bytes past Content-Length are dropped (RFC 3261 18.3).
     Raises SipError: 513 for an oversized message, 400 for malformed syntax,
     416 for an unsupported Request-URI scheme, 505 for another SIP version.
     """
@@ -305,6 +307,8 @@ def parse_message(data: bytes) -> Request | Response:
             raise SipError(400, "Bad Content-Length")
         if length > len(body):
             raise SipError(400, "Content-Length Larger Than Message")
+        if exact and body[length:].strip(b"\r\n"):
+            raise SipError(400, "More Than One Message")
         body = body[:length]
     message.body = body
     return message

@@ -8,12 +8,23 @@ from typing import NamedTuple
 
 from registrar.sip.uri import bracketed
 
+# The transports we speak, as Via, `transport=` and metrics name them (lower case). The other
+# sets are parts of this one: code asks them rather than spelling names out.
+TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
+# Over a connection: requests to a UA go back down the one it registered over.
+STREAM_TRANSPORTS = ("tcp", "tls", "ws", "wss")
+# WebSocket (RFC 7118): a connection only the UA can open (a browser listens on nothing),
+# carrying one SIP message per WebSocket message.
+WEBSOCKET_TRANSPORTS = ("ws", "wss")
+# The port a URI or Via without one means (RFC 3261 19.1.2; RFC 7118 section 5.2: HTTP's).
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
+
 
 @dataclass(frozen=True, slots=True)
 class Source:
     """Where a request came from: the transport, the packet's address, the connection."""
 
-    transport: str  # "udp", "tcp", "tls"
+    transport: str  # one of TRANSPORTS
     host: str
     port: int
     flow: str | None = None  # the connection's id on stream transports

@@ -189,6 +189,7 @@ def _security_record(policy: SecurityPolicy) -> dict[str, Any]:
         "lockout": dataclasses.asdict(policy.lockout),
         "connections": dataclasses.asdict(policy.connections),
         "maxTransactions": policy.max_transactions,
+        "webSocketOrigins": list(policy.websocket_origins),
     }
 
 
@@ -199,6 +200,8 @@ def _security_of(record: dict[str, Any]) -> SecurityPolicy:
         lockout=LockoutPolicy(**record["lockout"]),
         connections=ConnectionLimits(**record["connections"]),
         max_transactions=int(record["maxTransactions"]),
+        # Written before WebSocket: any Origin, as then.
+        websocket_origins=tuple(map(str, record.get("webSocketOrigins", ()))),
     )
 
 

@@ -55,7 +55,7 @@ def test_listeners_are_logged_health_answers_and_sigint_stops_cleanly(tmp_path: 
     try:
         log = running.log()
         for transport, port in (("udp", running.sip_port), ("tcp", running.sip_port), ("tls", running.tls_port),
-                                ("http", running.http_port)):
+                                ("ws", running.ws_port), ("wss", running.wss_port), ("http", running.http_port)):
             assert f"sipreg: listening on {transport} 127.0.0.1:{port}" in log
         assert running.api("/healthz") == {"status": "ok"}
         assert running.api("/readyz") == {"ready": True}

@@ -158,6 +158,26 @@ def test_without_transports_a_domain_gets_udp_and_tcp_5060_and_no_tls():
     assert not any(arg.startswith("--tls-cert") for arg in container["args"])
 
 
+def test_websocket_transports_get_service_ports_listeners_their_certificate_and_the_network_policy():
+    spec = {**SPEC, "transports": {**SPEC["transports"], "ws": 8080, "wss": {"port": 443, "certificateSecret": "web"}}}
+    built = children(spec)
+    ports = {(p["name"], p["port"]): p["targetPort"] for p in built[("Service", "sip-ex-sip")]["spec"]["ports"]}
+    assert ports[("sip-ws", 8080)] == 5066 and ports[("sip-wss", 443)] == 7443
+    pod = built[("Deployment", "sip-ex-registrar")]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    for arg in ("--ws-port=5066", "--wss-port=7443", "--public-port=ws=8080", "--public-port=wss=443",
+                "--wss-cert=/etc/sipreg/wss-tls/tls.crt", "--wss-key=/etc/sipreg/wss-tls/tls.key"):
+        assert arg in container["args"], container["args"]
+    assert {"name": "wss-tls", "secret": {"secretName": "web"}} in pod["volumes"]
+    assert {"name": "sip-wss", "containerPort": 7443, "protocol": "TCP"} in container["ports"]
+    allowed = built[("NetworkPolicy", "sip-ex-registrar")]["spec"]["ingress"][0]["ports"]
+    assert {"protocol": "TCP", "port": 5066} in allowed and {"protocol": "TCP", "port": 7443} in allowed
+    # Without them (SPEC): neither listener, nor port.
+    (plain,) = children()[("Deployment", "sip-ex-registrar")]["spec"]["template"]["spec"]["containers"]
+    assert "--ws-port=0" in plain["args"] and "--wss-port=0" in plain["args"]
+    assert not any(port["name"].startswith("sip-ws") for port in plain["ports"])
+
+
 def test_a_cluster_ip_service_has_no_external_traffic_policy():
     service = children(settings=PodSettings(service_type="ClusterIP"))[("Service", "sip-ex-sip")]
     assert service["spec"]["type"] == "ClusterIP"
