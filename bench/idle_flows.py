@@ -1,4 +1,4 @@
-"""The idle phase of `make bench`: the memory an idle TCP or TLS connection costs sipreg, beside Kamailio 5.6.
+"""The idle phase of `make bench`: the memory an idle TCP, TLS or WebSocket connection costs sipreg, beside Kamailio 5.6.
 
 For each server and each kind of connection (KINDS), on a server started for
 that row alone:
@@ -29,16 +29,16 @@ SipDomain. Everything listens on and connects to 127.0.0.0/8.
 sipreg closes a connection that carried nothing for IDLE_TIMEOUT (60 s): a row
 is measured within that, and checked to still hold every connection after.
 
-To add a kind of connection (WebSocket, once sipreg listens for it): an async
-function that opens one idle connection (for WS, TCP connect, then an HTTP
-Upgrade with `Sec-WebSocket-Protocol: sip`, read up to the 101), a Kind in
-KINDS, and the server's port for that kind's name in its `ports` (a server
-without a port for a kind leaves its row out).
+To add a kind of connection: an async function that opens one idle connection,
+a Kind in KINDS, and the server's port for that kind's name in its `ports` (a
+server without a port for a kind leaves its row out: Kamailio here has no
+WebSocket listener, as its websocket module needs more than the bench's config).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import ipaddress
 import json
@@ -93,6 +93,20 @@ async def open_tls(host: str, port: int, source: str, context: ssl.SSLContext | 
     return writer
 
 
+async def open_websocket(host: str, port: int, source: str, context: ssl.SSLContext | None) -> Any:
+    """A SIP WebSocket (RFC 7118), as a browser phone opens it: the Upgrade with the `sip` subprotocol, then idle."""
+    reader, writer = await asyncio.open_connection(
+        host, port, local_addr=(source, 0), ssl=context, server_hostname=host if context else None)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise ConnectionError(head.split(b"\r\n")[0].decode("ascii", "replace"))
+    return writer
+
+
 @dataclass(frozen=True)
 class Kind:
     """A kind of idle connection: its name (a server's `ports` key) and how a client opens one.
@@ -105,7 +119,8 @@ class Kind:
     tls: bool = False
 
 
-KINDS = (Kind("tcp", open_tcp), Kind("tls", open_tls, tls=True))
+KINDS = (Kind("tcp", open_tcp), Kind("tls", open_tls, tls=True), Kind("ws", open_websocket),
+         Kind("wss", open_websocket, tls=True))
 
 
 def raise_open_files() -> int:
@@ -357,7 +372,8 @@ spec:
         return None if value is None else int(value)
 
     return Server(
-        "sipreg", {"tcp": registrar.sip_port, "tls": registrar.tls_port},
+        "sipreg", {"tcp": registrar.sip_port, "tls": registrar.tls_port, "ws": registrar.ws_port,
+                   "wss": registrar.wss_port},
         lambda: [registrar.process.pid], lambda: stop_registrar(registrar), holds,
     )
 
