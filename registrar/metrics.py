@@ -185,6 +185,14 @@ class Metrics:
             ["transport"],
             registry=self.registry,
         )
+        self.crlf_keepalives = Counter(
+            "sipreg_crlf_keepalives",
+            "Keep-alive pings (a double CRLF, RFC 5626) answered with a pong, by transport.",
+            ["transport"],
+            registry=self.registry,
+        )
+        for transport in STREAM_TRANSPORTS:
+            self.crlf_keepalives.labels(transport)
         self.keepalive_pings = Counter(
             "sipreg_keepalive_pings",
             "OPTIONS keepalive pings to UDP contacts behind NAT held by this registrar, by result: sent, answered.",

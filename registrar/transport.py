@@ -378,6 +378,11 @@ class SipEndpoint:
         if flow is not None:
             flow.keep_until = max(flow.keep_until, until + FLOW_GRACE)
 
+    def pong(self, flow: Flow) -> None:
+        """Answer a keep-alive ping (a double CRLF) on a connection with a CRLF (RFC 5626 section 4.4.1)."""
+        self.metrics.crlf_keepalives.labels(flow.transport).inc()
+        flow.send(b"\r\n")
+
     def registered_flows(self, transport: str) -> int:
         """Open connections of `transport` that carry a live registration (read at each scrape)."""
         now = self.clock()
@@ -559,7 +564,7 @@ class StreamProtocol(asyncio.Protocol):
         for event in events:
             if isinstance(event, KeepAlive):
                 if event.wants_pong:
-                    flow.send(b"\r\n")
+                    self.endpoint.pong(flow)
             else:
                 self.endpoint.receive(event, source, flow.send)
 

@@ -236,7 +236,7 @@ class WebSocketListener:
                         log.debug("closing %s flow %s: %s", self.name, flow.id, exception_summary(message.data))
                     break  # closed, closing or broken
                 if data == b"\r\n\r\n":
-                    flow.send(b"\r\n")  # a keep-alive ping: pong, as on TCP (RFC 5626 section 4.4.1)
+                    endpoint.pong(flow)  # a keep-alive ping, as on TCP
                 elif data != b"\r\n":
                     endpoint.receive(data, source, flow.send)
         except ConnectionError as error:  # gone while we answered a ping: nothing wrong on our side

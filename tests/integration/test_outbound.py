@@ -10,7 +10,7 @@ import pytest
 
 from registrar.store import layout
 from tests.etcd_server import EtcdServer
-from tests.helpers import RunningRegistrar
+from tests.helpers import RunningRegistrar, manifests_with_domain_spec, serving
 from tests.integration.baresip import Baresip
 from tests.integration.sip_client import UserAgent, status_of
 from tests.integration.tcp_relay import TcpRelay
@@ -20,9 +20,16 @@ pytestmark = pytest.mark.integration
 DOMAIN = "sip.example.test"
 
 
-def test_an_outbound_phone_gets_its_flow_and_a_call_to_it_after_the_flow_dies_is_refused_at_once(
-    registrar: RunningRegistrar, tmp_path: Path,
+def test_an_outbound_phone_gets_its_flow_keeps_it_alive_and_a_call_to_it_after_the_flow_dies_is_refused_at_once(
+    tmp_path: Path,
 ) -> None:
+    # The shortest Flow-Timer a SipDomain allows, so that the phone's first keep-alive comes within the test.
+    manifests = manifests_with_domain_spec(tmp_path / "manifests", keepalive={"flowTimerStreamSeconds": 10})
+    with serving(tmp_path, manifests=manifests) as registrar:
+        outbound_phone_flow(registrar, tmp_path)
+
+
+def outbound_phone_flow(registrar: RunningRegistrar, tmp_path: Path) -> None:
     bob = Baresip(tmp_path / "bob", user="bob", password="bob-secret-2", domain=DOMAIN, proxy_host=registrar.host,
                   proxy_port=registrar.sip_port, transport="tcp", sipnat="outbound")
     with bob:  # (started by entering)
@@ -34,11 +41,21 @@ def test_an_outbound_phone_gets_its_flow_and_a_call_to_it_after_the_flow_dies_is
         [binding] = registrar.bindings(f"bob@{DOMAIN}")
         # The 200 OK as baresip printed it (-s): read as text, as its lines may come out interleaved
         # with baresip's status lines, and a little after the binding exists.
-        while not ("Require: outbound" in bob.raw_log() and "Flow-Timer: 120" in bob.raw_log()) \
+        while not ("Require: outbound" in bob.raw_log() and "Flow-Timer: 10" in bob.raw_log()) \
                 and time.monotonic() < deadline + 5:
             time.sleep(0.1)
-        assert "Require: outbound" in bob.raw_log() and "Flow-Timer: 120" in bob.raw_log(), bob.raw_log()
+        assert "Require: outbound" in bob.raw_log() and "Flow-Timer: 10" in bob.raw_log(), bob.raw_log()
         assert binding["regId"] == 1 and binding["instance"] and binding["transport"] == "tcp"
+        # The phone pings its flow (a double CRLF) and gets its pong (RFC 5626 4.4.1). baresip's first ping
+        # comes 16-19 s after its registration with a Flow-Timer of 10 (measured): its timer, not ours.
+        deadline = time.monotonic() + 30
+        while not registrar.metric("sipreg_crlf_keepalives_total", transport="tcp") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert registrar.metric("sipreg_crlf_keepalives_total", transport="tcp") >= 1
+        # Answered, the flow stands: the same connection still holds the binding (a missed pong would
+        # have made baresip drop it and register again over a new one).
+        [still] = registrar.bindings(f"bob@{DOMAIN}")
+        assert still["source"] == binding["source"]
         bob.kill()  # the phone dies: its TCP connection closes, its binding stays until it expires
     deadline = time.monotonic() + 5
     while registrar.metric("sipreg_connections", transport="tcp") != 0 and time.monotonic() < deadline:

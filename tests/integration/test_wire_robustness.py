@@ -118,6 +118,7 @@ def test_tcp_frames_keepalives_and_survives_a_broken_stream(registrar: RunningRe
     with socket.create_connection((registrar.host, registrar.sip_port), timeout=3) as sock:
         sock.sendall(b"\r\n\r\n")  # RFC 5626 ping
         assert sock.recv(16) == b"\r\n"
+        assert registrar.metric("sipreg_crlf_keepalives_total", transport="tcp") == 1
         # One message split over two writes, then two messages in one write.
         first, second = options_text("z9hG4bK-t1"), options_text("z9hG4bK-t2")
         sock.sendall(first[:40])
