@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from registrar.model import Binding, Domain
-from registrar.sip.message import Response
+from registrar.sip.message import Response, SipError
 from registrar.sip.uri import as_request_uri, bracketed
 from registrar.store import CONTACT_UNREACHABLE, LocationStore, RegistrationFailure, StoreUnavailable, domain_of
 
@@ -111,13 +111,13 @@ class NatPinger:
                             binding.expires_at)
             self.pinged[key] = pinged
             # The first ping somewhere within the interval: phones that registered together are pinged spread out.
-            self._schedule(pinged, self._tick() + 1 + self._random.randrange(policy.ping_interval))
+            self._schedule(pinged, self._tick() + 1 + int(self._random.random() * policy.ping_interval))
 
     def answered(self, response: Response) -> bool:
         """Whether `response` answers one of our pings (then it is taken: the phone is there)."""
         try:
             branch = response.top_via.branch or ""
-        except Exception:
+        except SipError:
             return False
         if not branch.startswith(BRANCH_MARK):
             return False
