@@ -117,7 +117,9 @@ def sip_domain_story(kube: Kube, operator_runner, etcd: EtcdServer, tmp_path: Pa
         (sip, http) = policy["spec"]["ingress"]
         assert "from" not in sip  # everyone
         sip_ports = {(port["protocol"], port["port"]) for port in sip["ports"]}
-        assert sip_ports == {("UDP", 5060), ("TCP", 5060), ("TCP", 5061)}
+        assert sip_ports == {("UDP", 5060), ("TCP", 5060), ("TCP", 5061), ("TCP", 5066), ("TCP", 7443)}  # ws, wss
+        service = kube.get("v1/services", f"{DOMAIN_OBJECT}-sip", NAMESPACE)
+        assert {(port["name"], port["port"]) for port in service["spec"]["ports"]} >= {("sip-ws", 5066), ("sip-wss", 7443)}
         assert http["ports"] == [{"protocol": "TCP", "port": 8080}]
         assert http["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
         token = api_token(kube)
