@@ -167,7 +167,7 @@ class RegistrarServer:
             config.node_name,
             config.public_address,
             {**ports, **config.public_ports},
-            set(ports.values()),
+            ports,
             {config.host, *([config.advertise] if config.advertise else [])},
             domains=lambda: self.registrar.catalog.domains,
         )

@@ -108,12 +108,17 @@ Action = Send | FindTargets | Reach | Answered
 class Identity:
     """How this node names itself on the wire, and what names it in a Route or Via."""
 
-    def __init__(self, node: str, public_host: str, public_ports: dict[str, int], listen_ports: set[int],
+    def __init__(self, node: str, public_host: str, public_ports: dict[str, int], listen_ports: dict[str, int],
                  addresses: set[str], domains: Callable[[], Collection[str]] = tuple):
         self.node = node
         self.public_host = public_host  # in Via and Record-Route: the address UAs reach us at
         self.ports = public_ports  # per transport, in Via and Record-Route
-        self._port_numbers = frozenset({*public_ports.values(), *listen_ports})
+        # What names us, per transport: a port of another transport on our host is somebody else's
+        # (a gateway on UDP 5066 is not our WebSocket listener on TCP 5066).
+        self._port_numbers = {
+            transport: frozenset(port for port in (public_ports.get(transport), listen_ports.get(transport)) if port)
+            for transport in {*public_ports, *listen_ports}
+        }
         self._addresses = frozenset({public_host, *addresses})  # listen, node and public addresses
         self._domains = domains  # a UA whose outbound proxy is the domain names us by it
 
@@ -124,12 +129,21 @@ class Identity:
         host = unbracketed(host)
         return host in self._addresses or host in self._domains()
 
+    def _listens(self, transports: tuple[str, ...], port: int) -> bool:
+        return any(port in self._port_numbers.get(transport, ()) for transport in transports)
+
     def sent_by(self, via: Via) -> bool:
-        port = via.port or DEFAULT_PORTS.get(via.transport.lower(), 5060)
-        return port in self._port_numbers and self._names_us(via.host)
+        transport = via.transport.lower()
+        port = via.port or DEFAULT_PORTS.get(transport, 5060)
+        return self._listens((transport,), port) and self._names_us(via.host)
 
     def is_us(self, uri: URI) -> bool:
-        return (uri.port is None or uri.port in self._port_numbers) and self._names_us(uri.host)
+        if uri.transport:
+            transports: tuple[str, ...] = (uri.transport,)
+        else:
+            # No transport named: UDP or TCP (RFC 3263 4.1), TLS for a sips URI.
+            transports = ("tls",) if uri.scheme == "sips" else ("udp", "tcp")
+        return (uri.port is None or self._listens(transports, uri.port)) and self._names_us(uri.host)
 
 
 class ProxyCore:

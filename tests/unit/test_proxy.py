@@ -31,7 +31,9 @@ from registrar.routing import Router, Target
 from registrar.service import SipService
 from registrar.sip import digest
 from registrar.sip import proxy as relay
+from registrar.sip.headers import Via
 from registrar.sip.message import Request, Response, make_response, parse_message
+from registrar.sip.uri import parse_uri
 from registrar.sip.transaction import T1, T2, TIMEOUT, Send, Transaction, TransactionLayer, transaction_key
 from registrar.store.memory import MemoryStore
 from tests.helpers import FakeClock, authorization
@@ -123,7 +125,7 @@ class Node:
                         known_source=lambda host: host in self.known_sources)
         self.transactions = TransactionLayer(max_retained)
         self.core = ProxyCore(
-            Identity(name, address, {"udp": 5060, "tcp": 5060, "tls": 5061}, {5060, 5061}, {address},
+            Identity(name, address, {"udp": 5060, "tcp": 5060, "tls": 5061}, {"udp": 5060, "tcp": 5060, "tls": 5061}, {address},
                      domains=lambda: self.catalog.domains),
             TokenSigner(SECRET),
             self.transactions,
@@ -1001,3 +1003,16 @@ def test_a_request_whose_lookup_never_comes_back_is_given_up_and_frees_its_slot(
     assert [(r.status, r.call_id) for r in given_up] == [(408, "call-1")]
     assert Answered(stuck, DOMAIN, 408) in actions and isinstance(actions[-1], FindTargets)
     assert node.core.targets_found(find.context, [], later + 61) == []  # its lookup, late: ignored
+
+
+def test_what_names_us_is_our_address_with_a_port_we_listen_on_for_that_transport() -> None:
+    identity = Identity("n1", "10.0.0.1", {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 5066},
+                        {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 8066}, {"127.0.0.1"})
+    assert identity.is_us(parse_uri("sip:10.0.0.1")) and identity.is_us(parse_uri("sip:127.0.0.1:5060;lr"))
+    assert identity.is_us(parse_uri("sip:10.0.0.1:5066;transport=ws")) and identity.is_us(
+        parse_uri("sip:127.0.0.1:8066;transport=ws"))
+    # A gateway on our host, on UDP, at the number of our WebSocket port: somebody else.
+    assert not identity.is_us(parse_uri("sip:127.0.0.1:8066"))
+    assert not identity.is_us(parse_uri("sip:127.0.0.1:5061;transport=tcp"))
+    assert identity.is_us(parse_uri("sips:127.0.0.1:5061"))
+    assert identity.sent_by(Via("TLS", "10.0.0.1", 5061, {})) and not identity.sent_by(Via("UDP", "10.0.0.1", 5061, {}))
