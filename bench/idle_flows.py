@@ -45,7 +45,6 @@ import json
 import os
 import resource
 import select
-import shutil
 import signal
 import socket
 import ssl
@@ -63,10 +62,10 @@ sys.path.insert(0, str(ROOT))
 
 from registrar.transport import IDLE_TIMEOUT  # noqa: E402
 from tests.helpers import free_port, start_registrar, stop_registrar  # noqa: E402
+from tests.integration.kamailio import KAMAILIO, start_kamailio, stop_kamailio  # noqa: E402
+from tests.integration.kamailio import MODULES as KAMAILIO_MODULES  # noqa: E402
 from tests.pki import CertificateAuthority  # noqa: E402
 
-KAMAILIO = shutil.which("kamailio")
-KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 HOST = "127.0.0.1"
 # Under sipreg's default per-source limit (256), so only the total needs raising.
 PER_SOURCE = 100
@@ -407,29 +406,14 @@ request_route {{
 def kamailio_server(workdir: Path, certificate, connections: int) -> Server:
     """Kamailio with a tcp and a tls listener and nothing else: the core's connections and the tls module's."""
     tcp_port, tls_port = free_port(HOST), free_port(HOST)
-    config = workdir / "kamailio.cfg"
-    config.write_text(KAMAILIO_CONFIG.format(
+    # Shared memory sized for the TLS row (its pages count only once touched).
+    process, log_path = start_kamailio(workdir, KAMAILIO_CONFIG.format(
         host=HOST, tcp_port=tcp_port, tls_port=tls_port, connections=connections, files=connections + 1024,
         modules=KAMAILIO_MODULES, cert=certificate.cert, key=certificate.key,
-    ))
-    runtime = workdir / "kamailio-run"
-    runtime.mkdir(exist_ok=True)
-    log_path = workdir / "kamailio.log"
-    # Shared memory sized for the TLS row (its pages count only once touched).
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [KAMAILIO, "-DD", "-E", "-f", str(config), "-Y", str(runtime), "-m", "2048", "-M", "16"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
+    ), shared_mb=2048, private_mb=16)
 
     def stop() -> None:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_kamailio(process)
 
     deadline = time.monotonic() + 20
     while True:

@@ -80,28 +80,45 @@ request_route {{
 @contextmanager
 def edge_proxy(workdir: Path, host: str, port: int, registrar: tuple[str, int]) -> Iterator[Path]:
     """Kamailio on udp:host:port forwarding to `registrar`; yields its log's path. Stopped after."""
-    assert KAMAILIO is not None, "kamailio missing: make test installs Debian's kamailio"
-    config = workdir / "kamailio.cfg"
-    config.write_text(CONFIG.format(host=host, port=port, modules=MODULES, registrar=f"{registrar[0]}:{registrar[1]}",
-                                    registrar_host=registrar[0], registrar_port=registrar[1]))
+    process, log_path = start_kamailio(
+        workdir, CONFIG.format(host=host, port=port, modules=MODULES, registrar=f"{registrar[0]}:{registrar[1]}",
+                               registrar_host=registrar[0], registrar_port=registrar[1]),
+        shared_mb=32, private_mb=8,
+    )
+    try:
+        _wait_until_up(host, port, process, log_path)
+        yield log_path
+    finally:
+        stop_kamailio(process)
+
+
+def start_kamailio(workdir: Path, config: str, *, shared_mb: int, private_mb: int) -> tuple[subprocess.Popen, Path]:
+    """Kamailio running `config` in the foreground, logging to workdir/kamailio.log: the process and the log."""
+    assert KAMAILIO is not None, "kamailio missing: make test (and make bench) install Debian's kamailio"
+    config_path = workdir / "kamailio.cfg"
+    config_path.write_text(config)
     runtime = workdir / "kamailio-run"
     runtime.mkdir(exist_ok=True)
     log_path = workdir / "kamailio.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [KAMAILIO, "-DD", "-E", "-f", str(config), "-Y", str(runtime), "-m", "32", "-M", "8"],
+            [KAMAILIO, "-DD", "-E", "-f", str(config_path), "-Y", str(runtime), "-m", str(shared_mb),
+             "-M", str(private_mb)],
             stdout=log, stderr=subprocess.STDOUT,
         )
+    return process, log_path
+
+
+def stop_kamailio(process: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within `timeout` s."""
+    if process.poll() is not None:
+        return
+    process.terminate()
     try:
-        _wait_until_up(host, port, process, log_path)
-        yield log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _wait_until_up(host: str, port: int, process: subprocess.Popen, log_path: Path) -> None:
