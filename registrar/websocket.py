@@ -38,6 +38,7 @@ from registrar.transport import ACCEPT_BACKLOG, Flow, SipEndpoint
 log = logging.getLogger("sipreg.websocket")
 
 SUBPROTOCOL = "sip"  # RFC 7118 section 4
+HANDSHAKE_START = b"GET "  # what a WebSocket opening handshake's first bytes are (RFC 6455 section 4.1)
 # What may wait to go down one connection, in our queue and in the socket's buffer: two
 # messages of the largest size. A peer that reads slower than its calls write to it is
 # closed rather than let its backlog grow without bound.
@@ -283,6 +284,7 @@ class _Connection(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._flow: Flow | None = None
         self._early: bytearray | None = None  # TLS data that arrived with the handshake's end
+        self._opening = b""  # the first bytes, until they show the GET a handshake begins with
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -349,12 +351,29 @@ class _Connection(asyncio.Protocol):
             if self._early is not None:
                 self._early += data
             return
+        if len(self._opening) < len(HANDSHAKE_START) and not self._opens_a_handshake(data):
+            return
         flow = self._flow
         if flow is not None and flow.message_started is None:
             # A frame begun: it must be whole within message_seconds, as a message on TCP. A whole
             # one reaches the serving loop, which ends the wait (message_ended) for every frame.
             self.listener.endpoint.message_begun(flow, self.listener.endpoint.clock())
         self._http.data_received(data)
+
+    def _opens_a_handshake(self, data: bytes) -> bool:
+        """Whether the first bytes can begin a WebSocket handshake (a GET, RFC 6455 4.1); else closed unanswered.
+
+        What is not even an HTTP GET has nothing to learn from us: aiohttp would answer it
+        400 with a text that quotes its bytes, more bytes out than a stranger sent in.
+        """
+        self._opening = (self._opening + data)[:len(HANDSHAKE_START)]
+        if HANDSHAKE_START.startswith(self._opening):
+            return True
+        self.listener.endpoint.metrics.websocket_refused.labels("not_websocket").inc()
+        log.debug("closing %s connection from %s: not an HTTP GET", self.listener.name, self.peer)
+        if self._transport is not None:
+            self._transport.abort()
+        return False
 
     def eof_received(self) -> bool | None:
         return self._http.eof_received() if self._http is not None else None
