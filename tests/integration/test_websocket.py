@@ -8,6 +8,8 @@ a call to a user whose WebSocket closed.
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import re
 import socket
 import ssl
@@ -158,7 +160,7 @@ async def test_an_invite_to_a_user_whose_websocket_closed_gets_480_at_once(regis
     assert registrar.metric("sipreg_unreachable_contacts_total", why="closed") == 1
 
 
-PER_SOURCE, HANDSHAKE_SECONDS = 3, 1
+PER_SOURCE, HANDSHAKE_SECONDS, MESSAGE_SECONDS = 3, 1, 1
 
 
 def one_domain(tmp_path: Path, security: str) -> Path:
@@ -194,7 +196,8 @@ spec:
 
 def test_connection_limits_and_the_handshake_deadline_apply_to_websockets(tmp_path: Path) -> None:
     manifests = one_domain(
-        tmp_path, f"{{connections: {{perSource: {PER_SOURCE}, handshakeSeconds: {HANDSHAKE_SECONDS}}}}}"
+        tmp_path, f"{{connections: {{perSource: {PER_SOURCE}, handshakeSeconds: {HANDSHAKE_SECONDS}, "
+                  f"messageSeconds: {MESSAGE_SECONDS}}}}}"
     )
     with serving(tmp_path, manifests=manifests) as running:
         asyncio.run(_limits(running))
@@ -224,6 +227,24 @@ async def _limits(running: RunningRegistrar) -> None:
         started = time.monotonic()
         assert idle.recv(1) == b""
         assert HANDSHAKE_SECONDS - 0.2 < time.monotonic() - started < HANDSHAKE_SECONDS + 2
+    # A WebSocket frame begun must be whole within messageSeconds, as a message on TCP: a peer that
+    # sends a byte now and then would otherwise hold its connection, and its place in the limits.
+    with socket.create_connection(("127.0.0.1", running.ws_port), timeout=MESSAGE_SECONDS + 4) as slow:
+        key = base64.b64encode(os.urandom(16)).decode()
+        slow.sendall(f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                     "Sec-WebSocket-Protocol: sip\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += slow.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101")
+        slow.sendall(bytes([0x81, 0x80 | 100]) + os.urandom(4) + b"REGISTER s")  # 10 of the 100 bytes it announces
+        started = time.monotonic()
+        try:
+            assert slow.recv(100) == b""
+        except ConnectionResetError:
+            pass  # aborted: the kernel may say so
+        assert MESSAGE_SECONDS - 0.2 < time.monotonic() - started < MESSAGE_SECONDS + 2
 
 
 def test_wss_registers_with_the_operators_certificate_and_allowed_origins_only(tmp_path: Path) -> None:
