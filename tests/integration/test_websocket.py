@@ -149,6 +149,49 @@ async def test_frames_that_are_not_one_message_are_answered_or_dropped_and_the_l
     assert "Traceback" not in registrar.log()
 
 
+def test_a_peer_that_does_not_read_its_answers_is_closed_before_they_pile_up(tmp_path: Path) -> None:
+    # From a trusted address: no rate limit, no ban cuts the requests short.
+    manifests = one_domain(tmp_path, "{trustedNetworks: [127.0.0.0/8]}")
+    with serving(tmp_path, manifests=manifests) as running:
+        _does_not_read(running)
+        assert "Traceback" not in running.log() and "source banned" not in running.log()
+
+
+def _does_not_read(registrar: RunningRegistrar) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as lazy:
+        lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        lazy.settimeout(5)
+        lazy.connect(("127.0.0.1", registrar.ws_port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        lazy.sendall(f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                     "Sec-WebSocket-Protocol: sip\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += lazy.recv(1)
+        assert head.startswith(b"HTTP/1.1 101")
+        assert registrar.metric("sipreg_connections", transport="ws") == 1
+        # OPTIONS after OPTIONS, never reading a 200: once the kernel's buffers are full, the answers
+        # wait in the registrar, up to 128 KiB, and then the connection goes.
+        sent = 0
+        try:
+            for n in range(40_000):
+                request = (f"OPTIONS sip:sip.example.test SIP/2.0\r\nVia: SIP/2.0/WS h.invalid;branch=z9hG4bK-l{n}\r\n"
+                           f"From: <sip:x@sip.example.test>;tag=1\r\nTo: <sip:sip.example.test>\r\n"
+                           f"Call-ID: lazy-{n}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+                           "Content-Length: 0\r\n\r\n").encode()
+                lazy.sendall(bytes([0x81, 0x80 | 126]) + len(request).to_bytes(2, "big") + bytes(4) + request)
+                sent += 1
+                if n % 500 == 499 and registrar.metric("sipreg_connections", transport="ws") == 0:
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed by the registrar while we wrote
+        deadline = time.monotonic() + 5
+        while registrar.metric("sipreg_connections", transport="ws") != 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert registrar.metric("sipreg_connections", transport="ws") == 0, f"still open after {sent} requests"
+
+
 async def test_an_invite_to_a_user_whose_websocket_closed_gets_480_at_once(registrar: RunningRegistrar) -> None:
     async with aiohttp.ClientSession() as session, session.ws_connect(ws_url(registrar), protocols=("sip",)) as ws:
         assert status_of(await register_with_digest(ws)) == 200
