@@ -137,7 +137,8 @@ def start_kamailio_registrar(workdir: Path, users: list[tuple[str, str]], max_co
 
 def check_registers(server, workdir: Path, user: tuple[str, str], name: str) -> None:
     """One authenticated REGISTER, traced: it must be challenged (401 with qop=auth) and then get a 200 with
-    the Contact; otherwise the comparison would be against a registrar that does not do the work. Raises."""
+    the Contact, and one with a wrong password must fail; otherwise the comparison would be against a
+    registrar that does not do the work. Raises."""
     csv_path = users_csv(workdir / f"check-{name}.csv", [user], DOMAIN)
     run = run_sipp(
         "register_auth.xml", f"{server.host}:{server.sip_port}", workdir=workdir, calls=1, injection=csv_path,
@@ -151,6 +152,14 @@ def check_registers(server, workdir: Path, user: tuple[str, str], name: str) -> 
             f"{name} did not challenge (401, qop=auth) and accept (200 with the Contact) a REGISTER "
             f"of {user[0]}:\n{messages[-3000:]}\n{run.errors[-2000:]}"
         )
+    # And a wrong password must not register: a registrar that accepts anything would do less work.
+    csv_path = users_csv(workdir / f"check-{name}-wrong.csv", [(user[0], user[1] + "-wrong")], DOMAIN)
+    wrong = run_sipp(
+        "register_auth.xml", f"{server.host}:{server.sip_port}", workdir=workdir, calls=1, injection=csv_path,
+        keys={"contact_port": "5999", "expires": "3600"}, timeout=10, name=f"check-{name}-wrong",
+    )
+    if wrong.successful:
+        raise RuntimeError(f"{name} accepted a REGISTER of {user[0]} with a wrong password:\n{wrong.messages[-3000:]}")
 
 
 def measure(server, name: str, workdir: Path, csv_path: Path, users: int, duration: float, ladder_too: bool):
