@@ -62,9 +62,11 @@ sys.path.insert(0, str(ROOT))
 
 from registrar.transport import IDLE_TIMEOUT  # noqa: E402
 from tests.helpers import free_port, start_registrar, stop_registrar  # noqa: E402
-from tests.integration.kamailio import KAMAILIO, start_kamailio, stop_kamailio  # noqa: E402
+from tests.integration.kamailio import KAMAILIO, kamailio_version, start_kamailio, stop_kamailio  # noqa: E402
 from tests.integration.kamailio import MODULES as KAMAILIO_MODULES  # noqa: E402
 from tests.pki import CertificateAuthority  # noqa: E402
+
+from run import descendants  # noqa: E402  (bench/ is on the path: this file's directory)
 
 HOST = "127.0.0.1"
 # Under sipreg's default per-source limit (256), so only the total needs raising.
@@ -239,24 +241,6 @@ def source_addresses(first: str, count: int) -> list[str]:
 
 # -- the server side ------------------------------------------------------------------------------------
 
-def descendants(pid: int) -> list[int]:
-    """`pid` and every process under it."""
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children[int(stat.rsplit(")", 1)[1].split()[1])].append(int(entry))
-    found, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        found.append(current)
-        pending += children.get(current, [])
-    return found
-
-
 def memory_kib(pids: list[int]) -> tuple[int, int]:
     """(Pss of anonymous and shared memory, RSS) in KiB, summed over `pids`.
 
@@ -430,31 +414,6 @@ def kamailio_server(workdir: Path, certificate, connections: int) -> Server:
                 raise RuntimeError(f"kamailio did not listen within 20 s: {log_path.read_text()[-2000:]}")
             time.sleep(0.2)
     return Server("kamailio", {"tcp": tcp_port, "tls": tls_port}, lambda: descendants(process.pid), stop)
-
-
-def kamailio_version() -> str:
-    if KAMAILIO is None:
-        return "kamailio"
-    output = subprocess.run([KAMAILIO, "-v"], capture_output=True, text=True).stdout
-    return "kamailio " + output.split("kamailio ", 1)[1].split()[0] if "kamailio " in output else "kamailio"
-
-
-# -- one row ------------------------------------------------------------------------------------------
-
-@dataclass
-class Row:
-    server: str
-    kind: str
-    opened: int = 0
-    seconds: float = 0.0
-    before: tuple[int, int] = (0, 0)  # (Pss, RSS) KiB
-    after: tuple[int, int] = (0, 0)
-    processes: int = 0
-    protocol: str = ""
-    note: str = ""
-
-    def per_connection(self, which: int) -> float:
-        return (self.after[which] - self.before[which]) * 1024 / self.opened if self.opened else float("nan")
 
 
 def measure(server: Server, kind: Kind, count: int, cafile: Path) -> Row:

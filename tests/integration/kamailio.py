@@ -86,14 +86,19 @@ def edge_proxy(workdir: Path, host: str, port: int, registrar: tuple[str, int]) 
         shared_mb=32, private_mb=8,
     )
     try:
-        _wait_until_up(host, port, process, log_path)
+        wait_until_up(host, port, process, log_path)
         yield log_path
     finally:
         stop_kamailio(process)
 
 
-def start_kamailio(workdir: Path, config: str, *, shared_mb: int, private_mb: int) -> tuple[subprocess.Popen, Path]:
-    """Kamailio running `config` in the foreground, logging to workdir/kamailio.log: the process and the log."""
+def start_kamailio(
+    workdir: Path, config: str, *, shared_mb: int, private_mb: int, wrapper: list[str] | None = None
+) -> tuple[subprocess.Popen, Path]:
+    """Kamailio running `config` in the foreground, logging to workdir/kamailio.log: the process and the log.
+
+    `wrapper` prefixes the command (taskset, so a benchmark pins it and every worker it forks to one core).
+    """
     assert KAMAILIO is not None, "kamailio missing: make test (and make bench) install Debian's kamailio"
     config_path = workdir / "kamailio.cfg"
     config_path.write_text(config)
@@ -102,11 +107,17 @@ def start_kamailio(workdir: Path, config: str, *, shared_mb: int, private_mb: in
     log_path = workdir / "kamailio.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [KAMAILIO, "-DD", "-E", "-f", str(config_path), "-Y", str(runtime), "-m", str(shared_mb),
+            [*(wrapper or []), KAMAILIO, "-DD", "-E", "-f", str(config_path), "-Y", str(runtime), "-m", str(shared_mb),
              "-M", str(private_mb)],
             stdout=log, stderr=subprocess.STDOUT,
         )
     return process, log_path
+
+
+def kamailio_version() -> str:
+    """"kamailio 5.6.x", as `kamailio -v` names itself (just "kamailio" when it does not say)."""
+    output = subprocess.run([KAMAILIO, "-v"], capture_output=True, text=True).stdout if KAMAILIO else ""
+    return "kamailio " + output.split("kamailio ", 1)[1].split()[0] if "kamailio " in output else "kamailio"
 
 
 def stop_kamailio(process: subprocess.Popen, timeout: float = 15) -> None:
@@ -121,7 +132,8 @@ def stop_kamailio(process: subprocess.Popen, timeout: float = 15) -> None:
         process.wait()
 
 
-def _wait_until_up(host: str, port: int, process: subprocess.Popen, log_path: Path) -> None:
+def wait_until_up(host: str, port: int, process: subprocess.Popen, log_path: Path) -> None:
+    """Until Kamailio answers an OPTIONS to itself with 200 (its configuration must), or raise with its log."""
     probe = (
         f"OPTIONS sip:{host}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:9;rport;branch=z9hG4bK{uuid.uuid4().hex}\r\n"
         f"Max-Forwards: 70\r\nFrom: <sip:probe@{host}>;tag=1\r\nTo: <sip:{host}>\r\nCall-ID: {uuid.uuid4().hex}\r\n"
