@@ -77,6 +77,19 @@ async def register_with_digest(ws: aiohttp.ClientWebSocketResponse, user: str = 
     return await receive_text(ws)
 
 
+def open_by_hand(sock: socket.socket) -> None:
+    """The opening handshake with the `sip` subprotocol on a connected socket, byte by byte, up to the 101:
+    for a peer aiohttp's client would not play (a frame left half sent, answers never read)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n\r\n"
+                 .encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)  # no further: what follows the 101 is the server's, not the handshake's
+    assert head.startswith(b"HTTP/1.1 101"), head
+
+
 def ws_url(registrar: RunningRegistrar, scheme: str = "ws") -> str:
     port = registrar.ws_port if scheme == "ws" else registrar.wss_port
     return f"{scheme}://127.0.0.1:{port}/"
@@ -162,14 +175,7 @@ def _does_not_read(registrar: RunningRegistrar) -> None:
         lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
         lazy.settimeout(5)
         lazy.connect(("127.0.0.1", registrar.ws_port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        lazy.sendall(f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                     "Sec-WebSocket-Protocol: sip\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += lazy.recv(1)
-        assert head.startswith(b"HTTP/1.1 101")
+        open_by_hand(lazy)
         assert registrar.metric("sipreg_connections", transport="ws") == 1
         # OPTIONS after OPTIONS, never reading a 200: once the kernel's buffers are full, the answers
         # wait in the registrar, up to 128 KiB, and then the connection goes.
@@ -273,14 +279,7 @@ async def _limits(running: RunningRegistrar) -> None:
     # A WebSocket frame begun must be whole within messageSeconds, as a message on TCP: a peer that
     # sends a byte now and then would otherwise hold its connection, and its place in the limits.
     with socket.create_connection(("127.0.0.1", running.ws_port), timeout=MESSAGE_SECONDS + 4) as slow:
-        key = base64.b64encode(os.urandom(16)).decode()
-        slow.sendall(f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                     "Sec-WebSocket-Protocol: sip\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += slow.recv(4096)
-        assert head.startswith(b"HTTP/1.1 101")
+        open_by_hand(slow)
         slow.sendall(bytes([0x81, 0x80 | 100]) + os.urandom(4) + b"REGISTER s")  # 10 of the 100 bytes it announces
         started = time.monotonic()
         try:
