@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from registrar.manifests import domain_spec
+from registrar.sip.source import TRANSPORTS
 from registrar.store.etcd_session import EtcdTls
 
 # The registrar container listens on fixed ports; the Service maps the spec's ports onto them.
@@ -43,6 +44,7 @@ SIP_PORT = 5060
 TLS_PORT = 5061
 WS_PORT = 5066
 WSS_PORT = 7443
+CONTAINER_PORTS = {"udp": SIP_PORT, "tcp": SIP_PORT, "tls": TLS_PORT, "ws": WS_PORT, "wss": WSS_PORT}
 HTTP_PORT = 8080
 TLS_MOUNT = "/etc/sipreg/tls"
 WSS_MOUNT = "/etc/sipreg/wss-tls"
@@ -210,10 +212,12 @@ def desired_children(name: str, raw_spec: Any, settings: PodSettings) -> list[di
 
 
 def _public_ports(transports: dict[str, Any]) -> dict[str, int]:
-    ports = {transport: transports[transport] for transport in ("udp", "tcp", "ws") if transports.get(transport)}
-    for transport in ("tls", "wss"):
-        if transports.get(transport):
-            ports[transport] = transports[transport]["port"]
+    """The port UAs reach each configured transport at (tls and wss carry theirs beside a certificate)."""
+    ports = {}
+    for transport in TRANSPORTS:
+        value = transports.get(transport)
+        if value:
+            ports[transport] = value["port"] if isinstance(value, dict) else value
     return ports
 
 
@@ -332,29 +336,23 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
 def _sip_container_ports(transports: dict[str, Any]) -> list[dict[str, Any]]:
     """The ports a registrar container takes SIP on: UDP and TCP always (pods route to each other over
     both, whatever the spec offers UAs), TLS, WS and WSS when the spec configures them."""
-    ports = [
-        {"name": "sip-udp", "containerPort": SIP_PORT, "protocol": "UDP"},
-        {"name": "sip-tcp", "containerPort": SIP_PORT, "protocol": "TCP"},
+    configured = {"udp", "tcp", *_public_ports(transports)}
+    return [
+        {"name": f"sip-{transport}", "containerPort": CONTAINER_PORTS[transport], "protocol": _protocol(transport)}
+        for transport in TRANSPORTS if transport in configured
     ]
-    for name, port in (("tls", TLS_PORT), ("ws", WS_PORT), ("wss", WSS_PORT)):
-        if transports.get(name):
-            ports.append({"name": f"sip-{name}", "containerPort": port, "protocol": "TCP"})
-    return ports
+
+
+def _protocol(transport: str) -> str:
+    return "UDP" if transport == "udp" else "TCP"
 
 
 def sip_service(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[str, Any]:
-    transports = transports_of(spec)
-    ports = []
-    if transports["udp"]:
-        ports.append({"name": "sip-udp", "port": transports["udp"], "targetPort": SIP_PORT, "protocol": "UDP"})
-    if transports["tcp"]:
-        ports.append({"name": "sip-tcp", "port": transports["tcp"], "targetPort": SIP_PORT, "protocol": "TCP"})
-    if transports["tls"]:
-        ports.append({"name": "sip-tls", "port": transports["tls"]["port"], "targetPort": TLS_PORT, "protocol": "TCP"})
-    if transports.get("ws"):
-        ports.append({"name": "sip-ws", "port": transports["ws"], "targetPort": WS_PORT, "protocol": "TCP"})
-    if transports.get("wss"):
-        ports.append({"name": "sip-wss", "port": transports["wss"]["port"], "targetPort": WSS_PORT, "protocol": "TCP"})
+    ports = [
+        {"name": f"sip-{transport}", "port": port, "targetPort": CONTAINER_PORTS[transport],
+         "protocol": _protocol(transport)}
+        for transport, port in _public_ports(transports_of(spec)).items()
+    ]
     service_spec: dict[str, Any] = {
         "type": settings.service_type,
         "selector": labels(name),
