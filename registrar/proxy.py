@@ -229,11 +229,11 @@ class ProxyCore:
             return self._relayed(reach, destination, hop_route)
         if context.over:
             return []
-        if destination is None and not failed:
-            next_flow = reach.target.next_flow()
-            if next_flow is not None:
-                return [Reach(context, next_flow)]  # this flow is gone: the UA's next one (RFC 5626 5.3)
         context.reaching -= 1
+        if destination is None and not failed:
+            fell_over = self._next_flow(context, reach.target)  # this flow is gone
+            if fell_over:
+                return fell_over
         actions: list[Action] = []
         if failed:
             context.finals.append(server_response(context.request, 503, "Service Unavailable"))
@@ -377,10 +377,9 @@ class ProxyCore:
             return actions
         final = relay.without_top_via(response)
         if status == FLOW_FAILED:
-            next_flow = branch.target.next_flow() if branch.target is not None else None
-            if next_flow is not None and not context.cancelled:
-                context.reaching += 1
-                return [Reach(context, next_flow)]  # the flow failed downstream: the UA's next one
+            fell_over = self._next_flow(context, branch.target)  # the flow failed downstream
+            if fell_over:
+                return fell_over
             if not context.by_flow:
                 # The caller asked for a user, not a flow: to it, the user is unreachable.
                 final = server_response(context.request, 480, "Temporarily Unavailable: Flow Failed")
@@ -394,6 +393,15 @@ class ProxyCore:
             actions += self._next_group(context, now)
         self._maybe_complete(context)
         return actions
+
+    @staticmethod
+    def _next_flow(context: ResponseContext, target: Target | None) -> list[Action]:
+        """The UA's next flow when `target`'s has failed (RFC 5626 5.3), to reach in its place; [] when none is left."""
+        next_flow = target.next_flow() if target is not None else None
+        if next_flow is None or context.cancelled:
+            return []
+        context.reaching += 1
+        return [Reach(context, next_flow)]
 
     def _all_branches_done(self, context: ResponseContext, now: float) -> list[Action]:
         """No branch left and no group to try: the best answer goes upstream (RFC 3261 16.7 step 6)."""
