@@ -115,6 +115,8 @@ class NatPinger:
 
     def answered(self, response: Response) -> bool:
         """Whether `response` answers one of our pings (then it is taken: the phone is there)."""
+        if BRANCH_MARK not in (response.get("Via") or ""):
+            return False  # a call's response, most of the time: its Via is parsed once, by the proxy
         try:
             branch = response.top_via.branch or ""
         except SipError:
@@ -200,12 +202,13 @@ class NatPinger:
     def _options(self, pinged: Pinged) -> bytes:
         host, port = self._via()
         token = pinged.branch[len(BRANCH_MARK):]  # type: ignore[index]
+        uri = as_request_uri(pinged.contact)
         return (
-            f"OPTIONS {as_request_uri(pinged.contact)} SIP/2.0\r\n"
+            f"OPTIONS {uri} SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP {bracketed(host)}:{port};branch={pinged.branch};rport\r\n"
             "Max-Forwards: 70\r\n"
             f"From: <sip:keepalive@{bracketed(host)}>;tag={token}\r\n"
-            f"To: <{as_request_uri(pinged.contact)}>\r\n"
+            f"To: <{uri}>\r\n"
             f"Call-ID: {token}@{bracketed(host)}\r\n"
             "CSeq: 1 OPTIONS\r\n"
             "Content-Length: 0\r\n\r\n"

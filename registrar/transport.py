@@ -119,7 +119,7 @@ class SipEndpoint:
         try:
             self._receive(data, source, reply)
         except Exception as error:
-            self._failed("unexpected error on a message", source, error)
+            self.failed("unexpected error on a message", source, error)
 
     def receive_stun(self, data: bytes, host: str, port: int, reply: Reply) -> None:
         """A STUN message on the UDP port: a UA keeping its NAT binding open (RFC 5626 4.4.2).
@@ -136,13 +136,13 @@ class SipEndpoint:
         try:
             verdict, answer = stun.answer(data, host, port)
         except Exception as error:
-            self._failed("unexpected error on a STUN message", Source("udp", host, port), error)
+            self.failed("unexpected error on a STUN message", Source("udp", host, port), error)
             return
         self.metrics.stun_messages.labels(verdict.value).inc()
         if answer is not None:
             reply(answer)
 
-    def _failed(self, what: str, source: Source | None, error: Exception) -> None:
+    def failed(self, what: str, source: Source | None, error: Exception) -> None:
         """A bug some message ran into: counted, and logged without the message or a traceback (could quote it)."""
         self.metrics.internal_errors.inc()
         self._log_failure("%s from %s: %s", what, source or "a client", exception_summary(error))
@@ -186,7 +186,7 @@ class SipEndpoint:
             try:
                 self.proxy.receive_request(request, source, key)
             except Exception as error:
-                self._failed("error proxying a request", source, error)
+                self.failed("error proxying a request", source, error)
                 self._send(server_response(request, 500, "Server Internal Error"), reply)
             return
         # Only UDP peers retransmit; on connections Timer J is zero (RFC 3261 17.2.2).
@@ -201,7 +201,7 @@ class SipEndpoint:
         try:
             answer = self.service.handle(request, source)
         except Exception as error:
-            self._failed("error handling a request", source, error)
+            self.failed("error handling a request", source, error)
             answer = server_response(request, 500, "Server Internal Error")
         if isinstance(answer, Response):
             # Answered without touching the store (challenges, errors, OPTIONS): the
@@ -223,7 +223,7 @@ class SipEndpoint:
         try:
             response = await answer
         except Exception as error:
-            self._failed("error handling a request", None, error)
+            self.failed("error handling a request", None, error)
             response = server_response(request, 500, "Server Internal Error")
         data = response.to_bytes()
         now = self.clock()

@@ -243,7 +243,7 @@ class WebSocketListener:
         except ConnectionError as error:  # gone while we answered a ping: nothing wrong on our side
             log.debug("%s flow %s lost: %s", self.name, flow.id, exception_summary(error))
         except Exception as error:
-            endpoint._failed(f"unexpected error on a {self.name} connection", source, error)
+            endpoint.failed(f"unexpected error on a {self.name} connection", source, error)
         finally:
             endpoint.close_flow(flow)
             if not ws.closed:
