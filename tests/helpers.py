@@ -80,6 +80,35 @@ def manifests_with_domain_spec(directory: Path, **sections: dict) -> Path:
     return directory
 
 
+def one_domain_manifests(path: Path, security: str, user: str, password: str) -> Path:
+    """`path` (a YAML file) made a catalogue of sip.example.test alone, with `user` and `password`, and
+    `security` as its spec.security (YAML flow style): for tests that need no other domain's or
+    connection's settings (manifests/ trusts loopback through its `ip` connection)."""
+    path.write_text(f"""
+apiVersion: sipreg.io/v1alpha1
+kind: SipDomain
+metadata: {{name: sip-example-test, namespace: voip}}
+spec:
+  domain: sip.example.test
+  registration: {{enabled: true}}
+  security: {security}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: {user}-sip, namespace: voip}}
+stringData: {{password: {password}}}
+---
+apiVersion: sipreg.io/v1alpha1
+kind: SipConnection
+metadata: {{name: {user}, namespace: voip}}
+spec:
+  domain: sip.example.test
+  username: {user}
+  authentication: {{type: credentials, passwordSecretRef: {{name: {user}-sip}}}}
+""")
+    return path
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on `host` (SIP uses both on one port)."""
     for _ in range(50):

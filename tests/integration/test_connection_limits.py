@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import RunningRegistrar, serving
+from tests.helpers import RunningRegistrar, one_domain_manifests, serving
 from tests.integration.sip_client import UserAgent, status_of
 
 pytestmark = pytest.mark.integration
@@ -30,30 +30,8 @@ HANDSHAKE_SECONDS = 2
 # The server sweeps messages in progress every 0.5 s; the rest is scheduling slack on a busy machine.
 LATE = 1.5
 
-MANIFESTS = f"""
-apiVersion: sipreg.io/v1alpha1
-kind: SipDomain
-metadata: {{name: sip-example-test, namespace: voip}}
-spec:
-  domain: sip.example.test
-  registration: {{enabled: true}}
-  security:
-    connections: {{perSource: {PER_SOURCE}, total: 200, messageSeconds: {MESSAGE_SECONDS},
-                   handshakeSeconds: {HANDSHAKE_SECONDS}}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: alice-sip, namespace: voip}}
-stringData: {{password: alice-secret-1}}
----
-apiVersion: sipreg.io/v1alpha1
-kind: SipConnection
-metadata: {{name: alice, namespace: voip}}
-spec:
-  domain: sip.example.test
-  username: alice
-  authentication: {{type: credentials, passwordSecretRef: {{name: alice-sip}}}}
-"""
+SECURITY = (f"{{connections: {{perSource: {PER_SOURCE}, total: 200, messageSeconds: {MESSAGE_SECONDS}, "
+            f"handshakeSeconds: {HANDSHAKE_SECONDS}}}}}")
 
 OPTIONS = (
     b"OPTIONS sip:sip.example.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.3:5061;branch=z9hG4bK-early\r\n"
@@ -64,9 +42,7 @@ OPTIONS = (
 
 @pytest.fixture
 def registrar(tmp_path: Path) -> Iterator[RunningRegistrar]:
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    (manifests / "sip.yaml").write_text(MANIFESTS)
+    manifests = one_domain_manifests(tmp_path / "manifests.yaml", SECURITY, "alice", "alice-secret-1")
     with serving(tmp_path, manifests=manifests) as running:
         yield running
 

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from registrar.sip import digest
-from tests.helpers import RunningRegistrar, serving
+from tests.helpers import RunningRegistrar, one_domain_manifests, serving
 from tests.integration.sip_client import UserAgent, status_of
 from tests.pki import CertificateAuthority
 
@@ -213,34 +213,9 @@ PER_SOURCE, HANDSHAKE_SECONDS, MESSAGE_SECONDS = 3, 1, 1
 
 
 def one_domain(tmp_path: Path, security: str) -> Path:
-    """A catalogue of sip.example.test alone, with bob, and `security` as its spec.security (YAML flow style).
-
-    manifests/ will not do: its `ip` connection trusts loopback, and its other domain allows any Origin.
-    """
-    path = tmp_path / "manifests.yaml"
-    path.write_text(f"""
-apiVersion: sipreg.io/v1alpha1
-kind: SipDomain
-metadata: {{name: sip-example-test, namespace: voip}}
-spec:
-  domain: sip.example.test
-  registration: {{enabled: true}}
-  security: {security}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: bob-sip, namespace: voip}}
-stringData: {{password: {BOB_PASSWORD}}}
----
-apiVersion: sipreg.io/v1alpha1
-kind: SipConnection
-metadata: {{name: bob, namespace: voip}}
-spec:
-  domain: sip.example.test
-  username: bob
-  authentication: {{type: credentials, passwordSecretRef: {{name: bob-sip}}}}
-""")
-    return path
+    """sip.example.test alone, with bob: manifests/ will not do (its `ip` connection trusts loopback,
+    and its other domain allows any Origin)."""
+    return one_domain_manifests(tmp_path / "manifests.yaml", security, "bob", BOB_PASSWORD)
 
 
 def test_connection_limits_and_the_handshake_deadline_apply_to_websockets(tmp_path: Path) -> None:
