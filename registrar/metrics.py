@@ -180,7 +180,7 @@ class Metrics:
             self.unreachable_contacts.labels(why)
         self.flows = Gauge(
             "sipreg_flows",
-            "Open TCP/TLS connections that carry a live registration (a phone's flow), by transport; "
+            "Open TCP/TLS/WS/WSS connections that carry a live registration (a phone's flow), by transport; "
             "sipreg_connections counts every open one.",
             ["transport"],
             registry=self.registry,
