@@ -26,7 +26,7 @@ CHECKOV := $(TOOLS)/checkov/bin/checkov
 # (tests/integration/test_websocket_sipjs.py), pinned by tests/js/package-lock.json. Needs Node.js 18+ and npm.
 JS_TESTS := tests/js
 
-.PHONY: run test unit bench venv apt bench-apt apt-install helm checkov js chart-crds chart-lint clean
+.PHONY: run test unit bench compiled venv apt bench-apt apt-install helm checkov js chart-crds chart-lint clean
 
 run: venv
 	$(VENV)/bin/sipreg serve --manifests manifests
@@ -93,14 +93,33 @@ chart-lint: helm
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" helm lint --strict charts/sipreg -f charts/sipreg/ci/hardened-values.yaml
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" helm lint --strict charts/sipreg --set etcd.tls.certificates=cert-manager
 
-test: venv apt helm checkov js
+# The SIP core as mypyc compiles it (setup.py), the form images ship: a wheel built from the working
+# tree, unpacked where PYTHONPATH puts it before the editable install. The dev venv stays pure Python.
+COMPILED := build/compiled
+COMPILED_SITE := $(COMPILED)/site
+# The suite's second pass, on the compiled form: the SIP core's own tests, and real peers through it.
+COMPILED_TESTS := tests/unit tests/integration/test_sipp_register.py tests/integration/test_calls.py
+
+compiled: $(COMPILED)/.built
+
+$(COMPILED)/.built: $(VENV)/.installed setup.py $(shell find registrar operator -name '*.py')
+	rm -rf $(COMPILED)
+	SIPREG_COMPILE=required $(PY) -m pip wheel --quiet --no-deps --wheel-dir $(COMPILED)/wheel .
+	$(PY) -m zipfile -e $(COMPILED)/wheel/sipreg-*.whl $(COMPILED_SITE)
+	touch $@
+
+test: venv apt helm checkov js compiled
 	$(PY) -m pytest -q -p no:cacheprovider
+	@echo "again on the compiled SIP core ($(COMPILED_SITE)):"
+	SIPREG_EXPECT_COMPILED=1 PYTHONPATH=$(COMPILED_SITE) $(PY) -P -m pytest -q -p no:cacheprovider \
+	  --import-mode=append $(COMPILED_TESTS)
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-bench: venv bench-apt
-	$(PY) bench/run.py
+# Measured on the form images ship: the compiled SIP core.
+bench: venv bench-apt compiled
+	PYTHONPATH=$(COMPILED_SITE) $(PY) bench/run.py
 	$(PY) bench/operator_scale.py
 	$(PY) bench/fuzz.py
 

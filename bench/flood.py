@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after PYTHONPATH, which may name the compiled build
 
 from run import DOMAIN, cpu_ticks, pinned, rss_kib, write_manifests  # noqa: E402
 

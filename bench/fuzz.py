@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after PYTHONPATH, which may name the compiled build
 
 from registrar.ratelog import exception_summary  # noqa: E402
 from tests.fuzzing import RandomDraws, ReceivePath, fuzzed_message  # noqa: E402

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after PYTHONPATH, which may name the compiled build
 
 from registrar.transport import IDLE_TIMEOUT  # noqa: E402
 from tests.helpers import free_port, start_registrar, stop_registrar  # noqa: E402

@@ -15,7 +15,9 @@ Start-up and the client cancel out of
     ((full(N2) - client(N2)) - (full(N1) - client(N1))) / (N2 - N1)
 
 Every registration is a new binding of a different user (N2 <= --users).
-Needs valgrind (Debian: apt-get install valgrind); takes a few minutes.
+Needs valgrind (Debian: apt-get install valgrind); takes a few minutes. It counts the SIP
+core the process imports: the editable install's Python, or the compiled build with
+`PYTHONPATH=build/compiled/site` (`make compiled`).
 
 With `--store etcd` the server writes to a real etcd (tests/etcd_server.py, a
 fresh one per run, etcd itself not under callgrind). Registrations then finish
@@ -46,7 +48,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after PYTHONPATH, which may name the compiled build
 
 DOMAIN = "bench.example.test"
 NONCE_SECRET = b"0123456789abcdef0123456789abcdef"
@@ -316,7 +318,10 @@ def main() -> None:
         per_registration = (
             (counts["full", args.n2] - counts["client", args.n2]) - (counts["full", args.n1] - counts["client", args.n1])
         ) / (args.n2 - args.n1)
-        print(f"{per_registration:,.0f} instructions per registration (both legs, server only, callgrind)")
+        from registrar import sip
+
+        form = "compiled SIP core" if sip.COMPILED else "pure-Python SIP core"
+        print(f"{per_registration:,.0f} instructions per registration (both legs, server only, callgrind, {form})")
         if args.store == "etcd":
             for n in (args.n1, args.n2):
                 stats = json.loads((directory / f"stats.{n}").read_text())

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after PYTHONPATH, which may name the compiled build
 
 from tests.helpers import free_port, start_registrar, stop_registrar  # noqa: E402
 from tests.integration.kamailio import (  # noqa: E402

@@ -41,7 +41,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after PYTHONPATH, which may name the compiled build
 
 from tests.etcd_server import EtcdServer  # noqa: E402
 from tests.helpers import start_registrar, stop_registrar  # noqa: E402

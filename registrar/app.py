@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from registrar import sip
 from registrar.authentication import Authenticator
 from registrar.flows import TokenSigner
 from registrar.http import make_app, start_server
@@ -283,9 +284,9 @@ class RegistrarServer:
         gc.freeze()
         self._listening = True
         log.info(
-            "sipreg: ready, serving %s with %s store",
+            "sipreg: ready, serving %s with %s store, SIP core %s",
             ", ".join(sorted(self.registrar.catalog.domains)) or "no domains",
-            config.store,
+            config.store, "compiled (mypyc)" if sip.COMPILED else "pure Python",
         )
 
     def _tls_context(self, cert: str | None, key: str | None):  # type: ignore[no-untyped-def]

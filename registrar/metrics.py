@@ -16,9 +16,10 @@ import bisect
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from registrar import sip
 from registrar.model import Catalog
 from registrar.sip.message import KNOWN_METHODS
 from registrar.sip.source import STREAM_TRANSPORTS
@@ -91,6 +92,11 @@ class Metrics:
         sources: SourceLimiter | None = None,
     ):
         self.registry = CollectorRegistry()
+        Info(
+            "sipreg_build",
+            "What this registrar runs: sip_core is `compiled` (mypyc, as images ship it) or `python`.",
+            registry=self.registry,
+        ).info({"sip_core": "compiled" if sip.COMPILED else "python"})
         self.auth_failures = Counter(
             "sipreg_auth_failures_total",
             "Failed authentications (wrong password, unknown user, address not allowed), by domain. "

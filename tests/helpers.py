@@ -15,6 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
+from registrar import sip
+
 # The domain of the tests' catalogues (manifests/ serves it too).
 DOMAIN = "sip.example.test"
 
@@ -57,6 +61,15 @@ def authorization(
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
+
+# Whether this run imports the SIP core as mypyc compiled it (setup.py; `make test` runs the unit
+# tests and a few integration tests a second time on that form, the one images ship).
+SIP_CORE_COMPILED = sip.COMPILED
+# A test that swaps a function of the SIP core to watch it being called: compiled code calls its
+# module's functions directly, so the swap would not be seen (the pure-Python pass runs these).
+pure_python_only = pytest.mark.skipif(
+    SIP_CORE_COMPILED, reason="patches a function the compiled SIP core calls directly; the pure-Python pass runs it"
+)
 # The bindings API's bearer token of the registrars tests start (it is off without one).
 API_TOKEN = "test-token-0123456789abcdef"
 
@@ -195,7 +208,9 @@ def start_registrar(
         token_file.write_text(api_token + "\n")
         token_options = ["--api-token-file", str(token_file)]
     command = [
-        *(wrapper or []), sys.executable, "-m", "registrar.cli", command_name,
+        # -P: the registrar is imported from sys.path, not from the working directory (ROOT), so that
+        # PYTHONPATH can name the compiled build (`make test`'s second pass, `make bench`).
+        *(wrapper or []), sys.executable, "-P", "-m", "registrar.cli", command_name,
         *(["--manifests", str(manifests)] if manifests else []), "--host", host,
         *(["--http-host", http_host] if http_host else []),
         "--sip-port", str(sip_port), "--tls-port", str(tls_port), "--http-port", str(http_port),
@@ -215,12 +230,21 @@ def start_registrar(
             raise RuntimeError(f"sipreg {command_name} exited with {process.returncode}:\n{registrar.log()}")
         try:
             if registrar.api("/readyz")["ready"]:
+                check_sip_core(registrar)
                 return registrar
         except OSError:
             pass  # not listening yet
         time.sleep(0.05)
     stop_registrar(registrar)
     raise RuntimeError(f"sipreg {command_name} did not become ready:\n{registrar.log()}")
+
+
+def check_sip_core(registrar: RunningRegistrar) -> None:
+    """Raise unless `registrar` runs the form of the SIP core this process imports (PYTHONPATH reaches it)."""
+    form = "compiled" if SIP_CORE_COMPILED else "python"
+    if sample_value(registrar.metrics(), "sipreg_build_info", sip_core=form) != 1:
+        stop_registrar(registrar)
+        raise RuntimeError(f"sipreg does not run the {form} SIP core that the tests import")
 
 
 def stop_registrar(registrar: RunningRegistrar) -> None:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from registrar.sip import grammar
 from registrar.sip.grammar import parse_params, parse_params_carefully
+from tests.helpers import pure_python_only
 
 _NAMES = st.sampled_from(["branch", "transport", "lr", "Tag", "rport", "received", "x-y", "", "a b", "é"])
 _VALUES = st.one_of(
@@ -36,6 +37,7 @@ def test_the_fast_paths_give_what_the_careful_parser_gives(params, leading) -> N
     assert _outcome(parse_params, text) == _outcome(parse_params_carefully, text)
 
 
+@pure_python_only
 @pytest.mark.parametrize(
     "text", [";branch=z9hG4bK-1-2", ";transport=UDP", ";lr", ";branch=z9hG4bKx;rport", "transport=tcp;lr"]
 )
@@ -44,6 +46,7 @@ def test_plain_parameters_take_the_fast_paths(text, monkeypatch) -> None:
     assert parse_params(text)
 
 
+@pure_python_only
 @pytest.mark.parametrize("text", [';tag="a b"', ";a = b", ";;a", ";a=b;", ";é=1"])
 def test_the_rest_falls_back(text, monkeypatch) -> None:
     careful = parse_params_carefully
