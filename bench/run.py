@@ -4,6 +4,8 @@ Measures, for the in-memory store:
 - authenticated REGISTERs per second (401 challenge + REGISTER with digest + 200,
   counted once) with under 1% failures, over UDP and over TCP: a ladder of
   offered rates, each held for --duration seconds, the best that passes wins;
+- past it (the `overload` phase), at 1.25, 1.5 and 2 times the best UDP rate: the 200 OKs a
+  second the registrar still sends, the registrations that fail, the datagrams shed stale;
 - p50/p99 response time of each leg at half the best UDP rate (sipp's rtt trace);
 - resident memory with --bindings bindings, and the growth per binding;
 and for the etcd store (a real etcd on loopback, data on this machine's disk):
@@ -36,6 +38,7 @@ import subprocess
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -44,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.append(str(ROOT))  # after PYTHONPATH, which may name the compiled build
 
 from tests.etcd_server import EtcdServer  # noqa: E402
-from tests.helpers import start_registrar, stop_registrar  # noqa: E402
+from tests.helpers import sample_value, start_registrar, stop_registrar  # noqa: E402
 from tests.integration.sipp import SCENARIOS, run_sipp, users_csv  # noqa: E402
 
 DOMAIN = "bench.example.test"
@@ -54,7 +57,7 @@ TASKSET = shutil.which("taskset")
 TCPDUMP = shutil.which("tcpdump")
 TARGET_LATENCY_RATE = 2500
 # What --skip and --only name; calls and calls-replicas are bench/calls.py's.
-PHASES = ["udp", "tcp", "latency", "defences", "flood", "etcd", "calls", "calls-replicas", "memory", "idle", "kamailio"]
+PHASES = ["udp", "overload", "tcp", "latency", "defences", "flood", "etcd", "calls", "calls-replicas", "memory", "idle", "kamailio"]
 # Phases that drive sipp (idle_flows.py opens its connections itself).
 SIPP_PHASES = set(PHASES) - {"idle"}
 # Of the in-memory store's best UDP rate. A rung's achieved rate is about 1% under its offered
@@ -185,6 +188,9 @@ spec:
   domain: {DOMAIN}
   registration: {{enabled: true, minExpires: 60, defaultExpires: 600, maxExpires: 3600}}
   security: {security}
+  # No NAT pings: sipp's Contacts look NATed (port 5999, not its source port) and it answers no
+  # OPTIONS, so they would be removed after three; and Kamailio beside us does not ping either.
+  keepalive: {{pingIntervalSeconds: 0}}
 """
     ]
     for user, password in credentials:
@@ -272,6 +278,53 @@ def climb(label: str, rates, duration: float, attempt, registrars) -> tuple[floa
     return best, lines
 
 
+# Past the knee: offered rates as multiples of the best one (the `overload` phase).
+OVERLOAD = (1.25, 1.5, 2.0)
+
+
+def overload_curve(registrar, workdir: Path, csv_path: Path, best: float, duration: float) -> list[str]:
+    """Offered past the best UDP rate: what is answered, what fails, what is shed, rate by rate.
+
+    What a registrar gets done is read off its own count of 200 OKs each second while sipp
+    offers (the median second): sipp's achieved rate would also count the tail of retransmissions
+    after the offer ends. A registration fails when sipp gives up on it (its retransmissions spent).
+    """
+    lines = ["udp past the best rate: offered, 200 OK/s while offered (median second), failed, shed stale"]
+    print(lines[0], flush=True)
+    for factor in OVERLOAD:
+        rate = round(best * factor)
+        wait_idle(registrar)
+        before = scrape(registrar)
+        seconds: list[tuple[float, float]] = []
+        offering = threading.Event()
+        offering.set()
+
+        def count_answers() -> None:
+            while offering.is_set():
+                seconds.append((time.monotonic(), answered_registrations(registrar)))
+                time.sleep(1)
+
+        sampler = threading.Thread(target=count_answers)
+        sampler.start()
+        try:
+            run, _ = register_run(registrar, workdir, csv_path, "udp", rate, int(rate * duration))
+        finally:
+            offering.clear()
+            sampler.join()
+        after = scrape(registrar)
+        # The seconds of the offer, less the first (sipp starting): (count, time) differences.
+        per_second = [(b - a) / (t2 - t1) for (t1, a), (t2, b) in zip(seconds, seconds[1:])][1 : int(duration)]
+        answered = statistics.median(per_second) if per_second else 0.0
+        total = run.successful + run.failed
+        shed = counter(after, "sipreg_udp_stale_shed_total") - counter(before, "sipreg_udp_stale_shed_total")
+        lines.append(
+            f"  udp offered {rate:>6}/s ({factor:.2f}x): {answered:>6,.0f} 200 OK/s, {run.failed:>5} failed "
+            f"({run.failed / total if total else 1:.1%}), {shed:>7,.0f} datagrams shed"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
 def latencies(workdir: Path) -> dict[str, tuple[float, float, int]]:
     """p50/p99 (ms) per rtd from sipp's rtt trace files."""
     samples: dict[str, list[float]] = {}
@@ -302,6 +355,11 @@ def histogram(metrics: str, name: str, selector: str = "") -> dict[float, float]
             bound = line.split('le="')[1].split('"')[0]
             buckets[float(bound)] = float(line.split()[-1])
     return buckets
+
+
+def answered_registrations(registrar) -> float:
+    """The 200 OKs the registrar has sent to REGISTERs so far."""
+    return sample_value(scrape(registrar), "sipreg_registrations_total", domain=DOMAIN, status="200") or 0.0
 
 
 def counter(metrics: str, name: str) -> float:
@@ -545,6 +603,8 @@ def main() -> int:
                 best[transport], lines = ladder(registrar, tmp_path, throughput_csv, transport, args.duration)
                 report += lines
                 report.append(f"{transport}: {best[transport]:,.0f} authenticated REGISTER/s with < 1% failures")
+                if transport == "udp" and "overload" not in args.skip and best["udp"]:
+                    report += overload_curve(registrar, tmp_path, throughput_csv, best["udp"], args.duration)
                 if transport == "udp" and "latency" not in args.skip and best["udp"]:
                     # At half the best rate (the figure asked for) and at 2,500/s (the target's rate).
                     for rate in sorted({round(best["udp"] / 2), TARGET_LATENCY_RATE}):

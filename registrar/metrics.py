@@ -164,6 +164,12 @@ class Metrics:
             "Retransmitted requests answered from the transaction table.",
             registry=self.registry,
         )
+        self.udp_stale_shed = Counter(
+            "sipreg_udp_stale_shed_total",
+            "UDP datagrams shed unread: they waited in the socket buffer longer than an answer could still "
+            "beat the sender's retransmission (overload; their senders retransmit).",
+            registry=self.registry,
+        )
         self.stun_messages = Counter(
             "sipreg_stun_messages_total",
             "STUN messages on the UDP SIP port (RFC 5626 keep-alives), by result: answered (a Binding "

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Awaitable, Callable
 
@@ -101,7 +102,7 @@ class SipEndpoint:
         # reuse one, or a stale binding would send another UA's calls down a new connection.
         self._flow_prefix = os.urandom(3).hex()
         # Our UDP socket, which the proxy sends from: the one we listen on (`use_udp`).
-        self.udp: asyncio.DatagramTransport | None = None
+        self.udp: UdpListener | None = None
         # Connections we opened, by (transport, host, port), reused for every later request there.
         self._outgoing: dict[tuple[str, str, int], str] = {}
         self._connecting: dict[tuple[str, str, int], asyncio.Future[str]] = {}
@@ -271,7 +272,7 @@ class SipEndpoint:
                 break
         return via
 
-    def use_udp(self, socket: asyncio.DatagramTransport) -> None:
+    def use_udp(self, socket: UdpListener) -> None:
         """The UDP socket we listen on is the one the proxy sends from (its Via names that port)."""
         self.udp = socket
 
@@ -453,27 +454,103 @@ class Flow:
             self.writer.write(data)
 
 
-class UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, endpoint: SipEndpoint):
+# A UDP listener's kernel receive buffer. The default (~208 KiB, some 500 REGISTERs)
+# overflows in a 50 ms stall at 5,000 registrations/s; what overflows is dropped,
+# comes back as retransmissions 500 ms later, and the extra load feeds on itself
+# (measured: a collapse at 3,000/s offered that TCP, with backpressure, did not
+# show). Kamailio sizes its buffer up for the same reason. The kernel caps the
+# request at net.core.rmem_max (raise that sysctl to get the full size).
+UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
+# How long a datagram may wait in that buffer and still be read (UdpListener): an answer
+# sent then still beats the sender's first retransmission (T1, 500 ms) with room to spare.
+UDP_MAX_WAIT = 0.4
+# Datagrams read per wakeup of the event loop, at most.
+UDP_BATCH = 64
+UDP_MAX_DATAGRAM = 65_535
+# SO_TIMESTAMPNS (Linux, asm-generic/socket.h; Python names no constant for it): each datagram
+# comes with its receive time as a struct timespec (two longs) in an SCM_TIMESTAMPNS message.
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@ll")
+_TIMESTAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+
+
+class UdpListener:
+    """The UDP socket we listen and send on, read with the kernel's receive time of each datagram.
+
+    A datagram that waited in the socket buffer longer than `max_wait` is shed
+    unread. Offered more than it can answer, a registrar that answers in arrival
+    order answers each request later than the last, soon later than its sender's
+    first retransmission (T1, 500 ms): its answers then cross retransmissions that
+    cost work again, the queue grows without bound, and registrations fail
+    (measured: 2-17% of them at 1.2 to 1.6 times the best rate). Shedding the stale
+    costs a clock comparison each and keeps what is answered answered in time; the
+    senders of the rest retransmit, with backoff, as over a lossy network, and get
+    through (measured: none failed). A burst shorter than `max_wait` is still
+    absorbed whole by the buffer.
+    """
+
+    def __init__(self, sock: socket.socket, endpoint: SipEndpoint, max_wait: float = UDP_MAX_WAIT):
+        self.sock = sock
         self.endpoint = endpoint
-        self.transport: asyncio.DatagramTransport | None = None
+        self.max_wait = max_wait
+        # Without kernel timestamps (not Linux), nothing is known to be stale: nothing is shed.
+        self._timestamped = _enable_receive_timestamps(sock)
+        self._shed = endpoint.metrics.udp_stale_shed
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def _readable(self) -> None:
+        # A bounded batch per wakeup, so a flood on UDP cannot starve the connections and timers.
+        sock, receive, now = self.sock, self.endpoint.receive, time.time
+        for _ in range(UDP_BATCH):
+            try:
+                data, ancillary, _, addr = sock.recvmsg(UDP_MAX_DATAGRAM, _TIMESTAMP_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # an ICMP error queued on the socket: the listener goes on
+                log.debug("udp receive error: %s", error)
+                continue
+            if ancillary and self._timestamped:
+                seconds, nanoseconds = _TIMESPEC.unpack_from(ancillary[0][2])
+                if now() - (seconds + nanoseconds * 1e-9) > self.max_wait:
+                    self._shed.inc()
+                    continue
+            if data in (b"\r\n\r\n", b"\r\n", b"\x00\x00\x00\x00"):
+                continue  # NAT keep-alives on UDP need no answer
+            reply = self._replier(addr)
+            if stun.looks_like_stun(data):
+                self.endpoint.receive_stun(data, addr[0], addr[1], reply)
+            else:
+                receive(data, Source("udp", addr[0], addr[1]), reply)
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
-        if data in (b"\r\n\r\n", b"\r\n", b"\x00\x00\x00\x00"):
-            return  # NAT keep-alives on UDP need no answer
-        transport = self.transport
-        assert transport is not None
-        if stun.looks_like_stun(data):
-            self.endpoint.receive_stun(data, addr[0], addr[1], lambda out: transport.sendto(out, addr))
-            return
-        self.endpoint.receive(data, Source("udp", addr[0], addr[1]), lambda out: transport.sendto(out, addr))
+    def _replier(self, addr: tuple) -> Reply:
+        def reply(data: bytes) -> None:
+            try:
+                self.sendto(data, addr)
+            except OSError as error:  # an address we cannot send to: the answer is lost, as on the wire
+                log.debug("udp answer to %s:%d not sent: %s", addr[0], addr[1], error)
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (port unreachable after a UA went away) must not stop the listener.
-        log.debug("udp error: %s", exc)
+        return reply
+
+    def sendto(self, data: bytes, addr: tuple) -> None:
+        """Send one datagram now; raises OSError. A full send buffer drops it, as the network would."""
+        try:
+            self.sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            log.debug("udp send buffer full: a datagram to %s:%d dropped", addr[0], addr[1])
+
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+
+def _enable_receive_timestamps(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
 
 
 class StreamProtocol(asyncio.Protocol):
@@ -580,16 +657,7 @@ class StreamProtocol(asyncio.Protocol):
             self._counted = None
 
 
-# A UDP listener's kernel receive buffer. The default (~208 KiB, some 500 REGISTERs)
-# overflows in a 50 ms stall at 5,000 registrations/s; what overflows is dropped,
-# comes back as retransmissions 500 ms later, and the extra load feeds on itself
-# (measured: a collapse at 3,000/s offered that TCP, with backpressure, did not
-# show). Kamailio sizes its buffer up for the same reason. The kernel caps the
-# request at net.core.rmem_max (raise that sysctl to get the full size).
-UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
-
-
-async def listen_udp(endpoint: SipEndpoint, host: str, port: int) -> tuple[asyncio.DatagramTransport, int]:
+async def listen_udp(endpoint: SipEndpoint, host: str, port: int) -> tuple[UdpListener, int]:
     """A UDP listener, and the receive buffer size the kernel granted (bytes)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -597,13 +665,12 @@ async def listen_udp(endpoint: SipEndpoint, host: str, port: int) -> tuple[async
         sock.bind((host, port))
         sock.setblocking(False)
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(endpoint), sock=sock)
+        listener = UdpListener(sock, endpoint)
     except BaseException:
         sock.close()
         raise
-    endpoint.use_udp(transport)
-    return transport, granted
+    endpoint.use_udp(listener)
+    return listener, granted
 
 
 async def listen_stream(
