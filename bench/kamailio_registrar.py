@@ -1,7 +1,8 @@
 """The `kamailio` bench phase: sipreg and Kamailio (Debian's, 5.6) as registrars, side by side, same sipp scenario and users.
 
 Both get the same authenticated REGISTER (REGISTER, 401, REGISTER with digest qop=auth,
-200) over UDP from one sipp socket, the same users and passwords, the registrar pinned
+200) over UDP from one sipp socket, then over TCP on one sipp connection, the same users
+and passwords, the registrar pinned
 to core 0 and sipp to core 1. Printed: CPU per authenticated registration at fixed
 offered rates (the whole process tree's utime + stime from /proc, read before and after
 the run: sipreg is one process, Kamailio a main process and its workers), and the best
@@ -13,7 +14,8 @@ from a db_text file the bench writes: a hash lookup per request, as sipreg's cat
 the authentication user checked against the To user, bindings in memory (`usrloc`
 db_mode 0) saved by `registrar`, the source address kept as the Contact's `received`
 (`nathelper`'s fix_nated_register), the same expiry bounds and Contacts per user, four
-UDP workers. There is no database on the path of a request.
+UDP and four TCP workers (one connection is served by one of them). There is no database
+on the path of a request.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ HOST = "127.0.0.1"
 # is the cost of a registration, not of a backlog: 2,000/s is under both limits here, 4,000/s near sipreg's
 # (a rate a registrar did not hold is marked so in the table).
 FIXED_RATES = (2000, 4000)
-# Kamailio's UDP workers: children=4, as a small deployment runs it.
+TRANSPORTS = ("udp", "tcp")
+# Kamailio's UDP workers and TCP workers: 4 of each, as a small deployment runs it.
 CHILDREN = 4
 
 CONFIG = """#!KAMAILIO
@@ -47,9 +50,10 @@ debug=1
 log_stderror=yes
 children={children}
 auto_aliases=no
-# UDP only: the comparison is over UDP, and idle TCP workers would only add processes to read.
-disable_tcp=yes
+# UDP and TCP on one port, as sipreg listens; the TCP comparison runs over one connection (sipp t1).
 listen=udp:{host}:{port}
+listen=tcp:{host}:{port}
+tcp_children={children}
 mpath="{modules}"
 loadmodule "db_text.so"
 loadmodule "sl.so"
@@ -163,30 +167,32 @@ def check_registers(server, workdir: Path, user: tuple[str, str], name: str) -> 
         raise RuntimeError(f"{name} accepted a REGISTER of {user[0]} with a wrong password:\n{wrong.messages[-3000:]}")
 
 
-def measure(server, name: str, workdir: Path, csv_path: Path, users: int, duration: float, ladder_too: bool):
-    """CPU per registration at each of FIXED_RATES, then (if `ladder_too`) the best rate.
+def measure(
+    server, name: str, workdir: Path, csv_path: Path, users: int, duration: float, transport: str, ladder_too: bool
+):
+    """CPU per registration over `transport` at each of FIXED_RATES, then (if `ladder_too`) the best rate.
 
     Returns (cpu, best, floor, lines); `floor` when the best was the ladder's top rung, held: then the limit is higher."""
     cpu: dict[int, tuple[float, bool]] = {}
     lines = []
     # Every user registered once, unmeasured: what follows are refreshes of existing bindings, a
     # registrar's steady load, in the same state for both (else the first rate alone pays the inserts).
-    register_run(server, workdir, csv_path, "udp", FIXED_RATES[0], users)
+    register_run(server, workdir, csv_path, transport, FIXED_RATES[0], users)
     for rate in FIXED_RATES:
-        microseconds, run, achieved = cpu_per_registration(server, workdir, csv_path, rate, duration)
+        microseconds, run, achieved = cpu_per_registration(server, workdir, csv_path, rate, duration, transport)
         total = run.successful + run.failed
         held = total > 0 and run.failed / total < 0.01 and achieved >= rate * 0.9
         cpu[rate] = (microseconds, held)
         lines.append(
-            f"  {name} at {rate:,}/s: {microseconds:,.0f} µs CPU per registration "
+            f"  {name} {transport} at {rate:,}/s: {microseconds:,.0f} µs CPU per registration "
             f"({run.successful} ok, {run.failed} failed, {achieved:,.0f}/s achieved){'' if held else '  <- not held'}"
         )
         print(lines[-1], flush=True)
     best, floor = None, False
     if ladder_too:
-        print(f"{name}: authenticated REGISTERs per second over udp", flush=True)
-        best, rungs = ladder(server, workdir, csv_path, "udp", duration)
-        lines += [line.replace("  udp offered", f"  {name} udp offered") for line in rungs]
+        print(f"{name}: authenticated REGISTERs per second over {transport}", flush=True)
+        best, rungs = ladder(server, workdir, csv_path, transport, duration)
+        lines += [line.replace(f"  {transport} offered", f"  {name} {transport} offered") for line in rungs]
         if "over the limit" not in rungs[-1]:
             lines.append(f"  {name} held the ladder's top rung ({LADDER[-1]:,}/s): its limit is higher, or sipp's")
             floor = True
@@ -194,13 +200,19 @@ def measure(server, name: str, workdir: Path, csv_path: Path, users: int, durati
 
 
 def kamailio_phase(
-    tmp_path: Path, users: list[tuple[str, str]], csv_path: Path, duration: float, sipreg_best: float | None
+    tmp_path: Path, users: list[tuple[str, str]], csv_path: Path, duration: float, sipreg_best: dict[str, float]
 ) -> list[str]:
-    """The side-by-side table. sipreg's best UDP rate comes from the `udp` phase when it ran, else it is climbed here."""
+    """The side-by-side tables, UDP then TCP. sipreg's best rate over a transport comes from run.py's ladder
+    when that ran (`sipreg_best`), else it is climbed here."""
     if KAMAILIO is None:
         return ["kamailio: not installed (`make bench` installs Debian's kamailio), no side-by-side figures"]
     version = kamailio_version()
-    report = [f"sipreg and {version} as registrars: authenticated REGISTER over UDP, same sipp scenario and users"]
+    report = [
+        f"sipreg and {version} as registrars: authenticated REGISTER over UDP and over TCP (one connection), "
+        "same sipp scenario and users"
+    ]
+    sipreg: dict[str, tuple] = {}
+    kamailio: dict[str, tuple] = {}
 
     print("kamailio phase: sipreg (memory store)", flush=True)
     registrar = start_registrar(
@@ -208,49 +220,61 @@ def kamailio_phase(
     )
     try:
         check_registers(registrar, tmp_path, users[0], "sipreg")
-        sipreg_cpu, climbed, sipreg_floor, lines = measure(
-            registrar, "sipreg", tmp_path, csv_path, len(users), duration, sipreg_best is None
-        )
+        for transport in TRANSPORTS:
+            cpu, climbed, floor, lines = measure(
+                registrar, "sipreg", tmp_path, csv_path, len(users), duration, transport, transport not in sipreg_best
+            )
+            sipreg[transport] = (cpu, sipreg_best.get(transport, climbed), floor)
+            report += lines
     finally:
         stop_registrar(registrar)
-    report += lines
-    sipreg_best = sipreg_best if sipreg_best is not None else climbed
 
-    print(f"kamailio phase: {version}, {CHILDREN} UDP workers", flush=True)
+    print(f"kamailio phase: {version}, {CHILDREN} UDP and {CHILDREN} TCP workers", flush=True)
     workdir = tmp_path / "kamailio"
-    kamailio = start_kamailio_registrar(workdir, users)
+    server = start_kamailio_registrar(workdir, users)
     try:
-        check_registers(kamailio, workdir, users[0], "kamailio")
-        kamailio_cpu, kamailio_best, kamailio_floor, lines = measure(
-            kamailio, "kamailio", workdir, csv_path, len(users), duration, True
-        )
+        check_registers(server, workdir, users[0], "kamailio")
+        for transport in TRANSPORTS:
+            cpu, best, floor, lines = measure(server, "kamailio", workdir, csv_path, len(users), duration, transport, True)
+            kamailio[transport] = (cpu, best, floor)
+            report += lines
     finally:
-        stop_kamailio(kamailio.process)
-    report += lines
+        stop_kamailio(server.process)
 
-    report += [
+    for transport in TRANSPORTS:
+        report += comparison(transport, sipreg[transport], kamailio[transport])
+    return report
+
+
+def comparison(transport: str, ours: tuple, theirs: tuple) -> list[str]:
+    """One transport's table: CPU per registration at each fixed rate, and the best rates, with the ratios."""
+    (our_cpu, our_best, our_floor), (their_cpu, their_best, their_floor) = ours, theirs
+    lines = [
         "",
-        f"{'offered rate':>14} | {'sipreg µs/registration':>22} | {'kamailio µs/registration':>24} | sipreg/kamailio",
+        f"{transport}: {'offered rate':>14} | {'sipreg µs/registration':>22} | {'kamailio µs/registration':>24} | "
+        "sipreg/kamailio",
     ]
     for rate in FIXED_RATES:
-        (ours, ours_held), (theirs, theirs_held) = sipreg_cpu[rate], kamailio_cpu[rate]
-        note = "" if ours_held and theirs_held else "  (not held by both: " + ", ".join(
-            name for name, held in (("sipreg", ours_held), ("kamailio", theirs_held)) if not held
+        (mine, mine_held), (its, its_held) = our_cpu[rate], their_cpu[rate]
+        note = "" if mine_held and its_held else "  (not held by both: " + ", ".join(
+            name for name, held in (("sipreg", mine_held), ("kamailio", its_held)) if not held
         ) + " failed it)"
-        report.append(f"{rate:>12,}/s | {ours:>22,.0f} | {theirs:>24,.0f} | {ours / theirs:>14.2f}x{note}")
-    if sipreg_best and kamailio_best:
+        lines.append(
+            f"{transport}: {rate:>12,}/s | {mine:>22,.0f} | {its:>24,.0f} | {mine / its:>14.2f}x{note}"
+        )
+    if our_best and their_best:
         # A best at the ladder's top rung is a floor: ">= N", and the ratio is then bounded, not measured.
-        ratio = f"{sipreg_best / kamailio_best:.2f}"
-        if sipreg_floor != kamailio_floor:
-            ratio = (">= " if sipreg_floor else "<= ") + ratio
-        elif sipreg_floor:
+        ratio = f"{our_best / their_best:.2f}"
+        if our_floor != their_floor:
+            ratio = (">= " if our_floor else "<= ") + ratio
+        elif our_floor:
             ratio = "unknown (both held the top rung)"
-        report.append(
-            f"best authenticated REGISTER/s over udp with < 1% failures: sipreg {'>= ' * sipreg_floor}"
-            f"{sipreg_best:,.0f}/s, kamailio {'>= ' * kamailio_floor}{kamailio_best:,.0f}/s, sipreg/kamailio {ratio}"
+        lines.append(
+            f"{transport}: best authenticated REGISTER/s with < 1% failures: sipreg {'>= ' * our_floor}"
+            f"{our_best:,.0f}/s, kamailio {'>= ' * their_floor}{their_best:,.0f}/s, sipreg/kamailio {ratio}"
         )
     else:
-        report.append(
-            f"best authenticated REGISTER/s over udp: sipreg {sipreg_best or 0:,.0f}/s, kamailio {kamailio_best or 0:,.0f}/s"
+        lines.append(
+            f"{transport}: best authenticated REGISTER/s: sipreg {our_best or 0:,.0f}/s, kamailio {their_best or 0:,.0f}/s"
         )
-    return report
+    return lines

@@ -456,12 +456,14 @@ def tree_cpu_ticks(pid: int) -> int:
     return total
 
 
-def cpu_per_registration(registrar, workdir: Path, csv_path: Path, rate: float, duration: float):
-    """Offer `rate` authenticated REGISTERs/s over UDP for `duration` s: (µs of the registrar's CPU per
-    successful registration, over its whole process tree; the sipp run; its achieved rate)."""
+def cpu_per_registration(
+    registrar, workdir: Path, csv_path: Path, rate: float, duration: float, transport: str = "udp"
+):
+    """Offer `rate` authenticated REGISTERs/s over `transport` for `duration` s: (µs of the registrar's CPU
+    per successful registration, over its whole process tree; the sipp run; its achieved rate)."""
     wait_idle(registrar)
     before = tree_cpu_ticks(registrar.process.pid)
-    run, elapsed = register_run(registrar, workdir, csv_path, "udp", rate, int(rate * duration))
+    run, elapsed = register_run(registrar, workdir, csv_path, transport, rate, int(rate * duration))
     ticks = tree_cpu_ticks(registrar.process.pid) - before
     microseconds = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(run.successful, 1)
     return microseconds, run, run.successful / (run.elapsed or elapsed)
@@ -643,7 +645,7 @@ def main() -> int:
         if "kamailio" not in args.skip:
             from kamailio_registrar import kamailio_phase
 
-            report += kamailio_phase(tmp_path, users, throughput_csv, args.duration, best.get("udp"))
+            report += kamailio_phase(tmp_path, users, throughput_csv, args.duration, best)
 
     print()
     print("\n".join(report))

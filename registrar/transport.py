@@ -11,6 +11,7 @@ response when one can be formed, and is dropped otherwise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -18,7 +19,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from registrar import stun
 from registrar.eager import start_eagerly
@@ -438,7 +439,7 @@ class Flow:
     registrar.websocket.FrameWriter): write, close, abort, is_closing.
     """
 
-    __slots__ = ("id", "transport", "writer", "peer", "last_activity", "keep_until", "message_started")
+    __slots__ = ("id", "transport", "writer", "peer", "last_activity", "keep_until", "message_started", "_held")
 
     def __init__(self, flow_id: str, transport: str, writer: asyncio.Transport, peer: tuple[str, int], now: float):
         self.id = flow_id
@@ -448,10 +449,27 @@ class Flow:
         self.last_activity = now
         self.keep_until = 0.0
         self.message_started: float | None = None  # when the part of a message it holds began
+        # Answers held back while one read's messages are handled (`holding`), to go in one write.
+        self._held: list[bytes] | None = None
 
     def send(self, data: bytes) -> None:
-        if not self.writer.is_closing():
+        if self._held is not None:
+            self._held.append(data)
+        elif not self.writer.is_closing():
             self.writer.write(data)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Hold what is sent in the block and write it at the end in one go: the answers to the
+        several messages one read of a busy connection brings cost one system call, not one each.
+        Only a byte stream may do this (a WebSocket sends each message in a frame of its own)."""
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            if held and not self.writer.is_closing():
+                self.writer.write(b"".join(held))
 
 
 # A UDP listener's kernel receive buffer. The default (~208 KiB, some 500 REGISTERs)
@@ -638,12 +656,19 @@ class StreamProtocol(asyncio.Protocol):
                 self.endpoint.message_begun(flow, now)  # a new message: what came before was framed
         elif flow.message_started is not None:
             self.endpoint.message_ended(flow)
-        for event in events:
-            if isinstance(event, KeepAlive):
-                if event.wants_pong:
-                    self.endpoint.pong(flow)
-            else:
-                self.endpoint.receive(event, source, flow.send)
+        if len(events) > 1:
+            with flow.holding():
+                for event in events:
+                    self._handle(event, flow, source)
+        elif events:  # the usual read: one message, answered at once
+            self._handle(events[0], flow, source)
+
+    def _handle(self, event: KeepAlive | bytes, flow: Flow, source: Source) -> None:
+        if isinstance(event, KeepAlive):
+            if event.wants_pong:
+                self.endpoint.pong(flow)
+        else:
+            self.endpoint.receive(event, source, flow.send)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.flow is not None:

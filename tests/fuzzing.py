@@ -415,6 +415,10 @@ class StreamConnection:
     def close(self) -> None:
         self.closed = True
 
+    def answers(self) -> list[bytes]:
+        """The SIP messages written, framed as the peer reads the stream: several may share a write."""
+        return [event for event in StreamFramer().feed(b"".join(self.written)) if isinstance(event, bytes)]
+
 
 class _Tracebacks(logging.Handler):
     """The log records of the registrar that carry a traceback."""
@@ -538,9 +542,8 @@ class ReceivePath:
     def _check_stream(self, data: bytes) -> None:
         """The message on a TCP connection, in two pieces: answered as a datagram is; closed only if unframeable."""
         connection = self.receive_stream(data[: len(data) // 2], data[len(data) // 2 :])
-        for answer in connection.written:
-            if answer != b"\r\n":  # the pong to a keep-alive ping
-                _check_response_bytes(answer)
+        for answer in connection.answers():
+            _check_response_bytes(answer)
         try:
             StreamFramer().feed(data)
             framing_lost = False

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from registrar.metrics import Metrics
 from registrar.model import ConnectionLimits, SecurityPolicy, SourceLimits
+from registrar.sip.message import StreamFramer
 from registrar.sip.source import Source
 from registrar.service import SipService
 from registrar.source_limits import SourceLimiter
@@ -268,3 +269,18 @@ def test_a_source_banned_for_flooding_loses_its_connections_and_gets_no_new_one(
     assert len(writer.written) == 1 and writer.aborted
     assert not table.admit_connection("tcp", "192.0.2.9") and refused(table, "banned") == 1
     assert table.admit_connection("tcp", "192.0.2.10")
+
+
+def test_the_answers_to_the_messages_of_one_read_go_in_one_write_and_a_lone_message_is_answered_at_once() -> None:
+    table = endpoint(FakeClock())
+    protocol, writer = accepted_protocol(table)
+    protocol.data_received(OPTIONS)
+    assert len(writer.written) == 1 and writer.written[0].startswith(b"SIP/2.0 200 OK")
+    # A busy connection: three requests and a keep-alive ping arrive in one read.
+    protocol.data_received(OPTIONS + b"\r\n\r\n" + OPTIONS.replace(b"Call-ID: ", b"Call-ID: 2") + OPTIONS)
+    assert len(writer.written) == 2
+    answers = [event for event in StreamFramer().feed(writer.written[1]) if isinstance(event, bytes)]
+    assert [answer.split(b"\r\n", 1)[0] for answer in answers] == [b"SIP/2.0 200 OK"] * 3
+    assert [answer.split(b"Call-ID: ")[1].split(b"\r\n")[0] for answer in answers] == [b"deadline", b"2deadline", b"deadline"]
+    assert b"\r\n\r\n\r\nSIP/2.0 200 OK" in writer.written[1]  # the pong, between the first answer and the second
+    assert table.metrics.registry.get_sample_value("sipreg_crlf_keepalives_total", {"transport": "tcp"}) == 1

@@ -97,7 +97,7 @@ def test_a_control_character_in_a_header_is_400_and_not_echoed(path: ReceivePath
 def test_a_bad_message_on_a_connection_gets_its_400_and_the_connection_carries_on(path: ReceivePath) -> None:
     connection = path.receive_stream(VIA_PROBE + options(), options("opt-2"))
     assert not connection.closed
-    assert [(answer(data).status, answer(data).call_id) for data in connection.written] == [
+    assert [(answer(data).status, answer(data).call_id) for data in connection.answers()] == [
         (400, "probe"), (200, "opt-1"), (200, "opt-2")
     ]
 
@@ -105,7 +105,7 @@ def test_a_bad_message_on_a_connection_gets_its_400_and_the_connection_carries_o
 def test_a_stream_that_cannot_be_framed_is_answered_and_closed(path: ReceivePath) -> None:
     connection = path.receive_stream(options().replace(b"Content-Length: 0", b"Content-Length: zero"))
     assert connection.closed
-    assert [(answer(data).status, answer(data).reason) for data in connection.written] == [(400, "Bad Content-Length")]
+    assert [(answer(data).status, answer(data).reason) for data in connection.answers()] == [(400, "Bad Content-Length")]
 
 
 def test_a_folded_header_too_long_to_send_in_one_line_is_400(path: ReceivePath) -> None:
