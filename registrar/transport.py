@@ -479,9 +479,14 @@ class Flow:
 # show). Kamailio sizes its buffer up for the same reason. The kernel caps the
 # request at net.core.rmem_max (raise that sysctl to get the full size).
 UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
-# How long a datagram may wait in that buffer and still be read (UdpListener): an answer
-# sent then still beats the sender's first retransmission (T1, 500 ms) with room to spare.
+# How long a datagram may wait in that buffer and still be read once a queue stands
+# (UdpListener): an answer sent then still beats the sender's first retransmission (T1, 500 ms).
 UDP_MAX_WAIT = 0.4
+# A queue stands when, over a whole interval, even the datagram that waited least waited
+# longer than this (CoDel's test): a stall leaves a backlog that drains to nothing, a
+# load beyond what the registrar can answer leaves one that does not.
+UDP_STANDING_WAIT = 0.05
+UDP_STANDING_INTERVAL = 0.5
 # Datagrams read per wakeup of the event loop, at most.
 UDP_BATCH = 64
 UDP_MAX_DATAGRAM = 65_535
@@ -495,22 +500,33 @@ _TIMESTAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 class UdpListener:
     """The UDP socket we listen and send on, read with the kernel's receive time of each datagram.
 
-    A datagram that waited in the socket buffer longer than `max_wait` is shed
-    unread. Offered more than it can answer, a registrar that answers in arrival
-    order answers each request later than the last, soon later than its sender's
-    first retransmission (T1, 500 ms): its answers then cross retransmissions that
-    cost work again, the queue grows without bound, and registrations fail
-    (measured: 2-17% of them at 1.2 to 1.6 times the best rate). Shedding the stale
-    costs a clock comparison each and keeps what is answered answered in time; the
-    senders of the rest retransmit, with backoff, as over a lossy network, and get
-    through (measured: none failed). A burst shorter than `max_wait` is still
-    absorbed whole by the buffer.
+    While a queue stands in the socket buffer, a datagram that waited longer than
+    `max_wait` is shed unread. Offered more than it can answer, a registrar that
+    answers in arrival order answers each request later than the last, soon later
+    than its sender's first retransmission (T1, 500 ms): its answers then cross
+    retransmissions that cost work again, the queue grows without bound, and
+    registrations fail (measured: 2-17% of them at 1.2 to 1.6 times the best rate).
+    Shedding the stale costs a clock comparison each and keeps what is answered
+    answered in time; the senders of the rest retransmit, with backoff, as over a
+    lossy network, and get through (measured: none failed). A stall (a slow moment
+    of the machine) leaves a backlog that the registrar then works off: that is
+    answered in full, late, as the buffer is there to absorb it; shedding it would
+    turn a late answer into a retransmission and a later one.
     """
 
-    def __init__(self, sock: socket.socket, endpoint: SipEndpoint, max_wait: float = UDP_MAX_WAIT):
+    def __init__(
+        self, sock: socket.socket, endpoint: SipEndpoint, max_wait: float = UDP_MAX_WAIT,
+        standing_wait: float = UDP_STANDING_WAIT, standing_interval: float = UDP_STANDING_INTERVAL,
+    ):
         self.sock = sock
         self.endpoint = endpoint
         self.max_wait = max_wait
+        self.standing_wait = standing_wait
+        self.standing_interval = standing_interval
+        # Whether the last whole interval found a standing queue, and the least wait of this one.
+        self.standing = False
+        self._interval_ends = 0.0
+        self._least_wait = float("inf")
         # Without kernel timestamps (not Linux), nothing is known to be stale: nothing is shed.
         self._timestamped = _enable_receive_timestamps(sock)
         self._shed = endpoint.metrics.udp_stale_shed
@@ -530,7 +546,7 @@ class UdpListener:
                 continue
             if ancillary and self._timestamped:
                 seconds, nanoseconds = _TIMESPEC.unpack_from(ancillary[0][2])
-                if now() - (seconds + nanoseconds * 1e-9) > self.max_wait:
+                if self._stale(now(), seconds + nanoseconds * 1e-9):
                     self._shed.inc()
                     continue
             if data in (b"\r\n\r\n", b"\r\n", b"\x00\x00\x00\x00"):
@@ -540,6 +556,18 @@ class UdpListener:
                 self.endpoint.receive_stun(data, addr[0], addr[1], reply)
             else:
                 receive(data, Source("udp", addr[0], addr[1]), reply)
+
+    def _stale(self, now: float, received: float) -> bool:
+        """Whether a datagram the kernel received at `received` is to be shed, read `now`."""
+        if now >= self._interval_ends:
+            # An interval without a datagram (inf) is an idle one: no queue stood in it.
+            self.standing = self.standing_wait < self._least_wait < float("inf")
+            self._interval_ends = now + self.standing_interval
+            self._least_wait = float("inf")
+        waited = now - received
+        if waited < self._least_wait:
+            self._least_wait = waited
+        return self.standing and waited > self.max_wait
 
     def _replier(self, addr: tuple) -> Reply:
         def reply(data: bytes) -> None:

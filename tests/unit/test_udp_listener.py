@@ -46,6 +46,8 @@ async def listening() -> AsyncIterator[Listening]:
         ServeConfig(catalog=catalog(), node="udp", nonce_secret=b"0" * 32, tls_port=None, http_port=None)
     )
     listener, _ = await listen_udp(server.endpoint, "127.0.0.1", 0)
+    # Shorter than the defaults, so that a test makes a queue stand in a second.
+    listener.max_wait, listener.standing_wait, listener.standing_interval = 0.1, 0.02, 0.2
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind(("127.0.0.1", 0))
     client.setblocking(False)
@@ -62,20 +64,45 @@ def options(call_id: str) -> bytes:
     ).encode()
 
 
-async def test_datagrams_that_waited_past_the_bound_are_shed_and_counted_and_fresh_ones_answered(
+async def test_a_stall_leaves_a_backlog_that_is_answered_in_full(listening: Listening) -> None:
+    listening.send(options("before"))
+    assert len(await listening.answers(0.3)) == 1
+    # The event loop stalls (a slow moment of the machine) while three requests wait, longer than max_wait.
+    for n in range(3):
+        listening.send(options(f"waited-{n}"))
+    time.sleep(listening.listener.max_wait + 0.1)
+    answers = await listening.answers(0.3)
+    assert sorted(answer.split(b"Call-ID: ")[1].split(b"\r\n")[0] for answer in answers) == [
+        b"waited-0", b"waited-1", b"waited-2"
+    ]
+    assert not listening.listener.standing
+    assert listening.count("sipreg_udp_stale_shed_total") == 0
+
+
+async def test_while_a_queue_stands_datagrams_that_waited_past_the_bound_are_shed_and_counted(
     listening: Listening,
 ) -> None:
-    listening.send(options("fresh-1"))
-    [first] = await listening.answers()
-    assert first.startswith(b"SIP/2.0 200 ") and b"fresh-1" in first
-
-    # The event loop stalls (as under overload) while three requests wait in the buffer.
+    listener = listening.listener
+    # More than the registrar can answer: every request waits longer than standing_wait, for
+    # longer than an interval (the stalls stand for the work ahead of each one).
+    deadline = time.monotonic() + 3 * listener.standing_interval
+    sent = answered = 0
+    while time.monotonic() < deadline:
+        listening.send(options(f"busy-{sent}"))
+        sent += 1
+        time.sleep(listener.standing_wait * 2)
+        answered += len(await listening.answers(0.01))
+    answered += len(await listening.answers(0.1))
+    assert listener.standing and answered == sent  # all answered: none waited past max_wait
+    assert listening.count("sipreg_udp_stale_shed_total") == 0
+    # Now three wait past max_wait: shed unread; the one after them is answered.
     for n in range(3):
         listening.send(options(f"stale-{n}"))
-    time.sleep(UDP_MAX_WAIT + 0.1)
-    listening.send(options("fresh-2"))  # arrives after the stall: not stale
-    [second] = await listening.answers()
-    assert second.startswith(b"SIP/2.0 200 ") and b"fresh-2" in second
+    time.sleep(listener.max_wait + 0.05)
+    listening.send(options("fresh"))
+    time.sleep(listener.standing_wait * 2)  # still standing: it too waited, if less than max_wait
+    answers = await listening.answers(0.3)
+    assert [answer.split(b"Call-ID: ")[1].split(b"\r\n")[0] for answer in answers] == [b"fresh"]
     assert listening.count("sipreg_udp_stale_shed_total") == 3
 
 
