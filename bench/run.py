@@ -296,20 +296,20 @@ def overload_curve(registrar, workdir: Path, csv_path: Path, best: float, durati
         wait_idle(registrar)
         before = scrape(registrar)
         seconds: list[tuple[float, float]] = []
-        offering = threading.Event()
-        offering.set()
+        offered = threading.Event()
 
         def count_answers() -> None:
-            while offering.is_set():
+            while True:
                 seconds.append((time.monotonic(), answered_registrations(registrar)))
-                time.sleep(1)
+                if offered.wait(1):
+                    return
 
         sampler = threading.Thread(target=count_answers)
         sampler.start()
         try:
             run, _ = register_run(registrar, workdir, csv_path, "udp", rate, int(rate * duration))
         finally:
-            offering.clear()
+            offered.set()
             sampler.join()
         after = scrape(registrar)
         # The seconds of the offer, less the first (sipp starting): (count, time) differences.

@@ -527,8 +527,10 @@ class UdpListener:
         self.standing = False
         self._interval_ends = 0.0
         self._least_wait = float("inf")
-        # Without kernel timestamps (not Linux), nothing is known to be stale: nothing is shed.
-        self._timestamped = _enable_receive_timestamps(sock)
+        # Without kernel timestamps (not Linux), datagrams come with no ancillary data and
+        # nothing is known to be stale: nothing is shed.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         self._shed = endpoint.metrics.udp_stale_shed
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
@@ -544,7 +546,7 @@ class UdpListener:
             except OSError as error:  # an ICMP error queued on the socket: the listener goes on
                 log.debug("udp receive error: %s", error)
                 continue
-            if ancillary and self._timestamped:
+            if ancillary:
                 seconds, nanoseconds = _TIMESPEC.unpack_from(ancillary[0][2])
                 if self._stale(now(), seconds + nanoseconds * 1e-9):
                     self._shed.inc()
@@ -589,14 +591,6 @@ class UdpListener:
         if self.sock.fileno() >= 0:
             self._loop.remove_reader(self.sock.fileno())
             self.sock.close()
-
-
-def _enable_receive_timestamps(sock: socket.socket) -> bool:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-    except OSError:
-        return False
-    return True
 
 
 class StreamProtocol(asyncio.Protocol):

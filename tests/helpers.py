@@ -62,13 +62,11 @@ def authorization(
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 
-# Whether this run imports the SIP core as mypyc compiled it (setup.py; `make test` runs the unit
-# tests and a few integration tests a second time on that form, the one images ship).
-SIP_CORE_COMPILED = sip.COMPILED
 # A test that swaps a function of the SIP core to watch it being called: compiled code calls its
 # module's functions directly, so the swap would not be seen (the pure-Python pass runs these).
+# (`make test` runs the unit tests and a few integration tests a second time on the compiled form.)
 pure_python_only = pytest.mark.skipif(
-    SIP_CORE_COMPILED, reason="patches a function the compiled SIP core calls directly; the pure-Python pass runs it"
+    sip.COMPILED, reason="patches a function the compiled SIP core calls directly; the pure-Python pass runs it"
 )
 # The bindings API's bearer token of the registrars tests start (it is off without one).
 API_TOKEN = "test-token-0123456789abcdef"
@@ -241,7 +239,7 @@ def start_registrar(
 
 def check_sip_core(registrar: RunningRegistrar) -> None:
     """Raise unless `registrar` runs the form of the SIP core this process imports (PYTHONPATH reaches it)."""
-    form = "compiled" if SIP_CORE_COMPILED else "python"
+    form = "compiled" if sip.COMPILED else "python"
     if sample_value(registrar.metrics(), "sipreg_build_info", sip_core=form) != 1:
         stop_registrar(registrar)
         raise RuntimeError(f"sipreg does not run the {form} SIP core that the tests import")

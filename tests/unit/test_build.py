@@ -7,7 +7,6 @@ import os
 import pkgutil
 
 import registrar.sip
-from tests.helpers import SIP_CORE_COMPILED
 
 
 def test_every_module_of_the_sip_core_is_in_the_form_this_run_expects():
@@ -20,4 +19,4 @@ def test_every_module_of_the_sip_core_is_in_the_form_this_run_expects():
     for name in ["registrar.sip", *modules]:
         module = importlib.import_module(name)
         assert module.__file__.endswith(".py") != expect_compiled, f"{name}: {module.__file__}"
-    assert SIP_CORE_COMPILED == expect_compiled
+    assert registrar.sip.COMPILED == expect_compiled
