@@ -21,10 +21,17 @@ full, not filling):
 - one `sipreg serve` with the in-memory store;
 - two replicas on one real etcd, the callees registered on replica A and every
   call placed through replica B, so every call crosses replicas;
+- Kamailio (Debian's, 5.6) doing what one registrar does: the same callees
+  register with it (digest, usrloc in memory), and it relays the same INVITEs
+  statefully (`lookup`, `record_route`, `t_relay`; kamailio_registrar.py), on
+  the same core with four UDP and four TCP workers (its workers relay a callee's
+  180 and 200 in parallel, so now and then the 180 overtakes: sipp, past the
+  200, aborts that call, a few per thousand, counted failed as any other);
 and for each, at half its best rate: the call setup time (INVITE sent to 200
 received) p50/p99 from sipp's response-time trace (whole milliseconds) and on
 the wire (tcpdump, as run.py times REGISTERs), and the CPU each registrar spent
-per call.
+per call. Last, one registrar beside Kamailio: calls/s on one core, setup p99
+and CPU per call, with the ratios.
 """
 
 from __future__ import annotations
@@ -33,13 +40,17 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
+from kamailio_registrar import start_kamailio_registrar
 from run import (
-    DOMAIN, binding_count, climb, cpu_ticks, latencies, percentile, pinned, start_capture, stop_capture, udp_packets,
-    wait_idle, write_manifests,
+    DOMAIN, binding_count, climb, latencies, percentile, pinned, start_capture, stop_capture, tree_cpu_ticks,
+    udp_packets, wait_idle, write_manifests,
 )
+from tests.integration.kamailio import KAMAILIO, kamailio_version, stop_kamailio
 from tests.etcd_server import EtcdServer
 from tests.helpers import free_port, start_registrar, stop_registrar
 from registrar.sip.transaction import TIMEOUT
@@ -73,11 +84,27 @@ def callee_scenario(workdir: Path) -> Path:
     return path
 
 
-class Callees:
-    """One sipp process that registers `users` at `registrar`, then answers the calls routed to them."""
+@dataclass
+class CallsFigures:
+    """One proxy's figures: the report's lines, and what the comparison with Kamailio reads."""
 
-    def __init__(self, registrar, workdir: Path, csv_path: Path, users: int, transport: str) -> None:
+    lines: list[str]
+    best: float = 0.0  # calls/s with < 1% failed
+    setup_p99: float | None = None  # ms, INVITE to 200: on the wire when captured, else as sipp saw it
+    cpu_per_call: list[float] = field(default_factory=list)  # ms, each registrar's, at half the best rate
+
+
+class Callees:
+    """One sipp process that registers `users` at `registrar`, then answers the calls routed to them.
+
+    `registered` counts the users the registrar has bindings of (sipreg's metric by default)."""
+
+    def __init__(
+        self, registrar, workdir: Path, csv_path: Path, users: int, transport: str,
+        registered: Callable[[], int] | None = None,
+    ) -> None:
         self.registrar = registrar
+        self.registered = registered or (lambda: binding_count(registrar))
         self.users = users
         self.port = free_port()
         self.directory = workdir / "callees"
@@ -97,7 +124,7 @@ class Callees:
 
     def wait_registered(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        while (count := binding_count(self.registrar)) < self.users:
+        while (count := self.registered()) < self.users:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 errors = self.errors.read_text(errors="replace")[-2000:] if self.errors.exists() else ""
                 raise RuntimeError(f"callees: {count} of {self.users} registered\n{errors}")
@@ -190,37 +217,40 @@ def failure_notes(sipp_run, kinds: str) -> list[str]:
 def calls_figures(
     label: str, setup: str, proxy, registrars, workdir: Path, csv_path: Path, transport: str, duration: float,
     hold: float, callees: Callees | None = None,
-) -> list[str]:
+) -> CallsFigures:
     """The ladder through `proxy`, then setup time and CPU per call at half the best rate.
 
     With `callees`, the setup time is also measured with the caller calling them directly, no proxy
     between: what the two sipps take on their own (sipp's UAS sends its 200 on a later 1 ms tick).
     """
-    lines = [f"calls, {label}: {setup}"]
+    figures = CallsFigures([f"calls, {label}: {setup}"])
+    lines = figures.lines
     print(f"calls per second, {label}: {setup}", flush=True)
 
     def attempt(rate: float, calls: int):
         sipp_run, seconds, kinds = call_run(proxy, workdir, csv_path, transport, rate, calls, hold)
         return sipp_run, seconds, failure_notes(sipp_run, kinds)
 
-    best, rungs = climb(f"calls {transport}", CALL_LADDER, duration, attempt, registrars)
+    figures.best, rungs = climb(f"calls {transport}", CALL_LADDER, duration, attempt, registrars)
     lines += rungs
-    lines.append(f"calls over {transport}, {label}: {best:,.0f} calls/s with < 1% failed calls")
+    lines.append(f"calls over {transport}, {label}: {figures.best:,.0f} calls/s with < 1% failed calls")
     print(lines[-1], flush=True)
-    if best:
-        rate = round(best / 2)
-        lines += setup_figures(label, proxy, registrars, workdir, csv_path, transport, rate, duration, hold)
+    if figures.best:
+        rate = round(figures.best / 2)
+        at_half = setup_figures(label, proxy, registrars, workdir, csv_path, transport, rate, duration, hold)
+        lines += at_half.lines
+        figures.setup_p99, figures.cpu_per_call = at_half.setup_p99, at_half.cpu_per_call
         if callees is not None:
             direct = SimpleNamespace(host=proxy.host, sip_port=callees.port)
             lines += setup_figures(
                 "sipp to sipp, no proxy", direct, [], workdir, csv_path, transport, rate, duration, hold
-            )
+            ).lines
     else:
         lines.append("  no rung passed: does the registrar proxy INVITEs yet? (sipp's errors in the line above)")
-    return lines
+    return figures
 
 
-def setup_figures(label, proxy, registrars, workdir, csv_path, transport, rate, duration, hold) -> list[str]:
+def setup_figures(label, proxy, registrars, workdir, csv_path, transport, rate, duration, hold) -> CallsFigures:
     """Call setup time (INVITE to 200) and registrar CPU per call at `rate`, after a warm-up at that rate.
 
     Setup time as sipp's response-time trace has it (whole milliseconds) and, over UDP when tcpdump
@@ -234,7 +264,8 @@ def setup_figures(label, proxy, registrars, workdir, csv_path, transport, rate, 
         for registrar in registrars:
             wait_idle(registrar)
         call_run(proxy, workdir, csv_path, transport, rate, int(rate * TRANSACTION_LIFETIME), hold)
-    before = [cpu_ticks(registrar.process.pid) for registrar in registrars]
+    # The process tree's: Kamailio is a main process and its workers.
+    before = [tree_cpu_ticks(registrar.process.pid) for registrar in registrars]
     pcap = workdir / "calls.pcap"
     capture = start_capture(pcap, proxy.sip_port) if transport == "udp" else None
     try:
@@ -243,17 +274,21 @@ def setup_figures(label, proxy, registrars, workdir, csv_path, transport, rate, 
         stop_capture(capture)
     hz = os.sysconf("SC_CLK_TCK")
     cpu = [
-        (cpu_ticks(registrar.process.pid) - ticks) / hz * 1000 / max(sipp_run.successful, 1)
+        (tree_cpu_ticks(registrar.process.pid) - ticks) / hz * 1000 / max(sipp_run.successful, 1)
         for registrar, ticks in zip(registrars, before)
     ]
-    lines = []
+    figures = CallsFigures([], cpu_per_call=cpu)
+    lines = figures.lines
     if capture is not None and (wire := wire_setup_times(pcap, proxy.sip_port)):
+        figures.setup_p99 = percentile(wire, 0.99)
         lines.append(
             f"calls at {rate:,}/s, {label}: setup (INVITE to 200) on the wire p50 {percentile(wire, 0.5):.2f} ms, "
             f"p99 {percentile(wire, 0.99):.2f} ms, max {max(wire):.1f} ms ({len(wire)} calls)"
         )
     pcap.unlink(missing_ok=True)
     for name, (p50, p99, samples) in sorted(latencies(workdir).items()):
+        if figures.setup_p99 is None and name == "setup":
+            figures.setup_p99 = p99
         lines.append(
             f"calls at {rate:,}/s, {label}: {name} (INVITE to 200) as sipp sees it (1 ms ticks) p50 {p50:.0f} ms, "
             f"p99 {p99:.0f} ms ({samples} calls, {sipp_run.failed} failed)"
@@ -266,7 +301,7 @@ def setup_figures(label, proxy, registrars, workdir, csv_path, transport, rate, 
         )
     for line in lines:
         print(line, flush=True)
-    return lines
+    return figures
 
 
 def wire_setup_times(pcap: Path, port: int) -> list[float]:
@@ -291,7 +326,9 @@ def wire_setup_times(pcap: Path, port: int) -> list[float]:
     return times
 
 
-def one_registrar(tmp_path: Path, csv_path: Path, users: int, transport: str, duration: float, hold: float):
+def one_registrar(
+    tmp_path: Path, csv_path: Path, users: int, transport: str, duration: float, hold: float
+) -> CallsFigures:
     [cpu] = registrar_cpus(1)
     registrar = start_registrar(
         tmp_path, "--log-level", "warning", manifests=tmp_path / "calls-manifests", wrapper=pinned(cpu),
@@ -311,7 +348,9 @@ def one_registrar(tmp_path: Path, csv_path: Path, users: int, transport: str, du
         stop_registrar(registrar)
 
 
-def two_replicas(tmp_path: Path, csv_path: Path, users: int, transport: str, duration: float, hold: float):
+def two_replicas(
+    tmp_path: Path, csv_path: Path, users: int, transport: str, duration: float, hold: float
+) -> CallsFigures:
     cpu_a, cpu_b = registrar_cpus(2)
     last_aor = f"{csv_path.read_text().splitlines()[users].split(';')[0]}@{DOMAIN}"
     with EtcdServer(tmp_path, name="calls") as etcd:
@@ -346,17 +385,79 @@ def two_replicas(tmp_path: Path, csv_path: Path, users: int, transport: str, dur
                     stop_registrar(registrar)
 
 
+def kamailio_proxy(
+    tmp_path: Path, credentials: list[tuple[str, str]], csv_path: Path, users: int, transport: str, duration: float,
+    hold: float,
+) -> CallsFigures:
+    """The same callees and calls through Kamailio as registrar and stateful proxy, on one registrar's core."""
+    [cpu] = registrar_cpus(1)
+    workdir = tmp_path / "kamailio-calls"
+    server = start_kamailio_registrar(workdir, credentials, proxy=True)  # pinned to core 0, as registrar_cpus(1)
+    callees = None
+    try:
+        callees = Callees(server, workdir, csv_path, users, transport, registered=server.registered_users)
+        callees.wait_registered()
+        setup = (
+            f"{kamailio_version()}, lookup + record_route + t_relay, on core {cpu} with 4 UDP and 4 TCP workers, "
+            f"sipp on core {SIPP_CPU}, {users} callees, {hold:g} s calls"
+        )
+        # No callees given: the sipp-to-sipp reference was measured with the one registrar.
+        return calls_figures("kamailio", setup, server, [server], workdir, csv_path, transport, duration, hold)
+    finally:
+        if callees is not None:
+            callees.stop()
+        stop_kamailio(server.process)
+
+
+def beside_kamailio(transport: str, ours: CallsFigures, theirs: CallsFigures) -> list[str]:
+    """One registrar's calls figures beside Kamailio's, each on one core, with the ratios sipreg/Kamailio."""
+
+    def row(what: str, mine: float | None, its: float | None, unit: str, digits: int) -> str:
+        if not mine or not its:
+            return f"calls beside kamailio, {what}: sipreg {mine or 0:,.{digits}f}{unit}, kamailio {its or 0:,.{digits}f}{unit}"
+        return (
+            f"calls beside kamailio, {what}: sipreg {mine:,.{digits}f}{unit}, kamailio {its:,.{digits}f}{unit}, "
+            f"sipreg/kamailio {mine / its:.2f}"
+        )
+
+    our_cpu = ours.cpu_per_call[0] if ours.cpu_per_call else None
+    their_cpu = theirs.cpu_per_call[0] if theirs.cpu_per_call else None
+    return [
+        "",
+        row(f"best calls/s over {transport} with < 1% failed, proxy on one core", ours.best, theirs.best, "/s", 0),
+        row("setup p99 at half of each one's best rate", ours.setup_p99, theirs.setup_p99, " ms", 2),
+        row("CPU per call at half of each one's best rate", our_cpu, their_cpu, " ms", 3),
+        # The ladder's best is also bounded by the two sipps on their one core (both proxies stop near the
+        # same rate when that binds): a core's worth of calls at the measured cost is the proxy's own limit.
+        row(
+            "calls/s a core would carry at that CPU per call", our_cpu and 1000 / our_cpu,
+            their_cpu and 1000 / their_cpu, "/s", 0,
+        ),
+    ]
+
+
 def calls_phase(
     tmp_path: Path, skip: list[str], users: int = 200, transport: str = "udp", duration: float = 10.0,
     hold: float = 1.0,
 ) -> list[str]:
-    """Both measurements (unless skipped: `calls` one registrar, `calls-replicas` two); the report's lines."""
+    """The measurements not skipped (`calls` one registrar, `calls-replicas` two, `calls-kamailio` Kamailio as
+    the proxy, beside the one registrar when both ran); the report's lines."""
     credentials = write_manifests(tmp_path / "calls-manifests", users)
     csv_path = users_csv(tmp_path / "callees.csv", credentials, DOMAIN)
     lines = []
+    one = kamailio = None
     if "calls" not in skip:
-        lines += one_registrar(tmp_path, csv_path, users, transport, duration, hold)
+        one = one_registrar(tmp_path, csv_path, users, transport, duration, hold)
+        lines += one.lines
     if "calls-replicas" not in skip:
-        lines += two_replicas(tmp_path, csv_path, users, transport, duration, hold)
+        lines += two_replicas(tmp_path, csv_path, users, transport, duration, hold).lines
+    if "calls-kamailio" not in skip:
+        if KAMAILIO is None:
+            lines.append("calls, kamailio: not installed (`make bench` installs Debian's kamailio), no figures")
+        else:
+            kamailio = kamailio_proxy(tmp_path, credentials, csv_path, users, transport, duration, hold)
+            lines += kamailio.lines
+    if one is not None and kamailio is not None:
+        lines += beside_kamailio(transport, one, kamailio)
     return lines
 

@@ -57,7 +57,10 @@ TASKSET = shutil.which("taskset")
 TCPDUMP = shutil.which("tcpdump")
 TARGET_LATENCY_RATE = 2500
 # What --skip and --only name; calls and calls-replicas are bench/calls.py's.
-PHASES = ["udp", "overload", "tcp", "latency", "defences", "flood", "etcd", "calls", "calls-replicas", "memory", "idle", "kamailio"]
+PHASES = [
+    "udp", "overload", "tcp", "latency", "defences", "flood", "etcd", "calls", "calls-replicas", "calls-kamailio",
+    "memory", "idle", "kamailio",
+]
 # Phases that drive sipp (idle_flows.py opens its connections itself).
 SIPP_PHASES = set(PHASES) - {"idle"}
 # Of the in-memory store's best UDP rate. A rung's achieved rate is about 1% under its offered
@@ -171,7 +174,12 @@ def percentile(values: list[float], q: float) -> float:
 # sipp is one source address sending thousands of requests a second: with the default per-source
 # limits it would be banned in a second. The limits stay on (every request still pays for its token)
 # with a budget no benchmark exhausts; DEFENCES_OFF exempts the address instead (the phase "defences").
-DEFENCES_ON = "{rateLimit: {requestsPerSecond: 2000000000, burst: 2000000000, banAfter: 2000000000}}"
+# Over TCP with a connection per registration (`tcp-per-call`), sipp is thousands of phones, each with
+# its own connection, from one address: connections per source are raised with the total.
+DEFENCES_ON = (
+    "{rateLimit: {requestsPerSecond: 2000000000, burst: 2000000000, banAfter: 2000000000}, "
+    "connections: {perSource: 50000, total: 50000}}"
+)
 DEFENCES_OFF = '{trustedNetworks: ["127.0.0.0/8"]}'
 
 
@@ -626,7 +634,7 @@ def main() -> int:
         if "etcd" not in args.skip:
             report += etcd_figures(tmp_path, throughput_csv, args.duration, best.get("udp"))
 
-        if "calls" not in args.skip or "calls-replicas" not in args.skip:
+        if {"calls", "calls-replicas", "calls-kamailio"} - set(args.skip):
             # calls.py imports its helpers from this file (as the module `run`), so it comes in only here.
             from calls import calls_phase
 

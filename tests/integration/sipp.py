@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import resource
 import shutil
 import subprocess
 import time
@@ -104,8 +105,9 @@ def start_sipp(
     command += ["-p", str(local_port if local_port is not None else free_port(local_ip))]
     if transport == "tcp-per-call":
         # sipp's "tn": each call connects from a port of its own (sipp listens on -p, not there). Its default
-        # socket limit (50000) exceeds a common open-files limit (20000) and sipp refuses to start.
-        command += ["-max_socket", "1000"]
+        # socket limit (50000) exceeds a common open-files limit (20000) and sipp refuses to start; a much
+        # lower one ends a fast run early (a call's socket is freed only when the call is).
+        command += ["-max_socket", str(min(50_000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 100))]
     if rate is not None:
         command += ["-r", str(rate)]
     if injection is not None:
