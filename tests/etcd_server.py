@@ -1,4 +1,5 @@
-"""A real single-member etcd (Debian's etcd-server, /usr/bin/etcd) for the etcd store's integration tests.
+"""A real etcd (Debian's etcd-server, /usr/bin/etcd) for the etcd store's integration tests: one member,
+or a cluster of three (EtcdCluster) where two make a quorum.
 
 `EtcdServer(tmp_path)` picks loopback client and peer ports at run time and keeps them, and its data
 directory, for its whole life: `restart()` brings the same member back on the same address with the
@@ -57,6 +58,13 @@ class EtcdServer:
         self.peer_port = free_port()
         self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
+        # Set by EtcdCluster: every member's name=peer URL, and the cluster's name. None: a cluster of one.
+        self.initial_cluster: str | None = None
+        self.cluster_token: str | None = None
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
 
     @property
     def endpoint(self) -> str:
@@ -76,7 +84,13 @@ class EtcdServer:
         if ETCD is None:
             raise RuntimeError(INSTALL_HINT)
         client_url = f"{self.scheme}://{self.endpoint}"
-        peer_url = f"http://127.0.0.1:{self.peer_port}"
+        peer_url = self.peer_url
+        if self.initial_cluster is None:
+            # One member on loopback: a short election gets a leader (and /health) within ~0.1 s.
+            timing = ["--heartbeat-interval", "10", "--election-timeout", "100"]
+        else:
+            # Members that must hear each other on a busy 2-core machine: etcd's own ratio, shorter.
+            timing = ["--heartbeat-interval", "50", "--election-timeout", "500"]
         tls = [] if self.tls is None else [
             "--cert-file", str(self.tls.server.cert),
             "--key-file", str(self.tls.server.key),
@@ -91,12 +105,10 @@ class EtcdServer:
             "--advertise-client-urls", client_url,
             "--listen-peer-urls", peer_url,
             "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"{self.name}={peer_url}",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={peer_url}",
             "--initial-cluster-state", "new",  # ignored once the data dir holds a member (restart)
-            "--initial-cluster-token", f"{self.name}-{self.client_port}",
-            # One member on loopback: a short election gets a leader (and /health) within ~0.1 s.
-            "--heartbeat-interval", "10",
-            "--election-timeout", "100",
+            "--initial-cluster-token", self.cluster_token or f"{self.name}-{self.client_port}",
+            *timing,
             "--logger", "zap",
             "--log-outputs", "stderr",
             *tls,
@@ -115,6 +127,11 @@ class EtcdServer:
 
     def start(self) -> None:
         """Start etcd and return once /health says it serves; raise with the log's tail if it does not."""
+        self.launch()
+        self.wait_healthy()
+
+    def launch(self) -> None:
+        """Start the process, not waiting: a cluster's member has no leader until a quorum has started."""
         if self.running:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -126,6 +143,9 @@ class EtcdServer:
             self.process = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
             )
+
+    def wait_healthy(self) -> None:
+        assert self.process is not None, "etcd was not launched"
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -154,7 +174,7 @@ class EtcdServer:
             return False
         answering = members["header"]["member_id"]
         peer_urls = [url for member in members["members"] if member["ID"] == answering for url in member["peerURLs"]]
-        return f"http://127.0.0.1:{self.peer_port}" in peer_urls
+        return self.peer_url in peer_urls
 
     def value(self, key: bytes, wait: float = 0) -> bytes | None:
         """The value etcd holds at `key` (read through its JSON gateway), waiting up to `wait` s for one to appear."""
@@ -241,6 +261,46 @@ class EtcdServer:
 
     def __repr__(self) -> str:
         return f"EtcdServer({self.endpoint}, {'running' if self.running else 'stopped'}, data={self.data_dir})"
+
+
+class EtcdCluster:
+    """`size` etcd members on loopback forming one cluster; `with EtcdCluster(tmp) as cluster:` starts them
+    all and always stops them. Any majority is a quorum: with three, one member alone has none."""
+
+    def __init__(self, tmp_path: Path, size: int = 3, name: str = "sipreg-cluster") -> None:
+        self.members = [EtcdServer(tmp_path, name=f"{name}-{index}") for index in range(size)]
+        initial = ",".join(f"{member.name}={member.peer_url}" for member in self.members)
+        for member in self.members:
+            member.initial_cluster, member.cluster_token = initial, name
+
+    @property
+    def url(self) -> str:
+        """The store URL sipreg takes, every member's client address: `etcd://HOST:PORT,HOST:PORT,...`."""
+        return "etcd://" + ",".join(member.endpoint for member in self.members)
+
+    def start(self) -> None:
+        for member in self.members:
+            member.launch()
+        for member in self.members:
+            member.wait_healthy()
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+    def __enter__(self) -> EtcdCluster:
+        try:
+            self.start()
+        except BaseException:
+            for member in self.members:
+                member.kill()
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
 
 
 def _process_state(pid: int) -> str:

@@ -15,7 +15,15 @@ REGISTER costs a fraction of a transaction; several changes to one AOR in a batc
 are applied in order and written once. When another replica
 changed the AOR first, etcd answers with the key's current value (the nested
 transaction's failure branch reads it), and the change is run again on that.
-A 200 OK waits for etcd's acknowledgement; a failed write raises StoreUnavailable.
+A 200 OK waits for etcd's acknowledgement; a failed write raises StoreUnavailable, and
+so does one etcd has not acknowledged within REQUEST_TIMEOUT of the REGISTER asking
+for it (the write may still land: the phone's next REGISTER finds it).
+
+Available means a watch that is up to date and a cluster with a quorum: the member in
+use must answer a linearizable read every QUORUM_CHECK_INTERVAL. A member cut off from
+its quorum still answers status requests and keeps watches open, so without that check
+a registrar on it would look ready while no write can succeed. Unavailable, the store
+refuses writes at once (503 without waiting) and the registrar reports not ready.
 
 Expiry: each AOR key carries a lease that ends just after its latest binding
 expires, and AORs expiring within the same LEASE_GRANULARITY seconds share one
@@ -39,7 +47,7 @@ from registrar.model import Binding, Catalog, Connection, Domain
 from registrar.store import BindingChange, CatalogSource, NodeRegistry, RegistrationFailure, StoreUnavailable
 from registrar.store import layout
 from registrar.store.etcd_session import (
-    EtcdSession, EtcdUnavailable, WatchCompacted, compare_and_swap, delete_op, put_op,
+    REQUEST_TIMEOUT, EtcdSession, EtcdUnavailable, WatchCompacted, compare_and_swap, delete_op, put_op,
 )
 from registrar.store.table import BindingTable, TableStore
 
@@ -62,6 +70,10 @@ MAX_ATTEMPTS = 5  # compare-and-swap rounds lost to other replicas before giving
 FAILURE_FLUSH_INTERVAL = 1.0  # seconds; failure records go out at most this often, MAX_TXN_OPS at a time
 NODE_TTL = 10  # seconds a dead registrar stays listed under nodes/
 SWEEP_INTERVAL = 1.0
+# How often, and how patiently, the member in use is asked for a linearizable read: a quorum lost
+# is noticed within the sum, and a quorum back within the interval.
+QUORUM_CHECK_INTERVAL = 0.5
+QUORUM_CHECK_TIMEOUT = 1.0
 RECONNECT_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 _PUT = rpc.Event.PUT
@@ -120,7 +132,9 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         self._writes_in_flight = 0
         self._last_write = -WRITE_INTERVAL  # loop time the last write transaction started
         self._write_due: asyncio.TimerHandle | None = None
-        self._ready = False
+        self._ready = False  # the watch is up to date
+        self._quorum = True  # the last linearizable read succeeded (or none failed yet)
+        self._node_registering = asyncio.Lock()
         self._synced = asyncio.Event()
         self._to_publish = publish
         self._catalog_due: asyncio.TimerHandle | None = None
@@ -134,7 +148,7 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        return self._ready and self._quorum
 
     # -- CatalogSource, NodeRegistry -------------------------------------------------------
 
@@ -149,7 +163,14 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
     async def update(self, aor: str, change: BindingChange) -> list[Binding]:
         if not self._ready:
             raise StoreUnavailable("etcd is unreachable")
-        answer: asyncio.Future[list[Binding]] = asyncio.get_running_loop().create_future()
+        if not self._quorum:
+            raise StoreUnavailable("etcd has no quorum")
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[list[Binding]] = loop.create_future()
+        # However the write fares (queued behind others, a lease to grant, a compare lost, a slow
+        # etcd), the REGISTER has its answer by then; the batch passes over an answer given.
+        deadline = loop.call_later(REQUEST_TIMEOUT, _give_up, answer)
+        answer.add_done_callback(lambda _: deadline.cancel())
         self._pending.setdefault(aor, []).append((change, answer, 0))
         self._start_writes()
         return await answer
@@ -172,6 +193,7 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         """
         for name, work in (
             ("etcd-follow", self._follow()),
+            ("etcd-quorum", self._check_quorum_forever()),
             ("etcd-sweep", self._sweep_forever()),
             ("etcd-failures", self._flush_failures_forever()),
         ):
@@ -219,7 +241,8 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                 watch = self.session.watch(layout.PREFIX.encode(), self._watched_revision + 1)
                 async for response in watch:
                     if not self._ready:
-                        self._ready, failures = True, 0
+                        # A fresh connect's linearizable read proved the quorum.
+                        self._ready, self._quorum, failures = True, True, 0
                         self._synced.set()
                         log.info("sipreg: following etcd from revision %d", self._watched_revision)
                     self._apply(response)
@@ -236,6 +259,30 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                 await self.session.disconnect()
                 await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
                 failures += 1
+
+    async def _check_quorum_forever(self) -> None:
+        """Keep `_quorum` true only while the member in use serves linearizable reads; and, with a
+        quorum, make sure this node is listed (its lease may have expired in an outage)."""
+        while True:
+            await asyncio.sleep(QUORUM_CHECK_INTERVAL)
+            if not self._ready:
+                continue  # _follow is (re)connecting, and its connect checks the quorum itself
+            try:
+                await self.session.quorum(QUORUM_CHECK_TIMEOUT)
+            except (EtcdUnavailable, rpc.AioRpcError) as error:
+                if self._quorum:
+                    log.warning("sipreg: etcd has no quorum (%s); answering 503 until it has", error)
+                    self._quorum = False
+                    self._fail_pending(error)
+                continue
+            if not self._quorum:
+                log.info("sipreg: etcd has a quorum again")
+                self._quorum = True
+            if self._node_record is not None and self._node_lease is None:
+                try:
+                    await self._register_node()
+                except (EtcdUnavailable, rpc.AioRpcError) as error:
+                    log.warning("sipreg: could not register this node in etcd yet: %s", error)
 
     async def _resync(self) -> None:
         kvs, revision = await self.session.read_prefix(layout.PREFIX.encode())
@@ -513,24 +560,21 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                     self._unwritten_failures.setdefault((failure.domain, failure.username), failure)
 
     async def _register_node(self) -> None:
-        if self._node_record is None or self._node_lease is not None:
-            return
-        lease = await self.session.grant(NODE_TTL)
-        await self.session.txn(rpc.TxnRequest(success=[put_op(layout.node_key(self.node), self._node_record, lease)]))
-        self._node_lease = lease
-        self.session.keep_alive(lease, NODE_TTL, self._node_lease_lost)
+        # _follow and the quorum check both call this: one at a time, or the node would get two leases.
+        async with self._node_registering:
+            if self._node_record is None or self._node_lease is not None:
+                return
+            lease = await self.session.grant(NODE_TTL)
+            await self.session.txn(
+                rpc.TxnRequest(success=[put_op(layout.node_key(self.node), self._node_record, lease)])
+            )
+            self._node_lease = lease
+            self.session.keep_alive(lease, NODE_TTL, self._node_lease_lost)
 
     def _node_lease_lost(self) -> None:
-        # etcd was away longer than NODE_TTL: the next round of _follow registers again.
+        # etcd was away longer than NODE_TTL: the quorum check registers the node again, until it holds.
         log.warning("sipreg: this node's etcd lease expired; registering the node again")
         self._node_lease = None
-        asyncio.get_running_loop().create_task(self._reregister_node())
-
-    async def _reregister_node(self) -> None:
-        try:
-            await self._register_node()
-        except (EtcdUnavailable, rpc.AioRpcError) as error:
-            log.warning("sipreg: could not register this node in etcd yet: %s", error)
 
     async def _publish(self, catalog: Catalog) -> None:
         """Write `catalog`'s domains and connections; delete those etcd holds beyond it."""
@@ -603,6 +647,11 @@ _DOMAINS = layout.DOMAINS.encode()
 _CONNECTIONS = layout.CONNECTIONS.encode()
 _FAILURES = layout.FAILURES.encode()
 _NODES = layout.NODES.encode()
+
+
+def _give_up(answer: asyncio.Future[list[Binding]]) -> None:
+    if not answer.done():
+        answer.set_exception(StoreUnavailable(f"etcd did not answer within {REQUEST_TIMEOUT:g} s"))
 
 
 def _keep(records: dict, ident: object, record: object) -> None:

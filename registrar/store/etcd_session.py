@@ -35,6 +35,9 @@ from registrar.store.layout import prefix_end
 log = logging.getLogger("sipreg.store")
 
 REQUEST_TIMEOUT = 2.0  # seconds; a REGISTER waits at most this long for etcd before 503
+# The key a quorum check reads, as etcd's own /health does: whether it exists does not matter, a
+# linearizable read of it needs the leader's read index, which a member without a quorum cannot get.
+HEALTH_KEY = b"health"
 PAGE_SIZE = 2000
 CHANNEL_OPTIONS = {
     # A resync reads pages of PAGE_SIZE bindings records; the default 4 MiB limit is too tight.
@@ -56,6 +59,10 @@ UNREACHABLE = {
     rpc.StatusCode.UNKNOWN,
     rpc.StatusCode.INTERNAL,
 }
+
+
+# Linearizable (not serializable), counting only: nothing comes back but a header.
+_QUORUM_READ = rpc.RangeRequest(key=HEALTH_KEY, count_only=True)
 
 
 class EtcdUnavailable(StoreUnavailable):
@@ -163,7 +170,10 @@ class EtcdSession:
         return f"{host}:{port}"
 
     async def connect(self) -> None:
-        """Use the first endpoint, from the next one in turn, that answers a status request."""
+        """Use the first endpoint, from the next one in turn, that answers a linearizable read.
+
+        A member cut off from its cluster's quorum still answers status requests, serves its
+        stale data and keeps watches open: connecting to it would look like being connected."""
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
@@ -176,7 +186,7 @@ class EtcdSession:
                 client = self._new_client(host, port)
                 try:
                     await client.connect()
-                    await client.maintenancestub.Status(rpc.StatusRequest(), timeout=self.timeout)
+                    await client.kvstub.Range(_QUORUM_READ, timeout=self.timeout)
                 except (rpc.AioRpcError, aetcd.ClientError, OSError) as error:
                     errors.append(f"{host}:{port}: {_describe(error)}")
                     await _close_quietly(client)
@@ -274,6 +284,12 @@ class EtcdSession:
                 if not page.more:
                     return kvs, revision
                 start = page.kvs[-1].key + b"\0"
+
+    async def quorum(self, timeout: float) -> None:
+        """Return when the member in use can serve a linearizable read, i.e. its cluster has a quorum;
+        EtcdUnavailable (and the next endpoint for the next call) when it cannot within `timeout` s."""
+        async with self._calling("read") as client:
+            await client.kvstub.Range(_QUORUM_READ, timeout=timeout)
 
     async def grant(self, ttl: int) -> int:
         async with self._calling("lease") as client:
