@@ -46,6 +46,13 @@ WS_PORT = 5066
 WSS_PORT = 7443
 CONTAINER_PORTS = {"udp": SIP_PORT, "tcp": SIP_PORT, "tls": TLS_PORT, "ws": WS_PORT, "wss": WSS_PORT}
 HTTP_PORT = 8080
+# A registrar pod's way out (RegistrarServer.drain): on SIGTERM it turns not ready and serves on for
+# DRAIN_SECONDS while kube-proxies and load balancers take it out of the Service (a few seconds), then
+# refuses new work and answers what is in flight (IN_FLIGHT_SECONDS at most: a proxied INVITE may be
+# ringing); the grace period covers both, with room to close, before the kubelet's SIGKILL.
+DRAIN_SECONDS = 10
+IN_FLIGHT_SECONDS = 30
+TERMINATION_GRACE_SECONDS = DRAIN_SECONDS + IN_FLIGHT_SECONDS + 5
 TLS_MOUNT = "/etc/sipreg/tls"
 WSS_MOUNT = "/etc/sipreg/wss-tls"
 # Where registrar pods find the etcd client certificate, and each EtcdTls file's key in the Secret
@@ -238,6 +245,8 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
         "--http-host=$(POD_IP)",
         "--http-host=127.0.0.1",
         f"--api-token-file={API_TOKEN_MOUNT}/{API_TOKEN_KEY}",
+        f"--drain-seconds={DRAIN_SECONDS}",
+        f"--in-flight-seconds={IN_FLIGHT_SECONDS}",
         # Proxied calls name the Service as UAs reach it: the domain (which resolves to the
         # Service's address, as for REGISTER) and the spec's ports, not the pod's.
         f"--public-host={spec['domain']}",
@@ -310,8 +319,10 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
                 "spec": {
                     "automountServiceAccountToken": False,  # registrars never call the Kubernetes API
                     "enableServiceLinks": False,
-                    # TCP/TLS flows die with the pod; UAs re-register within their refresh time.
-                    "terminationGracePeriodSeconds": 30,
+                    # No preStop hook: the registrar drains on SIGTERM itself (not ready first, then
+                    # serving on while the endpoints move). TCP/TLS flows close at the end; phones with
+                    # an outbound flow register again at once, others within their refresh time.
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                     "affinity": {
                         "podAntiAffinity": {
                             "preferredDuringSchedulingIgnoredDuringExecution": [

@@ -91,6 +91,10 @@ class ServeConfig:
     public_host: str | None = None
     # The ports UAs reach us at, per transport, where they differ from ours (a Service's).
     public_ports: dict[str, int] = field(default_factory=dict)
+    # On SIGTERM: seconds of service, not ready, before new connections are refused; then at most
+    # this long for the requests in flight to be answered (RegistrarServer.drain).
+    drain_seconds: float = 0.0
+    in_flight_seconds: float = 30.0
 
     @property
     def public_address(self) -> str:
@@ -154,8 +158,11 @@ class RegistrarServer:
             self.metrics.flows.labels(transport).set_function(
                 lambda transport=transport: self.endpoint.registered_flows(transport))
         self._closers: list = []
+        # What takes new work in: the listeners' accepting sockets and UDP's reader (drain stops them first).
+        self._intakes: list[Callable[[], None]] = []
         self._tasks: list[asyncio.Task] = []
         self._listening = False
+        self._draining = False
 
     def _proxy(self, authenticator: Authenticator, delivery: Delivery) -> ProxyDriver:
         """The proxy, sending through `delivery` (the endpoint, which makes it)."""
@@ -239,26 +246,35 @@ class RegistrarServer:
     def listening(self) -> bool:
         return self._listening
 
+    @property
+    def ready(self) -> bool:
+        """What /readyz says (with the store's own readiness): listening, and not draining."""
+        return self._listening and not self._draining
+
     async def start(self) -> None:
         config = self.config
         await self.store.start()
         udp, receive_buffer = await listen_udp(self.endpoint, config.host, config.sip_port)
         self._closers.append(udp.close)
+        self._intakes.append(udp.stop_reading)
         log.info(
             "sipreg: listening on udp %s:%d (receive buffer %d KiB)", config.host, config.sip_port, receive_buffer // 1024
         )
         tcp = await listen_stream(self.endpoint, config.host, config.sip_port)
         self._closers.append(tcp.close)
+        self._intakes.append(tcp.close)  # the listening socket only: connections stay open
         log.info("sipreg: listening on tcp %s:%d", config.host, config.sip_port)
         if config.tls_port is not None:
             tls = await listen_stream(
                 self.endpoint, config.host, config.tls_port, self._tls_context(config.tls_cert, config.tls_key)
             )
             self._closers.append(tls.close)
+            self._intakes.append(tls.close)
             log.info("sipreg: listening on tls %s:%d", config.host, config.tls_port)
         if config.ws_port is not None:
             ws = await listen_websocket(self.endpoint, config.host, config.ws_port)
             self._closers.append(ws.stop)
+            self._intakes.append(ws.stop_accepting)
             log.info("sipreg: listening on ws %s:%d", config.host, config.ws_port)
         if config.wss_port is not None:
             wss = await listen_websocket(
@@ -266,9 +282,10 @@ class RegistrarServer:
                 self._tls_context(config.wss_cert or config.tls_cert, config.wss_key or config.tls_key),
             )
             self._closers.append(wss.stop)
+            self._intakes.append(wss.stop_accepting)
             log.info("sipreg: listening on wss %s:%d", config.host, config.wss_port)
         if config.http_port is not None:
-            app = make_app(self.store, self.metrics, lambda: self._listening, config.api_token)
+            app = make_app(self.store, self.metrics, lambda: self.ready, config.api_token)
             runner = await start_server(app, config.http_hosts, config.http_port)
             self._closers.append(lambda: asyncio.ensure_future(runner.cleanup()))
             for host in config.http_hosts:
@@ -294,6 +311,27 @@ class RegistrarServer:
             return server_context(cert, key)
         log.info("sipreg: no certificate given, using a self-signed one")
         return self_signed_context([*sorted(self.registrar.catalog.domains), "localhost", self.config.host])
+
+    async def drain(self, seconds: float, in_flight_seconds: float) -> None:
+        """Leave service without losing an answer: not ready at once, so the load balancer moves new
+        traffic away; `seconds` more of full service (UDP, requests on connections, new connections)
+        while it does; then no new connections and no new datagrams; then wait, at most
+        `in_flight_seconds`, until every request in flight (a REGISTER's etcd write, a proxied INVITE
+        ringing) has its final answer. stop() closes the connections after: phones with a flow
+        (RFC 5626) register again at once, on another replica."""
+        self._draining = True
+        log.info("sipreg: draining: not ready; serving %g s more, then answering what is in flight", seconds)
+        await asyncio.sleep(seconds)
+        for stop_taking in self._intakes:
+            stop_taking()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + in_flight_seconds
+        while (in_flight := self.endpoint.requests_in_flight()) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if in_flight:
+            log.warning("sipreg: drained with %d requests still unanswered after %g s", in_flight, in_flight_seconds)
+        else:
+            log.info("sipreg: drained: every request answered")
 
     async def stop(self) -> None:
         self._listening = False

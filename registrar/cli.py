@@ -132,7 +132,26 @@ def _registrar_options(
         default=os.environ.get("SIPREG_NONCE_SECRET"),
         help="secret for digest nonces, shared by replicas (default: $SIPREG_NONCE_SECRET, else random)",
     )
+    parser.add_argument(
+        "--drain-seconds", type=_seconds, default=0.0,
+        help="on SIGTERM, seconds to go on serving, not ready, before new connections are refused "
+        "(default 0; pods: 10, while the load balancer moves away)",
+    )
+    parser.add_argument(
+        "--in-flight-seconds", type=_seconds, default=30.0,
+        help="then, at most this long to answer the requests already in flight before stopping (default 30)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"not a number of seconds from 0 to 3600: {text!r}")
+    return value
 
 
 def _port(text: str) -> int:
@@ -209,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         etcd_tls=etcd_tls,
         public_host=args.public_host,
         public_ports=dict(args.public_port),
+        drain_seconds=args.drain_seconds,
+        in_flight_seconds=args.in_flight_seconds,
     )
     if args.nonce_secret:
         config.nonce_secret = args.nonce_secret.encode()
@@ -289,14 +310,25 @@ def _operator(args: argparse.Namespace, command: str) -> int:
 
 
 async def _serve(config: ServeConfig) -> int:
+    """Serve until a signal: SIGTERM drains first (Kubernetes' way out), SIGINT (Ctrl-C) only answers
+    what is in flight; a second signal stops at once."""
     server = RegistrarServer(config)
-    stop = asyncio.Event()
+    signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
     try:
         await server.start()
-        await stop.wait()
+        first = await signals.get()
+        drain = asyncio.create_task(
+            server.drain(config.drain_seconds if first == signal.SIGTERM else 0.0, config.in_flight_seconds)
+        )
+        second = asyncio.create_task(signals.get())
+        await asyncio.wait({drain, second}, return_when=asyncio.FIRST_COMPLETED)
+        if not drain.done():
+            logging.getLogger("sipreg").warning("sipreg: %s again: stopping now", second.result().name)
+        for task in (drain, second):
+            task.cancel()
         logging.getLogger("sipreg").info("sipreg: stopping")
     finally:
         await server.stop()

@@ -104,6 +104,8 @@ class SipEndpoint:
         self._flow_prefix = os.urandom(3).hex()
         # Our UDP socket, which the proxy sends from: the one we listen on (`use_udp`).
         self.udp: UdpListener | None = None
+        # Requests on connections waiting on the store: they keep no transaction (those over UDP do).
+        self._awaited_on_connections = 0
         # Connections we opened, by (transport, host, port), reused for every later request there.
         self._outgoing: dict[tuple[str, str, int], str] = {}
         self._connecting: dict[tuple[str, str, int], asyncio.Future[str]] = {}
@@ -114,6 +116,11 @@ class SipEndpoint:
         # this endpoint, so the server says how to make one and it is made here, last.
         # Without one (an endpoint that only registers), what it would relay gets 501.
         self.proxy = proxy(self) if proxy is not None else None
+
+    def requests_in_flight(self) -> int:
+        """Requests received and not finally answered yet: waiting on the store, or proxied and waiting
+        on the next hop. What a drain waits for."""
+        return self.transactions.unanswered() + self._awaited_on_connections
 
     # -- the pipeline --------------------------------------------------------------------
     def receive(self, data: bytes, source: Source, reply: Reply) -> None:
@@ -222,11 +229,16 @@ class SipEndpoint:
         started: float,
     ) -> None:
         """Send the answer of a request that went to the store; keep it for retransmissions (UDP)."""
+        if transaction is None:
+            self._awaited_on_connections += 1
         try:
             response = await answer
         except Exception as error:
             self.failed("error handling a request", None, error)
             response = server_response(request, 500, "Server Internal Error")
+        finally:
+            if transaction is None:
+                self._awaited_on_connections -= 1
         data = response.to_bytes()
         now = self.clock()
         if transaction is None:
@@ -586,6 +598,11 @@ class UdpListener:
             self.sock.sendto(data, addr)
         except (BlockingIOError, InterruptedError):
             log.debug("udp send buffer full: a datagram to %s:%d dropped", addr[0], addr[1])
+
+    def stop_reading(self) -> None:
+        """Take no more datagrams; answers still go out from the socket (a drain's requests in flight)."""
+        if self.sock.fileno() >= 0:
+            self._loop.remove_reader(self.sock.fileno())
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:

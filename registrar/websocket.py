@@ -160,9 +160,13 @@ class WebSocketListener:
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
 
-    async def stop(self) -> None:
+    def stop_accepting(self) -> None:
+        """Close the listening socket; the connections it accepted stay open."""
         if self._server is not None:
             self._server.close()
+
+    async def stop(self) -> None:
+        self.stop_accepting()
         await self._runner.cleanup()
 
     def http_handler(self) -> asyncio.Protocol:

@@ -156,6 +156,8 @@ TRANSITIONS: dict[tuple[str, str, str], tuple[str, tuple[Any, ...]]] = {
 
 INITIAL_STATE = {INVITE_CLIENT: CALLING, NON_INVITE_CLIENT: TRYING, INVITE_SERVER: PROCEEDING,
                  NON_INVITE_SERVER: TRYING}
+# A server transaction in these states has sent no final response: its request is in flight.
+UNANSWERED = frozenset({TRYING, PROCEEDING})
 # The timers a client arms when it first sends (RFC 3261 17.1.1.2, 17.1.2.2).
 FIRST_TIMERS = {INVITE_CLIENT: ("A", "B"), NON_INVITE_CLIENT: ("E", "F")}
 # Retransmission timers run on unreliable transports only.
@@ -278,6 +280,10 @@ class TransactionLayer:
     def respond(self, transaction: Transaction, status: int, data: bytes, now: float) -> list[Effect]:
         """The TU answers: what to send, and the machine moves on."""
         return self._handle(transaction, server_event(status), now, data)
+
+    def unanswered(self) -> int:
+        """Server transactions with no final response yet: the requests in flight."""
+        return sum(1 for transaction in self.servers.values() if transaction.state in UNANSWERED)
 
     def state_of(self, key: TransactionKey, now: float) -> str | None:
         """The state of the INVITE server transaction `key`, live or retired; None when there is none."""

@@ -85,7 +85,23 @@ class UserAgent:
             sock.sendto("\r\n".join(ack).encode(), (self.host, self.port))
         return answer
 
+    def send_authenticated_register(self, sock: socket.socket, contact: str | None, expires: int | None) -> None:
+        """Over TCP on `sock`: a REGISTER, its 401, and the REGISTER with credentials, whose answer is left
+        to read_response(sock): for a test that acts while the registrar works on it."""
+        assert self.transport == "tcp"
+        challenge = self._exchange(sock, contact, expires, None)
+        assert challenge.startswith("SIP/2.0 401"), challenge
+        sock.sendall(self._register(sock, contact, expires, self._authorization(challenge)))
+
     def _exchange(self, sock: socket.socket, contact: str | None, expires: int | None, authorization: str | None) -> str:
+        message = self._register(sock, contact, expires, authorization)
+        if self.transport == "tcp":
+            sock.sendall(message)
+            return read_response(sock)
+        sock.sendto(message, (self.host, self.port))
+        return sock.recv(65535).decode()
+
+    def _register(self, sock: socket.socket, contact: str | None, expires: int | None, authorization: str | None) -> bytes:
         self.cseq += 1
         port = sock.getsockname()[1]
         lines = [
@@ -104,11 +120,7 @@ class UserAgent:
         if authorization is not None:
             lines.append(f"Authorization: {authorization}")
         lines += ["Content-Length: 0", "", ""]
-        if self.transport == "tcp":
-            sock.sendall("\r\n".join(lines).encode())
-            return _read_response(sock)
-        sock.sendto("\r\n".join(lines).encode(), (self.host, self.port))
-        return sock.recv(65535).decode()
+        return "\r\n".join(lines).encode()
 
     def _authorization(
         self, challenge: str, header_name: str = "WWW-Authenticate", method: str = "REGISTER", uri: str | None = None
@@ -129,7 +141,7 @@ class UserAgent:
         )
 
 
-def _read_response(sock: socket.socket) -> str:
+def read_response(sock: socket.socket) -> str:
     """One response from a stream: its header block, then Content-Length bytes of body."""
     data = b""
     while b"\r\n\r\n" not in data:
