@@ -31,11 +31,11 @@ import base64
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from registrar.manifests import domain_spec
+from registrar.manifests import certificate_secrets, domain_spec
 from registrar.sip.source import TRANSPORTS
 from registrar.store.etcd_session import EtcdTls
 
@@ -201,6 +201,28 @@ def api_token_secret_name(domain_object: str) -> str:
 def transports_of(spec: dict[str, Any]) -> dict[str, Any]:
     """The spec's transports with the default filled in (`spec` as registrar.manifests.domain_spec returns it)."""
     return spec["transports"] or DEFAULT_TRANSPORTS
+
+
+# What cert-manager (and `kubectl create secret tls`) put in a kubernetes.io/tls Secret, which the pods mount.
+CERTIFICATE_KEYS = ("tls.crt", "tls.key")
+
+
+def certificate_problem(
+    namespace: str, raw_spec: Any, secret_data: Callable[[str, str], dict[str, bytes] | None]
+) -> str | None:
+    """Why the pods of a SipDomain with this spec would wait for a certificate (the kubelet does not start
+    a pod whose Secret volume is missing), in words; None when every certificate it names is there."""
+    for field_name, secret in certificate_secrets(raw_spec):
+        data = secret_data(namespace, secret)
+        if data is None:
+            return f"{field_name}: Secret {namespace}/{secret} not found; the registrar pods wait for it"
+        missing = [key for key in CERTIFICATE_KEYS if not data.get(key)]
+        if missing:
+            return (
+                f"{field_name}: Secret {namespace}/{secret} has no {' or '.join(missing)} "
+                "(a kubernetes.io/tls Secret, as cert-manager makes, has both)"
+            )
+    return None
 
 
 def desired_children(name: str, raw_spec: Any, settings: PodSettings) -> list[dict[str, Any]]:

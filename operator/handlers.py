@@ -134,14 +134,15 @@ async def connection_deleted(namespace: str, name: str, memo: kopf.Memo, **_: An
         raise _retrying(error) from error
 
 
-def _names_a_password(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> bool:
+def _used_secret(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> bool:
+    """A connection's password or a domain's certificate: the Secrets whose changes matter."""
     return memo.reconciler.uses_secret(namespace, name)
 
 
-@kopf.on.event("v1", "secrets", when=_names_a_password)
+@kopf.on.event("v1", "secrets", when=_used_secret)
 @_counted("Secret")
 async def secret_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    # Any event (a new password, a deleted Secret): the connections read it again.
+    # Any event (a new password, a deleted Secret, a certificate made): its users read it again.
     await memo.reconciler.secret_changed(namespace, name)
 
 

@@ -32,17 +32,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from registrar.manifests import SpecError, connection_from_spec, domain_from_spec
+from registrar.manifests import SpecError, certificate_secrets, connection_from_spec, domain_from_spec
 from registrar.model import Connection
 from registrar.store import layout
 from registrar.store.etcd import EtcdStore
 from registrar.store.etcd_session import EtcdSession
 from sip_operator import status as status_rules
-from sip_operator.children import PodSettings, api_token_secret, desired_children, etcd_client_secret, nonce_secret
+from sip_operator.children import (
+    PodSettings, api_token_secret, certificate_problem, desired_children, etcd_client_secret, nonce_secret,
+)
 from sip_operator.kubernetes_api import KubernetesApi
 from sip_operator.metrics import OperatorMetrics
 
 log = logging.getLogger("sipreg.operator")
+
+# A SipDomain's Ready reason while a certificate Secret it names is missing or incomplete.
+TLS_CERTIFICATE_MISSING = "TLSCertificateMissing"
 
 PATCHES_IN_FLIGHT = 8  # status patches at once: the API server's fair share, not a flood
 DOMAIN_STATUS_INTERVAL = 10.0  # seconds; binding counts move with every REGISTER
@@ -66,6 +71,7 @@ class DomainEntry:
     ready_replicas: int = 0
     problem: tuple[str, str] | None = None
     patched: dict[str, Any] | None = None  # the status as last written
+    body: dict[str, Any] | None = None  # as last applied: applied again when a certificate Secret it names changes
 
 
 @dataclass
@@ -128,6 +134,7 @@ class Reconciler:
     async def apply_domain(self, namespace: str, name: str, body: dict[str, Any]) -> None:
         """Create or update a SipDomain's children and etcd record; a bad spec becomes its Ready condition."""
         entry = self.domains.setdefault((namespace, name), DomainEntry())
+        entry.body = body
         entry.generation = body.get("metadata", {}).get("generation", 0)
         old_fqdn = entry.fqdn
         try:
@@ -155,6 +162,11 @@ class Reconciler:
                 self._adopt(child, body)
             await asyncio.to_thread(self._apply_children, namespace, secrets, children)
             await self.store.session.write({layout.domain_key(domain.name): layout.encode_domain(domain)})
+            # Applied all the same: the pods start the moment the Secret appears (cert-manager may be on it).
+            missing = await asyncio.to_thread(certificate_problem, namespace, body.get("spec"), self.api.secret_data)
+            if missing is not None:
+                entry.problem = (TLS_CERTIFICATE_MISSING, missing)
+                log.warning("SipDomain %s/%s: %s", namespace, name, missing)
         if old_fqdn and old_fqdn != entry.fqdn:
             await self._forget_domain(old_fqdn)
         for fqdn in {old_fqdn, entry.fqdn} - {None}:
@@ -261,14 +273,22 @@ class Reconciler:
             await self._unpublish(entry, drop_bindings=True)
 
     async def secret_changed(self, namespace: str, name: str) -> None:
-        """A Secret changed or went away: re-publish the connections whose password it holds."""
+        """A Secret changed or went away: re-publish the connections whose password it holds, and check
+        again the SipDomains whose certificate it is."""
         await self._reapply_connections(
             lambda spec: _secret_ref(spec) == name, namespace=namespace
         )
+        for (domain_namespace, domain_name), entry in list(self.domains.items()):
+            if domain_namespace == namespace and entry.body is not None and _names_certificate(entry.body, name):
+                await self.apply_domain(domain_namespace, domain_name, entry.body)
 
     def uses_secret(self, namespace: str, name: str) -> bool:
+        """Whether a Secret holds a connection's password or a domain's certificate (its changes matter)."""
         return any(
             key[0] == namespace and _secret_ref(entry.spec) == name for key, entry in self.connections.items()
+        ) or any(
+            key[0] == namespace and entry.body is not None and _names_certificate(entry.body, name)
+            for key, entry in self.domains.items()
         )
 
     async def _reapply_connections(self, selects: Callable[[Any], bool], namespace: str | None = None) -> None:
@@ -394,6 +414,10 @@ class Reconciler:
 def _spec_domain(spec: Any) -> str | None:
     domain = spec.get("domain") if isinstance(spec, dict) else None
     return domain.lower() if isinstance(domain, str) else None
+
+
+def _names_certificate(body: dict[str, Any], secret: str) -> bool:
+    return any(name == secret for _, name in certificate_secrets(body.get("spec")))
 
 
 def _secret_ref(spec: Any) -> str | None:

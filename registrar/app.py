@@ -40,7 +40,7 @@ from registrar.store import CatalogSource, LocationStore, NodeRegistry
 from registrar.store.etcd import EtcdStore
 from registrar.store.etcd_session import EtcdSession, EtcdTls, parse_endpoints
 from registrar.store.memory import FixedCatalog, MemoryStore, NoReplicas
-from registrar.tls import self_signed_context, server_context
+from registrar.tls import RotatingCertificate, self_signed_context
 from registrar.transport import SipEndpoint, listen_stream, listen_udp
 from registrar.websocket import listen_websocket
 
@@ -95,6 +95,8 @@ class ServeConfig:
     # this long for the requests in flight to be answered (RegistrarServer.drain).
     drain_seconds: float = 0.0
     in_flight_seconds: float = 30.0
+    # How often the certificate files are read again, so a renewed certificate is served without a restart.
+    certificate_check_seconds: float = 10.0
 
     @property
     def public_address(self) -> str:
@@ -160,6 +162,7 @@ class RegistrarServer:
         self._closers: list = []
         # What takes new work in: the listeners' accepting sockets and UDP's reader (drain stops them first).
         self._intakes: list[Callable[[], None]] = []
+        self._certificates: list[RotatingCertificate] = []  # from files, followed while serving
         self._tasks: list[asyncio.Task] = []
         self._listening = False
         self._draining = False
@@ -295,6 +298,8 @@ class RegistrarServer:
                 )
         self._tasks.append(asyncio.create_task(self.endpoint.sweep_flows(), name="flow-sweep"))
         self._tasks.append(asyncio.create_task(self.pinger.run(), name="nat-pings"))
+        if self._certificates and config.certificate_check_seconds > 0:
+            self._tasks.append(asyncio.create_task(self._follow_certificates(), name="certificates"))
         # Everything alive now (the catalogue above all: 20k connections are ~300k
         # objects) lives as long as the process; moving it out of the collector's
         # reach keeps full collections, and so p99, short.
@@ -308,9 +313,21 @@ class RegistrarServer:
 
     def _tls_context(self, cert: str | None, key: str | None):  # type: ignore[no-untyped-def]
         if cert and key:
-            return server_context(cert, key)
+            # One per pair of files (wss shares TLS's by default): read, reloaded and logged once.
+            for certificate in self._certificates:
+                if (certificate.cert_file, certificate.key_file) == (cert, key):
+                    return certificate.context
+            certificate = RotatingCertificate(cert, key)
+            self._certificates.append(certificate)
+            return certificate.context
         log.info("sipreg: no certificate given, using a self-signed one")
         return self_signed_context([*sorted(self.registrar.catalog.domains), "localhost", self.config.host])
+
+    async def _follow_certificates(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.certificate_check_seconds)
+            for certificate in self._certificates:
+                certificate.reload_if_changed()
 
     async def drain(self, seconds: float, in_flight_seconds: float) -> None:
         """Leave service without losing an answer: not ready at once, so the load balancer moves new

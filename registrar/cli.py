@@ -133,6 +133,11 @@ def _registrar_options(
         help="secret for digest nonces, shared by replicas (default: $SIPREG_NONCE_SECRET, else random)",
     )
     parser.add_argument(
+        "--certificate-check-seconds", type=_seconds, default=10.0,
+        help="how often --tls-cert/--wss-cert and their keys are read again: a renewed certificate is served "
+        "to new connections without a restart (default 10; 0: never)",
+    )
+    parser.add_argument(
         "--drain-seconds", type=_seconds, default=0.0,
         help="on SIGTERM, seconds to go on serving, not ready, before new connections are refused "
         "(default 0; pods: 10, while the load balancer moves away)",
@@ -201,11 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{command}: {error}", file=sys.stderr)
         return 2
     manifests = getattr(args, "manifests", None) or ("manifests" if args.store == "memory" else None)
+    notes: list[str] = []
     try:
-        catalog = load_catalog(manifests) if manifests else None
+        catalog = load_catalog(manifests, notes) if manifests else None
     except ManifestError as error:
         print(f"{command}: {error}", file=sys.stderr)
         return 2
+    for note in notes if not args.tls_cert else ():
+        logging.getLogger("sipreg").warning("%s: %s", command, note)
     config = ServeConfig(
         catalog=catalog,
         store=args.store,
@@ -228,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         etcd_tls=etcd_tls,
         public_host=args.public_host,
         public_ports=dict(args.public_port),
+        certificate_check_seconds=args.certificate_check_seconds,
         drain_seconds=args.drain_seconds,
         in_flight_seconds=args.in_flight_seconds,
     )

@@ -82,10 +82,12 @@ class ManifestError(ValueError):
     """A manifest that cannot be loaded; the message names file, object and field."""
 
 
-def load_catalog(path: str | os.PathLike[str]) -> Catalog:
+def load_catalog(path: str | os.PathLike[str], notes: list[str] | None = None) -> Catalog:
     """Load every manifest under `path` (a file or a directory) into a Catalog.
 
-    Raises ManifestError for anything malformed, unresolvable or duplicated.
+    Raises ManifestError for anything malformed, unresolvable or duplicated. What is
+    worth saying but serves all the same goes to `notes`: a certificate Secret the
+    manifests do not have (`sipreg serve` takes its certificate from --tls-cert).
     """
     objects: list[_Object] = []
     for file in _manifest_files(Path(path)):
@@ -107,6 +109,17 @@ def load_catalog(path: str | os.PathLike[str]) -> Catalog:
                 raise SpecError("spec.domain", f"{domain.name!r} is already defined by {owner.described}")
             domains[domain.name] = domain
             domain_owners[domain.name] = obj
+        missing: dict[str, list[str]] = {}  # Secret name -> the fields naming it
+        for field_name, secret in certificate_secrets(obj.body.get("spec")):
+            if (obj.namespace, secret) not in secrets:
+                missing.setdefault(secret, []).append(field_name)
+        for secret, field_names in missing.items():
+            if notes is not None:
+                notes.append(
+                    f"{obj.file}: {obj.label}: {', '.join(field_names)}: Secret {obj.namespace}/{secret} is not in "
+                    "the manifests (in a cluster the registrar pods mount it); `sipreg serve` serves TLS and wss "
+                    "with --tls-cert (--wss-cert), else a self-signed certificate"
+                )
 
     connections: dict[tuple[str, str], Connection] = {}
     connection_owners: dict[tuple[str, str], _Object] = {}
@@ -657,6 +670,20 @@ def secret_data(body: dict[str, Any]) -> dict[str, bytes]:
             except (binascii.Error, ValueError):
                 raise SpecError(path, "not valid base64 (plain text goes in stringData)") from None
     return values
+
+
+def certificate_secrets(raw_spec: Any) -> list[tuple[str, str]]:
+    """(field, Secret name) of each certificate a SipDomain names: tls's and wss's (a cluster's pods mount them)."""
+    try:
+        transports = raw_spec["transports"] or {}
+        return [
+            (f"spec.transports.{transport}.certificateSecret", transports[transport]["certificateSecret"])
+            for transport in ("tls", "wss")
+            if isinstance(transports.get(transport), dict)
+            and isinstance(transports[transport].get("certificateSecret"), str)
+        ]
+    except (KeyError, TypeError):
+        return []
 
 
 def domain_spec(raw_spec: Any) -> dict[str, Any]:

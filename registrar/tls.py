@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import os
 import ssl
 import tempfile
@@ -14,11 +15,55 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
+log = logging.getLogger("sipreg")
+
+
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_file, key_file)
     return context
+
+
+class RotatingCertificate:
+    """A server context whose certificate follows its files, for a certificate that is renewed in place
+    (cert-manager renews the Secret; the kubelet swaps the mounted files, both at once).
+
+    `reload_if_changed` loads a changed pair into the same context: handshakes from then on present the
+    new certificate, and connections already open keep the one they were made with (OpenSSL gives each
+    connection its own copy). A pair that does not load (a key that does not match, a half-written file)
+    is refused whole, checked on a context of its own first, and the one in service stays.
+    """
+
+    def __init__(self, cert_file: str, key_file: str):
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self._loaded = self._read()
+        self._refused: tuple[bytes, bytes] | None = None  # the last pair that did not load: said once
+        self.context = server_context(cert_file, key_file)
+
+    def _read(self) -> tuple[bytes, bytes]:
+        with open(self.cert_file, "rb") as cert, open(self.key_file, "rb") as key:
+            return cert.read(), key.read()
+
+    def reload_if_changed(self) -> bool:
+        """Whether a new certificate was loaded; a failure is logged and leaves the old one in service."""
+        files = None
+        try:
+            files = self._read()
+            if files == self._loaded or files == self._refused:
+                return False
+            server_context(self.cert_file, self.key_file)  # loads, key matching, or raises
+            self.context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as error:
+            if files is None or files != self._refused:
+                log.warning("sipreg: TLS certificate %s not reloaded (%s); serving the previous one",
+                            self.cert_file, error)
+            self._refused = files
+            return False
+        self._loaded = files
+        log.info("sipreg: reloaded the TLS certificate from %s", self.cert_file)
+        return True
 
 
 def subject_alt_names(names: list[str]) -> list[x509.GeneralName]:

@@ -170,3 +170,43 @@ def test_sipreg_operator_runs_kopf_with_liveness_and_metrics_endpoints_and_stops
     assert operator_process.metric("sipreg_operator_reconcile_errors_total", kind="SipDomain", cause="etcd") == 0
     wait_for(lambda: operator_process.metric("sipreg_operator_status_patches_total", kind="SipDomain", result="ok"),
              message="the SipDomain's status patch counted")
+
+
+def test_a_missing_certificate_secret_is_a_condition_and_its_arrival_clears_it(
+    kube: Kube, operator_runner, operator_environment: EtcdServer
+) -> None:
+    """Pods mount the certificate Secret: without it the kubelet never starts them. The operator says so in the
+    SipDomain's Ready condition (TLSCertificateMissing), still makes the Deployment (the pods start the moment
+    cert-manager makes the Secret), and clears the condition when a complete kubernetes.io/tls Secret appears."""
+    kube.create(RESOURCES["Namespace"], {"metadata": {"name": NAMESPACE}}, namespace=None)
+    spec = {"domain": DOMAIN, "registration": {"enabled": True},
+            "transports": {"udp": 5060, "tls": {"port": 5061, "certificateSecret": "sip-tls"}}}
+    with operator_runner(module=OPERATOR) as runner:
+        kube.create(SIPDOMAINS, {"apiVersion": "sipreg.io/v1alpha1", "kind": "SipDomain",
+                                 "metadata": {"name": "d", "namespace": NAMESPACE}, "spec": spec}, NAMESPACE)
+
+        def ready_reason() -> str | None:
+            return condition(kube.get(SIPDOMAINS, "d", NAMESPACE), "Ready").get("reason")
+
+        wait_for(lambda: ready_reason() == "TLSCertificateMissing", message="TLSCertificateMissing")
+        ready = condition(kube.get(SIPDOMAINS, "d", NAMESPACE), "Ready")
+        assert ready["status"] == "False"
+        assert ready["message"] == (
+            "spec.transports.tls.certificateSecret: Secret voip/sip-tls not found; the registrar pods wait for it"
+        )
+        assert kube.find("apps/v1/deployments", "d-registrar", NAMESPACE) is not None
+
+        # Half a certificate (no key) is no better.
+        kube.create(RESOURCES["Secret"], {"metadata": {"name": "sip-tls", "namespace": NAMESPACE},
+                                          "type": "kubernetes.io/tls",
+                                          "data": {"tls.crt": base64.b64encode(b"PEM").decode()}}, NAMESPACE)
+        wait_for(lambda: "has no tls.key" in condition(kube.get(SIPDOMAINS, "d", NAMESPACE), "Ready")["message"],
+                 message="the incomplete Secret named")
+        kube.delete(RESOURCES["Secret"], "sip-tls", NAMESPACE)
+        kube.create(RESOURCES["Secret"], {"metadata": {"name": "sip-tls", "namespace": NAMESPACE},
+                                          "type": "kubernetes.io/tls",
+                                          "data": {"tls.crt": base64.b64encode(b"PEM").decode(),
+                                                   "tls.key": base64.b64encode(b"KEY").decode()}}, NAMESPACE)
+        # No pods run in the emulator: Ready turns to what the Deployment says, no longer the certificate.
+        wait_for(lambda: ready_reason() == "NoReadyReplicas", message="the condition cleared")
+    assert "Traceback" not in runner.output, runner.output

@@ -161,6 +161,25 @@ def test_objects_may_come_in_any_order_and_other_kinds_are_ignored(tmp_path: Pat
     assert catalog.connections[(SIP, "alice")].ha1 == expected_ha1("alice", SIP, "alice-secret-1")
 
 
+def test_a_certificate_secret_missing_from_the_manifests_is_noted_once_per_secret(tmp_path: Path) -> None:
+    tls = DOMAIN + "  transports: {udp: 5060, tls: {port: 5061, certificateSecret: sip-tls}, " \
+        "wss: {port: 7443, certificateSecret: sip-tls}}\n"
+    notes: list[str] = []
+    catalog = load_catalog(write(tmp_path, "d.yaml", tls), notes)
+    assert set(catalog.domains) == {SIP}  # served all the same
+    assert notes == [
+        f"{tmp_path / 'd.yaml'}: SipDomain voip/sip-example-test: spec.transports.tls.certificateSecret, "
+        "spec.transports.wss.certificateSecret: Secret voip/sip-tls is not in the manifests (in a cluster the "
+        "registrar pods mount it); `sipreg serve` serves TLS and wss with --tls-cert (--wss-cert), else a "
+        "self-signed certificate"
+    ]
+    certificate = "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/tls\nmetadata: {name: sip-tls, namespace: voip}\n" \
+        "stringData: {tls.crt: PEM, tls.key: KEY}\n"
+    notes.clear()
+    load_catalog(write(tmp_path, "d.yaml", tls, certificate), notes)
+    assert notes == []
+
+
 def test_secret_data_is_base64_and_string_data_wins_per_key(tmp_path: Path) -> None:
     encoded = base64.b64encode(b"from-data").decode()
     secrets = f"""
