@@ -111,6 +111,25 @@ class KubernetesApi:
             return None
         return secret_data(secret)  # the manifest loader's decoding: data (base64), then stringData
 
+    def create_event(self, namespace: str, involved: dict[str, Any], type_: str, reason: str, message: str,
+                     time: str) -> None:
+        """A core/v1 Event about `involved` (its apiVersion, kind, name, uid), as `kubectl describe` lists it."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{involved['name']}.", "namespace": namespace},
+            "involvedObject": {**involved, "namespace": namespace},
+            "type": type_,
+            "reason": reason,
+            "message": message,
+            "firstTimestamp": time,
+            "lastTimestamp": time,
+            "count": 1,
+            "source": {"component": "sipreg-operator"},
+            "reportingComponent": "sipreg-operator",
+        }
+        kubernetes.client.CoreV1Api(self.client).create_namespaced_event(namespace, body, _preload_content=False)
+
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """Merge `status` into the object's status; False when the object is gone."""
         api = kubernetes.client.CustomObjectsApi(self.client)

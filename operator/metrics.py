@@ -69,6 +69,11 @@ class OperatorMetrics:
             ["kind", "result"],
             registry=self.registry,
         )
+        self._events_dropped = Counter(
+            "sipreg_operator_events_dropped",
+            "SipConnection Events not posted: over a connection's budget (6 a minute) or the operator's (10 a second).",
+            registry=self.registry,
+        )
         # Zeros rather than no series, so rate() and the dashboard start from 0.
         for kind in KINDS:
             self._duration.labels(kind)
@@ -88,6 +93,9 @@ class OperatorMetrics:
 
     def status_patched(self, kind: str, ok: bool) -> None:
         self._patches.labels(kind, "ok" if ok else "error").inc()
+
+    def event_dropped(self) -> None:
+        self._events_dropped.inc()
 
     def follow(self, states: States) -> None:
         """Export the object states `states()` tells at each scrape (the Reconciler's)."""

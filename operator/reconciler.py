@@ -37,11 +37,12 @@ from registrar.model import Connection
 from registrar.store import layout
 from registrar.store.etcd import EtcdStore
 from registrar.store.etcd_session import EtcdSession
+from registrar.times import rfc3339
 from sip_operator import status as status_rules
 from sip_operator.children import (
     PodSettings, api_token_secret, certificate_problem, desired_children, etcd_client_secret, nonce_secret,
 )
-from sip_operator.kubernetes_api import KubernetesApi
+from sip_operator.kubernetes_api import GROUP, VERSION, KubernetesApi
 from sip_operator.metrics import OperatorMetrics
 
 log = logging.getLogger("sipreg.operator")
@@ -80,6 +81,7 @@ class ConnectionEntry:
 
     spec: Any = None
     generation: int = 0
+    uid: str = ""  # what its Events name it by
     published: Aor | None = None  # the etcd record this object owns
     problem: tuple[str, str] | None = None
     patched: dict[str, Any] | None = None
@@ -111,6 +113,7 @@ class Reconciler:
         self._tasks: list[asyncio.Task] = []
         self.metrics = metrics or OperatorMetrics()
         self.metrics.follow(self.states)
+        self._events = status_rules.EventBudget()
 
     # -- life ------------------------------------------------------------------------------
 
@@ -216,6 +219,7 @@ class Reconciler:
         entry = self.connections.setdefault((namespace, name), ConnectionEntry())
         entry.spec = body.get("spec")
         entry.generation = body.get("metadata", {}).get("generation", 0)
+        entry.uid = body.get("metadata", {}).get("uid", "")
         if entry.patched is None and isinstance(body.get("status"), dict):
             entry.patched = body["status"]  # after a restart: no patch unless something changed
         await self._publish((namespace, name), entry)
@@ -269,6 +273,7 @@ class Reconciler:
         """Remove a SipConnection from etcd with its bindings and failure record."""
         entry = self.connections.pop((namespace, name), None)
         self._dirty.discard((namespace, name))
+        self._events.forget((namespace, name))
         if entry is not None:
             await self._unpublish(entry, drop_bindings=True)
 
@@ -365,8 +370,24 @@ class Reconciler:
         new = await self.connection_status(key)
         if entry is None or new is None or not status_rules.needs_patch(entry.patched, new, self._clock()):
             return
+        events = status_rules.connection_events(entry.patched, new, self._clock())
         await self._patch("sipconnections", key, entry.patched, new)
         entry.patched = new
+        for event in events:
+            await self._post_event(key, entry, event)
+
+    async def _post_event(self, key: ObjectKey, entry: ConnectionEntry, event: status_rules.Event) -> None:
+        now = self._clock()
+        if not self._events.allow(key, now):
+            self.metrics.event_dropped()
+            return
+        involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SipConnection", "name": key[1], "uid": entry.uid}
+        try:
+            await asyncio.to_thread(
+                self.api.create_event, key[0], involved, event.type, event.reason, event.message, rfc3339(now)
+            )
+        except Exception as error:  # an Event is worth a try, never a retry: the status has it
+            log.warning("SipConnection %s/%s: Event %s not posted: %s", *key, event.reason, error)
 
     async def _report_domain(self, key: ObjectKey, entry: DomainEntry) -> None:
         fqdn = entry.fqdn

@@ -18,7 +18,7 @@ registration lifetime, not one per refresh.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from registrar.model import Binding
 from registrar.store import CONTACT_UNREACHABLE, RegistrationFailure
@@ -185,3 +185,77 @@ def domain_status(
         "observedGeneration": generation,
         "conditions": [ready],
     }
+
+
+# -- Events: what `kubectl describe sipconnection` lists under Events -------------------------------
+
+
+class Event(NamedTuple):
+    type: str  # "Normal" or "Warning"
+    reason: str
+    message: str
+
+
+LOCKED_OUT = "LockedOut"
+
+
+def connection_events(previous: dict[str, Any] | None, new: dict[str, Any], now: float) -> list[Event]:
+    """The Events a SipConnection's status change from `previous` (last patched) to `new` is worth.
+
+    None before (the operator just started, or the object is new): nothing, so that a restart does
+    not repeat every connection's story. A new failure is a Warning (a lockout as LockedOut); a
+    connection that starts to be registered, Registered; a contact gone past its expiry,
+    ContactExpired (one that went otherwise was unregistered or replaced by its UA: said only when it
+    was the last, as Unregistered).
+    """
+    if previous is None:
+        return []
+    events = []
+    failure, before = new.get("lastFailure"), previous.get("lastFailure")
+    if failure and failure != before:
+        if failure.get("kind") == CONTACT_UNREACHABLE:
+            events.append(Event("Warning", CONTACT_UNREACHABLE_REASON, f"{failure['reason']} (at {failure['source']})"))
+        elif str(failure.get("reason", "")).startswith("locked out"):
+            events.append(Event("Warning", LOCKED_OUT, f"{failure['reason']}"))
+        else:
+            events.append(Event("Warning", REGISTRATION_FAILED, f"{failure['reason']} (from {failure['source']})"))
+    contacts = {contact["uri"]: contact for contact in new.get("contacts") or []}
+    if new.get("registered") and not previous.get("registered"):
+        shown = ", ".join(f"{uri} from {contact['source']}" for uri, contact in contacts.items())
+        events.append(Event("Normal", REGISTERED, f"registered {shown}"))
+    gone = [contact for contact in previous.get("contacts") or [] if contact["uri"] not in contacts]
+    expired = [contact for contact in gone if _timestamp(contact.get("expiresAt")) <= now]
+    for contact in expired:
+        events.append(Event("Normal", "ContactExpired", f"{contact['uri']} expired at {contact['expiresAt']}"))
+    unreachable = failure and failure != before and failure.get("kind") == CONTACT_UNREACHABLE
+    if previous.get("registered") and not new.get("registered") and len(expired) < len(gone) and not unreachable:
+        events.append(Event("Normal", "Unregistered", "no contact registered"))
+    return events
+
+
+class EventBudget:
+    """How many Events may be posted: `per_object` per `window` s for one object, and `rate` a second with
+    `burst` in all (10,000 contacts expiring in one outage are not 10,000 API writes at once).
+    Past either, Events are dropped: the status still says it all."""
+
+    def __init__(self, per_object: int = 6, window: float = 60.0, rate: float = 10.0, burst: float = 100.0):
+        self.per_object, self.window, self.rate, self.burst = per_object, window, rate, burst
+        self._recent: dict[Any, list[float]] = {}
+        self._tokens = burst
+        self._last: float | None = None
+
+    def allow(self, key: Any, now: float) -> bool:
+        if self._last is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        recent = [when for when in self._recent.get(key, ()) if when > now - self.window]
+        if len(recent) >= self.per_object or self._tokens < 1:
+            self._recent[key] = recent
+            return False
+        self._tokens -= 1
+        recent.append(now)
+        self._recent[key] = recent
+        return True
+
+    def forget(self, key: Any) -> None:
+        self._recent.pop(key, None)

@@ -94,6 +94,15 @@ def register(registrar, tmp_path: Path, user: str, password: str, scenario: str 
     )
 
 
+def events_of(kube: Kube, name: str, reason: str) -> list[dict]:
+    """The Events about SipConnection `name` with `reason`, as `kubectl describe` lists them."""
+    return [
+        event for event in kube.list("v1/events", NAMESPACE)
+        if event["involvedObject"].get("name") == name and event["involvedObject"].get("kind") == "SipConnection"
+        and event["reason"] == reason
+    ]
+
+
 def domain_status(kube: Kube) -> dict:
     return kube.get(SIPDOMAINS, DOMAIN_OBJECT, NAMESPACE).get("status", {})
 
@@ -172,6 +181,11 @@ def sip_domain_story(kube: Kube, operator_runner, etcd: EtcdServer, tmp_path: Pa
             assert status["observedGeneration"] == 1
             wait_for(lambda: domain_status(kube).get("bindings") == 1 and domain_status(kube)["registeredConnections"] == 1,
                      message="the SipDomain's binding count")
+            # kubectl describe sipconnection alice: an Event says she registered, and from where.
+            (registered,) = wait_for(lambda: events_of(kube, "alice", "Registered"), message="alice's Registered Event")
+            assert registered["type"] == "Normal" and registered["involvedObject"]["kind"] == "SipConnection"
+            assert registered["involvedObject"]["uid"] == connection(kube, "alice")["metadata"]["uid"]
+            assert registered["message"] == f"registered {contact['uri']} from {contact['source']}"
 
             # A wrong password shows as bob's last failure.
             run = register(registrar, tmp_path, "bob", "not-bobs-password", "register_wrong_password.xml")
@@ -181,6 +195,9 @@ def sip_domain_story(kube: Kube, operator_runner, etcd: EtcdServer, tmp_path: Pa
             )
             assert failure["reason"] == "wrong password" and failure["source"].startswith("udp:127.0.0.1:")
             assert condition(connection(kube, "bob"), "Registered")["reason"] == "RegistrationFailed"
+            (failed,) = wait_for(lambda: events_of(kube, "bob", "RegistrationFailed"), message="bob's Warning Event")
+            assert failed["type"] == "Warning"
+            assert failed["message"] == f"wrong password (from {failure['source']})"
 
             # A new password in the Secret is published: the old one stops working, the new one works.
             kube.patch("v1/secrets", "bob-sip", {"data": {"password": base64.b64encode(b"bob-new-5").decode()}}, NAMESPACE)

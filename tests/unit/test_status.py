@@ -5,7 +5,7 @@ from __future__ import annotations
 from registrar.model import Binding
 from registrar.store import RegistrationFailure
 from registrar.times import rfc3339
-from sip_operator.status import connection_status, domain_status, needs_patch
+from sip_operator.status import Event, EventBudget, connection_events, connection_status, domain_status, needs_patch
 
 NOW = 1_800_000_000.0
 
@@ -143,3 +143,47 @@ def test_domain_status_counts_and_readiness():
         generation=4, problem=None, previous=result, now=NOW + 5,
     )
     assert down["conditions"][0]["reason"] == "NoReadyReplicas"
+
+
+# -- Events ---------------------------------------------------------------------------------------
+
+
+def test_events_tell_registration_failures_lockouts_expiry_and_unregistration():
+    unregistered = status()
+    registered = status([binding()], previous=unregistered)
+    assert connection_events(None, registered, NOW) == []  # a restarted operator repeats nothing
+    assert connection_events(unregistered, registered, NOW) == [
+        Event("Normal", "Registered", "registered sip:alice@192.0.2.10:5060 from udp:203.0.113.5:40000")
+    ]
+    assert connection_events(registered, status([binding()], previous=registered), NOW) == []  # a refresh
+
+    wrong = RegistrationFailure("sip.example.test", "alice", NOW, "wrong password", "udp:198.51.100.7:5060")
+    failed = status([binding()], failure=wrong, previous=registered)
+    assert connection_events(registered, failed, NOW) == [
+        Event("Warning", "RegistrationFailed", "wrong password (from udp:198.51.100.7:5060)")
+    ]
+    locked = RegistrationFailure("sip.example.test", "alice", NOW + 1, "locked out for 60 s after 5 failed "
+                                 "authentications from udp:198.51.100.7:5060", "udp:198.51.100.7:5060")
+    assert connection_events(failed, status([binding()], failure=locked, previous=failed), NOW + 1) == [
+        Event("Warning", "LockedOut", locked.reason)
+    ]
+
+    # Past its expiry the contact is gone: ContactExpired, and nothing more.
+    later = NOW + 700
+    expired = status([], previous=registered, now=later)
+    assert connection_events(registered, expired, later) == [
+        Event("Normal", "ContactExpired", "sip:alice@192.0.2.10:5060 expired at " + rfc3339(NOW + 590))
+    ]
+    # Gone before its expiry (Expires: 0): Unregistered.
+    assert connection_events(registered, status([], previous=registered), NOW) == [
+        Event("Normal", "Unregistered", "no contact registered")
+    ]
+
+
+def test_the_event_budget_holds_per_object_and_in_all():
+    budget = EventBudget(per_object=2, window=60, rate=1, burst=3)
+    assert [budget.allow("a", NOW) for _ in range(3)] == [True, True, False]  # a's 2 a minute
+    assert budget.allow("b", NOW) is True
+    assert budget.allow("c", NOW) is False  # the burst of 3 is spent
+    assert budget.allow("c", NOW + 1) is True  # a token a second
+    assert budget.allow("a", NOW + 61) is True  # a's window moved on
