@@ -12,10 +12,13 @@ strict, and the status is the user's, not kopf's.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
 import secrets
+import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +30,7 @@ from registrar.store.etcd_session import EtcdSession, EtcdUnavailable, parse_end
 from sip_operator import metrics
 from sip_operator.children import PodSettings, labels
 from sip_operator.kubernetes_api import GROUP, VERSION, KubernetesApi, load_configuration
+from sip_operator.leadership import LEASE_SECONDS, Leadership
 from sip_operator.reconciler import Reconciler
 
 DOMAINS = (GROUP, VERSION, "sipdomains")
@@ -36,6 +40,11 @@ RETRY_DELAY = 5  # seconds before kopf retries a handler that met an unreachable
 # The port of /metrics (`sipreg operator --metrics-port` sets it; kopf loads this module
 # itself, so the command line cannot hand it over otherwise). Unset or 0: no metrics server.
 METRICS_PORT_VARIABLE = "SIPREG_METRICS_PORT"
+# Likewise the liveness port, which a replica that stands by serves itself (kopf's is not up yet).
+HEALTH_PORT_VARIABLE = "SIPREG_HEALTH_PORT"
+# Where the Lease of leader election lives (the chart: the operator's namespace) and how long it lasts.
+LEASE_NAMESPACE_VARIABLE = "POD_NAMESPACE"
+LEASE_SECONDS_VARIABLE = "SIPREG_LEASE_SECONDS"
 
 
 @kopf.on.startup()
@@ -45,9 +54,25 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: loggin
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.level = logging.WARNING
     pods = PodSettings.from_environment(os.environ)
+    api = KubernetesApi(load_configuration())
+    # kopf watches nothing until the start-up handlers return: a replica that does not lead waits here,
+    # answering the liveness probe meanwhile, and reconciles nothing.
+    memo.leadership = Leadership(
+        api, os.environ.get(LEASE_NAMESPACE_VARIABLE) or "default",
+        os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+        lease_seconds=int(os.environ.get(LEASE_SECONDS_VARIABLE) or LEASE_SECONDS),
+    )
+    health_port = int(os.environ.get(HEALTH_PORT_VARIABLE) or 0)
+    standby = await metrics.serve_standby(health_port) if health_port else None
+    try:
+        await memo.leadership.acquire()
+    finally:
+        if standby is not None:
+            await standby.cleanup()  # kopf's liveness endpoint takes the port over
+    memo.leading = asyncio.create_task(_lead(memo.leadership), name="leadership")
     memo.metrics = metrics.OperatorMetrics()
     memo.reconciler = Reconciler(
-        KubernetesApi(load_configuration()),
+        api,
         EtcdSession(parse_endpoints(pods.etcd), tls=pods.etcd_tls),
         pods,
         adopt=lambda child, owner: kopf.adopt(child, owner=owner),
@@ -63,12 +88,24 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: loggin
     )
 
 
+async def _lead(leadership: Leadership) -> None:
+    """Renew the Lease while kopf runs; once it is lost, stop: another replica leads now."""
+    await leadership.keep()
+    os.kill(os.getpid(), signal.SIGTERM)  # kopf's own shutdown; the Deployment starts us again, standing by
+
+
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     server = getattr(memo, "metrics_server", None)  # None as well when start-up failed before it
     if server is not None:
         await server.cleanup()
-    await memo.reconciler.stop()
+    reconciler = getattr(memo, "reconciler", None)
+    if reconciler is not None:
+        await reconciler.stop()
+    leading = getattr(memo, "leading", None)
+    if leading is not None:
+        leading.cancel()
+        await memo.leadership.release()  # after the last write: a successor starts at its next look
 
 
 def _counted(kind: str) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:

@@ -41,6 +41,7 @@ _APIS = {
     "PodDisruptionBudget": ("PolicyV1Api", "namespaced_pod_disruption_budget"),
     "NetworkPolicy": ("NetworkingV1Api", "namespaced_network_policy"),
     "Secret": ("CoreV1Api", "namespaced_secret"),
+    "Lease": ("CoordinationV1Api", "namespaced_lease"),
 }
 
 
@@ -110,6 +111,21 @@ class KubernetesApi:
         if secret is None:
             return None
         return secret_data(secret)  # the manifest loader's decoding: data (base64), then stringData
+
+    # -- the Lease of leader election (sip_operator.leadership) -------------------------------
+
+    def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.read("Lease", namespace, name)
+
+    def create_lease(self, namespace: str, body: dict[str, Any]) -> None:
+        """Create the Lease; ApiException 409 when another candidate created it first."""
+        api, suffix = self._api("Lease")
+        getattr(api, f"create_{suffix}")(namespace, body, _preload_content=False)
+
+    def replace_lease(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """Replace the Lease at body's resourceVersion; ApiException 409 when it changed since it was read."""
+        api, suffix = self._api("Lease")
+        getattr(api, f"replace_{suffix}")(name, namespace, body, _preload_content=False)
 
     def create_event(self, namespace: str, involved: dict[str, Any], type_: str, reason: str, message: str,
                      time: str) -> None:

@@ -142,3 +142,14 @@ async def serve(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     return await start_server(app, [host], port)
+
+
+async def serve_standby(port: int, host: str = "0.0.0.0") -> web.AppRunner:
+    """/healthz on `port` while this replica stands by (kopf serves it once the replica leads)."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"standby": True})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    return await start_server(app, [host], port)

@@ -297,6 +297,7 @@ def _operator(args: argparse.Namespace, command: str) -> int:
 
     # kopf runs the handlers itself: the environment is how a setting reaches them.
     os.environ[handlers.METRICS_PORT_VARIABLE] = str(args.metrics_port)
+    os.environ[handlers.HEALTH_PORT_VARIABLE] = str(args.health_port)
 
     try:
         pods = PodSettings.from_environment(os.environ)
@@ -312,7 +313,7 @@ def _operator(args: argparse.Namespace, command: str) -> int:
     kopf.run(
         clusterwide=not args.namespaces,
         namespaces=args.namespaces or (),
-        standalone=True,  # one operator replica; no peering objects needed
+        standalone=True,  # no kopf peering: replicas elect a leader with a Lease (sip_operator.leadership)
         liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz",
     )
     return 0

@@ -165,15 +165,17 @@ def test_helm_lint_strict_passes(scenario: str) -> None:
 
 
 # ConfigMap: the Grafana dashboards, in every rendering. NetworkPolicy: the operator's, and etcd's with etcd.
+# Role and RoleBinding: the operator's Lease, for leader election.
 BUNDLED_KINDS = ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "NetworkPolicy",
-                 "PodDisruptionBudget", "Service", "Service", "Service", "ServiceAccount", "StatefulSet"]
+                 "PodDisruptionBudget", "Role", "RoleBinding", "Service", "Service", "Service", "ServiceAccount",
+                 "StatefulSet"]
 EXPECTED_KINDS = {
     "default": BUNDLED_KINDS + ["Secret"] * 3,  # the CA, etcd's certificate, sipreg's client certificate
     "cert-manager": BUNDLED_KINDS + ["Certificate"] * 3 + ["Issuer"] * 2,
     "own-certificates": BUNDLED_KINDS,
     "plain": BUNDLED_KINDS,
-    "external-etcd": ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "Service",
-                      "ServiceAccount", "SipDomain"],
+    "external-etcd": ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "Role",
+                      "RoleBinding", "Service", "ServiceAccount", "SipDomain"],
 }
 
 
@@ -223,11 +225,16 @@ def test_helm_refuses_contradictory_values() -> None:
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_the_operator_runs_alone_with_probes_on_its_health_port(scenario: str) -> None:
+def test_two_operators_elect_a_leader_with_probes_on_their_health_port(scenario: str) -> None:
     objects = rendered(scenario)
     deployment = one(objects, "Deployment", "sipreg-operator")
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
     pod = deployment["spec"]["template"]["spec"]
+    env = {item["name"]: item.get("valueFrom") for item in operator_container(objects)["env"]}
+    # Who holds the Lease and where it is: the pod's name, and the release's namespace (the Role's).
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert one(objects, "Role")["metadata"]["namespace"] == deployment["metadata"]["namespace"]
     assert pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
     container = operator_container(objects)
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -11,7 +18,8 @@ import pytest
 from registrar.store import layout
 from registrar.store.etcd_session import EtcdTls
 from tests.etcd_server import ETCD, INSTALL_HINT, EtcdServer, EtcdServerTls, records
-from tests.helpers import DOMAIN, start_registrar, stop_registrar
+from sip_operator.leadership import LEASE_NAME
+from tests.helpers import DOMAIN, ROOT, free_port, start_registrar, stop_registrar
 from tests.k8s.kube import SIPCONNECTIONS, SIPDOMAINS, Kube, OperatorProcess, wait_for
 from tests.k8s.story import (
     DOMAIN_OBJECT,
@@ -210,3 +218,66 @@ def test_a_missing_certificate_secret_is_a_condition_and_its_arrival_clears_it(
         # No pods run in the emulator: Ready turns to what the Deployment says, no longer the certificate.
         wait_for(lambda: ready_reason() == "NoReadyReplicas", message="the condition cleared")
     assert "Traceback" not in runner.output, runner.output
+
+
+def test_two_operators_one_leads_and_the_other_takes_over_within_the_lease_when_it_dies(
+    kube: Kube, kubeconfig: Path, operator_environment: EtcdServer, tmp_path: Path
+) -> None:
+    """Two `sipreg operator` processes: one leads (holds the Lease), the other stands by answering its
+    liveness probe and reconciling nothing. SIGKILL the leader, change something meanwhile: the other
+    leads within the Lease's time and reconciles the change; stopped cleanly, it hands the Lease back."""
+    lease_seconds = 3
+    kube.create(RESOURCES["Namespace"], {"metadata": {"name": NAMESPACE}}, namespace=None)
+
+    def operator(name: str) -> tuple[subprocess.Popen, Path, int]:
+        health, log_path = free_port(), tmp_path / f"{name}.log"
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "registrar.cli", "operator", "--etcd", operator_environment.url,
+                 "--health-port", str(health), "--metrics-port", str(free_port())],
+                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                env={**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": name, "POD_NAMESPACE": NAMESPACE,
+                     "SIPREG_LEASE_SECONDS": str(lease_seconds)},
+            )
+        return process, log_path, health
+
+    def sip_domain(name: str) -> None:
+        kube.create(SIPDOMAINS, {"apiVersion": "sipreg.io/v1alpha1", "kind": "SipDomain",
+                                 "metadata": {"name": name, "namespace": NAMESPACE},
+                                 "spec": {"domain": f"{name}.example.test"}}, NAMESPACE)
+
+    a, a_log, _ = operator("operator-a")
+    b = None
+    try:
+        wait_for(lambda: "leading as operator-a" in a_log.read_text(), timeout=30, message="operator-a leads")
+        b, b_log, b_health = operator("operator-b")
+        wait_for(lambda: "standing by, operator-a leads" in b_log.read_text(), timeout=30, message="b stands by")
+        with urllib.request.urlopen(f"http://127.0.0.1:{b_health}/healthz", timeout=5) as answer:
+            assert json.load(answer) == {"standby": True}  # the liveness probe of a replica standing by
+        sip_domain("one")
+        wait_for(lambda: kube.find("apps/v1/deployments", "one-registrar", NAMESPACE), message="one's Deployment")
+
+        a.kill()
+        a.wait()
+        killed = time.monotonic()
+        sip_domain("two")  # while nobody leads
+        wait_for(lambda: "leading as operator-b" in b_log.read_text(), timeout=lease_seconds * 4,
+                 message="operator-b leads")
+        took_over = time.monotonic() - killed
+        wait_for(lambda: kube.find("apps/v1/deployments", "two-registrar", NAMESPACE), timeout=20,
+                 message="two's Deployment, made by operator-b")
+        print(f"failover: operator-b led {took_over:.1f} s after operator-a died (Lease {lease_seconds} s)")
+        assert took_over < lease_seconds * 2 + 2
+        standing_by = b_log.read_text().split("leading as operator-b")[0]
+        assert "Deployment voip/" not in standing_by and "Handler" not in standing_by  # no double reconcile
+        lease = kube.get("coordination.k8s.io/v1/leases", LEASE_NAME, NAMESPACE)
+        assert lease["spec"]["holderIdentity"] == "operator-b" and lease["spec"]["leaseTransitions"] == 2
+    finally:
+        for process in (a, b):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(timeout=30) == 0
+    assert "released the Lease" in b_log.read_text()
+    assert kube.get("coordination.k8s.io/v1/leases", LEASE_NAME, NAMESPACE)["spec"].get("holderIdentity") is None
+    for log_path in (a_log, b_log):
+        assert "Traceback" not in log_path.read_text(), log_path.read_text()

@@ -40,14 +40,10 @@ from tests.k8s.story import NAMESPACE, OPERATOR, sip_domain_story
 pytestmark = pytest.mark.k8s
 
 OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")
-# (verb, API group, resource) the ClusterRole grants that no run here exercises, and why each stays.
-UNEXERCISED = {
-    ("create", "", "events"):
-        "kopf posts an Event on the object when a handler logs a warning or an error (posting.level WARNING); "
-        "a clean run logs none, and the operator runner fails a test on any error",
-}
 DISCOVERY = re.compile(r"^/api(/v1)?/?$|^/apis(/[^/]+(/[^/]+)?)?/?$")
 Term = tuple[str, str, str]  # verb, group, resource[/subresource]
+# (verb, API group, resource) the chart grants that no run here exercises, and why each stays: none now.
+UNEXERCISED: dict[Term, str] = {}
 
 
 def rbac_term(method: str, path: str, params: dict[str, str]) -> Term | None:
@@ -156,9 +152,14 @@ def test_the_chart_cluster_role_allows_what_the_operator_does_and_nothing_more(
     account = one(objects, "ServiceAccount")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": role["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
-                                    "namespace": RELEASE_NAMESPACE}]
-    grants = granted(role)
+    subjects = [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": RELEASE_NAMESPACE}]
+    assert binding["subjects"] == subjects
+    # The Lease of leader election, in the release's namespace only: a Role.
+    leader, leader_binding = one(objects, "Role"), one(objects, "RoleBinding")
+    assert leader["metadata"]["namespace"] == leader_binding["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert leader_binding["roleRef"]["name"] == leader["metadata"]["name"] and leader_binding["subjects"] == subjects
+    assert granted(leader) == {(verb, "coordination.k8s.io", "leases") for verb in ("get", "create", "update")}
+    grants = granted(role) | granted(leader)
 
     refused = {term: examples[:2] for term, examples in calls.items() if term not in grants}
     assert not refused, f"the operator made calls its ClusterRole does not allow: {refused}"
@@ -171,7 +172,9 @@ def test_the_chart_cluster_role_allows_what_the_operator_does_and_nothing_more(
     for term in [("watch", "sipreg.io", "sipdomains"), ("watch", "sipreg.io", "sipconnections"),
                  ("watch", "", "secrets"), ("watch", "apps", "deployments"),
                  ("patch", "sipreg.io", "sipconnections/status"), ("patch", "", "services"),
-                 ("patch", "networking.k8s.io", "networkpolicies")]:
+                 ("patch", "networking.k8s.io", "networkpolicies"), ("create", "", "events"),
+                 ("create", "coordination.k8s.io", "leases"),
+                 ("update", "coordination.k8s.io", "leases")]:
         assert term in calls, f"{term} not seen: {sorted(calls)}"
 
 
@@ -215,7 +218,8 @@ def test_watching_named_namespaces_needs_namespaces_and_the_chart_grants_them_on
 
     namespaces = {("list", "", "namespaces"), ("watch", "", "namespaces")}
     assert namespaces <= set(calls), sorted(calls)
-    grants = granted(one(render((EXTERNAL_ETCD_VALUES,)), "ClusterRole"))  # these values watch [voip]
+    objects = render((EXTERNAL_ETCD_VALUES,))  # these values watch [voip]
+    grants = granted(one(objects, "ClusterRole")) | granted(one(objects, "Role"))
     refused = {term: examples[:2] for term, examples in calls.items() if term not in grants}
     assert not refused, f"the operator made calls its ClusterRole does not allow: {refused}"
     # Cluster-wide (the default values), kopf never touches Namespaces, and the chart does not grant them.
