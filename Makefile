@@ -28,8 +28,15 @@ JS_TESTS := tests/js
 
 .PHONY: run test unit bench compiled venv apt bench-apt apt-install helm checkov js chart-crds chart-lint clean
 
-run: venv
+run: $(VENV)/.serving
 	$(VENV)/bin/sipreg serve --manifests manifests
+
+# What serving needs and nothing more (no test extras): a newcomer's first `make run` waits for less.
+$(VENV)/.serving: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
 
 venv: $(VENV)/.installed
 
@@ -37,7 +44,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
-	touch $@
+	touch $@ $(VENV)/.serving
 
 # Installs the SIP peers and etcd when one is missing (needs root, as on CI and a fresh Debian box).
 apt:

@@ -275,6 +275,14 @@ def _objects_of(file: str, document: Any, position: str) -> Iterator[_Object]:
             raise ManifestError(
                 f"{file}: {kind} in {position}: apiVersion: {api_version!r} is not supported (expected {API_VERSION!r})"
             )
+        if api_version.split("/")[0] == API_GROUP:
+            # Ours, yet unknown: a misspelt kind ("SIPDomain") would otherwise vanish, and the error it
+            # leads to (a connection's domain not found) would blame another file.
+            near = [ours for ours in sorted(_OUR_KINDS) if ours.lower() == kind.lower()]
+            raise ManifestError(
+                f"{file}: {position}: kind: {kind!r} is not a {API_GROUP} kind "
+                + (f"(did you mean {near[0]!r}?)" if near else f"(there are {', '.join(map(repr, sorted(_OUR_KINDS)))})")
+            )
         return
     with _reporting(f"{file}: {kind} in {position}"):
         namespace, name = _metadata(_required(document.get("metadata"), "metadata"), "metadata")

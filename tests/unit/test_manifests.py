@@ -440,6 +440,13 @@ def test_other_sipreg_versions_are_refused(tmp_path: Path) -> None:
     assert message == f"{path}: SipDomain in document 1: apiVersion: 'sipreg.io/v2' is not supported (expected 'sipreg.io/v1alpha1')"
 
 
+def test_an_unknown_kind_of_ours_is_an_error_naming_the_file_and_the_kind(tmp_path: Path) -> None:
+    path, message = load_error(tmp_path, DOMAIN.replace("kind: SipDomain", "kind: SIPDomain"))
+    assert message == f"{path}: document 1: kind: 'SIPDomain' is not a sipreg.io kind (did you mean 'SipDomain'?)"
+    path, message = load_error(tmp_path, DOMAIN.replace("kind: SipDomain", "kind: SipTrunk"))
+    assert message == f"{path}: document 1: kind: 'SipTrunk' is not a sipreg.io kind (there are 'SipConnection', 'SipDomain')"
+
+
 def test_missing_metadata_name(tmp_path: Path) -> None:
     path, message = load_error(tmp_path, DOMAIN.replace("name: sip-example-test, ", ""))
     assert message == f"{path}: SipDomain in document 1: metadata.name: required"
