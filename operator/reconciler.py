@@ -242,30 +242,44 @@ class Reconciler:
             entry.problem = (error.reason, str(error))
             log.warning("SipConnection %s/%s: %s", namespace, name, error)
             # A connection that lost its Secret or domain must stop accepting its old password.
-            await self._unpublish(entry, drop_bindings=False)
+            await self._unpublish(key, entry, drop_bindings=False)
         else:
             entry.problem = None
             if entry.published not in (None, aor):
-                await self._unpublish(entry, drop_bindings=True)
-            await self._write_connection(connection)
-            entry.published = aor
-            self._owners[aor] = key
+                await self._unpublish(key, entry, drop_bindings=True)
+            holder = await self._write_connection(key, connection)
+            if holder is None:
+                entry.published = aor
+                self._owners[aor] = key
+            else:  # another SipConnection claimed the user first (another operator, in a handover)
+                error = SpecError(
+                    "spec.username", f"{connection.aor} is already defined by SipConnection {holder}", "Conflict"
+                )
+                entry.problem = (error.reason, str(error))
+                log.warning("SipConnection %s/%s: %s", namespace, name, error)
         self._mark(key)
 
-    async def _write_connection(self, connection: Connection) -> None:
+    async def _write_connection(self, key: ObjectKey, connection: Connection) -> str | None:
+        """Write the connection's record under its claim on the user; None when written, else who holds the
+        claim. A record etcd has already is not written again, but the claim is checked all the same."""
         record = layout.encode_connection(connection)
         held = self.store.catalog.connections.get((connection.domain, connection.username))
-        if held is None or layout.encode_connection(held) != record:
-            await self.store.session.write({layout.connection_key(connection.domain, connection.username): record})
+        puts = {} if held is not None and layout.encode_connection(held) == record else {
+            layout.connection_key(connection.domain, connection.username): record
+        }
+        holder = await self.store.session.write_claimed(
+            layout.claim_key(connection.domain, connection.username), layout.claimant(*key), puts
+        )
+        return None if holder is None else holder.decode(errors="replace")
 
-    async def _unpublish(self, entry: ConnectionEntry, drop_bindings: bool) -> None:
+    async def _unpublish(self, key: ObjectKey, entry: ConnectionEntry, drop_bindings: bool) -> None:
         if entry.published is None:
             return
         domain, username = entry.published
         keys = [layout.connection_key(domain, username)]
         if drop_bindings:
             keys += [layout.bindings_key(f"{username}@{domain}"), layout.failure_key(domain, username)]
-        await self.store.session.write({}, keys)
+        await self.store.session.release_claim(layout.claim_key(domain, username), layout.claimant(*key), keys)
         self._owners.pop(entry.published, None)
         entry.published = None
 
@@ -275,7 +289,7 @@ class Reconciler:
         self._dirty.discard((namespace, name))
         self._events.forget((namespace, name))
         if entry is not None:
-            await self._unpublish(entry, drop_bindings=True)
+            await self._unpublish((namespace, name), entry, drop_bindings=True)
 
     async def secret_changed(self, namespace: str, name: str) -> None:
         """A Secret changed or went away: re-publish the connections whose password it holds, and check

@@ -285,6 +285,41 @@ class EtcdSession:
                     return kvs, revision
                 start = page.kvs[-1].key + b"\0"
 
+    async def write_claimed(self, claim: bytes, claimant: bytes, puts: dict[bytes, bytes]) -> bytes | None:
+        """Put `puts` if the key `claim` holds `claimant`, or holds nothing (then it is claimed in the same
+        transaction); None when written, else who holds the claim. Of two claimants writing at once, one
+        wins: the claim's absence is compared, not assumed."""
+        ours, free = _claim_compares(claim, claimant)
+        writes = [put_op(key, value) for key, value in puts.items()]
+        request = rpc.TxnRequest(
+            compare=[ours],
+            success=writes,
+            failure=[rpc.RequestOp(request_txn=rpc.TxnRequest(
+                compare=[free],
+                success=[put_op(claim, claimant), *writes],
+                failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=claim))],
+            ))],
+        )
+        response = await self.txn(request)
+        if response.succeeded:
+            return None
+        nested = response.responses[0].response_txn
+        if nested.succeeded:
+            return None
+        kvs = nested.responses[0].response_range.kvs
+        return kvs[0].value if kvs else b""
+
+    async def release_claim(self, claim: bytes, claimant: bytes, deletes: Sequence[bytes]) -> None:
+        """Delete `deletes` and the claim if `claimant` holds it, or `deletes` if nobody does (a record from
+        before claims); a claim another holds stays, and so do its keys."""
+        ours, free = _claim_compares(claim, claimant)
+        deleting = [delete_op(key) for key in deletes]
+        await self.txn(rpc.TxnRequest(
+            compare=[ours],
+            success=[*deleting, delete_op(claim)],
+            failure=[rpc.RequestOp(request_txn=rpc.TxnRequest(compare=[free], success=deleting))],
+        ))
+
     async def quorum(self, timeout: float) -> None:
         """Return when the member in use can serve a linearizable read, i.e. its cluster has a quorum;
         EtcdUnavailable (and the next endpoint for the next call) when it cannot within `timeout` s."""
@@ -379,6 +414,14 @@ def delete_op(key: bytes) -> rpc.RequestOp:
 # per AOR, where writing the same bytes directly takes 2 us. The encoding is protobuf's
 # (field numbers from etcd's rpc.proto); tests/unit/test_etcd_encoding.py checks it
 # against the generated classes.
+
+
+def _claim_compares(claim: bytes, claimant: bytes) -> tuple[rpc.Compare, rpc.Compare]:
+    """The claim holds `claimant`; the claim does not exist."""
+    return (
+        rpc.Compare(key=claim, value=claimant, target=rpc.Compare.VALUE, result=rpc.Compare.EQUAL),
+        rpc.Compare(key=claim, create_revision=0, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL),
+    )
 
 
 def compare_and_swap(key: bytes, revision: int, value: bytes, lease: int = 0) -> bytes:

@@ -10,6 +10,8 @@ layout can be written beside v1 and migrated to without a flag day:
     /sipreg/v1/failures/<domain>/<username>      a connection's last failure (a REGISTER refused, a
                                                  contact removed for not answering pings)
     /sipreg/v1/nodes/<node-id>                   a live registrar (under a kept-alive lease)
+    /sipreg/v1/claims/<domain>/<username>        which SipConnection owns that user ("namespace/name"):
+                                                 made with a compare, so two cannot both own it
 
 Records are JSON objects whose field names are those of the SipDomain and
 SipConnection specs (camelCase), so `etcdctl get --prefix /sipreg/v1/` reads
@@ -53,6 +55,7 @@ CONNECTIONS = PREFIX + "connections/"
 BINDINGS = PREFIX + "bindings/"
 FAILURES = PREFIX + "failures/"
 NODES = PREFIX + "nodes/"
+CLAIMS = PREFIX + "claims/"
 
 
 class BadRecord(ValueError):
@@ -96,6 +99,15 @@ def failure_key(domain: str, username: str) -> bytes:
 
 def node_key(node: str) -> bytes:
     return f"{NODES}{node}".encode()
+
+
+def claim_key(domain: str, username: str) -> bytes:
+    return f"{CLAIMS}{domain}/{username}".encode()
+
+
+def claimant(namespace: str, name: str) -> bytes:
+    """A claim's value: the SipConnection that owns the user."""
+    return f"{namespace}/{name}".encode()
 
 
 def split_key(prefix: str, key: bytes) -> tuple[str, str]:
