@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from tests.helpers import free_port
 from tests.pki import CertFiles
@@ -44,7 +44,33 @@ class EtcdServerTls:
     probe_client: CertFiles
 
 
-class EtcdServer:
+class _Started:
+    """`with X(...) as x:` starts it and always stops it; a start that fails kills what it left running."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class EtcdServer(_Started):
     """One etcd process on 127.0.0.1; `with EtcdServer(tmp) as etcd:` starts it and always stops it."""
 
     def __init__(self, tmp_path: Path, name: str = "sipreg-test", start_timeout: float = 15,
@@ -246,24 +272,11 @@ class EtcdServer:
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
 
-    def __enter__(self) -> EtcdServer:
-        try:
-            self.start()
-        except BaseException:
-            self.kill()
-            raise
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         return f"EtcdServer({self.endpoint}, {'running' if self.running else 'stopped'}, data={self.data_dir})"
 
 
-class EtcdCluster:
+class EtcdCluster(_Started):
     """`size` etcd members on loopback forming one cluster; `with EtcdCluster(tmp) as cluster:` starts them
     all and always stops them. Any majority is a quorum: with three, one member alone has none."""
 
@@ -288,19 +301,9 @@ class EtcdCluster:
         for member in self.members:
             member.stop()
 
-    def __enter__(self) -> EtcdCluster:
-        try:
-            self.start()
-        except BaseException:
-            for member in self.members:
-                member.kill()
-            raise
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.stop()
+    def kill(self) -> None:
+        for member in self.members:
+            member.kill()
 
 
 def _process_state(pid: int) -> str:
