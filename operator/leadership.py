@@ -88,8 +88,15 @@ class Leadership:
     async def acquire(self) -> None:
         """Return once we lead; until then, look again every renew_seconds."""
         waiting_for = None
-        while not await self._try():
-            holder = await self._holder()
+        while True:
+            try:
+                if await self._try():
+                    break
+                holder = await self._holder()
+            except Exception as error:  # the API server away: a candidate just looks again later
+                log.warning("sipreg operator: could not read the Lease yet: %s", error)
+                await asyncio.sleep(self.renew_seconds)
+                continue
             if holder != waiting_for:
                 log.info("sipreg operator: standing by, %s leads (Lease %s/%s)", holder, self.namespace, self.name)
                 waiting_for = holder

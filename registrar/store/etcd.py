@@ -269,7 +269,9 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                 continue  # _follow is (re)connecting, and its connect checks the quorum itself
             try:
                 await self.session.quorum(QUORUM_CHECK_TIMEOUT)
-            except (EtcdUnavailable, rpc.AioRpcError) as error:
+            except Exception as error:  # etcd's answer, or a bug: either way no proof of a quorum, and go on checking
+                if not isinstance(error, (EtcdUnavailable, rpc.AioRpcError)):
+                    log.exception("sipreg: checking etcd's quorum failed")
                 if self._quorum:
                     log.warning("sipreg: etcd has no quorum (%s); answering 503 until it has", error)
                     self._quorum = False
