@@ -605,9 +605,8 @@ class UdpListener:
             self._loop.remove_reader(self.sock.fileno())
 
     def close(self) -> None:
-        if self.sock.fileno() >= 0:
-            self._loop.remove_reader(self.sock.fileno())
-            self.sock.close()
+        self.stop_reading()
+        self.sock.close()
 
 
 class StreamProtocol(asyncio.Protocol):

@@ -19,8 +19,9 @@ A 200 OK waits for etcd's acknowledgement; a failed write raises StoreUnavailabl
 so does one etcd has not acknowledged within REQUEST_TIMEOUT of the REGISTER asking
 for it (the write may still land: the phone's next REGISTER finds it).
 
-Available means a watch that is up to date and a cluster with a quorum: the member in
-use must answer a linearizable read every QUORUM_CHECK_INTERVAL. A member cut off from
+Available means a watch that is up to date on a member whose cluster has a quorum: it
+is connected to only after a linearizable read, and must answer one every
+QUORUM_CHECK_INTERVAL, or the store disconnects and connects again. A member cut off from
 its quorum still answers status requests and keeps watches open, so without that check
 a registrar on it would look ready while no write can succeed. Unavailable, the store
 refuses writes at once (503 without waiting) and the registrar reports not ready.
@@ -132,8 +133,7 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         self._writes_in_flight = 0
         self._last_write = -WRITE_INTERVAL  # loop time the last write transaction started
         self._write_due: asyncio.TimerHandle | None = None
-        self._ready = False  # the watch is up to date
-        self._quorum = True  # the last linearizable read succeeded (or none failed yet)
+        self._ready = False  # the watch is up to date, on a member that proved a quorum
         self._node_registering = asyncio.Lock()
         self._synced = asyncio.Event()
         self._to_publish = publish
@@ -148,7 +148,7 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
 
     @property
     def ready(self) -> bool:
-        return self._ready and self._quorum
+        return self._ready
 
     # -- CatalogSource, NodeRegistry -------------------------------------------------------
 
@@ -162,9 +162,7 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
 
     async def update(self, aor: str, change: BindingChange) -> list[Binding]:
         if not self._ready:
-            raise StoreUnavailable("etcd is unreachable")
-        if not self._quorum:
-            raise StoreUnavailable("etcd has no quorum")
+            raise StoreUnavailable("etcd is unreachable, or has no quorum")
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[list[Binding]] = loop.create_future()
         # However the write fares (queued behind others, a lease to grant, a compare lost, a slow
@@ -241,8 +239,7 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                 watch = self.session.watch(layout.PREFIX.encode(), self._watched_revision + 1)
                 async for response in watch:
                     if not self._ready:
-                        # A fresh connect's linearizable read proved the quorum.
-                        self._ready, self._quorum, failures = True, True, 0
+                        self._ready, failures = True, 0
                         self._synced.set()
                         log.info("sipreg: following etcd from revision %d", self._watched_revision)
                     self._apply(response)
@@ -261,25 +258,24 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                 failures += 1
 
     async def _check_quorum_forever(self) -> None:
-        """Keep `_quorum` true only while the member in use serves linearizable reads; and, with a
-        quorum, make sure this node is listed (its lease may have expired in an outage)."""
+        """While following, ask the member in use for a linearizable read; one it cannot serve ends the
+        following (a member without a quorum keeps the watch open): _follow then connects again, to a
+        member that serves one (its connect checks). And, with a quorum, make sure this node is listed
+        (its lease may have expired in an outage)."""
         while True:
             await asyncio.sleep(QUORUM_CHECK_INTERVAL)
             if not self._ready:
-                continue  # _follow is (re)connecting, and its connect checks the quorum itself
+                continue  # _follow is (re)connecting
             try:
                 await self.session.quorum(QUORUM_CHECK_TIMEOUT)
-            except Exception as error:  # etcd's answer, or a bug: either way no proof of a quorum, and go on checking
+            except Exception as error:  # etcd's answer, or a bug: either way no proof of a quorum
                 if not isinstance(error, (EtcdUnavailable, rpc.AioRpcError)):
                     log.exception("sipreg: checking etcd's quorum failed")
-                if self._quorum:
-                    log.warning("sipreg: etcd has no quorum (%s); answering 503 until it has", error)
-                    self._quorum = False
-                    self._fail_pending(error)
+                log.warning("sipreg: etcd has no quorum (%s); answering 503 until it has", error)
+                self._ready = False
+                self._fail_pending(error)
+                await self.session.disconnect()  # the watch ends with it, and _follow reconnects
                 continue
-            if not self._quorum:
-                log.info("sipreg: etcd has a quorum again")
-                self._quorum = True
             if self._node_record is not None and self._node_lease is None:
                 try:
                     await self._register_node()
