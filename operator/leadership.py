@@ -90,14 +90,14 @@ class Leadership:
         waiting_for = None
         while True:
             try:
-                if await self._try():
-                    break
-                holder = await self._holder()
+                holder = await self._try()
             except Exception as error:  # the API server away: a candidate just looks again later
                 log.warning("sipreg operator: could not read the Lease yet: %s", error)
                 await asyncio.sleep(self.renew_seconds)
                 continue
-            if holder != waiting_for:
+            if holder == self.me:
+                break
+            if holder is not None and holder != waiting_for:
                 log.info("sipreg operator: standing by, %s leads (Lease %s/%s)", holder, self.namespace, self.name)
                 waiting_for = holder
             await asyncio.sleep(self.renew_seconds)
@@ -109,9 +109,10 @@ class Leadership:
         while True:
             await asyncio.sleep(self.renew_seconds)
             try:
-                if await self._try():
+                holder = await self._try()
+                if holder == self.me:
                     continue
-                log.error("sipreg operator: lost the Lease to %s", await self._holder())
+                log.error("sipreg operator: lost the Lease to %s", holder or "another candidate")
                 return
             except Exception as error:  # the API server away: keep trying while the Lease lasts
                 # Stop a renewal period early: a candidate may take over once it has expired.
@@ -132,13 +133,14 @@ class Leadership:
         except Exception as error:  # it expires by itself anyway
             log.warning("sipreg operator: Lease not released: %s", error)
 
-    async def _try(self) -> bool:
-        """One look at the Lease, and the write it calls for: whether we lead after it."""
+    async def _try(self) -> str | None:
+        """One look at the Lease, and the write it calls for: who leads after it (`me`, or the holder
+        read; None when another candidate wrote first: the next look says who)."""
         now = self._clock()
         lease = await asyncio.to_thread(self.api.read_lease, self.namespace, self.name)
         step = next_step(lease, self.me, now)
         if step == WAIT:
-            return False
+            return (lease or {}).get("spec", {}).get("holderIdentity")
         spec = lease_spec(self.me, now, self.lease_seconds, (lease or {}).get("spec"), renewing=step == RENEW)
         try:
             if step == CREATE:
@@ -150,11 +152,7 @@ class Leadership:
                 await asyncio.to_thread(self.api.replace_lease, self.namespace, self.name, {**lease, "spec": spec})
         except ApiException as error:
             if error.status == 409:  # another candidate wrote first: it leads
-                return False
+                return None
             raise
         self._renewed = now
-        return True
-
-    async def _holder(self) -> str | None:
-        lease = await asyncio.to_thread(self.api.read_lease, self.namespace, self.name)
-        return ((lease or {}).get("spec") or {}).get("holderIdentity")
+        return self.me
