@@ -124,7 +124,8 @@ test: venv apt helm checkov js compiled
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-# Measured on the form images ship: the compiled SIP core.
+# Measured on the form images ship: the compiled SIP core. run.py runs every phase: `scale`, a million
+# subscribers loaded into etcd, takes several minutes of it.
 bench: venv bench-apt compiled
 	PYTHONPATH=$(COMPILED_SITE) $(PY) bench/run.py
 	$(PY) bench/operator_scale.py

@@ -97,11 +97,13 @@ class CallsFigures:
 class Callees:
     """One sipp process that registers `users` at `registrar`, then answers the calls routed to them.
 
-    `registered` counts the users the registrar has bindings of (sipreg's metric by default)."""
+    `registered` counts the users the registrar has bindings of (sipreg's metric by default). The
+    Contacts name the callees' own port unless `contact_port` names another, as a phone behind NAT
+    does: a REGISTER then replaces a binding that already has that Contact."""
 
     def __init__(
         self, registrar, workdir: Path, csv_path: Path, users: int, transport: str,
-        registered: Callable[[], int] | None = None,
+        registered: Callable[[], int] | None = None, contact_port: int | None = None,
     ) -> None:
         self.registrar = registrar
         self.registered = registered or (lambda: binding_count(registrar))
@@ -115,7 +117,7 @@ class Callees:
             "-sf", str(callee_scenario(self.directory)), "-oocsf", str(HERE / "call_uas.xml"),
             "-inf", str(csv_path), "-m", str(users), "-l", str(users), "-r", "200",
             "-i", registrar.host, "-p", str(self.port), "-t", {"udp": "u1", "tcp": "t1"}[transport],
-            "-key", "contact_port", str(self.port), "-key", "expires", str(REGISTER_EXPIRES),
+            "-key", "contact_port", str(contact_port or self.port), "-key", "expires", str(REGISTER_EXPIRES),
             "-nostdin", "-trace_err", "-error_file", str(self.errors), *NO_ABORT_BYE,
         ]
         self.process = subprocess.Popen(

@@ -18,7 +18,8 @@ with the per-source limits exempting sipp (what the defences cost); a scanner's
 INVITE flood and the registrar's memory under it: bench/flood.py; the memory of
 10,000 idle TCP and TLS connections, beside Kamailio's: bench/idle_flows.py; CPU per
 authenticated registration at fixed rates and the best rate, beside Kamailio as a
-registrar: bench/kamailio_registrar.py.
+registrar: bench/kamailio_registrar.py; a registrar's memory and CPU against the
+subscribers etcd holds (--scale-sizes, 100,000 and 1,000,000): bench/scale.py.
 
 The registrar and sipp are pinned to different cores when taskset exists, so
 they do not fight over one. Nothing here is a pass/fail test: figures vary with
@@ -59,10 +60,12 @@ TARGET_LATENCY_RATE = 2500
 # What --skip and --only name; calls and calls-replicas are bench/calls.py's.
 PHASES = [
     "udp", "overload", "tcp", "latency", "defences", "flood", "etcd", "calls", "calls-replicas", "calls-kamailio",
-    "memory", "idle", "kamailio",
+    "memory", "idle", "kamailio", "scale",
 ]
 # Phases that drive sipp (idle_flows.py opens its connections itself).
 SIPP_PHASES = set(PHASES) - {"idle"}
+# The Contact port of sipp's REGISTERs: not sipp's source port, so the registrar must keep the source (NAT).
+CONTACT_PORT = 5999
 # Of the in-memory store's best UDP rate. A rung's achieved rate is about 1% under its offered
 # one (sipp's start and drain count), so a store that holds 70% but not 80% read as 69% without
 # the rung between them.
@@ -233,7 +236,8 @@ def register_run(
     started = time.monotonic()
     run = run_sipp(
         scenario, f"{registrar.host}:{registrar.sip_port}", workdir=workdir, transport=transport,
-        calls=calls, rate=rate, injection=csv_path, keys={"contact_port": "5999", "expires": "3600", **(keys or {})},
+        calls=calls, rate=rate, injection=csv_path,
+        keys={"contact_port": str(CONTACT_PORT), "expires": "3600", **(keys or {})},
         timeout=max(60, calls / rate * 3), extra=extra, wrapper=pinned(1), trace_messages=False,
     )
     elapsed = time.monotonic() - started
@@ -571,6 +575,11 @@ def etcd_figures(tmp_path: Path, csv_path: Path, duration: float, memory_best: f
     return lines
 
 
+def table_sizes(text: str) -> list[int]:
+    """--scale-sizes: "100000,1000000" -> [100000, 1000000]."""
+    return [int(size) for size in text.split(",")]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=20_000, help="users in the throughput runs")
@@ -585,6 +594,10 @@ def main() -> int:
         help="seconds per offered rate in the calls phases (default 40: more than the 32 s a finished transaction is kept)",
     )
     parser.add_argument("--flood-duration", type=float, default=15.0, help="seconds of each flood run")
+    parser.add_argument(
+        "--scale-sizes", type=table_sizes, default=table_sizes("100000,1000000"),
+        help="subscribers in etcd for each run of the scale phase, comma-separated",
+    )
     parser.add_argument("--idle-connections", type=int, default=10_000, help="idle connections per row of the idle phase")
     parser.add_argument(
         "--calls-transport", default="udp", choices=["udp", "tcp"], help="transport of the calls phases' callers and callees"
@@ -654,6 +667,11 @@ def main() -> int:
             from kamailio_registrar import kamailio_phase
 
             report += kamailio_phase(tmp_path, users, throughput_csv, args.duration, best)
+
+        if "scale" not in args.skip:
+            from scale import scale_phase
+
+            report += scale_phase(tmp_path, args.scale_sizes, args.callees, args.call_hold)
 
     print()
     print("\n".join(report))
