@@ -23,6 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from registrar.http import start_server
+from registrar.metrics import bindings_family
 from registrar.store import StoreUnavailable
 
 # The *_created series only double the output; nothing we ship reads them.
@@ -97,9 +98,11 @@ class OperatorMetrics:
     def event_dropped(self) -> None:
         self._events_dropped.inc()
 
-    def follow(self, states: States) -> None:
-        """Export the object states `states()` tells at each scrape (the Reconciler's)."""
+    def follow(self, states: States, binding_counts: Callable[[], dict[str, int]]) -> None:
+        """Export the object states `states()` tells at each scrape (the Reconciler's), and the bindings
+        per domain its store mirrors (sipreg_bindings: registrar pods read bindings on demand, and count none)."""
         self.registry.register(_StatesCollector(states))
+        self.registry.register(_BindingsCollector(binding_counts))
 
 
 def cause_of(error: BaseException) -> str:
@@ -112,6 +115,14 @@ def cause_of(error: BaseException) -> str:
             return "kubernetes"
         seen = seen.__cause__ or seen.__context__
     return "other"
+
+
+class _BindingsCollector:
+    def __init__(self, binding_counts: Callable[[], dict[str, int]]):
+        self._binding_counts = binding_counts
+
+    def collect(self) -> Iterator[Metric]:
+        yield bindings_family(self._binding_counts())
 
 
 class _StatesCollector:

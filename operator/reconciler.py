@@ -112,7 +112,7 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.metrics = metrics or OperatorMetrics()
-        self.metrics.follow(self.states)
+        self.metrics.follow(self.states, self.store.binding_counts)
         self._events = status_rules.EventBudget()
 
     # -- life ------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from registrar.sip.source import STREAM_TRANSPORTS, Destination, Source
 from registrar.sip.transaction import TransactionLayer
 from registrar.source_limits import Ban, SourceLimiter
 from registrar.store import CatalogSource, LocationStore, NodeRegistry
-from registrar.store.etcd import EtcdStore
+from registrar.store.etcd import DEFAULT_CACHED_AORS, EtcdStore
 from registrar.store.etcd_session import EtcdSession, EtcdTls, parse_endpoints
 from registrar.store.memory import FixedCatalog, MemoryStore, NoReplicas
 from registrar.tls import RotatingCertificate, self_signed_context
@@ -80,6 +80,8 @@ class ServeConfig:
     node: str | None = None
     # Granted expiries are shortened by up to this fraction at random (0 grants them exactly).
     expires_spread: float = 0.1
+    # With etcd: the AORs whose bindings stay in memory (EtcdStore's cached_aors); the rest are read on demand.
+    binding_cache: int = DEFAULT_CACHED_AORS
     # Serve only these domains of the catalogue (a SipDomain's own pods); None: all of them.
     domains: frozenset[str] | None = None
     # The address other replicas reach this one at (etcd nodes/); None: `host`.
@@ -393,8 +395,11 @@ def make_store(config: ServeConfig, on_catalog: Callable[[Catalog], None]) -> St
         node=config.node_name,
         node_address=config.advertise or config.host,
         sip_port=config.sip_port,
+        cached_aors=config.binding_cache,
+        served_domains=config.domains,
         publish=config.catalog,
         on_catalog=on_catalog,
         on_write=calls.written,
+        on_read=calls.read,
     )
     return StoreParts(store, store, store, calls)

@@ -13,6 +13,7 @@ from registrar.app import DEFAULT_HTTP_HOSTS, RegistrarServer, ServeConfig
 from registrar.http import check_api_token
 from registrar.manifests import ManifestError, load_catalog
 from registrar.sip.source import TRANSPORTS
+from registrar.store.etcd import DEFAULT_CACHED_AORS, MIN_CACHED_AORS
 from registrar.store.etcd_session import EtcdTls, parse_endpoints
 
 
@@ -80,6 +81,14 @@ def _registrar_options(
         type=_percent,
         default=10,
         help="take up to this %% off each granted expiry at random, so refreshes spread out (default 10; 0: exact)",
+    )
+    parser.add_argument(
+        "--binding-cache",
+        type=_cached_aors,
+        default=DEFAULT_CACHED_AORS,
+        metavar="AORS",
+        help="with etcd: keep the bindings of at most this many AORs in memory, read the rest on demand "
+        f"(default {DEFAULT_CACHED_AORS:,}; about 1 KiB each)",
     )
     parser.add_argument(
         "--node", default=node, help="this registrar's name among replicas (default: host name and SIP port)"
@@ -178,6 +187,12 @@ def _percent(text: str) -> int:
     return int(text)
 
 
+def _cached_aors(text: str) -> int:
+    if not text.isdigit() or int(text) < MIN_CACHED_AORS:
+        raise argparse.ArgumentTypeError(f"not a number of AORs of at least {MIN_CACHED_AORS}: {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -231,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         wss_key=args.wss_key,
         node=args.node,
         expires_spread=args.expires_spread / 100,
+        binding_cache=args.binding_cache,
         domains=frozenset(name.lower() for name in args.domains) if getattr(args, "domains", None) else None,
         advertise=getattr(args, "advertise", None),
         etcd_tls=etcd_tls,

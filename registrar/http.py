@@ -11,6 +11,7 @@ loopback by default) and, in a cluster, the NetworkPolicy decide who that is.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import re
 import time
@@ -23,7 +24,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from registrar.metrics import Metrics
 from registrar.model import Binding
-from registrar.store import LocationStore
+from registrar.service import RETRY_AFTER_SECONDS
+from registrar.store import LocationStore, StoreUnavailable
 from registrar.times import rfc3339
 
 # The Server header of every HTTP response: versions of Python and aiohttp would tell a scanner which
@@ -56,7 +58,10 @@ def make_app(
 
     async def bindings(request: web.Request) -> web.Response:
         domain = request.query.get("domain")
-        found = await store.all_bindings(domain.lower() if domain else None)
+        try:
+            found = await store.all_bindings(domain.lower() if domain else None)
+        except StoreUnavailable as error:
+            raise _unavailable(error) from None
         now = time.time()
         return web.json_response({"bindings": [binding_json(b, now) for b in found]})
 
@@ -68,7 +73,10 @@ def make_app(
         if not at or not user:
             raise web.HTTPBadRequest(text="AOR must be user@domain")
         now = time.time()
-        found = await store.lookup(f"{user}@{host.lower()}")
+        try:
+            found = await store.lookup(f"{user}@{host.lower()}")
+        except StoreUnavailable as error:
+            raise _unavailable(error) from None
         return web.json_response({"aor": f"{user}@{host.lower()}", "bindings": [binding_json(b, now) for b in found]})
 
     app.router.add_get("/healthz", healthz)
@@ -146,6 +154,13 @@ class _ClientErrorsQuiet(logging.LoggerAdapter):
             # Hostile bytes are no error of ours; at debug, a flood of them cannot flood the log.
             level, msg, exc_info = logging.DEBUG, f"{msg}: {exc_info.code} {type(exc_info).__name__}", None
         super().log(level, msg, *args, exc_info=exc_info, **kwargs)
+
+
+def _unavailable(error: StoreUnavailable) -> web.HTTPServiceUnavailable:
+    return web.HTTPServiceUnavailable(
+        text=json.dumps({"error": f"the location store is unavailable: {error}"}),
+        content_type="application/json", headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def binding_json(binding: Binding, now: float) -> dict:

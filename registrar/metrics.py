@@ -60,6 +60,7 @@ class StoreCalls:
         self.aors_written = 0
         self.conflicts = 0
         self.write_latency = _Histogram()
+        self.read_latency = _Histogram()
         self.failures = dict.fromkeys(STORE_OPERATIONS, 0)
 
     def written(self, seconds: float, aors: int, conflicts: int) -> None:
@@ -68,6 +69,10 @@ class StoreCalls:
         self.aors_written += aors
         self.conflicts += conflicts
         self.write_latency.observe(seconds)
+
+    def read(self, seconds: float) -> None:
+        """One read of bindings etcd answered: a lookup, or the AORs of a write the cache did not hold."""
+        self.read_latency.observe(seconds)
 
     def failed(self, operation: str) -> None:
         """A call to etcd failed (one of STORE_OPERATIONS)."""
@@ -338,6 +343,13 @@ class _StoreCallsCollector:
         )
         writes.add_metric([], *calls.write_latency.buckets())
         yield writes
+        reads = HistogramMetricFamily(
+            "sipreg_store_read_duration_seconds",
+            "Time etcd took to answer a read of bindings: a lookup (an INVITE's), or the AORs of a write "
+            "that the registrar's cache did not hold.",
+        )
+        reads.add_metric([], *calls.read_latency.buckets())
+        yield reads
 
 
 class _SourcesCollector:
@@ -408,10 +420,7 @@ class _StoreCollector:
     def collect(self) -> Iterator[Metric]:
         catalog = self._catalog()
         served = catalog.domains
-        yield _gauge(
-            "sipreg_bindings", "Active bindings (registered contacts), by domain.",
-            {domain: count for domain, count in self._store.binding_counts().items() if domain in served},
-        )
+        yield bindings_family({domain: count for domain, count in self._store.binding_counts().items() if domain in served})
         yield _gauge(
             "sipreg_registered_connections", "SipConnections (users, trunks) with at least one active binding, by domain.",
             {domain: count for domain, count in self._store.aor_counts().items() if domain in served},
@@ -434,6 +443,13 @@ class _StoreCollector:
                     counts[domain] += 1
             self._counted = (catalog, counts)
         return self._counted[1]
+
+
+def bindings_family(by_domain: dict[str, int]) -> Metric:
+    """sipreg_bindings: a registrar's whose store holds every binding (memory), or the operator's (its mirror of etcd).
+
+    A registrar reading bindings from etcd on demand knows only those it read, and exports none."""
+    return _gauge("sipreg_bindings", "Active bindings (registered contacts), by domain.", by_domain)
 
 
 def _gauge(name: str, documentation: str, by_domain: dict[str, int]) -> Metric:

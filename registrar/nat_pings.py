@@ -15,6 +15,8 @@ over), whose Contact is not where their packets come from (behind NAT), that
 have no Path (the edge proxy's job) and no reg-id (an outbound phone keeps its
 flow alive itself). Before each ping the binding is looked up again: one that
 was refreshed through another replica, or removed, is dropped from the list.
+The contacts due at one tick are looked up together (`LocationStore.lookup_many`:
+with etcd, a read per MAX_TXN_OPS AORs, not one per ping).
 
 Pings are stateless, one datagram each, as nathelper's are: no retransmissions,
 no transaction. The answer is matched by the Via branch, a random token only
@@ -143,15 +145,26 @@ class NatPinger:
 
     async def ping_due(self) -> None:
         tick = self._tick()
-        for due in sorted(t for t in self._due if t <= tick):
-            for key in self._due.pop(due):
+        due = []
+        for when in sorted(t for t in self._due if t <= tick):
+            for key in self._due.pop(when):
                 pinged = self.pinged.get(key)
-                if pinged is not None and pinged.due == due:
-                    await self._ping(pinged, tick)
+                if pinged is not None and pinged.due == when:
+                    due.append(pinged)
+        if not due:
+            return
+        try:
+            current = await self.store.lookup_many({pinged.aor for pinged in due})
+        except StoreUnavailable:
+            for pinged in due:  # nothing is known of them now: again at the next tick
+                self._schedule(pinged, tick + 1)
+            return
+        for pinged in due:
+            await self._ping(pinged, tick, current[pinged.aor])
 
-    async def _ping(self, pinged: Pinged, tick: int) -> None:
+    async def _ping(self, pinged: Pinged, tick: int, bindings: Sequence[Binding]) -> None:
         key = (pinged.aor, pinged.contact)
-        if not await self._still_ours(pinged):
+        if not self._still_ours(pinged, bindings):
             self._forget(pinged)
             return
         if pinged.branch is not None:
@@ -167,11 +180,12 @@ class NatPinger:
         self._on_ping("sent")
         self._schedule(pinged, tick + pinged.interval)
 
-    async def _still_ours(self, pinged: Pinged) -> bool:
-        """Whether the binding is still there, held here, from the same address (not refreshed elsewhere)."""
+    def _still_ours(self, pinged: Pinged, bindings: Sequence[Binding]) -> bool:
+        """Whether the binding is still among the AOR's `bindings`, held here, from the same address (not
+        refreshed elsewhere)."""
         if pinged.expires_at <= self.clock():
             return False
-        for binding in await self.store.lookup(pinged.aor):
+        for binding in bindings:
             if binding.contact == pinged.contact:
                 return (binding.node, binding.source_host, binding.source_port) == (self.node, pinged.host, pinged.port)
         return False

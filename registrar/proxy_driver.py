@@ -26,6 +26,7 @@ from registrar.sip.message import Request, Response, SipError
 from registrar.sip.source import DEFAULT_PORTS, WEBSOCKET_TRANSPORTS, Destination, Source
 from registrar.sip.transaction import Send, TransactionKey
 from registrar.sip.uri import URI, unbracketed
+from registrar.store import StoreUnavailable
 
 log = logging.getLogger("sipreg.proxy")
 
@@ -159,7 +160,11 @@ class ProxyDriver:
             aor = request.name_addr("To").uri.aor
         except SipError:
             return target
-        for binding in await self.router.store.lookup(aor):
+        try:
+            bindings = await self.router.store.lookup(aor)
+        except StoreUnavailable:
+            return target  # the recorded flow, closed or not: the best there is while etcd is away
+        for binding in bindings:
             if binding.contact == request.uri:
                 return binding_target(binding, request.uri)
         return target

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from registrar.authentication import REGISTRAR, Authenticator, AuthenticationStep
 from registrar.model import Binding, Catalog, Connection, Domain
-from registrar.service import ALLOW_WITHOUT_REGISTER
+from registrar.service import ALLOW_WITHOUT_REGISTER, store_unavailable
 from registrar.sip.grammar import quote
 from registrar.sip.headers import NameAddr, parse_delta_seconds, parse_name_addr
 from registrar.sip.message import Request, Response, SipError, check_extensions, error_response, server_response
@@ -39,8 +39,6 @@ from registrar.sip.source import Source
 from registrar.sip.uri import URI, URIError, parameters_agree, parse_uri
 from registrar.store import LocationStore, StoreUnavailable
 
-# What we answer with when the store cannot make a binding durable.
-RETRY_AFTER_SECONDS = 5
 MAX_PATH = 8  # Path hops a binding keeps: an edge proxy or two, not a header stuffed with routes
 
 
@@ -100,7 +98,7 @@ class Registrar:
         if not self.store.ready:
             # Without the store the catalogue may be stale or empty too: no answer
             # but "try again" would be true, not even a challenge.
-            return self._reject(request, _store_unavailable(), None)
+            return self._reject(request, store_unavailable(), None)
         domain = None
         try:
             domain = self._served_domain(request)
@@ -128,7 +126,7 @@ class Registrar:
             try:
                 bindings = await self.store.update(aor, change)
             except StoreUnavailable:
-                raise _store_unavailable() from None
+                raise store_unavailable() from None
         except SipError as rejection:
             return self._reject(request, rejection, domain)
         response = server_response(request, 200, "OK")
@@ -334,10 +332,6 @@ class Registrar:
 def _sip_date(second: int) -> str:
     """RFC 3261 20.17 Date (RFC 1123 form, GMT); one string per second suffices."""
     return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second))
-
-
-def _store_unavailable() -> SipError:
-    return SipError(503, "Location Service Unavailable", [("Retry-After", str(RETRY_AFTER_SECONDS))])
 
 
 def _check_order(existing: Binding, call_id: str, cseq: int) -> None:

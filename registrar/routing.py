@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from registrar.authentication import PROXY, Authenticator, AuthenticationStep
 from registrar.flows import FlowRef, of_binding
 from registrar.model import Binding, Catalog, Connection, Domain
-from registrar.service import ALLOW
+from registrar.service import ALLOW, store_unavailable
 from registrar.sip.headers import parse_name_addr
 from registrar.sip.message import KNOWN_METHODS, Request, SipError
 from registrar.sip.source import Source
 from registrar.sip.uri import URI, URIError, as_request_uri, parse_uri
-from registrar.store import LocationStore
+from registrar.store import LocationStore, StoreUnavailable
 
 # A dialled number: what a gateway, not a user of ours, answers.
 _PHONE_NUMBER = re.compile(r"\+?[0-9*#]{2,32}")
@@ -143,7 +143,7 @@ class Router:
     async def _inbound(self, domain: Domain, connection: Connection) -> TargetSet:
         if not connection.inbound:
             raise SipError(403, "Inbound Calls Not Allowed For This User")
-        bindings = await self.store.lookup(connection.aor)
+        bindings = await self._lookup(connection.aor)
         if not bindings:
             raise SipError(480, "Temporarily Unavailable")
         return self._targets(domain, bindings)
@@ -152,10 +152,16 @@ class Router:
         self, domain: Domain, connection: Connection | None, user: str
     ) -> TargetSet | None:
         """A stranger's call to a registered user goes through; None for every other case, looked up alike."""
-        bindings = await self.store.lookup(connection.aor if connection is not None else f"{user}@{domain.name}")
+        bindings = await self._lookup(connection.aor if connection is not None else f"{user}@{domain.name}")
         if connection is None or not connection.inbound or not bindings:
             return None
         return self._targets(domain, bindings)
+
+    async def _lookup(self, aor: str) -> list[Binding]:
+        try:
+            return await self.store.lookup(aor)
+        except StoreUnavailable:
+            raise store_unavailable() from None
 
     def _targets(self, domain: Domain, bindings: list[Binding]) -> TargetSet:
         if domain.mode == "redirect":

@@ -27,6 +27,12 @@ ALLOWED_METHODS = ("REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "MES
 ALLOW = ", ".join(ALLOWED_METHODS)
 # A domain that refuses registration still takes calls: all of the above but REGISTER (the registrar's 405).
 ALLOW_WITHOUT_REGISTER = ", ".join(method for method in ALLOWED_METHODS if method != "REGISTER")
+RETRY_AFTER_SECONDS = 5  # of a 503 for the location store being unavailable
+
+
+def store_unavailable() -> SipError:
+    """The answer to a REGISTER, or a call, that the location store cannot serve now (etcd away)."""
+    return SipError(503, "Location Service Unavailable", [("Retry-After", str(RETRY_AFTER_SECONDS))])
 
 
 class SipService:

@@ -16,7 +16,7 @@ registrar replicas (none to know of beside the memory store; etcd's nodes/).
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,10 @@ class LocationStore(abc.ABC):
     @abc.abstractmethod
     async def lookup(self, aor: str) -> list[Binding]:
         """The AOR's current bindings."""
+
+    async def lookup_many(self, aors: Iterable[str]) -> dict[str, list[Binding]]:
+        """Each AOR's current bindings (a store that reads them from afar reads them together)."""
+        return {aor: await self.lookup(aor) for aor in aors}
 
     @abc.abstractmethod
     async def update(self, aor: str, change: BindingChange) -> list[Binding]:

@@ -1,11 +1,19 @@
 """The etcd location service: registrar replicas share one binding table, and a restart loses nothing.
 
-Reads come from memory. One watch on the whole /sipreg/v1/ prefix feeds a local
-cache of bindings (a BindingTable), domains and connections (the Catalog the
-registrar serves: the store is its CatalogSource), failures and nodes (the
-store is the NodeRegistry). The watch resumes from its last revision
-after a broken stream or an etcd restart, and reads everything anew when that
-revision was compacted away.
+One watch stream follows what the store holds in memory: domains and connections (the
+Catalog the registrar serves: the store is its CatalogSource) and nodes (the store is
+the NodeRegistry); it resumes from its last revision after a broken stream or an etcd
+restart, and reads everything anew when that revision was compacted away.
+
+Bindings, two ways (`cached_aors`). A registrar's store reads them on demand: a lookup
+(an INVITE's) reads the AOR's key from the member in use, and a REGISTER's write starts
+from the cache of the AORs this replica read or wrote lately, at most `cached_aors` of
+them (least recently used go first), reading the AOR first when it is not there. So
+a replica's memory and CPU follow the traffic it serves, not the subscribers in etcd:
+it never sees the other replicas' writes, and a cached record another replica has
+since changed costs one lost compare-and-swap, which brings the current record back
+(below). The operator's store mirrors every binding and failure (`cached_aors` None),
+as every connection's status comes from them.
 
 Writes are compare-and-swap transactions on an AOR's key (see layout.py), made
 from the cache's revision of that key. REGISTERs that arrive while writes are in
@@ -35,17 +43,20 @@ rather than one per binding.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any
 
 from aetcd import rpc
 
 from registrar.model import Binding, Catalog, Connection, Domain
-from registrar.store import BindingChange, CatalogSource, NodeRegistry, RegistrationFailure, StoreUnavailable
+from registrar.store import (
+    BindingChange, BindingEvent, CatalogSource, NodeRegistry, RegistrationFailure, StoreUnavailable,
+)
 from registrar.store import layout
 from registrar.store.etcd_session import (
     REQUEST_TIMEOUT, EtcdSession, EtcdUnavailable, WatchCompacted, compare_and_swap, delete_op, put_op,
@@ -67,10 +78,21 @@ MAX_TXN_OPS = 128  # operations per transaction (etcd's default --max-txn-ops)
 # AORs per transaction: etcd checks a nested transaction against what the outer one leaves
 # of MAX_TXN_OPS, and each compare-and-swap is one operation deep, so 128 would be refused.
 MAX_BATCH = MAX_TXN_OPS - 1
+# The least a store reading on demand caches: the AORs of the transactions in flight and of the
+# next, so that reading a batch's unknown AORs never lets go of the others.
+MIN_CACHED_AORS = (MAX_WRITES_IN_FLIGHT + 2) * MAX_BATCH
+# A registrar's cache by default: about 50 MiB, every AOR of a mid-sized deployment, or the last
+# minutes' of a large one.
+DEFAULT_CACHED_AORS = 50_000
 MAX_ATTEMPTS = 5  # compare-and-swap rounds lost to other replicas before giving up with 503
 FAILURE_FLUSH_INTERVAL = 1.0  # seconds; failure records go out at most this often, MAX_TXN_OPS at a time
 NODE_TTL = 10  # seconds a dead registrar stays listed under nodes/
 SWEEP_INTERVAL = 1.0
+# How often a store reading bindings on demand counts each domain's registered AORs: a count
+# walks etcd's index of the domain's keys, so it waits this share of its time counting, and at
+# least CENSUS_INTERVAL.
+CENSUS_INTERVAL = 2.0
+CENSUS_SHARE = 0.002
 # How often, and how patiently, the member in use is asked for a linearizable read: a quorum lost
 # is noticed within the sum, and a quorum back within the interval.
 QUORUM_CHECK_INTERVAL = 0.5
@@ -88,12 +110,17 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
 
     `node` (with its address and SIP port) is listed under nodes/ while the
     store runs; none: the store is not a registrar's (the operator's).
+    `cached_aors`: read bindings on demand, keeping at most this many AORs'
+    (a registrar's); None: mirror every binding and failure (the operator's).
+    `served_domains`: reading on demand, follow only these domains' connections
+    (a SipDomain's pods); None: every domain's.
     `publish`: a catalogue to make etcd's once connected (`sipreg serve
     --manifests`), and the one `catalog` holds until etcd's is read.
     Told, through the callables given: `on_catalog` each catalogue read from
     etcd (the registrar serves it); `on_failure` the (domain, username) of each
     failure record that changed (the operator's status); `on_write` the
-    seconds, AORs written and compares lost of each write transaction (metrics).
+    seconds, AORs written and compares lost of each write transaction, and
+    `on_read` the seconds of each read of bindings (metrics).
     """
 
     def __init__(
@@ -104,17 +131,25 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         node_address: str = "",
         sip_port: int = 0,
         clock: Callable[[], float] = time.time,
+        cached_aors: int | None = None,
+        served_domains: frozenset[str] | None = None,
         lease_granularity: float = LEASE_GRANULARITY,
         publish: Catalog | None = None,
         on_catalog: Callable[[Catalog], None] = lambda catalog: None,
         on_failure: Callable[[str, str], None] = lambda domain, username: None,
         on_write: Callable[[float, int, int], None] = lambda seconds, aors, conflicts: None,
+        on_read: Callable[[float], None] = lambda seconds: None,
     ):
         self.session = session
         self.node = node
         self._node_record = layout.encode_node(node, node_address, sip_port, clock()) if node else None
         self._clock = clock
         self._table = BindingTable(clock())
+        self._cached_aors = None if cached_aors is None else max(cached_aors, MIN_CACHED_AORS)
+        self._followed = layout.EVERYTHING if cached_aors is None else layout.served(served_domains)
+        # Reading on demand: the AORs in the cache (known: held, or known absent), least recently used first.
+        self._recent: dict[str, None] = {}
+        self._census: dict[str, int] = {}  # reading on demand: domain -> AORs with a bindings key in etcd
         self._revisions: dict[str, int] = {}  # AOR -> mod revision of its key, as last seen
         self._tombstones: dict[str, int] = {}  # AOR -> revision it was deleted at (older news is stale)
         self._watched_revision = 0  # every change up to this revision is in the cache
@@ -142,6 +177,7 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         self._on_catalog = on_catalog
         self._on_failure = on_failure
         self._on_write = on_write
+        self._on_read = on_read
         self._catalog = publish if publish is not None else Catalog()
 
     # -- LocationStore ---------------------------------------------------------------------
@@ -160,6 +196,62 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
     def nodes(self) -> Mapping[str, dict[str, Any]]:
         return self._nodes
 
+    @property
+    def cached(self) -> int:
+        """Reading on demand: the AORs whose record the cache holds (at most cached_aors)."""
+        return len(self._recent)
+
+    async def lookup(self, aor: str) -> list[Binding]:
+        if self._cached_aors is None:
+            return self._table.current(aor, self._clock())
+        try:
+            if not self._ready:
+                raise StoreUnavailable("etcd is unreachable, or has no quorum")
+            sent = time.monotonic()
+            kv, revision = await self.session.read_key(layout.bindings_key(aor))
+        except (StoreUnavailable, rpc.AioRpcError):
+            if aor not in self._recent:
+                raise StoreUnavailable("etcd is unreachable, or has no quorum") from None
+            # With etcd away, what this replica last read or wrote is the best answer there is: a call
+            # to a phone registered here still reaches it.
+            return self._table.current(aor, self._clock())
+        self._on_read(time.monotonic() - sent)
+        self._hold_read(aor, kv, revision)
+        return self._table.current(aor, self._clock())
+
+    async def lookup_many(self, aors: Iterable[str]) -> dict[str, list[Binding]]:
+        if self._cached_aors is None:
+            return await super().lookup_many(aors)
+        if not self._ready:
+            raise StoreUnavailable("etcd is unreachable, or has no quorum")
+        aors, found = list(aors), {}
+        for start in range(0, len(aors), MAX_TXN_OPS):
+            chunk = aors[start : start + MAX_TXN_OPS]
+            await self._read(chunk)
+            now = self._clock()  # taken before the next read: the cache may let go of these for those
+            found.update((aor, self._table.current(aor, now)) for aor in chunk)
+        return found
+
+    async def all_bindings(self, domain: str | None = None) -> list[Binding]:
+        if self._cached_aors is None:
+            return self._table.all_current(self._clock(), domain)
+        prefix = layout.bindings_domain_prefix(domain) if domain else layout.BINDINGS.encode()
+        kvs, _ = await self.session.read_prefix(prefix)
+        now = self._clock()
+        return [b for kv in kvs for b in self._decode_bindings(layout.aor_of(kv.key), kv.value, now)]
+
+    def binding_counts(self) -> dict[str, int]:
+        # Reading on demand, only every record read would tell: the operator's SipDomain status says it.
+        return self._table.counts() if self._cached_aors is None else {}
+
+    def aor_counts(self) -> dict[str, int]:
+        return self._table.aor_counts() if self._cached_aors is None else dict(self._census)
+
+    def watch(self) -> AsyncIterator[BindingEvent]:
+        if self._cached_aors is not None:
+            raise TypeError("a store reading bindings on demand sees only its own changes: watch a mirror")
+        return self._table.watch()
+
     async def update(self, aor: str, change: BindingChange) -> list[Binding]:
         if not self._ready:
             raise StoreUnavailable("etcd is unreachable, or has no quorum")
@@ -177,7 +269,8 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         # Written by the flusher, a batch a second at most: a flood of bad REGISTERs
         # (callers already throttle per connection) never becomes an etcd write flood.
         key = (failure.domain, failure.username)
-        self._failures[key] = failure
+        if self._cached_aors is None:
+            self._failures[key] = failure  # a registrar's store reads none back, so need keep none
         self._unwritten_failures[key] = failure
 
     async def last_failure(self, domain: str, username: str) -> RegistrationFailure | None:
@@ -194,6 +287,7 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
             ("etcd-quorum", self._check_quorum_forever()),
             ("etcd-sweep", self._sweep_forever()),
             ("etcd-failures", self._flush_failures_forever()),
+            *([("etcd-census", self._count_forever())] if self._cached_aors is not None else []),
         ):
             self._tasks.append(asyncio.create_task(work, name=name))
         try:
@@ -236,7 +330,7 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                     await self._resync()
                     resync = False
                 await self._register_node()
-                watch = self.session.watch(layout.PREFIX.encode(), self._watched_revision + 1)
+                watch = self.session.watch(self._followed, self._watched_revision + 1)
                 async for response in watch:
                     if not self._ready:
                         self._ready, failures = True, 0
@@ -283,8 +377,10 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                     log.warning("sipreg: could not register this node in etcd yet: %s", error)
 
     async def _resync(self) -> None:
-        kvs, revision = await self.session.read_prefix(layout.PREFIX.encode())
+        kvs, revision = await self.session.read_ranges(self._followed)
         now = self._clock()
+        if self._cached_aors is not None:
+            self._forget(list(self._recent))  # a compare's base needs no news; a clean slate needs no check
         seen: set[str] = set()
         self._domains.clear()
         self._connections.clear()
@@ -433,6 +529,15 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                 raise
 
     async def _write_batch(self, batch: list[tuple[str, list[PendingChange]]]) -> None:
+        if self._cached_aors is not None:
+            recent, unknown = self._recent, []
+            for aor, _ in batch:
+                if aor in recent:
+                    recent[aor] = recent.pop(aor)  # the most recently used now: reading the others keeps it
+                else:
+                    unknown.append(aor)
+            if unknown:
+                await self._read(unknown)
         now = self._clock()
         # (AOR, revision compared, bindings to store, their last expiry, [(change, answer, attempts, its result)])
         plans = []
@@ -505,10 +610,30 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                 lost += 1
         self._on_write(took, len(plans), lost)
 
+    async def _read(self, aors: list[str]) -> None:
+        """Put the AORs' records, as etcd holds them now, into the cache (a batch's AORs it did not hold)."""
+        sent = time.monotonic()
+        kvs, revision = await self.session.read_keys([layout.bindings_key(aor) for aor in aors])
+        self._on_read(time.monotonic() - sent)
+        for aor, kv in zip(aors, kvs):
+            self._hold_read(aor, kv, revision)
+
+    def _hold_read(self, aor: str, kv: rpc.KeyValue | None, revision: int) -> None:
+        if kv is None:
+            self._hold(aor, revision, ())  # absent as of the read's revision
+        else:
+            self._hold(aor, kv.mod_revision, self._decode_bindings(aor, kv.value, self._clock()))
+
     def _hold(self, aor: str, revision: int, bindings: tuple[Binding, ...]) -> None:
-        """Put what etcd holds for `aor` at `revision` into the cache, unless the watch brought newer news first."""
+        """Put what etcd holds for `aor` at `revision` into the cache, unless the cache holds newer news."""
+        if self._cached_aors is not None:
+            recent = self._recent
+            recent.pop(aor, None)
+            recent[aor] = None
+            if len(recent) > self._cached_aors:
+                self._forget(list(itertools.islice(recent, len(recent) - self._cached_aors)))
         if revision < max(self._revisions.get(aor, 0), self._tombstones.get(aor, 0)):
-            return  # another replica wrote on top of it, and the watch has put that in the cache already
+            return  # another replica wrote on top of it, and the watch or a read has put that in the cache already
         if bindings:
             self._revisions[aor] = revision
             self._tombstones.pop(aor, None)
@@ -516,6 +641,14 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
             self._revisions.pop(aor, None)
             self._tombstones[aor] = max(revision, self._tombstones.get(aor, 0))
         self._table.replace(aor, bindings)
+
+    def _forget(self, aors: list[str]) -> None:
+        """Let the cache go of `aors` (reading on demand: the least recently used, beyond cached_aors)."""
+        for aor in aors:
+            del self._recent[aor]
+            self._revisions.pop(aor, None)
+            self._tombstones.pop(aor, None)
+            self._table.forget(aor)
 
     def _retry(self, aor: str, done: list) -> None:
         again: list[PendingChange] = []
@@ -556,6 +689,25 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                 log.debug("sipreg: failure records not written yet: %s", error)
                 for failure in batch:  # keep them, unless a newer failure replaced them meanwhile
                     self._unwritten_failures.setdefault((failure.domain, failure.username), failure)
+
+    async def _count_forever(self) -> None:
+        """Reading on demand: count each domain's AORs with bindings in etcd now and then (aor_counts).
+
+        A key outlives its last binding by at most LEASE_GRANULARITY seconds, its lease's end."""
+        await self._synced.wait()  # the first count as soon as the domains are known
+        while True:
+            took = 0.0
+            if self._ready:
+                started = time.monotonic()
+                try:
+                    self._census = {
+                        domain: await self.session.count_prefix(layout.bindings_domain_prefix(domain))
+                        for domain in list(self._domains)
+                    }
+                except (EtcdUnavailable, rpc.AioRpcError) as error:
+                    log.debug("sipreg: counting registered AORs failed: %s", error)
+                took = time.monotonic() - started
+            await asyncio.sleep(max(CENSUS_INTERVAL, took / CENSUS_SHARE))
 
     async def _register_node(self) -> None:
         # _follow and the quorum check both call this: one at a time, or the node would get two leases.

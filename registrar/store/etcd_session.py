@@ -30,7 +30,7 @@ import grpc
 from aetcd import rpc
 
 from registrar.store import StoreUnavailable
-from registrar.store.layout import prefix_end
+from registrar.store.layout import prefix_range
 
 log = logging.getLogger("sipreg.store")
 
@@ -271,19 +271,50 @@ class EtcdSession:
 
     async def read_prefix(self, prefix: bytes) -> tuple[list[rpc.KeyValue], int]:
         """Every key under `prefix` at one revision, read in pages; and that revision."""
-        end = prefix_end(prefix)
-        start, revision, kvs = prefix, 0, []
+        return await self.read_ranges([prefix_range(prefix)])
+
+    async def read_ranges(self, ranges: Sequence[tuple[bytes, bytes]]) -> tuple[list[rpc.KeyValue], int]:
+        """Every key in each [key, range_end) of `ranges`, all at one revision, read in pages; and that revision."""
+        revision, kvs = 0, []
         async with self._calling("read") as client:
-            while True:
-                page = await client.kvstub.Range(
-                    rpc.RangeRequest(key=start, range_end=end, limit=PAGE_SIZE, revision=revision),
-                    timeout=self.timeout * 5,
-                )
-                revision = revision or page.header.revision
-                kvs.extend(page.kvs)
-                if not page.more:
-                    return kvs, revision
-                start = page.kvs[-1].key + b"\0"
+            for start, end in ranges:
+                while True:
+                    page = await client.kvstub.Range(
+                        rpc.RangeRequest(key=start, range_end=end, limit=PAGE_SIZE, revision=revision),
+                        timeout=self.timeout * 5,
+                    )
+                    revision = revision or page.header.revision
+                    kvs.extend(page.kvs)
+                    if not page.more:
+                        break
+                    start = page.kvs[-1].key + b"\0"
+        return kvs, revision
+
+    async def read_keys(self, keys: Sequence[bytes]) -> tuple[list[rpc.KeyValue | None], int]:
+        """Each key's current value (None: absent), read in one linearizable transaction; and its revision."""
+        async with self._calling("read") as client:
+            response = await client.kvstub.Txn(
+                rpc.TxnRequest(success=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key)) for key in keys]),
+                timeout=self.timeout,
+            )
+        found = [r.response_range.kvs[0] if r.response_range.kvs else None for r in response.responses]
+        return found, response.header.revision
+
+    async def read_key(self, key: bytes) -> tuple[rpc.KeyValue | None, int]:
+        """The key's value (None: absent) as the member in use holds it, and that revision: a serializable
+        read, answered without asking the leader (it may trail the latest write by a raft round)."""
+        async with self._calling("read") as client:
+            response = await client.kvstub.Range(rpc.RangeRequest(key=key, serializable=True), timeout=self.timeout)
+        return (response.kvs[0] if response.kvs else None), response.header.revision
+
+    async def count_prefix(self, prefix: bytes) -> int:
+        """How many keys are under `prefix` (the member in use's count: serializable, values not read)."""
+        start, end = prefix_range(prefix)
+        async with self._calling("read") as client:
+            response = await client.kvstub.Range(
+                rpc.RangeRequest(key=start, range_end=end, count_only=True, serializable=True), timeout=self.timeout
+            )
+        return response.count
 
     async def write_claimed(self, claim: bytes, claimant: bytes, puts: dict[bytes, bytes]) -> bytes | None:
         """Put `puts` if the key `claim` holds `claimant`, or holds nothing (then it is claimed in the same
@@ -337,20 +368,23 @@ class EtcdSession:
         except rpc.AioRpcError:  # NOT_FOUND: it expired already
             pass
 
-    async def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[rpc.WatchResponse]:
-        """Responses with the changes under `prefix` from `start_revision` on, until etcd goes away.
+    async def watch(
+        self, ranges: Sequence[tuple[bytes, bytes]], start_revision: int
+    ) -> AsyncIterator[rpc.WatchResponse]:
+        """Responses with the changes in each [key, range_end) of `ranges` from `start_revision` on, until
+        etcd goes away: one stream, a watch per range.
 
         Raises WatchCompacted when that revision is gone, EtcdUnavailable when the
         stream breaks. Progress notifications (no events) carry the revision etcd
         has reached, so an idle watch still knows where to resume.
         """
-        create = rpc.WatchCreateRequest(
-            key=prefix, range_end=prefix_end(prefix), start_revision=start_revision, progress_notify=True
-        )
         stop = asyncio.Event()
 
         async def requests() -> AsyncIterator[rpc.WatchRequest]:
-            yield rpc.WatchRequest(create_request=create)
+            for key, end in ranges:
+                yield rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
+                    key=key, range_end=end, start_revision=start_revision, progress_notify=True
+                ))
             # Keep the stream open; nothing more to ask. Cancelled with the call: end quietly
             # (gRPC would log the cancellation with a traceback).
             with contextlib.suppress(asyncio.CancelledError):

@@ -67,6 +67,28 @@ def prefix_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
+def prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
+    """The [key, range_end) of every key starting with `prefix`."""
+    return prefix, prefix_end(prefix)
+
+
+# What a store follows (watches and holds), as [key, range_end) ranges. The operator mirrors
+# everything: every connection's status comes from it.
+EVERYTHING = (prefix_range(PREFIX.encode()),)
+
+
+def served(domains: frozenset[str] | None) -> tuple[tuple[bytes, bytes], ...]:
+    """What a registrar follows: the domains, the connections of `domains` (None: of every domain), the
+    nodes. It reads and writes the bindings of the AORs it serves on demand: following them would
+    cost every replica every replica's writes."""
+    connections = (
+        [prefix_range(CONNECTIONS.encode())]
+        if domains is None
+        else [prefix_range(f"{CONNECTIONS}{domain}/".encode()) for domain in sorted(domains)]
+    )
+    return (*connections, prefix_range(DOMAINS.encode()), prefix_range(NODES.encode()))
+
+
 # -- keys ----------------------------------------------------------------------------------
 
 

@@ -77,15 +77,24 @@ class BindingTable:
         else:
             self._bindings.pop(aor, None)
             self._slot_of.pop(aor, None)
-        if len(new) != len(old):
-            domain = domain_of(aor)
-            self._counts[domain] += len(new) - len(old)
-            if not old or not new:  # the AOR's first binding came, or its last one went
-                self._aor_counts[domain] += 1 if new else -1
+        self._count(aor, len(old), len(new))
         if self._watchers and (old or new):
             event = BindingEvent(aor, new)
             for queue in self._watchers:
                 queue.put_nowait(event)
+
+    def forget(self, aor: str) -> None:
+        """Drop the AOR without telling watchers: a cache letting go of what lives on elsewhere."""
+        old = self._bindings.pop(aor, ())
+        self._slot_of.pop(aor, None)  # its wheel entry is passed over when its slot comes due
+        self._count(aor, len(old), 0)
+
+    def _count(self, aor: str, old: int, new: int) -> None:
+        if new != old:
+            domain = domain_of(aor)
+            self._counts[domain] += new - old
+            if not old or not new:  # the AOR's first binding came, or its last one went
+                self._aor_counts[domain] += 1 if new else -1
 
     def sweep(self, now: float) -> None:
         """Drop expired bindings (reads already hide them; this frees memory and tells watchers)."""

@@ -327,3 +327,104 @@ async def test_endpoints_that_do_not_answer_are_skipped(etcd):
         ]
     finally:
         await store.close()
+
+
+# -- a registrar's store: bindings read on demand -------------------------------------------------
+
+
+async def test_a_replica_reading_on_demand_holds_none_of_the_others_writes_and_reads_them_when_asked(etcd):
+    served = Catalog({"sip.example.test": Domain("sip.example.test")})
+    writer = await started(etcd, cached_aors=1000, publish=served)
+    reader = await started(etcd, cached_aors=1000)
+    try:
+        aors = [f"u{n}@sip.example.test" for n in range(300)]
+        await asyncio.gather(*(writer.update(aor, add(binding(f"sip:{n}@192.0.2.1", aor=aor)))
+                               for n, aor in enumerate(aors)))
+        assert writer.cached == 300
+        await asyncio.sleep(0.3)  # what a watch of the bindings would have brought by now
+        assert reader.cached == 0
+        assert [b.contact for b in await reader.lookup(aors[7])] == ["sip:7@192.0.2.1"]
+        found = await reader.lookup_many(aors[:200])
+        assert [b.contact for b in found[aors[150]]] == ["sip:150@192.0.2.1"]
+        # A REGISTER for an AOR it never saw starts from etcd's record: nothing the writer stored is lost.
+        stored = await reader.update(aors[250], add(binding("sip:second@192.0.2.2", aor=aors[250])))
+        assert {b.contact for b in stored} == {"sip:250@192.0.2.1", "sip:second@192.0.2.2"}
+        assert len(await reader.all_bindings("sip.example.test")) == 301
+        await eventually(lambda: reader.aor_counts() == {"sip.example.test": 300})  # each served domain's
+        assert reader.binding_counts() == {}  # only reading every record would tell
+        with pytest.raises(TypeError):
+            reader.watch()
+    finally:
+        await asyncio.gather(writer.close(), reader.close())
+
+
+async def test_a_cached_record_another_replica_changed_since_costs_a_lost_compare_never_a_binding(etcd):
+    lost = []
+    one = await started(etcd, cached_aors=1000, on_write=lambda seconds, aors, conflicts: lost.append(conflicts))
+    two = await started(etcd, cached_aors=1000)
+    try:
+        await one.update(ALICE, add(binding("sip:alice@192.0.2.1")))  # one caches alice's record
+        await two.update(ALICE, add(binding("sip:alice@192.0.2.2")))  # ...which two then changes
+        stored = await one.update(ALICE, add(binding("sip:alice@192.0.2.3")))
+        assert {b.contact for b in stored} == {"sip:alice@192.0.2.1", "sip:alice@192.0.2.2", "sip:alice@192.0.2.3"}
+        assert sum(lost) == 1
+        # Removed elsewhere: the cached record is gone from etcd, and the compare says so too.
+        await two.update(ALICE, lambda current: [])
+        stored = await one.update(ALICE, add(binding("sip:alice@192.0.2.4")))
+        assert [b.contact for b in stored] == ["sip:alice@192.0.2.4"]
+        assert sum(lost) == 2
+    finally:
+        await asyncio.gather(one.close(), two.close())
+
+
+async def test_the_cache_lets_go_of_the_least_recently_used_aors_beyond_its_bound(etcd):
+    from registrar.store.etcd import MIN_CACHED_AORS
+
+    store = await started(etcd, cached_aors=10)  # below the least: raised to it
+    try:
+        aors = [f"u{n}@sip.example.test" for n in range(MIN_CACHED_AORS + 100)]
+        for start in range(0, len(aors), 100):
+            await asyncio.gather(*(store.update(aor, add(binding(f"sip:{aor}", aor=aor)))
+                                   for aor in aors[start : start + 100]))
+        assert store.cached == MIN_CACHED_AORS
+        # The first ones went; writing one again reads it first and keeps what it had.
+        stored = await store.update(aors[0], add(binding("sip:again@192.0.2.9", aor=aors[0])))
+        assert {b.contact for b in stored} == {f"sip:{aors[0]}", "sip:again@192.0.2.9"}
+        assert store.cached == MIN_CACHED_AORS
+    finally:
+        await store.close()
+
+
+async def test_a_replica_follows_only_the_connections_of_the_domains_it_serves(etcd):
+    ours, theirs = Domain("sip.example.test"), Domain("other.example.test")
+    alice = Connection("sip.example.test", "alice", ha1={"MD5": "0" * 32}, name="alice")
+    zed = Connection("other.example.test", "zed", ha1={"MD5": "1" * 32}, name="zed")
+    publisher = EtcdStore(EtcdSession(parse_endpoints(etcd.url)), publish=Catalog(
+        {ours.name: ours, theirs.name: theirs},
+        {("sip.example.test", "alice"): alice, ("other.example.test", "zed"): zed}))
+    await publisher.start()
+    reader = await started(etcd, cached_aors=1000, served_domains=frozenset({"sip.example.test"}))
+    try:
+        assert set(reader.catalog.connections) == {("sip.example.test", "alice")}
+        assert set(reader.catalog.domains) == {"sip.example.test", "other.example.test"}
+    finally:
+        await asyncio.gather(publisher.close(), reader.close())
+
+
+async def test_reading_on_demand_while_etcd_is_away_answers_from_the_cache_or_unavailable(etcd):
+    store = await started(etcd, cached_aors=1000)
+    try:
+        await store.update(ALICE, add(binding("sip:alice@192.0.2.1")))
+        etcd.stop()
+        await eventually(lambda: not store.ready, timeout=5)
+        # What this replica wrote last is the best answer there is; what it never held, it cannot say.
+        assert [b.contact for b in await store.lookup(ALICE)] == ["sip:alice@192.0.2.1"]
+        with pytest.raises(StoreUnavailable):
+            await store.lookup("bob@sip.example.test")
+        with pytest.raises(StoreUnavailable):
+            await store.lookup_many([ALICE])
+        etcd.start()
+        await eventually(lambda: store.ready, timeout=15)
+        assert [b.contact for b in await store.lookup(ALICE)] == ["sip:alice@192.0.2.1"]
+    finally:
+        await store.close()

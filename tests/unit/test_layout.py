@@ -35,6 +35,24 @@ def test_keys_are_versioned_and_split_back_whatever_the_user_part_holds() -> Non
     assert layout.prefix_end(b"/sipreg/v1/") == b"/sipreg/v10"
 
 
+def test_a_registrar_follows_its_domains_connections_every_domain_and_node_and_never_a_binding() -> None:
+    def followed(ranges, key: bytes) -> bool:
+        return any(start <= key < end for start, end in ranges)
+
+    ours = layout.served(frozenset({"sip.example.test"}))
+    assert followed(ours, layout.connection_key("sip.example.test", "alice"))
+    assert not followed(ours, layout.connection_key("sip.example.test.evil", "alice"))
+    assert not followed(ours, layout.connection_key("other.test", "alice"))
+    assert followed(layout.served(None), layout.connection_key("other.test", "alice"))
+    for ranges in (ours, layout.served(None)):
+        assert followed(ranges, layout.domain_key("other.test"))
+        assert followed(ranges, layout.node_key("pod-1"))
+        for key in (layout.bindings_key("alice@sip.example.test"), layout.failure_key("sip.example.test", "alice"),
+                    layout.claim_key("sip.example.test", "alice")):
+            assert not followed(ranges, key)
+            assert followed(layout.EVERYTHING, key)  # the operator's mirror
+
+
 def test_domain_and_connection_records_round_trip_and_carry_no_password() -> None:
     domain = Domain("sip.example.test", RegistrationPolicy(True, 30, 300, 900), "redirect", "sip:gw.example.test",
                     ("SHA-256", "MD5"))

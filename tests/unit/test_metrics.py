@@ -125,7 +125,7 @@ async def test_failed_etcd_calls_are_counted_by_operation() -> None:
         with pytest.raises(EtcdUnavailable):
             await session.read_prefix(b"/sipreg/")
         with pytest.raises(EtcdUnavailable):
-            async for _ in session.watch(b"/sipreg/", 1):
+            async for _ in session.watch([(b"/sipreg/", b"/sipreg0")], 1):
                 pass
         with pytest.raises(EtcdUnavailable):
             await session.grant(10)

@@ -20,7 +20,8 @@ import pytest
 from registrar.authentication import FAILURE_RECORD_INTERVAL, Authenticator
 from registrar.lockout import LockoutTable
 from registrar.model import Binding, Catalog, Connection, Domain, RegistrationPolicy
-from registrar.registrar import RETRY_AFTER_SECONDS, Registrar
+from registrar.registrar import Registrar
+from registrar.service import RETRY_AFTER_SECONDS
 from registrar.sip.source import Source
 from registrar.sip import digest
 from registrar.sip.headers import parse_name_addr
