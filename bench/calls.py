@@ -47,7 +47,7 @@ from types import SimpleNamespace
 
 from kamailio_registrar import start_kamailio_registrar
 from run import (
-    DOMAIN, binding_count, climb, latencies, percentile, pinned, start_capture, stop_capture, tree_cpu_ticks,
+    DOMAIN, climb, domain_gauge, latencies, percentile, pinned, start_capture, stop_capture, tree_cpu_ticks,
     udp_packets, wait_idle, write_manifests,
 )
 from tests.integration.kamailio import KAMAILIO, kamailio_version, stop_kamailio
@@ -97,7 +97,8 @@ class CallsFigures:
 class Callees:
     """One sipp process that registers `users` at `registrar`, then answers the calls routed to them.
 
-    `registered` counts the users the registrar has bindings of (sipreg's metric by default). The
+    `registered` counts the users the registrar has bindings of (sipreg's metric by default, which a
+    registrar on etcd counts there every 2 s). The
     Contacts name the callees' own port unless `contact_port` names another, as a phone behind NAT
     does: a REGISTER then replaces a binding that already has that Contact."""
 
@@ -106,7 +107,7 @@ class Callees:
         registered: Callable[[], int] | None = None, contact_port: int | None = None,
     ) -> None:
         self.registrar = registrar
-        self.registered = registered or (lambda: binding_count(registrar))
+        self.registered = registered or (lambda: domain_gauge(registrar, "sipreg_registered_connections"))
         self.users = users
         self.port = free_port()
         self.directory = workdir / "callees"

@@ -488,12 +488,17 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def binding_count(registrar) -> int:
-    with urllib.request.urlopen(f"http://{registrar.http_host}:{registrar.http_port}/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(f'sipreg_bindings{{domain="{DOMAIN}"}}'):
-                return int(float(line.split()[-1]))
+def domain_gauge(registrar, name: str) -> int:
+    """The registrar's gauge `name` of the bench's domain (0 before it has one)."""
+    for line in scrape(registrar).splitlines():
+        if line.startswith(f'{name}{{domain="{DOMAIN}"}}'):
+            return int(float(line.split()[-1]))
     return 0
+
+
+def binding_count(registrar) -> int:
+    """Bindings of a registrar that holds them all (the memory store's)."""
+    return domain_gauge(registrar, "sipreg_bindings")
 
 
 def memory_figure(tmp_path: Path, bindings: int, contacts_per_user: int = 10) -> str:

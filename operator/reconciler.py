@@ -262,13 +262,15 @@ class Reconciler:
     async def _write_connection(self, key: ObjectKey, connection: Connection) -> str | None:
         """Write the connection's record under its claim on the user; None when written, else who holds the
         claim. A record etcd has already is not written again, but the claim is checked all the same."""
-        record = layout.encode_connection(connection)
+        records = layout.connection_records(connection)
         held = self.store.catalog.connections.get((connection.domain, connection.username))
-        puts = {} if held is not None and layout.encode_connection(held) == record else {
-            layout.connection_key(connection.domain, connection.username): record
-        }
+        # One by address is written each time: its copy under ip-connections/ may be missing (an older
+        # operator wrote none), and such connections are few.
+        unchanged = held is not None and connection.authentication != "ip" and layout.connection_records(held) == records
+        stale = [k for k in layout.connection_keys(connection.domain, connection.username) if k not in records]
         holder = await self.store.session.write_claimed(
-            layout.claim_key(connection.domain, connection.username), layout.claimant(*key), puts
+            layout.claim_key(connection.domain, connection.username), layout.claimant(*key),
+            {} if unchanged else records, [] if unchanged else stale,
         )
         return None if holder is None else holder.decode(errors="replace")
 
@@ -276,7 +278,7 @@ class Reconciler:
         if entry.published is None:
             return
         domain, username = entry.published
-        keys = [layout.connection_key(domain, username)]
+        keys = layout.connection_keys(domain, username)
         if drop_bindings:
             keys += [layout.bindings_key(f"{username}@{domain}"), layout.failure_key(domain, username)]
         await self.store.session.release_claim(layout.claim_key(domain, username), layout.claimant(*key), keys)

@@ -23,7 +23,7 @@ from registrar.flows import TokenSigner
 from registrar.http import make_app, start_server
 from registrar.lockout import LockoutTable
 from registrar.metrics import Metrics, StoreCalls
-from registrar.model import Binding, Catalog, Domain, SecurityPolicy
+from registrar.model import Binding, Catalog, ConnectionCache, Domain, SecurityPolicy
 from registrar.nat_pings import NatPinger, Pinged
 from registrar.proxy import Identity, ProxyCore
 from registrar.proxy_driver import Delivery, ProxyDriver, SendError
@@ -80,8 +80,9 @@ class ServeConfig:
     node: str | None = None
     # Granted expiries are shortened by up to this fraction at random (0 grants them exactly).
     expires_spread: float = 0.1
-    # With etcd: the AORs whose bindings stay in memory (EtcdStore's cached_aors); the rest are read on demand.
-    binding_cache: int = DEFAULT_CACHED_AORS
+    # With etcd: the AORs whose connection and bindings stay in memory (EtcdStore's cached_aors); the rest
+    # are read on demand.
+    cached_aors: int = DEFAULT_CACHED_AORS
     # Serve only these domains of the catalogue (a SipDomain's own pods); None: all of them.
     domains: frozenset[str] | None = None
     # The address other replicas reach this one at (etcd nodes/); None: `host`.
@@ -114,10 +115,11 @@ class RegistrarServer:
         self.config = config
         stores = make_store(config, on_catalog=self._serve_catalog)
         self.store = stores.locations
+        self._catalog_source = stores.catalog_source
         self.replicas = stores.node_registry
         self.sources = SourceLimiter(self._security, peers=self._peer_addresses, on_ban=_log_ban)
         self.metrics = Metrics(self.store, lambda: self.registrar.catalog, store_calls=stores.calls,
-                               sources=self.sources)
+                               sources=self.sources, connection_counts=self._catalog_source.connection_counts)
         # Nonce counts live in this process only: nonces issued before it started are
         # answered stale=true once, so a restart cannot open a replay window. Nonces
         # carry whole seconds, so the mark sits a second early lest the nonces of our
@@ -138,7 +140,7 @@ class RegistrarServer:
             on_refusal=self.metrics.auth_refused_locked,
         )
         self.registrar = Registrar(
-            self._served(stores.catalog_source.catalog),
+            self._served(self._catalog_source.catalog),
             self.store,
             authenticator,
             node=config.node_name,
@@ -146,6 +148,7 @@ class RegistrarServer:
             on_result=self.metrics.registration_answered,
             on_authenticated=self._authenticated,
             on_bound=self._bound,
+            read_connection=self._catalog_source.read_connection,
         )
         # One transaction layer for what the registrar answers and what the proxy forwards.
         self.transactions = TransactionLayer()
@@ -185,7 +188,8 @@ class RegistrarServer:
             domains=lambda: self.registrar.catalog.domains,
         )
         router = Router(lambda: self.registrar.catalog, self.store, authenticator, time.time,
-                        known_source=self.sources.known, on_authenticated=self._authenticated)
+                        known_source=self.sources.known, on_authenticated=self._authenticated,
+                        read_connection=self._catalog_source.read_connection)
         core = ProxyCore(identity, TokenSigner(config.nonce_secret), self.transactions, domain_of=router.domain_of,
                          max_transactions=lambda: self._security().max_transactions)
         return ProxyDriver(
@@ -224,7 +228,10 @@ class RegistrarServer:
 
     def _serve_catalog(self, catalog: Catalog) -> None:
         self.registrar.catalog = catalog = self._served(catalog)
-        log.info("sipreg: serving %d domains, %d connections from etcd", len(catalog.domains), len(catalog.connections))
+        connections = catalog.connections
+        log.info("sipreg: serving %d domains from etcd, %s", len(catalog.domains),
+                 f"{len(connections.held)} connections by address held, the others read as used"
+                 if isinstance(connections, ConnectionCache) else f"{len(connections)} connections")
 
     def _bound(self, source: Source, domain: Domain, bindings: list[Binding]) -> None:
         """A REGISTER stored bindings: keep the connection it came over open while they live; ping the NATed."""
@@ -395,7 +402,7 @@ def make_store(config: ServeConfig, on_catalog: Callable[[Catalog], None]) -> St
         node=config.node_name,
         node_address=config.advertise or config.host,
         sip_port=config.sip_port,
-        cached_aors=config.binding_cache,
+        cached_aors=config.cached_aors,
         served_domains=config.domains,
         publish=config.catalog,
         on_catalog=on_catalog,

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from registrar.lockout import Lock, LockoutTable
-from registrar.model import Connection, Domain
+from registrar.model import Connection, Domain, NotHeld
 from registrar.sip import digest
 from registrar.sip.message import Request, SipError
 from registrar.sip.source import Source
@@ -294,23 +294,19 @@ class AuthenticationStep:
         """
         exchange = self._exchange
         registering = request.method == "REGISTER"
-        claimed = connections.get((domain.name, claimed_user))
-        if claimed is not None and claimed.authentication == "ip" and claimed.allows_address(source.host):
+        by_address = _by_address(connections, (domain.name, claimed_user))
+        if by_address is not None and by_address.allows_address(source.host):
             self._on_authenticated(source)
-            return claimed
+            return by_address
         if credentials is UNREAD:
             credentials = self.credentials(request, domain)
         if credentials is None:
-            if claimed is not None and claimed.authentication == "ip" and registering:
+            if by_address is not None and registering:
                 # From elsewhere it is challenged like any name, lest a 403 tell that it exists
                 # (with no HA1 it can never pass); its status still says why.
-                self._authenticator.note_failure(claimed, "source address not allowed", source)
+                self._authenticator.note_failure(by_address, "source address not allowed", source)
             raise self.challenge(domain)
-        known = (
-            claimed
-            if credentials.username == claimed_user
-            else connections.get((domain.name, credentials.username))
-        )
+        known = connections.get((domain.name, credentials.username))
         verdict = self._authenticator.verify(request.method, credentials, domain, known, source)
         if verdict is Verdict.STALE:
             raise self.challenge(domain, stale=True)
@@ -332,3 +328,13 @@ class AuthenticationStep:
             # Credentials are for us, not for the next hop (RFC 3261 22.3).
             request.remove(exchange.credentials_header)
         return known
+
+
+def _by_address(connections: Mapping[tuple[str, str], Connection], key: tuple[str, str]) -> Connection | None:
+    """The connection `key` if it authenticates by address. A ConnectionCache holds every such one whole,
+    so one it has not read is not one: no read for a request without credentials."""
+    try:
+        connection = connections.get(key)
+    except NotHeld:
+        return None
+    return connection if connection is not None and connection.authentication == "ip" else None

@@ -83,12 +83,12 @@ def _registrar_options(
         help="take up to this %% off each granted expiry at random, so refreshes spread out (default 10; 0: exact)",
     )
     parser.add_argument(
-        "--binding-cache",
+        "--cached-aors",
         type=_cached_aors,
         default=DEFAULT_CACHED_AORS,
-        metavar="AORS",
-        help="with etcd: keep the bindings of at most this many AORs in memory, read the rest on demand "
-        f"(default {DEFAULT_CACHED_AORS:,}; about 1 KiB each)",
+        metavar="N",
+        help="with etcd: keep the connections and the bindings of at most N AORs each in memory, read the rest "
+        f"on demand (default {DEFAULT_CACHED_AORS:,}; about 1 KiB each)",
     )
     parser.add_argument(
         "--node", default=node, help="this registrar's name among replicas (default: host name and SIP port)"
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         wss_key=args.wss_key,
         node=args.node,
         expires_spread=args.expires_spread / 100,
-        binding_cache=args.binding_cache,
+        cached_aors=args.cached_aors,
         domains=frozenset(name.lower() for name in args.domains) if getattr(args, "domains", None) else None,
         advertise=getattr(args, "advertise", None),
         etcd_tls=etcd_tls,

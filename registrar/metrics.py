@@ -83,7 +83,8 @@ class Metrics:
     """The registrar's metrics.
 
     `store` and `catalog` (the served catalogue, read at each scrape) feed the
-    series computed at scrape time; `store_calls` adds the series of a store
+    series computed at scrape time, with `connection_counts` (its CatalogSource's;
+    none: counted in `catalog`); `store_calls` adds the series of a store
     that calls etcd. A Metrics without them (unit tests) has the per-event
     series only.
     """
@@ -95,6 +96,7 @@ class Metrics:
         *,
         store_calls: StoreCalls | None = None,
         sources: SourceLimiter | None = None,
+        connection_counts: Callable[[], dict[str, int]] | None = None,
     ):
         self.registry = CollectorRegistry()
         Info(
@@ -241,7 +243,10 @@ class Metrics:
         if sources is not None:
             self.registry.register(_SourcesCollector(sources))
         if store is not None:
-            self.registry.register(_StoreCollector(store, catalog or Catalog))
+            catalog = catalog or Catalog
+            self.registry.register(_StoreCollector(
+                store, catalog, connection_counts or (lambda: dict(Tally(domain for domain, _ in catalog().connections)))
+            ))
 
     def message_received(self, method: str, transport: str) -> None:
         self._messages[(method if method in KNOWN_METHODS or method == "RESPONSE" else "OTHER", transport)] += 1
@@ -412,10 +417,12 @@ class _StoreCollector:
     and each replica reporting all of them would multiply the series.
     """
 
-    def __init__(self, store: LocationStore, catalog: Callable[[], Catalog]):
+    def __init__(
+        self, store: LocationStore, catalog: Callable[[], Catalog], connection_counts: Callable[[], dict[str, int]]
+    ):
         self._store = store
         self._catalog = catalog
-        self._counted: tuple[Catalog, dict[str, int]] | None = None  # connections per domain of a catalogue
+        self._connection_counts = connection_counts
 
     def collect(self) -> Iterator[Metric]:
         catalog = self._catalog()
@@ -427,22 +434,12 @@ class _StoreCollector:
         )
         yield _gauge(
             "sipreg_configured_connections", "SipConnections in the catalogue this registrar serves, by domain.",
-            self._connections_per_domain(catalog),
+            {domain: self._connection_counts().get(domain, 0) for domain in served},
         )
         yield GaugeMetricFamily(
             "sipreg_store_up", "1 while the location store serves (etcd reachable and followed), else 0.",
             value=1 if self._store.ready else 0,
         )
-
-    def _connections_per_domain(self, catalog: Catalog) -> dict[str, int]:
-        # A catalogue is never edited, only replaced: count each one once, not at every scrape.
-        if self._counted is None or self._counted[0] is not catalog:
-            counts = dict.fromkeys(catalog.domains, 0)
-            for domain, _ in catalog.connections:
-                if domain in counts:
-                    counts[domain] += 1
-            self._counted = (catalog, counts)
-        return self._counted[1]
 
 
 def bindings_family(by_domain: dict[str, int]) -> Metric:

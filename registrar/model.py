@@ -8,6 +8,7 @@ registrar logic reads all three. None of them knows about YAML, etcd or sockets.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Literal, NamedTuple
 
@@ -261,6 +262,87 @@ class Binding(NamedTuple):
         return f"sip:{bracketed(self.source_host)}:{self.source_port}{suffix}"
 
 
+ConnectionKey = tuple[str, str]  # (lower-case domain, username)
+
+
+class NotHeld(LookupError):
+    """The catalogue cannot say whether this connection exists before reading it (ConnectionCache)."""
+
+    def __init__(self, key: ConnectionKey):
+        super().__init__(key)
+        self.key = key
+
+
+class ConnectionCache(Mapping[ConnectionKey, Connection]):
+    """The connections of a registrar that reads them from etcd on demand: a catalogue's `connections`.
+
+    Held whole: the `ip` connections (`held`), as a REGISTER without credentials
+    is checked against them before it is challenged. The others: those read lately,
+    present or known absent, at most `size` of them, the least recently read going
+    first. `get` of one it can say nothing of raises NotHeld: the caller reads it
+    (CatalogSource.read_connection) and asks again. Unlike a catalogue's dict, this
+    changes in place as connections are read and as etcd's watch reports changes.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.held: dict[ConnectionKey, Connection] = {}
+        self._read: dict[ConnectionKey, tuple[int, Connection | None]] = {}  # -> (etcd revision, record or None)
+        self._reading: set[ConnectionKey] = set()  # being read (one read per key at a time): changes are kept
+
+    def get(self, key: ConnectionKey, default: Connection | None = None) -> Connection | None:  # type: ignore[override]
+        connection = self.held.get(key)
+        if connection is not None:
+            return connection
+        entry = self._read.get(key)
+        if entry is None:
+            raise NotHeld(key)
+        return default if entry[1] is None else entry[1]
+
+    def __getitem__(self, key: ConnectionKey) -> Connection:
+        connection = self.get(key)
+        if connection is None:
+            raise KeyError(key)
+        return connection
+
+    def __iter__(self) -> Iterator[ConnectionKey]:
+        yield from self.held
+        yield from (key for key, (_, c) in list(self._read.items()) if c is not None and key not in self.held)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def reading(self, key: ConnectionKey) -> None:
+        """A read of `key` starts: a change the watch brings before its answer is kept, and wins if newer."""
+        self._reading.add(key)
+
+    def read_failed(self, key: ConnectionKey) -> None:
+        self._reading.discard(key)
+
+    def read(self, key: ConnectionKey, revision: int, connection: Connection | None) -> None:
+        """What etcd held for `key` at `revision` (None: nothing), unless the cache holds newer news."""
+        self._reading.discard(key)
+        self._keep(key, revision, connection)
+
+    def wants(self, key: ConnectionKey) -> bool:
+        """Whether a change of `key` is news here: it is cached, or being read (the rest are read when asked for)."""
+        return key in self._read or key in self._reading
+
+    def changed(self, key: ConnectionKey, revision: int, connection: Connection | None) -> None:
+        """The watch saw `key` change at `revision` (`wants` it)."""
+        self._keep(key, revision, connection)
+
+    def _keep(self, key: ConnectionKey, revision: int, connection: Connection | None) -> None:
+        entry = self._read.pop(key, None)
+        self._read[key] = entry if entry is not None and entry[0] > revision else (revision, connection)
+        while len(self._read) > self.size:
+            del self._read[next(iter(self._read))]
+
+    def forget_read(self) -> None:
+        """Drop every connection read (etcd's watch could not resume: what changed meanwhile is unknown)."""
+        self._read.clear()
+
+
 @dataclass(frozen=True, slots=True)
 class Catalog:
     """What a registrar serves: domains and connections.
@@ -268,11 +350,13 @@ class Catalog:
     `domains` is keyed by the lower-case domain name; `connections` by
     (lower-case domain, username): usernames are case-sensitive, like the user
     part of a SIP URI (RFC 3261 19.1.4). A registrar swaps in a whole new
-    Catalog when the configuration changes, never edits one in place.
+    Catalog when the configuration changes, never edits one in place; the
+    connections of one reading etcd on demand are a ConnectionCache, which
+    fills as they are read and raises NotHeld for one not read yet.
     """
 
     domains: dict[str, Domain] = field(default_factory=dict)
-    connections: dict[tuple[str, str], Connection] = field(default_factory=dict)
+    connections: Mapping[ConnectionKey, Connection] = field(default_factory=dict)
     # Derived: domains where some connection authenticates by source address. In the
     # others a REGISTER without credentials is challenged before anything else is read.
     ip_authenticated_domains: frozenset[str] = field(init=False)
@@ -280,16 +364,22 @@ class Catalog:
     security: SecurityPolicy = field(init=False)
 
     def __post_init__(self) -> None:
-        domains = frozenset(c.domain for c in self.connections.values() if c.authentication == "ip")
+        domains = frozenset(c.domain for c in _ip_connections(self) if c.authentication == "ip")
         object.__setattr__(self, "ip_authenticated_domains", domains)
         object.__setattr__(self, "security", serving_policy(self))
 
     def only(self, domains: frozenset[str]) -> Catalog:
         """The part of this catalogue that serves `domains` (lower-case names)."""
-        return Catalog(
-            domains={name: domain for name, domain in self.domains.items() if name in domains},
-            connections={key: c for key, c in self.connections.items() if key[0] in domains},
-        )
+        served = {name: domain for name, domain in self.domains.items() if name in domains}
+        if isinstance(self.connections, ConnectionCache):
+            return Catalog(served, self.connections)  # it holds and reads the served domains' only
+        return Catalog(served, {key: c for key, c in self.connections.items() if key[0] in domains})
+
+
+def _ip_connections(catalog: Catalog) -> Iterator[Connection]:
+    """Every connection that may authenticate by address (of a ConnectionCache, those it holds whole)."""
+    connections = catalog.connections
+    return iter(connections.held.values() if isinstance(connections, ConnectionCache) else connections.values())
 
 
 def serving_policy(catalog: Catalog) -> SecurityPolicy:
@@ -305,7 +395,7 @@ def serving_policy(catalog: Catalog) -> SecurityPolicy:
     """
     policies = [domain.security for domain in catalog.domains.values()] or [SecurityPolicy()]
     networks = dict.fromkeys(network for policy in policies for network in policy.trusted_networks)
-    for connection in catalog.connections.values():
+    for connection in _ip_connections(catalog):
         if connection.authentication == "ip":
             networks.update(dict.fromkeys(connection.allowed_networks))
     return SecurityPolicy(

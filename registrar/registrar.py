@@ -30,8 +30,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from registrar.authentication import REGISTRAR, Authenticator, AuthenticationStep
-from registrar.model import Binding, Catalog, Connection, Domain
-from registrar.service import ALLOW_WITHOUT_REGISTER, store_unavailable
+from registrar.model import Binding, Catalog, Connection, ConnectionKey, Domain, NotHeld
+from registrar.service import ALLOW_WITHOUT_REGISTER, CONNECTION_READS, store_unavailable
 from registrar.sip.grammar import quote
 from registrar.sip.headers import NameAddr, parse_delta_seconds, parse_name_addr
 from registrar.sip.message import Request, Response, SipError, check_extensions, error_response, server_response
@@ -69,8 +69,12 @@ class Registrar:
         on_bound: Callable[[Source, Domain, list[Binding]], None] = lambda source, domain, bindings: None,
         expires_spread: float = 0.0,
         rng: Callable[[], float] = random.random,
+        read_connection: Callable[[ConnectionKey], Awaitable[None]] | None = None,
     ):
         self.catalog = catalog
+        # What reads a connection the catalogue raised NotHeld for (CatalogSource.read_connection);
+        # None: the catalogue holds every connection.
+        self._read_connection = read_connection
         self.store = store
         self.node = node
         self.clock = clock
@@ -95,6 +99,9 @@ class Registrar:
         once; an authenticated one returns an awaitable that updates the store.
         That keeps the challenge leg free of task scheduling on the hot path.
         """
+        return self._register(request, source, CONNECTION_READS)
+
+    def _register(self, request: Request, source: Source, reads_left: int) -> Response | Awaitable[Response]:
         if not self.store.ready:
             # Without the store the catalogue may be stale or empty too: no answer
             # but "try again" would be true, not even a challenge.
@@ -107,7 +114,22 @@ class Registrar:
             path = _path(request)
         except SipError as rejection:
             return self._reject(request, rejection, domain)
+        except NotHeld as unknown:
+            if not reads_left or self._read_connection is None:
+                return self._reject(request, store_unavailable(), domain)
+            return self._register_once_read(unknown.key, request, source, reads_left - 1, domain)
         return self._store_bindings(request, source, domain, connection, aor, contacts, wildcard, path)
+
+    async def _register_once_read(
+        self, key: ConnectionKey, request: Request, source: Source, reads_left: int, domain: Domain | None
+    ) -> Response:
+        """Answer a REGISTER whose connection had to be read first (its credentials are checked then)."""
+        try:
+            await self._read_connection(key)  # type: ignore[misc]
+        except StoreUnavailable:
+            return self._reject(request, store_unavailable(), domain)
+        answer = self._register(request, source, reads_left)
+        return answer if isinstance(answer, Response) else await answer
 
     async def _store_bindings(
         self,

@@ -28,13 +28,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from registrar.authentication import PROXY, Authenticator, AuthenticationStep
 from registrar.flows import FlowRef, of_binding
-from registrar.model import Binding, Catalog, Connection, Domain
-from registrar.service import ALLOW, store_unavailable
+from registrar.model import Binding, Catalog, Connection, ConnectionKey, Domain, NotHeld
+from registrar.service import ALLOW, CONNECTION_READS, store_unavailable
 from registrar.sip.headers import parse_name_addr
 from registrar.sip.message import KNOWN_METHODS, Request, SipError
 from registrar.sip.source import Source
@@ -91,8 +91,11 @@ class Router:
         clock: Callable[[], float],
         known_source: Callable[[str], bool],
         on_authenticated: Callable[[Source], None] = lambda source: None,
+        read_connection: Callable[[ConnectionKey], Awaitable[None]] | None = None,
     ):
         self._catalog = catalog
+        # What reads a connection the catalogue raised NotHeld for; None: it holds every connection.
+        self._read_connection = read_connection
         self.store = store
         self.clock = clock
         # Whether an address is trusted or has proved credentials (SourceLimiter.known).
@@ -102,6 +105,19 @@ class Router:
 
     async def route(self, request: Request, source: Source) -> TargetSet:
         """The targets for `request`; raises SipError with the answer instead (404, 480, 302, 407...)."""
+        for _ in range(CONNECTION_READS):
+            try:
+                return await self._route(request, source)
+            except NotHeld as unknown:
+                if self._read_connection is None:
+                    raise
+                try:
+                    await self._read_connection(unknown.key)
+                except StoreUnavailable:
+                    raise store_unavailable() from None
+        raise store_unavailable()
+
+    async def _route(self, request: Request, source: Source) -> TargetSet:
         catalog = self._catalog()
         try:
             uri = parse_uri(request.uri)

@@ -28,6 +28,10 @@ ALLOW = ", ".join(ALLOWED_METHODS)
 # A domain that refuses registration still takes calls: all of the above but REGISTER (the registrar's 405).
 ALLOW_WITHOUT_REGISTER = ", ".join(method for method in ALLOWED_METHODS if method != "REGISTER")
 RETRY_AFTER_SECONDS = 5  # of a 503 for the location store being unavailable
+# Connections a request may have to read before it can be answered, by a registrar reading them
+# on demand (model.NotHeld): the AOR's or the callee's, the authenticating user's, and one more
+# should the first be let go of meanwhile.
+CONNECTION_READS = 3
 
 
 def store_unavailable() -> SipError:

@@ -16,11 +16,12 @@ registrar replicas (none to know of beside the memory store; etcd's nodes/).
 from __future__ import annotations
 
 import abc
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from registrar.model import Binding, Catalog
+from registrar.model import Binding, Catalog, ConnectionKey
 
 BindingChange = Callable[[Sequence[Binding]], Sequence[Binding]]
 
@@ -122,6 +123,15 @@ class CatalogSource(abc.ABC):
     @abc.abstractmethod
     def catalog(self) -> Catalog:
         """The catalogue as of now."""
+
+    async def read_connection(self, key: ConnectionKey) -> None:
+        """Read the connection `key` into the catalogue's connections, for a NotHeld they raised (one that
+        holds every connection raises none). Raises StoreUnavailable when it cannot."""
+
+    def connection_counts(self) -> dict[str, int]:
+        """Connections per domain (metrics call it on every scrape)."""
+        counts: Counter[str] = Counter(domain for domain, _ in self.catalog.connections)
+        return dict(counts)
 
 
 class NodeRegistry(abc.ABC):

@@ -1,19 +1,23 @@
 """The etcd location service: registrar replicas share one binding table, and a restart loses nothing.
 
-One watch stream follows what the store holds in memory: domains and connections (the
-Catalog the registrar serves: the store is its CatalogSource) and nodes (the store is
-the NodeRegistry); it resumes from its last revision after a broken stream or an etcd
-restart, and reads everything anew when that revision was compacted away.
-
-Bindings, two ways (`cached_aors`). A registrar's store reads them on demand: a lookup
-(an INVITE's) reads the AOR's key from the member in use, and a REGISTER's write starts
-from the cache of the AORs this replica read or wrote lately, at most `cached_aors` of
-them (least recently used go first), reading the AOR first when it is not there. So
-a replica's memory and CPU follow the traffic it serves, not the subscribers in etcd:
-it never sees the other replicas' writes, and a cached record another replica has
-since changed costs one lost compare-and-swap, which brings the current record back
-(below). The operator's store mirrors every binding and failure (`cached_aors` None),
-as every connection's status comes from them.
+Two ways to hold things (`cached_aors`). The operator's store mirrors everything:
+one watch stream follows every domain, connection, binding, failure and node, as every
+connection's status comes from them. A registrar's store reads on demand what it
+serves, so its memory and CPU follow its traffic, not the subscribers in etcd:
+- it follows (reads, then watches) the domains, the nodes (the store is the
+  NodeRegistry) and its domains' connections by address (layout.served);
+- the other connections it reads when a request names one, keeping at most
+  `cached_aors` (a ConnectionCache: the Catalog it serves, the store being its
+  CatalogSource), and watches its domains' connections to hear of changes to those;
+- bindings: a lookup (an INVITE's) reads the AOR's key from the member in use, and a
+  REGISTER's write starts from the cache of the AORs this replica read or wrote lately,
+  at most `cached_aors` of them (least recently used go first), reading the AOR first
+  when it is not there. It never sees the other replicas' writes: a cached record
+  another replica has since changed costs one lost compare-and-swap, which brings the
+  current record back (below).
+The watch resumes from its last revision after a broken stream or an etcd restart, and
+reads everything anew (forgetting what it read on demand) when that revision was
+compacted away.
 
 Writes are compare-and-swap transactions on an AOR's key (see layout.py), made
 from the cache's revision of that key. REGISTERs that arrive while writes are in
@@ -53,7 +57,7 @@ from typing import Any
 
 from aetcd import rpc
 
-from registrar.model import Binding, Catalog, Connection, Domain
+from registrar.model import Binding, Catalog, Connection, ConnectionCache, ConnectionKey, Domain
 from registrar.store import (
     BindingChange, BindingEvent, CatalogSource, NodeRegistry, RegistrationFailure, StoreUnavailable,
 )
@@ -88,11 +92,11 @@ MAX_ATTEMPTS = 5  # compare-and-swap rounds lost to other replicas before giving
 FAILURE_FLUSH_INTERVAL = 1.0  # seconds; failure records go out at most this often, MAX_TXN_OPS at a time
 NODE_TTL = 10  # seconds a dead registrar stays listed under nodes/
 SWEEP_INTERVAL = 1.0
-# How often a store reading bindings on demand counts each domain's registered AORs: a count
-# walks etcd's index of the domain's keys, so it waits this share of its time counting, and at
-# least CENSUS_INTERVAL.
+# How often a store reading on demand counts each served domain's registered AORs and connections:
+# every CENSUS_INTERVAL seconds, and a second later per CENSUS_KEYS_PER_SECOND keys counted, as a
+# count walks etcd's index of the keys (a million AORs and as many connections: every 42 s).
 CENSUS_INTERVAL = 2.0
-CENSUS_SHARE = 0.002
+CENSUS_KEYS_PER_SECOND = 50_000
 # How often, and how patiently, the member in use is asked for a linearizable read: a quorum lost
 # is noticed within the sum, and a quorum back within the interval.
 QUORUM_CHECK_INTERVAL = 0.5
@@ -110,10 +114,10 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
 
     `node` (with its address and SIP port) is listed under nodes/ while the
     store runs; none: the store is not a registrar's (the operator's).
-    `cached_aors`: read bindings on demand, keeping at most this many AORs'
-    (a registrar's); None: mirror every binding and failure (the operator's).
-    `served_domains`: reading on demand, follow only these domains' connections
-    (a SipDomain's pods); None: every domain's.
+    `cached_aors`: read connections and bindings on demand, keeping at most this
+    many AORs' of each (a registrar's); None: mirror every connection, binding and
+    failure (the operator's). `served_domains`: reading on demand, follow only
+    these domains' connections (a SipDomain's pods); None: every domain's.
     `publish`: a catalogue to make etcd's once connected (`sipreg serve
     --manifests`), and the one `catalog` holds until etcd's is read.
     Told, through the callables given: `on_catalog` each catalogue read from
@@ -146,6 +150,7 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         self._clock = clock
         self._table = BindingTable(clock())
         self._cached_aors = None if cached_aors is None else max(cached_aors, MIN_CACHED_AORS)
+        self._served_domains = served_domains
         self._followed = layout.EVERYTHING if cached_aors is None else layout.served(served_domains)
         # Reading on demand: the AORs in the cache (known: held, or known absent), least recently used first.
         self._recent: dict[str, None] = {}
@@ -154,7 +159,13 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         self._tombstones: dict[str, int] = {}  # AOR -> revision it was deleted at (older news is stale)
         self._watched_revision = 0  # every change up to this revision is in the cache
         self._domains: dict[str, Domain] = {}
-        self._connections: dict[tuple[str, str], Connection] = {}
+        # Reading on demand, the connections are a cache whose ip ones (`held`) are followed whole; else a mirror.
+        self._connection_cache = None if cached_aors is None else ConnectionCache(self._cached_aors)  # type: ignore[arg-type]
+        self._connections: dict[ConnectionKey, Connection] = (
+            {} if self._connection_cache is None else self._connection_cache.held
+        )
+        self._connection_reads: dict[ConnectionKey, asyncio.Future[None]] = {}
+        self._connection_census: dict[str, int] = {}  # reading on demand: domain -> connections in etcd
         self._failures: dict[tuple[str, str], RegistrationFailure] = {}
         self._unwritten_failures: dict[tuple[str, str], RegistrationFailure] = {}
         self._nodes: dict[str, dict[str, Any]] = {}
@@ -218,6 +229,41 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         self._on_read(time.monotonic() - sent)
         self._hold_read(aor, kv, revision)
         return self._table.current(aor, self._clock())
+
+    async def read_connection(self, key: ConnectionKey) -> None:
+        cache = self._connection_cache
+        if cache is None:
+            return
+        if not self._ready:
+            raise StoreUnavailable("etcd is unreachable, or has no quorum")
+        reading = self._connection_reads.get(key)
+        if reading is None:  # one read per connection at a time, however many requests ask
+            reading = self._connection_reads[key] = asyncio.ensure_future(self._read_connection(cache, key))
+            reading.add_done_callback(lambda _: self._connection_reads.pop(key, None))
+        await asyncio.shield(reading)
+
+    async def _read_connection(self, cache: ConnectionCache, key: ConnectionKey) -> None:
+        cache.reading(key)
+        try:
+            sent = time.monotonic()
+            kv, revision = await self.session.read_key(layout.connection_key(*key))
+            self._on_read(time.monotonic() - sent)
+        except BaseException:
+            cache.read_failed(key)
+            raise
+        connection = None
+        if kv is not None:
+            revision = kv.mod_revision
+            try:
+                connection = layout.decode_connection(kv.value)
+            except layout.BadRecord as error:
+                log.warning("sipreg: ignoring the connection %s@%s: %s", key[1], key[0], error)
+        cache.read(key, revision, connection)
+
+    def connection_counts(self) -> dict[str, int]:
+        if self._connection_cache is None:
+            return super().connection_counts()
+        return dict(self._connection_census)
 
     async def lookup_many(self, aors: Iterable[str]) -> dict[str, list[Binding]]:
         if self._cached_aors is None:
@@ -330,7 +376,8 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                     await self._resync()
                     resync = False
                 await self._register_node()
-                watch = self.session.watch(self._followed, self._watched_revision + 1)
+                followed = self._followed
+                watch = self.session.watch(followed.held + followed.watched, self._watched_revision + 1)
                 async for response in watch:
                     if not self._ready:
                         self._ready, failures = True, 0
@@ -377,10 +424,13 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                     log.warning("sipreg: could not register this node in etcd yet: %s", error)
 
     async def _resync(self) -> None:
-        kvs, revision = await self.session.read_ranges(self._followed)
+        kvs, revision = await self.session.read_ranges(self._followed.held)
         now = self._clock()
-        if self._cached_aors is not None:
-            self._forget(list(self._recent))  # a compare's base needs no news; a clean slate needs no check
+        if self._connection_cache is not None:
+            # What changed while the watch was away is unknown: a compare's base needs no news, but a
+            # connection read needs to be read again.
+            self._forget(list(self._recent))
+            self._connection_cache.forget_read()
         seen: set[str] = set()
         self._domains.clear()
         self._connections.clear()
@@ -394,7 +444,7 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                 self._revisions[aor] = kv.mod_revision
                 self._table.replace(aor, self._decode_bindings(aor, kv.value, now))
             else:
-                self._apply_other(kv.key, kv.value, True)
+                self._apply_other(kv.key, kv.value, kv.mod_revision, True)
         for aor in [aor for aor in self._table.aors() if aor not in seen]:
             self._table.replace(aor, ())
         self._watched_revision = revision
@@ -423,11 +473,11 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                     self._tombstones[aor] = kv.mod_revision
                     self._table.replace(aor, ())
             else:
-                self._apply_other(key, kv.value, event.type == _PUT)
+                self._apply_other(key, kv.value, kv.mod_revision, event.type == _PUT)
         self._watched_revision = max(self._watched_revision, response.header.revision)
 
-    def _apply_other(self, key: bytes, value: bytes, present: bool) -> None:
-        """A domain, connection, failure or node record changed (or went away)."""
+    def _apply_other(self, key: bytes, value: bytes, revision: int, present: bool) -> None:
+        """A domain, connection, failure or node record changed (or went away) at `revision`."""
         try:
             if key.startswith(_DOMAINS):
                 name = key[len(_DOMAINS) :].decode()
@@ -435,8 +485,17 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                 self._catalog_changed()
             elif key.startswith(_CONNECTIONS):
                 ident = layout.split_key(layout.CONNECTIONS, key)
-                _keep(self._connections, ident, layout.decode_connection(value) if present else None)
-                self._catalog_changed()
+                cache = self._connection_cache
+                if cache is None:
+                    _keep(self._connections, ident, layout.decode_connection(value) if present else None)
+                    self._catalog_changed()
+                elif cache.wants(ident):  # of those it did not read, a registrar decodes nothing
+                    cache.changed(ident, revision, layout.decode_connection(value) if present else None)
+            elif key.startswith(_IP_CONNECTIONS):
+                if self._connection_cache is not None:  # a mirror holds them as connections already
+                    ident = layout.split_key(layout.IP_CONNECTIONS, key)
+                    _keep(self._connections, ident, layout.decode_connection(value) if present else None)
+                    self._catalog_changed()
             elif key.startswith(_FAILURES):
                 ident = layout.split_key(layout.FAILURES, key)
                 _keep(self._failures, ident, layout.decode_failure(*ident, value) if present else None)
@@ -463,7 +522,8 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         if self._catalog_due is not None:
             self._catalog_due.cancel()
             self._catalog_due = None
-        self._catalog = Catalog(domains=dict(self._domains), connections=dict(self._connections))
+        connections = self._connection_cache if self._connection_cache is not None else dict(self._connections)
+        self._catalog = Catalog(domains=dict(self._domains), connections=connections)
         self._on_catalog(self._catalog)
 
     async def _sweep_forever(self) -> None:
@@ -691,23 +751,27 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
                     self._unwritten_failures.setdefault((failure.domain, failure.username), failure)
 
     async def _count_forever(self) -> None:
-        """Reading on demand: count each domain's AORs with bindings in etcd now and then (aor_counts).
+        """Reading on demand: count each domain's AORs with bindings (aor_counts) and its connections
+        (connection_counts) in etcd now and then.
 
         A key outlives its last binding by at most LEASE_GRANULARITY seconds, its lease's end."""
         await self._synced.wait()  # the first count as soon as the domains are known
         while True:
-            took = 0.0
             if self._ready:
-                started = time.monotonic()
                 try:
+                    domains = sorted(self._served_domains if self._served_domains is not None else self._domains)
                     self._census = {
                         domain: await self.session.count_prefix(layout.bindings_domain_prefix(domain))
-                        for domain in list(self._domains)
+                        for domain in domains
+                    }
+                    self._connection_census = {
+                        domain: await self.session.count_prefix(layout.connections_domain_prefix(domain))
+                        for domain in domains
                     }
                 except (EtcdUnavailable, rpc.AioRpcError) as error:
-                    log.debug("sipreg: counting registered AORs failed: %s", error)
-                took = time.monotonic() - started
-            await asyncio.sleep(max(CENSUS_INTERVAL, took / CENSUS_SHARE))
+                    log.debug("sipreg: counting registered AORs and connections failed: %s", error)
+            counted = sum(self._census.values()) + sum(self._connection_census.values())
+            await asyncio.sleep(CENSUS_INTERVAL + counted / CENSUS_KEYS_PER_SECOND)
 
     async def _register_node(self) -> None:
         # _follow and the quorum check both call this: one at a time, or the node would get two leases.
@@ -729,12 +793,10 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
     async def _publish(self, catalog: Catalog) -> None:
         """Write `catalog`'s domains and connections; delete those etcd holds beyond it."""
         wanted = {layout.domain_key(d.name): layout.encode_domain(d) for d in catalog.domains.values()}
-        wanted.update(
-            (layout.connection_key(c.domain, c.username), layout.encode_connection(c))
-            for c in catalog.connections.values()
-        )
+        for connection in catalog.connections.values():
+            wanted.update(layout.connection_records(connection))
         held = {}
-        for prefix in (layout.DOMAINS, layout.CONNECTIONS):
+        for prefix in (layout.DOMAINS, layout.CONNECTIONS, layout.IP_CONNECTIONS):
             kvs, _ = await self.session.read_prefix(prefix.encode())
             held.update((kv.key, kv.value) for kv in kvs)
         ops = [put_op(key, value) for key, value in wanted.items() if held.get(key) != value]
@@ -795,6 +857,7 @@ class _LeasePool:
 _BINDINGS = layout.BINDINGS.encode()
 _DOMAINS = layout.DOMAINS.encode()
 _CONNECTIONS = layout.CONNECTIONS.encode()
+_IP_CONNECTIONS = layout.IP_CONNECTIONS.encode()
 _FAILURES = layout.FAILURES.encode()
 _NODES = layout.NODES.encode()
 

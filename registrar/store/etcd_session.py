@@ -316,12 +316,14 @@ class EtcdSession:
             )
         return response.count
 
-    async def write_claimed(self, claim: bytes, claimant: bytes, puts: dict[bytes, bytes]) -> bytes | None:
-        """Put `puts` if the key `claim` holds `claimant`, or holds nothing (then it is claimed in the same
-        transaction); None when written, else who holds the claim. Of two claimants writing at once, one
-        wins: the claim's absence is compared, not assumed."""
+    async def write_claimed(
+        self, claim: bytes, claimant: bytes, puts: dict[bytes, bytes], deletes: Sequence[bytes] = ()
+    ) -> bytes | None:
+        """Put `puts` and delete `deletes` if the key `claim` holds `claimant`, or holds nothing (then it is
+        claimed in the same transaction); None when written, else who holds the claim. Of two claimants
+        writing at once, one wins: the claim's absence is compared, not assumed."""
         ours, free = _claim_compares(claim, claimant)
-        writes = [put_op(key, value) for key, value in puts.items()]
+        writes = [put_op(key, value) for key, value in puts.items()] + [delete_op(key) for key in deletes]
         request = rpc.TxnRequest(
             compare=[ours],
             success=writes,

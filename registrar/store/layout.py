@@ -6,6 +6,10 @@ layout can be written beside v1 and migrated to without a flag day:
 
     /sipreg/v1/domains/<domain>                  a SipDomain (Domain record)
     /sipreg/v1/connections/<domain>/<username>   a SipConnection (HA1 digests, ACL)
+    /sipreg/v1/ip-connections/<domain>/<username>
+                                                 the same record again, of a SipConnection that
+                                                 authenticates by source address: registrars hold
+                                                 these whole and read the others on demand
     /sipreg/v1/bindings/<domain>/<user>          every binding of one AOR
     /sipreg/v1/failures/<domain>/<username>      a connection's last failure (a REGISTER refused, a
                                                  contact removed for not answering pings)
@@ -25,6 +29,11 @@ removal included, makes the compare fail. The key carries a lease that ends
 after its latest binding expires; bindings that expired earlier stay in the
 record until the next write and are dropped by `decode_bindings`, so no reader
 ever sees them.
+
+A registrar follows (reads whole, then watches) the domains, the ip connections
+of the domains it serves and the nodes; it watches its domains' connections
+without reading them, to hear of changes to those it read (`served`). The
+operator follows everything (`EVERYTHING`).
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ BINDINGS = PREFIX + "bindings/"
 FAILURES = PREFIX + "failures/"
 NODES = PREFIX + "nodes/"
 CLAIMS = PREFIX + "claims/"
+IP_CONNECTIONS = PREFIX + "ip-connections/"
 
 
 class BadRecord(ValueError):
@@ -72,21 +82,35 @@ def prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
     return prefix, prefix_end(prefix)
 
 
-# What a store follows (watches and holds), as [key, range_end) ranges. The operator mirrors
-# everything: every connection's status comes from it.
-EVERYTHING = (prefix_range(PREFIX.encode()),)
+KeyRange = tuple[bytes, bytes]  # [key, range_end)
 
 
-def served(domains: frozenset[str] | None) -> tuple[tuple[bytes, bytes], ...]:
-    """What a registrar follows: the domains, the connections of `domains` (None: of every domain), the
-    nodes. It reads and writes the bindings of the AORs it serves on demand: following them would
-    cost every replica every replica's writes."""
-    connections = (
-        [prefix_range(CONNECTIONS.encode())]
-        if domains is None
-        else [prefix_range(f"{CONNECTIONS}{domain}/".encode()) for domain in sorted(domains)]
+@dataclasses.dataclass(frozen=True)
+class Followed:
+    """What a store follows: `held` ranges are read whole, then watched; `watched` ones only watched."""
+
+    held: tuple[KeyRange, ...]
+    watched: tuple[KeyRange, ...] = ()
+
+
+# The operator's: every connection's status comes from every binding and failure.
+EVERYTHING = Followed((prefix_range(PREFIX.encode()),))
+
+
+def served(domains: frozenset[str] | None) -> Followed:
+    """What a registrar serving `domains` (None: every domain) follows: the domains, the nodes, and its
+    domains' ip connections, held; its domains' connections, watched (it reads them on demand). Never the
+    bindings: following them would cost every replica every replica's writes."""
+
+    def of_domains(prefix: str) -> tuple[KeyRange, ...]:
+        if domains is None:
+            return (prefix_range(prefix.encode()),)
+        return tuple(prefix_range(f"{prefix}{domain}/".encode()) for domain in sorted(domains))
+
+    return Followed(
+        held=(*of_domains(IP_CONNECTIONS), prefix_range(DOMAINS.encode()), prefix_range(NODES.encode())),
+        watched=of_domains(CONNECTIONS),
     )
-    return (*connections, prefix_range(DOMAINS.encode()), prefix_range(NODES.encode()))
 
 
 # -- keys ----------------------------------------------------------------------------------
@@ -100,9 +124,18 @@ def connection_key(domain: str, username: str) -> bytes:
     return f"{CONNECTIONS}{domain}/{username}".encode()
 
 
+def connection_keys(domain: str, username: str) -> list[bytes]:
+    """Every key a connection may be written under (connection_records): what removing it deletes."""
+    return [connection_key(domain, username), f"{IP_CONNECTIONS}{domain}/{username}".encode()]
+
+
 def bindings_key(aor: str) -> bytes:
     user, _, domain = aor.rpartition("@")
     return f"{BINDINGS}{domain}/{user}".encode()
+
+
+def connections_domain_prefix(domain: str) -> bytes:
+    return f"{CONNECTIONS}{domain}/".encode()
 
 
 def bindings_domain_prefix(domain: str) -> bytes:
@@ -253,6 +286,14 @@ def encode_connection(connection: Connection) -> bytes:
             "outbound": connection.outbound,
         }
     )
+
+
+def connection_records(connection: Connection) -> dict[bytes, bytes]:
+    """The keys and records a connection is written as: its record, and the same again under
+    ip-connections/ when it authenticates by address."""
+    record = encode_connection(connection)
+    keys = connection_keys(connection.domain, connection.username)
+    return dict.fromkeys(keys if connection.authentication == "ip" else keys[:1], record)
 
 
 def decode_connection(value: bytes) -> Connection:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import ipaddress
 import math
 import time
 
@@ -397,15 +399,16 @@ async def test_the_cache_lets_go_of_the_least_recently_used_aors_beyond_its_boun
 
 async def test_a_replica_follows_only_the_connections_of_the_domains_it_serves(etcd):
     ours, theirs = Domain("sip.example.test"), Domain("other.example.test")
-    alice = Connection("sip.example.test", "alice", ha1={"MD5": "0" * 32}, name="alice")
-    zed = Connection("other.example.test", "zed", ha1={"MD5": "1" * 32}, name="zed")
+    networks = (ipaddress.ip_network("192.0.2.0/24"),)
+    alice = Connection("sip.example.test", "alice", "ip", {}, networks, name="alice")
+    zed = Connection("other.example.test", "zed", "ip", {}, networks, name="zed")
     publisher = EtcdStore(EtcdSession(parse_endpoints(etcd.url)), publish=Catalog(
         {ours.name: ours, theirs.name: theirs},
         {("sip.example.test", "alice"): alice, ("other.example.test", "zed"): zed}))
     await publisher.start()
     reader = await started(etcd, cached_aors=1000, served_domains=frozenset({"sip.example.test"}))
     try:
-        assert set(reader.catalog.connections) == {("sip.example.test", "alice")}
+        assert set(reader.catalog.connections.held) == {("sip.example.test", "alice")}  # those by address
         assert set(reader.catalog.domains) == {"sip.example.test", "other.example.test"}
     finally:
         await asyncio.gather(publisher.close(), reader.close())
@@ -428,3 +431,45 @@ async def test_reading_on_demand_while_etcd_is_away_answers_from_the_cache_or_un
         assert [b.contact for b in await store.lookup(ALICE)] == ["sip:alice@192.0.2.1"]
     finally:
         await store.close()
+
+
+async def test_a_replica_holds_connections_by_address_reads_the_others_and_hears_of_their_changes(etcd):
+    from registrar.model import NotHeld
+
+    domain = Domain("sip.example.test")
+    alice = Connection("sip.example.test", "alice", ha1={"MD5": "0" * 32}, name="alice")
+    pbx = Connection("sip.example.test", "pbx", "ip", {}, (ipaddress.ip_network("192.0.2.0/24"),), name="pbx")
+
+    def catalog(*connections: Connection) -> Catalog:
+        return Catalog({domain.name: domain}, {(c.domain, c.username): c for c in connections})
+
+    publisher = EtcdStore(EtcdSession(parse_endpoints(etcd.url)), publish=catalog(alice, pbx))
+    await publisher.start()
+    await publisher.close()
+    reader = await started(etcd, cached_aors=1000, served_domains=frozenset({"sip.example.test"}))
+    try:
+        connections = reader.catalog.connections
+        assert connections.get(("sip.example.test", "pbx")) == pbx  # held whole
+        assert reader.catalog.ip_authenticated_domains == {"sip.example.test"}
+        with pytest.raises(NotHeld):
+            connections.get(("sip.example.test", "alice"))
+        await reader.read_connection(("sip.example.test", "alice"))
+        assert connections.get(("sip.example.test", "alice")) == alice
+        await reader.read_connection(("sip.example.test", "bob"))
+        assert connections.get(("sip.example.test", "bob")) is None  # known absent
+        await eventually(lambda: reader.connection_counts() == {"sip.example.test": 2})
+        # The password changes, bob is created, pbx turns to credentials: the watch brings each.
+        new_alice = dataclasses.replace(alice, ha1={"MD5": "1" * 32})
+        bob = Connection("sip.example.test", "bob", ha1={"MD5": "2" * 32}, name="bob")
+        pbx_by_password = dataclasses.replace(pbx, authentication="credentials", ha1={"MD5": "3" * 32},
+                                              allowed_networks=())
+        again = EtcdStore(EtcdSession(parse_endpoints(etcd.url)), publish=catalog(new_alice, bob, pbx_by_password))
+        await again.start()
+        await again.close()
+        await eventually(lambda: reader.catalog.connections.get(("sip.example.test", "alice")) == new_alice)
+        await eventually(lambda: reader.catalog.connections.get(("sip.example.test", "bob")) == bob)
+        await eventually(lambda: reader.catalog.ip_authenticated_domains == frozenset())
+        with pytest.raises(NotHeld):  # no longer held whole: read as the others
+            reader.catalog.connections.get(("sip.example.test", "pbx"))
+    finally:
+        await reader.close()

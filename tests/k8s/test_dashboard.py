@@ -24,7 +24,7 @@ from tests.etcd_server import EtcdServer
 from tests.helpers import ROOT, start_registrar, stop_registrar
 from tests.integration.sip_client import UserAgent, status_of
 from tests.integration.sipp import manifest_passwords
-from tests.k8s.kube import OperatorProcess
+from tests.k8s.kube import OperatorProcess, wait_for
 
 pytestmark = pytest.mark.k8s
 
@@ -345,6 +345,8 @@ def test_every_metric_the_dashboard_queries_is_exported_by_a_running_registrar_o
     assert status_of(alice.register(contact="sip:alice@192.0.2.1:5060", expires=300)) == 200
     assert status_of(UserAgent(registrar.host, registrar.sip_port, "bob", "wrong", DOMAIN).register(
         contact="sip:bob@192.0.2.2:5060", expires=300)) == 401
+    # The operator counts the bindings (registrars read them on demand): once its watch has brought alice's.
+    wait_for(lambda: "sipreg_bindings{" in operator_process.metrics(), timeout=10, message="the operator's count")
     exported = families(registrar.metrics()) | families(operator_process.metrics())
 
     board = dashboard()

@@ -35,22 +35,32 @@ def test_keys_are_versioned_and_split_back_whatever_the_user_part_holds() -> Non
     assert layout.prefix_end(b"/sipreg/v1/") == b"/sipreg/v10"
 
 
-def test_a_registrar_follows_its_domains_connections_every_domain_and_node_and_never_a_binding() -> None:
-    def followed(ranges, key: bytes) -> bool:
+def test_a_registrar_holds_domains_nodes_and_connections_by_address_watches_the_others_and_never_a_binding() -> None:
+    def within(ranges, key: bytes) -> bool:
         return any(start <= key < end for start, end in ranges)
 
-    ours = layout.served(frozenset({"sip.example.test"}))
-    assert followed(ours, layout.connection_key("sip.example.test", "alice"))
-    assert not followed(ours, layout.connection_key("sip.example.test.evil", "alice"))
-    assert not followed(ours, layout.connection_key("other.test", "alice"))
-    assert followed(layout.served(None), layout.connection_key("other.test", "alice"))
-    for ranges in (ours, layout.served(None)):
-        assert followed(ranges, layout.domain_key("other.test"))
-        assert followed(ranges, layout.node_key("pod-1"))
+    alice, pbx = layout.connection_keys("sip.example.test", "alice")
+    for followed in (layout.served(frozenset({"sip.example.test"})), layout.served(None)):
+        assert within(followed.held, pbx) and within(followed.watched, alice) and not within(followed.held, alice)
+        assert within(followed.held, layout.domain_key("other.test"))
+        assert within(followed.held, layout.node_key("pod-1"))
         for key in (layout.bindings_key("alice@sip.example.test"), layout.failure_key("sip.example.test", "alice"),
                     layout.claim_key("sip.example.test", "alice")):
-            assert not followed(ranges, key)
-            assert followed(layout.EVERYTHING, key)  # the operator's mirror
+            assert not within(followed.held + followed.watched, key)
+            assert within(layout.EVERYTHING.held, key)  # the operator's mirror
+    ours = layout.served(frozenset({"sip.example.test"}))
+    for other in (*layout.connection_keys("sip.example.test.evil", "alice"), *layout.connection_keys("other.test", "a")):
+        assert not within(ours.held + ours.watched, other)
+    assert within(layout.served(None).watched, layout.connection_key("other.test", "alice"))
+
+
+def test_a_connection_by_address_is_written_twice_and_one_by_credentials_once() -> None:
+    by_address = Connection("sip.example.test", "pbx", "ip", {}, (ipaddress.ip_network("192.0.2.0/24"),), name="pbx")
+    by_credentials = Connection("sip.example.test", "alice", ha1={"MD5": "a" * 32}, name="alice")
+    records = layout.connection_records(by_address)
+    assert list(records) == layout.connection_keys("sip.example.test", "pbx")
+    assert set(records.values()) == {layout.encode_connection(by_address)}
+    assert list(layout.connection_records(by_credentials)) == [layout.connection_key("sip.example.test", "alice")]
 
 
 def test_domain_and_connection_records_round_trip_and_carry_no_password() -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from registrar.authentication import FAILURE_RECORD_INTERVAL, Authenticator
 from registrar.lockout import LockoutTable
-from registrar.model import Binding, Catalog, Connection, Domain, RegistrationPolicy
+from registrar.model import Binding, Catalog, Connection, ConnectionCache, Domain, RegistrationPolicy
 from registrar.registrar import Registrar
 from registrar.service import RETRY_AFTER_SECONDS
 from registrar.sip.source import Source
@@ -111,7 +111,7 @@ def make_catalog() -> Catalog:
 
 
 class Env:
-    def __init__(self, store_class=CountingStore) -> None:
+    def __init__(self, store_class=CountingStore, catalog: Catalog | None = None, read_connection=None) -> None:
         self.clock = FakeClock(START)
         self.store = store_class(self.clock)
         self.nonces = digest.NonceAuthority(SECRET, lifetime=NONCE_LIFETIME, clock=self.clock)
@@ -130,13 +130,14 @@ class Env:
             on_refusal=lambda domain, scope: self.refusals.append((domain, scope)),
         )
         self.registrar = Registrar(
-            make_catalog(),
+            catalog or make_catalog(),
             self.store,
             self.authenticator,
             node="node-1",
             clock=self.clock,
             on_result=lambda domain, status: self.results.append((domain, status)),
             on_bound=lambda source, domain, bindings: self.bound.append((source, [b.contact for b in bindings])),
+            read_connection=read_connection,
         )
 
     async def bindings(self, user: str = "alice") -> list[Binding]:
@@ -1037,6 +1038,57 @@ async def test_store_unavailable_gets_503_with_retry_after_and_never_200():
     assert await env.store.lookup(f"alice@{DOMAIN}") == []
     assert env.results == [(DOMAIN, 401), (DOMAIN, 503)]
     assert all(status != 200 for _, status in env.results)
+
+
+# -- connections read on demand (a registrar on etcd) ------------------------------------------
+
+
+class ReadOnDemand:
+    """A ConnectionCache that knows make_catalog's ip connection only, and the reads that fill it."""
+
+    def __init__(self, *, unavailable: bool = False) -> None:
+        self.everything = make_catalog()
+        self.cache = ConnectionCache(100)
+        self.cache.held = {key: c for key, c in self.everything.connections.items() if c.authentication == "ip"}
+        self.catalog = Catalog(self.everything.domains, self.cache)
+        self.reads: list[tuple[str, str]] = []
+        self.unavailable = unavailable
+
+    async def read(self, key: tuple[str, str]) -> None:
+        self.reads.append(key)
+        if self.unavailable:
+            raise StoreUnavailable("etcd is away")
+        self.cache.reading(key)
+        await asyncio.sleep(0)
+        self.cache.read(key, len(self.reads), self.everything.connections.get(key))
+
+
+async def test_a_registrar_reading_connections_on_demand_reads_each_once_and_challenges_without_reading():
+    connections = ReadOnDemand()
+    env = Env(catalog=connections.catalog, read_connection=connections.read)
+    alice = env.phone()
+    await alice.challenge([contact()])
+    assert connections.reads == []  # the first leg reads nothing: no flood of unknown names reaches etcd
+    assert (await alice.register([contact()])).status == 200
+    assert (await alice.register([contact()])).status == 200
+    assert connections.reads == [(DOMAIN, "alice")]
+    # An unknown name with credentials is read once, then known absent: refused as before.
+    stranger = env.phone("mallory", password="guess")
+    assert (await stranger.register([contact("mallory")])).status == 401
+    assert (await stranger.register([contact("mallory")])).status == 401
+    assert connections.reads == [(DOMAIN, "alice"), (DOMAIN, "mallory")]
+    # A connection by address is held whole: its REGISTER without credentials reads nothing.
+    pbx = await answer(env.registrar, build_register(user="pbx", contacts=[contact("pbx", "198.51.100.7")]), PBX_SOURCE)
+    assert pbx.status == 200
+    assert connections.reads == [(DOMAIN, "alice"), (DOMAIN, "mallory")]
+
+
+async def test_a_connection_that_cannot_be_read_gets_503_not_a_challenge():
+    connections = ReadOnDemand(unavailable=True)
+    env = Env(catalog=connections.catalog, read_connection=connections.read)
+    response = await env.phone().register([contact()])
+    assert (response.status, response.reason) == (503, "Location Service Unavailable")
+    assert response.get("Retry-After") == str(RETRY_AFTER_SECONDS)
 
 
 # -- password guessing: lockouts --------------------------------------------------------------
