@@ -453,10 +453,14 @@ async def test_a_replica_holds_connections_by_address_reads_the_others_and_hears
         assert reader.catalog.ip_authenticated_domains == {"sip.example.test"}
         with pytest.raises(NotHeld):
             connections.get(("sip.example.test", "alice"))
-        await reader.read_connection(("sip.example.test", "alice"))
+        writer = await started(etcd, cached_aors=1000)
+        await writer.update(ALICE, add(binding("sip:alice@192.0.2.1")))
+        await writer.close()
+        await asyncio.gather(*(reader.read_connection(("sip.example.test", user)) for user in ("alice", "bob")))
         assert connections.get(("sip.example.test", "alice")) == alice
-        await reader.read_connection(("sip.example.test", "bob"))
         assert connections.get(("sip.example.test", "bob")) is None  # known absent
+        # Read with its connection, in the same transaction: alice's REGISTER writes it next. Not bob's.
+        assert reader.cached == 1
         await eventually(lambda: reader.connection_counts() == {"sip.example.test": 2})
         # The password changes, bob is created, pbx turns to credentials: the watch brings each.
         new_alice = dataclasses.replace(alice, ha1={"MD5": "1" * 32})
