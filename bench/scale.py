@@ -8,10 +8,14 @@ does. For each table size N (run.py's --scale-sizes), on a fresh etcd on loopbac
   and database size;
 - start one `sipreg serve` on that etcd with no manifests (it serves what etcd holds), on
   run.py's registrar core: its start-up time (to /readyz) and RSS;
-- 20,000 authenticated REGISTERs from as many subscribers spread over the whole table, at
-  1,000/s: the registrar's CPU per registration, the failures, its RSS;
+- 60,000 authenticated REGISTERs from as many subscribers spread over the whole table (more
+  than a registrar caches by default), at 1,000/s: the registrar's CPU per registration, the
+  failures, its RSS; etcd's CPU and disk writes per registration and per write transaction;
 - calls through its proxy to a few hundred subscribers of the table (calls.py's callees and
   caller): the store's lookup latency p50/p99 from the registrar's store-read histogram;
+- other replicas' writes: 100,000 bindings records rewritten straight into etcd, as other
+  replicas' REGISTERs would, while the registrar idles: the CPU it spends meanwhile, and
+  the CPU a store that mirrors every binding (the operator's) spends per watch event;
 and last a table of those figures by N, to show which of them grow with it.
 """
 
@@ -24,7 +28,11 @@ import math
 import shutil
 import time
 import urllib.request
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +40,14 @@ from aetcd import rpc
 
 from calls import Callees, call_run, failure_notes
 from run import (
-    CONTACT_PORT, DOMAIN, answered_registrations, cpu_per_registration, histogram, histogram_quantile, pinned,
-    rss_kib, scrape, write_manifests,
+    CONTACT_PORT, DOMAIN, answered_registrations, counter, cpu_per_registration, histogram, histogram_quantile,
+    pinned, rss_kib, scrape, tree_cpu_ticks, wait_idle, write_manifests,
 )
 from registrar.manifests import HA1_ALGORITHMS, load_catalog
 from registrar.model import Binding, Connection, Domain
 from registrar.sip.digest import ha1
 from registrar.store import layout
+from registrar.store.etcd import DEFAULT_CACHED_AORS, EtcdStore
 from registrar.store.etcd_session import EtcdSession, parse_endpoints, put_op
 from tests.etcd_server import EtcdServer
 from tests.helpers import start_registrar, stop_registrar
@@ -58,12 +67,15 @@ BINDINGS_LEASE_SECONDS = 2 * 3600
 # A registrar that reads every connection before it is ready took 80 s here for a million.
 READY_TIMEOUT = 1800
 REGISTER_RATE = 1000
-REGISTER_SECONDS = 20
+# 60,000 subscribers: more than a registrar caches by default, so its memory shows the cache's bound.
+REGISTER_SECONDS = 60
 # About a quarter of the best rate one registrar carries (calls.py's figures), so the lookups
 # are timed with the registrar keeping up, not queueing.
 CALL_RATE = 300
 CALL_SECONDS = 20
 STORE_READ_HISTOGRAM = "sipreg_store_read_duration_seconds"
+# Bindings records written straight into etcd while the registrar idles, as other replicas would.
+OTHER_WRITES = 100_000
 NOT_EXPORTED = "not exported by this registrar"
 
 
@@ -87,6 +99,56 @@ class ScaleFigures:
     rss_after_traffic_kib: int = 0
     cpu_per_register_us: float = math.nan
     lookup: str = "not measured"  # "p50 / p99", or why there are none
+    etcd_cpu_per_register_us: float = math.nan
+    etcd_written_per_register: float = math.nan  # bytes etcd wrote to disk (WAL and database)
+    history_per_register: float = math.nan  # bytes etcd's database grew by: the revisions it keeps
+    registrar_cpu_on_others_ms: float = math.nan  # while 100,000 records of other replicas were written
+    mirror_rss_kib: int = 0  # a store that mirrors everything (the operator's), started on the table
+    mirror_cpu_per_event_us: float = math.nan
+
+
+@dataclass
+class EtcdUse:
+    """What etcd's process has used so far: CPU ticks, bytes written to storage."""
+
+    ticks: int
+    written: int
+
+    @classmethod
+    def of(cls, etcd: EtcdServer) -> EtcdUse:
+        io = dict(line.split(": ") for line in Path(f"/proc/{etcd.process.pid}/io").read_text().splitlines())
+        return cls(tree_cpu_ticks(etcd.process.pid), int(io["write_bytes"]))
+
+    def __sub__(self, before: EtcdUse) -> EtcdUse:
+        return EtcdUse(self.ticks - before.ticks, self.written - before.written)
+
+
+def cpu_seconds(ticks: int) -> float:
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def start_mirror(etcd: EtcdServer) -> subprocess.Popen:
+    """A process following everything in `etcd` as the operator's store does (this module, --mirror URL),
+    on the core sipp uses (idle while it runs); returns once it has read the table."""
+    process = subprocess.Popen(
+        [*pinned(1), sys.executable, __file__, "--mirror", etcd.url], stdout=subprocess.PIPE, text=True,
+    )
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != "ready":
+        process.kill()
+        raise RuntimeError("the mirror did not read etcd")
+    return process
+
+
+def mirror(url: str) -> None:
+    """Follow every key under etcd's sipreg prefix, as the operator's store does, until killed."""
+    async def follow() -> None:
+        store = EtcdStore(EtcdSession(parse_endpoints(url), timeout=120))
+        await store.start(wait=READY_TIMEOUT)
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(follow())
 
 
 def subscriber(index: int) -> tuple[str, str]:
@@ -117,43 +179,61 @@ def subscriber_records(domain: Domain, count: int, lease: int, now: float) -> It
             domain=domain.name, username=user, name=user,
             ha1={algorithm: ha1(algorithm, user, domain.name, password) for algorithm in HA1_ALGORITHMS},
         )
-        yield put_op(layout.connection_key(domain.name, user), layout.encode_connection(connection))
-        # The Contact sipp's REGISTERs carry (run.register_run, calls.Callees below), so a REGISTER
-        # refreshes this binding instead of adding a second one that calls would fork to.
-        contact = f"sip:{user}@127.0.0.1:{CONTACT_PORT};transport=udp"
-        binding = Binding(
-            aor=connection.aor, contact=contact, expires_at=now + BINDING_SECONDS, call_id=f"scale-{user}", cseq=1,
-            source_host="127.0.0.1", source_port=CONTACT_PORT, registered_at=now,
-        )
-        yield put_op(layout.bindings_key(connection.aor), layout.encode_bindings((binding,)), lease)
+        for key, record in layout.connection_records(connection).items():
+            yield put_op(key, record)
+        yield bindings_record(connection.aor, lease, now)
+
+
+def bindings_record(aor: str, lease: int, now: float, cseq: int = 1) -> rpc.RequestOp:
+    """A subscriber's bindings record as a registrar writes it, as an etcd put."""
+    user = aor.partition("@")[0]
+    # The Contact sipp's REGISTERs carry (run.register_run, calls.Callees below), so a REGISTER
+    # refreshes this binding instead of adding a second one that calls would fork to.
+    contact = f"sip:{user}@127.0.0.1:{CONTACT_PORT};transport=udp"
+    binding = Binding(
+        aor=aor, contact=contact, expires_at=now + BINDING_SECONDS, call_id=f"scale-{user}", cseq=cseq,
+        source_host="127.0.0.1", source_port=CONTACT_PORT, registered_at=now,
+    )
+    return put_op(layout.bindings_key(aor), layout.encode_bindings((binding,)), lease)
 
 
 async def load_subscribers(etcd: EtcdServer, domain: Domain, count: int) -> int:
     """Put the domain and `count` subscribers into `etcd`, TXN_OPS puts a transaction; the records put."""
+    return await put_all(etcd, lambda lease: subscriber_records(domain, count, lease, time.time()))
+
+
+async def rewrite_bindings(etcd: EtcdServer, aors: list[str]) -> int:
+    """Write the AORs' bindings records again (a refresh, as other replicas' REGISTERs write them)."""
+    return await put_all(etcd, lambda lease: (bindings_record(aor, lease, time.time(), cseq=2) for aor in aors))
+
+
+async def put_all(etcd: EtcdServer, records: Callable[[int], Iterator[rpc.RequestOp]]) -> int:
+    """Put `records(lease)` into `etcd`, TXN_OPS a transaction, TXNS_IN_FLIGHT at once; the records put."""
     session = EtcdSession(parse_endpoints(etcd.url), timeout=120)
     try:
         lease = await session.grant(BINDINGS_LEASE_SECONDS)
-        puts = subscriber_records(domain, count, lease, time.time())
-        records = 0
+        puts = iter(records(lease))
+        records_put = 0
 
         async def send_transactions() -> None:
-            nonlocal records
             # The generator is shared: each sender takes the next batch when its last one is acknowledged.
+            nonlocal records_put
             while batch := list(itertools.islice(puts, TXN_OPS)):
                 await session.txn(rpc.TxnRequest(success=batch))
-                records += len(batch)
+                records_put += len(batch)
 
         await asyncio.gather(*(send_transactions() for _ in range(TXNS_IN_FLIGHT)))
-        return records
+        return records_put
     finally:
         await session.close()
 
 
-def etcd_db_bytes(etcd: EtcdServer) -> int:
-    """The size of etcd's database file (dbSize of the Maintenance Status RPC, through etcd's JSON gateway)."""
+def etcd_db_bytes(etcd: EtcdServer, field: str = "dbSize") -> int:
+    """The size of etcd's database file (`dbSize` of the Maintenance Status RPC, through etcd's JSON gateway),
+    or of the part of it in use (`dbSizeInUse`: the file grows in steps, and is not given back)."""
     request = urllib.request.Request(f"http://{etcd.endpoint}/v3/maintenance/status", data=b"{}")
     with urllib.request.urlopen(request, timeout=10) as response:
-        return int(json.load(response)["dbSize"])
+        return int(json.load(response)[field])
 
 
 def lookup_latency(before: str, after: str) -> str:
@@ -206,15 +286,36 @@ def measure(workdir: Path, subscribers: int, callees: int, hold: float) -> tuple
 
             registering = spread(REGISTER_RATE * REGISTER_SECONDS, subscribers)
             csv_path = users_csv(workdir / "registering.csv", registering, DOMAIN)
+            metrics_before, etcd_before, db_before = (
+                scrape(registrar), EtcdUse.of(etcd), etcd_db_bytes(etcd, "dbSizeInUse")
+            )
             cpu, registrations, achieved = cpu_per_registration(
                 registrar, workdir, csv_path, REGISTER_RATE, REGISTER_SECONDS
             )
+            etcd_used, metrics_after = EtcdUse.of(etcd) - etcd_before, scrape(registrar)
+            figures.history_per_register = (etcd_db_bytes(etcd, "dbSizeInUse") - db_before) / max(registrations.successful, 1)
             figures.cpu_per_register_us = cpu
+            registered = max(registrations.successful, 1)
+            figures.etcd_cpu_per_register_us = cpu_seconds(etcd_used.ticks) * 1e6 / registered
+            figures.etcd_written_per_register = etcd_used.written / registered
+            writes, aors, reads = (
+                counter(metrics_after, name) - counter(metrics_before, name)
+                for name in ("sipreg_store_writes_total", "sipreg_store_aors_written_total",
+                             f"{STORE_READ_HISTOGRAM}_count")
+            )
             say(
                 f"{registrations.successful:,} authenticated REGISTERs from {len(registering):,} subscribers at "
                 f"{REGISTER_RATE:,}/s offered ({achieved:,.0f}/s achieved), {registrations.failed:,} failed: "
                 f"{cpu:,.0f} µs of registrar CPU per registration; "
-                f"RSS after {mib(rss_kib(registrar.process.pid))}"
+                f"RSS after {mib(rss_kib(registrar.process.pid))} (it caches {DEFAULT_CACHED_AORS:,} AORs)"
+            )
+            say(
+                f"etcd: {figures.etcd_cpu_per_register_us:,.0f} µs of CPU and {figures.etcd_written_per_register:,.0f} "
+                f"bytes written to disk per registration; {writes:,.0f} write transactions of "
+                f"{aors / max(writes, 1):,.1f} AORs each ({cpu_seconds(etcd_used.ticks) * 1e6 / max(writes, 1):,.0f} µs "
+                f"of etcd CPU, {etcd_used.written / max(writes, 1):,.0f} bytes written each), {reads:,.0f} reads; "
+                f"its database grew {figures.history_per_register:,.0f} bytes per registration (the history kept "
+                f"until a compaction)"
             )
 
             called_users = spread(callees, subscribers, shift=0.5)
@@ -235,6 +336,9 @@ def measure(workdir: Path, subscribers: int, callees: int, hold: float) -> tuple
             )
             for note in failure_notes(calls, kinds):
                 say(note.strip())
+            callee_sipp.stop()
+            callee_sipp = None
+            others_writing(etcd, registrar, subscribers, figures, say)
         finally:
             if callee_sipp is not None:
                 callee_sipp.stop()
@@ -242,17 +346,57 @@ def measure(workdir: Path, subscribers: int, callees: int, hold: float) -> tuple
     return figures, lines
 
 
+def others_writing(etcd: EtcdServer, registrar, subscribers: int, figures: ScaleFigures, say) -> None:
+    """Rewrite OTHER_WRITES bindings records straight into etcd, as other replicas' REGISTERs would, while
+    the registrar idles and a mirror (the operator's store) follows: what each spends on them."""
+    aors = [f"{user}@{DOMAIN}" for user, _ in spread(OTHER_WRITES, subscribers, shift=0.25)]
+    started = time.monotonic()
+    mirror_process = start_mirror(etcd)
+    try:
+        figures.mirror_rss_kib = rss_kib(mirror_process.pid)
+        say(f"a mirror of every record (the operator's store) read the table in {time.monotonic() - started:.1f} s: "
+            f"RSS {mib(figures.mirror_rss_kib)}")
+        watching = SimpleNamespace(process=mirror_process)
+        wait_idle(registrar)
+        wait_idle(watching)
+        registrar_before, mirror_before = tree_cpu_ticks(registrar.process.pid), tree_cpu_ticks(mirror_process.pid)
+        started = time.monotonic()
+        written = asyncio.run(rewrite_bindings(etcd, aors))
+        took = time.monotonic() - started
+        wait_idle(watching, timeout=600)  # until the mirror has caught up
+        registrar_used = cpu_seconds(tree_cpu_ticks(registrar.process.pid) - registrar_before)
+        mirror_used = cpu_seconds(tree_cpu_ticks(mirror_process.pid) - mirror_before)
+    finally:
+        mirror_process.kill()
+        mirror_process.wait()
+    idle_before = tree_cpu_ticks(registrar.process.pid)
+    time.sleep(took)
+    idle = cpu_seconds(tree_cpu_ticks(registrar.process.pid) - idle_before)
+    figures.registrar_cpu_on_others_ms = registrar_used * 1000
+    figures.mirror_cpu_per_event_us = mirror_used * 1e6 / max(written, 1)
+    say(
+        f"other replicas wrote {written:,} bindings records in {took:.1f} s ({written / took:,.0f}/s): the registrar "
+        f"spent {registrar_used * 1000:,.0f} ms of CPU meanwhile (idle as long: {idle * 1000:,.0f} ms); the mirror "
+        f"{mirror_used:,.1f} s, {figures.mirror_cpu_per_event_us:,.0f} µs per watch event"
+    )
+
+
 def summary(all_figures: list[ScaleFigures]) -> list[str]:
     """The figures by table size, one row each: which of them grow with the subscribers in etcd."""
     columns = (
         "subscribers", "registrar RSS at start", "after traffic", "start-up", "CPU/REGISTER",
-        "lookup p50 / p99", "etcd RSS", "etcd DB", "load",
+        "lookup p50 / p99", "on others' writes", "etcd RSS", "etcd DB", "per subscriber", "etcd CPU/REGISTER",
+        "etcd disk/REGISTER", "history/REGISTER", "mirror RSS", "mirror CPU/event", "load",
     )
     rows = [
         (
             f"{figures.subscribers:,}", mib(figures.rss_started_kib), mib(figures.rss_after_traffic_kib),
             f"{figures.startup_seconds:.1f} s", f"{figures.cpu_per_register_us:,.0f} µs", figures.lookup,
-            mib(figures.etcd_rss_kib), f"{figures.etcd_db_bytes / 1024**2:,.0f} MiB", f"{figures.load_seconds:.0f} s",
+            f"{figures.registrar_cpu_on_others_ms:,.0f} ms", mib(figures.etcd_rss_kib),
+            f"{figures.etcd_db_bytes / 1024**2:,.0f} MiB", f"{figures.etcd_db_bytes / figures.subscribers:,.0f} B",
+            f"{figures.etcd_cpu_per_register_us:,.0f} µs", f"{figures.etcd_written_per_register:,.0f} B",
+            f"{figures.history_per_register:,.0f} B",
+            mib(figures.mirror_rss_kib), f"{figures.mirror_cpu_per_event_us:,.0f} µs", f"{figures.load_seconds:.0f} s",
         )
         for figures in all_figures
     ]
@@ -279,3 +423,7 @@ def scale_phase(tmp_path: Path, sizes: list[int], callees: int = 200, hold: floa
             # A million subscribers' etcd data is gigabytes: gone before the next size starts.
             shutil.rmtree(workdir, ignore_errors=True)
     return lines + [""] + summary(all_figures)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--mirror"]:
+    mirror(sys.argv[2])
