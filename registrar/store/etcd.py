@@ -63,7 +63,7 @@ from registrar.store import (
 )
 from registrar.store import layout
 from registrar.store.etcd_session import (
-    REQUEST_TIMEOUT, EtcdSession, EtcdUnavailable, WatchCompacted, compare_and_swap, delete_op, put_op,
+    MAX_TXN_OPS, REQUEST_TIMEOUT, EtcdSession, EtcdUnavailable, WatchCompacted, compare_and_swap, delete_op, put_op,
 )
 from registrar.store.table import BindingTable, TableStore
 
@@ -78,7 +78,6 @@ MAX_WRITES_IN_FLIGHT = 2  # transactions; REGISTERs arriving meanwhile form the 
 # 5 ms; 20 ms saved etcd a little more and cost the registrar more). A REGISTER waits at most
 # this much longer, and one on an idle store not at all.
 WRITE_INTERVAL = 0.010
-MAX_TXN_OPS = 128  # operations per transaction (etcd's default --max-txn-ops)
 # AORs per transaction: etcd checks a nested transaction against what the outer one leaves
 # of MAX_TXN_OPS, and each compare-and-swap is one operation deep, so 128 would be refused.
 MAX_BATCH = MAX_TXN_OPS - 1
@@ -88,8 +87,6 @@ MIN_CACHED_AORS = (MAX_WRITES_IN_FLIGHT + 2) * MAX_BATCH
 # A registrar's cache by default: about 50 MiB, every AOR of a mid-sized deployment, or the last
 # minutes' of a large one.
 DEFAULT_CACHED_AORS = 50_000
-# Connections read in one transaction: two reads each (the connection, its AOR's bindings).
-CONNECTIONS_PER_READ = MAX_TXN_OPS // 2
 MAX_ATTEMPTS = 5  # compare-and-swap rounds lost to other replicas before giving up with 503
 FAILURE_FLUSH_INTERVAL = 1.0  # seconds; failure records go out at most this often, MAX_TXN_OPS at a time
 NODE_TTL = 10  # seconds a dead registrar stays listed under nodes/
@@ -166,9 +163,6 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         self._connections: dict[ConnectionKey, Connection] = (
             {} if self._connection_cache is None else self._connection_cache.held
         )
-        self._connection_reads: dict[ConnectionKey, asyncio.Future[None]] = {}
-        self._connections_to_read: list[ConnectionKey] = []  # asked for in this turn of the event loop
-        self._connection_reading: set[asyncio.Task[None]] = set()
         self._connection_census: dict[str, int] = {}  # reading on demand: domain -> connections in etcd
         self._failures: dict[tuple[str, str], RegistrationFailure] = {}
         self._unwritten_failures: dict[tuple[str, str], RegistrationFailure] = {}
@@ -223,8 +217,9 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
             if not self._ready:
                 raise StoreUnavailable("etcd is unreachable, or has no quorum")
             sent = time.monotonic()
-            kv, revision = await self.session.read_key(layout.bindings_key(aor))
-        except (StoreUnavailable, rpc.AioRpcError):
+            [reading] = self.session.read([layout.bindings_key(aor)])
+            kv, revision = await reading
+        except StoreUnavailable:
             if aor not in self._recent:
                 raise StoreUnavailable("etcd is unreachable, or has no quorum") from None
             # With etcd away, what this replica last read or wrote is the best answer there is: a call
@@ -240,59 +235,30 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
             return
         if not self._ready:
             raise StoreUnavailable("etcd is unreachable, or has no quorum")
-        reading = self._connection_reads.get(key)
-        if reading is None:  # one read per connection at a time, however many requests ask
-            loop = asyncio.get_running_loop()
-            reading = self._connection_reads[key] = loop.create_future()
-            cache.reading(key)
-            if not self._connections_to_read:
-                loop.call_soon(self._read_connections_asked)  # after the datagrams of this turn of the loop
-            self._connections_to_read.append(key)
-        await asyncio.shield(reading)
-
-    def _read_connections_asked(self) -> None:
-        asked, self._connections_to_read = self._connections_to_read, []
-        for start in range(0, len(asked), CONNECTIONS_PER_READ):
-            task = asyncio.ensure_future(self._read_connections(asked[start : start + CONNECTIONS_PER_READ]))
-            self._connection_reading.add(task)  # close() cancels what is left
-            task.add_done_callback(self._connection_reading.discard)
-
-    async def _read_connections(self, keys: list[ConnectionKey]) -> None:
-        """Read the connections `keys` into the cache, and their AORs' bindings, in one transaction: a
-        REGISTER with credentials writes its AOR's next, and then finds it cached."""
-        cache = self._connection_cache
-        assert cache is not None
-        aors = [f"{username}@{domain}" for domain, username in keys]
+        aor = f"{key[1]}@{key[0]}"
+        cache.reading(key)
         try:
             sent = time.monotonic()
-            kvs, revision = await self.session.read_keys(
-                [layout.connection_key(*key) for key in keys] + [layout.bindings_key(aor) for aor in aors]
+            # With its AOR's bindings, in the same read: a REGISTER with credentials writes them next.
+            (kv, revision), (bindings, _) = await asyncio.gather(
+                *self.session.read([layout.connection_key(*key), layout.bindings_key(aor)])
             )
             self._on_read(time.monotonic() - sent)
-        except BaseException as error:
-            for key in keys:
-                cache.read_failed(key)
-                reading = self._connection_reads.pop(key)
-                reading.set_exception(
-                    error if isinstance(error, StoreUnavailable) else StoreUnavailable(f"etcd did not answer: {error}")
-                )
-                reading.exception()  # a request that stopped waiting leaves it unread: no "never retrieved"
-            if isinstance(error, asyncio.CancelledError):
-                raise
-            return
-        for key, aor, kv, bindings in zip(keys, aors, kvs, kvs[len(keys) :]):
-            connection = None
-            if kv is not None:
-                try:
-                    connection = layout.decode_connection(kv.value)
-                except layout.BadRecord as error:
-                    log.warning("sipreg: ignoring the connection %s@%s: %s", key[1], key[0], error)
-            cache.read(key, kv.mod_revision if kv is not None else revision, connection)
-            self._connection_reads.pop(key).set_result(None)
-            # Kept only for a connection that exists (names made up take no room), and where this replica
-            # holds nothing as new.
-            if connection is not None and aor not in self._recent:
-                self._hold_read(aor, bindings, revision)
+        except BaseException:
+            cache.read_failed(key)
+            raise
+        connection = None
+        if kv is not None:
+            revision = kv.mod_revision
+            try:
+                connection = layout.decode_connection(kv.value)
+            except layout.BadRecord as error:
+                log.warning("sipreg: ignoring the connection %s@%s: %s", key[1], key[0], error)
+        cache.read(key, revision, connection)
+        # Kept only for a connection that exists (names made up take no room), where this replica holds
+        # nothing as new.
+        if connection is not None and aor not in self._recent:
+            self._hold_read(aor, bindings, revision)
 
     def connection_counts(self) -> dict[str, int]:
         if self._connection_cache is None:
@@ -381,10 +347,9 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
             self._write_due.cancel()
             self._write_due = None
         self._fail_pending(StoreUnavailable("the registrar is stopping"))  # none waits for a batch that never leaves
-        reading = list(self._connection_reading)
-        for task in [*self._tasks, *reading]:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *reading, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         if self._node_lease is not None:
             try:
@@ -708,9 +673,9 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
     async def _read(self, aors: list[str]) -> None:
         """Put the AORs' records, as etcd holds them now, into the cache (a batch's AORs it did not hold)."""
         sent = time.monotonic()
-        kvs, revision = await self.session.read_keys([layout.bindings_key(aor) for aor in aors])
+        found = await asyncio.gather(*self.session.read([layout.bindings_key(aor) for aor in aors]))
         self._on_read(time.monotonic() - sent)
-        for aor, kv in zip(aors, kvs):
+        for aor, (kv, revision) in zip(aors, found):
             self._hold_read(aor, kv, revision)
 
     def _hold_read(self, aor: str, kv: rpc.KeyValue | None, revision: int) -> None:

@@ -360,6 +360,35 @@ async def test_a_replica_reading_on_demand_holds_none_of_the_others_writes_and_r
         await asyncio.gather(writer.close(), reader.close())
 
 
+async def test_lookups_arriving_while_a_read_is_out_go_together_and_each_gets_its_own_aors_bindings(etcd):
+    served = Catalog({"sip.example.test": Domain("sip.example.test")})
+    writer = await started(etcd, cached_aors=1000, publish=served)
+    reads = []
+    reader = await started(etcd, cached_aors=1000, on_read=reads.append)
+    batches = []
+    read_batch = reader.session._read_batch
+
+    async def counted(batch):
+        batches.append(len(batch))
+        await read_batch(batch)
+
+    reader.session._read_batch = counted
+    try:
+        aors = [f"u{n}@sip.example.test" for n in range(40)]
+        await asyncio.gather(*(writer.update(aor, add(binding(f"sip:{n}@192.0.2.1", aor=aor)))
+                               for n, aor in enumerate(aors[:30])))  # the last 10 have none
+        asked = aors + aors[1:5]  # an AOR looked up twice while its read waits is read once
+        found = await asyncio.gather(*(reader.lookup(aor) for aor in asked))
+        for aor, bindings in zip(asked, found):
+            n = int(aor[1:].split("@")[0])
+            assert [b.contact for b in bindings] == ([f"sip:{n}@192.0.2.1"] if n < 30 else [])
+        # The first goes out alone, at once; the others, asked for while it is out, as one transaction.
+        assert batches == [1, 39]
+        assert len(reads) == len(asked)  # the read histogram counts each lookup
+    finally:
+        await asyncio.gather(writer.close(), reader.close())
+
+
 async def test_a_cached_record_another_replica_changed_since_costs_a_lost_compare_never_a_binding(etcd):
     lost = []
     one = await started(etcd, cached_aors=1000, on_write=lambda seconds, aors, conflicts: lost.append(conflicts))

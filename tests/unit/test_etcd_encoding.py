@@ -1,4 +1,5 @@
-"""The hand-encoded compare-and-swap of the etcd store is the message the generated protobuf classes build."""
+"""The hand-encoded compare-and-swap and serializable read of the etcd store are the messages the generated
+protobuf classes build."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from aetcd import rpc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from registrar.store.etcd_session import compare_and_swap
+from registrar.store.etcd_session import _serializable_range, compare_and_swap
 
 
 def generated(key: bytes, revision: int, value: bytes, lease: int) -> rpc.RequestOp:
@@ -46,3 +47,9 @@ def test_any_operation_reads_back_as_the_generated_message(key: bytes, revision:
     assert rpc.RequestOp.FromString(compare_and_swap(key, revision, value, lease)) == generated(
         key, revision, value, lease
     )
+
+
+@given(st.binary(min_size=1, max_size=5000))
+def test_a_serializable_read_is_the_generated_one(key: bytes) -> None:
+    generated_read = rpc.RequestOp(request_range=rpc.RangeRequest(key=key, serializable=True))
+    assert _serializable_range(key) == generated_read.SerializeToString()
