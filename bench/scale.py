@@ -11,6 +11,7 @@ does. For each table size N (run.py's --scale-sizes), on a fresh etcd on loopbac
 - 60,000 authenticated REGISTERs from as many subscribers spread over the whole table (more
   than a registrar caches by default), at 1,000/s: the registrar's CPU per registration, the
   failures, its RSS; etcd's CPU and disk writes per registration and per write transaction;
+  then the last 20,000 of them again, refreshes of phones it has cached: its CPU for each;
 - calls through its proxy to a few hundred subscribers of the table (calls.py's callees and
   caller): the store's lookup latency p50/p99 from the registrar's store-read histogram;
 - other replicas' writes: 100,000 bindings records rewritten straight into etcd, as other
@@ -69,6 +70,8 @@ READY_TIMEOUT = 1800
 REGISTER_RATE = 1000
 # 60,000 subscribers: more than a registrar caches by default, so its memory shows the cache's bound.
 REGISTER_SECONDS = 60
+# Then the last ones register again: refreshes of phones the registrar has cached.
+REFRESHES = 20_000
 # About a quarter of the best rate one registrar carries (calls.py's figures), so the lookups
 # are timed with the registrar keeping up, not queueing.
 CALL_RATE = 300
@@ -97,7 +100,8 @@ class ScaleFigures:
     startup_seconds: float = math.nan
     rss_started_kib: int = 0
     rss_after_traffic_kib: int = 0
-    cpu_per_register_us: float = math.nan
+    cpu_per_register_us: float = math.nan  # each REGISTER its phone's first at this registrar
+    cpu_per_refresh_us: float = math.nan  # each REGISTER a refresh of a phone it has cached
     lookup: str = "not measured"  # "p50 / p99", or why there are none
     etcd_cpu_per_register_us: float = math.nan
     etcd_written_per_register: float = math.nan  # bytes etcd wrote to disk (WAL and database)
@@ -309,6 +313,14 @@ def measure(workdir: Path, subscribers: int, callees: int, hold: float) -> tuple
                 f"{cpu:,.0f} µs of registrar CPU per registration; "
                 f"RSS after {mib(rss_kib(registrar.process.pid))} (it caches {DEFAULT_CACHED_AORS:,} AORs)"
             )
+            refreshing = users_csv(workdir / "refreshing.csv", registering[-REFRESHES:], DOMAIN)
+            figures.cpu_per_refresh_us, refreshes, _ = cpu_per_registration(
+                registrar, workdir, refreshing, REGISTER_RATE, REFRESHES / REGISTER_RATE
+            )
+            say(
+                f"{refreshes.successful:,} refreshes of the last {REFRESHES:,} of them (cached) at {REGISTER_RATE:,}/s, "
+                f"{refreshes.failed:,} failed: {figures.cpu_per_refresh_us:,.0f} µs of registrar CPU each"
+            )
             say(
                 f"etcd: {figures.etcd_cpu_per_register_us:,.0f} µs of CPU and {figures.etcd_written_per_register:,.0f} "
                 f"bytes written to disk per registration; {writes:,.0f} write transactions of "
@@ -384,14 +396,15 @@ def others_writing(etcd: EtcdServer, registrar, subscribers: int, figures: Scale
 def summary(all_figures: list[ScaleFigures]) -> list[str]:
     """The figures by table size, one row each: which of them grow with the subscribers in etcd."""
     columns = (
-        "subscribers", "registrar RSS at start", "after traffic", "start-up", "CPU/REGISTER",
+        "subscribers", "registrar RSS at start", "after traffic", "start-up", "CPU/REGISTER", "CPU/refresh",
         "lookup p50 / p99", "on others' writes", "etcd RSS", "etcd DB", "per subscriber", "etcd CPU/REGISTER",
         "etcd disk/REGISTER", "history/REGISTER", "mirror RSS", "mirror CPU/event", "load",
     )
     rows = [
         (
             f"{figures.subscribers:,}", mib(figures.rss_started_kib), mib(figures.rss_after_traffic_kib),
-            f"{figures.startup_seconds:.1f} s", f"{figures.cpu_per_register_us:,.0f} µs", figures.lookup,
+            f"{figures.startup_seconds:.1f} s", f"{figures.cpu_per_register_us:,.0f} µs",
+            f"{figures.cpu_per_refresh_us:,.0f} µs", figures.lookup,
             f"{figures.registrar_cpu_on_others_ms:,.0f} ms", mib(figures.etcd_rss_kib),
             f"{figures.etcd_db_bytes / 1024**2:,.0f} MiB", f"{figures.etcd_db_bytes / figures.subscribers:,.0f} B",
             f"{figures.etcd_cpu_per_register_us:,.0f} µs", f"{figures.etcd_written_per_register:,.0f} B",
