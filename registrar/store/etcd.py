@@ -216,17 +216,12 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         try:
             if not self._ready:
                 raise StoreUnavailable("etcd is unreachable, or has no quorum")
-            sent = time.monotonic()
-            [reading] = self.session.read([layout.bindings_key(aor)])
-            kv, revision = await reading
+            await self._read([aor])
         except StoreUnavailable:
-            if aor not in self._recent:
-                raise StoreUnavailable("etcd is unreachable, or has no quorum") from None
             # With etcd away, what this replica last read or wrote is the best answer there is: a call
             # to a phone registered here still reaches it.
-            return self._table.current(aor, self._clock())
-        self._on_read(time.monotonic() - sent)
-        self._hold_read(aor, kv, revision)
+            if aor not in self._recent:
+                raise StoreUnavailable("etcd is unreachable, or has no quorum") from None
         return self._table.current(aor, self._clock())
 
     async def read_connection(self, key: ConnectionKey) -> None:
@@ -671,7 +666,8 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         self._on_write(took, len(plans), lost)
 
     async def _read(self, aors: list[str]) -> None:
-        """Put the AORs' records, as etcd holds them now, into the cache (a batch's AORs it did not hold)."""
+        """Put the AORs' records, as etcd holds them now, into the cache (a lookup's; a batch's AORs it did
+        not hold)."""
         sent = time.monotonic()
         found = await asyncio.gather(*self.session.read([layout.bindings_key(aor) for aor in aors]))
         self._on_read(time.monotonic() - sent)
