@@ -37,6 +37,7 @@ from typing import Any
 
 from registrar.manifests import certificate_secrets, domain_spec
 from registrar.sip.source import TRANSPORTS
+from registrar.store.etcd import DEFAULT_CACHED_AORS, MIN_CACHED_AORS
 from registrar.store.etcd_session import EtcdTls
 
 # The registrar container listens on fixed ports; the Service maps the spec's ports onto them.
@@ -110,6 +111,9 @@ class PodSettings:
     # The operator's own TLS to etcd (SIPREG_ETCD_CA/_CERT/_KEY): every registrar pod gets a copy
     # (etcd_client_secret). None: plain text. Out of repr: it holds a private key.
     etcd_tls: EtcdTls | None = field(default=None, repr=False)
+    # The AORs whose connection and bindings a registrar keeps in memory (--cached-aors): the phones a
+    # pod serves, for every refresh to find them (docs/SCALING.md); about 4 KiB each at most.
+    cached_aors: int = DEFAULT_CACHED_AORS
     # Who may reach the pods' HTTP port, as NetworkPolicy `from` peers: Prometheus, in the namespace
     # kube-prometheus-stack and most guides call monitoring. Kubelet probes come from the node, which a
     # NetworkPolicy always lets through. Empty: no pod at all.
@@ -126,7 +130,7 @@ class PodSettings:
         SIPREG_ETCD, SIPREG_IMAGE, SIPREG_IMAGE_PULL_POLICY, SIPREG_SERVICE_TYPE, the files
         SIPREG_ETCD_CA/_CERT/_KEY name (read now), and SIPREG_REGISTRAR_RESOURCES / _SECURITY_CONTEXT /
         _READINESS_PROBE / _LIVENESS_PROBE as JSON objects, and
-        SIPREG_REGISTRAR_HTTP_FROM as a JSON list of objects.
+        SIPREG_REGISTRAR_HTTP_FROM as a JSON list of objects, SIPREG_REGISTRAR_CACHED_AORS as a number.
         Raises ValueError naming the variable that does not parse, or whose file cannot be read.
         """
         values: dict[str, Any] = {"etcd_tls": EtcdTls.from_environment(environ)}
@@ -159,6 +163,12 @@ class PodSettings:
             if not isinstance(peers, list) or not all(isinstance(peer, dict) and peer for peer in peers):
                 raise ValueError("SIPREG_REGISTRAR_HTTP_FROM: expected a JSON list of NetworkPolicy peers (objects)")
             values["http_from"] = peers
+        if environ.get("SIPREG_REGISTRAR_CACHED_AORS"):
+            text = environ["SIPREG_REGISTRAR_CACHED_AORS"]
+            if not text.isdigit() or int(text) < MIN_CACHED_AORS:
+                raise ValueError(f"SIPREG_REGISTRAR_CACHED_AORS: expected a number of at least {MIN_CACHED_AORS}, "
+                                 f"got {text!r}")
+            values["cached_aors"] = int(text)
         if values.get("service_type", "LoadBalancer") not in ("ClusterIP", "NodePort", "LoadBalancer"):
             raise ValueError(
                 f"SIPREG_SERVICE_TYPE: expected ClusterIP, NodePort or LoadBalancer, got {values['service_type']!r}"
@@ -269,6 +279,7 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
         f"--api-token-file={API_TOKEN_MOUNT}/{API_TOKEN_KEY}",
         f"--drain-seconds={DRAIN_SECONDS}",
         f"--in-flight-seconds={IN_FLIGHT_SECONDS}",
+        f"--cached-aors={settings.cached_aors}",
         # Proxied calls name the Service as UAs reach it: the domain (which resolves to the
         # Service's address, as for REGISTER) and the spec's ports, not the pod's.
         f"--public-host={spec['domain']}",

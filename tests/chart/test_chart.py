@@ -273,6 +273,7 @@ def test_the_operator_environment_carries_the_values_to_the_registrar_pods(scena
     assert settings.resources == registrar_values["resources"]
     assert settings.security_context == registrar_values["securityContext"]
     assert settings.http_from == registrar_values["httpFrom"]
+    assert settings.cached_aors == registrar_values["cachedAors"]
     if scenario == "external-etcd":
         assert settings.etcd == EXTERNAL_VALUES["etcd"]["endpoints"]
     else:

@@ -229,6 +229,16 @@ def test_pod_settings_from_the_environment():
         PodSettings.from_environment({"SIPREG_REGISTRAR_SECURITY_CONTEXT": "[]"})
 
 
+def test_the_registrars_cache_from_the_environment_reaches_their_command_line():
+    settings = PodSettings.from_environment({"SIPREG_REGISTRAR_CACHED_AORS": "200000"})
+    registrar = desired_children("sip-ex", {"domain": "sip.example.test"}, settings)[0]
+    (container,) = registrar["spec"]["template"]["spec"]["containers"]
+    assert "--cached-aors=200000" in container["args"]
+    for bad in ("lots", "10", "-5"):
+        with pytest.raises(ValueError, match="SIPREG_REGISTRAR_CACHED_AORS: expected a number of at least 508"):
+            PodSettings.from_environment({"SIPREG_REGISTRAR_CACHED_AORS": bad})
+
+
 def test_the_http_peers_from_the_environment():
     peers = [{"namespaceSelector": {"matchLabels": {"team": "observability"}}}]
     settings = PodSettings.from_environment({"SIPREG_REGISTRAR_HTTP_FROM": json.dumps(peers)})
