@@ -216,6 +216,10 @@ class EtcdSession:
         await _close_quietly(client)
 
     async def close(self) -> None:
+        to_read, self._to_read = self._to_read, {}
+        for answer in to_read.values():  # none is left waiting for a batch that never leaves
+            answer.set_exception(EtcdUnavailable("the etcd session is closed"))
+            answer.exception()
         if self._reading is not None:
             self._reading.cancel()
         if self._keep_alive_task is not None:
@@ -270,10 +274,10 @@ class EtcdSession:
         async with self._calling("txn") as client:
             if isinstance(request, rpc.TxnRequest):
                 return await client.kvstub.Txn(request, timeout=self.timeout)
-            txn = await self._txn_call(client)
+            txn = self._txn_call(client)
             return await txn(b"".join([_field(b"\x12", op) for op in request]), timeout=self.timeout)
 
-    async def _txn_call(self, client: aetcd.Client) -> Callable[..., Awaitable[rpc.TxnResponse]]:
+    def _txn_call(self, client: aetcd.Client) -> Callable[..., Awaitable[rpc.TxnResponse]]:
         """The client's Txn call that sends an encoded request as it is."""
         if self._encoded_txn is None or self._encoded_txn[0] is not client:
             txn = client.channel.unary_unary(
@@ -347,7 +351,7 @@ class EtcdSession:
                     found = [response.kvs[0] if response.kvs else None]
                     revision = response.header.revision
                 else:  # read-only, of serializable reads only: etcd answers it as it answers those
-                    txn = await self._txn_call(client)
+                    txn = self._txn_call(client)
                     answer = await txn(b"".join([_field(b"\x12", _serializable_range(key)) for key in batch]),
                                        timeout=self.timeout)
                     found = [r.response_range.kvs[0] if r.response_range.kvs else None for r in answer.responses]
