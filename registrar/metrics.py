@@ -245,7 +245,7 @@ class Metrics:
         if store is not None:
             catalog = catalog or Catalog
             self.registry.register(_StoreCollector(
-                store, catalog, connection_counts or (lambda: dict(Tally(domain for domain, _ in catalog().connections)))
+                store, catalog, connection_counts or (lambda: catalog().connections_per_domain())
             ))
 
     def message_received(self, method: str, transport: str) -> None:

@@ -368,6 +368,13 @@ class Catalog:
         object.__setattr__(self, "ip_authenticated_domains", domains)
         object.__setattr__(self, "security", serving_policy(self))
 
+    def connections_per_domain(self) -> dict[str, int]:
+        """How many connections each domain has here (of a ConnectionCache: those it holds and has read)."""
+        counts: dict[str, int] = {}
+        for domain, _ in self.connections:
+            counts[domain] = counts.get(domain, 0) + 1
+        return counts
+
     def only(self, domains: frozenset[str]) -> Catalog:
         """The part of this catalogue that serves `domains` (lower-case names)."""
         served = {name: domain for name, domain in self.domains.items() if name in domains}

@@ -91,17 +91,17 @@ class Registrar:
         self._random = rng
 
     # -- entry point ------------------------------------------------------------------
-    def register(self, request: Request, source: Source) -> Response | Awaitable[Response]:
+    def register(
+        self, request: Request, source: Source, reads_left: int = CONNECTION_READS
+    ) -> Response | Awaitable[Response]:
         """Answer a REGISTER.
 
         Requests that need no store access (malformed, unserved, unauthenticated:
         half of all REGISTERs are the first leg of a challenge) are answered at
         once; an authenticated one returns an awaitable that updates the store.
-        That keeps the challenge leg free of task scheduling on the hot path.
+        That keeps the challenge leg free of task scheduling on the hot path. `reads_left`: the
+        connections it may still read first (a ConnectionCache's NotHeld).
         """
-        return self._register(request, source, CONNECTION_READS)
-
-    def _register(self, request: Request, source: Source, reads_left: int) -> Response | Awaitable[Response]:
         if not self.store.ready:
             # Without the store the catalogue may be stale or empty too: no answer
             # but "try again" would be true, not even a challenge.
@@ -128,7 +128,7 @@ class Registrar:
             await self._read_connection(key)  # type: ignore[misc]
         except StoreUnavailable:
             return self._reject(request, store_unavailable(), domain)
-        answer = self._register(request, source, reads_left)
+        answer = self.register(request, source, reads_left)
         return answer if isinstance(answer, Response) else await answer
 
     async def _store_bindings(

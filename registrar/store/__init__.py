@@ -16,7 +16,6 @@ registrar replicas (none to know of beside the memory store; etcd's nodes/).
 from __future__ import annotations
 
 import abc
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -130,8 +129,7 @@ class CatalogSource(abc.ABC):
 
     def connection_counts(self) -> dict[str, int]:
         """Connections per domain (metrics call it on every scrape)."""
-        counts: Counter[str] = Counter(domain for domain, _ in self.catalog.connections)
-        return dict(counts)
+        return self.catalog.connections_per_domain()
 
 
 class NodeRegistry(abc.ABC):
