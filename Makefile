@@ -4,9 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and benchmarks drive: sipp (sip-tester) and baresip as real SIP peers,
 # etcd (etcd-server) as the real location store of the etcd store's integration tests;
+# tshark reads back the pcaps `sipreg trace` writes, and sngrep decodes the HEP copies it sends;
 # the benchmark also captures loopback traffic with tcpdump to time answers on the wire.
-APT_PACKAGES := sip-tester baresip-core etcd-server sipvicious kamailio
-APT_COMMANDS := sipp baresip etcd svwar kamailio
+APT_PACKAGES := sip-tester baresip-core etcd-server sipvicious kamailio tshark sngrep
+APT_COMMANDS := sipp baresip etcd svwar kamailio tshark sngrep
 # The benchmark's idle-connections phase gives Kamailio a TLS listener: its tls module, a package with no command.
 BENCH_APT_PACKAGES := $(APT_PACKAGES) tcpdump kamailio-tls-modules
 BENCH_APT_COMMANDS := $(APT_COMMANDS) tcpdump

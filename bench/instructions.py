@@ -83,14 +83,17 @@ def answer_to(challenge: str, i: int) -> bytes:
     return datagram(i, 2, authorization)
 
 
-def loop(catalog_file: str, mode: str, count: int) -> None:
-    """`count` registrations; mode "client" does the same minus the server's calls."""
+def loop(catalog_file: str, mode: str, count: int, trace: bool = True) -> None:
+    """`count` registrations; mode "client" does the same minus the server's calls. Without `trace`
+    the endpoint records no message (registrar.tracing): what the trace costs is the difference."""
     from registrar.app import RegistrarServer, ServeConfig
     from registrar.sip.source import Source
 
     with open(catalog_file, "rb") as file:
         catalog = pickle.load(file)
     endpoint = RegistrarServer(ServeConfig(catalog=catalog, nonce_secret=NONCE_SECRET, node="n")).endpoint
+    if not trace:
+        endpoint.trace = None
     source = Source("udp", "127.0.0.1", 5070)
     sent: list[bytes] = []
 
@@ -279,6 +282,10 @@ def main() -> None:
         "--defences", choices=["on", "off"], default="on",
         help="per-source limits counting the driver's requests (on) or exempting its address (off)",
     )
+    parser.add_argument(
+        "--trace", choices=["on", "off"], default="on",
+        help="memory store: record every message for `sipreg trace` (on, as a registrar does) or not (off)",
+    )
     parser.add_argument("--loop", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--catalog", help=argparse.SUPPRESS)
     parser.add_argument("--etcd", help=argparse.SUPPRESS)
@@ -293,7 +300,7 @@ def main() -> None:
                 args.profile, args.rate,
             )
         else:
-            loop(args.catalog, args.loop[0], int(args.loop[1]))
+            loop(args.catalog, args.loop[0], int(args.loop[1]), args.trace == "on")
         return
     if shutil.which("valgrind") is None:
         sys.exit("bench/instructions.py needs valgrind (apt-get install valgrind)")
@@ -308,7 +315,9 @@ def main() -> None:
         }
         if args.store == "memory":
             # All four at once: each is single-threaded, and the counts do not depend on load.
-            processes = [start_callgrind(catalog_file, mode, n, out) for (mode, n), out in runs.items()]
+            processes = [
+                start_callgrind(catalog_file, mode, n, out, ["--trace", args.trace]) for (mode, n), out in runs.items()
+            ]
             if any(process.wait() != 0 for process in processes):
                 sys.exit("a callgrind run failed")
         else:

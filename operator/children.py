@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from registrar import hep
 from registrar.manifests import certificate_secrets, domain_spec
 from registrar.sip.source import TRANSPORTS
 from registrar.store.etcd import DEFAULT_CACHED_AORS, MIN_CACHED_AORS
@@ -114,6 +115,10 @@ class PodSettings:
     # The AORs whose connection and bindings a registrar keeps in memory (--cached-aors): the phones a
     # pod serves, for every refresh to find them (docs/SCALING.md); about 4 KiB each at most.
     cached_aors: int = DEFAULT_CACHED_AORS
+    # A HEP3 collector (Homer) every registrar copies its SIP messages to, as HOST:PORT, and the capture
+    # agent id they send (--hep, --hep-id); None: none.
+    hep: str | None = None
+    hep_id: int = 1
     # Who may reach the pods' HTTP port, as NetworkPolicy `from` peers: Prometheus, in the namespace
     # kube-prometheus-stack and most guides call monitoring. Kubelet probes come from the node, which a
     # NetworkPolicy always lets through. Empty: no pod at all.
@@ -130,7 +135,8 @@ class PodSettings:
         SIPREG_ETCD, SIPREG_IMAGE, SIPREG_IMAGE_PULL_POLICY, SIPREG_SERVICE_TYPE, the files
         SIPREG_ETCD_CA/_CERT/_KEY name (read now), and SIPREG_REGISTRAR_RESOURCES / _SECURITY_CONTEXT /
         _READINESS_PROBE / _LIVENESS_PROBE as JSON objects, and
-        SIPREG_REGISTRAR_HTTP_FROM as a JSON list of objects, SIPREG_REGISTRAR_CACHED_AORS as a number.
+        SIPREG_REGISTRAR_HTTP_FROM as a JSON list of objects, SIPREG_REGISTRAR_CACHED_AORS as a number,
+        SIPREG_REGISTRAR_HEP as HOST:PORT and SIPREG_REGISTRAR_HEP_ID as a number.
         Raises ValueError naming the variable that does not parse, or whose file cannot be read.
         """
         values: dict[str, Any] = {"etcd_tls": EtcdTls.from_environment(environ)}
@@ -169,6 +175,18 @@ class PodSettings:
                 raise ValueError(f"SIPREG_REGISTRAR_CACHED_AORS: expected a number of at least {MIN_CACHED_AORS}, "
                                  f"got {text!r}")
             values["cached_aors"] = int(text)
+        if environ.get("SIPREG_REGISTRAR_HEP"):
+            text = environ["SIPREG_REGISTRAR_HEP"].strip()
+            try:
+                hep.collector_address(text)
+            except ValueError as error:
+                raise ValueError(f"SIPREG_REGISTRAR_HEP: {error}") from None
+            values["hep"] = text
+        if environ.get("SIPREG_REGISTRAR_HEP_ID"):
+            try:
+                values["hep_id"] = hep.capture_id(environ["SIPREG_REGISTRAR_HEP_ID"])
+            except ValueError as error:
+                raise ValueError(f"SIPREG_REGISTRAR_HEP_ID: {error}") from None
         if values.get("service_type", "LoadBalancer") not in ("ClusterIP", "NodePort", "LoadBalancer"):
             raise ValueError(
                 f"SIPREG_SERVICE_TYPE: expected ClusterIP, NodePort or LoadBalancer, got {values['service_type']!r}"
@@ -280,6 +298,7 @@ def deployment(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[s
         f"--drain-seconds={DRAIN_SECONDS}",
         f"--in-flight-seconds={IN_FLIGHT_SECONDS}",
         f"--cached-aors={settings.cached_aors}",
+        *([f"--hep={settings.hep}", f"--hep-id={settings.hep_id}"] if settings.hep else []),
         # Proxied calls name the Service as UAs reach it: the domain (which resolves to the
         # Service's address, as for REGISTER) and the spec's ports, not the pod's.
         f"--public-host={spec['domain']}",
@@ -441,7 +460,8 @@ def disruption_budget(name: str) -> dict[str, Any]:
 
 
 def network_policy(name: str, spec: dict[str, Any], settings: PodSettings) -> dict[str, Any]:
-    """Who may reach the registrar pods: anyone on the SIP ports, `settings.http_from` on the HTTP port.
+    """Who may reach the registrar pods: anyone on the SIP ports, `settings.http_from` and the SipDomain's
+    other registrar pods (which gather a connection's trace from each other) on the HTTP port.
 
     Ports are the pods' own (a NetworkPolicy sees traffic after the Service
     mapped spec ports onto them). Ingress only: registrars dial etcd, each
@@ -451,10 +471,13 @@ def network_policy(name: str, spec: dict[str, Any], settings: PodSettings) -> di
         {"protocol": port["protocol"], "port": port["containerPort"]}
         for port in _sip_container_ports(transports_of(spec))
     ]
-    ingress: list[dict[str, Any]] = [{"ports": sip_ports}]
+    http_port = [{"protocol": "TCP", "port": HTTP_PORT}]
+    ingress: list[dict[str, Any]] = [
+        {"ports": sip_ports}, {"from": [{"podSelector": {"matchLabels": labels(name)}}], "ports": http_port},
+    ]
     # A rule without `from` admits every source: no peers allowed means no rule, not one with none.
     if settings.http_from:
-        ingress.append({"from": copy.deepcopy(settings.http_from), "ports": [{"protocol": "TCP", "port": HTTP_PORT}]})
+        ingress.append({"from": copy.deepcopy(settings.http_from), "ports": http_port})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

@@ -64,6 +64,16 @@ def condition(
     }
 
 
+def trace_command(failure: RegistrationFailure) -> str:
+    return f"sipreg trace {failure.username}@{failure.domain}"
+
+
+def failure_trace(failure: RegistrationFailure) -> dict[str, str]:
+    """Where a failure's request can be read again: the replica, the request, and the command that prints it."""
+    found = {"node": failure.node, "request": failure.request}
+    return {**{name: value for name, value in found.items() if value}, "trace": trace_command(failure)}
+
+
 def connection_status(
     *,
     bindings: Sequence[Binding],
@@ -93,7 +103,7 @@ def connection_status(
         status["lastRegistered"] = previous["lastRegistered"]
     if failure is not None:
         status["lastFailure"] = {"time": rfc3339(failure.time), "reason": failure.reason, "source": failure.source,
-                                 "kind": failure.kind}
+                                 "kind": failure.kind, **failure_trace(failure)}
 
     if problem is not None:
         ready = condition("Ready", False, problem[0], problem[1], generation, previous_conditions, now)
@@ -113,7 +123,10 @@ def connection_status(
         if failure.kind == CONTACT_UNREACHABLE:
             reason, message = CONTACT_UNREACHABLE_REASON, f"{failure.reason} (at {failure.source})"
         else:
-            reason, message = REGISTRATION_FAILED, f"last REGISTER failed: {failure.reason} (from {failure.source})"
+            reason, message = REGISTRATION_FAILED, (
+                f"last REGISTER failed: {failure.reason} (from {failure.source}); its messages: "
+                f"{trace_command(failure)}"
+            )
         registered = condition("Registered", False, reason, message, generation, previous_conditions, now)
     else:
         registered = condition(

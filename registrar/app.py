@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from registrar import sip
 from registrar.authentication import Authenticator
 from registrar.flows import TokenSigner
+from registrar.hep import HepSender
 from registrar.http import make_app, start_server
 from registrar.lockout import LockoutTable
 from registrar.metrics import Metrics, StoreCalls
-from registrar.model import Binding, Catalog, ConnectionCache, Domain, SecurityPolicy
+from registrar.model import Binding, Catalog, Connection, ConnectionCache, Domain, SecurityPolicy
 from registrar.nat_pings import NatPinger, Pinged
 from registrar.proxy import Identity, ProxyCore
 from registrar.proxy_driver import Delivery, ProxyDriver, SendError
@@ -41,6 +42,8 @@ from registrar.store.etcd import DEFAULT_CACHED_AORS, EtcdStore
 from registrar.store.etcd_session import EtcdSession, EtcdTls, parse_endpoints
 from registrar.store.memory import FixedCatalog, MemoryStore, NoReplicas
 from registrar.tls import RotatingCertificate, self_signed_context
+from registrar.trace_gathering import TraceGatherer
+from registrar.tracing import Captured, TraceRecorder
 from registrar.transport import SipEndpoint, listen_stream, listen_udp
 from registrar.websocket import listen_websocket
 
@@ -100,6 +103,9 @@ class ServeConfig:
     in_flight_seconds: float = 30.0
     # How often the certificate files are read again, so a renewed certificate is served without a restart.
     certificate_check_seconds: float = 10.0
+    # A HEP3 collector (Homer) that gets a copy of every SIP message, and our capture agent id there.
+    hep: tuple[str, int] | None = None
+    hep_id: int = 1
 
     @property
     def public_address(self) -> str:
@@ -138,7 +144,14 @@ class RegistrarServer:
             on_failure=self.metrics.auth_failed,
             on_lockout=self.metrics.auth_locked_out,
             on_refusal=self.metrics.auth_refused_locked,
+            node=config.node_name,
         )
+        # A copy of every SIP message to a HEP collector, and the last ones of each connection, for
+        # `sipreg trace` and the trace API.
+        self.hep = HepSender(config.hep, config.hep_id) if config.hep is not None else None
+        self.trace = TraceRecorder(config.node_name, copy=self._copy_to_hep if self.hep is not None else None)
+        self.metrics.trace_bytes.set_function(lambda: self.trace.size)
+        self.metrics.trace_rings.set_function(lambda: self.trace.rings)
         self.registrar = Registrar(
             self._served(self._catalog_source.catalog),
             self.store,
@@ -147,6 +160,7 @@ class RegistrarServer:
             expires_spread=config.expires_spread,
             on_result=self.metrics.registration_answered,
             on_authenticated=self._authenticated,
+            on_identified=self._identified,
             on_bound=self._bound,
             read_connection=self._catalog_source.read_connection,
         )
@@ -159,7 +173,7 @@ class RegistrarServer:
                                 on_ping=self.metrics.keepalive_ping, on_removed=self._contact_unreachable)
         self.endpoint = SipEndpoint(SipService(self.registrar), self.metrics, self.sources, self._security,
                                     self.transactions, proxy=lambda delivery: self._proxy(authenticator, delivery),
-                                    ping_answered=self.pinger.answered)
+                                    ping_answered=self.pinger.answered, trace=self.trace)
         self.metrics.pinged_contacts.set_function(lambda: len(self.pinger.pinged))
         for transport in STREAM_TRANSPORTS:
             self.metrics.flows.labels(transport).set_function(
@@ -189,7 +203,7 @@ class RegistrarServer:
         )
         router = Router(lambda: self.registrar.catalog, self.store, authenticator, time.time,
                         known_source=self.sources.known, on_authenticated=self._authenticated,
-                        read_connection=self._catalog_source.read_connection)
+                        on_identified=self._identified, read_connection=self._catalog_source.read_connection)
         core = ProxyCore(identity, TokenSigner(config.nonce_secret), self.transactions, domain_of=router.domain_of,
                          max_transactions=lambda: self._security().max_transactions)
         return ProxyDriver(
@@ -218,6 +232,13 @@ class RegistrarServer:
 
     def _authenticated(self, source: Source) -> None:
         self.sources.authenticated(source.host)
+
+    def _copy_to_hep(self, captured: Captured) -> None:
+        assert self.hep is not None
+        self.metrics.hep_copies.labels("sent" if self.hep.send(captured) else "dropped").inc()
+
+    def _identified(self, request: Request, source: Source, connection: Connection) -> None:
+        self.trace.identify(request.call_id, connection.aor, source.host)
 
     def _peer_addresses(self) -> set[str]:
         """The other replicas' addresses (etcd nodes/): their hops carry many users' calls, never limited."""
@@ -266,7 +287,7 @@ class RegistrarServer:
     async def start(self) -> None:
         config = self.config
         await self.store.start()
-        udp, receive_buffer = await listen_udp(self.endpoint, config.host, config.sip_port)
+        udp, receive_buffer = await listen_udp(self.endpoint, config.host, config.sip_port, config.advertise)
         self._closers.append(udp.close)
         self._intakes.append(udp.stop_reading)
         log.info(
@@ -297,7 +318,9 @@ class RegistrarServer:
             self._intakes.append(wss.stop_accepting)
             log.info("sipreg: listening on wss %s:%d", config.host, config.wss_port)
         if config.http_port is not None:
-            app = make_app(self.store, self.metrics, lambda: self.ready, config.api_token)
+            traces = (TraceGatherer(lambda: self.replicas.nodes, config.api_token, self.trace)
+                      if config.api_token else None)
+            app = make_app(self.store, self.metrics, lambda: self.ready, config.api_token, traces)
             runner = await start_server(app, config.http_hosts, config.http_port)
             self._closers.append(lambda: asyncio.ensure_future(runner.cleanup()))
             for host in config.http_hosts:
@@ -370,6 +393,8 @@ class RegistrarServer:
         for flow in list(self.endpoint.flows.values()):
             flow.writer.close()
         await self.store.close()
+        if self.hep is not None:
+            self.hep.close()
 
 
 def _log_ban(ban: Ban) -> None:
@@ -402,6 +427,7 @@ def make_store(config: ServeConfig, on_catalog: Callable[[Catalog], None]) -> St
         node=config.node_name,
         node_address=config.advertise or config.host,
         sip_port=config.sip_port,
+        http_port=config.http_port,
         cached_aors=config.cached_aors,
         served_domains=config.domains,
         publish=config.catalog,

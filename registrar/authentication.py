@@ -43,6 +43,9 @@ from registrar.store import LocationStore, RegistrationFailure
 
 log = logging.getLogger("sipreg.auth")
 
+# Told of a request that names one of our connections (AuthenticationStep's on_identified).
+Identified = Callable[[Request, Source, Connection], None]
+
 # The reason phrase of the 403 a locked-out request gets, from the registrar and the proxy alike.
 LOCKED_OUT_REASON = "Too Many Failed Authentications"
 # A connection's failures are written to the store at most this often, so a
@@ -80,8 +83,11 @@ class Authenticator:
         on_failure: Callable[[str, str], None] | None = None,
         on_lockout: Callable[[str, str], None] | None = None,
         on_refusal: Callable[[str, str], None] | None = None,
+        node: str = "",
     ):
         self._digest = digest_authenticator
+        # Named in failure records: the replica whose trace holds the failed request.
+        self._node = node
         self._lockouts = lockouts
         self._store = store
         self._clock = clock
@@ -102,11 +108,13 @@ class Authenticator:
         domain: Domain,
         known: Connection | None,
         source: Source,
+        request: Request | None = None,
     ) -> Verdict:
         """The verdict on `credentials` (for `domain`'s realm) of a request from `source`.
 
         `known` is the connection credentials.username names, None for a name we
         do not have: both are treated alike up to what only logs and records say.
+        `request`, the one verified, is named in a failure record.
         """
         now = self._clock()
         username = credentials.username
@@ -142,33 +150,44 @@ class Authenticator:
         if known is not None:
             if locks:
                 # Kept until the lock ends, lest the next plain failure hide it from the status.
-                self._record(known, _lockout_reason(locks[-1], source), source, now, locks[-1].until, force=True)
+                self._record(known, _lockout_reason(locks[-1], source), source, request, now, locks[-1].until,
+                             force=True)
             elif method == "REGISTER":
                 # The record is the connection's last failed registration: a failed call is not
                 # one; a lockout is, whatever started it, as it refuses registrations too.
-                self._record(known, outcome.reason, source, now, now + FAILURE_RECORD_INTERVAL)
+                self._record(known, outcome.reason, source, request, now, now + FAILURE_RECORD_INTERVAL)
         if self._lockouts.locked(domain.name, username, source.host, now) is not None:
             return Verdict.LOCKED
         return Verdict.FAILED
 
-    def note_failure(self, connection: Connection, reason: str, source: Source) -> None:
+    def note_failure(self, connection: Connection, reason: str, source: Source, request: Request | None = None) -> None:
         """A failure other than a digest response's (address not allowed, another user's AOR): metric and record."""
         self._on_failure(connection.domain, reason)
         now = self._clock()
-        self._record(connection, reason, source, now, now + FAILURE_RECORD_INTERVAL)
+        self._record(connection, reason, source, request, now, now + FAILURE_RECORD_INTERVAL)
 
     def _record(
-        self, connection: Connection, reason: str, source: Source, now: float, keep_until: float, *, force: bool = False
+        self, connection: Connection, reason: str, source: Source, request: Request | None, now: float,
+        keep_until: float, *, force: bool = False,
     ) -> None:
         """Write the connection's failure record, unless one written lately is still to be kept (`force`: anyway)."""
         key = (connection.domain, connection.username)
         if not force and now < self._next_record.get(key, float("-inf")):
             return
         self._next_record[key] = keep_until
-        failure = RegistrationFailure(connection.domain, connection.username, now, reason, str(source))
+        failure = RegistrationFailure(connection.domain, connection.username, now, reason, str(source),
+                                      node=self._node, request=_described(request))
         # Fire and forget: a failure record must never delay or fail the answer.
         task = asyncio.get_running_loop().create_task(self._store.record_failure(failure))
         task.add_done_callback(_ignore_result)
+
+
+def _described(request: Request | None) -> str:
+    """The failed request as a status names it: enough to find it in `sipreg trace` (its Call-ID and CSeq)."""
+    if request is None:
+        return ""
+    cseq = request.get("CSeq") or ""
+    return f"{request.method} {request.uri[:120]} (CSeq {cseq[:40]}, Call-ID {request.call_id[:80]})"
 
 
 def _lockout_reason(lock: Lock, source: Source) -> str:
@@ -241,14 +260,18 @@ class AuthenticationStep:
     connection's status (`Authenticator.note_failure`), a failed call is not: that
     record is the connection's last failed registration. `on_authenticated` hears
     of every source that proved who it is, even if refused after: no stranger.
+    `on_identified` hears of every request that names one of our connections,
+    whether it proves to be it or not (its trace is that connection's).
     """
 
     def __init__(
-        self, authenticator: Authenticator, exchange: Exchange, on_authenticated: Callable[[Source], None]
+        self, authenticator: Authenticator, exchange: Exchange, on_authenticated: Callable[[Source], None],
+        on_identified: Identified = lambda request, source, connection: None,
     ):
         self._authenticator = authenticator
         self._exchange = exchange
         self._on_authenticated = on_authenticated
+        self._on_identified = on_identified
 
     def credentials(self, request: Request, domain: Domain) -> digest.Credentials | None:
         """The credentials for this domain's realm (a UA may carry several, for several realms); 400 when malformed.
@@ -295,19 +318,23 @@ class AuthenticationStep:
         exchange = self._exchange
         registering = request.method == "REGISTER"
         by_address = _by_address(connections, (domain.name, claimed_user))
-        if by_address is not None and by_address.allows_address(source.host):
-            self._on_authenticated(source)
-            return by_address
+        if by_address is not None:
+            self._on_identified(request, source, by_address)
+            if by_address.allows_address(source.host):
+                self._on_authenticated(source)
+                return by_address
         if credentials is UNREAD:
             credentials = self.credentials(request, domain)
         if credentials is None:
             if by_address is not None and registering:
                 # From elsewhere it is challenged like any name, lest a 403 tell that it exists
                 # (with no HA1 it can never pass); its status still says why.
-                self._authenticator.note_failure(by_address, "source address not allowed", source)
+                self._authenticator.note_failure(by_address, "source address not allowed", source, request)
             raise self.challenge(domain)
         known = connections.get((domain.name, credentials.username))
-        verdict = self._authenticator.verify(request.method, credentials, domain, known, source)
+        if known is not None:
+            self._on_identified(request, source, known)
+        verdict = self._authenticator.verify(request.method, credentials, domain, known, source, request)
         if verdict is Verdict.STALE:
             raise self.challenge(domain, stale=True)
         if verdict is Verdict.LOCKED:
@@ -318,11 +345,11 @@ class AuthenticationStep:
         if credentials.username != claimed_user:
             if registering:
                 reason = f"authenticated user does not match {exchange.claimed_in}"
-                self._authenticator.note_failure(known, reason, source)
+                self._authenticator.note_failure(known, reason, source, request)
             raise SipError(403, f"Authenticated User Does Not Match {exchange.claimed_in}")
         if not known.allows_address(source.host):
             if registering:
-                self._authenticator.note_failure(known, "source address not allowed", source)
+                self._authenticator.note_failure(known, "source address not allowed", source, request)
             raise SipError(403, "Source Address Not Allowed")
         if exchange.relayed:
             # Credentials are for us, not for the next hop (RFC 3261 22.3).

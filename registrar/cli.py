@@ -1,4 +1,5 @@
-"""The `sipreg` command line: `serve` (a registrar on one machine), `registrar` (one pod), `operator` (the cluster)."""
+"""The `sipreg` command line: `serve` (a registrar on one machine), `registrar` (one pod), `operator` (the cluster),
+`trace` (a connection's last SIP messages)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import os
 import signal
 import sys
 
+import aiohttp
+
+from registrar import hep, trace_cli
 from registrar.app import DEFAULT_HTTP_HOSTS, RegistrarServer, ServeConfig
 from registrar.http import check_api_token
 from registrar.manifests import ManifestError, load_catalog
@@ -70,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prometheus /metrics port (default $SIPREG_METRICS_PORT, else 9090; 0 disables)",
     )
     operator.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    trace_cli.add_parser(commands)
     return parser
 
 
@@ -155,7 +160,29 @@ def _registrar_options(
         "--in-flight-seconds", type=_seconds, default=30.0,
         help="then, at most this long to answer the requests already in flight before stopping (default 30)",
     )
+    parser.add_argument(
+        "--hep", type=_hep_address, default=os.environ.get("SIPREG_HEP"), metavar="HOST:PORT",
+        help="copy every SIP message to this HEP3 collector (Homer) over UDP (default: $SIPREG_HEP; none)",
+    )
+    parser.add_argument(
+        "--hep-id", type=_hep_id, default=os.environ.get("SIPREG_HEP_ID", "1"), metavar="N",
+        help="the capture agent id in every HEP packet (default: $SIPREG_HEP_ID, else 1)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _hep_address(text: str) -> tuple[str, int]:
+    try:
+        return hep.collector_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _hep_id(text: str) -> int:
+    try:
+        return hep.capture_id(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _seconds(text: str) -> float:
@@ -195,10 +222,12 @@ def _cached_aors(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=getattr(args, "log_level", "warning").upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     command = f"sipreg {args.command}"
     if args.command == "operator":
         return _operator(args, command)
+    if args.command == "trace":
+        return _trace(args, command)
     if bool(args.tls_cert) != bool(args.tls_key):
         print(f"{command}: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -255,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         certificate_check_seconds=args.certificate_check_seconds,
         drain_seconds=args.drain_seconds,
         in_flight_seconds=args.in_flight_seconds,
+        hep=args.hep,
+        hep_id=args.hep_id,
     )
     if args.nonce_secret:
         config.nonce_secret = args.nonce_secret.encode()
@@ -300,6 +331,26 @@ def _etcd_settings(url: str, option: str) -> EtcdTls | None:
     except ValueError as error:
         raise ValueError(f"{option}: {error}") from None
     return EtcdTls.from_environment(os.environ)
+
+
+def _trace(args: argparse.Namespace, command: str) -> int:
+    try:
+        token = _api_token(args.api_token_file, os.environ.get("SIPREG_API_TOKEN"))
+        tls = _etcd_settings(args.store, "--store") if args.store else None
+    except ValueError as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return 2
+    if token is None:
+        print(f"{command}: the registrars' API needs their bearer token: give --api-token-file or $SIPREG_API_TOKEN "
+              "(the one sipreg serve or the chart was given)", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(trace_cli.run(args, token, tls))
+    except KeyboardInterrupt:
+        return 0
+    except (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError) as error:
+        print(f"{command}: {error or type(error).__name__}", file=sys.stderr)
+        return 1
 
 
 def _operator(args: argparse.Namespace, command: str) -> int:

@@ -1,8 +1,9 @@
-"""The HTTP side of a registrar (aiohttp): health, readiness, Prometheus metrics, a read-only bindings API.
+"""The HTTP side of a registrar (aiohttp): health, readiness, Prometheus metrics, read-only bindings and trace APIs.
 
 The bindings API shows who is registered from where (AORs, contacts, source
-addresses, Call-IDs, User-Agents), so it answers only a request carrying the
-configured bearer token; without a token configured it is not served at all
+addresses, Call-IDs, User-Agents), and the trace API whole SIP messages (digest
+responses, never passwords: those are never on the wire), so they answer only a
+request carrying the configured bearer token; without a token configured it is not served at all
 (404, like any unknown path). Health, readiness and /metrics carry nothing
 personal and stay open to whoever reaches the port: the listen address (the
 loopback by default) and, in a cluster, the NetworkPolicy decide who that is.
@@ -23,6 +24,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from registrar.metrics import Metrics
+from registrar.pcap import pcap_bytes
+from registrar.trace_gathering import TraceGatherer
+from registrar.tracing import as_text, trace_key
 from registrar.model import Binding
 from registrar.service import RETRY_AFTER_SECONDS
 from registrar.store import LocationStore, StoreUnavailable
@@ -36,14 +40,17 @@ TOKEN_SYNTAX = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 # Shorter tokens can be guessed by trying; the operator's are 43 characters (32 random bytes).
 MIN_TOKEN_LENGTH = 16
 CHALLENGE = 'Bearer realm="sipreg"'
+TRACE_FORMATS = ("json", "text", "pcap")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_app(
-    store: LocationStore, metrics: Metrics, ready: Callable[[], bool], api_token: str | None = None
+    store: LocationStore, metrics: Metrics, ready: Callable[[], bool], api_token: str | None = None,
+    traces: TraceGatherer | None = None,
 ) -> web.Application:
-    """The registrar's HTTP routes; the bindings API only with an `api_token` (checked by check_api_token)."""
+    """The registrar's HTTP routes; the bindings and trace APIs only with an `api_token` (checked by
+    check_api_token), the trace API only with `traces`."""
     app = web.Application()
 
     async def healthz(request: web.Request) -> web.Response:
@@ -79,6 +86,25 @@ def make_app(
             raise _unavailable(error) from None
         return web.json_response({"aor": f"{user}@{host.lower()}", "bindings": [binding_json(b, now) for b in found]})
 
+    async def trace_of(request: web.Request) -> web.Response:
+        """A connection's (or an address's) recent SIP messages: from every node, or with scope=node this one's.
+        format=json (the default), text (full=1: whole messages) or pcap."""
+        assert traces is not None
+        try:
+            key = trace_key(request.match_info["key"])
+            since = float(request.query.get("since", "0"))
+        except ValueError as error:
+            raise web.HTTPBadRequest(text=str(error)) from None
+        answer_format = request.query.get("format", "json")
+        if answer_format not in TRACE_FORMATS:
+            raise web.HTTPBadRequest(text=f"format must be one of {', '.join(TRACE_FORMATS)}")
+        gathered = traces.local(key, since) if request.query.get("scope") == "node" else await traces.gather(key, since)
+        if answer_format == "pcap":
+            return web.Response(body=pcap_bytes(gathered.messages), content_type="application/vnd.tcpdump.pcap")
+        if answer_format == "text":
+            return web.Response(text=as_text(gathered.messages, request.query.get("full") == "1"))
+        return web.json_response(gathered.to_json(key))
+
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -86,6 +112,8 @@ def make_app(
         authorized = bearer_token_required(api_token)
         app.router.add_get("/api/v1/bindings", authorized(bindings))
         app.router.add_get("/api/v1/bindings/{aor}", authorized(bindings_of))
+        if traces is not None:
+            app.router.add_get("/api/v1/trace/{key}", authorized(trace_of))
     return app
 
 

@@ -232,6 +232,24 @@ class Metrics:
             "UDP contacts behind NAT this registrar pings (those whose REGISTER it answered).",
             registry=self.registry,
         )
+        self.trace_bytes = Gauge(
+            "sipreg_trace_bytes",
+            "Bytes the recent SIP messages kept for `sipreg trace` count for (registrar.tracing's bound).",
+            registry=self.registry,
+        )
+        self.trace_rings = Gauge(
+            "sipreg_trace_rings",
+            "Rings of recent SIP messages kept: one per connection traced, one per address whose messages "
+            "belong to no connection.",
+            registry=self.registry,
+        )
+        self.hep_copies = Counter(
+            "sipreg_hep_copies_total",
+            "SIP messages copied to the HEP collector, by result: sent, dropped (the socket would have blocked, "
+            "or the collector's address refused it).",
+            ["result"],
+            registry=self.registry,
+        )
         self._registrations: Tally[tuple[str, str]] = Tally()
         self._invites: Tally[tuple[str, str]] = Tally()
         self._messages: Tally[tuple[str, str]] = Tally()

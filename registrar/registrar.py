@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from registrar.authentication import REGISTRAR, Authenticator, AuthenticationStep
+from registrar.authentication import REGISTRAR, Authenticator, AuthenticationStep, Identified
 from registrar.model import Binding, Catalog, Connection, ConnectionKey, Domain, NotHeld
 from registrar.service import ALLOW_WITHOUT_REGISTER, CONNECTION_READS, store_unavailable
 from registrar.sip.grammar import quote
@@ -66,6 +66,7 @@ class Registrar:
         clock: Callable[[], float] = time.time,
         on_result: Callable[[str, int], None] | None = None,
         on_authenticated: Callable[[Source], None] = lambda source: None,
+        on_identified: Identified = lambda request, source, connection: None,
         on_bound: Callable[[Source, Domain, list[Binding]], None] = lambda source, domain, bindings: None,
         expires_spread: float = 0.0,
         rng: Callable[[], float] = random.random,
@@ -80,7 +81,8 @@ class Registrar:
         self.clock = clock
         self._on_result = on_result or (lambda domain, status: None)
         # Tells on_authenticated the source of every REGISTER that proved who it is (credentials or address).
-        self._authentication = AuthenticationStep(authenticator, REGISTRAR, on_authenticated)
+        # Tells on_identified of every REGISTER for one of our connections, proved or not (its trace).
+        self._authentication = AuthenticationStep(authenticator, REGISTRAR, on_authenticated, on_identified)
         # Told (source, domain, the AOR's bindings) after a REGISTER with contacts is stored: the
         # connection it came over is kept open as long as they live, a phone behind NAT is pinged.
         self._on_bound = on_bound

@@ -31,7 +31,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from registrar.authentication import PROXY, Authenticator, AuthenticationStep
+from registrar.authentication import PROXY, Authenticator, AuthenticationStep, Identified
 from registrar.flows import FlowRef, of_binding
 from registrar.model import Binding, Catalog, Connection, ConnectionKey, Domain, NotHeld
 from registrar.service import ALLOW, CONNECTION_READS, store_unavailable
@@ -91,6 +91,7 @@ class Router:
         clock: Callable[[], float],
         known_source: Callable[[str], bool],
         on_authenticated: Callable[[Source], None] = lambda source: None,
+        on_identified: Identified = lambda request, source, connection: None,
         read_connection: Callable[[ConnectionKey], Awaitable[None]] | None = None,
     ):
         self._catalog = catalog
@@ -101,7 +102,9 @@ class Router:
         # Whether an address is trusted or has proved credentials (SourceLimiter.known).
         self._known_source = known_source
         # Tells on_authenticated of every caller that proves who it is (if refused after): no stranger.
-        self._authentication = AuthenticationStep(authenticator, PROXY, on_authenticated)
+        # Tells on_identified of every call from or to one of our connections (its trace).
+        self._on_identified = on_identified
+        self._authentication = AuthenticationStep(authenticator, PROXY, on_authenticated, on_identified)
 
     async def route(self, request: Request, source: Source) -> TargetSet:
         """The targets for `request`; raises SipError with the answer instead (404, 480, 302, 407...)."""
@@ -131,6 +134,8 @@ class Router:
                     raise SipError(501, f"Not Implemented: {request.method[:40]}", [("Allow", ALLOW)])
                 raise SipError(404, "Not Found: No User In Request-URI")
             connection = catalog.connections.get((domain.name, uri.user))
+            if connection is not None:
+                self._on_identified(request, source, connection)
             if not self._known_source(source.host):
                 targets = await self._inbound_from_stranger(domain, connection, uri.user)
                 if targets is not None:

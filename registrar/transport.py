@@ -38,12 +38,14 @@ from registrar.sip.message import (
     error_response,
     parse_message,
     salvage_request,
+    serialized_call_id,
     server_response,
 )
 from registrar.sip.source import WEBSOCKET_TRANSPORTS, Destination, Source, source_address
 from registrar.sip.transaction import Transaction, TransactionLayer, transaction_key
 from registrar.sip.uri import unbracketed
 from registrar.source_limits import SourceLimiter
+from registrar.tracing import TraceRecorder
 
 log = logging.getLogger("sipreg.transport")
 
@@ -64,6 +66,8 @@ CONNECT_TIMEOUT = 5.0
 ACCEPT_BACKLOG = 4096
 
 Reply = Callable[[bytes], None]
+# Our end of a socket we could not ask (traces show it so).
+NO_ADDRESS = ("0.0.0.0", 0)
 
 
 class SipEndpoint:
@@ -79,6 +83,7 @@ class SipEndpoint:
         proxy: Callable[[SipEndpoint], ProxyDriver] | None = None,
         clock: Callable[[], float] = time.monotonic,
         ping_answered: Callable[[Response], bool] = lambda response: False,
+        trace: TraceRecorder | None = None,
     ):
         self.service = service
         self.metrics = metrics
@@ -92,6 +97,8 @@ class SipEndpoint:
         self.transactions = transactions
         # Takes the answers to our keepalive pings (registrar.nat_pings), which no transaction awaits.
         self._ping_answered = ping_answered
+        # Records every SIP message read or written here (registrar.tracing); None: none is.
+        self.trace = trace
         self.flows: dict[str, Flow] = {}
         # Flows holding part of a message, which must be whole within message_seconds.
         self._receiving: dict[str, Flow] = {}
@@ -104,6 +111,7 @@ class SipEndpoint:
         self._flow_prefix = os.urandom(3).hex()
         # Our UDP socket, which the proxy sends from: the one we listen on (`use_udp`).
         self.udp: UdpListener | None = None
+        self._udp_local = NO_ADDRESS
         # Requests on connections waiting on the store: they keep no transaction (those over UDP do).
         self._awaited_on_connections = 0
         # Connections we opened, by (transport, host, port), reused for every later request there.
@@ -170,8 +178,10 @@ class SipEndpoint:
             message = parse_message(data, exact=source.transport in WEBSOCKET_TRANSPORTS)
         except SipError as error:
             self.metrics.parse_errors.labels(source.transport).inc()
+            self._received(data, source, None)
             self.answer_unparsable(data, error, reply, source)
             return
+        self._received(data, source, message.call_id)
         if isinstance(message, Response):
             self.metrics.message_received("RESPONSE", source.transport)
             if self._ping_answered(message):
@@ -184,19 +194,19 @@ class SipEndpoint:
         try:
             key = transaction_key(request, self._fix_top_via(request, source))
         except SipError as error:
-            self._send(error_response(request, error), reply)
+            self._send(error_response(request, error), reply, source)
             return
         # REGISTER, the hot path, is never proxied: no call to find that out.
         if request.method != "REGISTER" and self.service.proxied(request):
             # The proxy keeps its own transactions: they answer more than once (100, 180, 200).
             if self.proxy is None:
-                self._send(server_response(request, 501, "Not Implemented: No Proxy Here"), reply)
+                self._send(server_response(request, 501, "Not Implemented: No Proxy Here"), reply, source)
                 return
             try:
                 self.proxy.receive_request(request, source, key)
             except Exception as error:
                 self.failed("error proxying a request", source, error)
-                self._send(server_response(request, 500, "Server Internal Error"), reply)
+                self._send(server_response(request, 500, "Server Internal Error"), reply, source)
             return
         # Only UDP peers retransmit; on connections Timer J is zero (RFC 3261 17.2.2).
         unreliable = source.transport == "udp"
@@ -205,7 +215,8 @@ class SipEndpoint:
             if effects is not None:
                 self.metrics.retransmissions.inc()
                 for effect in effects:
-                    reply(effect.data)  # (a Send: the answer again, to where the request came from)
+                    # (a Send: the answer again, to where the request came from)
+                    self._reply(reply, effect.data, source, request.call_id)
                 return
         try:
             answer = self.service.handle(request, source)
@@ -217,16 +228,16 @@ class SipEndpoint:
             # answer changed nothing, so a retransmission is just answered again. Only
             # answers that changed state are kept for Timer J, which keeps the table
             # (and memory) at half the size under a REGISTER load.
-            reply(answer.to_bytes())
+            self._reply(reply, answer.to_bytes(), source, request.call_id)
             self.metrics.request_answered(request.method, self.clock() - started)
             return
         transaction = self.transactions.begin_server(key, request.method, source.reply_to) if unreliable else None
         # What it waits on (the store's answer) holds it until it is done: nothing to keep here.
-        start_eagerly(self._finish(transaction, request, answer, reply, started))
+        start_eagerly(self._finish(transaction, request, answer, reply, source, started))
 
     async def _finish(
         self, transaction: Transaction | None, request: Request, answer: Awaitable[Response], reply: Reply,
-        started: float,
+        source: Source, started: float,
     ) -> None:
         """Send the answer of a request that went to the store; keep it for retransmissions (UDP)."""
         if transaction is None:
@@ -242,10 +253,11 @@ class SipEndpoint:
         data = response.to_bytes()
         now = self.clock()
         if transaction is None:
-            reply(data)
+            self._reply(reply, data, source, request.call_id)
         else:
             for effect in self.transactions.respond(transaction, response.status, data, now):
-                reply(effect.data)  # (a Send of `data`; the layer keeps it for Timer J)
+                # (a Send of `data`; the layer keeps it for Timer J)
+                self._reply(reply, effect.data, source, request.call_id)
         self.metrics.request_answered(request.method, now - started)
 
     def answer_unparsable(self, data: bytes, error: SipError, reply: Reply, source: Source) -> None:
@@ -255,11 +267,25 @@ class SipEndpoint:
             self._log_unparsable("dropped an unparsable message from %s: %s", source, error)
             return
         self._log_unparsable("answered an unparsable message from %s: %s", source, error)
-        self._send(error_response(request, error), reply)
+        self._send(error_response(request, error), reply, source)
 
-    @staticmethod
-    def _send(response: Response, reply: Reply) -> None:
-        reply(response.to_bytes())
+    def _send(self, response: Response, reply: Reply, source: Source) -> None:
+        self._reply(reply, response.to_bytes(), source, response.call_id)
+
+    def _received(self, data: bytes, source: Source, call_id: str | None) -> None:
+        if self.trace is not None:
+            self.trace.received(data, source.transport, (source.host, source.port), self._local(source), call_id)
+
+    def _reply(self, reply: Reply, data: bytes, source: Source, call_id: str) -> None:
+        """Send an answer back the way its request came, recorded for the trace."""
+        if self.trace is not None:
+            self.trace.sent(data, source.transport, (source.host, source.port), self._local(source), call_id)
+        reply(data)
+
+    def _local(self, source: Source | Destination) -> tuple[str, int]:
+        """Our end of what `source` came over (or `destination` goes over): its flow's, else the UDP socket's."""
+        flow = self.flows.get(source.flow) if source.flow is not None else None
+        return flow.local if flow is not None else self._udp_local
 
     @staticmethod
     def _fix_top_via(request: Request, source: Source) -> Via:
@@ -285,9 +311,10 @@ class SipEndpoint:
                 break
         return via
 
-    def use_udp(self, socket: UdpListener) -> None:
-        """The UDP socket we listen on is the one the proxy sends from (its Via names that port)."""
+    def use_udp(self, socket: UdpListener, local: tuple[str, int] = NO_ADDRESS) -> None:
+        """The UDP socket we listen on (at `local`) is the one the proxy sends from (its Via names that port)."""
         self.udp = socket
+        self._udp_local = local
 
     # -- flows -----------------------------------------------------------------------------
     def admit_connection(self, transport: str, host: str) -> str | None:
@@ -325,8 +352,11 @@ class SipEndpoint:
             del self._accepted_from[source]
         self.accepted_total -= 1
 
-    def open_flow(self, transport: str, writer: asyncio.Transport, peer: tuple[str, int]) -> Flow:
-        flow = Flow(f"{transport}-{self._flow_prefix}-{next(self._flow_ids)}", transport, writer, peer, self.clock())
+    def open_flow(
+        self, transport: str, writer: asyncio.Transport, peer: tuple[str, int], local: tuple[str, int] = NO_ADDRESS
+    ) -> Flow:
+        flow = Flow(f"{transport}-{self._flow_prefix}-{next(self._flow_ids)}", transport, writer, peer, local,
+                    self.clock())
         self.flows[flow.id] = flow
         self.metrics.connections.labels(transport).inc()
         return flow
@@ -344,14 +374,21 @@ class SipEndpoint:
             flow = self.flows.get(destination.flow)
             if flow is None or flow.writer.is_closing():
                 raise SendError(f"connection {destination.flow} to {destination.host}:{destination.port} is closed")
+            self._sending(destination, data, flow.local)
             flow.writer.write(data)
             return
         if destination.transport != "udp" or self.udp is None:
             raise SendError(f"no connection to {destination.transport}:{destination.host}:{destination.port}")
+        self._sending(destination, data, self._udp_local)
         try:
             self.udp.sendto(data, (destination.host, destination.port))
         except OSError as error:
             raise SendError(str(error)) from None
+
+    def _sending(self, destination: Destination, data: bytes, local: tuple[str, int]) -> None:
+        if self.trace is not None:
+            self.trace.sent(data, destination.transport, (destination.host, destination.port), local,
+                            serialized_call_id(data))
 
     def has_flow(self, flow: str) -> bool:
         open_flow = self.flows.get(flow)
@@ -451,13 +488,19 @@ class Flow:
     registrar.websocket.FrameWriter): write, close, abort, is_closing.
     """
 
-    __slots__ = ("id", "transport", "writer", "peer", "last_activity", "keep_until", "message_started", "_held")
+    __slots__ = (
+        "id", "transport", "writer", "peer", "local", "last_activity", "keep_until", "message_started", "_held",
+    )
 
-    def __init__(self, flow_id: str, transport: str, writer: asyncio.Transport, peer: tuple[str, int], now: float):
+    def __init__(
+        self, flow_id: str, transport: str, writer: asyncio.Transport, peer: tuple[str, int],
+        local: tuple[str, int], now: float,
+    ):
         self.id = flow_id
         self.transport = transport
         self.writer = writer
         self.peer = peer
+        self.local = local  # our end
         self.last_activity = now
         self.keep_until = 0.0
         self.message_started: float | None = None  # when the part of a message it holds began
@@ -672,7 +715,7 @@ class StreamProtocol(asyncio.Protocol):
             self.data_received(bytes(early))
 
     def _open(self, transport: asyncio.Transport, peer: tuple[str, int]) -> None:
-        self.flow = self.endpoint.open_flow(self.transport_name, transport, peer)
+        self.flow = self.endpoint.open_flow(self.transport_name, transport, peer, socket_address(transport))
         self.source = Source(self.transport_name, peer[0], peer[1], self.flow.id)
 
     def data_received(self, data: bytes) -> None:
@@ -720,7 +763,15 @@ class StreamProtocol(asyncio.Protocol):
             self._counted = None
 
 
-async def listen_udp(endpoint: SipEndpoint, host: str, port: int) -> tuple[UdpListener, int]:
+def socket_address(transport: asyncio.BaseTransport) -> tuple[str, int]:
+    """Our end of a connection, as (host, port); NO_ADDRESS when the socket is gone already."""
+    local = transport.get_extra_info("sockname")
+    return (str(local[0]), int(local[1])) if local else NO_ADDRESS
+
+
+async def listen_udp(
+    endpoint: SipEndpoint, host: str, port: int, advertised: str | None = None
+) -> tuple[UdpListener, int]:
     """A UDP listener, and the receive buffer size the kernel granted (bytes)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -732,7 +783,9 @@ async def listen_udp(endpoint: SipEndpoint, host: str, port: int) -> tuple[UdpLi
     except BaseException:
         sock.close()
         raise
-    endpoint.use_udp(listener)
+    # Traces show the advertised address for a socket bound to every address (0.0.0.0, ::).
+    bound, port = sock.getsockname()[:2]
+    endpoint.use_udp(listener, (advertised if advertised and bound in ("0.0.0.0", "::") else bound, port))
     return listener, granted
 
 

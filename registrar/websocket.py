@@ -33,7 +33,7 @@ from registrar.eager import start_eagerly
 from registrar.ratelog import exception_summary
 from registrar.sip.message import MAX_MESSAGE_SIZE
 from registrar.sip.source import Source
-from registrar.transport import ACCEPT_BACKLOG, Flow, SipEndpoint
+from registrar.transport import ACCEPT_BACKLOG, Flow, SipEndpoint, socket_address
 
 log = logging.getLogger("sipreg.websocket")
 
@@ -216,7 +216,9 @@ class WebSocketListener:
     async def _serve(self, connection: _Connection, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
         endpoint = self.endpoint
         assert connection.peer is not None
-        flow = endpoint.open_flow(self.name, FrameWriter(ws, transport), connection.peer)  # type: ignore[arg-type]
+        flow = endpoint.open_flow(
+            self.name, FrameWriter(ws, transport), connection.peer, socket_address(transport)  # type: ignore[arg-type]
+        )
         connection.upgraded(flow)
         source = Source(self.name, connection.peer[0], connection.peer[1], flow.id)
         try:

@@ -238,6 +238,17 @@ class Message:
         return head.encode("utf-8", "surrogateescape") + self.body
 
 
+def serialized_call_id(data: bytes) -> str | None:
+    """The Call-ID of a message `_serialize` wrote (canonical header names, one per line), found
+    without parsing it again; None when it has none."""
+    start = data.find(b"\r\nCall-ID: ")
+    if start < 0:
+        return None
+    start += 11
+    end = data.find(b"\r\n", start)
+    return data[start:end].decode("utf-8", "surrogateescape") if end > 0 else None
+
+
 @dataclass(slots=True)
 class Request(Message):
     method: str = ""

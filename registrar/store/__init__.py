@@ -52,6 +52,10 @@ class RegistrationFailure:
     reason: str
     source: str
     kind: str = REGISTER_FAILED
+    # The replica that refused it, and the request refused (method, Request-URI, CSeq, Call-ID): where its
+    # trace is ("" where no request failed: a contact that stopped answering).
+    node: str = ""
+    request: str = ""
 
 
 class LocationStore(abc.ABC):
@@ -138,7 +142,8 @@ class NodeRegistry(abc.ABC):
     @property
     @abc.abstractmethod
     def nodes(self) -> Mapping[str, dict[str, Any]]:
-        """Node name -> its record; `address` and `sipPort` reach its SIP listener (layout.encode_node)."""
+        """Node name -> its record; `address` and `sipPort` reach its SIP listener, `address` and `httpPort`
+        (when it serves HTTP) its API (layout.encode_node)."""
 
 
 def domain_of(aor: str) -> str:

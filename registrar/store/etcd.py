@@ -133,6 +133,7 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         node: str = "",
         node_address: str = "",
         sip_port: int = 0,
+        http_port: int | None = None,
         clock: Callable[[], float] = time.time,
         cached_aors: int | None = None,
         served_domains: frozenset[str] | None = None,
@@ -145,7 +146,9 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
     ):
         self.session = session
         self.node = node
-        self._node_record = layout.encode_node(node, node_address, sip_port, clock()) if node else None
+        self._node_record = (
+            layout.encode_node(node, node_address, sip_port, clock(), http_port, served_domains) if node else None
+        )
         self._clock = clock
         self._table = BindingTable(clock())
         self._cached_aors = None if cached_aors is None else max(cached_aors, MIN_CACHED_AORS)

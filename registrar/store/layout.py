@@ -448,8 +448,10 @@ def _path(values: object) -> tuple[str, ...]:
 
 
 def encode_failure(failure: RegistrationFailure) -> bytes:
-    kind = {"kind": failure.kind} if failure.kind != REGISTER_FAILED else {}
-    return _dumps({"time": failure.time, "reason": failure.reason, "source": failure.source, **kind})
+    optional = {name: value for name, value in
+                (("kind", failure.kind if failure.kind != REGISTER_FAILED else ""), ("node", failure.node),
+                 ("request", failure.request)) if value}
+    return _dumps({"time": failure.time, "reason": failure.reason, "source": failure.source, **optional})
 
 
 def decode_failure(domain: str, username: str, value: bytes) -> RegistrationFailure:
@@ -457,14 +459,21 @@ def decode_failure(domain: str, username: str, value: bytes) -> RegistrationFail
     try:
         return RegistrationFailure(
             domain, username, float(record["time"]), str(record["reason"]), str(record["source"]),
-            str(record.get("kind", REGISTER_FAILED)),
+            str(record.get("kind", REGISTER_FAILED)), str(record.get("node", "")), str(record.get("request", "")),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise BadRecord(f"failure: missing or bad field {error}") from None
 
 
-def encode_node(node: str, address: str, sip_port: int, started: float) -> bytes:
-    return _dumps({"node": node, "address": address, "sipPort": sip_port, "started": started})
+def encode_node(
+    node: str, address: str, sip_port: int, started: float, http_port: int | None = None,
+    domains: frozenset[str] | None = None,
+) -> bytes:
+    """A node's record: where its SIP listener is, its HTTP API when it serves one, and the domains it
+    serves when not all (a SipDomain's pods): whom to ask for a connection's trace."""
+    optional = {"httpPort": http_port, "domains": sorted(domains) if domains is not None else None}
+    return _dumps({"node": node, "address": address, "sipPort": sip_port, "started": started,
+                   **{name: value for name, value in optional.items() if value is not None}})
 
 
 def decode_node(value: bytes) -> dict[str, Any]:

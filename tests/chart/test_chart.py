@@ -288,6 +288,7 @@ def test_the_operator_environment_carries_the_values_to_the_registrar_pods(scena
     assert pod_container["livenessProbe"] == registrar_values["livenessProbe"] == settings.liveness_probe
     assert settings.readiness_probe["httpGet"]["path"] == "/readyz"
     assert pod_container["image"] == container["image"]
+    assert settings.hep is None and not any(arg.startswith("--hep") for arg in pod_container["args"])
 
     client_secret = CLIENT_SECRETS[scenario]
     mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
@@ -481,3 +482,20 @@ def plain_values(tmp_path: Path) -> tuple[Path]:
     path = tmp_path / "plain.yaml"
     path.write_text("etcd: {tls: {enabled: false}}\n")
     return (path,)
+
+
+def test_a_hep_collector_in_the_values_reaches_every_registrar_pod(tmp_path: Path) -> None:
+    objects = render(sets=("registrar.hep.address=homer.monitoring.svc:9060", "registrar.hep.id=2001"))
+    settings = settings_from(env_of(operator_container(objects)), tmp_path)
+    assert (settings.hep, settings.hep_id) == ("homer.monitoring.svc:9060", 2001)
+    registrar = desired_children("sip-ex", {"domain": "sip.example.test"}, settings)[0]
+    (pod_container,) = registrar["spec"]["template"]["spec"]["containers"]
+    arguments = build_parser().parse_args(pod_container["args"])
+    assert (arguments.hep, arguments.hep_id) == (("homer.monitoring.svc", 9060), 2001)
+
+
+def test_a_hep_collector_that_is_not_host_and_port_stops_the_operator_naming_the_variable() -> None:
+    with pytest.raises(ValueError, match="SIPREG_REGISTRAR_HEP: not HOST:PORT"):
+        PodSettings.from_environment({"SIPREG_REGISTRAR_HEP": "homer.monitoring.svc"})
+    with pytest.raises(ValueError, match="SIPREG_REGISTRAR_HEP_ID: not a capture id"):
+        PodSettings.from_environment({"SIPREG_REGISTRAR_HEP": "homer:9060", "SIPREG_REGISTRAR_HEP_ID": "-1"})

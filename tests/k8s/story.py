@@ -120,10 +120,12 @@ def sip_domain_story(kube: Kube, operator_runner, etcd: EtcdServer, tmp_path: Pa
         assert container["image"] == "registry.test/sipreg:test"
         assert f"--domain={DOMAIN}" in container["args"]
         assert deployment["spec"]["replicas"] == 2
-        # HTTP only from the monitoring namespace; SIP from anyone.
+        # HTTP only from the monitoring namespace and the SipDomain's own pods (trace gathering); SIP from anyone.
         policy = kube.get("networking.k8s.io/v1/networkpolicies", f"{DOMAIN_OBJECT}-registrar", NAMESPACE)
         assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
-        (sip, http) = policy["spec"]["ingress"]
+        (sip, own_pods, http) = policy["spec"]["ingress"]
+        assert own_pods["from"] == [{"podSelector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]}}]
+        assert own_pods["ports"] == [{"protocol": "TCP", "port": 8080}]
         assert "from" not in sip  # everyone
         sip_ports = {(port["protocol"], port["port"]) for port in sip["ports"]}
         assert sip_ports == {("UDP", 5060), ("TCP", 5060), ("TCP", 5061), ("TCP", 5066), ("TCP", 7443)}  # ws, wss

@@ -134,7 +134,7 @@ def repair_drift(kube: Kube, operator_runner: Any) -> None:
         wait_for(lambda: kube.get("v1/services", f"{domain}-sip", NAMESPACE)["spec"]["sessionAffinity"] == "ClientIP"
                  and kube.get("policy/v1/poddisruptionbudgets", f"{domain}-registrar", NAMESPACE)["spec"][
                      "maxUnavailable"] == 1
-                 and len(kube.get(policies, f"{domain}-registrar", NAMESPACE)["spec"]["ingress"]) == 2,
+                 and len(kube.get(policies, f"{domain}-registrar", NAMESPACE)["spec"]["ingress"]) == 3,
                  message="the drifted Service, budget and NetworkPolicy repaired")
 
 

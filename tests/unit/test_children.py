@@ -113,18 +113,21 @@ def network_policy_rules(built: dict) -> list[tuple[tuple[tuple[str, int], ...],
     ]
 
 
-def test_the_network_policy_opens_sip_to_everyone_and_http_to_the_monitoring_namespace_only():
+def test_the_network_policy_opens_sip_to_everyone_and_http_to_monitoring_and_the_sipdomains_own_pods_only():
     built = children()
     (container,) = built[("Deployment", "sip-ex-registrar")]["spec"]["template"]["spec"]["containers"]
     container_ports = {(port["protocol"], port["containerPort"]) for port in container["ports"]}
     monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    # The SipDomain's registrar pods ask each other for a connection's trace (registrar.trace_gathering).
+    own_pods = [{"podSelector": {"matchLabels": labels("sip-ex")}}]
     assert network_policy_rules(built) == [
         ((("UDP", 5060), ("TCP", 5060), ("TCP", 5061)), None),
+        ((("TCP", 8080),), own_pods),
         ((("TCP", 8080),), monitoring),
     ]
-    # Every port the container declares is in exactly one rule.
-    covered = [port for ports, _ in network_policy_rules(built) for port in ports]
-    assert sorted(covered) == sorted(container_ports)
+    # Every port the container declares is in a rule.
+    covered = {port for ports, _ in network_policy_rules(built) for port in ports}
+    assert covered == container_ports
     # Without TLS in the spec, no TLS port; UDP and TCP stay (pods route to each other over both).
     udp_only = {**SPEC, "transports": {"udp": 5070}}
     assert network_policy_rules(children(udp_only))[0] == ((("UDP", 5060), ("TCP", 5060)), None)
@@ -133,10 +136,13 @@ def test_the_network_policy_opens_sip_to_everyone_and_http_to_the_monitoring_nam
 def test_the_http_peers_are_a_setting_and_none_means_no_http_rule_at_all():
     prometheus = [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "prometheus"}}}]
     rules = network_policy_rules(children(settings=PodSettings(http_from=prometheus)))
-    assert rules[1] == ((("TCP", 8080),), prometheus)
+    assert rules[2] == ((("TCP", 8080),), prometheus)
     # An ingress rule without `from` would admit everyone: no peers drops the rule.
     rules = network_policy_rules(children(settings=PodSettings(http_from=[])))
-    assert rules == [((("UDP", 5060), ("TCP", 5060), ("TCP", 5061)), None)]
+    assert rules == [
+        ((("UDP", 5060), ("TCP", 5060), ("TCP", 5061)), None),
+        ((("TCP", 8080),), [{"podSelector": {"matchLabels": labels("sip-ex")}}]),
+    ]
 
 
 def test_the_sip_service_maps_spec_ports_onto_the_fixed_container_ports():

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
+from registrar import tracing
 from registrar.http import binding_json, check_api_token, make_app, start_server
 from registrar.metrics import Metrics
 from registrar.model import Binding, Catalog
 from registrar.store.memory import MemoryStore
+from registrar.trace_gathering import TraceGatherer
+from registrar.tracing import TraceRecorder
 
 TOKEN = "Zm9vYmFyLXRva2VuLTEyMzQ1Njc4OTA="
 
@@ -124,3 +128,32 @@ def test_a_token_is_at_least_16_characters_a_client_can_send() -> None:
                      ("padding=in-the-middle-0123", "may hold only")):
         with pytest.raises(ValueError, match=why):
             check_api_token(bad)
+
+
+async def test_the_trace_api_answers_the_token_only_in_json_text_and_pcap() -> None:
+    trace = TraceRecorder("node-1")
+    trace.identify("c1", "alice@sip.example.test", "198.51.100.7")
+    register = b"REGISTER sip:sip.example.test SIP/2.0\r\nCall-ID: c1\r\nContent-Length: 0\r\n\r\n"
+    trace.received(register, "udp", ("198.51.100.7", 40000), ("192.0.2.1", 5060), "c1")
+    store = MemoryStore()
+    app = make_app(store, Metrics(store, Catalog), lambda: True, TOKEN, TraceGatherer(lambda: {}, TOKEN, trace))
+    runner = await start_server(app, ["127.0.0.1"], 0)
+    url = "http://{}:{}/api/v1/trace/".format(*runner.addresses[0][:2])
+    try:
+        assert (await get(url + "alice@sip.example.test"))[0] == 401
+        status, _, body = await get(url + "sip:alice@SIP.example.test", f"Bearer {TOKEN}")
+        answer = json.loads(body)
+        assert status == 200 and answer["key"] == "alice@sip.example.test" and answer["nodes"] == ["node-1"]
+        assert [tracing.from_json(item).data for item in answer["messages"]] == [register]
+        status, _, body = await get(url + "alice@sip.example.test?format=text", f"Bearer {TOKEN}")
+        assert status == 200 and body.endswith("198.51.100.7:40000 -> 192.0.2.1:5060 UDP REGISTER sip:sip.example.test SIP/2.0\n")
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url + "alice@sip.example.test?format=pcap", headers=headers) as response:
+                assert response.content_type == "application/vnd.tcpdump.pcap"
+                assert (await response.read())[:4] == b"\xd4\xc3\xb2\xa1"  # pcap's magic, little-endian
+        for bad in ("alice", "alice@sip.example.test?format=xml", "alice@sip.example.test?since=soon"):
+            status, _, body = await get(url + bad, f"Bearer {TOKEN}")
+            assert status == 400, bad
+    finally:
+        await runner.cleanup()

@@ -1251,7 +1251,12 @@ async def test_wrong_password_records_the_last_failure(env):
     await env.phone().register([contact()], password="wrong")
     await settle()
     failure = await env.store.last_failure(DOMAIN, "alice")
-    assert failure == RegistrationFailure(DOMAIN, "alice", env.clock.now, "wrong password", "udp:192.0.2.10:5060")
+    assert failure is not None
+    # It names the request refused, so that its trace can be found.
+    assert failure.request.startswith("REGISTER sip:sip.example.test (CSeq 2 REGISTER, Call-ID ")
+    assert failure == RegistrationFailure(
+        DOMAIN, "alice", env.clock.now, "wrong password", "udp:192.0.2.10:5060", request=failure.request
+    )
 
 
 async def test_failure_records_are_throttled_per_connection(env):

@@ -56,14 +56,25 @@ def test_expired_bindings_do_not_count():
     assert conditions(result)["Registered"]["reason"] == "NotRegistered"
 
 
-def test_a_failure_after_the_last_registration_says_why():
-    failure = RegistrationFailure("sip.example.test", "alice", NOW - 5, "wrong password", "udp:198.51.100.7:5060")
+def test_a_failure_after_the_last_registration_says_why_and_where_its_trace_is():
+    request = "REGISTER sip:sip.example.test (CSeq 2 REGISTER, Call-ID c1@198.51.100.7)"
+    failure = RegistrationFailure("sip.example.test", "alice", NOW - 5, "wrong password", "udp:198.51.100.7:5060",
+                                  node="registrar-1", request=request)
     result = status(failure=failure)
-    assert result["lastFailure"] == {"time": rfc3339(NOW - 5), "reason": "wrong password", "source": "udp:198.51.100.7:5060",
-                                     "kind": "register"}
+    assert result["lastFailure"] == {
+        "time": rfc3339(NOW - 5), "reason": "wrong password", "source": "udp:198.51.100.7:5060", "kind": "register",
+        "node": "registrar-1", "request": request, "trace": "sipreg trace alice@sip.example.test",
+    }
     registered = conditions(result)["Registered"]
     assert registered["reason"] == "RegistrationFailed"
     assert "wrong password" in registered["message"] and "198.51.100.7" in registered["message"]
+    assert registered["message"].endswith("its messages: sipreg trace alice@sip.example.test")
+
+
+def test_a_failure_record_of_an_older_registrar_has_no_node_or_request():
+    failure = RegistrationFailure("sip.example.test", "alice", NOW - 5, "wrong password", "udp:198.51.100.7:5060")
+    assert status(failure=failure)["lastFailure"]["trace"] == "sipreg trace alice@sip.example.test"
+    assert not {"node", "request"} & status(failure=failure)["lastFailure"].keys()
 
 
 def test_a_contact_removed_for_not_answering_pings_says_so():
@@ -84,7 +95,9 @@ def test_a_lockout_shows_as_the_last_failure_and_in_the_registered_condition():
     assert result["lastFailure"]["reason"] == reason
     registered = conditions(result)["Registered"]
     assert registered["reason"] == "RegistrationFailed"
-    assert registered["message"] == f"last REGISTER failed: {reason} (from udp:203.0.113.66:5060)"
+    assert registered["message"] == (
+        f"last REGISTER failed: {reason} (from udp:203.0.113.66:5060); its messages: sipreg trace alice@sip.example.test"
+    )
 
 
 def test_a_problem_makes_the_connection_not_ready():
