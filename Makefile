@@ -5,12 +5,13 @@ PY := $(VENV)/bin/python
 # Debian packages the tests and benchmarks drive: sipp (sip-tester) and baresip as real SIP peers,
 # etcd (etcd-server) as the real location store of the etcd store's integration tests;
 # tshark reads back the pcaps `sipreg trace` writes, and sngrep decodes the HEP copies it sends;
-# the benchmark also captures loopback traffic with tcpdump to time answers on the wire.
+# the benchmark also captures loopback traffic with tcpdump to time answers on the wire, and counts
+# instructions under valgrind (what the trace recorder costs a registration).
 APT_PACKAGES := sip-tester baresip-core etcd-server sipvicious kamailio tshark sngrep
 APT_COMMANDS := sipp baresip etcd svwar kamailio tshark sngrep
 # The benchmark's idle-connections phase gives Kamailio a TLS listener: its tls module, a package with no command.
-BENCH_APT_PACKAGES := $(APT_PACKAGES) tcpdump kamailio-tls-modules
-BENCH_APT_COMMANDS := $(APT_COMMANDS) tcpdump
+BENCH_APT_PACKAGES := $(APT_PACKAGES) tcpdump kamailio-tls-modules valgrind
+BENCH_APT_COMMANDS := $(APT_COMMANDS) tcpdump valgrind
 BENCH_APT_FILES := /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so
 # Tools the tests run that neither apt nor pip installs here, downloaded into .tools/bin (gitignored).
 TOOLS := .tools
@@ -106,7 +107,8 @@ chart-lint: helm
 COMPILED := build/compiled
 COMPILED_SITE := $(COMPILED)/site
 # The suite's second pass, on the compiled form: the SIP core's own tests, and real peers through it.
-COMPILED_TESTS := tests/unit tests/integration/test_sipp_register.py tests/integration/test_calls.py
+COMPILED_TESTS := tests/unit tests/integration/test_sipp_register.py tests/integration/test_calls.py \
+  tests/integration/test_trace.py
 
 compiled: $(COMPILED)/.built
 

@@ -1,6 +1,6 @@
 """How sipreg builds: the pure SIP core (registrar/sip) compiled to C by mypyc when it can be, pure Python when not.
 
-The SIP core (parser, serializer, digest, transaction and proxy state machines) is
+The SIP core (parser, serializer, digest, transaction and proxy state machines, trace rings) is
 what every datagram runs through and uses nothing but the standard library, so it
 compiles cleanly; compiled, a REGISTER costs about a sixth fewer instructions
 (`python bench/instructions.py`). The rest stays Python: it is I/O glue and

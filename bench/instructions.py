@@ -85,7 +85,7 @@ def answer_to(challenge: str, i: int) -> bytes:
 
 def loop(catalog_file: str, mode: str, count: int, trace: bool = True) -> None:
     """`count` registrations; mode "client" does the same minus the server's calls. Without `trace`
-    the endpoint records no message (registrar.tracing): what the trace costs is the difference."""
+    the endpoint records no message (registrar.sip.trace): what the trace costs is the difference."""
     from registrar.app import RegistrarServer, ServeConfig
     from registrar.sip.source import Source
 

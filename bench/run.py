@@ -60,10 +60,10 @@ TARGET_LATENCY_RATE = 2500
 # What --skip and --only name; calls and calls-replicas are bench/calls.py's.
 PHASES = [
     "udp", "overload", "tcp", "latency", "defences", "flood", "etcd", "calls", "calls-replicas", "calls-kamailio",
-    "memory", "idle", "kamailio", "scale",
+    "memory", "idle", "kamailio", "scale", "trace",
 ]
-# Phases that drive sipp (idle_flows.py opens its connections itself).
-SIPP_PHASES = set(PHASES) - {"idle"}
+# Phases that drive sipp (idle_flows.py opens its connections itself; trace counts instructions in process).
+SIPP_PHASES = set(PHASES) - {"idle", "trace"}
 # The Contact port of sipp's REGISTERs: not sipp's source port, so the registrar must keep the source (NAT).
 CONTACT_PORT = 5999
 # Of the in-memory store's best UDP rate. A rung's achieved rate is about 1% under its offered
@@ -501,6 +501,30 @@ def binding_count(registrar) -> int:
     return domain_gauge(registrar, "sipreg_bindings")
 
 
+def trace_cost() -> list[str]:
+    """What recording every message for `sipreg trace` costs a registration: bench/instructions.py's count
+    (callgrind, stable on a shared machine) with the recorder on, as registrars run, and off."""
+    if shutil.which("valgrind") is None:
+        return ["trace: not measured: valgrind is missing (make bench installs it)"]
+    counts = {}
+    for setting in ("off", "on"):
+        print(f"trace: instructions per registration, recorder {setting}", flush=True)
+        output = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "instructions.py"), "--trace", setting],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        found = re.search(r"([\d,]+) instructions per registration", output)
+        if found is None:
+            return [f"trace: bench/instructions.py printed no count: {output.strip()[-200:]}"]
+        counts[setting] = int(found.group(1).replace(",", ""))
+    extra = counts["on"] - counts["off"]
+    return [
+        f"trace: {counts['on']:,} instructions per authenticated registration with every message recorded for "
+        f"`sipreg trace`, {counts['off']:,} without: {extra:,} more ({extra / counts['off']:.1%}; both legs, "
+        f"in process, no system calls)"
+    ]
+
+
 def memory_figure(tmp_path: Path, bindings: int, contacts_per_user: int = 10) -> str:
     """RSS with `bindings` bindings, and what each one adds.
 
@@ -677,6 +701,9 @@ def main() -> int:
             from scale import scale_phase
 
             report += scale_phase(tmp_path, args.scale_sizes, args.callees, args.call_hold)
+
+        if "trace" not in args.skip:
+            report += trace_cost()
 
     print()
     print("\n".join(report))

@@ -35,6 +35,7 @@ from registrar.service import SipService
 from registrar.sip import digest
 from registrar.sip.message import Request
 from registrar.sip.source import STREAM_TRANSPORTS, Destination, Source
+from registrar.sip.trace import Captured, TraceRecorder
 from registrar.sip.transaction import TransactionLayer
 from registrar.source_limits import Ban, SourceLimiter
 from registrar.store import CatalogSource, LocationStore, NodeRegistry
@@ -43,7 +44,6 @@ from registrar.store.etcd_session import EtcdSession, EtcdTls, parse_endpoints
 from registrar.store.memory import FixedCatalog, MemoryStore, NoReplicas
 from registrar.tls import RotatingCertificate, self_signed_context
 from registrar.trace_gathering import TraceGatherer
-from registrar.tracing import Captured, TraceRecorder
 from registrar.transport import SipEndpoint, listen_stream, listen_udp
 from registrar.websocket import listen_websocket
 

@@ -19,7 +19,7 @@ import socket
 import struct
 
 from registrar.sip.source import STREAM_TRANSPORTS
-from registrar.tracing import Captured
+from registrar.sip.trace import Captured
 
 # Generic chunk types (vendor 0).
 FAMILY, PROTOCOL, IPV4_SOURCE, IPV4_DESTINATION, IPV6_SOURCE, IPV6_DESTINATION = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06

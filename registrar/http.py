@@ -24,13 +24,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from registrar.metrics import Metrics
-from registrar.pcap import pcap_bytes
-from registrar.trace_gathering import TraceGatherer
-from registrar.tracing import as_text, trace_key
 from registrar.model import Binding
+from registrar.pcap import pcap_bytes
 from registrar.service import RETRY_AFTER_SECONDS
+from registrar.sip.trace import as_text, trace_key
 from registrar.store import LocationStore, StoreUnavailable
 from registrar.times import rfc3339
+from registrar.trace_gathering import TraceGatherer
 
 # The Server header of every HTTP response: versions of Python and aiohttp would tell a scanner which
 # published bugs to try, and nobody else needs them.

@@ -234,7 +234,7 @@ class Metrics:
         )
         self.trace_bytes = Gauge(
             "sipreg_trace_bytes",
-            "Bytes the recent SIP messages kept for `sipreg trace` count for (registrar.tracing's bound).",
+            "Bytes the recent SIP messages kept for `sipreg trace` count for (registrar.sip.trace's bound).",
             registry=self.registry,
         )
         self.trace_rings = Gauge(

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from typing import BinaryIO
 
 from registrar.sip.source import STREAM_TRANSPORTS
-from registrar.tracing import Captured
+from registrar.sip.trace import Captured
 
 LINKTYPE_RAW = 101
 # No packet written is longer: the most an IPv4 length field can say (IPv6's is kept to it too).

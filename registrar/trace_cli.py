@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from registrar import tracing
 from registrar.pcap import pcap_bytes
+from registrar.sip.trace import as_text, from_json, trace_key
 from registrar.store import layout
 from registrar.store.etcd_session import EtcdSession, EtcdTls, parse_endpoints
 from registrar.trace_gathering import MAX_NODE_ANSWER, Gathered, TraceGatherer
@@ -47,7 +47,7 @@ def add_parser(commands: Any) -> None:
 
 
 async def run(args: argparse.Namespace, token: str, tls: EtcdTls | None, out: TextIO = sys.stdout) -> int:
-    key = tracing.trace_key(args.key)
+    key = trace_key(args.key)
     if args.store:
         nodes = await _registry(args.store, tls)
         if not nodes:
@@ -66,7 +66,7 @@ async def run(args: argparse.Namespace, token: str, tls: EtcdTls | None, out: Te
         print(f"sipreg trace: node {node} did not answer: {why}", file=sys.stderr)
     messages = list(gathered.messages)
     seen = set(messages)
-    out.write(tracing.as_text(messages, args.full))
+    out.write(as_text(messages, args.full))
     out.flush()
     if not messages and not args.follow:
         print(f"sipreg trace: no messages of {key} on {', '.join(gathered.answered) or 'any node'}", file=sys.stderr)
@@ -77,7 +77,7 @@ async def run(args: argparse.Namespace, token: str, tls: EtcdTls | None, out: Te
             new = [captured for captured in (await fetch(since)).messages if captured not in seen]
             seen.update(new)
             messages += new
-            out.write(tracing.as_text(new, args.full))
+            out.write(as_text(new, args.full))
             out.flush()
     finally:
         if args.pcap:
@@ -96,7 +96,7 @@ async def _from_api(api: str, token: str, key: str, since: float) -> Gathered:
                 raise ValueError(f"{url} answered HTTP {response.status}: {(await response.text())[:200]}")
             body = await response.content.read(MAX_NODE_ANSWER * 16)
     answer = json.loads(body)
-    return Gathered([tracing.from_json(item) for item in answer["messages"]], list(answer.get("nodes", [])),
+    return Gathered([from_json(item) for item in answer["messages"]], list(answer.get("nodes", [])),
                     dict(answer.get("unreachable", {})))
 
 

@@ -17,8 +17,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from registrar import tracing
-from registrar.tracing import Captured, TraceRecorder
+from registrar.sip.trace import Captured, TraceRecorder, from_json, merged, to_json
 
 # How long a node has to answer, and the most one answer may hold: a node keeps at most
 # TraceLimits.bytes_per_connection of a connection (in base64, a third more, plus the JSON).
@@ -35,7 +34,7 @@ class Gathered:
     unreachable: dict[str, str] = field(default_factory=dict)
 
     def to_json(self, key: str) -> dict[str, Any]:
-        return {"key": key, "messages": [tracing.to_json(captured) for captured in self.messages],
+        return {"key": key, "messages": [to_json(captured) for captured in self.messages],
                 "nodes": self.answered, "unreachable": self.unreachable}
 
 
@@ -81,7 +80,7 @@ class TraceGatherer:
                 else:
                     traces.append(answer)
                     gathered.answered.append(name)
-        gathered.messages = tracing.merged(traces)
+        gathered.messages = merged(traces)
         gathered.answered.sort()
         return gathered
 
@@ -100,7 +99,7 @@ class TraceGatherer:
             raise LookupError("answer too large")
         try:
             items = json.loads(body)["messages"]
-            return [tracing.from_json(item) for item in items]
+            return [from_json(item) for item in items]
         except (ValueError, KeyError, TypeError) as error:
             raise LookupError(f"bad answer: {error}") from None
 

@@ -42,10 +42,10 @@ from registrar.sip.message import (
     server_response,
 )
 from registrar.sip.source import WEBSOCKET_TRANSPORTS, Destination, Source, source_address
+from registrar.sip.trace import TraceRecorder
 from registrar.sip.transaction import Transaction, TransactionLayer, transaction_key
 from registrar.sip.uri import unbracketed
 from registrar.source_limits import SourceLimiter
-from registrar.tracing import TraceRecorder
 
 log = logging.getLogger("sipreg.transport")
 
@@ -97,7 +97,7 @@ class SipEndpoint:
         self.transactions = transactions
         # Takes the answers to our keepalive pings (registrar.nat_pings), which no transaction awaits.
         self._ping_answered = ping_answered
-        # Records every SIP message read or written here (registrar.tracing); None: none is.
+        # Records every SIP message read or written here (registrar.sip.trace); None: none is.
         self.trace = trace
         self.flows: dict[str, Flow] = {}
         # Flows holding part of a message, which must be whole within message_seconds.

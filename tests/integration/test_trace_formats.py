@@ -17,7 +17,7 @@ import pytest
 
 from registrar.hep import HepSender
 from registrar.pcap import pcap_bytes
-from registrar.tracing import Captured
+from registrar.sip.trace import Captured
 from tests.helpers import free_port
 
 TSHARK = shutil.which("tshark")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from registrar.hep import HepSender, encode
-from registrar.tracing import Captured
+from registrar.sip.trace import Captured
 
 # The example packet of the HEP3 Network Protocol Specification (rev. 37): SIP over UDP from
 # 212.202.0.1:12010 to 82.116.0.211:5060 at 1313440459.12, capture id 228, payload shortened.

@@ -10,13 +10,12 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from registrar import tracing
 from registrar.http import binding_json, check_api_token, make_app, start_server
 from registrar.metrics import Metrics
 from registrar.model import Binding, Catalog
+from registrar.sip.trace import TraceRecorder, from_json
 from registrar.store.memory import MemoryStore
 from registrar.trace_gathering import TraceGatherer
-from registrar.tracing import TraceRecorder
 
 TOKEN = "Zm9vYmFyLXRva2VuLTEyMzQ1Njc4OTA="
 
@@ -144,7 +143,7 @@ async def test_the_trace_api_answers_the_token_only_in_json_text_and_pcap() -> N
         status, _, body = await get(url + "sip:alice@SIP.example.test", f"Bearer {TOKEN}")
         answer = json.loads(body)
         assert status == 200 and answer["key"] == "alice@sip.example.test" and answer["nodes"] == ["node-1"]
-        assert [tracing.from_json(item).data for item in answer["messages"]] == [register]
+        assert [from_json(item).data for item in answer["messages"]] == [register]
         status, _, body = await get(url + "alice@sip.example.test?format=text", f"Bearer {TOKEN}")
         assert status == 200 and body.endswith("198.51.100.7:40000 -> 192.0.2.1:5060 UDP REGISTER sip:sip.example.test SIP/2.0\n")
         headers = {"Authorization": f"Bearer {TOKEN}"}

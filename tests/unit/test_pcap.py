@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from registrar.pcap import pcap_bytes, write_pcap
-from registrar.tracing import Captured
+from registrar.sip.trace import Captured
 
 PHONE, REGISTRAR = ("192.0.2.10", 40312), ("198.51.100.5", 5060)
 PHONE6, REGISTRAR6 = ("2001:db8::10", 40312), ("2001:db8:0:1::5", 5061)

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from registrar import tracing
+from registrar.sip import trace as tracing
+from registrar.sip.trace import Captured, TraceLimits, TraceRecorder
 from registrar.trace_gathering import TraceGatherer
-from registrar.tracing import Captured, TraceLimits, TraceRecorder
 from tests.helpers import free_port
 
 US = ("192.0.2.1", 5060)

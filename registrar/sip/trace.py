@@ -25,12 +25,11 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Captured:
-    """One SIP message as it crossed this node's sockets.
+class Captured(NamedTuple):
+    """One SIP message as it crossed this node's sockets (a tuple: one is made per message, and fast).
 
     `source` and `destination` are (host, port) with the host as an IP literal (IPv6 unbracketed);
     `received` says which end was us. Over TLS and secure WebSockets `data` is the message
@@ -50,11 +49,6 @@ class Captured:
         """`time` as capture formats write it (pcap, HEP): whole seconds and microseconds."""
         seconds, microseconds = divmod(round(self.time * 1_000_000), 1_000_000)
         return seconds, microseconds
-
-    @property
-    def peer(self) -> tuple[str, int]:
-        """The other end: whoever sent what we received, or got what we sent."""
-        return self.source if self.received else self.destination
 
 
 @dataclass(frozen=True)
@@ -78,19 +72,64 @@ class TraceLimits:
 # What a message costs beyond its bytes: the record, its tuples and the ring's slot.
 RECORD_OVERHEAD = 240
 
-
-class _Ring:
-    """One key's recent messages with their Call-IDs, oldest first, and the bytes they count for."""
-
-    __slots__ = ("entries", "size")
-
-    def __init__(self) -> None:
-        self.entries: deque[tuple[Captured, str | None]] = deque()
-        self.size = 0
+# A ring's entry, one flat tuple, as cheap to make as anything per message can be: the message as
+# (time, transport, source, destination, received, data), then its Call-ID and the bytes it counts for.
+_Entry = tuple[float, str, tuple[str, int], tuple[str, int], bool, bytes, "str | None", int]
+_CALL_ID: Final = 6
+_COST: Final = 7
 
 
-def _cost(captured: Captured) -> int:
-    return len(captured.data) + RECORD_OVERHEAD
+class _Rings:
+    """Rings of one kind (connections, or peer addresses) by key, least recently used first, with their bounds."""
+
+    __slots__ = ("rings", "sizes", "most_rings", "most_messages", "most_bytes")
+
+    def __init__(self, most_rings: int, most_messages: int, most_bytes: int) -> None:
+        self.rings: OrderedDict[str, deque[_Entry]] = OrderedDict()
+        self.sizes: dict[str, int] = {}
+        self.most_rings, self.most_messages, self.most_bytes = most_rings, most_messages, most_bytes
+
+    def add(self, key: str, entries: Iterable[_Entry], added: int) -> int:
+        """Append `entries` (of `added` bytes) to `key`'s ring, made if need be, trimmed to its bounds: the
+        bytes this changed the rings by."""
+        rings = self.rings
+        ring = rings.get(key)
+        change = added
+        if ring is None:
+            ring = rings[key] = deque()
+            self.sizes[key] = 0
+            if len(rings) > self.most_rings:
+                change -= self.drop_oldest()
+        else:
+            rings.move_to_end(key)
+        ring.extend(entries)
+        size = self.sizes[key] + added
+        while size > self.most_bytes or len(ring) > self.most_messages:
+            gone = ring.popleft()[_COST]
+            size -= gone
+            change -= gone
+        self.sizes[key] = size
+        return change
+
+    def drop_oldest(self) -> int:
+        """Forget the least recently used ring: the bytes it held."""
+        key, _ = self.rings.popitem(last=False)
+        return self.sizes.pop(key)
+
+    def take(self, key: str, call_id: str) -> tuple[list[_Entry], int]:
+        """Remove the entries of `call_id` from `key`'s ring: them, and the bytes they counted for."""
+        ring = self.rings.get(key)
+        if ring is None:
+            return [], 0
+        taken = [entry for entry in ring if entry[_CALL_ID] == call_id]
+        if not taken:
+            return [], 0
+        kept = [entry for entry in ring if entry[_CALL_ID] != call_id]
+        ring.clear()
+        ring.extend(kept)
+        size = sum(entry[_COST] for entry in taken)
+        self.sizes[key] -= size
+        return taken, size
 
 
 class TraceRecorder:
@@ -108,111 +147,82 @@ class TraceRecorder:
         self.clock = clock
         # Told of every message as it is recorded (a HEP collector's sender).
         self._copy = copy
-        self._connections: OrderedDict[str, _Ring] = OrderedDict()
-        self._addresses: OrderedDict[str, _Ring] = OrderedDict()
+        self._connections = _Rings(limits.connections, limits.messages_per_connection, limits.bytes_per_connection)
+        self._addresses = _Rings(limits.addresses, limits.messages_per_address, limits.bytes_per_address)
         self._calls: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        # A message is kept up to this many bytes (its start: the first line and the headers).
+        self._longest = min(limits.bytes_per_address, limits.bytes_per_connection) - RECORD_OVERHEAD
         self.size = 0  # bytes counted in all rings
 
     # -- recording --------------------------------------------------------------------------
     def received(
         self, data: bytes, transport: str, peer: tuple[str, int], local: tuple[str, int], call_id: str | None
     ) -> None:
-        self._record(Captured(self.clock(), self.node, transport, peer, local, True, data), call_id)
+        self._record(self.clock(), transport, peer, local, True, data, call_id, peer[0])
 
     def sent(
         self, data: bytes, transport: str, peer: tuple[str, int], local: tuple[str, int], call_id: str | None
     ) -> None:
-        self._record(Captured(self.clock(), self.node, transport, local, peer, False, data), call_id)
+        self._record(self.clock(), transport, local, peer, False, data, call_id, peer[0])
 
     def identify(self, call_id: str, aor: str, peer_host: str) -> None:
         """The messages of `call_id` are `aor`'s from now on, and so are those its peer sent or got before."""
-        owners = self._calls.get(call_id)
+        calls = self._calls
+        owners = calls.get(call_id)
         if owners is not None and aor in owners:
-            self._calls.move_to_end(call_id)
+            calls.move_to_end(call_id)
             return
-        self._calls[call_id] = (*owners, aor) if owners else (aor,)
-        if len(self._calls) > self.limits.calls:
-            self._calls.popitem(last=False)
-        waiting = self._addresses.get(peer_host)
-        if waiting is None:
-            return
-        moved = [entry for entry in waiting.entries if entry[1] == call_id]
-        if not moved:
-            return
-        waiting.entries = deque(entry for entry in waiting.entries if entry[1] != call_id)
-        for captured, _ in moved:
-            waiting.size -= _cost(captured)
-            self.size -= _cost(captured)
-        for captured, _ in moved:
-            self._append(self._ring(self._connections, aor, self.limits.connections), captured, call_id,
-                         self.limits.messages_per_connection, self.limits.bytes_per_connection)
-        self._within_total()
+        calls[call_id] = (*owners, aor) if owners else (aor,)
+        if len(calls) > self.limits.calls:
+            calls.popitem(last=False)
+        taken, size = self._addresses.take(peer_host, call_id)
+        if taken:
+            self.size += self._connections.add(aor, taken, size) - size
+            if self.size > self.limits.total_bytes:
+                self._shrink()
 
-    def _record(self, captured: Captured, call_id: str | None) -> None:
+    def _record(
+        self, now: float, transport: str, source: tuple[str, int], destination: tuple[str, int], received: bool,
+        data: bytes, call_id: str | None, peer_host: str,
+    ) -> None:
         if self._copy is not None:
-            self._copy(captured)
-        owners = self._calls.get(call_id) if call_id else None
-        limits = self.limits
+            self._copy(Captured(now, self.node, transport, source, destination, received, data))
+        if len(data) > self._longest:
+            data = data[:self._longest]
+        cost = len(data) + RECORD_OVERHEAD
+        entry = ((now, transport, source, destination, received, data, call_id, cost),)
+        owners = self._calls.get(call_id) if call_id is not None else None
         if owners is None:
-            self._append(self._ring(self._addresses, captured.peer[0], limits.addresses), captured, call_id,
-                         limits.messages_per_address, limits.bytes_per_address)
+            self.size += self._addresses.add(peer_host, entry, cost)
         else:
             for aor in owners:
-                self._append(self._ring(self._connections, aor, limits.connections), captured, call_id,
-                             limits.messages_per_connection, limits.bytes_per_connection)
-        self._within_total()
+                self.size += self._connections.add(aor, entry, cost)
+        if self.size > self.limits.total_bytes:
+            self._shrink()
 
-    def _ring(self, rings: OrderedDict[str, _Ring], key: str, most: int) -> _Ring:
-        ring = rings.get(key)
-        if ring is None:
-            ring = rings[key] = _Ring()
-            if len(rings) > most:
-                _, gone = rings.popitem(last=False)
-                self.size -= gone.size
-        else:
-            rings.move_to_end(key)
-        return ring
-
-    def _append(self, ring: _Ring, captured: Captured, call_id: str | None, most: int, most_bytes: int) -> None:
-        if _cost(captured) > most_bytes:
-            # Bigger than the ring: its start (the first line and headers) is what a reader wants.
-            captured = _truncated(captured, most_bytes - RECORD_OVERHEAD)
-        cost = _cost(captured)
-        ring.entries.append((captured, call_id))
-        ring.size += cost
-        self.size += cost
-        while len(ring.entries) > most or ring.size > most_bytes:
-            old, _ = ring.entries.popleft()
-            ring.size -= _cost(old)
-            self.size -= _cost(old)
-
-    def _within_total(self) -> None:
-        # Strangers' rings go first: a connection's trace is what someone will ask for.
-        for rings in (self._addresses, self._connections):
-            while self.size > self.limits.total_bytes and rings:
-                _, gone = rings.popitem(last=False)
-                self.size -= gone.size
+    def _shrink(self) -> None:
+        # Past the total, strangers' rings go first: a connection's trace is what someone will ask for.
+        while self.size > self.limits.total_bytes:
+            rings = self._addresses if self._addresses.rings else self._connections
+            if not rings.rings:
+                break
+            self.size -= rings.drop_oldest()
 
     # -- reading ----------------------------------------------------------------------------
     def messages(self, key: str, since: float = 0.0) -> list[Captured]:
         """The messages kept for a connection ("user@domain") or a peer address, after `since`, oldest first."""
-        ring = self._connections.get(key) if "@" in key else self._addresses.get(key)
-        if ring is None:
-            return []
-        return sorted((captured for captured, _ in ring.entries if captured.time > since), key=_time)
+        rings = self._connections if "@" in key else self._addresses
+        node = self.node
+        return sorted((Captured(entry[0], node, *entry[1:6]) for entry in rings.rings.get(key, ()) if entry[0] > since),
+                      key=_time)
 
     @property
     def rings(self) -> int:
-        return len(self._connections) + len(self._addresses)
+        return len(self._connections.rings) + len(self._addresses.rings)
 
 
 def _time(captured: Captured) -> float:
     return captured.time
-
-
-def _truncated(captured: Captured, size: int) -> Captured:
-    return Captured(captured.time, captured.node, captured.transport, captured.source, captured.destination,
-                    captured.received, captured.data[:max(size, 0)])
 
 
 def merged(traces: Iterable[Iterable[Captured]]) -> list[Captured]:
