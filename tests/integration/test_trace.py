@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from registrar.store import layout
 from tests.helpers import API_TOKEN, ROOT, manifests_with_security, serving
 from tests.integration.sip_client import UserAgent, status_of
 
@@ -73,6 +74,11 @@ def test_a_trace_shows_a_phones_exchanges_with_two_replicas_in_order_as_text_and
     assert through_api.stdout.count("Authorization: Digest") == 2
     assert "not-the-password" not in through_api.stdout and PASSWORD not in through_api.stdout
 
+    # The connection's failure record (its SipConnection's lastFailure) names the replica and the request.
+    failure = layout.decode_failure(DOMAIN, "alice", etcd.value(layout.failure_key(DOMAIN, "alice"), wait=5))
+    assert failure.node == "trace-a" and failure.reason == "wrong password"
+    assert failure.request == f"REGISTER sip:{DOMAIN} (CSeq 2 REGISTER, Call-ID {wrong.call_id})"
+
     # The same from the node registry in etcd, asking each replica itself.
     from_etcd = sipreg_trace(tmp_path, f"alice@{DOMAIN}", "--store", etcd.url)
     assert from_etcd.returncode == 0, from_etcd.stderr
@@ -126,6 +132,38 @@ def test_a_flood_of_made_up_usernames_leaves_the_trace_within_its_bound(tmp_path
         assert status_of(phone.register("sip:alice@127.0.0.30:5070")) == 200
         alice = sipreg_trace(tmp_path, f"alice@{DOMAIN}", "--api", f"http://127.0.0.1:{registrar.http_port}")
         assert len(alice.stdout.splitlines()) == 4, alice.stdout
+
+
+def test_a_followed_trace_prints_a_registration_over_tcp_as_it_happens_with_our_end_of_the_connection(tmp_path):
+    with serving(tmp_path) as registrar:
+        token_file = tmp_path / "follow-token"
+        token_file.write_text(API_TOKEN)
+        follow = subprocess.Popen(
+            [sys.executable, "-P", "-m", "registrar.cli", "trace", f"alice@{DOMAIN}", "--follow",
+             "--api", f"http://127.0.0.1:{registrar.http_port}", "--api-token-file", str(token_file)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        try:
+            time.sleep(1.5)  # it has asked once, found nothing, and follows
+            phone = UserAgent(registrar.host, registrar.sip_port, "alice", PASSWORD, local_ip="127.0.0.5",
+                              transport="tcp")
+            assert status_of(phone.register("sip:alice@127.0.0.5:5070;transport=tcp")) == 200
+            printed = [follow.stdout.readline().rstrip("\n") for _ in range(4)]
+        finally:
+            follow.terminate()
+            follow.wait(timeout=10)
+    lines = [line.split(" ") for line in printed]
+    registrar_end = f"127.0.0.1:{registrar.sip_port}"
+    assert [line[6] for line in lines] == ["TCP"] * 4
+    assert [" ".join(line[7:]) for line in lines] == [
+        "REGISTER sip:sip.example.test SIP/2.0", "SIP/2.0 401 Unauthorized",
+        "REGISTER sip:sip.example.test SIP/2.0", "SIP/2.0 200 OK",
+    ]
+    # Our end is the connection's: the registrar's SIP port; the phone's is the port it connected from.
+    assert [line[5] if index % 2 == 0 else line[3] for index, line in enumerate(lines)] == [registrar_end] * 4
+    assert {line[3] if index % 2 == 0 else line[5] for index, line in enumerate(lines)} == {
+        lines[0][3]} and lines[0][3].startswith("127.0.0.5:")
 
 
 def register_for(user: str, host: str, port: int) -> bytes:

@@ -202,6 +202,15 @@ def test_failure_and_node_records_round_trip() -> None:
     assert node == {"node": "pod-a", "address": "10.0.0.5", "sipPort": 5060, "started": 99.0}
 
 
+def test_a_failure_names_its_node_and_request_and_a_node_its_api_and_domains_for_traces() -> None:
+    failure = RegistrationFailure("sip.example.test", "alice", 1234.5, "wrong password", "udp:192.0.2.9:5060",
+                                  node="pod-a", request="REGISTER sip:sip.example.test (CSeq 2 REGISTER, Call-ID c1)")
+    assert layout.decode_failure("sip.example.test", "alice", layout.encode_failure(failure)) == failure
+    node = layout.decode_node(layout.encode_node("pod-a", "10.0.0.5", 5060, 99.0, 8080, frozenset({"b.test", "a.test"})))
+    assert node == {"node": "pod-a", "address": "10.0.0.5", "sipPort": 5060, "started": 99.0, "httpPort": 8080,
+                    "domains": ["a.test", "b.test"]}
+
+
 def test_a_domain_keeps_its_security_policy_through_etcd() -> None:
     security = SecurityPolicy(
         trusted_networks=(ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/32")),
