@@ -14,12 +14,11 @@ the collector cannot take at once is dropped, never queued, retried or waited fo
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import struct
 
 from registrar.sip.source import STREAM_TRANSPORTS
-from registrar.sip.trace import Captured
+from registrar.sip.trace import Captured, ip_ends
 
 # Generic chunk types (vendor 0).
 FAMILY, PROTOCOL, IPV4_SOURCE, IPV4_DESTINATION, IPV6_SOURCE, IPV6_DESTINATION = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
@@ -50,10 +49,8 @@ def capture_id(text: str) -> int:
 
 def encode(captured: Captured, capture_id: int, password: str | None = None) -> bytes:
     """The HEP3 packet of one message; ValueError if it is more than a HEP packet holds (65535 bytes)."""
-    source, destination = ipaddress.ip_address(captured.source[0]), ipaddress.ip_address(captured.destination[0])
+    source, destination = ip_ends(captured)
     seconds, microseconds = captured.timestamp
-    if source.version != destination.version:
-        raise ValueError(f"{source} and {destination} are not of one address family")
     v4 = source.version == 4
     protocol = socket.IPPROTO_TCP if captured.transport in STREAM_TRANSPORTS else socket.IPPROTO_UDP
     fields = [

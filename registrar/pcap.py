@@ -19,14 +19,13 @@ message's.
 from __future__ import annotations
 
 import io
-import ipaddress
 import socket
 import struct
 from collections.abc import Iterable
 from typing import BinaryIO
 
 from registrar.sip.source import STREAM_TRANSPORTS
-from registrar.sip.trace import Captured
+from registrar.sip.trace import Captured, IPAddress, ip_ends
 
 LINKTYPE_RAW = 101
 # No packet written is longer: the most an IPv4 length field can say (IPv6's is kept to it too).
@@ -40,7 +39,6 @@ _PSH_ACK = 0x18
 _DONT_FRAGMENT = 0x4000
 _HOPS = 64
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def pcap_bytes(messages: Iterable[Captured]) -> bytes:
@@ -66,10 +64,8 @@ def _packets(message: Captured, sequences: dict[tuple[bytes, int, bytes, int], i
     `sequences` holds each TCP direction's next sequence number; a direction not seen yet starts at 0
     (tools show numbers relative to a stream's first segment anyway).
     """
-    (source_host, source_port), (destination_host, destination_port) = message.source, message.destination
-    source, destination = ipaddress.ip_address(source_host), ipaddress.ip_address(destination_host)
-    if source.version != destination.version:
-        raise ValueError(f"{source} and {destination} are not of one address family")
+    source_port, destination_port = message.source[1], message.destination[1]
+    source, destination = ip_ends(message)
     data = message.data
     if message.transport not in STREAM_TRANSPORTS:
         room = SNAPLEN - _IP_HEADER[source.version] - _UDP_HEADER
@@ -91,7 +87,7 @@ def _packets(message: Captured, sequences: dict[tuple[bytes, int, bytes, int], i
     return packets
 
 
-def _ip_packet(source: Address, destination: Address, protocol: int, header: bytes, payload: bytes) -> bytes:
+def _ip_packet(source: IPAddress, destination: IPAddress, protocol: int, header: bytes, payload: bytes) -> bytes:
     """The IP packet of a UDP or TCP header (its checksum field zero) and payload, with every checksum filled in."""
     length = len(header) + len(payload)
     if source.version == 4:

@@ -221,6 +221,34 @@ class TraceRecorder:
         return len(self._connections.rings) + len(self._addresses.rings)
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def ip_ends(captured: Captured) -> tuple[IPAddress, IPAddress]:
+    """A message's source and destination as IP addresses of one family, as a packet has them (pcap, HEP).
+
+    Our end, where it is no IP literal or not of the peer's family (a socket that could not be asked,
+    a name given as the advertised address), is the peer's family's unspecified address.
+    """
+    peer_host, our_host = (captured.source[0], captured.destination[0]) if captured.received else (
+        captured.destination[0], captured.source[0])
+    peer = _ip(peer_host) or _UNSPECIFIED[4]
+    ours = _ip(our_host)
+    if ours is None or ours.version != peer.version:
+        ours = _UNSPECIFIED[peer.version]
+    return (peer, ours) if captured.received else (ours, peer)
+
+
+_UNSPECIFIED: dict[int, IPAddress] = {4: ipaddress.IPv4Address(0), 6: ipaddress.IPv6Address(0)}
+
+
+def _ip(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 def _time(captured: Captured) -> float:
     return captured.time
 

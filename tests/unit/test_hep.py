@@ -95,11 +95,14 @@ def test_an_ipv6_message_on_a_connection_is_tcp_with_16_byte_addresses(transport
                                                        0x0F]
 
 
-def test_a_message_larger_than_a_hep_packet_or_between_two_address_families_is_refused() -> None:
+def test_a_message_larger_than_a_hep_packet_is_refused() -> None:
     with pytest.raises(ValueError, match="more than one HEP packet holds"):
         encode(captured(("192.0.2.10", 40312), ("198.51.100.5", 5060), data=b"x" * 65535), 1)
-    with pytest.raises(ValueError, match="address family"):
-        encode(captured(("192.0.2.10", 40312), ("2001:db8::5", 5060)), 1)
+
+
+def test_our_end_in_another_family_than_the_peer_is_the_peers_unspecified_address() -> None:
+    found = {kind: value for _, kind, value in chunks(encode(captured(("192.0.2.10", 40312), ("2001:db8::5", 5060)), 1))}
+    assert found[0x01] == bytes([2]) and found[0x03] == bytes([192, 0, 2, 10]) and found[0x04] == bytes(4)
 
 
 @pytest.fixture

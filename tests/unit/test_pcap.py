@@ -196,6 +196,9 @@ def test_a_udp_message_longer_than_an_ip_packet_is_recorded_cut_with_its_whole_l
     assert parse_udp(parse_ip(record.packet)) == (PHONE[1], REGISTRAR[1], data[:65535 - 28])
 
 
-def test_a_message_between_two_address_families_is_refused() -> None:
-    with pytest.raises(ValueError, match="address family"):
-        pcap_bytes([message(1.0, PHONE, REGISTRAR6, b"x")])
+def test_our_end_in_another_family_than_the_peer_or_no_ip_is_the_peers_unspecified_address() -> None:
+    # Our end where its socket could not be asked, or an advertised name: the packet still has one family.
+    for ours in (REGISTRAR6, ("registrar.example.test", 5060)):
+        _, [record] = read_pcap(pcap_bytes([Captured(1.0, "node-1", "udp", PHONE, ours, True, b"x")]))
+        packet = parse_ip(record.packet)
+        assert (packet.version, packet.source, packet.destination) == (4, PHONE[0], "0.0.0.0")
