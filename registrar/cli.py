@@ -348,7 +348,7 @@ def _trace(args: argparse.Namespace, command: str) -> int:
         return asyncio.run(trace_cli.run(args, token, tls))
     except KeyboardInterrupt:
         return 0
-    except (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError) as error:
+    except (OSError, ValueError, LookupError, aiohttp.ClientError, asyncio.TimeoutError) as error:
         print(f"{command}: {error or type(error).__name__}", file=sys.stderr)
         return 1
 

@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
-from urllib.parse import quote
 
 import aiohttp
 
 from registrar.pcap import pcap_bytes
-from registrar.sip.trace import as_text, from_json, trace_key
+from registrar.sip.trace import as_text, trace_key
 from registrar.store import layout
 from registrar.store.etcd_session import EtcdSession, EtcdTls, parse_endpoints
-from registrar.trace_gathering import MAX_NODE_ANSWER, Gathered, TraceGatherer
+from registrar.trace_gathering import MAX_NODE_ANSWER, Gathered, TraceGatherer, ask
 
 DEFAULT_API = "http://127.0.0.1:8080"
 FOLLOW_INTERVAL = 1.0
+# A gathering pod waits NODE_TIMEOUT for the others; what it sends holds every node's part.
+API_TIMEOUT = 10.0
+MAX_ANSWER = 64 * MAX_NODE_ANSWER
 
 
 def add_parser(commands: Any) -> None:
@@ -88,16 +89,8 @@ async def run(args: argparse.Namespace, token: str, tls: EtcdTls | None, out: Te
 
 
 async def _from_api(api: str, token: str, key: str, since: float) -> Gathered:
-    url = f"{api.rstrip('/')}/api/v1/trace/{quote(key, safe='@')}"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        async with session.get(url, params={"since": repr(since)},
-                               headers={"Authorization": f"Bearer {token}"}) as response:
-            if response.status != 200:
-                raise ValueError(f"{url} answered HTTP {response.status}: {(await response.text())[:200]}")
-            body = await response.content.read(MAX_NODE_ANSWER * 16)
-    answer = json.loads(body)
-    return Gathered([from_json(item) for item in answer["messages"]], list(answer.get("nodes", [])),
-                    dict(answer.get("unreachable", {})))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=API_TIMEOUT)) as session:
+        return await ask(session, api, token, key, since, most_bytes=MAX_ANSWER)
 
 
 async def _registry(store: str, tls: EtcdTls | None) -> Mapping[str, Mapping[str, Any]]:

@@ -88,20 +88,29 @@ class TraceGatherer:
                    since: float) -> list[Captured]:
         if record.get("httpPort") is None:
             raise LookupError("serves no HTTP API")
-        url = f"{node_url(record)}/api/v1/trace/{quote(key, safe='@')}"
-        params = {"scope": "node", "since": repr(since)}
-        headers = {"Authorization": f"Bearer {self._token}"}
-        async with session.get(url, params=params, headers=headers) as response:
-            if response.status != 200:
-                raise LookupError(f"HTTP {response.status}")
-            body = await response.content.read(MAX_NODE_ANSWER + 1)
-        if len(body) > MAX_NODE_ANSWER:
-            raise LookupError("answer too large")
-        try:
-            items = json.loads(body)["messages"]
-            return [from_json(item) for item in items]
-        except (ValueError, KeyError, TypeError) as error:
-            raise LookupError(f"bad answer: {error}") from None
+        return (await ask(session, node_url(record), self._token, key, since, scope="node")).messages
+
+
+async def ask(
+    session: aiohttp.ClientSession, api: str, token: str, key: str, since: float, scope: str | None = None,
+    most_bytes: int = MAX_NODE_ANSWER,
+) -> Gathered:
+    """One registrar API's answer for `key`'s trace (`scope` "node": its own part only); LookupError says
+    why there is none (an HTTP error, an answer too large or not a trace)."""
+    url = f"{api.rstrip('/')}/api/v1/trace/{quote(key, safe='@')}"
+    params = {"since": repr(since), **({"scope": scope} if scope else {})}
+    async with session.get(url, params=params, headers={"Authorization": f"Bearer {token}"}) as response:
+        if response.status != 200:
+            raise LookupError(f"{url} answered HTTP {response.status}: {(await response.text())[:200]}")
+        body = await response.content.read(most_bytes + 1)
+    if len(body) > most_bytes:
+        raise LookupError(f"{url} answered more than {most_bytes:,} bytes")
+    try:
+        answer = json.loads(body)
+        return Gathered([from_json(item) for item in answer["messages"]], list(answer.get("nodes", [])),
+                        dict(answer.get("unreachable", {})))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise LookupError(f"{url} answered no trace: {error}") from None
 
 
 def may_hold(record: Mapping[str, Any], key: str) -> bool:
