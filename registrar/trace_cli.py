@@ -42,9 +42,17 @@ def add_parser(commands: Any) -> None:
                                        "(TLS: $SIPREG_ETCD_CA/_CERT/_KEY)")
     trace.add_argument("--api-token-file", help="file holding the registrars' API bearer token "
                                                 "(or $SIPREG_API_TOKEN)")
+    trace.add_argument("-n", "--last", type=_count, metavar="N",
+                       help="only the last N messages (default: all that the replicas keep)")
     trace.add_argument("--full", action="store_true", help="print each whole message after its line")
     trace.add_argument("--pcap", metavar="FILE", help="also write the messages to FILE as a pcap (sngrep, Wireshark)")
     trace.add_argument("--follow", action="store_true", help="keep printing new messages as they come (Ctrl-C stops)")
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a number of messages: {text!r}")
+    return int(text)
 
 
 async def run(args: argparse.Namespace, token: str, tls: EtcdTls | None, out: TextIO = sys.stdout) -> int:
@@ -65,8 +73,8 @@ async def run(args: argparse.Namespace, token: str, tls: EtcdTls | None, out: Te
     gathered = await fetch(0.0)
     for node, why in gathered.unreachable.items():
         print(f"sipreg trace: node {node} did not answer: {why}", file=sys.stderr)
-    messages = list(gathered.messages)
-    seen = set(messages)
+    messages = gathered.messages[-args.last:] if args.last else list(gathered.messages)
+    seen = set(gathered.messages)
     out.write(as_text(messages, args.full))
     out.flush()
     if not messages and not args.follow:

@@ -83,6 +83,8 @@ def test_a_trace_shows_a_phones_exchanges_with_two_replicas_in_order_as_text_and
     from_etcd = sipreg_trace(tmp_path, f"alice@{DOMAIN}", "--store", etcd.url)
     assert from_etcd.returncode == 0, from_etcd.stderr
     assert trace_lines(from_etcd.stdout) == found
+    last = sipreg_trace(tmp_path, f"alice@{DOMAIN}", "--store", etcd.url, "--last", "2")
+    assert trace_lines(last.stdout) == found[-2:]
 
     # tshark reads the pcap back: the same messages, between the same addresses and ports, at the same times.
     fields = ["frame.time_epoch", "ip.src", "udp.srcport", "ip.dst", "udp.dstport", "sip.Method", "sip.Status-Code",
