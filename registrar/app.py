@@ -38,7 +38,7 @@ from registrar.sip.source import STREAM_TRANSPORTS, Destination, Source
 from registrar.sip.trace import Captured, TraceRecorder
 from registrar.sip.transaction import TransactionLayer
 from registrar.source_limits import Ban, SourceLimiter
-from registrar.store import CatalogSource, LocationStore, NodeRegistry
+from registrar.store import CatalogSource, LocationStore, NodeRegistry, RegistrationFailure
 from registrar.store.etcd import DEFAULT_CACHED_AORS, EtcdStore
 from registrar.store.etcd_session import EtcdSession, EtcdTls, parse_endpoints
 from registrar.store.memory import FixedCatalog, MemoryStore, NoReplicas
@@ -144,6 +144,7 @@ class RegistrarServer:
             on_failure=self.metrics.auth_failed,
             on_lockout=self.metrics.auth_locked_out,
             on_refusal=self.metrics.auth_refused_locked,
+            on_failure_record=self._registration_failed,
             node=config.node_name,
         )
         # A copy of every SIP message to a HEP collector, and the last ones of each connection, for
@@ -236,6 +237,9 @@ class RegistrarServer:
     def _copy_to_hep(self, captured: Captured) -> None:
         assert self.hep is not None
         self.metrics.hep_copies.labels("sent" if self.hep.send(captured) else "dropped").inc()
+
+    def _registration_failed(self, failure: RegistrationFailure) -> None:
+        self.trace.failed(f"{failure.username}@{failure.domain}")
 
     def _identified(self, request: Request, source: Source, connection: Connection) -> None:
         self.trace.identify(request.call_id, connection.aor, source.host)

@@ -53,18 +53,23 @@ class Captured(NamedTuple):
 
 @dataclass(frozen=True)
 class TraceLimits:
-    """How much a node keeps. The defaults hold a busy trunk's last REGISTER exchanges and calls."""
+    """How much a node keeps: rings of three kinds, each bounded in messages and bytes per ring, in rings,
+    and in bytes in all (32 MiB together by default), the least recently used ring going first."""
 
     messages_per_connection: int = 64
     bytes_per_connection: int = 128 * 1024
+    connections: int = 4096
+    connection_bytes: int = 20 * 1024 * 1024
+    # Connections whose REGISTER failed, kept apart: on a busy node the others' traffic would push
+    # a failing trunk's exchanges out within seconds, and they are what someone will come to read.
+    failed_connections: int = 1024
+    failed_bytes: int = 8 * 1024 * 1024
     # A peer address's messages that belong to no connection (yet): a first REGISTER and its 401,
     # or a scanner's guesses, of which the last few are all anyone needs.
     messages_per_address: int = 16
     bytes_per_address: int = 16 * 1024
-    # Rings of each kind, and bytes in all of them together.
-    connections: int = 4096
     addresses: int = 4096
-    total_bytes: int = 32 * 1024 * 1024
+    address_bytes: int = 4 * 1024 * 1024
     # Call-IDs remembered as some connection's, so that the rest of their messages follow.
     calls: int = 32_768
 
@@ -80,47 +85,53 @@ _COST: Final = 7
 
 
 class _Rings:
-    """Rings of one kind (connections, or peer addresses) by key, least recently used first, with their bounds."""
+    """Rings of one kind by key, least recently used first, within their bounds."""
 
-    __slots__ = ("rings", "sizes", "most_rings", "most_messages", "most_bytes")
+    __slots__ = ("rings", "sizes", "size", "most_rings", "most_messages", "most_bytes", "most_total")
 
-    def __init__(self, most_rings: int, most_messages: int, most_bytes: int) -> None:
+    def __init__(self, most_rings: int, most_messages: int, most_bytes: int, most_total: int) -> None:
         self.rings: OrderedDict[str, deque[_Entry]] = OrderedDict()
         self.sizes: dict[str, int] = {}
-        self.most_rings, self.most_messages, self.most_bytes = most_rings, most_messages, most_bytes
+        self.size = 0  # bytes in all of them
+        self.most_rings, self.most_messages, self.most_bytes, self.most_total = (
+            most_rings, most_messages, most_bytes, most_total)
 
-    def add(self, key: str, entries: Iterable[_Entry], added: int) -> int:
-        """Append `entries` (of `added` bytes) to `key`'s ring, made if need be, trimmed to its bounds: the
-        bytes this changed the rings by."""
+    def add(self, key: str, entries: Iterable[_Entry], added: int) -> None:
+        """Append `entries` (of `added` bytes) to `key`'s ring, made if need be; then keep within the bounds."""
         rings = self.rings
         ring = rings.get(key)
-        change = added
         if ring is None:
             ring = rings[key] = deque()
             self.sizes[key] = 0
-            if len(rings) > self.most_rings:
-                change -= self.drop_oldest()
         else:
             rings.move_to_end(key)
         ring.extend(entries)
         size = self.sizes[key] + added
+        total = self.size + added
         while size > self.most_bytes or len(ring) > self.most_messages:
             gone = ring.popleft()[_COST]
             size -= gone
-            change -= gone
+            total -= gone
         self.sizes[key] = size
-        return change
+        self.size = total
+        while total > self.most_total or len(rings) > self.most_rings:
+            total = self.size = total - self.drop_oldest()
 
     def drop_oldest(self) -> int:
         """Forget the least recently used ring: the bytes it held."""
         key, _ = self.rings.popitem(last=False)
         return self.sizes.pop(key)
 
-    def take(self, key: str, call_id: str) -> tuple[list[_Entry], int]:
-        """Remove the entries of `call_id` from `key`'s ring: them, and the bytes they counted for."""
+    def take(self, key: str, call_id: str | None = None) -> tuple[list[_Entry], int]:
+        """Remove the entries of `call_id` (None: every one) from `key`'s ring: them, and their bytes."""
         ring = self.rings.get(key)
         if ring is None:
             return [], 0
+        if call_id is None:
+            del self.rings[key]
+            size = self.sizes.pop(key)
+            self.size -= size
+            return list(ring), size
         taken = [entry for entry in ring if entry[_CALL_ID] == call_id]
         if not taken:
             return [], 0
@@ -129,6 +140,7 @@ class _Rings:
         ring.extend(kept)
         size = sum(entry[_COST] for entry in taken)
         self.sizes[key] -= size
+        self.size -= size
         return taken, size
 
 
@@ -147,12 +159,15 @@ class TraceRecorder:
         self.clock = clock
         # Told of every message as it is recorded (a HEP collector's sender).
         self._copy = copy
-        self._connections = _Rings(limits.connections, limits.messages_per_connection, limits.bytes_per_connection)
-        self._addresses = _Rings(limits.addresses, limits.messages_per_address, limits.bytes_per_address)
+        self._connections = _Rings(limits.connections, limits.messages_per_connection, limits.bytes_per_connection,
+                                   limits.connection_bytes)
+        self._failed = _Rings(limits.failed_connections, limits.messages_per_connection, limits.bytes_per_connection,
+                              limits.failed_bytes)
+        self._addresses = _Rings(limits.addresses, limits.messages_per_address, limits.bytes_per_address,
+                                 limits.address_bytes)
         self._calls: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         # A message is kept up to this many bytes (its start: the first line and the headers).
         self._longest = min(limits.bytes_per_address, limits.bytes_per_connection) - RECORD_OVERHEAD
-        self.size = 0  # bytes counted in all rings
 
     # -- recording --------------------------------------------------------------------------
     def received(
@@ -177,9 +192,17 @@ class TraceRecorder:
             calls.popitem(last=False)
         taken, size = self._addresses.take(peer_host, call_id)
         if taken:
-            self.size += self._connections.add(aor, taken, size) - size
-            if self.size > self.limits.total_bytes:
-                self._shrink()
+            self._of(aor).add(aor, taken, size)
+
+    def failed(self, aor: str) -> None:
+        """A REGISTER of `aor` failed: its trace is kept apart from now on, where the others' traffic cannot
+        push it out (only other failed connections' can)."""
+        if aor not in self._failed.rings:
+            taken, size = self._connections.take(aor)
+            self._failed.add(aor, taken, size)
+
+    def _of(self, aor: str) -> _Rings:
+        return self._failed if aor in self._failed.rings else self._connections
 
     def _record(
         self, now: float, transport: str, source: tuple[str, int], destination: tuple[str, int], received: bool,
@@ -193,32 +216,27 @@ class TraceRecorder:
         entry = ((now, transport, source, destination, received, data, call_id, cost),)
         owners = self._calls.get(call_id) if call_id is not None else None
         if owners is None:
-            self.size += self._addresses.add(peer_host, entry, cost)
+            self._addresses.add(peer_host, entry, cost)
         else:
             for aor in owners:
-                self.size += self._connections.add(aor, entry, cost)
-        if self.size > self.limits.total_bytes:
-            self._shrink()
-
-    def _shrink(self) -> None:
-        # Past the total, strangers' rings go first: a connection's trace is what someone will ask for.
-        while self.size > self.limits.total_bytes:
-            rings = self._addresses if self._addresses.rings else self._connections
-            if not rings.rings:
-                break
-            self.size -= rings.drop_oldest()
+                self._of(aor).add(aor, entry, cost)
 
     # -- reading ----------------------------------------------------------------------------
     def messages(self, key: str, since: float = 0.0) -> list[Captured]:
         """The messages kept for a connection ("user@domain") or a peer address, after `since`, oldest first."""
-        rings = self._connections if "@" in key else self._addresses
+        rings = self._of(key) if "@" in key else self._addresses
         node = self.node
         return sorted((Captured(entry[0], node, *entry[1:6]) for entry in rings.rings.get(key, ()) if entry[0] > since),
                       key=_time)
 
     @property
+    def size(self) -> int:
+        """Bytes counted in all rings."""
+        return self._connections.size + self._failed.size + self._addresses.size
+
+    @property
     def rings(self) -> int:
-        return len(self._connections.rings) + len(self._addresses.rings)
+        return len(self._connections.rings) + len(self._failed.rings) + len(self._addresses.rings)
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -86,7 +86,7 @@ def test_a_message_larger_than_its_ring_is_kept_cut_to_the_ring():
 
 
 def test_made_up_usernames_from_many_addresses_cost_at_most_the_address_rings():
-    trace = recorder(addresses=100, messages_per_address=4, bytes_per_address=4096, total_bytes=1 << 20)
+    trace = recorder(addresses=100, messages_per_address=4, bytes_per_address=4096, address_bytes=1 << 20)
     for number in range(10_000):
         peer = (f"203.0.113.{number % 250}", 5060)
         call_id = f"flood-{number}"
@@ -96,14 +96,31 @@ def test_made_up_usernames_from_many_addresses_cost_at_most_the_address_rings():
     assert trace.size <= 100 * 4096
 
 
-def test_past_the_total_strangers_rings_go_before_connections():
-    trace = recorder(total_bytes=3_000, bytes_per_address=2_000, bytes_per_connection=2_000)
+def test_strangers_traffic_never_pushes_a_connections_trace_out():
+    trace = recorder(address_bytes=3_000, bytes_per_address=2_000)
     trace.identify("c1", "alice@example.test", PHONE[0])
     trace.received(message("REGISTER sip:example.test SIP/2.0", "c1", size=1_000), "udp", PHONE, US, "c1")
-    trace.received(message("REGISTER sip:example.test SIP/2.0", "x", size=1_000), "udp", ("203.0.113.9", 1), US, "x")
-    trace.received(message("REGISTER sip:example.test SIP/2.0", "y", size=1_000), "udp", ("203.0.113.8", 1), US, "y")
-    assert trace.size <= 3_000
-    assert trace.messages("203.0.113.9") == [] and len(trace.messages("alice@example.test")) == 1
+    for number in range(100):
+        peer = (f"203.0.113.{number}", 5060)
+        trace.received(message("REGISTER sip:example.test SIP/2.0", f"x{number}", size=1_000), "udp", peer, US, None)
+    assert trace.size <= 3_000 + 2_000
+    assert len(trace.messages("alice@example.test")) == 1 and trace.messages("203.0.113.0") == []
+
+
+def test_a_failed_connections_trace_outlives_the_others_traffic():
+    trace = recorder(connection_bytes=10_000, failed_bytes=10_000)
+    for user in ("alice", "bob"):
+        trace.identify(user, f"{user}@example.test", PHONE[0])
+        trace.received(message("REGISTER sip:example.test SIP/2.0", user), "udp", PHONE, US, user)
+    trace.failed("alice@example.test")  # alice's REGISTER failed (a wrong password)
+    trace.sent(message("SIP/2.0 401 Unauthorized", "alice"), "udp", PHONE, US, "alice")
+    for number in range(200):  # everyone else's traffic, more than the connections' bytes
+        trace.identify(f"c{number}", f"user{number}@example.test", PHONE[0])
+        trace.received(message("REGISTER sip:example.test SIP/2.0", f"c{number}"), "udp", PHONE, US, f"c{number}")
+    assert trace.messages("bob@example.test") == []
+    assert lines(trace.messages("alice@example.test")) == ["REGISTER sip:example.test SIP/2.0",
+                                                          "SIP/2.0 401 Unauthorized"]
+    assert trace.size <= 20_000
 
 
 def test_messages_since_a_time_are_the_newer_ones():
