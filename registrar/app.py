@@ -38,7 +38,7 @@ from registrar.sip.source import STREAM_TRANSPORTS, Destination, Source
 from registrar.sip.trace import Captured, TraceRecorder
 from registrar.sip.transaction import TransactionLayer
 from registrar.source_limits import Ban, SourceLimiter
-from registrar.store import CatalogSource, LocationStore, NodeRegistry, RegistrationFailure
+from registrar.store import CatalogSource, LocationStore, NodeRegistry
 from registrar.store.etcd import DEFAULT_CACHED_AORS, EtcdStore
 from registrar.store.etcd_session import EtcdSession, EtcdTls, parse_endpoints
 from registrar.store.memory import FixedCatalog, MemoryStore, NoReplicas
@@ -238,8 +238,8 @@ class RegistrarServer:
         assert self.hep is not None
         self.metrics.hep_copies.labels("sent" if self.hep.send(captured) else "dropped").inc()
 
-    def _registration_failed(self, failure: RegistrationFailure) -> None:
-        self.trace.failed(f"{failure.username}@{failure.domain}")
+    def _registration_failed(self, connection: Connection) -> None:
+        self.trace.failed(connection.aor)
 
     def _identified(self, request: Request, source: Source, connection: Connection) -> None:
         self.trace.identify(request.call_id, connection.aor, source.host)

@@ -83,7 +83,7 @@ class Authenticator:
         on_failure: Callable[[str, str], None] | None = None,
         on_lockout: Callable[[str, str], None] | None = None,
         on_refusal: Callable[[str, str], None] | None = None,
-        on_failure_record: Callable[[RegistrationFailure], None] = lambda failure: None,
+        on_failure_record: Callable[[Connection], None] = lambda connection: None,
         node: str = "",
     ):
         self._digest = digest_authenticator
@@ -95,7 +95,7 @@ class Authenticator:
         self._on_failure = on_failure or (lambda domain, reason: None)
         self._on_lockout = on_lockout or (lambda domain, scope: None)
         self._on_refusal = on_refusal or (lambda domain, scope: None)
-        # Told of each failure record written (the trace keeps that connection's messages apart).
+        # Told of each connection whose failure record is written (the trace keeps its messages apart).
         self._on_failure_record = on_failure_record
         # (domain, username) -> when its next failure may be written to the store.
         self._next_record: dict[tuple[str, str], float] = {}
@@ -180,7 +180,7 @@ class Authenticator:
         self._next_record[key] = keep_until
         failure = RegistrationFailure(connection.domain, connection.username, now, reason, str(source),
                                       node=self._node, request=_described(request))
-        self._on_failure_record(failure)
+        self._on_failure_record(connection)
         # Fire and forget: a failure record must never delay or fail the answer.
         task = asyncio.get_running_loop().create_task(self._store.record_failure(failure))
         task.add_done_callback(_ignore_result)

@@ -222,7 +222,9 @@ def _cached_aors(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(args, "log_level", "warning").upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    # `sipreg trace` has no --log-level: it logs nothing worth a flag.
+    level = getattr(args, "log_level", "warning")
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     command = f"sipreg {args.command}"
     if args.command == "operator":
         return _operator(args, command)

@@ -19,6 +19,7 @@ import struct
 
 from registrar.sip.source import STREAM_TRANSPORTS
 from registrar.sip.trace import Captured, ip_ends
+from registrar.sip.uri import URIError, split_hostport, unbracketed
 
 # Generic chunk types (vendor 0).
 FAMILY, PROTOCOL, IPV4_SOURCE, IPV4_DESTINATION, IPV6_SOURCE, IPV6_DESTINATION = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
@@ -33,11 +34,13 @@ _CHUNK_HEAD = 6  # vendor, type, length
 
 def collector_address(text: str) -> tuple[str, int]:
     """A collector given as HOST:PORT ([IPv6]:PORT); ValueError says what is wrong (resolving waits for HepSender)."""
-    host, colon, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+    try:
+        host, port = split_hostport(text)
+    except URIError:
+        port = None
+    if port is None:
         raise ValueError(f"not HOST:PORT: {text!r}")
-    return host, int(port)
+    return unbracketed(host), port
 
 
 def capture_id(text: str) -> int:

@@ -28,6 +28,7 @@ from registrar.model import Binding
 from registrar.pcap import pcap_bytes
 from registrar.service import RETRY_AFTER_SECONDS
 from registrar.sip.trace import as_text, trace_key
+from registrar.sip.uri import typed_aor
 from registrar.store import LocationStore, StoreUnavailable
 from registrar.times import rfc3339
 from registrar.trace_gathering import TraceGatherer
@@ -73,18 +74,16 @@ def make_app(
         return web.json_response({"bindings": [binding_json(b, now) for b in found]})
 
     async def bindings_of(request: web.Request) -> web.Response:
-        aor = request.match_info["aor"]
-        if aor.startswith("sip:") or aor.startswith("sips:"):
-            aor = aor.partition(":")[2]
-        user, at, host = aor.rpartition("@")
-        if not at or not user:
-            raise web.HTTPBadRequest(text="AOR must be user@domain")
+        try:
+            aor = typed_aor(request.match_info["aor"])
+        except ValueError:
+            raise web.HTTPBadRequest(text="AOR must be user@domain") from None
         now = time.time()
         try:
-            found = await store.lookup(f"{user}@{host.lower()}")
+            found = await store.lookup(aor)
         except StoreUnavailable as error:
             raise _unavailable(error) from None
-        return web.json_response({"aor": f"{user}@{host.lower()}", "bindings": [binding_json(b, now) for b in found]})
+        return web.json_response({"aor": aor, "bindings": [binding_json(b, now) for b in found]})
 
     async def trace_of(request: web.Request) -> web.Response:
         """A connection's (or an address's) recent SIP messages: from every node, or with scope=node this one's.

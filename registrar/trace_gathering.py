@@ -18,6 +18,7 @@ from urllib.parse import quote
 import aiohttp
 
 from registrar.sip.trace import Captured, TraceRecorder, from_json, merged, to_json
+from registrar.sip.uri import bracketed
 
 # How long a node has to answer, and the most one answer may hold: a node keeps at most
 # TraceLimits.bytes_per_connection of a connection (in base64, a third more, plus the JSON).
@@ -121,9 +122,7 @@ def may_hold(record: Mapping[str, Any], key: str) -> bool:
 
 
 def node_url(record: Mapping[str, Any]) -> str:
-    address = str(record["address"])
-    host = f"[{address}]" if ":" in address else address
-    return f"http://{host}:{int(record['httpPort'])}"
+    return f"http://{bracketed(str(record['address']))}:{int(record['httpPort'])}"
 
 
 def _why(error: BaseException) -> str:

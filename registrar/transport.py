@@ -181,7 +181,8 @@ class SipEndpoint:
             self._received(data, source, None)
             self.answer_unparsable(data, error, reply, source)
             return
-        self._received(data, source, message.call_id)
+        call_id = message.call_id
+        self._received(data, source, call_id)
         if isinstance(message, Response):
             self.metrics.message_received("RESPONSE", source.transport)
             if self._ping_answered(message):
@@ -216,7 +217,7 @@ class SipEndpoint:
                 self.metrics.retransmissions.inc()
                 for effect in effects:
                     # (a Send: the answer again, to where the request came from)
-                    self._reply(reply, effect.data, source, request.call_id)
+                    self._reply(reply, effect.data, source, call_id)
                 return
         try:
             answer = self.service.handle(request, source)
@@ -228,7 +229,7 @@ class SipEndpoint:
             # answer changed nothing, so a retransmission is just answered again. Only
             # answers that changed state are kept for Timer J, which keeps the table
             # (and memory) at half the size under a REGISTER load.
-            self._reply(reply, answer.to_bytes(), source, request.call_id)
+            self._reply(reply, answer.to_bytes(), source, call_id)
             self.metrics.request_answered(request.method, self.clock() - started)
             return
         transaction = self.transactions.begin_server(key, request.method, source.reply_to) if unreliable else None

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Final, NamedTuple
 
+from registrar.sip.uri import bracketed, typed_aor, unbracketed
+
 
 class Captured(NamedTuple):
     """One SIP message as it crossed this node's sockets (a tuple: one is made per message, and fast).
@@ -305,8 +307,7 @@ def _address(value: Any) -> tuple[str, int]:
 
 
 def first_line(captured: Captured) -> str:
-    line = captured.data.split(b"\r\n", 1)[0] or captured.data.split(b"\n", 1)[0]
-    return line.decode("utf-8", "replace")
+    return captured.data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
 
 
 def summary(captured: Captured) -> str:
@@ -329,20 +330,14 @@ def as_text(messages: Iterable[Captured], whole: bool = False) -> str:
 def trace_key(text: str) -> str:
     """What a trace is asked for by: a connection's AOR (user@domain, a sip: or sips: URI's too) or an IP
     address (the messages from and to it that belong to no connection); ValueError otherwise."""
-    text = text.strip()
-    if text.startswith(("sip:", "sips:")):
-        text = text.partition(":")[2]
-    user, at, host = text.rpartition("@")
-    if at:
-        if not user or not host:
-            raise ValueError(f"{text!r} is not user@domain")
-        return f"{user}@{host.lower()}"
+    if "@" in text:
+        return typed_aor(text)
     try:
-        return str(ipaddress.ip_address(text.strip("[]")))
+        return str(ipaddress.ip_address(unbracketed(text.strip())))
     except ValueError:
         raise ValueError(f"{text!r} is neither user@domain nor an IP address") from None
 
 
 def _text(address: tuple[str, int]) -> str:
     host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{bracketed(host)}:{port}"

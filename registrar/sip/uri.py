@@ -31,6 +31,18 @@ def bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def typed_aor(text: str) -> str:
+    """An AOR as a person types it into an API or a command (user@domain, or a sip: or sips: URI's), the
+    domain lower-cased as the location service keys it; ValueError unless it is user@domain."""
+    text = text.strip()
+    if text.startswith(("sip:", "sips:")):
+        text = text.partition(":")[2]
+    user, at, host = text.rpartition("@")
+    if not at or not user or not host:
+        raise ValueError(f"{text!r} is not user@domain")
+    return f"{user}@{host.lower()}"
+
+
 class URIError(ValueError):
     """A URI that does not follow RFC 3261 19.1; the message says what is wrong."""
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from registrar.hep import HepSender, encode
+from registrar.hep import HepSender, collector_address, encode
 from registrar.sip.trace import Captured
 
 # The example packet of the HEP3 Network Protocol Specification (rev. 37): SIP over UDP from
@@ -166,3 +166,11 @@ def test_a_collector_name_that_does_not_resolve_or_a_bad_capture_id_is_refused_a
         HepSender(("collector.invalid", 9060), 1)  # RFC 6761: .invalid never resolves
     with pytest.raises(ValueError, match="32-bit"):
         HepSender(("127.0.0.1", 9060), 2**32)
+
+
+def test_a_collector_is_host_and_port_an_ipv6_one_in_brackets() -> None:
+    assert collector_address("homer.example.test:9060") == ("homer.example.test", 9060)
+    assert collector_address("[2001:db8::1]:9060") == ("2001:db8::1", 9060)
+    for wrong in ("homer.example.test", "homer:", "homer:0", "homer:65536", "2001:db8::1:9060", ":9060"):
+        with pytest.raises(ValueError, match="not HOST:PORT"):
+            collector_address(wrong)
