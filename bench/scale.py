@@ -13,7 +13,8 @@ does. For each table size N (run.py's --scale-sizes), on a fresh etcd on loopbac
   failures, its RSS; etcd's CPU and disk writes per registration and per write transaction;
   then the last 20,000 of them again, refreshes of phones it has cached: its CPU for each;
 - calls through its proxy to a few hundred subscribers of the table (calls.py's callees and
-  caller): the store's lookup latency p50/p99 from the registrar's store-read histogram;
+  caller): the store's lookup latency p50/p99 from the registrar's store-read histogram, and its
+  event loop's lag meanwhile (sipreg_event_loop_lag_seconds: what a lookup waits behind);
 - other replicas' writes: 100,000 bindings records rewritten straight into etcd, as other
   replicas' REGISTERs would, while the registrar idles: the CPU it spends meanwhile, and
   the CPU a store that mirrors every binding (the operator's) spends per watch event;
@@ -77,6 +78,7 @@ REFRESHES = 20_000
 CALL_RATE = 300
 CALL_SECONDS = 20
 STORE_READ_HISTOGRAM = "sipreg_store_read_duration_seconds"
+LOOP_LAG_HISTOGRAM = "sipreg_event_loop_lag_seconds"
 # Bindings records written straight into etcd while the registrar idles, as other replicas would.
 OTHER_WRITES = 100_000
 NOT_EXPORTED = "not exported by this registrar"
@@ -103,6 +105,7 @@ class ScaleFigures:
     cpu_per_register_us: float = math.nan  # each REGISTER its phone's first at this registrar
     cpu_per_refresh_us: float = math.nan  # each REGISTER a refresh of a phone it has cached
     lookup: str = "not measured"  # "p50 / p99", or why there are none
+    loop_lag: str = "not measured"  # the event loop's lag meanwhile, "p50 / p99"
     etcd_cpu_per_register_us: float = math.nan
     etcd_written_per_register: float = math.nan  # bytes etcd wrote to disk (WAL and database)
     history_per_register: float = math.nan  # bytes etcd's database grew by: the revisions it keeps
@@ -240,14 +243,14 @@ def etcd_db_bytes(etcd: EtcdServer, field: str = "dbSize") -> int:
         return int(json.load(response)[field])
 
 
-def lookup_latency(before: str, after: str) -> str:
-    """p50 / p99 of the store reads between two /metrics readings."""
-    first, last = histogram(before, STORE_READ_HISTOGRAM), histogram(after, STORE_READ_HISTOGRAM)
+def quantiles(before: str, after: str, name: str = STORE_READ_HISTOGRAM) -> str:
+    """p50 / p99 of the histogram `name` (the store reads by default) between two /metrics readings."""
+    first, last = histogram(before, name), histogram(after, name)
     if not last:
         return NOT_EXPORTED
     p50, p99 = (histogram_quantile(first, last, q) * 1000 for q in (0.5, 0.99))
     if math.isnan(p50):
-        return "no store reads"
+        return "none observed"
     return f"{p50:.2f} / {p99:.2f} ms"
 
 
@@ -340,11 +343,12 @@ def measure(workdir: Path, subscribers: int, callees: int, hold: float) -> tuple
             callee_sipp.wait_registered()
             before = scrape(registrar)
             calls, _, kinds = call_run(registrar, workdir, called, "udp", CALL_RATE, CALL_RATE * CALL_SECONDS, hold)
-            figures.lookup = lookup_latency(before, scrape(registrar))
+            after = scrape(registrar)
+            figures.lookup, figures.loop_lag = quantiles(before, after), quantiles(before, after, LOOP_LAG_HISTOGRAM)
             figures.rss_after_traffic_kib = rss_kib(registrar.process.pid)
             say(
                 f"{calls.successful:,} calls at {CALL_RATE}/s to {callee_sipp.users} callees, {calls.failed:,} failed: "
-                f"store lookup p50 / p99 {figures.lookup}; RSS after {mib(figures.rss_after_traffic_kib)}"
+                f"store lookup p50 / p99 {figures.lookup} (its event loop woke timers late by {figures.loop_lag}); RSS after {mib(figures.rss_after_traffic_kib)}"
             )
             for note in failure_notes(calls, kinds):
                 say(note.strip())
@@ -397,14 +401,14 @@ def summary(all_figures: list[ScaleFigures]) -> list[str]:
     """The figures by table size, one row each: which of them grow with the subscribers in etcd."""
     columns = (
         "subscribers", "registrar RSS at start", "after traffic", "start-up", "CPU/REGISTER", "CPU/refresh",
-        "lookup p50 / p99", "on others' writes", "etcd RSS", "etcd DB", "per subscriber", "etcd CPU/REGISTER",
+        "lookup p50 / p99", "loop lag p50 / p99", "on others' writes", "etcd RSS", "etcd DB", "per subscriber", "etcd CPU/REGISTER",
         "etcd disk/REGISTER", "history/REGISTER", "mirror RSS", "mirror CPU/event", "load",
     )
     rows = [
         (
             f"{figures.subscribers:,}", mib(figures.rss_started_kib), mib(figures.rss_after_traffic_kib),
             f"{figures.startup_seconds:.1f} s", f"{figures.cpu_per_register_us:,.0f} µs",
-            f"{figures.cpu_per_refresh_us:,.0f} µs", figures.lookup,
+            f"{figures.cpu_per_refresh_us:,.0f} µs", figures.lookup, figures.loop_lag,
             f"{figures.registrar_cpu_on_others_ms:,.0f} ms", mib(figures.etcd_rss_kib),
             f"{figures.etcd_db_bytes / 1024**2:,.0f} MiB", f"{figures.etcd_db_bytes / figures.subscribers:,.0f} B",
             f"{figures.etcd_cpu_per_register_us:,.0f} µs", f"{figures.etcd_written_per_register:,.0f} B",

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from registrar import sip
+from registrar import loop_lag, sip
 from registrar.authentication import Authenticator
 from registrar.flows import TokenSigner
 from registrar.hep import HepSender
@@ -334,6 +334,7 @@ class RegistrarServer:
                 )
         self._tasks.append(asyncio.create_task(self.endpoint.sweep_flows(), name="flow-sweep"))
         self._tasks.append(asyncio.create_task(self.pinger.run(), name="nat-pings"))
+        self._tasks.append(asyncio.create_task(loop_lag.measure(self.metrics.loop_lag.observe), name="loop-lag"))
         if self._certificates and config.certificate_check_seconds > 0:
             self._tasks.append(asyncio.create_task(self._follow_certificates(), name="certificates"))
         # Everything alive now (the catalogue above all: 20k connections are ~300k

@@ -16,7 +16,7 @@ import bisect
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from registrar import sip
@@ -235,6 +235,13 @@ class Metrics:
         self.trace_bytes = Gauge(
             "sipreg_trace_bytes",
             "Bytes the recent SIP messages kept for `sipreg trace` count for (registrar.sip.trace's bound).",
+            registry=self.registry,
+        )
+        self.loop_lag = Histogram(
+            "sipreg_event_loop_lag_seconds",
+            "How much later than asked the event loop woke a timer (registrar.loop_lag, ten times a second): "
+            "what a request waiting on etcd waits again, behind the loop's other work, once etcd has answered.",
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.trace_rings = Gauge(
