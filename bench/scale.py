@@ -348,7 +348,8 @@ def measure(workdir: Path, subscribers: int, callees: int, hold: float) -> tuple
             figures.rss_after_traffic_kib = rss_kib(registrar.process.pid)
             say(
                 f"{calls.successful:,} calls at {CALL_RATE}/s to {callee_sipp.users} callees, {calls.failed:,} failed: "
-                f"store lookup p50 / p99 {figures.lookup} (its event loop woke timers late by {figures.loop_lag}); RSS after {mib(figures.rss_after_traffic_kib)}"
+                f"store lookup p50 / p99 {figures.lookup} (its event loop woke timers late by {figures.loop_lag}); "
+                f"RSS after {mib(figures.rss_after_traffic_kib)}"
             )
             for note in failure_notes(calls, kinds):
                 say(note.strip())
@@ -401,8 +402,8 @@ def summary(all_figures: list[ScaleFigures]) -> list[str]:
     """The figures by table size, one row each: which of them grow with the subscribers in etcd."""
     columns = (
         "subscribers", "registrar RSS at start", "after traffic", "start-up", "CPU/REGISTER", "CPU/refresh",
-        "lookup p50 / p99", "loop lag p50 / p99", "on others' writes", "etcd RSS", "etcd DB", "per subscriber", "etcd CPU/REGISTER",
-        "etcd disk/REGISTER", "history/REGISTER", "mirror RSS", "mirror CPU/event", "load",
+        "lookup p50 / p99", "loop lag p50 / p99", "on others' writes", "etcd RSS", "etcd DB", "per subscriber",
+        "etcd CPU/REGISTER", "etcd disk/REGISTER", "history/REGISTER", "mirror RSS", "mirror CPU/event", "load",
     )
     rows = [
         (

@@ -237,17 +237,17 @@ class Metrics:
             "Bytes the recent SIP messages kept for `sipreg trace` count for (registrar.sip.trace's bound).",
             registry=self.registry,
         )
+        self.trace_rings = Gauge(
+            "sipreg_trace_rings",
+            "Rings of recent SIP messages kept: one per connection traced, one per address whose messages "
+            "belong to no connection.",
+            registry=self.registry,
+        )
         self.loop_lag = Histogram(
             "sipreg_event_loop_lag_seconds",
             "How much later than asked the event loop woke a timer (registrar.loop_lag, ten times a second): "
             "what a request waiting on etcd waits again, behind the loop's other work, once etcd has answered.",
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.trace_rings = Gauge(
-            "sipreg_trace_rings",
-            "Rings of recent SIP messages kept: one per connection traced, one per address whose messages "
-            "belong to no connection.",
             registry=self.registry,
         )
         self.hep_copies = Counter(
