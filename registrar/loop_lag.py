@@ -4,7 +4,8 @@ Everything a registrar does runs on one event loop, so a request that waits
 for etcd (an INVITE's lookup, a REGISTER's write) waits, once etcd has
 answered, for whatever the loop is doing then: a burst of datagrams, a
 garbage collection. How late a timer fires says how long that is, whatever
-the cause; a lag near the loop's whole interval means a saturated core.
+the cause; a lag of tens of milliseconds that persists means a busy core or
+long collections, and every message waits as long.
 """
 
 from __future__ import annotations
