@@ -243,8 +243,8 @@ def etcd_db_bytes(etcd: EtcdServer, field: str = "dbSize") -> int:
         return int(json.load(response)[field])
 
 
-def quantiles(before: str, after: str, name: str = STORE_READ_HISTOGRAM) -> str:
-    """p50 / p99 of the histogram `name` (the store reads by default) between two /metrics readings."""
+def quantiles(before: str, after: str, name: str) -> str:
+    """p50 / p99 of the histogram `name` between two /metrics readings."""
     first, last = histogram(before, name), histogram(after, name)
     if not last:
         return NOT_EXPORTED
@@ -344,7 +344,9 @@ def measure(workdir: Path, subscribers: int, callees: int, hold: float) -> tuple
             before = scrape(registrar)
             calls, _, kinds = call_run(registrar, workdir, called, "udp", CALL_RATE, CALL_RATE * CALL_SECONDS, hold)
             after = scrape(registrar)
-            figures.lookup, figures.loop_lag = quantiles(before, after), quantiles(before, after, LOOP_LAG_HISTOGRAM)
+            figures.lookup, figures.loop_lag = (
+                quantiles(before, after, STORE_READ_HISTOGRAM), quantiles(before, after, LOOP_LAG_HISTOGRAM)
+            )
             figures.rss_after_traffic_kib = rss_kib(registrar.process.pid)
             say(
                 f"{calls.successful:,} calls at {CALL_RATE}/s to {callee_sipp.users} callees, {calls.failed:,} failed: "

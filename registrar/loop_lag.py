@@ -18,10 +18,9 @@ from collections.abc import Callable
 LAG_INTERVAL = 0.1
 
 
-async def measure(observe: Callable[[float], None], interval: float = LAG_INTERVAL,
-                  clock: Callable[[], float] = time.monotonic) -> None:
+async def measure(observe: Callable[[float], None], interval: float = LAG_INTERVAL) -> None:
     """Forever: sleep `interval`, and `observe` how many seconds later than asked the loop woke."""
     while True:
-        asked = clock() + interval
+        asked = time.monotonic() + interval
         await asyncio.sleep(interval)
-        observe(max(0.0, clock() - asked))
+        observe(max(0.0, time.monotonic() - asked))
