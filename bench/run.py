@@ -112,13 +112,14 @@ def latency_figures(registrar, workdir: Path, csv_path: Path, rate: float, durat
     return lines
 
 
-def start_capture(pcap: Path, port: int) -> subprocess.Popen | None:
-    """tcpdump on loopback for the registrar's SIP port (None, with a note, when it cannot run)."""
+def start_capture(pcap: Path, port: int, protocol: str = "udp") -> subprocess.Popen | None:
+    """tcpdump on loopback for `port` (the registrar's SIP port; etcd's, over tcp), or None, with a note,
+    when it cannot run."""
     if TCPDUMP is None:
         print("bench: no tcpdump, so no on-the-wire latency (`make bench` installs it as root)", flush=True)
         return None
     capture = subprocess.Popen(
-        [TCPDUMP, "-i", "lo", "-w", str(pcap), "-B", "65536", "-s", "0", "-U", f"udp port {port}"],
+        [TCPDUMP, "-i", "lo", "-w", str(pcap), "-B", "65536", "-s", "0", "-U", f"{protocol} port {port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     time.sleep(1)  # tcpdump opens the interface asynchronously

@@ -13,8 +13,9 @@ does. For each table size N (run.py's --scale-sizes), on a fresh etcd on loopbac
   failures, its RSS; etcd's CPU and disk writes per registration and per write transaction;
   then the last 20,000 of them again, refreshes of phones it has cached: its CPU for each;
 - calls through its proxy to a few hundred subscribers of the table (calls.py's callees and
-  caller): the store's lookup latency p50/p99 from the registrar's store-read histogram, and its
-  event loop's lag meanwhile (sipreg_event_loop_lag_seconds: what a lookup waits behind);
+  caller): the store's lookup latency p50/p99 from the registrar's store-read histogram; etcd's
+  share of it, its answers on the wire (a capture of its client port, read by tshark); and the
+  registrar's event loop's lag meanwhile (sipreg_event_loop_lag_seconds: what a lookup waits behind);
 - other replicas' writes: 100,000 bindings records rewritten straight into etcd, as other
   replicas' REGISTERs would, while the registrar idles: the CPU it spends meanwhile, and
   the CPU a store that mirrors every binding (the operator's) spends per watch event;
@@ -43,7 +44,7 @@ from aetcd import rpc
 from calls import Callees, call_run, failure_notes
 from run import (
     CONTACT_PORT, DOMAIN, answered_registrations, counter, cpu_per_registration, histogram, histogram_quantile,
-    pinned, rss_kib, scrape, tree_cpu_ticks, wait_idle, write_manifests,
+    percentile, pinned, rss_kib, scrape, start_capture, stop_capture, tree_cpu_ticks, wait_idle, write_manifests,
 )
 from registrar.manifests import HA1_ALGORITHMS, load_catalog
 from registrar.model import Binding, Connection, Domain
@@ -78,6 +79,8 @@ REFRESHES = 20_000
 CALL_RATE = 300
 CALL_SECONDS = 20
 STORE_READ_HISTOGRAM = "sipreg_store_read_duration_seconds"
+TSHARK = shutil.which("tshark")
+HTTP2_HEADERS = "1"  # the HEADERS frame's type: a gRPC request's first frame, and its answer's
 LOOP_LAG_HISTOGRAM = "sipreg_event_loop_lag_seconds"
 # Bindings records written straight into etcd while the registrar idles, as other replicas would.
 OTHER_WRITES = 100_000
@@ -105,6 +108,7 @@ class ScaleFigures:
     cpu_per_register_us: float = math.nan  # each REGISTER its phone's first at this registrar
     cpu_per_refresh_us: float = math.nan  # each REGISTER a refresh of a phone it has cached
     lookup: str = "not measured"  # "p50 / p99", or why there are none
+    etcd_answer: str = "not measured"  # etcd's answers to the registrar meanwhile, on the wire: "p50 / p99"
     loop_lag: str = "not measured"  # the event loop's lag meanwhile, "p50 / p99"
     etcd_cpu_per_register_us: float = math.nan
     etcd_written_per_register: float = math.nan  # bytes etcd wrote to disk (WAL and database)
@@ -254,6 +258,36 @@ def quantiles(before: str, after: str, name: str) -> str:
     return f"{p50:.2f} / {p99:.2f} ms"
 
 
+def etcd_answer_quantiles(pcap: Path, port: int) -> str:
+    """p50 / p99 of etcd's answers in a loopback capture of its client port: from each request's HTTP/2
+    HEADERS frame to its answer's, stream by stream (tshark reads the frames).
+
+    The registrar's own figure for a read also holds the time its event loop takes to send it and,
+    once etcd has answered, to get to the answer: this one is etcd's share alone."""
+    if TSHARK is None:
+        return "no tshark"
+    fields = subprocess.run(
+        [TSHARK, "-r", str(pcap), "-d", f"tcp.port=={port},http2", "-T", "fields",
+         "-e", "frame.time_epoch", "-e", "tcp.srcport", "-e", "tcp.stream", "-e", "http2.streamid", "-e", "http2.type"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    asked: dict[tuple[str, str], float] = {}
+    answers = []
+    for line in fields.splitlines():
+        when, source_port, connection, streams, kinds = (line.split("\t") + [""] * 5)[:5]
+        for stream, kind in zip(streams.split(","), kinds.split(",")):
+            if stream in ("", "0") or kind != HTTP2_HEADERS:
+                continue
+            key = (connection, stream)
+            if source_port != str(port):
+                asked.setdefault(key, float(when))
+            elif key in asked:
+                answers.append((float(when) - asked.pop(key)) * 1000)
+    if not answers:
+        return "none captured"
+    return f"{percentile(answers, 0.5):.2f} / {percentile(answers, 0.99):.2f} ms ({len(answers):,} answers)"
+
+
 def mib(kib: int) -> str:
     return f"{kib / 1024:,.0f} MiB"
 
@@ -342,15 +376,22 @@ def measure(workdir: Path, subscribers: int, callees: int, hold: float) -> tuple
             )
             callee_sipp.wait_registered()
             before = scrape(registrar)
-            calls, _, kinds = call_run(registrar, workdir, called, "udp", CALL_RATE, CALL_RATE * CALL_SECONDS, hold)
+            pcap = workdir / "etcd-calls.pcap"
+            capture = start_capture(pcap, etcd.client_port, "tcp")
+            try:
+                calls, _, kinds = call_run(registrar, workdir, called, "udp", CALL_RATE, CALL_RATE * CALL_SECONDS, hold)
+            finally:
+                stop_capture(capture)
             after = scrape(registrar)
             figures.lookup, figures.loop_lag = (
                 quantiles(before, after, STORE_READ_HISTOGRAM), quantiles(before, after, LOOP_LAG_HISTOGRAM)
             )
+            figures.etcd_answer = etcd_answer_quantiles(pcap, etcd.client_port) if capture else "no capture"
             figures.rss_after_traffic_kib = rss_kib(registrar.process.pid)
             say(
                 f"{calls.successful:,} calls at {CALL_RATE}/s to {callee_sipp.users} callees, {calls.failed:,} failed: "
-                f"store lookup p50 / p99 {figures.lookup} (its event loop woke timers late by {figures.loop_lag}); "
+                f"store lookup p50 / p99 {figures.lookup} (etcd's answers on the wire {figures.etcd_answer}; its event "
+                f"loop woke timers late by {figures.loop_lag}); "
                 f"RSS after {mib(figures.rss_after_traffic_kib)}"
             )
             for note in failure_notes(calls, kinds):
@@ -404,14 +445,14 @@ def summary(all_figures: list[ScaleFigures]) -> list[str]:
     """The figures by table size, one row each: which of them grow with the subscribers in etcd."""
     columns = (
         "subscribers", "registrar RSS at start", "after traffic", "start-up", "CPU/REGISTER", "CPU/refresh",
-        "lookup p50 / p99", "loop lag p50 / p99", "on others' writes", "etcd RSS", "etcd DB", "per subscriber",
+        "lookup p50 / p99", "etcd answers p50 / p99", "loop lag p50 / p99", "on others' writes", "etcd RSS", "etcd DB", "per subscriber",
         "etcd CPU/REGISTER", "etcd disk/REGISTER", "history/REGISTER", "mirror RSS", "mirror CPU/event", "load",
     )
     rows = [
         (
             f"{figures.subscribers:,}", mib(figures.rss_started_kib), mib(figures.rss_after_traffic_kib),
             f"{figures.startup_seconds:.1f} s", f"{figures.cpu_per_register_us:,.0f} µs",
-            f"{figures.cpu_per_refresh_us:,.0f} µs", figures.lookup, figures.loop_lag,
+            f"{figures.cpu_per_refresh_us:,.0f} µs", figures.lookup, figures.etcd_answer, figures.loop_lag,
             f"{figures.registrar_cpu_on_others_ms:,.0f} ms", mib(figures.etcd_rss_kib),
             f"{figures.etcd_db_bytes / 1024**2:,.0f} MiB", f"{figures.etcd_db_bytes / figures.subscribers:,.0f} B",
             f"{figures.etcd_cpu_per_register_us:,.0f} µs", f"{figures.etcd_written_per_register:,.0f} B",
