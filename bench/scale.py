@@ -79,9 +79,9 @@ REFRESHES = 20_000
 CALL_RATE = 300
 CALL_SECONDS = 20
 STORE_READ_HISTOGRAM = "sipreg_store_read_duration_seconds"
+LOOP_LAG_HISTOGRAM = "sipreg_event_loop_lag_seconds"
 TSHARK = shutil.which("tshark")
 HTTP2_HEADERS = "1"  # the HEADERS frame's type: a gRPC request's first frame, and its answer's
-LOOP_LAG_HISTOGRAM = "sipreg_event_loop_lag_seconds"
 # Bindings records written straight into etcd while the registrar idles, as other replicas would.
 OTHER_WRITES = 100_000
 NOT_EXPORTED = "not exported by this registrar"
