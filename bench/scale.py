@@ -445,8 +445,9 @@ def summary(all_figures: list[ScaleFigures]) -> list[str]:
     """The figures by table size, one row each: which of them grow with the subscribers in etcd."""
     columns = (
         "subscribers", "registrar RSS at start", "after traffic", "start-up", "CPU/REGISTER", "CPU/refresh",
-        "lookup p50 / p99", "etcd answers p50 / p99", "loop lag p50 / p99", "on others' writes", "etcd RSS", "etcd DB", "per subscriber",
-        "etcd CPU/REGISTER", "etcd disk/REGISTER", "history/REGISTER", "mirror RSS", "mirror CPU/event", "load",
+        "lookup p50 / p99", "etcd answers p50 / p99", "loop lag p50 / p99", "on others' writes", "etcd RSS",
+        "etcd DB", "per subscriber", "etcd CPU/REGISTER", "etcd disk/REGISTER", "history/REGISTER", "mirror RSS",
+        "mirror CPU/event", "load",
     )
     rows = [
         (
