@@ -238,9 +238,8 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         try:
             sent = time.monotonic()
             # With its AOR's bindings, in the same read: a REGISTER with credentials writes them next.
-            (kv, revision), (bindings, _) = await asyncio.gather(
-                *self.session.read([layout.connection_key(*key), layout.bindings_key(aor)])
-            )
+            connection_read, bindings_read = self.session.read([layout.connection_key(*key), layout.bindings_key(aor)])
+            (kv, revision), (bindings, _) = await connection_read, await bindings_read
             self._on_read(time.monotonic() - sent)
         except BaseException:
             cache.read_failed(key)
@@ -672,7 +671,8 @@ class EtcdStore(TableStore, CatalogSource, NodeRegistry):
         """Put the AORs' records, as etcd holds them now, into the cache (a lookup's; a batch's AORs it did
         not hold)."""
         sent = time.monotonic()
-        found = await asyncio.gather(*self.session.read([layout.bindings_key(aor) for aor in aors]))
+        # Awaited in turn, not gathered: they are answered together, and a gather costs a turn of the loop.
+        found = [await answer for answer in self.session.read([layout.bindings_key(aor) for aor in aors])]
         self._on_read(time.monotonic() - sent)
         for aor, (kv, revision) in zip(aors, found):
             self._hold_read(aor, kv, revision)

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import aetcd
 import grpc
 from aetcd import rpc
 
+from registrar.eager import start_eagerly
 from registrar.store import StoreUnavailable
 from registrar.store.layout import prefix_range
 
@@ -167,8 +168,10 @@ class EtcdSession:
         self._on_error = on_error
         # The Txn call of the current client that sends encoded requests as they are.
         self._encoded_txn: tuple[aetcd.Client, Callable[..., Awaitable[rpc.TxnResponse]]] | None = None
-        self._to_read: dict[bytes, asyncio.Future[Read]] = {}  # key -> its answer, in the next batch (read)
-        self._reading: asyncio.Future[None] | None = None  # the batch of reads out
+        # key -> each asker's answer, in the next batch (read); and whether a batch is out.
+        self._to_read: dict[bytes, list[asyncio.Future[Read]]] = {}
+        self._reading = False
+        self._sending = False  # in _send_reads' loop
 
     @property
     def endpoint(self) -> str:
@@ -217,11 +220,7 @@ class EtcdSession:
 
     async def close(self) -> None:
         to_read, self._to_read = self._to_read, {}
-        for answer in to_read.values():  # none is left waiting for a batch that never leaves
-            answer.set_exception(EtcdUnavailable("the etcd session is closed"))
-            answer.exception()
-        if self._reading is not None:
-            self._reading.cancel()
+        _fail(to_read.values(), EtcdUnavailable("the etcd session is closed"))  # none waits for a batch that never leaves
         if self._keep_alive_task is not None:
             self._keep_alive_task.cancel()
             self._keep_alive_task = None
@@ -312,7 +311,7 @@ class EtcdSession:
                     start = page.kvs[-1].key + b"\0"
         return kvs, revision
 
-    def read(self, keys: Sequence[bytes]) -> list[Awaitable[Read]]:
+    def read(self, keys: Sequence[bytes]) -> list[asyncio.Future[Read]]:
         """Each key's value (None: absent) as the member in use holds it, and that revision: serializable
         reads, answered without asking the leader (they may trail the latest write by a raft round).
 
@@ -320,28 +319,41 @@ class EtcdSession:
         transaction of up to MAX_TXN_OPS reads (a gRPC call costs the registrar about 0.2 ms of CPU
         however many keys it carries), and a key asked for twice is read once. So on an idle
         registrar a read goes at once, and under load reads cost a fraction of a call each.
-        Raises EtcdUnavailable when etcd cannot answer."""
+
+        Each asker gets futures of its own, set the moment the answer is in: an asker that gives up
+        (cancels) leaves the read to the others, and the answer reaches the asker in one turn of the
+        event loop. Every turn counts: under load each waits behind the datagrams of one wakeup, and
+        with a Task per batch, a shield per asker and a gather a lookup took eight (issue 17). The
+        futures fail with EtcdUnavailable when etcd cannot answer."""
+        loop = asyncio.get_running_loop()
         answers = []
         for key in keys:
-            answer = self._to_read.get(key)
-            if answer is None:
-                answer = self._to_read[key] = asyncio.get_running_loop().create_future()
-            answers.append(asyncio.shield(answer))  # one asker giving up leaves the read to the others
-        if self._reading is None:
+            answer = loop.create_future()
+            self._to_read.setdefault(key, []).append(answer)
+            answers.append(answer)
+        if not self._reading:
             self._send_reads()
         return answers
 
     def _send_reads(self) -> None:
-        batch = {key: self._to_read.pop(key) for key in list(itertools.islice(self._to_read, MAX_TXN_OPS))}
-        self._reading = asyncio.ensure_future(self._read_batch(batch))
-        self._reading.add_done_callback(self._batch_read)
+        """Send the next batch, if any is asked for and none is out; each batch's end calls this again.
 
-    def _batch_read(self, _: asyncio.Future[None]) -> None:
-        self._reading = None
-        if self._to_read:
-            self._send_reads()
+        A batch runs at once, driven by the gRPC call it waits on (no Task). One that ends without
+        waiting (etcd known to be away) comes back here while this still runs: this loop sends the
+        next, so a long queue of keys is failed in turn, not in recursion."""
+        if self._sending:
+            return
+        self._sending = True
+        try:
+            while self._to_read and not self._reading:
+                batch = {key: self._to_read.pop(key) for key in list(itertools.islice(self._to_read, MAX_TXN_OPS))}
+                self._reading = True
+                start_eagerly(self._read_batch(batch))
+        finally:
+            self._sending = False
 
-    async def _read_batch(self, batch: dict[bytes, asyncio.Future[Read]]) -> None:
+    async def _read_batch(self, batch: dict[bytes, list[asyncio.Future[Read]]]) -> None:
+        # Driven by no Task, nothing may escape from here: everything a batch meets is told to its askers.
         try:
             async with self._calling("read") as client:
                 if len(batch) == 1:
@@ -356,16 +368,18 @@ class EtcdSession:
                                        timeout=self.timeout)
                     found = [r.response_range.kvs[0] if r.response_range.kvs else None for r in answer.responses]
                     revision = answer.header.revision
-        except BaseException as error:
-            failure = error if isinstance(error, EtcdUnavailable) else EtcdUnavailable(f"etcd did not read: {_describe(error)}")
-            for answer in batch.values():
-                answer.set_exception(failure)
-                answer.exception()  # an asker that gave up leaves it unread: no "never retrieved"
-            if not isinstance(error, Exception):
-                raise
-            return
-        for answer, kv in zip(batch.values(), found):
-            answer.set_result((kv, revision))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # a closed channel's cancelled call too: no Task of ours was cancelled
+            _fail(batch.values(), error if isinstance(error, EtcdUnavailable)
+                  else EtcdUnavailable(f"etcd did not read: {_describe(error)}"))
+        else:
+            for answers, kv in zip(batch.values(), found):
+                for answer in answers:
+                    if not answer.done():
+                        answer.set_result((kv, revision))
+        self._reading = False
+        self._send_reads()
 
     async def count_prefix(self, prefix: bytes) -> int:
         """How many keys are under `prefix` (the member in use's count: serializable, values not read)."""
@@ -566,6 +580,15 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def _fail(answers: Iterable[list[asyncio.Future[Read]]], error: BaseException) -> None:
+    """Fail every asker's answer still waiting with `error`, marked as seen: an asker that gave up never reads it."""
+    for each in answers:
+        for answer in each:
+            if not answer.done():
+                answer.set_exception(error)
+                answer.exception()
 
 
 def _field(tag: bytes, body: bytes) -> bytes:

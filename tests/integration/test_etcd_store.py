@@ -389,6 +389,37 @@ async def test_lookups_arriving_while_a_read_is_out_go_together_and_each_gets_it
         await asyncio.gather(writer.close(), reader.close())
 
 
+async def test_a_lookup_given_up_leaves_the_read_it_shares_to_the_others_asking(etcd):
+    writer = await started(etcd, cached_aors=1000)
+    reader = await started(etcd, cached_aors=1000)
+    try:
+        await writer.update(ALICE, add(binding("sip:alice@192.0.2.1")))
+        out = asyncio.create_task(reader.lookup("bob@sip.example.test"))
+        await asyncio.sleep(0)  # bob's read is out: alice's two lookups wait for the next batch, and share its key
+        given_up, kept = asyncio.create_task(reader.lookup(ALICE)), asyncio.create_task(reader.lookup(ALICE))
+        await asyncio.sleep(0)
+        given_up.cancel()
+        assert [b.contact for b in await kept] == ["sip:alice@192.0.2.1"]
+        assert await out == []
+        with pytest.raises(asyncio.CancelledError):
+            await given_up
+    finally:
+        await asyncio.gather(writer.close(), reader.close())
+
+
+async def test_reads_asked_while_etcd_is_away_each_fail_unavailable(etcd):
+    store = await started(etcd, cached_aors=1000)
+    try:
+        etcd.stop()
+        aors = [f"u{n}@sip.example.test" for n in range(1000)]  # several batches' worth, failed in turn
+        found = await asyncio.gather(*(store.session.read([layout.bindings_key(aor)])[0] for aor in aors),
+                                     return_exceptions=True)
+        assert all(isinstance(answer, StoreUnavailable) for answer in found), found[:3]
+    finally:
+        etcd.start()
+        await store.close()
+
+
 async def test_a_cached_record_another_replica_changed_since_costs_a_lost_compare_never_a_binding(etcd):
     lost = []
     one = await started(etcd, cached_aors=1000, on_write=lambda seconds, aors, conflicts: lost.append(conflicts))
