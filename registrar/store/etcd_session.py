@@ -220,7 +220,8 @@ class EtcdSession:
 
     async def close(self) -> None:
         to_read, self._to_read = self._to_read, {}
-        _fail(to_read.values(), EtcdUnavailable("the etcd session is closed"))  # none waits for a batch that never leaves
+        # None is left waiting for a batch that never leaves; the batch out fails as the channel closes.
+        _fail(to_read.values(), EtcdUnavailable("the etcd session is closed"))
         if self._keep_alive_task is not None:
             self._keep_alive_task.cancel()
             self._keep_alive_task = None
