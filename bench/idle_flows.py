@@ -416,6 +416,26 @@ def kamailio_server(workdir: Path, certificate, connections: int) -> Server:
     return Server("kamailio", {"tcp": tcp_port, "tls": tls_port}, lambda: descendants(process.pid), stop)
 
 
+# -- one row ------------------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    """One server's figures for one kind of connection: memory before and after opening them."""
+
+    server: str
+    kind: str
+    opened: int = 0
+    seconds: float = 0.0
+    before: tuple[int, int] = (0, 0)  # (Pss, RSS) KiB
+    after: tuple[int, int] = (0, 0)
+    processes: int = 0
+    protocol: str = ""
+    note: str = ""
+
+    def per_connection(self, which: int) -> float:
+        return (self.after[which] - self.before[which]) * 1024 / self.opened if self.opened else float("nan")
+
+
 def measure(server: Server, kind: Kind, count: int, cafile: Path) -> Row:
     port = server.ports[kind.name]
     row = Row(server.name, kind.name)
